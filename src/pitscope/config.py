@@ -1,0 +1,321 @@
+"""Typed configuration: dataclasses filled from YAML presets and `section.key=value` overrides.
+
+A preset is a YAML file whose top-level keys are the sections of `Config`. Every key is checked
+against the dataclass: an unknown key or a value of the wrong type is a `ConfigError` that names
+the key and lists the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key at fault."""
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in generator of ball-screw-like images (format `synthetic`)."""
+
+    n_train: int = 48
+    n_test_normal: int = 12
+    n_test_defect: int = 24
+    height: int = 200
+    width: int = 500
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are prepared."""
+
+    format: str = "synthetic"  # bsdata | mvtec | folder | synthetic
+    root: str | None = None  # dataset folder; bsdata falls back to PITSCOPE_BSDATA / ../shared
+    category: str | None = None  # mvtec: the category folder under root
+    test_normal_dir: str | None = None  # folder: defect-free test images
+    test_defect_dir: str | None = None  # folder: defective test images
+    mask_dir: str | None = None  # folder: masks of the defective images, paired by exact stem
+    image_size: int = 256  # images are resized to image_size x image_size
+    n_train_normal: int = 631  # bsdata: defect-free images in the training split
+    split_file: str | None = None  # where the split is written (default: beside the outputs)
+    on_bad_file: str = "skip"  # skip | error
+    cache: bool = True  # keep decoded, resized images in memory
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class AugmentConfig:
+    """Pseudo-defects pasted onto normal images during training (SPEC section 3)."""
+
+    kinds: list[str] = field(default_factory=lambda: ["noise", "scar"])  # noise | scar | normal
+    texture_dir: str | None = None  # images for PasteNoise textures; None = built-in procedural
+    perlin_scales: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    perlin_threshold: float = 0.5
+    perlin_rotate: bool = True
+    alpha_min: float = 0.5
+    alpha_max: float = 1.0
+    randaugment_ops: int = 3
+
+
+@dataclass
+class ModelConfig:
+    """The double self-supervised network (SPEC section 4)."""
+
+    weights: str = "none"  # none | imagenet | path to a local ResNet-18 state dict
+    projector_layers: int = 2
+    projector_hidden: int = 512
+    head: str = "binary"  # binary | multiclass (normal / one class per pseudo-defect kind)
+    target: str = "hog"  # hog | rgb | none
+    mask_type: str = "mscm"  # none | dropout | rectangle | mscm
+    mscm_dilation: int = 2
+    mscm_stage: str = "layer1"  # backbone stage feeding the masked convolution
+    se_reduction: int = 16
+    loss_lambda: float = 1.0
+    classify: bool = True  # the image-level pseudo-defect task
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (SPEC section 6)."""
+
+    epochs: int = 800
+    batch_size: int = 32
+    lr: float = 0.03
+    momentum: float = 0.9
+    weight_decay: float = 3e-5
+    budget_minutes: float | None = None  # wall-clock budget; training stops there and says so
+    num_workers: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    log_every: int = 10
+
+
+@dataclass
+class ScoreConfig:
+    """Mahalanobis scoring and the production threshold (SPEC section 5)."""
+
+    shrinkage: str = "ledoit_wolf"  # ledoit_wolf | ridge
+    ridge: float = 0.01
+    pixel_method: str = "padim"  # padim | segmentation | fusion
+    pixel_stages: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
+    smoothing_sigma: float = 4.0
+    threshold_quantile: float = 0.99
+    calibration_fraction: float = 0.1
+
+
+@dataclass
+class Config:
+    """Everything a run needs; written next to every output."""
+
+    seed: int = 0
+    output_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+
+# Valid values of the string options that take one of a fixed set.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.format": ("bsdata", "mvtec", "folder", "synthetic"),
+    "data.on_bad_file": ("skip", "error"),
+    "model.head": ("binary", "multiclass"),
+    "model.target": ("hog", "rgb", "none"),
+    "model.mask_type": ("none", "dropout", "rectangle", "mscm"),
+    "model.mscm_stage": ("layer1", "layer2", "layer3", "layer4"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "score.shrinkage": ("ledoit_wolf", "ridge"),
+    "score.pixel_method": ("padim", "segmentation", "fusion"),
+}
+LIST_CHOICES: dict[str, tuple[str, ...]] = {
+    "augment.kinds": ("noise", "scar", "normal"),
+    "score.pixel_stages": ("layer1", "layer2", "layer3", "layer4"),
+}
+
+
+def _describe(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp` (int, float, str, bool, lists, optionals)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: expected {' or '.join(_describe(a) for a in args)}, got {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of {_describe(item_tp)}, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}, got {value!r}")
+        return _build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp!r}")
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            raise ConfigError(f"unknown key {full!r}; valid keys{' of ' + prefix if prefix else ''}: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    obj = cls(**kwargs)
+    return obj
+
+
+def validate(cfg: Config) -> Config:
+    """Check the options with a fixed set of values; raise ConfigError naming the key."""
+    for key, valid in CHOICES.items():
+        value = get_value(cfg, key)
+        if value not in valid:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(valid)}")
+    for key, valid in LIST_CHOICES.items():
+        values = get_value(cfg, key)
+        if not values:
+            raise ConfigError(f"{key}: must name at least one of {', '.join(valid)}")
+        for value in values:
+            if value not in valid:
+                raise ConfigError(f"{key}: {value!r} is not one of {', '.join(valid)}")
+    if not 0.0 <= cfg.augment.alpha_min <= cfg.augment.alpha_max <= 1.0:
+        raise ConfigError("augment.alpha_min/alpha_max: need 0 <= alpha_min <= alpha_max <= 1")
+    if cfg.data.image_size < 32:
+        raise ConfigError(f"data.image_size: must be at least 32, got {cfg.data.image_size}")
+    if not 0.0 < cfg.score.threshold_quantile <= 1.0:
+        raise ConfigError("score.threshold_quantile: must lie in (0, 1]")
+    return cfg
+
+
+def get_value(cfg: Any, key: str) -> Any:
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def from_dict(values: dict) -> Config:
+    """Build and validate a Config from a nested mapping."""
+    return validate(_build(Config, values or {}))
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _set_nested(values: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = values
+    cls: Any = Config
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            where = ".".join(parts[:i]) or "the top level"
+            raise ConfigError(f"unknown key {key!r}: {part!r} is not in {where}; valid keys: {', '.join(names)}")
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        cls = typing.get_type_hints(cls)[part]
+        if not dataclasses.is_dataclass(cls):
+            raise ConfigError(f"unknown key {key!r}: {'.'.join(parts[: i + 1])} is not a section")
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])}: expected a mapping")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split `section.key=value`; the value is read as YAML (so 3, 0.5, true, [a, b], null work)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: cannot read the value: {exc}") from exc
+    return key, value
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """A preset is a name from configs/ (`cpu`, `paper`, ...) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    candidate = PRESET_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        raise ConfigError(f"unknown preset {name_or_path!r}; presets: {', '.join(preset_names())}")
+    return candidate
+
+
+def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a preset (name or path; None = defaults) and apply `section.key=value` overrides."""
+    values: dict = {}
+    if preset is not None:
+        path = resolve_preset(preset)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        values = loaded or {}
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_nested(values, key, value)
+    return from_dict(values)
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically) and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,36 @@
+"""The record every dataset yields, whatever its on-disk format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a dataset.
+
+    image: (H, W, 3) uint8 RGB.
+    mask:  (H, W) uint8 in {0, 1}; all zero for a defect-free image.
+    label: 0 for defect-free, 1 for defective.
+    path:  the source file, as a string.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    label: int
+    path: str
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be decoded (corrupt, truncated, empty, not an image)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class DatasetLayoutError(ValueError):
+    """A dataset folder whose layout does not match its format (names the offending path)."""

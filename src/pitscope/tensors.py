@@ -1,0 +1,30 @@
+"""Conversions between uint8 images and the network's normalised tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# ImageNet statistics (SPEC section 2), used whatever the backbone's initialisation.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32, ImageNet-normalised."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def images_to_batch(images: list[np.ndarray]) -> torch.Tensor:
+    """A list of same-size (H, W, 3) uint8 images -> (B, 3, H, W) normalised."""
+    return torch.stack([image_to_tensor(im) for im in images])
+
+
+def denormalise(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) normalised -> (B, 3, H, W) in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * std + mean).clamp_(0.0, 1.0)

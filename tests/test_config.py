@@ -1,0 +1,90 @@
+import pytest
+import yaml
+
+from pitscope.config import (
+    Config,
+    ConfigError,
+    from_dict,
+    load_config,
+    parse_override,
+    preset_names,
+    save_config,
+)
+
+
+def test_defaults_are_valid():
+    cfg = load_config(None)
+    assert isinstance(cfg, Config)
+    assert cfg.data.format == "synthetic"
+
+
+def test_every_preset_loads():
+    assert preset_names(), "configs/ holds no presets"
+    for name in preset_names():
+        load_config(name)
+
+
+def test_paper_preset_matches_the_paper():
+    cfg = load_config("paper")
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr) == (800, 32, 0.03)
+    assert (cfg.train.momentum, cfg.train.weight_decay) == (0.9, 3e-5)
+    assert cfg.data.image_size == 256 and cfg.data.format == "bsdata"
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["train.epochs=5", "train.lr=0.1", "augment.kinds=[noise]", "data.root=null", "seed=7"])
+    assert cfg.train.epochs == 5 and cfg.train.lr == 0.1
+    assert cfg.augment.kinds == ["noise"] and cfg.data.root is None and cfg.seed == 7
+
+
+def test_int_is_accepted_for_float():
+    assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.epoch=5", ["train.epoch", "epochs", "batch_size"]),
+        ("trian.epochs=5", ["trian", "train", "data"]),
+        ("train.epochs=five", ["train.epochs", "integer", "five"]),
+        ("train.lr=fast", ["train.lr", "number"]),
+        ("data.format=png", ["data.format", "bsdata", "mvtec", "folder", "synthetic"]),
+        ("augment.kinds=[noise, glitter]", ["glitter", "scar"]),
+        ("data.cache=maybe", ["data.cache", "true or false"]),
+        ("train.epochs", ["section.key=value"]),
+    ],
+)
+def test_errors_name_the_key_and_the_choices(override, words):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_unknown_key_in_a_preset_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: 3\n  warmup: 2\n")
+    with pytest.raises(ConfigError, match="train.warmup"):
+        load_config(str(path))
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ConfigError, match="paper"):
+        load_config("no-such-preset")
+
+
+def test_alpha_range_checked():
+    with pytest.raises(ConfigError, match="alpha"):
+        from_dict({"augment": {"alpha_min": 0.9, "alpha_max": 0.5}})
+
+
+def test_parse_override_reads_yaml():
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+    assert parse_override("a=x=y") == ("a", "x=y")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["train.epochs=3", "augment.kinds=[scar]"])
+    path = save_config(cfg, tmp_path / "out" / "config.yaml")
+    assert yaml.safe_load(path.read_text())["train"]["epochs"] == 3
+    assert load_config(str(path)) == cfg
