@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pitscope import __version__
-from pitscope.config import Config, ConfigError, load_config, preset_names, save_config
+from pitscope.config import Config, ConfigError, apply_overrides, load_config, preset_names, save_config
 
 
 def _add_config_args(parser: argparse.ArgumentParser, default_preset: str | None) -> None:
@@ -100,6 +100,84 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_split_file(cfg: Config) -> None:
+    """BSData's seeded split is written beside the outputs unless a split file is given."""
+    if cfg.data.format == "bsdata" and cfg.data.split_file is None:
+        cfg.data.split_file = str(Path(cfg.output_dir) / "split.json")
+
+
+def _train_and_fit(cfg: Config, resume: bool, progress: bool):
+    """Train, fit the scorers, calibrate the threshold, save OUTPUT_DIR/model.pt."""
+    from pitscope.data import build_dataset
+    from pitscope.inference import Detector
+    from pitscope.training import train
+
+    _prepare_split_file(cfg)
+    dataset = build_dataset(cfg.data, "train", cfg.seed)
+    bad = dataset.check(progress=progress)
+    for path, reason in bad:
+        print(f"skipped bad file: {path}: {reason}", file=sys.stderr)
+    print(f"training on {len(dataset)} defect-free images ({cfg.data.format}), output in {cfg.output_dir}")
+    result = train(cfg, dataset, resume=resume, progress=progress)
+    detector = Detector(cfg, result.n_kinds, net=result.model)
+    detector.fit(dataset, progress=progress)
+    detector.metadata["training"] = {
+        "images": len(dataset),
+        "skipped_files": [p for p, _ in bad],
+        "epochs": result.epochs_done,
+        "steps": result.steps,
+        "minutes": round(result.elapsed_s / 60, 2),
+        "stopped_by_budget": result.stopped_by_budget,
+    }
+    path = detector.save(Path(cfg.output_dir) / "model.pt")
+    print(f"threshold {float(detector.threshold):.4g} ({detector.metadata['calibration']['images']} held-back images); saved {path}")
+    return detector, path
+
+
+def _evaluate_and_print(detector, cfg: Config, out_dir: Path, progress: bool) -> dict:
+    from pitscope.data import build_dataset
+    from pitscope.evaluation import evaluate, format_table
+
+    _prepare_split_file(cfg)
+    dataset = build_dataset(cfg.data, "test", cfg.seed)
+    for path, reason in dataset.check(progress=progress):
+        print(f"skipped bad file: {path}: {reason}", file=sys.stderr)
+    result = evaluate(detector, dataset, out_dir, progress=progress)
+    print(format_table(result, cfg.data.format))
+    print(f"metrics written to {out_dir / 'metrics.json'}")
+    return result
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train the double self-supervised model on defect-free images, fit its scorers and threshold."""
+    cfg = _config_from_args(args)
+    detector, _ = _train_and_fit(cfg, resume=args.resume, progress=not args.quiet)
+    if args.evaluate:
+        _evaluate_and_print(detector, cfg, Path(cfg.output_dir) / "eval", progress=not args.quiet)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a model on its dataset's test split: image/pixel AUROC, AUPRO, AP, F1-max."""
+    from pitscope.inference import Detector
+
+    detector = Detector.load(args.model)
+    cfg = apply_overrides(detector.cfg, args.overrides)
+    detector.cfg.data = cfg.data
+    out_dir = Path(args.output_dir) if args.output_dir else Path(args.model).parent / "eval"
+    save_config(cfg, out_dir / "config.yaml")
+    _evaluate_and_print(detector, cfg, out_dir, progress=not args.quiet)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train and evaluate a small model on the built-in synthetic ball-screw images (no download)."""
+    cfg = _config_from_args(args)
+    detector, _ = _train_and_fit(cfg, resume=False, progress=not args.quiet)
+    _evaluate_and_print(detector, cfg, Path(cfg.output_dir) / "eval", progress=not args.quiet)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pitscope",
@@ -134,6 +212,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="images are resized to SIZE x SIZE first")
     _add_config_args(p, None)
     p.set_defaults(func=cmd_augment_preview)
+
+    p = sub.add_parser("train", help="train a model on defect-free images", description=cmd_train.__doc__)
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint_last.pt")
+    p.add_argument("--evaluate", action="store_true", help="evaluate on the test split afterwards")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_args(p, "cpu")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="measure a trained model on its test split", description=cmd_evaluate.__doc__)
+    p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override the model's data config, e.g. --set data.root=/other/copy",
+    )
+    p.add_argument("--output-dir", help="where metrics.json and scores.csv go (default: beside the model, eval/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="train + evaluate on built-in synthetic data (a few minutes)", description=cmd_demo.__doc__)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_args(p, "demo")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

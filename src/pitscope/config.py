@@ -104,8 +104,9 @@ class ScoreConfig:
 
     shrinkage: str = "ledoit_wolf"  # ledoit_wolf | ridge
     ridge: float = 0.01
-    pixel_method: str = "padim"  # padim | segmentation | fusion
     pixel_stages: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
+    pixel_channels: int | None = 100  # random channel subset of the stacked stages (PaDiM); null = all
+    batch_size: int = 16  # images per batch when extracting features and scoring
     smoothing_sigma: float = 4.0
     threshold_quantile: float = 0.99
     calibration_fraction: float = 0.1
@@ -134,7 +135,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.mscm_stage": ("layer1", "layer2", "layer3", "layer4"),
     "train.device": ("auto", "cpu", "cuda"),
     "score.shrinkage": ("ledoit_wolf", "ridge"),
-    "score.pixel_method": ("padim", "segmentation", "fusion"),
 }
 LIST_CHOICES: dict[str, tuple[str, ...]] = {
     "augment.kinds": ("noise", "scar", "normal"),
@@ -305,10 +305,7 @@ def load_config(preset: str | None = None, overrides: list[str] | tuple[str, ...
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         values = loaded or {}
-    for text in overrides:
-        key, value = parse_override(text)
-        _set_nested(values, key, value)
-    return from_dict(values)
+    return apply_overrides(from_dict(values), overrides)
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:
@@ -319,3 +316,12 @@ def save_config(cfg: Config, path: str | Path) -> Path:
     tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     tmp.replace(path)
     return path
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """A copy of cfg with `section.key=value` overrides applied and checked."""
+    values = to_dict(cfg)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_nested(values, key, value)
+    return from_dict(values)

@@ -12,7 +12,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32, ImageNet-normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
+    x = torch.tensor(image).permute(2, 0, 1).float().div_(255.0)  # (3, H, W), a copy
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (x - mean) / std

@@ -126,6 +126,7 @@ def atomic_save(obj, path: Path) -> None:
 @dataclass
 class TrainResult:
     model: DoubleSelfSupervisedNet
+    n_kinds: int
     epochs_done: int
     steps: int
     elapsed_s: float
@@ -287,4 +288,4 @@ def train(
             f"(epoch {epoch + 1} of {cfg.train.epochs})"
         )
     model.eval()
-    return TrainResult(model, epochs_done, step, elapsed, stopped_by_budget, history)
+    return TrainResult(model, maker.n_kinds, epochs_done, step, elapsed, stopped_by_budget, history)

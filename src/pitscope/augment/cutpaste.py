@@ -33,7 +33,9 @@ def color_jitter(patch: np.ndarray, rng: np.random.Generator, amount: float = JI
     return np.asarray(Image.frombytes("HSV", img.size, hsv.tobytes()).convert("RGB"))
 
 
-def _paste(image: np.ndarray, patch: np.ndarray, keep: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _paste(
+    image: np.ndarray, patch: np.ndarray, keep: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Paste the `keep` pixels of `patch` (h, w, 3) at a random place where it fits entirely.
 
     Returns: (image (H, W, 3) uint8, mask (H, W) uint8 in {0, 1} of the pasted pixels).

@@ -17,8 +17,7 @@ import numpy as np
 from PIL import Image
 
 from pitscope.augment.perlin import perlin_noise
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from pitscope.data.imageio import IMAGE_SUFFIXES, is_image_file, read_image
 
 
 class TextureSource(Protocol):
@@ -84,7 +83,10 @@ FIELDS: dict[str, Field] = {"fractal": _fractal, "stripes": _stripes, "blobs": _
 
 
 def _colourise(field: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Map a (H, W) field in [0, 1] through a random palette of 2-4 vivid colours. Returns (H, W, 3) float in [0, 255]."""
+    """Map a (H, W) field in [0, 1] through a random palette of 2-4 vivid colours.
+
+    Returns: (H, W, 3) float in [0, 255].
+    """
     n = int(rng.integers(2, 5))
     palette = np.array(
         [colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.5, 1.0)) for _ in range(n)]
@@ -120,31 +122,30 @@ class FolderTextures:
 
     Each sample is a random file, a random crop of 50-100% of the largest window with the
     target aspect ratio, resized to the target size: no distortion, some variety of scale.
+    A file that cannot be decoded raises pitscope.data.types.BadImageError naming it.
     """
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"texture folder {self.folder} does not exist")
-        self.files = sorted(p for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        self.files = sorted(p for p in self.folder.rglob("*") if p.is_file() and is_image_file(p))
         if not self.files:
             raise FileNotFoundError(f"texture folder {self.folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
 
     def sample(self, rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
         """A texture of `shape` (H, W). Returns (H, W, 3) uint8."""
         height, width = int(shape[0]), int(shape[1])
-        path = self.files[int(rng.integers(len(self.files)))]
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-        src_w, src_h = img.size
+        source = read_image(self.files[int(rng.integers(len(self.files)))])  # (h, w, 3) uint8
+        src_h, src_w = source.shape[:2]
         fit = min(src_h / height, src_w / width)  # largest window of the target aspect ratio
         scale = fit * rng.uniform(0.5, 1.0)
         crop_h = int(np.clip(round(height * scale), 1, src_h))
         crop_w = int(np.clip(round(width * scale), 1, src_w))
         top = int(rng.integers(0, src_h - crop_h + 1))
         left = int(rng.integers(0, src_w - crop_w + 1))
-        patch = img.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), Image.BILINEAR)
-        return np.asarray(patch, dtype=np.uint8).copy()
+        crop = Image.fromarray(source[top : top + crop_h, left : left + crop_w])
+        return np.asarray(crop.resize((width, height), Image.BILINEAR), dtype=np.uint8).copy()
 
     def __repr__(self) -> str:
         return f"FolderTextures({str(self.folder)!r}, {len(self.files)} images)"

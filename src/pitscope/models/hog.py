@@ -100,11 +100,12 @@ def hog_features(images: Tensor, compute_dtype: torch.dtype = torch.float64) -> 
     `hog_target`). Returns (B, 3780) in the input dtype, equal (to rounding) to
     `skimage.feature.hog(hog_window(images)[i], orientations=9, pixels_per_cell=(8, 8),
     cells_per_block=(2, 2), block_norm='L2-Hys')` for every image i.
-    The histogram is computed in `compute_dtype` (float64 by default, as skimage does for a
-    float64 image): in float32 a pixel whose angle lies within rounding of a bin edge may
-    change bin, which is harmless for training but breaks exact agreement.
+    Everything from the grey conversion on runs in `compute_dtype` (float64 by default, as
+    skimage does for a float64 image): in float32 a pixel whose angle lies within rounding of a
+    bin edge may change bin between devices or libraries, which is harmless for training but
+    breaks exact agreement.
     """
-    grey = hog_window(images).to(compute_dtype)
+    grey = hog_window(images.to(compute_dtype))
     return _normalised_blocks(_cell_histograms(grey)).to(images.dtype)
 
 

@@ -152,10 +152,11 @@ class RectangleMask(nn.Module):
         b, _, h, w = x.shape
         u = _uniform((3, b), self.generator, x.device)  # aspect, top, left draws: (3, B)
         side = math.sqrt(self.ratio)
-        # aspect a in [side, 1/side], so rect_h = h*side*a <= h and rect_w = w*side/a <= w.
+        # aspect a in [side, 1/side], so rect_h = h*side*a <= h and rect_w ~ w*side/a <= w;
+        # rect_w is taken from the rounded rect_h so the area stays ratio*h*w within one column.
         aspect = torch.exp(math.log(side) * (1.0 - 2.0 * u[0]))  # (B,)
         rect_h = torch.round(h * side * aspect).clamp(0, h)  # (B,)
-        rect_w = torch.round(w * side / aspect).clamp(0, w)  # (B,)
+        rect_w = torch.round(self.ratio * h * w / rect_h).clamp(0, w)  # (B,); rect_h = 0 gives w, area 0
         top = torch.floor(u[1] * (h - rect_h + 1))  # (B,)
         left = torch.floor(u[2] * (w - rect_w + 1))  # (B,)
         rows = torch.arange(h, device=x.device)[None, :, None]  # (1, H, 1)

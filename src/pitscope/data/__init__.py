@@ -1,0 +1,63 @@
+"""Datasets: one loader per on-disk format, chosen by name from `FORMATS`.
+
+Every loader has the signature `(cfg: DataConfig, split: "train" | "test", seed: int)` and
+returns a sequence of `Sample`s: (H, W, 3) uint8 RGB image, (H, W) uint8 {0, 1} mask, label,
+path, with H = W = cfg.image_size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from pitscope.config import DataConfig
+from pitscope.data.bsdata import load_bsdata
+from pitscope.data.dataset import AnomalyDataset, Record
+from pitscope.data.folder import load_folder
+from pitscope.data.mvtec import load_mvtec
+from pitscope.data.types import BadImageError, DatasetLayoutError, Sample
+
+SPLITS = ("train", "test")
+
+
+def load_synthetic(cfg: DataConfig, split: str, seed: int) -> Sequence[Sample]:
+    """The built-in generated dataset (pitscope.data.synthetic), imported only when asked for."""
+    from pitscope.data.synthetic import load_synthetic as load
+
+    return load(cfg, split, seed)
+
+
+FORMATS: dict[str, Callable[[DataConfig, str, int], Sequence[Sample]]] = {
+    "bsdata": load_bsdata,
+    "mvtec": load_mvtec,
+    "folder": load_folder,
+    "synthetic": load_synthetic,
+}
+
+
+def build_dataset(cfg: DataConfig, split: str, seed: int) -> Sequence[Sample]:
+    """The `split` ("train" or "test") of the dataset `cfg.format` names.
+
+    Unreadable files are found only when decoded: call `.check()` on an AnomalyDataset before
+    use to skip (or refuse) them as cfg.on_bad_file says.
+    """
+    if cfg.format not in FORMATS:
+        raise ValueError(f"data.format: {cfg.format!r} is not one of {', '.join(FORMATS)}")
+    if split not in SPLITS:
+        raise ValueError(f"split: {split!r} is not one of {', '.join(SPLITS)}")
+    return FORMATS[cfg.format](cfg, split, seed)
+
+
+__all__ = [
+    "FORMATS",
+    "SPLITS",
+    "AnomalyDataset",
+    "BadImageError",
+    "DatasetLayoutError",
+    "Record",
+    "Sample",
+    "build_dataset",
+    "load_bsdata",
+    "load_folder",
+    "load_mvtec",
+    "load_synthetic",
+]

@@ -1,0 +1,178 @@
+"""A trained detector: network + fitted Mahalanobis scorers + calibrated threshold.
+
+Image score: Mahalanobis distance of the pooled layer4 embedding to a Gaussian fitted on the
+defect-free training images (Rippel et al. 2021, SPEC 5).
+Anomaly map: a Gaussian per spatial position over the stacked backbone stages
+`score.pixel_stages`, upsampled to the first stage's resolution (PaDiM, SPEC 5a), with a random
+subset of `score.pixel_channels` channels; the distance map is upsampled to the input size and
+smoothed with `score.smoothing_sigma` (in pixels of the input).
+Threshold: the `score.threshold_quantile` quantile of the image scores of held-back defect-free
+training images (`score.calibration_fraction` of them, never used to fit the scorers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from pitscope import __version__
+from pitscope.config import Config, from_dict, to_dict
+from pitscope.data.types import Sample
+from pitscope.models.network import DoubleSelfSupervisedNet
+from pitscope.scoring import GaussianScorer, PatchGaussianScorer, gaussian_smooth
+from pitscope.seeding import numpy_rng
+from pitscope.tensors import images_to_batch
+
+
+class Prediction(NamedTuple):
+    """What the detector says about one image (or a batch: leading dimension B).
+
+    score: the image's anomaly score (Mahalanobis distance; higher = more anomalous).
+    anomaly_map: (H, W) float32 per-pixel anomaly scores.
+    is_defective: score > threshold.
+    threshold: the threshold used.
+    """
+
+    score: float
+    anomaly_map: np.ndarray
+    is_defective: bool
+    threshold: float
+
+
+def iterate_batches(
+    dataset: Sequence[Sample], indices: Sequence[int], batch_size: int, desc: str, progress: bool
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Yield (indices, normalised images (B, 3, H, W)) over dataset[indices] with a progress bar."""
+    starts = range(0, len(indices), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+        chunk = list(indices[start : start + batch_size])
+        yield chunk, images_to_batch([dataset[i].image for i in chunk])
+
+
+class Detector(nn.Module):
+    """Network, image scorer, pixel scorer and threshold, saved and loaded as one file."""
+
+    def __init__(self, cfg: Config, n_kinds: int, net: DoubleSelfSupervisedNet | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.n_kinds = n_kinds
+        self.net = net if net is not None else DoubleSelfSupervisedNet(cfg.model, n_kinds)
+        self.image_scorer = GaussianScorer(cfg.score.shrinkage, cfg.score.ridge)
+        self.pixel_scorer = PatchGaussianScorer(
+            cfg.score.shrinkage, cfg.score.ridge, n_channels=cfg.score.pixel_channels, seed=cfg.seed
+        )
+        self.register_buffer("threshold", torch.tensor(float("nan")))
+        self.metadata: dict = {}
+
+    # -- features ---------------------------------------------------------------------------
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, 3, H, W) -> (embedding (B, 512), stacked patch features (B, C, h, w))."""
+        out = self.net(x)
+        stages = [out.features[name] for name in self.cfg.score.pixel_stages]
+        size = stages[0].shape[-2:]
+        stacked = torch.cat(
+            [s if s.shape[-2:] == size else F.interpolate(s, size=size, mode="bilinear", align_corners=False) for s in stages],
+            dim=1,
+        )  # (B, sum of channels, h, w)
+        return out.embedding, stacked
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, 3, H, W) normalised -> (image scores (B,), anomaly maps (B, H, W))."""
+        embedding, patches = self._features(x)
+        scores = self.image_scorer.score(embedding)  # (B,)
+        maps = self.pixel_scorer.score_map(patches)  # (B, h, w)
+        maps = F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        maps = gaussian_smooth(maps, self.cfg.score.smoothing_sigma)  # (B, H, W)
+        return scores, maps
+
+    # -- fitting ----------------------------------------------------------------------------
+    def split_calibration(self, n: int) -> tuple[list[int], list[int]]:
+        """Seeded split of n training images into (fit indices, calibration indices)."""
+        n_cal = int(round(self.cfg.score.calibration_fraction * n))
+        if n - n_cal < 2:
+            n_cal = 0
+        order = numpy_rng(self.cfg.seed, 7).permutation(n).tolist()
+        return sorted(order[n_cal:]), sorted(order[:n_cal])
+
+    @torch.inference_mode()
+    def fit(self, dataset: Sequence[Sample], progress: bool = True) -> Detector:
+        """Fit both scorers on defect-free images and calibrate the threshold. Returns self."""
+        self.net.eval()
+        device = next(self.net.parameters()).device
+        fit_idx, cal_idx = self.split_calibration(len(dataset))
+        embeddings = []
+        self.pixel_scorer._moments = None
+        bs = self.cfg.score.batch_size
+        for _, x in iterate_batches(dataset, fit_idx, bs, "fitting scorers", progress):
+            embedding, patches = self._features(x.to(device))
+            embeddings.append(embedding.double().cpu())
+            self.pixel_scorer.partial_fit(patches)
+        self.image_scorer.fit(torch.cat(embeddings))
+        self.pixel_scorer.finalize()
+        calibration = cal_idx if cal_idx else fit_idx
+        scores = torch.cat([self(x.to(device))[0].cpu() for _, x in iterate_batches(dataset, calibration, bs, "calibrating", progress)])
+        self.threshold.fill_(float(torch.quantile(scores.double(), self.cfg.score.threshold_quantile)))
+        self.metadata["calibration"] = {
+            "images": len(calibration),
+            "held_back": bool(cal_idx),
+            "quantile": self.cfg.score.threshold_quantile,
+            "threshold": float(self.threshold),
+        }
+        return self
+
+    @torch.inference_mode()
+    def score_dataset(
+        self, dataset: Sequence[Sample], progress: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores (N,) and maps (N, H, W) float32 of every image of `dataset`."""
+        self.net.eval()
+        device = next(self.net.parameters()).device
+        scores, maps = [], []
+        for _, x in iterate_batches(dataset, range(len(dataset)), self.cfg.score.batch_size, "scoring", progress):
+            s, m = self(x.to(device))
+            scores.append(s.float().cpu().numpy())
+            maps.append(m.float().cpu().numpy())
+        return np.concatenate(scores), np.concatenate(maps)
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write config, weights, scorers, threshold, metadata and version to one file, atomically."""
+        from pitscope.training import atomic_save
+
+        path = Path(path)
+        atomic_save(
+            {
+                "config": to_dict(self.cfg),
+                "n_kinds": self.n_kinds,
+                "state_dict": self.state_dict(),
+                "metadata": self.metadata,
+                "version": __version__,
+            },
+            path,
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Detector:
+        """Rebuild a detector from `save`'s file with torch.load(weights_only=True)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no model file at {path}")
+        state = torch.load(path, map_location=device, weights_only=True)
+        if "state_dict" not in state or "config" not in state:
+            raise ValueError(f"{path} is not a pitscope model file (a training checkpoint? use model.pt)")
+        cfg = from_dict(state["config"])
+        cfg.model.weights = "none"  # the saved state holds the trained weights
+        detector = cls(cfg, state["n_kinds"])
+        detector.load_state_dict(state["state_dict"])
+        detector.metadata = state.get("metadata", {})
+        detector.metadata["version"] = state.get("version")
+        return detector.to(device).eval()

@@ -1,0 +1,354 @@
+"""Mahalanobis scoring against Gaussians fitted on defect-free features (SPEC section 5).
+
+`GaussianScorer` scores whole images from pooled embeddings (Rippel et al. 2021);
+`PatchGaussianScorer` scores every spatial position of a feature map with its own Gaussian
+(PaDiM, SPEC 5a); `gaussian_smooth` smooths the resulting maps. Both scorers follow the
+scikit-learn estimator contract (hyper-parameters in `__init__`, `fit` returns `self`, learned
+state ends in `_`) and hold that state as torch buffers, so it follows `.to(device)` and lands
+in `state_dict`.
+
+Both estimate the covariance from the same sufficient statistics, accumulated in float64:
+`_Moments` sums, per position, x, x x^T, ||x||^2 x and ||x||^4 of the data shifted by the
+first batch's mean. These determine the mean, the maximum-likelihood covariance (divided by
+N, as sklearn's `empirical_covariance`) and the Ledoit-Wolf shrinkage exactly, in one
+streaming pass (the algebra is in `_Moments.gaussian`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SHRINKAGES = ("ledoit_wolf", "ridge")
+
+
+class _Moments:
+    """Float64 running sums over samples, for P independent positions of D features each.
+
+    With z = x - s (s: the shift, the first batch's mean per position) it keeps
+    n, S1 = sum z (P, D), S2 = sum z z^T (P, D, D), Sa = sum ||z||^2 z (P, D) and
+    Saa = sum ||z||^4 (P,). Shifting keeps the sums near-centred, so subtracting the mean at
+    the end loses no precision when features have a large mean.
+    """
+
+    def __init__(self, chunk: int):
+        self.chunk = chunk
+        self.n = 0
+        self.shift: Tensor | None = None
+
+    def update(self, x: Tensor) -> None:
+        """Add samples x: (P, B, D)."""
+        x = x.to(torch.float64)
+        p, _, d = x.shape
+        if self.shift is None:
+            self.shift = x.mean(1)  # (P, D)
+            self.s1 = x.new_zeros(p, d)
+            self.s2 = x.new_zeros(p, d, d)
+            self.sa = x.new_zeros(p, d)
+            self.saa = x.new_zeros(p)
+        elif (p, d) != tuple(self.shift.shape):
+            raise ValueError(f"expected {tuple(self.shift.shape)} positions x features, got {(p, d)}")
+        for start in range(0, p, self.chunk):
+            sl = slice(start, start + self.chunk)
+            z = x[sl] - self.shift[sl, None]  # (p, B, D)
+            a = (z**2).sum(-1)  # (p, B)
+            self.s1[sl] += z.sum(1)
+            self.s2[sl].baddbmm_(z.transpose(1, 2), z)
+            self.sa[sl] += torch.einsum("pb,pbd->pd", a, z)
+            self.saa[sl] += (a**2).sum(1)
+        self.n += x.shape[1]
+
+    def gaussian(self, sl: slice, shrinkage: str, ridge: float) -> tuple[Tensor, Tensor, Tensor]:
+        """Mean (p, D), shrunk covariance (p, D, D) and shrinkage (p,) of positions `sl`, float64.
+
+        ledoit_wolf: sklearn's `ledoit_wolf_shrinkage` on the centred data X (rows x_i),
+            S = X^T X / n, mu = tr(S) / D, delta = ||S - mu I||_F^2 / D,
+            beta = min(delta, (sum_i ||x_i||^4 / n - ||S||_F^2) / (D n)),
+            shrinkage = beta / delta (0 when beta = 0 or D = 1),
+            covariance = (1 - shrinkage) S + shrinkage mu I.
+            With m = S1 / n, x_i = z_i - m and c = ||m||^2, expanding ||x_i||^4 gives
+            sum_i ||x_i||^4 = Saa - 4 m.Sa + 4 m^T S2 m + 2 c tr(S2) - 3 n c^2.
+        ridge: S + ridge I, and shrinkage = ridge.
+        """
+        n, d = self.n, self.s1.shape[-1]
+        m = self.s1[sl] / n  # (p, D)
+        s2 = self.s2[sl]
+        cov = s2 / n - m[:, :, None] * m[:, None, :]  # (p, D, D)
+        eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
+        if shrinkage == "ridge":
+            coef = torch.full((cov.shape[0],), float(ridge), dtype=cov.dtype, device=cov.device)
+            return self.shift[sl] + m, cov + ridge * eye, coef
+        c = (m**2).sum(-1)  # (p,)
+        s2_trace = torch.diagonal(s2, dim1=-2, dim2=-1).sum(-1)
+        fourth = (
+            self.saa[sl]
+            - 4 * (m * self.sa[sl]).sum(-1)
+            + 4 * torch.einsum("pi,pij,pj->p", m, s2, m)
+            + 2 * c * s2_trace
+            - 3 * n * c**2
+        )
+        trace = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1)
+        mu = trace / d
+        frob = (cov**2).sum((-2, -1))
+        beta = (fourth / n - frob) / (d * n)
+        delta = (frob - 2 * mu * trace + d * mu**2) / d
+        beta = torch.minimum(beta, delta)
+        coef = torch.where(beta == 0, torch.zeros_like(beta), beta / delta)
+        if d == 1:
+            coef = torch.zeros_like(coef)
+        cov = (1 - coef)[:, None, None] * cov + (coef * mu)[:, None, None] * eye
+        return self.shift[sl] + m, cov, coef
+
+
+def _precision(cov: Tensor) -> Tensor:
+    """Inverse of covariances (..., D, D); the pseudo-inverse (sklearn's `pinvh`) where singular.
+
+    A shrunk covariance is positive definite except in degenerate cases (e.g. every kept
+    channel constant at a position), and a batched LU inverse is several times faster than
+    the eigendecomposition behind `pinv`, so `pinv` is only the fallback.
+    """
+    inverse, info = torch.linalg.inv_ex(cov)
+    singular = info != 0
+    if singular.any():
+        inverse[singular] = torch.linalg.pinv(cov[singular], hermitian=True)
+    return (inverse + inverse.transpose(-1, -2)) / 2
+
+
+def _check_shrinkage(shrinkage: str) -> None:
+    if shrinkage not in SHRINKAGES:
+        raise ValueError(f"unknown shrinkage {shrinkage!r}; valid: {', '.join(SHRINKAGES)}")
+
+
+class _FittedBuffers(nn.Module):
+    """Registers the learned state as empty buffers and resizes them when a state dict loads.
+
+    So `Scorer(**hyper_parameters).load_state_dict(fitted.state_dict())` restores a fitted
+    scorer, with the buffers keeping the receiving module's dtype and device.
+    """
+
+    _state: tuple[str, ...] = ()
+
+    def _register_empty(self, dtypes: dict[str, torch.dtype]) -> None:
+        for name in self._state:
+            self.register_buffer(name, torch.empty(0, dtype=dtypes.get(name, torch.get_default_dtype())))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in self._state:
+            key = prefix + name
+            if key in state_dict:
+                old = self._buffers[name]
+                self._buffers[name] = torch.empty(state_dict[key].shape, dtype=old.dtype, device=old.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _set(self, name: str, value: Tensor) -> None:
+        """Store a fitted value in the buffer's dtype and device, contiguous (a transposed layout
+        would make a loaded copy round differently in matmuls)."""
+        old = self._buffers[name]
+        self._buffers[name] = value.to(dtype=old.dtype, device=old.device).contiguous()
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._buffers["location_"].numel() > 0
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit() first")
+
+
+class GaussianScorer(_FittedBuffers):
+    """One Gaussian over feature vectors; scores are Mahalanobis distances to it.
+
+    shrinkage: "ledoit_wolf" (sklearn's `LedoitWolf(assume_centered=False)`) or "ridge"
+        (the maximum-likelihood covariance plus `ridge` times the identity).
+    ridge: the diagonal loading of the "ridge" option.
+
+    Fitted state (buffers): location_ (D,) the mean; covariance_ (D, D) the shrunk covariance;
+    precision_ (D, D) its inverse (pseudo-inverse if singular); shrinkage_ () the Ledoit-Wolf
+    coefficient in [0, 1], or the ridge. Buffers take the module's dtype (float32 unless moved
+    with `.to(dtype)` / `.double()` before or after fitting); fitting itself runs in float64.
+    """
+
+    _state = ("location_", "covariance_", "precision_", "shrinkage_")
+
+    def __init__(self, shrinkage: str = "ledoit_wolf", ridge: float = 0.01):
+        super().__init__()
+        _check_shrinkage(shrinkage)
+        self.shrinkage = shrinkage
+        self.ridge = ridge
+        self._register_empty({})
+
+    @torch.no_grad()
+    def fit(self, features: Tensor) -> GaussianScorer:
+        """Fit on defect-free features (N, D), N >= 2. Returns self."""
+        if features.ndim != 2 or features.shape[0] < 2:
+            raise ValueError(f"expected features of shape (N, D) with N >= 2, got {tuple(features.shape)}")
+        moments = _Moments(chunk=1)
+        moments.update(features[None])  # one position: (1, N, D)
+        location, cov, coef = moments.gaussian(slice(None), self.shrinkage, self.ridge)
+        self._set("location_", location[0])
+        self._set("covariance_", cov[0])
+        self._set("precision_", _precision(cov[0]))
+        self._set("shrinkage_", coef[0])
+        return self
+
+    @torch.no_grad()
+    def score(self, features: Tensor, squared: bool = False) -> Tensor:
+        """Mahalanobis distance of each row of features (N, D) to the fitted Gaussian: (N,).
+
+        The distance sqrt((x - location_)^T precision_ (x - location_)) by default; its square
+        (what sklearn's `mahalanobis` returns) with `squared=True`. Computed in the buffers'
+        dtype.
+        """
+        self._check_fitted()
+        diff = features.to(self.location_.dtype) - self.location_  # (N, D)
+        dist2 = ((diff @ self.precision_) * diff).sum(-1).clamp_min(0)
+        return dist2 if squared else dist2.sqrt()
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.score(features)
+
+
+class PatchGaussianScorer(_FittedBuffers):
+    """A Gaussian per spatial position of a feature map (PaDiM); scores are distance maps.
+
+    shrinkage, ridge: as `GaussianScorer`, applied at every position.
+    n_channels: keep a random subset of this many channels (PaDiM's random dimensionality
+        reduction); None keeps all.
+    seed: seeds the torch Generator that draws the subset.
+    chunk: positions processed at a time, bounding the float64 temporaries to
+        chunk x C x C values.
+
+    Fitted state (buffers): channel_index_ (C',) the kept channels, sorted; location_ (H*W, C');
+    precision_ (H*W, C', C'); shrinkage_ (H*W,); map_size_ (2,) = (H, W). No covariance is
+    kept: at 64 x 64 positions and 100 channels it would double 164 MB of float32 state.
+    """
+
+    _state = ("channel_index_", "location_", "precision_", "shrinkage_", "map_size_")
+
+    def __init__(
+        self,
+        shrinkage: str = "ledoit_wolf",
+        ridge: float = 0.01,
+        n_channels: int | None = None,
+        seed: int = 0,
+        chunk: int = 512,
+    ):
+        super().__init__()
+        _check_shrinkage(shrinkage)
+        self.shrinkage = shrinkage
+        self.ridge = ridge
+        self.n_channels = n_channels
+        self.seed = seed
+        self.chunk = chunk
+        self._register_empty({"channel_index_": torch.long, "map_size_": torch.long})
+        self._moments: _Moments | None = None
+
+    def _select(self, features: Tensor) -> Tensor:
+        """(N, C, H, W) -> (H*W, N, C') with the kept channels."""
+        x = features.index_select(1, self.channel_index_.to(features.device))
+        return x.flatten(2).permute(2, 0, 1)
+
+    @torch.no_grad()
+    def partial_fit(self, features: Tensor) -> PatchGaussianScorer:
+        """Accumulate one batch of defect-free feature maps (B, C, H, W). Returns self.
+
+        The first batch fixes the channel subset and the map size; call `finalize` after the
+        last batch.
+        """
+        if features.ndim != 4:
+            raise ValueError(f"expected feature maps of shape (N, C, H, W), got {tuple(features.shape)}")
+        if self._moments is None:
+            channels = features.shape[1]
+            if self.n_channels is None or self.n_channels >= channels:
+                index = torch.arange(channels)
+            else:
+                generator = torch.Generator().manual_seed(self.seed)
+                index = torch.randperm(channels, generator=generator)[: self.n_channels].sort().values
+            self._set("channel_index_", index)
+            self._set("map_size_", torch.tensor(features.shape[-2:]))
+            self._moments = _Moments(self.chunk)
+        elif tuple(features.shape[-2:]) != tuple(self.map_size_.tolist()):
+            raise ValueError(f"feature maps are {tuple(features.shape[-2:])}, expected {tuple(self.map_size_.tolist())}")
+        self._moments.update(self._select(features))
+        return self
+
+    @torch.no_grad()
+    def finalize(self) -> PatchGaussianScorer:
+        """Turn the accumulated sums into per-position means, precisions and shrinkages."""
+        moments = self._moments
+        if moments is None or moments.n < 2:
+            raise RuntimeError("finalize() needs at least 2 samples passed to partial_fit()")
+        positions = moments.s1.shape[0]
+        locations, precisions, coefs = [], [], []
+        dtype = self._buffers["location_"].dtype
+        for start in range(0, positions, self.chunk):
+            location, cov, coef = moments.gaussian(slice(start, start + self.chunk), self.shrinkage, self.ridge)
+            locations.append(location.to(dtype))
+            precisions.append(_precision(cov).to(dtype))
+            coefs.append(coef.to(dtype))
+        self._set("location_", torch.cat(locations))
+        self._set("precision_", torch.cat(precisions))
+        self._set("shrinkage_", torch.cat(coefs))
+        self._moments = None
+        return self
+
+    def fit(self, features: Tensor | Iterable[Tensor]) -> PatchGaussianScorer:
+        """Fit on feature maps (N, C, H, W), or on an iterable of such batches. Returns self."""
+        self._moments = None
+        batches = [features] if isinstance(features, Tensor) else features
+        for batch in batches:
+            self.partial_fit(batch)
+        return self.finalize()
+
+    @torch.no_grad()
+    def score_map(self, features: Tensor, squared: bool = False) -> Tensor:
+        """Mahalanobis distance of every position of features (N, C, H, W) to its Gaussian: (N, H, W).
+
+        Not squared unless `squared=True`, as `GaussianScorer.score`. Computed in the buffers'
+        dtype, `chunk` positions at a time.
+        """
+        self._check_fitted()
+        n, _, h, w = features.shape
+        if (h, w) != tuple(self.map_size_.tolist()):
+            raise ValueError(f"feature maps are {(h, w)}, expected {tuple(self.map_size_.tolist())}")
+        x = self._select(features.to(self.location_.dtype))  # (H*W, N, C')
+        dist2 = torch.empty(h * w, n, dtype=x.dtype, device=x.device)
+        for start in range(0, h * w, self.chunk):
+            sl = slice(start, start + self.chunk)
+            diff = x[sl] - self.location_[sl, None]  # (p, N, C')
+            dist2[sl] = (torch.bmm(diff, self.precision_[sl]) * diff).sum(-1)
+        dist2 = dist2.clamp_min(0).T.reshape(n, h, w)
+        return dist2 if squared else dist2.sqrt()
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.score_map(features)
+
+
+def gaussian_smooth(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
+    """Gaussian blur of maps (N, H, W) -> (N, H, W), as `scipy.ndimage.gaussian_filter`.
+
+    Separable: one 1-D kernel of radius int(truncate * sigma + 0.5), applied along rows then
+    columns, with scipy's mode="reflect" border (the edge pixel repeated: d c b a | a b c d,
+    numpy's "symmetric"), which torch's own padding modes do not offer, hence index padding.
+    sigma <= 0 returns the maps unchanged.
+    """
+    if sigma <= 0:
+        return maps
+    radius = int(truncate * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).view(1, 1, -1)
+    out = maps
+    for dim in (-1, -2):
+        out = out.movedim(dim, -1)  # the smoothed axis last
+        size = out.shape[-1]
+        index = torch.arange(-radius, size + radius, device=maps.device) % (2 * size)
+        index = torch.where(index >= size, 2 * size - 1 - index, index)
+        padded = out.index_select(-1, index)
+        shape = padded.shape
+        out = F.conv1d(padded.reshape(-1, 1, shape[-1]), kernel).reshape(*shape[:-1], size)
+        out = out.movedim(-1, dim)
+    return out

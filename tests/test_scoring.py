@@ -1,0 +1,139 @@
+"""Mahalanobis scorers agree with closed forms and scikit-learn's LedoitWolf; smoothing with scipy."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+from sklearn.covariance import LedoitWolf
+
+from pitscope.scoring import GaussianScorer, PatchGaussianScorer, gaussian_smooth
+
+
+def _correlated(n: int, d: int, seed: int, offset: float = 0.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(d, d, generator=g, dtype=torch.float64)
+    return torch.randn(n, d, generator=g, dtype=torch.float64) @ mixing + offset
+
+
+def test_identity_covariance_gives_euclidean_distance():
+    # +-e_1, +-e_2: mean 0, covariance I / 2; a ridge of 0.5 makes it exactly I.
+    x = torch.cat([torch.eye(2), -torch.eye(2)]).double()
+    scorer = GaussianScorer(shrinkage="ridge", ridge=0.5).double().fit(x)
+    torch.testing.assert_close(scorer.precision_, torch.eye(2, dtype=torch.float64))
+    y = torch.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(scorer.score(y), torch.tensor([5.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(scorer.score(y, squared=True), torch.tensor([25.0, 0.0], dtype=torch.float64))
+
+
+def test_diagonal_covariance_with_ridge_is_analytic():
+    a, b, r = 2.0, 4.0, 0.01
+    x = torch.tensor([[a, 0], [-a, 0], [0, b], [0, -b]], dtype=torch.float64) + torch.tensor([5.0, -1.0], dtype=torch.float64)
+    scorer = GaussianScorer(shrinkage="ridge", ridge=r).double().fit(x)
+    torch.testing.assert_close(scorer.location_, torch.tensor([5.0, -1.0], dtype=torch.float64))
+    torch.testing.assert_close(scorer.covariance_, torch.diag(torch.tensor([a * a / 2 + r, b * b / 2 + r], dtype=torch.float64)))
+    y = torch.tensor([[6.0, 1.0]], dtype=torch.float64)
+    expected = np.sqrt(1.0 / (a * a / 2 + r) + 4.0 / (b * b / 2 + r))
+    assert scorer.score(y).item() == pytest.approx(expected, rel=1e-12)
+    assert scorer.shrinkage_.item() == r
+
+
+@pytest.mark.parametrize("n,d,offset", [(40, 6, 0.0), (20, 30, 100.0), (200, 1, 3.0)])
+def test_ledoit_wolf_matches_sklearn(n, d, offset):
+    x = _correlated(n, d, seed=n + d, offset=offset)
+    y = _correlated(7, d, seed=99, offset=offset)
+    reference = LedoitWolf(assume_centered=False).fit(x.numpy())
+    scorer = GaussianScorer().double().fit(x)
+    np.testing.assert_allclose(scorer.location_.numpy(), reference.location_, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(scorer.covariance_.numpy(), reference.covariance_, rtol=1e-6, atol=1e-9 * np.abs(reference.covariance_).max())
+    assert scorer.shrinkage_.item() == pytest.approx(reference.shrinkage_, rel=1e-6, abs=1e-12)
+    np.testing.assert_allclose(scorer.score(y).numpy(), np.sqrt(reference.mahalanobis(y.numpy())), rtol=1e-6)
+
+
+def test_fit_returns_self_and_unfitted_scoring_fails():
+    scorer = GaussianScorer()
+    assert not scorer.is_fitted
+    with pytest.raises(RuntimeError, match="not fitted"):
+        scorer.score(torch.zeros(2, 3))
+    assert scorer.fit(torch.randn(10, 3)) is scorer
+    assert scorer.is_fitted
+
+
+def test_unknown_shrinkage_lists_choices():
+    with pytest.raises(ValueError, match="ledoit_wolf, ridge"):
+        GaussianScorer(shrinkage="oas")
+
+
+def test_state_dict_round_trip_into_fresh_instance():
+    x = _correlated(50, 8, seed=3).float()
+    fitted = GaussianScorer().fit(x)
+    fresh = GaussianScorer()
+    fresh.load_state_dict(fitted.state_dict())
+    assert fresh.is_fitted
+    torch.testing.assert_close(fresh.score(x), fitted.score(x), rtol=0, atol=0)
+    assert set(fitted.state_dict()) == {"location_", "covariance_", "precision_", "shrinkage_"}
+
+
+def test_to_dtype_moves_buffers():
+    scorer = GaussianScorer().fit(_correlated(30, 4, seed=4).float())
+    assert scorer.precision_.dtype == torch.float32
+    scorer = scorer.to(torch.float64)
+    assert all(buf.dtype == torch.float64 for buf in scorer.buffers())
+    assert scorer.score(torch.zeros(1, 4)).dtype == torch.float64
+
+
+def _feature_maps(n: int, c: int, h: int, w: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
+    # correlate channels and give every position its own mean
+    return torch.einsum("nchw,cd->ndhw", base, torch.randn(c, c, generator=g, dtype=torch.float64)) + torch.randn(c, h, w, generator=g, dtype=torch.float64) * 5
+
+
+def test_patch_scorer_matches_sklearn_per_position():
+    train, test = _feature_maps(30, 5, 3, 4, seed=5), _feature_maps(4, 5, 3, 4, seed=6)
+    scorer = PatchGaussianScorer(chunk=5).double().fit(train)  # chunk does not divide 12 positions
+    maps = scorer.score_map(test)
+    assert maps.shape == (4, 3, 4)
+    for i, j in [(0, 0), (1, 2), (2, 3)]:
+        reference = LedoitWolf().fit(train[:, :, i, j].numpy())
+        assert scorer.shrinkage_[i * 4 + j].item() == pytest.approx(reference.shrinkage_, rel=1e-6)
+        np.testing.assert_allclose(maps[:, i, j].numpy(), np.sqrt(reference.mahalanobis(test[:, :, i, j].numpy())), rtol=1e-6)
+
+
+def test_patch_scorer_equals_gaussian_scorer_and_streams():
+    train, test = _feature_maps(24, 6, 2, 3, seed=7), _feature_maps(3, 6, 2, 3, seed=8)
+    whole = PatchGaussianScorer().double().fit(train)
+    streamed = PatchGaussianScorer().double().fit(iter(train.split(5)))
+    torch.testing.assert_close(streamed.precision_, whole.precision_, rtol=1e-9, atol=1e-12)
+    single = GaussianScorer().double().fit(train[:, :, 1, 2])
+    torch.testing.assert_close(whole.score_map(test)[:, 1, 2], single.score(test[:, :, 1, 2]), rtol=1e-9, atol=0)
+
+
+def test_patch_channel_subset_is_seeded_and_round_trips():
+    train = _feature_maps(20, 10, 2, 2, seed=9).float()
+    a = PatchGaussianScorer(n_channels=4, seed=1).fit(train)
+    b = PatchGaussianScorer(n_channels=4, seed=1).fit(train)
+    assert a.channel_index_.tolist() == b.channel_index_.tolist() and len(a.channel_index_) == 4
+    assert a.precision_.shape == (4, 4, 4) and a.location_.shape == (4, 4)
+    fresh = PatchGaussianScorer(n_channels=4, seed=1)
+    fresh.load_state_dict(a.state_dict())
+    torch.testing.assert_close(fresh.score_map(train), a.score_map(train), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="expected"):
+        fresh.score_map(train[:, :, :1])
+
+
+def test_patch_scorer_unfitted_fails():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        PatchGaussianScorer().score_map(torch.zeros(1, 2, 2, 2))
+
+
+@pytest.mark.parametrize("sigma,shape", [(1.0, (2, 9, 11)), (4.0, (1, 20, 16)), (2.5, (1, 5, 40))])
+def test_gaussian_smooth_matches_scipy(sigma, shape):
+    maps = torch.rand(*shape, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    expected = np.stack([gaussian_filter(m, sigma, mode="reflect", truncate=4.0) for m in maps.numpy()])
+    np.testing.assert_allclose(gaussian_smooth(maps, sigma).numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_constant_features_fall_back_to_pseudo_inverse():
+    scorer = GaussianScorer().fit(torch.ones(5, 3))  # zero covariance, singular even when shrunk
+    torch.testing.assert_close(scorer.precision_, torch.zeros(3, 3))
+    torch.testing.assert_close(scorer.score(torch.zeros(2, 3)), torch.zeros(2))
