@@ -15,7 +15,8 @@ H, W = 80, 200
 
 
 def small_config(image_size: int = 64) -> DataConfig:
-    return DataConfig(image_size=image_size, synthetic=SyntheticConfig(n_train=4, n_test_normal=2, n_test_defect=3, height=H, width=W))
+    synthetic = SyntheticConfig(n_train=4, n_test_normal=2, n_test_defect=3, height=H, width=W)
+    return DataConfig(image_size=image_size, synthetic=synthetic)
 
 
 def test_same_seed_same_pixels_different_seed_different():
