@@ -47,6 +47,7 @@ class DataConfig:
     image_size: int = 256  # images are resized to image_size x image_size
     n_train_normal: int = 631  # bsdata: defect-free images in the training split
     split_file: str | None = None  # where the split is written (default: beside the outputs)
+    split_seed: int = 0  # bsdata: seeds the split, apart from the run seed, so runs share one split
     on_bad_file: str = "skip"  # skip | error
     cache: bool = True  # keep decoded, resized images in memory
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

@@ -167,3 +167,14 @@ def test_real_pitting_mask_is_not_empty(real_root):
     assert area <= native.mask.sum() <= 1.5 * area + 200
     resized = AnomalyDataset([record], size=256)[0]
     assert resized.mask.shape == (256, 256) and resized.mask.sum() > 0
+
+
+def test_split_follows_split_seed_not_run_seed(tiny):
+    base = DataConfig(format="bsdata", root=str(tiny), n_train_normal=4)
+    paths = load_bsdata(base, "train", seed=0).paths
+    assert load_bsdata(base, "train", seed=5).paths == paths
+    moved = next(
+        s for s in range(1, 20)
+        if load_bsdata(DataConfig(format="bsdata", root=str(tiny), n_train_normal=4, split_seed=s), "train", 0).paths != paths
+    )
+    assert moved >= 1

@@ -159,13 +159,14 @@ def load_bsdata(cfg: DataConfig, split: str, seed: int) -> AnomalyDataset:
     """BSData's "train" (defect-free only) or "test" (defect-free and pitting) split.
 
     The root comes from `bsdata_root(cfg.root)`; the split from `cfg.split_file` when that file
-    exists, otherwise drawn with `seed` (and written to cfg.split_file when one is set).
+    exists, otherwise drawn with `cfg.split_seed` (and written to cfg.split_file when one is set);
+    the run `seed` does not move the split, so runs with different seeds are compared on one.
     Pitting masks are the label polygons, filled at each image's native size.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split: {split!r} is not one of train, test")
     root = bsdata_root(cfg.root)
-    names = _resolve_split(cfg, root, seed)
+    names = _resolve_split(cfg, root, cfg.split_seed)
     data = root / "data"
     if split == "train":
         records = [Record(data / name, 0) for name in names["train"]]

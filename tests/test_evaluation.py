@@ -1,0 +1,157 @@
+"""Evaluating a detector on a test split: the files written, metrics against sklearn, the table."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from pitscope.config import load_config
+from pitscope.data import build_dataset
+from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, evaluate, format_table
+from pitscope.inference import Detector
+
+TINY = [
+    "data.format=synthetic",
+    "data.image_size=64",
+    "data.synthetic.n_train=8",
+    "data.synthetic.n_test_normal=4",
+    "data.synthetic.n_test_defect=4",
+    "train.device=cpu",
+    "score.pixel_channels=16",
+    "score.batch_size=8",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a small shared machine, intra-op threads wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    """A detector with a seeded, untrained network, fitted on 8 synthetic images (read-only)."""
+    cfg = load_config(None, TINY)
+    torch.manual_seed(cfg.seed)
+    return Detector(cfg, n_kinds=2).fit(build_dataset(cfg.data, "train", cfg.seed), progress=False)
+
+
+def load_test_split(*overrides):
+    cfg = load_config(None, [*TINY, *overrides])
+    return build_dataset(cfg.data, "test", cfg.seed)
+
+
+def read_scores(path):
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        return reader.fieldnames, list(reader)
+
+
+def test_evaluate_writes_metrics_json_and_one_csv_row_per_image(detector, tmp_path):
+    split = load_test_split()
+    result = evaluate(detector, split, tmp_path / "eval", progress=False)
+
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == json.loads(json.dumps(result))
+    assert set(result["metrics"]) == set(METRIC_NAMES)
+    assert result["counts"] == {"images": 8, "normal": 4, "defective": 4}
+    assert result["threshold"] == float(detector.threshold)
+
+    header, rows = read_scores(tmp_path / "eval" / "scores.csv")
+    assert header == ["path", "label", "score", "is_defective"]
+    assert [r["path"] for r in rows] == split.paths
+    assert [int(r["label"]) for r in rows] == split.labels.tolist()
+    scores, _ = detector.score_dataset(split, progress=False)
+    np.testing.assert_allclose([float(r["score"]) for r in rows], scores, rtol=1e-5)
+    assert [int(r["is_defective"]) for r in rows] == (scores > result["threshold"]).astype(int).tolist()
+
+
+def test_metrics_agree_with_sklearn(detector, tmp_path):
+    split = load_test_split()
+    result = evaluate(detector, split, tmp_path, progress=False)
+    metrics = result["metrics"]
+
+    _, rows = read_scores(tmp_path / "scores.csv")
+    labels = np.array([int(r["label"]) for r in rows])
+    csv_scores = np.array([float(r["score"]) for r in rows])
+    assert metrics["image_auroc"] == pytest.approx(roc_auc_score(labels, csv_scores), abs=1e-12)
+    assert metrics["image_ap"] == pytest.approx(average_precision_score(labels, csv_scores), abs=1e-12)
+
+    scores, maps = detector.score_dataset(split, progress=False)
+    masks = np.stack([split[i].mask for i in range(len(split))])  # (8, 64, 64)
+    assert masks.any()
+    assert metrics["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel() > 0, maps.ravel()), rel=1e-9)
+    assert metrics["pixel_ap"] == pytest.approx(average_precision_score(masks.ravel() > 0, maps.ravel()), rel=1e-9)
+    assert 0.0 <= metrics["aupro"] <= 1.0
+
+    flagged = scores > result["threshold"]
+    assert result["at_threshold"]["true_positive_rate"] == flagged[labels == 1].mean()
+    assert result["at_threshold"]["false_positive_rate"] == flagged[labels == 0].mean()
+
+
+@pytest.mark.parametrize("only", ["data.synthetic.n_test_defect=0", "data.synthetic.n_test_normal=0"])
+def test_a_split_with_one_class_is_refused(detector, tmp_path, only):
+    with pytest.raises(ValueError, match="both defect-free and defective"):
+        evaluate(detector, load_test_split(only), tmp_path, progress=False)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_an_empty_split_is_refused(detector):
+    split = load_test_split("data.synthetic.n_test_defect=0", "data.synthetic.n_test_normal=0")
+    with pytest.raises(ValueError, match="no images"):
+        evaluate(detector, split, None, progress=False)
+
+
+class _NoMasks:
+    """A test split without ground-truth masks (the image-level-only case)."""
+
+    has_masks = False
+
+    def __init__(self, split):
+        self.split = split
+        self.labels = split.labels
+        self.paths = split.paths
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, i):
+        return self.split[i]
+
+
+def test_without_masks_pixel_metrics_are_none(detector):
+    result = evaluate(detector, _NoMasks(load_test_split()), None, progress=False)
+    assert result["metrics"]["image_auroc"] is not None
+    for name in ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"):
+        assert result["metrics"][name] is None
+
+
+def _result(metrics):
+    return {
+        "metrics": metrics,
+        "counts": {"images": 8, "normal": 4, "defective": 4},
+        "threshold": 12.5,
+        "at_threshold": {"true_positive_rate": 0.75, "false_positive_rate": 0.25},
+    }
+
+
+def test_format_table_shows_the_paper_only_for_bsdata():
+    metrics = {name: 0.5 for name in METRIC_NAMES}
+    metrics.update(image_auroc=0.9123, aupro=None)
+    ours = format_table(_result(metrics), "synthetic")
+    paper = format_table(_result(metrics), "bsdata")
+
+    assert "paper" not in ours and "97.42" not in ours
+    assert "paper" not in format_table(_result(metrics))
+    assert "paper" in paper.splitlines()[0]
+    rows = {line.split()[0]: line.split()[1:] for line in paper.splitlines()[1:-1]}
+    assert set(rows) == set(METRIC_NAMES)
+    assert rows["image_auroc"] == ["91.23", f"{PAPER_BSDATA['image_auroc']:.2f}"]
+    assert rows["pixel_auroc"] == ["50.00", f"{PAPER_BSDATA['pixel_auroc']:.2f}"]
+    assert rows["aupro"] == ["n/a"]
+    assert "TPR 75.0%" in paper and "FPR 25.0%" in paper and "4 normal + 4 defective" in paper
