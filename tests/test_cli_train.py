@@ -115,12 +115,6 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_yaml, capsy
     assert "no checkpoint" in err and "checkpoint_last.pt" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Detector.load lets torch.load's KeyError/UnpicklingError escape on a file that is not a "
-    "torch file at all; main() catches only ConfigError/FileNotFoundError/ValueError, so "
-    "`pitscope evaluate notes.txt` ends in a traceback instead of exit status 2",
-)
 def test_evaluate_a_file_that_is_no_model_exits_2(tmp_path, capsys):
     path = tmp_path / "notes.pt"
     path.write_text("hello, I am not a model\n")
@@ -128,11 +122,6 @@ def test_evaluate_a_file_that_is_no_model_exits_2(tmp_path, capsys):
     assert "not a pitscope model file" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="--set values are read with PyYAML (YAML 1.1), which reads 1e-4 (no dot) as a string; "
-    "config._coerce then refuses it: `--set train.lr=1e-4` fails with 'expected a number'",
-)
 def test_set_accepts_a_float_in_exponent_notation(tmp_path, tiny_yaml):
     out = tmp_path / "run"
     args = ["train", "--config", str(tiny_yaml), "--output-dir", str(out), "--quiet"]

@@ -170,12 +170,6 @@ def test_loading_a_missing_file_is_a_file_not_found(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["text", "tensor"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="Detector.load only checks for missing keys: a text file fails inside torch.load "
-    "(KeyError / UnpicklingError) and a saved tensor fails on `'state_dict' in tensor` "
-    "(RuntimeError), so neither is the clear ValueError the CLI turns into exit status 2",
-)
 def test_loading_a_file_that_is_no_model_is_a_value_error(tmp_path, kind):
     path = tmp_path / "model.pt"
     if kind == "text":

@@ -183,6 +183,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -219,6 +224,8 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"{key}: {value!r} is not one of {', '.join(valid)}")
     if not 0.0 <= cfg.augment.alpha_min <= cfg.augment.alpha_max <= 1.0:
         raise ConfigError("augment.alpha_min/alpha_max: need 0 <= alpha_min <= alpha_max <= 1")
+    if not cfg.model.classify and cfg.model.target == "none":
+        raise ConfigError("model.classify=false with model.target=none leaves nothing to train; enable one task")
     if cfg.data.image_size < 32:
         raise ConfigError(f"data.image_size: must be at least 32, got {cfg.data.image_size}")
     if not 0.0 < cfg.score.threshold_quantile <= 1.0:

@@ -166,8 +166,11 @@ class Detector(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no model file at {path}")
-        state = torch.load(path, map_location=device, weights_only=True)
-        if "state_dict" not in state or "config" not in state:
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as exc:  # not a torch file, or one holding more than tensors and plain data
+            raise ValueError(f"{path} is not a pitscope model file: {exc}") from exc
+        if not isinstance(state, dict) or "state_dict" not in state or "config" not in state:
             raise ValueError(f"{path} is not a pitscope model file (a training checkpoint? use model.pt)")
         cfg = from_dict(state["config"])
         cfg.model.weights = "none"  # the saved state holds the trained weights

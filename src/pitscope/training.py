@@ -173,7 +173,6 @@ def train(
     """
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
     if len(dataset) == 0:
         raise ValueError("the training split holds no images")
     device = resolve_device(cfg.train.device)
@@ -190,13 +189,19 @@ def train(
             raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
         state = torch.load(last_path, map_location=device, weights_only=True)
         saved = from_dict(state["config"])
-        if to_dict(saved.model) != to_dict(cfg.model) or saved.seed != cfg.seed:
-            raise ValueError(f"--resume: {last_path} was trained with another model config or seed")
+        for section in ("model", "augment", "data"):
+            if to_dict(getattr(saved, section)) != to_dict(getattr(cfg, section)):
+                raise ValueError(f"--resume: {last_path} was trained with another {section} config")
+        if saved.seed != cfg.seed:
+            raise ValueError(f"--resume: {last_path} was trained with seed {saved.seed}, not {cfg.seed}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the config's optimiser settings win over the saved ones
+            group.update(lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
         start_epoch, step, elapsed = state["epoch"], state["step"], state["elapsed_s"]
         history = list(state["history"])
         echo(f"resuming after epoch {start_epoch} (step {step}, {elapsed / 60:.1f} min trained)")
+    save_config(cfg, out_dir / "config.yaml")
     log = _CsvLog(out_dir / LOG_FILE, truncate=not resume)
     writer = _tensorboard(out_dir)
     pairs = PseudoDefectPairs(dataset, maker, cfg.seed)
@@ -224,6 +229,7 @@ def train(
     step_time = 0.0
     for epoch in range(start_epoch, cfg.train.epochs):
         pairs.set_epoch(epoch)
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # feature masks draw from torch's RNG: resumable
         order = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         loader = DataLoader(
             pairs,
@@ -245,10 +251,13 @@ def train(
             batch = [t.to(device, non_blocking=True) for t in batch]
             loss, parts = compute_loss(model, cfg, batch)
             if not torch.isfinite(loss):
-                save_last(epoch)
+                where = (
+                    f"the last good state (after epoch {epoch}) is in {last_path}; resume from it with "
+                    if last_path.exists() else "no epoch finished, so start again with "
+                )
                 raise TrainingDiverged(
                     f"loss is {parts['loss']} at epoch {epoch + 1}, step {step + 1} ({parts}); "
-                    f"the last good state is in {last_path}. Try a lower train.lr (now {cfg.train.lr})."
+                    f"{where}a lower train.lr (now {cfg.train.lr})."
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -267,7 +276,7 @@ def train(
                     for k, v in parts.items():
                         writer.add_scalar(f"train/{k}", v, step)
         bar.close()
-        if n:
+        if n and not stopped_by_budget:
             summary = {"epoch": epoch + 1, "steps": n, **{k: v / n for k, v in sums.items()}, "elapsed_s": elapsed}
             history.append(summary)
             echo(
@@ -281,7 +290,7 @@ def train(
         save_last(epoch + 1)
     if writer is not None:
         writer.close()
-    epochs_done = history[-1]["epoch"] if history else start_epoch
+    epochs_done = history[-1]["epoch"] if history else start_epoch  # complete epochs only
     if stopped_by_budget:
         echo(
             f"stopped at the budget of {cfg.train.budget_minutes} min after {step} steps "
