@@ -32,7 +32,7 @@ from pitscope.config import Config, save_config, to_dict, from_dict
 from pitscope.data.types import Sample
 from pitscope.models.hog import hog_features, rgb_target
 from pitscope.models.network import DoubleSelfSupervisedNet, NetOutput
-from pitscope.seeding import numpy_rng, seed_everything
+from pitscope.seeding import numpy_rng, seed_everything, worker_init_fn
 from pitscope.tensors import denormalise, image_to_tensor
 
 LAST_CHECKPOINT = "checkpoint_last.pt"
@@ -238,6 +238,7 @@ def train(
             drop_last=len(dataset) >= 2 * batch_size,
             generator=order,
             num_workers=cfg.train.num_workers,
+            worker_init_fn=worker_init_fn,
             pin_memory=device.type == "cuda",
         )
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress, leave=False)
