@@ -139,7 +139,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 LIST_CHOICES: dict[str, tuple[str, ...]] = {
     "augment.kinds": ("noise", "scar", "normal"),
-    "score.pixel_stages": ("layer1", "layer2", "layer3", "layer4"),
+    "score.pixel_stages": ("conv1", "layer1", "layer2", "layer3", "layer4"),
 }
 
 
