@@ -100,6 +100,18 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    """Download a dataset for use with --set data.root=... (needs internet; BSData only)."""
+    from pitscope.data.download import BSDATA_ARCHIVE, fetch_bsdata, mvtec_instructions
+
+    if args.dataset == "mvtec":
+        print(mvtec_instructions())
+        return 0
+    root = fetch_bsdata(args.dest, url=args.url or BSDATA_ARCHIVE["url"], sha256=args.sha256, progress=True)
+    print(f"BSData is in {root}; use it with --set data.root={root} or PITSCOPE_BSDATA={root}")
+    return 0
+
+
 def _prepare_split_file(cfg: Config) -> None:
     """BSData's seeded split is written beside the outputs unless a split file is given."""
     if cfg.data.format == "bsdata" and cfg.data.split_file is None:
@@ -212,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="images are resized to SIZE x SIZE first")
     _add_config_args(p, None)
     p.set_defaults(func=cmd_augment_preview)
+
+    p = sub.add_parser("download", help="download BSData (MVTec AD: instructions)", description=cmd_download.__doc__)
+    p.add_argument("dataset", choices=["bsdata", "mvtec"])
+    p.add_argument("dest", nargs="?", default="datasets", help="folder to extract into (default: datasets)")
+    p.add_argument("--url", help="another address of the archive (e.g. a mirror or a file:// path)")
+    p.add_argument("--sha256", help="expected SHA-256 of the archive; a mismatch leaves nothing behind")
+    p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("train", help="train a model on defect-free images", description=cmd_train.__doc__)
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint_last.pt")

@@ -64,3 +64,16 @@ def test_archive_is_pinned_and_mvtec_is_not_scripted():
     assert "7204b28a621733c01cd75899ed9ea27f6ea0b9e3" in BSDATA_ARCHIVE["url"]
     text = mvtec_instructions()
     assert "licence" in text and "mvtec.com" in text
+
+
+def test_download_command_uses_a_local_url(archive, tmp_path, capsys):
+    from pitscope.cli import main
+
+    dest = tmp_path / "datasets"
+    assert main(["download", "bsdata", str(dest), "--url", archive.as_uri(), "--sha256", _sha(archive)]) == 0
+    assert (dest / "BSData-abc" / "data" / "a.jpg").is_file()
+    assert "data.root" in capsys.readouterr().out
+    assert main(["download", "bsdata", str(tmp_path / "other"), "--url", archive.as_uri(), "--sha256", "0" * 64]) == 2
+    assert "sha" in capsys.readouterr().err.lower()
+    assert main(["download", "mvtec"]) == 0
+    assert "licence" in capsys.readouterr().out
