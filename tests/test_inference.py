@@ -30,15 +30,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a small shared machine, intra-op threads wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """(detector fitted on the 12 training images, its saved model.pt, train split, test split).

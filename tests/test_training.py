@@ -45,15 +45,6 @@ STEPS_PER_EPOCH = 2  # 8 images, batches of 4
 LIGHT = "model.target=none"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a small shared machine, intra-op threads wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def images():
     """The 8 defect-free training images of TINY (read-only, shared)."""
