@@ -24,11 +24,12 @@ from tqdm.auto import tqdm
 
 from pitscope import __version__
 from pitscope.config import Config, from_dict, to_dict
+from pitscope.data.imageio import read_image, to_rgb_array
 from pitscope.data.types import Sample
 from pitscope.models.network import DoubleSelfSupervisedNet
 from pitscope.scoring import GaussianScorer, PatchGaussianScorer, gaussian_smooth
 from pitscope.seeding import numpy_rng
-from pitscope.tensors import images_to_batch
+from pitscope.tensors import images_to_batch, resize_image
 
 
 class Prediction(NamedTuple):
@@ -141,6 +142,33 @@ class Detector(nn.Module):
             scores.append(s.float().cpu().numpy())
             maps.append(m.float().cpu().numpy())
         return np.concatenate(scores), np.concatenate(maps)
+
+    # -- prediction -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def predict(self, inputs, threshold: float | None = None) -> Prediction | list[Prediction]:
+        """Score images given as paths, PIL images or arrays; maps come at each input's own size.
+
+        inputs: one image (a path, a PIL image, an array (H, W), (H, W, 1|3|4), uint8 or uint16),
+            a list of them, or an array batch (B, H, W, C). One image gives one Prediction, a
+            list or batch gives a list.
+        threshold: overrides the calibrated threshold for this call.
+        """
+        single = not isinstance(inputs, (list, tuple)) and not (isinstance(inputs, np.ndarray) and inputs.ndim == 4)
+        items = [inputs] if single else list(inputs)
+        images = [read_image(item) if isinstance(item, (str, Path)) else to_rgb_array(item) for item in items]
+        t = float(self.threshold) if threshold is None else float(threshold)
+        size = self.cfg.data.image_size
+        device = next(self.net.parameters()).device
+        predictions = []
+        for start in range(0, len(images), self.cfg.score.batch_size):
+            chunk = images[start : start + self.cfg.score.batch_size]
+            x = images_to_batch([resize_image(im, size) for im in chunk]).to(device)
+            scores, maps = self(x)
+            for image, score, amap in zip(chunk, scores.tolist(), maps):
+                h, w = image.shape[:2]
+                full = F.interpolate(amap[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+                predictions.append(Prediction(score, full.float().cpu().numpy(), score > t, t))
+        return predictions[0] if single else predictions
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from pitscope.data.imageio import read_image, read_mask
 from pitscope.data.types import BadImageError, DatasetLayoutError, Sample
+from pitscope.tensors import resize_image
 
 Point = tuple[float, float]
 Polygon = tuple[Point, ...]
@@ -93,7 +94,7 @@ def pair_masks(images: Sequence[Path], masks: Sequence[Path], mask_suffixes: Seq
 
 def _resize(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Squash (H, W, 3) image and (H, W) mask to (size, size): bilinear image, nearest mask."""
-    image = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    image = resize_image(image, size)
     mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
     return image, mask
 

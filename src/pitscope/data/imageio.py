@@ -67,6 +67,29 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.array(image, dtype=np.uint8)
 
 
+def to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from a PIL image or an array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4).
+
+    Arrays may be uint8 or uint16 (scaled by 1/257); a fourth channel (alpha) is dropped.
+    Anything else is a ValueError saying what was given.
+    """
+    if isinstance(image, Image.Image):
+        return _to_rgb(image)
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"expected a PIL image or a numpy array, got {type(image).__name__}")
+    if image.dtype == np.uint16:
+        image = np.round(image.astype(np.float64) / 257.0).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 or uint16 array, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or 0 in image.shape[:2]:
+        raise ValueError(f"expected an array of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {image.shape}")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3])
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read any Pillow-readable image as (H, W, 3) uint8 RGB.
 

@@ -20,6 +20,7 @@ from scipy import ndimage
 
 from pitscope.config import DataConfig
 from pitscope.data.types import Sample
+from pitscope.tensors import resize_image
 
 # Samples of one thread period in the profile look-up table.
 PROFILE_SAMPLES = 512
@@ -348,7 +349,7 @@ class SyntheticDataset(collections.abc.Sequence[Sample]):
         else:
             mask = np.zeros(image.shape[:2], dtype=np.uint8)
         if self.size is not None:
-            image = np.asarray(Image.fromarray(image).resize((self.size, self.size), Image.BILINEAR))
+            image = resize_image(image, self.size)
             mask = np.asarray(Image.fromarray(mask).resize((self.size, self.size), Image.NEAREST))
         return Sample(image=image, mask=mask, label=label, path=self._path(i))
 
