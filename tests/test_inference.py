@@ -59,6 +59,8 @@ def test_fit_returns_self_and_a_finite_threshold(fitted):
         "held_back": True,
         "quantile": 0.75,
         "threshold": float(detector.threshold),
+        "pixel_quantile": 0.999,
+        "pixel_threshold": float(detector.pixel_threshold),
     }
 
 
@@ -98,9 +100,10 @@ def test_threshold_is_the_quantile_of_held_back_scores(fitted):
     assert sorted(fit_idx + cal_idx) == list(range(12))
     assert (fit_idx, cal_idx) == detector.split_calibration(12)  # seeded
 
-    scores, _ = detector(batch_of(train_split, cal_idx))
+    scores, maps = detector(batch_of(train_split, cal_idx))
     expected = np.quantile(scores.double().numpy(), 0.75)  # linear interpolation, as torch's
     assert float(detector.threshold) == pytest.approx(expected, rel=1e-6)
+    assert float(detector.pixel_threshold) == pytest.approx(np.quantile(maps.numpy(), 0.999), rel=1e-5)
 
 
 def test_scorers_see_only_the_fit_images(fitted):

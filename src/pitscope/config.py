@@ -109,7 +109,8 @@ class ScoreConfig:
     pixel_channels: int | None = 100  # random channel subset of the stacked stages (PaDiM); null = all
     batch_size: int = 16  # images per batch when extracting features and scoring
     smoothing_sigma: float = 4.0
-    threshold_quantile: float = 0.99
+    threshold_quantile: float = 0.99  # image threshold: this quantile of held-back normal scores
+    pixel_threshold_quantile: float = 0.999  # predicted region: this quantile of their map values
     calibration_fraction: float = 0.1
 
 
@@ -228,8 +229,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("model.classify=false with model.target=none leaves nothing to train; enable one task")
     if cfg.data.image_size < 32:
         raise ConfigError(f"data.image_size: must be at least 32, got {cfg.data.image_size}")
-    if not 0.0 < cfg.score.threshold_quantile <= 1.0:
-        raise ConfigError("score.threshold_quantile: must lie in (0, 1]")
+    for key in ("threshold_quantile", "pixel_threshold_quantile"):
+        if not 0.0 < getattr(cfg.score, key) <= 1.0:
+            raise ConfigError(f"score.{key}: must lie in (0, 1]")
     return cfg
 
 

@@ -7,7 +7,9 @@ Anomaly map: a Gaussian per spatial position over the stacked backbone stages
 subset of `score.pixel_channels` channels; the distance map is upsampled to the input size and
 smoothed with `score.smoothing_sigma` (in pixels of the input).
 Threshold: the `score.threshold_quantile` quantile of the image scores of held-back defect-free
-training images (`score.calibration_fraction` of them, never used to fit the scorers).
+training images (`score.calibration_fraction` of them, never used to fit the scorers); the pixel
+threshold that outlines the predicted defect region is the `score.pixel_threshold_quantile`
+quantile of the map values of the same images.
 """
 
 from __future__ import annotations
@@ -38,13 +40,15 @@ class Prediction(NamedTuple):
     score: the image's anomaly score (Mahalanobis distance; higher = more anomalous).
     anomaly_map: (H, W) float32 per-pixel anomaly scores.
     is_defective: score > threshold.
-    threshold: the threshold used.
+    threshold: the image threshold used.
+    pixel_threshold: map values above it form the predicted defect region.
     """
 
     score: float
     anomaly_map: np.ndarray
     is_defective: bool
     threshold: float
+    pixel_threshold: float
 
 
 def iterate_batches(
@@ -70,6 +74,7 @@ class Detector(nn.Module):
             cfg.score.shrinkage, cfg.score.ridge, n_channels=cfg.score.pixel_channels, seed=cfg.seed
         )
         self.register_buffer("threshold", torch.tensor(float("nan")))
+        self.register_buffer("pixel_threshold", torch.tensor(float("nan")))
         self.metadata: dict = {}
 
     # -- features ---------------------------------------------------------------------------
@@ -119,13 +124,21 @@ class Detector(nn.Module):
         self.image_scorer.fit(torch.cat(embeddings))
         self.pixel_scorer.finalize()
         calibration = cal_idx if cal_idx else fit_idx
-        scores = torch.cat([self(x.to(device))[0].cpu() for _, x in iterate_batches(dataset, calibration, bs, "calibrating", progress)])
+        scores, maps = [], []
+        for _, x in iterate_batches(dataset, calibration, bs, "calibrating", progress):
+            s, m = self(x.to(device))
+            scores.append(s.cpu())
+            maps.append(m.cpu().float().numpy())
+        scores = torch.cat(scores)
         self.threshold.fill_(float(torch.quantile(scores.double(), self.cfg.score.threshold_quantile)))
+        self.pixel_threshold.fill_(float(np.quantile(np.concatenate(maps), self.cfg.score.pixel_threshold_quantile)))
         self.metadata["calibration"] = {
             "images": len(calibration),
             "held_back": bool(cal_idx),
             "quantile": self.cfg.score.threshold_quantile,
             "threshold": float(self.threshold),
+            "pixel_quantile": self.cfg.score.pixel_threshold_quantile,
+            "pixel_threshold": float(self.pixel_threshold),
         }
         return self
 
@@ -167,7 +180,9 @@ class Detector(nn.Module):
             for image, score, amap in zip(chunk, scores.tolist(), maps):
                 h, w = image.shape[:2]
                 full = F.interpolate(amap[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-                predictions.append(Prediction(score, full.float().cpu().numpy(), score > t, t))
+                predictions.append(
+                    Prediction(score, full.float().cpu().numpy(), score > t, t, float(self.pixel_threshold))
+                )
         return predictions[0] if single else predictions
 
     # -- persistence ------------------------------------------------------------------------
