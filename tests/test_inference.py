@@ -172,3 +172,14 @@ def test_loading_a_file_that_is_no_model_is_a_value_error(tmp_path, kind):
         torch.save(torch.zeros(3), path)
     with pytest.raises(ValueError, match="not a pitscope model file"):
         Detector.load(path)
+
+
+def test_a_file_without_pixel_threshold_loads_with_a_warning(fitted, tmp_path):
+    _, path, _, _ = fitted
+    state = torch.load(path, weights_only=True)
+    del state["state_dict"]["pixel_threshold"]
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    with pytest.warns(UserWarning, match="calibrate"):
+        loaded = Detector.load(old)
+    assert np.isnan(float(loaded.pixel_threshold))

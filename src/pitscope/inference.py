@@ -14,6 +14,7 @@ quantile of the map values of the same images.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -218,7 +219,11 @@ class Detector(nn.Module):
         cfg = from_dict(state["config"])
         cfg.model.weights = "none"  # the saved state holds the trained weights
         detector = cls(cfg, state["n_kinds"])
-        detector.load_state_dict(state["state_dict"])
+        weights = state["state_dict"]
+        if "pixel_threshold" not in weights:  # files written before the pixel threshold existed
+            weights["pixel_threshold"] = torch.tensor(float("nan"))
+            warnings.warn(f"{path} has no pixel threshold; run `pitscope calibrate --write` to add one")
+        detector.load_state_dict(weights)
         detector.metadata = state.get("metadata", {})
         detector.metadata["version"] = state.get("version")
         return detector.to(device).eval()
