@@ -97,7 +97,7 @@ def test_run_writes_checkpoint_log_and_config(tmp_path, images):
     assert_same_weights(state["model"], result.model.state_dict())
 
     header, rows = read_log(tmp_path)
-    assert header == ["epoch", "step", "loss", "ce", "mse", "lr", "elapsed_s"]
+    assert header == ["epoch", "step", "loss", "ce", "mse", "seg", "lr", "elapsed_s"]
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert [int(r["epoch"]) for r in rows] == [1, 1, 2, 2]
     for r in rows:

@@ -82,6 +82,9 @@ class ModelConfig:
     se_reduction: int = 16
     loss_lambda: float = 1.0
     classify: bool = True  # the image-level pseudo-defect task
+    segment: bool = False  # a head that segments the pasted pseudo-defects (SPEC 5b)
+    segment_stages: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
+    segment_weight: float = 1.0
 
 
 @dataclass
@@ -105,6 +108,7 @@ class ScoreConfig:
 
     shrinkage: str = "ledoit_wolf"  # ledoit_wolf | ridge
     ridge: float = 0.01
+    pixel_method: str = "padim"  # padim | segmentation (needs model.segment)
     pixel_stages: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
     pixel_channels: int | None = 100  # random channel subset of the stacked stages (PaDiM); null = all
     batch_size: int = 16  # images per batch when extracting features and scoring
@@ -137,10 +141,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.mscm_stage": ("layer1", "layer2", "layer3", "layer4"),
     "train.device": ("auto", "cpu", "cuda"),
     "score.shrinkage": ("ledoit_wolf", "ridge"),
+    "score.pixel_method": ("padim", "segmentation"),
 }
 LIST_CHOICES: dict[str, tuple[str, ...]] = {
     "augment.kinds": ("noise", "scar", "normal"),
     "score.pixel_stages": ("conv1", "layer1", "layer2", "layer3", "layer4"),
+    "model.segment_stages": ("conv1", "layer1", "layer2", "layer3", "layer4"),
 }
 
 
@@ -225,8 +231,12 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"{key}: {value!r} is not one of {', '.join(valid)}")
     if not 0.0 <= cfg.augment.alpha_min <= cfg.augment.alpha_max <= 1.0:
         raise ConfigError("augment.alpha_min/alpha_max: need 0 <= alpha_min <= alpha_max <= 1")
-    if not cfg.model.classify and cfg.model.target == "none":
-        raise ConfigError("model.classify=false with model.target=none leaves nothing to train; enable one task")
+    if not cfg.model.classify and cfg.model.target == "none" and not cfg.model.segment:
+        raise ConfigError(
+            "model.classify=false, model.target=none and model.segment=false leave nothing to train; enable one task"
+        )
+    if cfg.score.pixel_method == "segmentation" and not cfg.model.segment:
+        raise ConfigError(f"score.pixel_method={cfg.score.pixel_method} needs model.segment=true")
     if cfg.data.image_size < 32:
         raise ConfigError(f"data.image_size: must be at least 32, got {cfg.data.image_size}")
     for key in ("threshold_quantile", "pixel_threshold_quantile"):

@@ -2,10 +2,11 @@
 
 Image score: Mahalanobis distance of the pooled layer4 embedding to a Gaussian fitted on the
 defect-free training images (Rippel et al. 2021, SPEC 5).
-Anomaly map: a Gaussian per spatial position over the stacked backbone stages
-`score.pixel_stages`, upsampled to the first stage's resolution (PaDiM, SPEC 5a), with a random
-subset of `score.pixel_channels` channels; the distance map is upsampled to the input size and
-smoothed with `score.smoothing_sigma` (in pixels of the input).
+Anomaly map (`score.pixel_method`): "padim" — a Gaussian per spatial position over the stacked
+backbone stages `score.pixel_stages`, upsampled to the first stage's resolution (SPEC 5a), with a
+random subset of `score.pixel_channels` channels; "segmentation" — the probability map of the
+head trained to segment pseudo-defects (SPEC 5b, needs `model.segment`). Either map is upsampled
+to the input size and smoothed with `score.smoothing_sigma` (in pixels of the input).
 Threshold: the `score.threshold_quantile` quantile of the image scores of held-back defect-free
 training images (`score.calibration_fraction` of them, never used to fit the scorers); the pixel
 threshold that outlines the predicted defect region is the `score.pixel_threshold_quantile`
@@ -79,23 +80,29 @@ class Detector(nn.Module):
         self.metadata: dict = {}
 
     # -- features ---------------------------------------------------------------------------
-    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, 3, H, W) -> (embedding (B, 512), stacked patch features (B, C, h, w))."""
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """x (B, 3, H, W) -> (embedding (B, 512), stacked patch features (B, C, h, w) for PaDiM
+        or None, segmentation logits (B, h', w') or None)."""
         out = self.net(x)
-        stages = [out.features[name] for name in self.cfg.score.pixel_stages]
-        size = stages[0].shape[-2:]
-        stacked = torch.cat(
-            [s if s.shape[-2:] == size else F.interpolate(s, size=size, mode="bilinear", align_corners=False) for s in stages],
-            dim=1,
-        )  # (B, sum of channels, h, w)
-        return out.embedding, stacked
+        stacked = None
+        if self.cfg.score.pixel_method == "padim":
+            stages = [out.features[name] for name in self.cfg.score.pixel_stages]
+            size = stages[0].shape[-2:]
+            stacked = torch.cat(
+                [s if s.shape[-2:] == size else F.interpolate(s, size=size, mode="bilinear", align_corners=False) for s in stages],
+                dim=1,
+            )  # (B, sum of channels, h, w)
+        return out.embedding, stacked, out.seg_logits
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, 3, H, W) normalised -> (image scores (B,), anomaly maps (B, H, W))."""
-        embedding, patches = self._features(x)
+        embedding, patches, seg_logits = self._features(x)
         scores = self.image_scorer.score(embedding)  # (B,)
-        maps = self.pixel_scorer.score_map(patches)  # (B, h, w)
+        if patches is not None:
+            maps = self.pixel_scorer.score_map(patches)  # (B, h, w) Mahalanobis distances
+        else:
+            maps = torch.sigmoid(seg_logits)  # (B, h, w) pseudo-defect probabilities
         maps = F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         maps = gaussian_smooth(maps, self.cfg.score.smoothing_sigma)  # (B, H, W)
         return scores, maps
@@ -119,11 +126,13 @@ class Detector(nn.Module):
         self.pixel_scorer._moments = None
         bs = self.cfg.score.batch_size
         for _, x in iterate_batches(dataset, fit_idx, bs, "fitting scorers", progress):
-            embedding, patches = self._features(x.to(device))
+            embedding, patches, _ = self._features(x.to(device))
             embeddings.append(embedding.double().cpu())
-            self.pixel_scorer.partial_fit(patches)
+            if patches is not None:
+                self.pixel_scorer.partial_fit(patches)
         self.image_scorer.fit(torch.cat(embeddings))
-        self.pixel_scorer.finalize()
+        if self.cfg.score.pixel_method == "padim":
+            self.pixel_scorer.finalize()
         calibration = cal_idx if cal_idx else fit_idx
         scores, maps = [], []
         for _, x in iterate_batches(dataset, calibration, bs, "calibrating", progress):

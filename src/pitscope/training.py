@@ -32,6 +32,7 @@ from pitscope.config import Config, save_config, to_dict, from_dict
 from pitscope.data.types import Sample
 from pitscope.models.hog import hog_features, rgb_target
 from pitscope.models.network import DoubleSelfSupervisedNet, NetOutput
+from pitscope.models.segmentation import focal_loss
 from pitscope.seeding import numpy_rng, seed_everything, worker_init_fn
 from pitscope.tensors import denormalise, image_to_tensor
 
@@ -82,7 +83,7 @@ def pixel_target(cfg: Config, x: torch.Tensor) -> torch.Tensor | None:
 
 def compute_loss(model: DoubleSelfSupervisedNet, cfg: Config, batch) -> tuple[torch.Tensor, dict[str, float]]:
     """Joint loss of one batch of pairs; returns (loss, its parts as floats)."""
-    normal, defective, _mask, kind = batch
+    normal, defective, mask, kind = batch
     b = normal.shape[0]
     x = torch.cat([normal, defective])  # (2B, 3, H, W)
     out: NetOutput = model(x)
@@ -103,6 +104,12 @@ def compute_loss(model: DoubleSelfSupervisedNet, cfg: Config, batch) -> tuple[to
         mse = F.mse_loss(out.target_pred, target)
         loss = loss + cfg.model.loss_lambda * mse
         parts["mse"] = float(mse.detach())
+    if out.seg_logits is not None:
+        logits = F.interpolate(out.seg_logits[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        target = torch.cat([torch.zeros_like(mask), mask])  # (2B, H, W): normal images have no defect
+        seg = focal_loss(logits, target)
+        loss = loss + cfg.model.segment_weight * seg
+        parts["seg"] = float(seg.detach())
     parts["loss"] = float(loss.detach())
     return loss, parts
 
@@ -137,7 +144,7 @@ class TrainResult:
 class _CsvLog:
     """Appends one row per logged step to OUTPUT_DIR/train_log.csv (kept across resumes)."""
 
-    FIELDS = ("epoch", "step", "loss", "ce", "mse", "lr", "elapsed_s")
+    FIELDS = ("epoch", "step", "loss", "ce", "mse", "seg", "lr", "elapsed_s")
 
     def __init__(self, path: Path, truncate: bool):
         self.path = path
@@ -282,7 +289,7 @@ def train(
             history.append(summary)
             echo(
                 f"epoch {epoch + 1}/{cfg.train.epochs}: "
-                + ", ".join(f"{k} {summary[k]:.4f}" for k in ("loss", "ce", "mse") if k in summary)
+                + ", ".join(f"{k} {summary[k]:.4f}" for k in ("loss", "ce", "mse", "seg") if k in summary)
                 + f" ({elapsed / 60:.1f} min)"
             )
         if stopped_by_budget:

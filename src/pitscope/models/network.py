@@ -22,6 +22,7 @@ from pitscope.models.decoder import HogDecoder
 from pitscope.models.heads import Classifier, Projector
 from pitscope.models.hog import HOG_DIM, RGB_SIZE
 from pitscope.models.mscm import ChannelAttention, build_mask
+from pitscope.models.segmentation import SegmentationHead
 
 HOG_FEATURES = HOG_DIM  # 15 x 7 blocks x 36 values: the 128 x 64 pedestrian-window HOG
 # cfg.target -> length of the vector the decoder predicts; "none" has no pixel branch. The "rgb"
@@ -39,6 +40,8 @@ class NetOutput(NamedTuple):
     embedding:   (B, 512) globally average-pooled layer4, before the projector.
     projection:  (B, projector_hidden) after the projector; None when cfg.classify is False.
     features:    the backbone's stages, see `Backbone.forward`.
+    seg_logits:  (B, h, w) pseudo-defect logits at the first segment stage's resolution; None
+                 unless cfg.segment.
     """
 
     logits: torch.Tensor | None
@@ -46,6 +49,7 @@ class NetOutput(NamedTuple):
     embedding: torch.Tensor
     projection: torch.Tensor | None
     features: dict[str, torch.Tensor]
+    seg_logits: torch.Tensor | None = None
 
 
 class DoubleSelfSupervisedNet(nn.Module):
@@ -86,6 +90,10 @@ class DoubleSelfSupervisedNet(nn.Module):
             self.attention = ChannelAttention(channels, cfg.se_reduction)
             self.decoder = HogDecoder(channels, TARGET_FEATURES[cfg.target])
 
+        self.segmenter: SegmentationHead | None = None
+        if cfg.segment:
+            self.segmenter = SegmentationHead(self.backbone.channels, cfg.segment_stages)
+
     def forward(self, x: torch.Tensor) -> NetOutput:
         """x (B, 3, H, W), ImageNet-normalised -> NetOutput."""
         features = self.backbone(x)
@@ -101,7 +109,8 @@ class DoubleSelfSupervisedNet(nn.Module):
             masked = self.attention(self.mask(features[self.cfg.mscm_stage]))  # (B, C, h, w)
             target_pred = self.decoder(masked)  # (B, TARGET_FEATURES[target])
 
-        return NetOutput(logits, target_pred, embedding, projection, features)
+        seg_logits = self.segmenter(features) if self.segmenter is not None else None  # (B, h, w)
+        return NetOutput(logits, target_pred, embedding, projection, features, seg_logits)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

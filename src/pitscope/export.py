@@ -1,0 +1,413 @@
+"""Export a fitted Detector to ONNX and TorchScript, with a parity check against torch.
+
+The exported graph holds network, both Mahalanobis scorers, map upsampling and smoothing, and
+the calibrated threshold, so another runtime needs nothing else:
+
+    input  "image":        float32 (B, 3, S, S), RGB in [0, 1], S = cfg.data.image_size: an
+                           image resized to S x S (bilinear, as `pitscope.tensors.resize_image`)
+                           and divided by 255. The ImageNet normalisation is inside the graph.
+    output "score":        float32 (B,) image scores (Mahalanobis distance).
+    output "anomaly_map":  float32 (B, S, S) smoothed per-pixel scores.
+    output "is_defective": bool (B,) score > the detector's threshold, baked in as a constant.
+
+The output names are the first fields of `pitscope.inference.Prediction`. B is dynamic.
+The ONNX file's metadata (and the TorchScript file's extra file "pitscope.json") also carry
+the threshold, the pixel threshold that outlines defect regions, and the image size.
+
+ONNX goes through the TorchScript-based exporter (`torch.onnx.export(dynamo=False)`):
+`torch.export` refuses `PatchGaussianScorer.score_map`, which compares the feature-map size
+with its `map_size_` buffer (a data-dependent guard); tracing runs that check once and records
+a graph with a dynamic batch axis. Like timm's `onnx_export(check_forward=True)`, each export
+is checked: onnxruntime (or the reloaded TorchScript module) runs a batch of images, and the
+largest differences from torch must stay within `RTOL` (1e-3) times the largest torch value
+of that output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pitscope import __version__
+from pitscope.inference import Detector, Prediction
+from pitscope.tensors import IMAGENET_MEAN, IMAGENET_STD, resize_image
+
+INPUT_NAME = "image"
+OUTPUT_NAMES: tuple[str, str, str] = Prediction._fields[:3]  # ("score", "anomaly_map", "is_defective")
+DEFAULT_OPSET = 17
+RTOL = 1e-3  # parity tolerance, relative to the largest absolute torch value of each output
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}  # format -> file suffix
+
+
+class ParityError(RuntimeError):
+    """The exported model's outputs differ from torch's by more than the tolerance."""
+
+
+def _smooth(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
+    """`pitscope.scoring.gaussian_smooth` (N, H, W) -> (N, H, W), written with `transpose`.
+
+    The TorchScript ONNX exporter (torch 2.14) writes `movedim` with negative axes, as
+    `gaussian_smooth` uses them, into an invalid Transpose (perm {0, 2, -2}); swapping the last
+    two axes with `transpose` is the same operation and exports. tests/test_export.py checks
+    the two functions agree.
+    """
+    if sigma <= 0:
+        return maps
+    radius = int(truncate * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).view(1, 1, -1)
+    out = maps
+    for dim in (-1, -2):
+        out = out.transpose(dim, -1)  # the smoothed axis last
+        size = out.shape[-1]
+        index = torch.arange(-radius, size + radius, device=maps.device) % (2 * size)
+        index = torch.where(index >= size, 2 * size - 1 - index, index)  # scipy's "reflect"
+        padded = out.index_select(-1, index)
+        shape = padded.shape
+        out = F.conv1d(padded.reshape(-1, 1, shape[-1]), kernel).reshape(*shape[:-1], size)
+        out = out.transpose(-1, dim)
+    return out
+
+
+class ExportModule(nn.Module):
+    """A fitted Detector as one graph: image in [0, 1] -> (score, anomaly_map, is_defective).
+
+    image (B, 3, S, S) float32 RGB in [0, 1], S = cfg.data.image_size ->
+        score (B,) float32, anomaly_map (B, S, S) float32, is_defective (B,) bool.
+    Computes what `Detector.forward` computes (after `images_to_batch`'s normalisation),
+    calling its pieces directly: `Detector.forward` runs under `torch.inference_mode`, which
+    tracing does not record through. The threshold is copied at construction.
+    """
+
+    def __init__(self, detector: Detector):
+        super().__init__()
+        if not (detector.image_scorer.is_fitted and detector.pixel_scorer.is_fitted):
+            raise ValueError("the detector is not fitted; call fit() or load a trained model.pt")
+        if not torch.isfinite(detector.threshold):
+            raise ValueError("the detector has no calibrated threshold")
+        self.detector = detector
+        self.image_size = detector.cfg.data.image_size
+        self.sigma = detector.cfg.score.smoothing_sigma
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.register_buffer("threshold", detector.threshold.detach().clone())
+        self.to(detector.threshold.device)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = (image - self.mean) / self.std  # (B, 3, S, S), as images_to_batch
+        embedding, patches = self.detector._features(x)  # (B, 512), (B, C, h, w)
+        score = self.detector.image_scorer.score(embedding)  # (B,)
+        maps = self.detector.pixel_scorer.score_map(patches)  # (B, h, w)
+        maps = F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        maps = _smooth(maps, self.sigma)  # (B, S, S)
+        return score, maps, score > self.threshold
+
+    def metadata(self) -> dict[str, str]:
+        """What a runtime needs beside the graph, as strings (ONNX metadata_props)."""
+        return {
+            "pitscope_version": str(__version__),
+            "image_size": str(self.image_size),
+            "input": f"{INPUT_NAME}: float32 (B, 3, {self.image_size}, {self.image_size}) RGB in [0, 1]",
+            "threshold": repr(float(self.threshold)),
+            "pixel_threshold": repr(float(self.detector.pixel_threshold)),
+        }
+
+
+# -- images for the parity check ----------------------------------------------------------------
+def to_export_input(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    """(H, W, 3) uint8 images -> the graph input (B, 3, size, size) float32 in [0, 1]."""
+    batch = np.stack([resize_image(im, size) for im in images])  # (B, S, S, 3) uint8
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def random_images(size: int, n: int = 3, seed: int = 0) -> torch.Tensor:
+    """n seeded uniform-noise images (n, 3, size, size) in [0, 1], the check's default input."""
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def read_check_images(sources: Sequence[str | Path], size: int, limit: int | None = None) -> torch.Tensor:
+    """Read image files, or every image of folders (sorted), as the graph input (B, 3, S, S).
+
+    At most `limit` images (the first ones, in the order given). FileNotFoundError when there
+    are none; pitscope.data.types.BadImageError for an unreadable file.
+    """
+    from pitscope.data.imageio import list_images, read_image
+
+    paths: list[Path] = []
+    for source in sources:
+        source = Path(source)
+        paths.extend(list_images(source) if source.is_dir() else [source])
+    paths = paths[:limit] if limit is not None else paths
+    if not paths:
+        raise FileNotFoundError(f"no images found in {', '.join(map(str, sources))}")
+    return to_export_input([read_image(p) for p in paths], size)
+
+
+def _check_input(module: ExportModule, images: torch.Tensor | np.ndarray | None) -> torch.Tensor:
+    if images is None:
+        return random_images(module.image_size)
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32) if isinstance(images, np.ndarray) else images)
+    expected = (3, module.image_size, module.image_size)
+    if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+        raise ValueError(f"check images must be (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+    return x.float().cpu()
+
+
+# -- parity ---------------------------------------------------------------------------------------
+def compare_outputs(reference: Sequence[torch.Tensor], outputs: Sequence[np.ndarray], threshold: float) -> dict:
+    """Largest differences of (score, anomaly_map, is_defective) outputs from torch's.
+
+    Raises ParityError when a difference exceeds RTOL times the largest absolute torch value of
+    its output, or when a decision differs for an image whose torch score is farther from the
+    threshold than the score tolerance (closer than that, a flip is rounding, not a bug).
+    """
+    ref_score, ref_map, ref_decision = (r.detach().cpu().double().numpy() for r in reference)
+    score, amap, decision = (np.asarray(o, dtype=np.float64) for o in outputs)
+    if score.shape != ref_score.shape or amap.shape != ref_map.shape or decision.shape != ref_decision.shape:
+        raise ParityError(
+            f"output shapes {score.shape}, {amap.shape}, {decision.shape} differ from torch's "
+            f"{ref_score.shape}, {ref_map.shape}, {ref_decision.shape}"
+        )
+    tol_score = RTOL * max(float(np.abs(ref_score).max()), 1e-12)
+    tol_map = RTOL * max(float(np.abs(ref_map).max()), 1e-12)
+    diff_score = float(np.abs(score - ref_score).max())
+    diff_map = float(np.abs(amap - ref_map).max())
+    flipped = decision != ref_decision
+    result = {
+        "max_abs_diff_score": diff_score,
+        "max_abs_diff_map": diff_map,
+        "decisions_equal": not flipped.any(),
+        "tolerance_score": tol_score,
+        "tolerance_map": tol_map,
+    }
+    problems = []
+    if not diff_score <= tol_score:  # also catches NaN
+        problems.append(f"score differs by {diff_score:.3g} > {tol_score:.3g}")
+    if not diff_map <= tol_map:
+        problems.append(f"anomaly_map differs by {diff_map:.3g} > {tol_map:.3g}")
+    if (flipped & (np.abs(ref_score - threshold) > tol_score)).any():
+        problems.append(f"is_defective differs for images {np.flatnonzero(flipped).tolist()}")
+    if problems:
+        raise ParityError("exported model disagrees with torch: " + "; ".join(problems))
+    return result
+
+
+def _merge(first: dict, second: dict) -> dict:
+    """The worse of two comparisons (batch run, single-image run)."""
+    merged = dict(first)
+    for key in ("max_abs_diff_score", "max_abs_diff_map"):
+        merged[key] = max(first[key], second[key])
+    merged["decisions_equal"] = first["decisions_equal"] and second["decisions_equal"]
+    return merged
+
+
+def _check(module: ExportModule, run, images) -> dict:
+    """Run the export (`run`: (B, 3, S, S) tensor -> 3 arrays) and torch on the same images.
+
+    The whole batch is compared, and its first image alone too (the dynamic batch axis).
+    """
+    x = _check_input(module, images)
+    device = module.threshold.device
+    with torch.no_grad():
+        reference = module(x.to(device))
+    threshold = float(module.threshold)
+    result = compare_outputs(reference, run(x), threshold)
+    if len(x) > 1:
+        result = _merge(result, compare_outputs([r[:1] for r in reference], run(x[:1]), threshold))
+    result["n_images"] = len(x)
+    return result
+
+
+# -- export ---------------------------------------------------------------------------------------
+def _prepared(detector: Detector) -> ExportModule:
+    module = ExportModule(detector)
+    module.eval()
+    return module
+
+
+def export_onnx(
+    detector: Detector,
+    path: str | Path,
+    opset: int = DEFAULT_OPSET,
+    check: bool = True,
+    images: torch.Tensor | np.ndarray | None = None,
+) -> dict:
+    """Write the detector as one ONNX graph (dynamic batch) and check it with onnxruntime.
+
+    images: (B, 3, S, S) float in [0, 1] for the check (default: `random_images`).
+    Returns {"path", "opset", "max_abs_diff_score", "max_abs_diff_map", "decisions_equal",
+    "tolerance_score", "tolerance_map", "n_images"} (differences None without a check).
+    Raises ParityError when the check fails; the file is written either way.
+    Puts the detector in eval mode.
+    """
+    import onnx
+
+    module = _prepared(detector)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    s = module.image_size
+    example = random_images(s, n=2).to(module.threshold.device)
+    batch = {0: "batch"}
+    with torch.no_grad(), warnings.catch_warnings():
+        # Shape checks and fitted-state tests become constants of the trace: expected, since
+        # every input has the model's image size. The legacy exporter is chosen on purpose.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={name: batch for name in (INPUT_NAME, *OUTPUT_NAMES)},
+            opset_version=opset,
+            dynamo=False,
+        )
+    model = onnx.load(str(path))
+    for output in model.graph.output:  # the exporter leaves the map's S x S symbolic
+        if output.name == "anomaly_map":
+            for dim in output.type.tensor_type.shape.dim[1:]:
+                dim.ClearField("dim_param")
+                dim.dim_value = s
+    onnx.helper.set_model_props(model, module.metadata())
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+    result = {"path": str(path), "opset": opset, "max_abs_diff_score": None, "max_abs_diff_map": None,
+              "decisions_equal": None, "tolerance_score": None, "tolerance_map": None, "n_images": 0}
+    if check:
+        session = onnx_session(path)
+        result.update(_check(module, lambda x: session.run(None, {INPUT_NAME: x.numpy()}), images))
+    return result
+
+
+def onnx_session(path: str | Path):
+    """An onnxruntime CPU session for an exported file, using torch's intra-op thread count."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def export_torchscript(
+    detector: Detector,
+    path: str | Path,
+    check: bool = True,
+    images: torch.Tensor | np.ndarray | None = None,
+) -> dict:
+    """Write the detector as a traced TorchScript module (dynamic batch), reload and check it.
+
+    Same inputs, outputs and return dict (without "opset") as `export_onnx`; the metadata is
+    the extra file "pitscope.json". Load with `torch.jit.load(path)`.
+    """
+    module = _prepared(detector)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = random_images(module.image_size, n=2).to(module.threshold.device)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        traced = torch.jit.trace(module, (example,), check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={"pitscope.json": json.dumps(module.metadata())})
+
+    result = {"path": str(path), "max_abs_diff_score": None, "max_abs_diff_map": None, "decisions_equal": None,
+              "tolerance_score": None, "tolerance_map": None, "n_images": 0}
+    if check:
+        loaded = torch.jit.load(str(path), map_location=module.threshold.device)
+
+        def run(x: torch.Tensor) -> list[np.ndarray]:
+            with torch.no_grad():
+                return [t.cpu().numpy() for t in loaded(x.to(module.threshold.device))]
+
+        result.update(_check(module, run, images))
+    return result
+
+
+# -- command line ---------------------------------------------------------------------------------
+def _output_paths(model: Path, formats: list[str], out: str | None) -> dict[str, Path]:
+    """Where each format goes: OUT as a file (one format, OUT with a suffix) or a folder."""
+    if out is not None and Path(out).suffix and not Path(out).is_dir():
+        if len(formats) > 1:
+            raise ValueError(f"--out {out} names one file, but {len(formats)} formats are exported; give a folder")
+        return {formats[0]: Path(out)}
+    folder = Path(out) if out is not None else model.parent
+    return {fmt: folder / (model.stem + FORMATS[fmt]) for fmt in formats}
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a trained model to ONNX and/or TorchScript and check it against torch."""
+    from pitscope.data.types import BadImageError
+
+    try:
+        detector = Detector.load(args.model)
+        formats = list(FORMATS) if args.format == "both" else [args.format]
+        paths = _output_paths(Path(args.model), formats, args.out)
+        size = detector.cfg.data.image_size
+        images = None
+        if args.check_images and args.check:
+            images = read_check_images(args.check_images, size, args.check_limit)
+    except (OSError, ValueError, BadImageError) as exc:
+        print(f"pitscope export: error: {exc}", file=sys.stderr)
+        return 2
+    source = f"{len(images)} images from {', '.join(args.check_images)}" if images is not None else "random images"
+    status = 0
+    for fmt, path in paths.items():
+        try:
+            if fmt == "onnx":
+                result = export_onnx(detector, path, opset=args.opset, check=args.check, images=images)
+            else:
+                result = export_torchscript(detector, path, check=args.check, images=images)
+        except ParityError as exc:
+            print(f"{fmt}: wrote {path}, but the parity check FAILED: {exc}", file=sys.stderr)
+            status = max(status, 1)
+            continue
+        except (OSError, RuntimeError, ValueError) as exc:
+            print(f"pitscope export: error: {fmt}: {exc}", file=sys.stderr)
+            return 2
+        print(f"{fmt}: wrote {path}" + (f" (opset {result['opset']})" if "opset" in result else ""))
+        if args.check:
+            print(
+                f"  parity on {source}: max |score diff| {result['max_abs_diff_score']:.3g} "
+                f"(tolerance {result['tolerance_score']:.3g}), max |map diff| {result['max_abs_diff_map']:.3g} "
+                f"(tolerance {result['tolerance_map']:.3g}), decisions "
+                + ("equal" if result["decisions_equal"] else "differ only at the threshold")
+            )
+    return status
+
+
+def add_export_parser(sub) -> argparse.ArgumentParser:
+    """Add `pitscope export MODEL ...` to the CLI's subparsers; returns the new parser."""
+    p = sub.add_parser(
+        "export",
+        help="export a trained model to ONNX / TorchScript, with a parity check",
+        description=cmd_export.__doc__
+        + f" Input '{INPUT_NAME}': float32 (B, 3, S, S) RGB in [0, 1] at the model's image size;"
+        f" outputs {', '.join(OUTPUT_NAMES)}. Exit status 0 ok, 1 parity failure, 2 error.",
+    )
+    p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt)")
+    p.add_argument("--format", choices=[*FORMATS, "both"], default="onnx", help="default: onnx")
+    p.add_argument(
+        "--out", metavar="PATH_OR_DIR",
+        help="output file (one format) or folder (default: beside the model, MODEL_STEM.onnx / .torchscript.pt)",
+    )
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    p.add_argument(
+        "--check-images", nargs="+", metavar="DIR_OR_FILE",
+        help="images (or folders of them) for the parity check, resized to the model's size (default: random noise)",
+    )
+    p.add_argument("--check-limit", type=int, default=8, help="use at most this many check images (default: 8)")
+    p.add_argument("--no-check", dest="check", action="store_false", help="skip the parity check")
+    p.set_defaults(func=cmd_export)
+    return p

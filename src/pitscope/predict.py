@@ -1,0 +1,467 @@
+"""Using a trained model on new images: `pitscope predict` and `pitscope calibrate`.
+
+`run_predict` scores files and writes one row per file to predictions.csv and predictions.jsonl
+(and, on request, each anomaly map and an overlay picture); unreadable files get a row with
+status "error" and the run goes on. `calibrate` re-derives the thresholds from defect-free
+images of the production line (and reports the F1-optimal ones when defective images are at
+hand). The `add_*_parser` functions register both commands on the `pitscope` CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from sklearn.metrics import precision_recall_fscore_support
+from tqdm.auto import tqdm
+
+from pitscope.data.dataset import AnomalyDataset, Record, pair_masks
+from pitscope.data.imageio import IMAGE_SUFFIXES, is_image_file, list_images, read_image
+from pitscope.data.types import BadImageError
+from pitscope.metrics import f1_max
+from pitscope.visualize import overlay
+
+# Columns of predictions.csv, and the keys of each predictions.jsonl object, in order.
+FIELDS = ("path", "status", "score", "threshold", "is_defective", "reason", "map", "overlay")
+
+# Masks of `pitscope calibrate --masks`: `<stem>.<ext>` or `<stem>_mask.<ext>` (as data.folder).
+MASK_SUFFIXES = ("", "_mask")
+
+_GLOB_CHARS = set("*?[")
+_MAX_STEM = 100  # leaves room for "_overlay.png" and a "_<n>" within any file system's 255
+
+
+# -- inputs and output names ---------------------------------------------------------------
+def expand_inputs(specs: Iterable[str | Path]) -> list[Path]:
+    """Image files named by files, folders and glob patterns, in the order given.
+
+    A file is taken as is (whatever its suffix: an unreadable one is reported when scored);
+    a folder gives its images (not its subfolders'), sorted; a pattern (`*`, `?`, `[`;
+    `**` recurses) gives the image files it matches, and the images of the folders it matches,
+    sorted. A spec that gives no image is a FileNotFoundError naming it. A file named twice
+    (even as `a/x.png` and `./a/x.png`) is kept once, where it first came.
+    """
+    paths: list[Path] = []
+    seen: set[Path] = set()
+    for spec in specs:
+        spec = str(spec)
+        found = _expand_one(spec)
+        if not found:
+            raise FileNotFoundError(
+                f"{spec}: matches no image (looked for a file, a folder of {'/'.join(IMAGE_SUFFIXES)} images, "
+                "or a glob pattern)"
+            )
+        for path in found:
+            key = path.resolve()
+            if key not in seen:
+                seen.add(key)
+                paths.append(path)
+    return paths
+
+
+def _expand_one(spec: str) -> list[Path]:
+    path = Path(spec)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return list_images(path)
+    if not _GLOB_CHARS & set(spec):
+        return []
+    found: list[Path] = []
+    for match in sorted(glob.glob(spec, recursive=True)):
+        match = Path(match)
+        if match.is_dir():
+            found += list_images(match)
+        elif match.is_file() and is_image_file(match):
+            found.append(match)
+    return found
+
+
+def safe_output_name(path: str | Path, taken: set[str]) -> str:
+    """A file-name stem for the outputs of `path` that stays inside the output folder.
+
+    Only the file's stem is used (no folders), every character outside [A-Za-z0-9._-] becomes
+    `_`, leading and trailing dots are dropped, long stems are cut, and an empty result becomes
+    "image". A stem already in `taken` (compared ignoring case, for case-insensitive file
+    systems) gets `_2`, `_3`, ...: `a/x.png` and `b/x.png` give `x` and `x_2`.
+    The chosen stem is added to `taken`.
+    """
+    stem = Path(str(path).replace("\\", "/")).stem  # a Windows-style name loses its folders too
+    cleaned = "".join(c if (c.isascii() and (c.isalnum() or c in "._-")) else "_" for c in stem)
+    cleaned = cleaned.strip(".")[:_MAX_STEM].strip(".") or "image"
+    lowered = {t.lower() for t in taken}
+    name, n = cleaned, 1
+    while name.lower() in lowered:
+        n += 1
+        name = f"{cleaned}_{n}"
+    taken.add(name)
+    return name
+
+
+# -- predict ---------------------------------------------------------------------------------
+def _json_number(value: float | None) -> float | None:
+    """JSON has no NaN or infinity: such values (an uncalibrated threshold) become null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _csv_row(row: dict) -> list:
+    """One CSV line: numbers in full precision (repr round-trips), booleans as 1/0, None as empty."""
+    out = []
+    for key in FIELDS:
+        value = row[key]
+        if value is None:
+            out.append("")
+        elif isinstance(value, bool):
+            out.append(int(value))
+        else:
+            out.append(value)
+    return out
+
+
+def run_predict(
+    detector,
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    threshold: float | None = None,
+    save_maps: bool = False,
+    progress: bool = True,
+    batch_size: int | None = None,
+    stop_at_first_defect: bool = False,
+) -> dict:
+    """Score every file of `paths` and write the results under `out_dir`.
+
+    out_dir/predictions.csv and out_dir/predictions.jsonl hold one row per file, in the order
+    of `paths`, with the fields FIELDS: path (as given), status ("ok" or "error"), score,
+    threshold, is_defective, reason (why an "error" file could not be read; its score and
+    is_defective stay empty / null), and map / overlay (file names relative to out_dir, with
+    save_maps). With save_maps, out_dir/maps/<name>.npy holds the float32 (H, W) anomaly map at
+    the file's own size and out_dir/maps/<name>_overlay.png the image with the predicted region
+    (`visualize.overlay` at the detector's pixel threshold); <name> is `safe_output_name`.
+    threshold overrides the detector's image threshold; batch_size defaults to
+    cfg.score.batch_size. stop_at_first_defect ends the run after the first defective image.
+
+    Both tables are written to `<name>.partial` files, flushed after every row (so a crashed
+    run leaves its complete rows there), and renamed to their final names when the run ends:
+    predictions.csv never holds half a run, nor half a line.
+    Returns {"images": rows written, "defective", "errors" (unreadable files), "out_dir",
+    "stopped_early", "failed": [{"path", "reason"}, ...] of the unreadable files}.
+    """
+    out = Path(out_dir)
+    maps_dir = out / "maps"
+    (maps_dir if save_maps else out).mkdir(parents=True, exist_ok=True)
+    batch_size = batch_size or detector.cfg.score.batch_size
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive number, got {batch_size}")
+    final = {"csv": out / "predictions.csv", "jsonl": out / "predictions.jsonl"}
+    partial = {key: path.with_name(path.name + ".partial") for key, path in final.items()}
+    taken: set[str] = set()
+    counts = {"images": 0, "defective": 0, "errors": 0}
+    failed: list[dict] = []
+    stopped = False
+    with (
+        partial["csv"].open("w", newline="", encoding="utf-8") as csv_file,
+        partial["jsonl"].open("w", encoding="utf-8") as jsonl_file,
+        tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress) as bar,
+    ):
+        writer = csv.writer(csv_file)
+        writer.writerow(FIELDS)
+
+        def write(row: dict) -> None:
+            writer.writerow(_csv_row(row))
+            csv_file.flush()
+            jsonl_file.write(json.dumps({k: _json_number(row[k]) if k in ("score", "threshold") else row[k]
+                                         for k in FIELDS}, ensure_ascii=False) + "\n")
+            jsonl_file.flush()
+            counts["images"] += 1
+            counts["errors"] += row["status"] == "error"
+            counts["defective"] += bool(row["is_defective"])
+
+        for start in range(0, len(paths), batch_size):
+            chunk = list(paths[start : start + batch_size])
+            images: dict[int, np.ndarray] = {}
+            reasons: dict[int, str] = {}
+            for i, path in enumerate(chunk):
+                try:
+                    images[i] = read_image(path)  # (H, W, 3) uint8
+                except (BadImageError, OSError) as exc:
+                    reasons[i] = getattr(exc, "reason", None) or str(exc)
+            predictions = dict(zip(images, detector.predict(list(images.values()), threshold=threshold)))
+            for i, path in enumerate(chunk):
+                name = safe_output_name(path, taken) if save_maps else None
+                row = dict.fromkeys(FIELDS)
+                row["path"] = str(path)
+                if i in reasons:
+                    row.update(status="error", reason=reasons[i])
+                    failed.append({"path": row["path"], "reason": reasons[i]})
+                else:
+                    p = predictions[i]
+                    row.update(status="ok", score=float(p.score), threshold=float(p.threshold),
+                               is_defective=bool(p.is_defective))
+                    if save_maps:
+                        row.update(map=f"maps/{name}.npy", overlay=f"maps/{name}_overlay.png")
+                        np.save(out / row["map"], p.anomaly_map.astype(np.float32, copy=False))
+                        picture = overlay(images[i], p.anomaly_map, p.pixel_threshold)
+                        Image.fromarray(picture).save(out / row["overlay"])
+                write(row)
+                bar.update(1)
+                if stop_at_first_defect and row["is_defective"]:
+                    stopped = True
+                    break
+            if stopped:
+                break
+    for key in final:
+        os.replace(partial[key], final[key])
+    return {**counts, "out_dir": str(out), "stopped_early": stopped, "failed": failed}
+
+
+# -- calibrate -------------------------------------------------------------------------------
+def _scored(detector, records: list[Record], progress: bool) -> tuple[AnomalyDataset, np.ndarray, np.ndarray, list]:
+    """(dataset, scores (N,), maps (N, S, S), [(path, reason) of skipped files]) at the model's size S."""
+    dataset = AnomalyDataset(records, size=detector.cfg.data.image_size, on_bad_file="skip", name="calibration")
+    skipped = dataset.check(progress=progress)
+    if len(dataset) == 0:
+        return dataset, np.zeros(0, np.float32), np.zeros((0, 0, 0), np.float32), skipped
+    scores, maps = detector.score_dataset(dataset, progress=progress)
+    return dataset, scores, maps, skipped
+
+
+def _at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Precision, recall and F1 of the detector's decision `score > threshold`."""
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        labels, (scores > threshold).astype(np.int64), average="binary", zero_division=0
+    )
+    return {"threshold": float(threshold), "precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+
+def _unique(paths: Iterable[str | Path]) -> list[Path]:
+    return list(dict.fromkeys(Path(p) for p in paths))
+
+
+def calibrate(
+    detector,
+    good_paths: Sequence[str | Path],
+    defect_paths: Sequence[str | Path] | None = None,
+    mask_paths: dict | Sequence[str | Path] | str | Path | None = None,
+    quantile: float | None = None,
+    pixel_quantile: float | None = None,
+    apply: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Re-derive the thresholds from defect-free images; report the F1-optimal ones too.
+
+    good_paths: defect-free images the model was not trained on (e.g. a day of good parts).
+    The image threshold is the `quantile` (default cfg.score.threshold_quantile) quantile of
+    their scores, the pixel threshold the `pixel_quantile` (default
+    cfg.score.pixel_threshold_quantile) quantile of their map values, both as `Detector.fit`
+    computes them (at the model's input size, linear interpolation).
+    defect_paths: defective images; then the result's "defects" holds the F1-optimal image
+    threshold of `metrics.f1_max` over good + defective images (which flags score >= t), and
+    the precision / recall / F1 of the detector's own rule (score > t) at both thresholds.
+    mask_paths: their masks, as {defect path: mask path}, a folder, or a list of files paired
+    by exact stem (`<stem>.<ext>` or `<stem>_mask.<ext>`); then "pixel" holds the F1-optimal
+    pixel threshold over the maps of all good and defective images.
+    Unreadable files are skipped and listed under "skipped". The detector changes only with
+    apply=True: its threshold and pixel_threshold are set and metadata["calibration"] records
+    how. Returns a JSON-serialisable dict.
+    """
+    cfg = detector.cfg.score
+    quantile = cfg.threshold_quantile if quantile is None else float(quantile)
+    pixel_quantile = cfg.pixel_threshold_quantile if pixel_quantile is None else float(pixel_quantile)
+    for name, q in (("quantile", quantile), ("pixel_quantile", pixel_quantile)):
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"{name}: expected a value in [0, 1], got {q}")
+    good = _unique(good_paths)
+    defects = _unique(defect_paths or [])
+    if mask_paths is not None and not defects:
+        raise ValueError("masks were given without defective images to pair them with")
+    masks = _pair(defects, mask_paths) if mask_paths is not None else None
+
+    _, good_scores, good_maps, skipped = _scored(detector, [Record(p, 0) for p in good], progress)
+    if good_scores.size == 0:
+        raise ValueError(f"no readable defect-free image among the {len(good)} given: cannot calibrate")
+    threshold = float(np.quantile(good_scores.astype(np.float64), quantile))
+    pixel_threshold = float(np.quantile(good_maps, pixel_quantile))
+    result = {
+        "images": int(good_scores.size),
+        "quantile": quantile,
+        "threshold": threshold,
+        "pixel_quantile": pixel_quantile,
+        "pixel_threshold": pixel_threshold,
+        "previous": {"threshold": float(detector.threshold), "pixel_threshold": float(detector.pixel_threshold)},
+        "defects": None,
+        "pixel": None,
+        "skipped": [],
+        "applied": bool(apply),
+    }
+    if defects:
+        records = [Record(p, 1, mask_path=masks[p] if masks else None) for p in defects]
+        defect_set, defect_scores, defect_maps, bad = _scored(detector, records, progress)
+        skipped += bad
+        if defect_scores.size == 0:
+            raise ValueError(f"no readable defective image among the {len(defects)} given")
+        labels = np.r_[np.zeros(good_scores.size, np.int64), np.ones(defect_scores.size, np.int64)]
+        scores = np.r_[good_scores, defect_scores]
+        best_f1, best_threshold = f1_max(labels, scores)
+        result["defects"] = {
+            "images": int(defect_scores.size),
+            "f1_max": best_f1,
+            "f1_threshold": best_threshold,
+            "at_quantile_threshold": _at_threshold(labels, scores, threshold),
+            "at_f1_threshold": _at_threshold(labels, scores, best_threshold),
+        }
+        if masks:
+            truth = np.concatenate([np.zeros(good_maps.shape, bool),
+                                    np.stack([defect_set[i].mask > 0 for i in range(len(defect_set))])])
+            if truth.any():
+                pixel_f1, pixel_best = f1_max(truth.reshape(-1), np.concatenate([good_maps, defect_maps]).reshape(-1))
+                result["pixel"] = {"f1_max": pixel_f1, "f1_threshold": pixel_best}
+    result["skipped"] = [{"path": path, "reason": reason} for path, reason in skipped]
+    if apply:
+        detector.threshold.fill_(threshold)
+        detector.pixel_threshold.fill_(pixel_threshold)
+        record = {"source": "pitscope calibrate"}
+        record.update((k, result[k]) for k in ("images", "quantile", "threshold", "pixel_quantile", "pixel_threshold"))
+        if result["defects"]:
+            record.update(defect_images=result["defects"]["images"], f1_threshold=result["defects"]["f1_threshold"])
+        if result["pixel"]:
+            record["pixel_f1_threshold"] = result["pixel"]["f1_threshold"]
+        record["previous"] = result["previous"]
+        detector.metadata["calibration"] = record
+    return result
+
+
+def _pair(defects: list[Path], mask_paths) -> dict[Path, Path]:
+    """{defect image: mask} from a dict, a folder or a list of mask files (exact-stem pairing)."""
+    if isinstance(mask_paths, dict):
+        pairs = {Path(k): Path(v) for k, v in mask_paths.items()}
+        missing = [str(p) for p in defects if p not in pairs]
+        if missing:
+            raise ValueError(f"no mask given for the defective image(s): {', '.join(missing)}")
+        return pairs
+    if isinstance(mask_paths, (str, Path)):
+        mask_files = list_images(mask_paths)
+    else:
+        mask_files = [Path(p) for p in mask_paths]
+    return pair_masks(defects, mask_files, MASK_SUFFIXES)
+
+
+# -- command line ----------------------------------------------------------------------------
+PREDICT_EPILOG = """\
+exit status:
+  0  every image was scored and none is defective
+  1  at least one image is defective (score > threshold)
+  2  an error: no model, no images, or some image could not be read (its row in
+     predictions.csv says status=error; the other images are still scored)
+
+outputs in --out: predictions.csv and predictions.jsonl (path, status, score, threshold,
+is_defective, reason, map, overlay), and with --save-maps maps/<name>.npy (float32 anomaly
+map at the image's size) and maps/<name>_overlay.png (predicted region in red)."""
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Score images with a trained model; write predictions.csv, predictions.jsonl and maps."""
+    from pitscope.inference import Detector
+
+    detector = Detector.load(args.model, device=_device(args.device))
+    paths = expand_inputs(args.paths)
+    summary = run_predict(
+        detector, paths, args.out, threshold=args.threshold, save_maps=args.save_maps,
+        progress=not args.quiet, stop_at_first_defect=args.fail_on_defect,
+    )
+    for item in summary["failed"]:
+        print(f"unreadable image: {item['path']}: {item['reason']}", file=sys.stderr)
+    stopped = " (stopped at the first defective image)" if summary["stopped_early"] else ""
+    print(
+        f"{summary['images']} images: {summary['defective']} defective, {summary['errors']} unreadable{stopped}; "
+        f"results in {Path(args.out) / 'predictions.csv'}"
+    )
+    if summary["errors"]:
+        return 2
+    return 1 if summary["defective"] else 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Re-derive the model's thresholds from defect-free images (and report F1-optimal ones)."""
+    from pitscope.inference import Detector
+
+    detector = Detector.load(args.model)
+    good = expand_inputs([args.good])
+    defects = expand_inputs([args.defects]) if args.defects else None
+    if args.masks and not defects:
+        raise ValueError("--masks needs --defects")
+    result = calibrate(
+        detector, good, defects, mask_paths=args.masks, quantile=args.quantile,
+        pixel_quantile=args.pixel_quantile, apply=args.write, progress=not args.quiet,
+    )
+    for item in result["skipped"]:
+        print(f"skipped bad file: {item['path']}: {item['reason']}", file=sys.stderr)
+    print(json.dumps(result, indent=2))
+    if args.write:
+        detector.save(args.model)
+        print(f"wrote threshold {result['threshold']:.6g} and pixel threshold {result['pixel_threshold']:.6g} "
+              f"to {args.model}", file=sys.stderr)
+    else:
+        print(f"{args.model} left unchanged (use --write to save these thresholds)", file=sys.stderr)
+    return 0
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def add_predict_parser(sub) -> argparse.ArgumentParser:
+    """Register `pitscope predict` on the CLI's subparsers; returns the new parser."""
+    p = sub.add_parser(
+        "predict",
+        help="score new images with a trained model",
+        description=cmd_predict.__doc__,
+        epilog=PREDICT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt)")
+    p.add_argument("paths", nargs="+", metavar="PATHS",
+                   help="image files, folders of images, or glob patterns (quote them: 'parts/*.png')")
+    p.add_argument("--out", default="predictions", help="output folder (default: predictions/)")
+    p.add_argument("--threshold", type=float, help="image threshold instead of the model's calibrated one")
+    p.add_argument("--save-maps", action="store_true",
+                   help="also write each anomaly map (.npy) and an overlay PNG under OUT/maps/")
+    p.add_argument("--fail-on-defect", action="store_true",
+                   help="stop at the first defective image (exit status 1 straight away)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default: auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+    return p
+
+
+def add_calibrate_parser(sub) -> argparse.ArgumentParser:
+    """Register `pitscope calibrate` on the CLI's subparsers; returns the new parser."""
+    p = sub.add_parser(
+        "calibrate",
+        help="re-derive a model's thresholds from defect-free images",
+        description=cmd_calibrate.__doc__ + " Prints the result as JSON; --write saves the thresholds into MODEL.",
+    )
+    p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt)")
+    p.add_argument("good", metavar="GOOD_DIR", help="defect-free images the model was not trained on (folder or glob)")
+    p.add_argument("--defects", metavar="DIR", help="defective images: also report the F1-optimal image threshold")
+    p.add_argument("--masks", metavar="DIR",
+                   help="masks of the --defects images (<stem>.png or <stem>_mask.png): also the pixel threshold")
+    p.add_argument("--quantile", type=float, help="image threshold quantile (default: the model's score.threshold_quantile)")
+    p.add_argument("--pixel-quantile", type=float,
+                   help="pixel threshold quantile (default: the model's score.pixel_threshold_quantile)")
+    p.add_argument("--write", action="store_true", help="save the new thresholds into MODEL (atomically)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_calibrate)
+    return p
