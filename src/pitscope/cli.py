@@ -249,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
+    from pitscope.export import add_export_parser
+    from pitscope.predict import add_calibrate_parser, add_predict_parser
+
+    add_predict_parser(sub)
+    add_calibrate_parser(sub)
+    add_export_parser(sub)
+
     p = sub.add_parser("demo", help="train + evaluate on built-in synthetic data (a few minutes)", description=cmd_demo.__doc__)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_args(p, "demo")

@@ -1,7 +1,8 @@
 """Export a fitted Detector to ONNX and TorchScript, with a parity check against torch.
 
-The exported graph holds network, both Mahalanobis scorers, map upsampling and smoothing, and
-the calibrated threshold, so another runtime needs nothing else:
+The exported graph holds everything `Detector.forward` computes (network, image scorer, pixel
+scorer or segmentation head, map upsampling and smoothing), the ImageNet normalisation before
+it and the calibrated threshold after it, so another runtime needs nothing else:
 
     input  "image":        float32 (B, 3, S, S), RGB in [0, 1], S = cfg.data.image_size: an
                            image resized to S x S (bilinear, as `pitscope.tensors.resize_image`)
@@ -16,8 +17,10 @@ the threshold, the pixel threshold that outlines defect regions, and the image s
 
 ONNX goes through the TorchScript-based exporter (`torch.onnx.export(dynamo=False)`):
 `torch.export` refuses `PatchGaussianScorer.score_map`, which compares the feature-map size
-with its `map_size_` buffer (a data-dependent guard); tracing runs that check once and records
-a graph with a dynamic batch axis. Like timm's `onnx_export(check_forward=True)`, each export
+with its `map_size_` buffer (a data-dependent guard), and then tensors made under
+`Detector.forward`'s `inference_mode`; tracing runs the check once, records through
+`inference_mode`, and gives a graph with a dynamic batch axis. (The legacy exporter, like `torch.jit.trace` behind the
+TorchScript export, is deprecated since torch 2.9 but still shipped.) Like timm's `onnx_export(check_forward=True)`, each export
 is checked: onnxruntime (or the reloaded TorchScript module) runs a batch of images, and the
 largest differences from torch must stay within `RTOL` (1e-3) times the largest torch value
 of that output.
@@ -34,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pitscope import __version__
@@ -52,52 +54,23 @@ class ParityError(RuntimeError):
     """The exported model's outputs differ from torch's by more than the tolerance."""
 
 
-def _smooth(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> torch.Tensor:
-    """`pitscope.scoring.gaussian_smooth` (N, H, W) -> (N, H, W), written with `transpose`.
-
-    The TorchScript ONNX exporter (torch 2.14) writes `movedim` with negative axes, as
-    `gaussian_smooth` uses them, into an invalid Transpose (perm {0, 2, -2}); swapping the last
-    two axes with `transpose` is the same operation and exports. tests/test_export.py checks
-    the two functions agree.
-    """
-    if sigma <= 0:
-        return maps
-    radius = int(truncate * sigma + 0.5)
-    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).view(1, 1, -1)
-    out = maps
-    for dim in (-1, -2):
-        out = out.transpose(dim, -1)  # the smoothed axis last
-        size = out.shape[-1]
-        index = torch.arange(-radius, size + radius, device=maps.device) % (2 * size)
-        index = torch.where(index >= size, 2 * size - 1 - index, index)  # scipy's "reflect"
-        padded = out.index_select(-1, index)
-        shape = padded.shape
-        out = F.conv1d(padded.reshape(-1, 1, shape[-1]), kernel).reshape(*shape[:-1], size)
-        out = out.transpose(-1, dim)
-    return out
-
-
 class ExportModule(nn.Module):
     """A fitted Detector as one graph: image in [0, 1] -> (score, anomaly_map, is_defective).
 
     image (B, 3, S, S) float32 RGB in [0, 1], S = cfg.data.image_size ->
         score (B,) float32, anomaly_map (B, S, S) float32, is_defective (B,) bool.
-    Computes what `Detector.forward` computes (after `images_to_batch`'s normalisation),
-    calling its pieces directly: `Detector.forward` runs under `torch.inference_mode`, which
-    tracing does not record through. The threshold is copied at construction.
+    The ImageNet normalisation of `images_to_batch`, then `Detector.forward` itself (whatever
+    its pixel method), then the comparison with the threshold, copied at construction.
     """
 
     def __init__(self, detector: Detector):
         super().__init__()
-        if not (detector.image_scorer.is_fitted and detector.pixel_scorer.is_fitted):
+        if not detector.image_scorer.is_fitted:
             raise ValueError("the detector is not fitted; call fit() or load a trained model.pt")
         if not torch.isfinite(detector.threshold):
             raise ValueError("the detector has no calibrated threshold")
         self.detector = detector
         self.image_size = detector.cfg.data.image_size
-        self.sigma = detector.cfg.score.smoothing_sigma
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.register_buffer("threshold", detector.threshold.detach().clone())
@@ -105,11 +78,7 @@ class ExportModule(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = (image - self.mean) / self.std  # (B, 3, S, S), as images_to_batch
-        embedding, patches = self.detector._features(x)  # (B, 512), (B, C, h, w)
-        score = self.detector.image_scorer.score(embedding)  # (B,)
-        maps = self.detector.pixel_scorer.score_map(patches)  # (B, h, w)
-        maps = F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        maps = _smooth(maps, self.sigma)  # (B, S, S)
+        score, maps = self.detector(x)  # (B,), (B, S, S)
         return score, maps, score > self.threshold
 
     def metadata(self) -> dict[str, str]:
@@ -229,12 +198,6 @@ def _check(module: ExportModule, run, images) -> dict:
 
 
 # -- export ---------------------------------------------------------------------------------------
-def _prepared(detector: Detector) -> ExportModule:
-    module = ExportModule(detector)
-    module.eval()
-    return module
-
-
 def export_onnx(
     detector: Detector,
     path: str | Path,
@@ -252,7 +215,7 @@ def export_onnx(
     """
     import onnx
 
-    module = _prepared(detector)
+    module = ExportModule(detector).eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     s = module.image_size
@@ -262,7 +225,7 @@ def export_onnx(
         # Shape checks and fitted-state tests become constants of the trace: expected, since
         # every input has the model's image size. The legacy exporter is chosen on purpose.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export", category=DeprecationWarning)
         torch.onnx.export(
             module,
             (example,),
@@ -286,7 +249,10 @@ def export_onnx(
     result = {"path": str(path), "opset": opset, "max_abs_diff_score": None, "max_abs_diff_map": None,
               "decisions_equal": None, "tolerance_score": None, "tolerance_map": None, "n_images": 0}
     if check:
-        session = onnx_session(path)
+        try:
+            session = onnx_session(path)
+        except Exception as exc:  # onnxruntime's errors (Fail, InvalidGraph, ...) derive from Exception alone
+            raise RuntimeError(f"onnxruntime cannot load the exported {path}: {exc}") from exc
         result.update(_check(module, lambda x: session.run(None, {INPUT_NAME: x.numpy()}), images))
     return result
 
@@ -312,20 +278,22 @@ def export_torchscript(
     Same inputs, outputs and return dict (without "opset") as `export_onnx`; the metadata is
     the extra file "pitscope.json". Load with `torch.jit.load(path)`.
     """
-    module = _prepared(detector)
+    module = ExportModule(detector).eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = random_images(module.image_size, n=2).to(module.threshold.device)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="`torch.jit", category=FutureWarning)  # deprecated, still asked for
         traced = torch.jit.trace(module, (example,), check_trace=False)
         torch.jit.save(traced, str(path), _extra_files={"pitscope.json": json.dumps(module.metadata())})
 
     result = {"path": str(path), "max_abs_diff_score": None, "max_abs_diff_map": None, "decisions_equal": None,
               "tolerance_score": None, "tolerance_map": None, "n_images": 0}
     if check:
-        loaded = torch.jit.load(str(path), map_location=module.threshold.device)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`torch.jit", category=FutureWarning)
+            loaded = torch.jit.load(str(path), map_location=module.threshold.device)
 
         def run(x: torch.Tensor) -> list[np.ndarray]:
             with torch.no_grad():

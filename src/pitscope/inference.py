@@ -6,7 +6,7 @@ Anomaly map (`score.pixel_method`): "padim" — a Gaussian per spatial position 
 backbone stages `score.pixel_stages`, upsampled to the first stage's resolution (SPEC 5a), with a
 random subset of `score.pixel_channels` channels; "segmentation" — the probability map of the
 head trained to segment pseudo-defects (SPEC 5b, needs `model.segment`). Either map is upsampled
-to the input size and smoothed with `score.smoothing_sigma` (in pixels of the input).
+to the model's input size and smoothed with `score.smoothing_sigma` (in pixels at that size).
 Threshold: the `score.threshold_quantile` quantile of the image scores of held-back defect-free
 training images (`score.calibration_fraction` of them, never used to fit the scorers); the pixel
 threshold that outlines the predicted defect region is the `score.pixel_threshold_quantile`
@@ -37,7 +37,7 @@ from pitscope.tensors import images_to_batch, resize_image
 
 
 class Prediction(NamedTuple):
-    """What the detector says about one image (or a batch: leading dimension B).
+    """What the detector says about one image (`Detector.predict` returns a list for a batch).
 
     score: the image's anomaly score (Mahalanobis distance; higher = more anomalous).
     anomaly_map: (H, W) float32 per-pixel anomaly scores.
@@ -178,13 +178,19 @@ class Detector(nn.Module):
         """
         single = not isinstance(inputs, (list, tuple)) and not (isinstance(inputs, np.ndarray) and inputs.ndim == 4)
         items = [inputs] if single else list(inputs)
-        images = [read_image(item) if isinstance(item, (str, Path)) else to_rgb_array(item) for item in items]
         t = float(self.threshold) if threshold is None else float(threshold)
+        if np.isnan(t):
+            raise ValueError("the threshold is NaN (an uncalibrated model?): pass threshold= or run pitscope calibrate")
+        self.eval()
         size = self.cfg.data.image_size
         device = next(self.net.parameters()).device
         predictions = []
-        for start in range(0, len(images), self.cfg.score.batch_size):
-            chunk = images[start : start + self.cfg.score.batch_size]
+        for start in range(0, len(items), self.cfg.score.batch_size):
+            # decode one batch at a time: a long list of paths never sits in memory at full size
+            chunk = [
+                read_image(item) if isinstance(item, (str, Path)) else to_rgb_array(item)
+                for item in items[start : start + self.cfg.score.batch_size]
+            ]
             x = images_to_batch([resize_image(im, size) for im in chunk]).to(device)
             scores, maps = self(x)
             for image, score, amap in zip(chunk, scores.tolist(), maps):

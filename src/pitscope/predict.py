@@ -148,13 +148,20 @@ def run_predict(
     (`visualize.overlay` at the detector's pixel threshold); <name> is `safe_output_name`.
     threshold overrides the detector's image threshold; batch_size defaults to
     cfg.score.batch_size. stop_at_first_defect ends the run after the first defective image.
+    A NaN threshold (given, or the model's own) is a ValueError: it would pass every image.
 
+    A file name that is not valid UTF-8 (Linux allows any bytes) is written with its odd bytes
+    as `\\udcXX` escapes, which JSON decodes back to the same Python string.
     Both tables are written to `<name>.partial` files, flushed after every row (so a crashed
     run leaves its complete rows there), and renamed to their final names when the run ends:
     predictions.csv never holds half a run, nor half a line.
     Returns {"images": rows written, "defective", "errors" (unreadable files), "out_dir",
     "stopped_early", "failed": [{"path", "reason"}, ...] of the unreadable files}.
     """
+    if threshold is not None and math.isnan(threshold):
+        raise ValueError("threshold: NaN would pass every image; give a number")
+    if threshold is None and math.isnan(float(detector.threshold)):
+        raise ValueError("the model has no calibrated threshold (NaN): give a threshold or run `pitscope calibrate`")
     out = Path(out_dir)
     maps_dir = out / "maps"
     (maps_dir if save_maps else out).mkdir(parents=True, exist_ok=True)
@@ -168,8 +175,8 @@ def run_predict(
     failed: list[dict] = []
     stopped = False
     with (
-        partial["csv"].open("w", newline="", encoding="utf-8") as csv_file,
-        partial["jsonl"].open("w", encoding="utf-8") as jsonl_file,
+        partial["csv"].open("w", newline="", encoding="utf-8", errors="backslashreplace") as csv_file,
+        partial["jsonl"].open("w", encoding="utf-8", errors="backslashreplace") as jsonl_file,
         tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress) as bar,
     ):
         writer = csv.writer(csv_file)
@@ -417,6 +424,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def _device(name: str) -> str:
     import torch
 
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device here (use --device cpu)")
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
@@ -431,7 +440,7 @@ def add_predict_parser(sub) -> argparse.ArgumentParser:
         epilog=PREDICT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt)")
+    p.add_argument("model", metavar="MODEL", help="model file written by train (OUTPUT_DIR/model.pt)")
     p.add_argument("paths", nargs="+", metavar="PATHS",
                    help="image files, folders of images, or glob patterns (quote them: 'parts/*.png')")
     p.add_argument("--out", default="predictions", help="output folder (default: predictions/)")
@@ -453,7 +462,7 @@ def add_calibrate_parser(sub) -> argparse.ArgumentParser:
         help="re-derive a model's thresholds from defect-free images",
         description=cmd_calibrate.__doc__ + " Prints the result as JSON; --write saves the thresholds into MODEL.",
     )
-    p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt)")
+    p.add_argument("model", metavar="MODEL", help="model file written by train (OUTPUT_DIR/model.pt)")
     p.add_argument("good", metavar="GOOD_DIR", help="defect-free images the model was not trained on (folder or glob)")
     p.add_argument("--defects", metavar="DIR", help="defective images: also report the F1-optimal image threshold")
     p.add_argument("--masks", metavar="DIR",

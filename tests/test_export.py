@@ -1,0 +1,232 @@
+"""ONNX and TorchScript export of a fitted Detector, checked against torch.
+
+The detector is tiny (64 px, untrained network, 16 pixel channels): the export must reproduce
+whatever it computes. Synthetic dataset images are the real images of these tests; one BSData
+photograph is used too when the dataset is present.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pitscope.cli import main
+from pitscope.config import load_config
+from pitscope.data import build_dataset
+from pitscope.data.bsdata import bsdata_root
+from pitscope.data.imageio import list_images
+from pitscope.export import (
+    OUTPUT_NAMES,
+    ExportModule,
+    ParityError,
+    compare_outputs,
+    export_onnx,
+    export_torchscript,
+    onnx_session,
+    random_images,
+    to_export_input,
+)
+from pitscope.inference import Detector
+from pitscope.tensors import images_to_batch
+
+TINY = [
+    "data.format=synthetic",
+    "data.image_size=64",
+    "data.synthetic.n_train=12",
+    "data.synthetic.n_test_normal=3",
+    "data.synthetic.n_test_defect=3",
+    "score.pixel_channels=16",
+    "score.batch_size=8",
+    "score.calibration_fraction=0.5",
+    "score.threshold_quantile=0.75",
+]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """(detector fitted on 12 synthetic images, its saved model.pt, the test split); read-only."""
+    out = tmp_path_factory.mktemp("detector")
+    cfg = load_config(None, [*TINY, f"output_dir={out}"])
+    torch.manual_seed(cfg.seed)
+    detector = Detector(cfg, n_kinds=2).fit(build_dataset(cfg.data, "train", cfg.seed), progress=False)
+    return detector, detector.save(out / "model.pt"), build_dataset(cfg.data, "test", cfg.seed)
+
+
+@pytest.fixture(scope="module")
+def onnx_file(fitted, tmp_path_factory):
+    """The fitted detector exported to ONNX once (checked on random images)."""
+    detector, _, _ = fitted
+    return export_onnx(detector, tmp_path_factory.mktemp("onnx") / "model.onnx")["path"]
+
+
+def torch_reference(detector, images):
+    """Scores (B,) and maps (B, H, W) by the Detector's own path: uint8 -> images_to_batch -> forward."""
+    scores, maps = detector(images_to_batch(images))
+    return scores.numpy(), maps.numpy()
+
+
+def test_onnx_matches_the_detector_on_synthetic_images(fitted, onnx_file):
+    detector, _, test_split = fitted
+    images = [sample.image for sample in test_split]  # 3 normal, 3 with pitting
+    score, amap, defective = onnx_session(onnx_file).run(None, {"image": to_export_input(images, 64).numpy()})
+    ref_score, ref_map = torch_reference(detector, images)
+
+    assert score.shape == (6,) and amap.shape == (6, 64, 64) and defective.dtype == np.bool_
+    assert np.abs(score - ref_score).max() <= 1e-4 * np.abs(ref_score).max()
+    assert np.abs(amap - ref_map).max() <= 1e-4 * np.abs(ref_map).max()
+    assert np.array_equal(defective, ref_score > float(detector.threshold))
+
+
+def test_export_check_reports_small_differences_on_given_images(fitted, tmp_path):
+    detector, _, test_split = fitted
+    images = to_export_input([sample.image for sample in test_split], 64)
+    result = export_onnx(detector, tmp_path / "m.onnx", images=images)
+    assert result["path"] == str(tmp_path / "m.onnx") and result["opset"] == 17
+    assert result["n_images"] == 6 and result["decisions_equal"] is True
+    assert 0 <= result["max_abs_diff_score"] <= result["tolerance_score"]
+    assert 0 <= result["max_abs_diff_map"] <= result["tolerance_map"]
+
+
+def test_onnx_matches_the_detector_on_a_bsdata_photograph(fitted, tmp_path):
+    try:
+        root = bsdata_root()
+    except FileNotFoundError as exc:
+        pytest.skip(f"BSData is not available: {exc}")
+    detector, _, _ = fitted
+    path = list_images(root / "data")[0]
+    from pitscope.data.imageio import read_image
+
+    result = export_onnx(detector, tmp_path / "m.onnx", images=to_export_input([read_image(path)], 64))
+    assert result["max_abs_diff_score"] <= result["tolerance_score"]
+    assert result["max_abs_diff_map"] <= result["tolerance_map"]
+
+    # The graph input contract matches Detector.predict on the file itself.
+    score, _, defective = onnx_session(tmp_path / "m.onnx").run(
+        None, {"image": to_export_input([read_image(path)], 64).numpy()}
+    )
+    prediction = detector.predict(path)
+    assert score[0] == pytest.approx(prediction.score, rel=1e-4)
+    assert bool(defective[0]) == prediction.is_defective
+
+
+def test_one_onnx_file_serves_any_batch_size(fitted, onnx_file):
+    _, _, test_split = fitted
+    x = to_export_input([test_split[i].image for i in (0, 3, 5)], 64).numpy()  # (3, 3, 64, 64)
+    session = onnx_session(onnx_file)
+    batch = session.run(None, {"image": x})
+    for i in range(3):
+        alone = session.run(None, {"image": x[i : i + 1]})
+        np.testing.assert_allclose(alone[0], batch[0][i : i + 1], rtol=1e-5)
+        np.testing.assert_allclose(alone[1], batch[1][i : i + 1], rtol=1e-5, atol=1e-5)
+        assert np.array_equal(alone[2], batch[2][i : i + 1])
+
+
+def test_onnx_names_types_shapes_and_metadata(fitted, onnx_file):
+    detector, _, _ = fitted
+    import onnx
+
+    session = onnx_session(onnx_file)
+    (image,) = session.get_inputs()
+    assert (image.name, image.type, image.shape) == ("image", "tensor(float)", ["batch", 3, 64, 64])
+    outputs = [(o.name, o.type, o.shape) for o in session.get_outputs()]
+    assert OUTPUT_NAMES == ("score", "anomaly_map", "is_defective")
+    assert outputs == [
+        ("score", "tensor(float)", ["batch"]),
+        ("anomaly_map", "tensor(float)", ["batch", 64, 64]),
+        ("is_defective", "tensor(bool)", ["batch"]),
+    ]
+    props = {p.key: p.value for p in onnx.load(onnx_file).metadata_props}
+    assert float(props["threshold"]) == float(detector.threshold)
+    assert float(props["pixel_threshold"]) == float(detector.pixel_threshold)
+    assert props["image_size"] == "64"
+
+
+def test_is_defective_is_the_score_against_the_stored_threshold(fitted, onnx_file):
+    detector, _, test_split = fitted
+    images = [sample.image for sample in test_split]
+    x = torch.cat([to_export_input(images, 64), random_images(64, n=2)])  # noise scores far above
+    score, _, defective = onnx_session(onnx_file).run(None, {"image": x.numpy()})
+    threshold = float(detector.threshold)
+    assert np.array_equal(defective, score > threshold)
+    ref_score, _ = torch_reference(detector, images)
+    assert np.array_equal(defective[:6], ref_score > threshold)
+    assert defective.any() and not defective.all(), "the batch should straddle the threshold"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # TorchScript is deprecated, still asked for
+def test_torchscript_round_trip_equals_torch(fitted, tmp_path):
+    detector, _, test_split = fitted
+    images = [sample.image for sample in test_split]
+    result = export_torchscript(detector, tmp_path / "m.torchscript.pt", images=to_export_input(images, 64))
+    assert "opset" not in result and result["decisions_equal"] is True
+
+    extra = {"pitscope.json": ""}
+    loaded = torch.jit.load(str(tmp_path / "m.torchscript.pt"), _extra_files=extra)
+    assert json.loads(extra["pitscope.json"])["threshold"] == repr(float(detector.threshold))
+    with torch.no_grad():
+        score, amap, defective = loaded(to_export_input(images, 64))
+        alone = loaded(to_export_input(images[:1], 64))
+    ref_score, ref_map = torch_reference(detector, images)
+    np.testing.assert_allclose(score.numpy(), ref_score, rtol=1e-5)
+    np.testing.assert_allclose(amap.numpy(), ref_map, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(defective.numpy(), ref_score > float(detector.threshold))
+    np.testing.assert_allclose(alone[0].numpy(), ref_score[:1], rtol=1e-5)
+
+
+def test_parity_check_fails_on_a_real_difference():
+    ref = [torch.tensor([1.0, 5.0]), torch.ones(2, 4, 4), torch.tensor([False, True])]
+    ok = compare_outputs(ref, [np.array([1.0, 5.0]), np.ones((2, 4, 4)), np.array([False, True])], 3.0)
+    assert ok["max_abs_diff_score"] == 0 and ok["tolerance_score"] == pytest.approx(5e-3)
+    with pytest.raises(ParityError, match="anomaly_map differs"):
+        compare_outputs(ref, [np.array([1.0, 5.0]), np.full((2, 4, 4), 1.01), np.array([False, True])], 3.0)
+    with pytest.raises(ParityError, match="score differs"):
+        compare_outputs(ref, [np.array([1.0, 5.1]), np.ones((2, 4, 4)), np.array([False, True])], 3.0)
+    with pytest.raises(ParityError, match="is_defective differs"):
+        compare_outputs(ref, [np.array([1.0, 5.0]), np.ones((2, 4, 4)), np.array([True, True])], 3.0)
+    # A decision flip for a score within the tolerance of the threshold is rounding, not a bug.
+    near = compare_outputs(ref, [np.array([1.0, 5.0]), np.ones((2, 4, 4)), np.array([False, False])], 4.999)
+    assert near["decisions_equal"] is False
+
+
+def test_an_unfitted_detector_is_refused(fitted):
+    detector, _, _ = fitted
+    with pytest.raises(ValueError, match="not fitted"):
+        ExportModule(Detector(detector.cfg, n_kinds=2))
+
+
+@pytest.fixture
+def image_folder(fitted, tmp_path):
+    """A folder of 3 synthetic test images as PNG files, for --check-images."""
+    _, _, test_split = fitted
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in (0, 3, 4):
+        Image.fromarray(test_split[i].image).save(folder / f"img{i}.png")
+    return folder
+
+
+def test_cli_export_writes_both_formats_and_reports_parity(fitted, image_folder, tmp_path, capsys):
+    _, model, _ = fitted
+    out = tmp_path / "exported"
+    code = main(["export", str(model), "--format", "both", "--out", str(out), "--check-images", str(image_folder)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert (out / "model.onnx").is_file() and (out / "model.torchscript.pt").is_file()
+    assert printed.count("parity on 3 images") == 2 and "max |map diff|" in printed
+    assert onnx_session(out / "model.onnx").get_outputs()[0].name == "score"
+
+
+def test_cli_export_errors_and_parity_failures(fitted, tmp_path, monkeypatch, capsys):
+    _, model, _ = fitted
+    assert main(["export", str(tmp_path / "missing.pt")]) == 2
+    assert main(["export", str(model), "--format", "both", "--out", str(tmp_path / "one.onnx")]) == 2
+    assert main(["export", str(model), "--check-images", str(tmp_path / "no_such_dir")]) == 2
+
+    def disagree(*args, **kwargs):
+        raise ParityError("exported model disagrees with torch: score differs")
+
+    monkeypatch.setattr("pitscope.export.export_onnx", disagree)
+    assert main(["export", str(model), "--out", str(tmp_path / "m.onnx")]) == 1
+    assert "parity check FAILED" in capsys.readouterr().err
