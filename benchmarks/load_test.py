@@ -186,7 +186,9 @@ def measure(model: Path, args: argparse.Namespace, scratch: Path) -> dict:
     return {
         "server_command": shlex.join(["python", *cmd[1:]]),
         "model": {"name": info["name"], "version": info["version"], "image_size": info["image_size"]},
-        "uploads": {"files": len(files), "width": 500, "height": 200, "mean_bytes": int(np.mean([len(f) for f in files]))},
+        "uploads": {
+            "files": len(files), "width": 500, "height": 200, "mean_bytes": int(np.mean([len(f) for f in files]))
+        },
         "clients": args.clients,
         "requests_per_client": args.requests,
         "warmup_requests": args.warmup,
@@ -216,7 +218,8 @@ def write_markdown(record: dict, path: Path) -> None:
         "| server RSS before / after / peak (MiB) |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| {r['clients']} x {r['requests_per_client']} | {r['ok']} | {r['errors']} | {r['throughput_rps']} "
-        f"| {lat['p50']} | {lat['p90']} | {lat['p99']} | {lat['max']} | {mem['before']} / {mem['after']} / {mem['peak']} |",
+        f"| {lat['p50']} | {lat['p90']} | {lat['p99']} | {lat['max']} "
+        f"| {mem['before']} / {mem['after']} / {mem['peak']} |",
         "",
         "Commands:",
         "",

@@ -18,6 +18,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from pitscope import __version__
 from pitscope.config import load_config
 from pitscope.data import build_dataset
 from pitscope.data.synthetic import render_surface
@@ -88,7 +89,7 @@ def test_predict_agrees_with_the_detector(fitted, client):
     assert body["pixel_threshold"] == float(detector.pixel_threshold)
     assert (body["width"], body["height"]) == (80, 48)
     assert body["defect_fraction"] == pytest.approx(float((expected.anomaly_map > expected.pixel_threshold).mean()))
-    assert body["model"] == {"name": "pitscope-synthetic", "version": detector.metadata.get("version") or "0.1.0"}
+    assert body["model"] == {"name": "pitscope-synthetic", "version": __version__}
 
 
 def test_threshold_override(client):

@@ -251,10 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from pitscope.export import add_export_parser
     from pitscope.predict import add_calibrate_parser, add_predict_parser
+    from pitscope.serve import add_serve_parser
 
     add_predict_parser(sub)
     add_calibrate_parser(sub)
     add_export_parser(sub)
+    add_serve_parser(sub)
 
     p = sub.add_parser("demo", help="train + evaluate on built-in synthetic data (a few minutes)", description=cmd_demo.__doc__)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -225,7 +225,7 @@ def export_onnx(
         # Shape checks and fitted-state tests become constants of the trace: expected, since
         # every input has the model's image size. The legacy exporter is chosen on purpose.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # the legacy exporter and its internals
         torch.onnx.export(
             module,
             (example,),

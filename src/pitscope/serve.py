@@ -3,7 +3,7 @@
 Inference is serialised: one Detector instance, one `threading.Lock`, and each request's decode
 and scoring run in Starlette's threadpool, so the event loop keeps accepting requests (and
 answering /health) while an image is scored. Requests queue on the lock rather than being
-batched: on a CPU a batch is no faster per image, and a lock keeps per-request latency simple.
+batched: a batching queue would pay off mainly on a GPU, and a lock keeps latency simple.
 
 Uploads are untrusted. Before anything is decoded the service checks, in this order: the
 Content-Length and the bytes actually streamed against `max_upload_bytes` (413), that the
@@ -12,7 +12,8 @@ upload is a PNG, JPEG, BMP or TIFF image (415), and the pixel count the header d
 then refuses truncated or corrupt files (422). Every error is JSON {"detail": "..."}.
 
 FastAPI and uvicorn (the `serve` extra) are imported inside `create_app` and `cmd_serve`, so
-`pitscope` itself does not need them.
+`pitscope` itself does not need them. (No `from __future__ import annotations` here: FastAPI
+reads the endpoints' annotations, which name classes imported inside `create_app`.)
 """
 
 import argparse
@@ -132,7 +133,7 @@ def create_app(
 
     key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="the server's API key")
 
-    def require_key(given: str | None = Depends(key_header)) -> None:
+    async def require_key(given: str | None = Depends(key_header)) -> None:
         if given is None or not hmac.compare_digest(given.encode(), api_key.encode()):
             raise HTTPException(401, f"missing or wrong API key (send it in the {API_KEY_HEADER} header)")
 
