@@ -343,12 +343,12 @@ def gaussian_smooth(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor
     kernel = (kernel / kernel.sum()).view(1, 1, -1)
     out = maps
     for dim in (-1, -2):
-        out = out.movedim(dim, -1)  # the smoothed axis last
+        out = out.transpose(dim, -1)  # the smoothed axis last (transpose: exports to ONNX)
         size = out.shape[-1]
         index = torch.arange(-radius, size + radius, device=maps.device) % (2 * size)
         index = torch.where(index >= size, 2 * size - 1 - index, index)
         padded = out.index_select(-1, index)
         shape = padded.shape
         out = F.conv1d(padded.reshape(-1, 1, shape[-1]), kernel).reshape(*shape[:-1], size)
-        out = out.movedim(-1, dim)
+        out = out.transpose(-1, dim)
     return out
