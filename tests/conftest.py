@@ -11,3 +11,35 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# A detector with a seeded, untrained network fitted on 12 tiny synthetic images: half of them
+# held back to calibrate the threshold (the 0.75 quantile).
+TINY_DETECTOR = [
+    "data.format=synthetic",
+    "data.image_size=64",
+    "data.synthetic.n_train=12",
+    "data.synthetic.n_test_normal=3",
+    "data.synthetic.n_test_defect=3",
+    "train.device=cpu",
+    "score.pixel_channels=16",
+    "score.batch_size=8",
+    "score.calibration_fraction=0.5",
+    "score.threshold_quantile=0.75",
+]
+
+
+@pytest.fixture(scope="session")
+def fit_tiny_detector():
+    """fit_tiny_detector(out_dir, *overrides) -> (detector, out_dir / "model.pt", cfg)."""
+    from pitscope.config import load_config
+    from pitscope.data import build_dataset
+    from pitscope.inference import Detector
+
+    def fit(out_dir, *overrides):
+        cfg = load_config(None, [*TINY_DETECTOR, *overrides, f"output_dir={out_dir}"])
+        torch.manual_seed(cfg.seed)
+        detector = Detector(cfg, n_kinds=2).fit(build_dataset(cfg.data, "train", cfg.seed), progress=False)
+        return detector, detector.save(out_dir / "model.pt"), cfg
+
+    return fit

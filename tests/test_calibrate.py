@@ -10,34 +10,19 @@ from PIL import Image
 from sklearn.metrics import precision_score, recall_score
 
 from pitscope.cli import main
-from pitscope.config import load_config
 from pitscope.data import build_dataset
 from pitscope.data.types import DatasetLayoutError
 from pitscope.inference import Detector
 from pitscope.metrics import f1_max
 from pitscope.predict import calibrate
 
-TINY = [
-    "data.format=synthetic",
-    "data.image_size=64",
-    "data.synthetic.n_train=12",
-    "data.synthetic.n_test_normal=6",
-    "data.synthetic.n_test_defect=5",
-    "score.pixel_channels=16",
-    "score.batch_size=4",
-    "score.calibration_fraction=0.5",
-    "score.threshold_quantile=0.75",
-]
-
-
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
+def fitted(tmp_path_factory, fit_tiny_detector):
     """(detector, its model.pt, good folder, defect folder, mask folder). Shared read-only."""
     out = tmp_path_factory.mktemp("calibrate")
-    cfg = load_config(None, [*TINY, f"output_dir={out}"])
-    torch.manual_seed(cfg.seed)
-    detector = Detector(cfg, n_kinds=2).fit(build_dataset(cfg.data, "train", cfg.seed), progress=False)
-    model = detector.save(out / "model.pt")
+    detector, model, cfg = fit_tiny_detector(
+        out, "data.synthetic.n_test_normal=6", "data.synthetic.n_test_defect=5", "score.batch_size=4"
+    )
     folders = {name: out / name for name in ("good", "defects", "masks")}
     for folder in folders.values():
         folder.mkdir()

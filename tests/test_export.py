@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 from pitscope.cli import main
-from pitscope.config import load_config
 from pitscope.data import build_dataset
 from pitscope.data.bsdata import bsdata_root
 from pitscope.data.imageio import list_images
@@ -31,27 +30,11 @@ from pitscope.export import (
 from pitscope.inference import Detector
 from pitscope.tensors import images_to_batch
 
-TINY = [
-    "data.format=synthetic",
-    "data.image_size=64",
-    "data.synthetic.n_train=12",
-    "data.synthetic.n_test_normal=3",
-    "data.synthetic.n_test_defect=3",
-    "score.pixel_channels=16",
-    "score.batch_size=8",
-    "score.calibration_fraction=0.5",
-    "score.threshold_quantile=0.75",
-]
-
-
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
+def fitted(tmp_path_factory, fit_tiny_detector):
     """(detector fitted on 12 synthetic images, its saved model.pt, the test split); read-only."""
-    out = tmp_path_factory.mktemp("detector")
-    cfg = load_config(None, [*TINY, f"output_dir={out}"])
-    torch.manual_seed(cfg.seed)
-    detector = Detector(cfg, n_kinds=2).fit(build_dataset(cfg.data, "train", cfg.seed), progress=False)
-    return detector, detector.save(out / "model.pt"), build_dataset(cfg.data, "test", cfg.seed)
+    detector, model, cfg = fit_tiny_detector(tmp_path_factory.mktemp("detector"))
+    return detector, model, build_dataset(cfg.data, "test", cfg.seed)
 
 
 @pytest.fixture(scope="module")

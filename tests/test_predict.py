@@ -15,34 +15,19 @@ import torch
 from PIL import Image
 
 from pitscope.cli import main
-from pitscope.config import load_config
 from pitscope.data import build_dataset
 from pitscope.data.types import BadImageError
 from pitscope.inference import Detector, Prediction
 from pitscope.predict import FIELDS, expand_inputs, run_predict, safe_output_name
 
-TINY = [
-    "data.format=synthetic",
-    "data.image_size=64",
-    "data.synthetic.n_train=12",
-    "data.synthetic.n_test_normal=3",
-    "data.synthetic.n_test_defect=3",
-    "score.pixel_channels=16",
-    "score.batch_size=4",
-    "score.calibration_fraction=0.5",
-    "score.threshold_quantile=0.75",
-]
 H, W = 50, 90  # a non-square input size
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
+def fitted(tmp_path_factory, fit_tiny_detector):
     """(detector, its model.pt, a folder of 6 test PNGs: 3 at 64 x 64, 3 at H x W). Read-only."""
     out = tmp_path_factory.mktemp("predict")
-    cfg = load_config(None, [*TINY, f"output_dir={out}"])
-    torch.manual_seed(cfg.seed)
-    detector = Detector(cfg, n_kinds=2).fit(build_dataset(cfg.data, "train", cfg.seed), progress=False)
-    model = detector.save(out / "model.pt")
+    detector, model, cfg = fit_tiny_detector(out, "score.batch_size=4")
     folder = out / "images"
     folder.mkdir()
     test = build_dataset(cfg.data, "test", cfg.seed)

@@ -14,37 +14,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from pitscope import __version__
-from pitscope.config import load_config
-from pitscope.data import build_dataset
 from pitscope.data.synthetic import render_surface
 from pitscope.inference import Detector
 from pitscope.serve import RejectedImage, add_serve_parser, create_app, decode_image
 
-TINY = [
-    "data.format=synthetic",
-    "data.image_size=64",
-    "data.synthetic.n_train=12",
-    "train.device=cpu",
-    "score.pixel_channels=16",
-    "score.batch_size=8",
-    "score.calibration_fraction=0.5",
-    "score.threshold_quantile=0.75",
-]
-
-
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
+def fitted(tmp_path_factory, fit_tiny_detector):
     """(fitted detector, its saved model.pt); read-only for the tests of this module."""
-    out = tmp_path_factory.mktemp("serve")
-    cfg = load_config(None, [*TINY, f"output_dir={out}"])
-    torch.manual_seed(cfg.seed)
-    detector = Detector(cfg, n_kinds=2).fit(build_dataset(cfg.data, "train", cfg.seed), progress=False)
-    return detector, detector.save(out / "model.pt")
+    detector, model, _ = fit_tiny_detector(tmp_path_factory.mktemp("serve"))
+    return detector, model
 
 
 @pytest.fixture(scope="module")
@@ -331,9 +313,8 @@ def test_unexpected_error_is_a_generic_500_and_the_server_goes_on(fitted, monkey
 
 
 def test_create_app_refuses_an_unfitted_detector_and_an_empty_key(fitted):
-    cfg = load_config(None, TINY)
     with pytest.raises(ValueError, match="threshold"):
-        create_app(Detector(cfg, n_kinds=2))
+        create_app(Detector(fitted[0].cfg, n_kinds=2))
     with pytest.raises(ValueError, match="api_key"):
         create_app(fitted[0], api_key="")
 
