@@ -146,7 +146,7 @@ def _train_and_fit(cfg: Config, resume: bool, progress: bool):
     return detector, path
 
 
-def _evaluate_and_print(detector, cfg: Config, out_dir: Path, progress: bool) -> dict:
+def _evaluate_and_print(detector, cfg: Config, out_dir: Path, progress: bool, report_run_dir: Path | None = None) -> dict:
     from pitscope.data import build_dataset
     from pitscope.evaluation import evaluate, format_table
 
@@ -154,9 +154,16 @@ def _evaluate_and_print(detector, cfg: Config, out_dir: Path, progress: bool) ->
     dataset = build_dataset(cfg.data, "test", cfg.seed)
     for path, reason in dataset.check(progress=progress):
         print(f"skipped bad file: {path}: {reason}", file=sys.stderr)
-    result = evaluate(detector, dataset, out_dir, progress=progress)
+    if report_run_dir is None:
+        result = evaluate(detector, dataset, out_dir, progress=progress)
+    else:
+        from pitscope.report import report_from_evaluation
+
+        result, report = report_from_evaluation(detector, dataset, out_dir, report_run_dir, progress)
     print(format_table(result, cfg.data.format))
     print(f"metrics written to {out_dir / 'metrics.json'}")
+    if report_run_dir is not None:
+        print(f"report written to {report}")
     return result
 
 
@@ -178,7 +185,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     detector.cfg.data = cfg.data
     out_dir = Path(args.output_dir) if args.output_dir else Path(args.model).parent / "eval"
     save_config(cfg, out_dir / "config.yaml")
-    _evaluate_and_print(detector, cfg, out_dir, progress=not args.quiet)
+    report_run_dir = Path(args.model).parent if args.report else None
+    _evaluate_and_print(detector, cfg, out_dir, progress=not args.quiet, report_run_dir=report_run_dir)
     return 0
 
 
@@ -246,17 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="override the model's data config, e.g. --set data.root=/other/copy",
     )
     p.add_argument("--output-dir", help="where metrics.json and scores.csv go (default: beside the model, eval/)")
+    p.add_argument("--report", action="store_true", help="also write an HTML report to OUTPUT_DIR/report/report.html")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
     from pitscope.export import add_export_parser
     from pitscope.predict import add_calibrate_parser, add_predict_parser
+    from pitscope.report import add_report_parser
     from pitscope.serve import add_serve_parser
 
     add_predict_parser(sub)
     add_calibrate_parser(sub)
     add_export_parser(sub)
     add_serve_parser(sub)
+    add_report_parser(sub)
 
     p = sub.add_parser("demo", help="train + evaluate on built-in synthetic data (a few minutes)", description=cmd_demo.__doc__)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
