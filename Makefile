@@ -19,6 +19,9 @@ demo: setup
 	$(BIN)/pitscope demo --output-dir runs/demo
 
 test: setup
+	-@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver; } || \
+	  echo "chromium/chromedriver not installed: the browser tests will be skipped"
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -1,4 +1,5 @@
-"""HTTP service around one Detector: `POST /predict`, `GET /model`, `GET /health` (FastAPI).
+"""HTTP service around one Detector: `POST /predict`, `GET /model`, `PUT /threshold`, `GET /health`,
+and the inspection page at `/` (FastAPI).
 
 Inference is serialised: one Detector instance, one `threading.Lock`, and each request's decode
 and scoring run in Starlette's threadpool, so the event loop keeps accepting requests (and
@@ -11,18 +12,30 @@ upload is a PNG, JPEG, BMP or TIFF image (415), and the pixel count the header d
 `max_pixels` (422, before any pixel is decoded: a decompression bomb costs nothing). Decoding
 then refuses truncated or corrupt files (422). Every error is JSON {"detail": "..."}.
 
+The inspection page (`/`, assets under `/static/`) is plain HTML, JS and CSS from the package
+folder `pitscope/web/`: nothing is fetched from elsewhere, so it works on a network without
+internet, and its Content-Security-Policy forbids any other origin. The page and its assets are
+open; the calls it makes need the API key like any other client.
+
+Changing the stored threshold (`PUT /threshold`) is refused (403) when the service has no API
+key, since anyone on the network could then change what counts as a defect.
+
 FastAPI and uvicorn (the `serve` extra) are imported inside `create_app` and `cmd_serve`, so
 `pitscope` itself does not need them. (No `from __future__ import annotations` here: FastAPI
 reads the endpoints' annotations, which name classes imported inside `create_app`.)
 """
 
 import argparse
+import base64
+import datetime
 import hmac
 import io
 import logging
 import math
 import os
 import threading
+from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -44,6 +57,12 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 # Multipart framing around the file (boundaries, part headers, a long file name) may add this
 # many bytes to the request body beyond max_upload_bytes.
 FORM_OVERHEAD_BYTES = 64 * 1024
+WEB_DIR = resources.files("pitscope") / "web"  # the inspection page: index.html, app.js, style.css
+# The page and its assets come from this service alone; images shown are data: or blob: URLs.
+PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 class RejectedImage(ValueError):
@@ -96,27 +115,50 @@ def _model_name(detector: "Detector") -> str:
     return detector.metadata.get("name") or default
 
 
+def heatmap_image(anomaly_map: np.ndarray, pixel_threshold: float) -> np.ndarray:
+    """(H, W) anomaly map -> (H, W, 3) uint8 jet colours on a fixed scale, 0 to 2 x pixel_threshold.
+
+    The same scale on every image, so colours compare across uploads: the pixel threshold (the
+    edge of the predicted region) is mid-scale (green), values at twice it or more are dark red.
+    """
+    from pitscope.visualize import heatmap
+
+    return heatmap(anomaly_map, vmin=0.0, vmax=2.0 * max(float(pixel_threshold), 1e-12))
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def create_app(
     detector: "Detector",
     api_key: str | None = None,
     max_upload_bytes: int = 20 * MIB,
     max_pixels: int = 50_000_000,
+    model_path: str | Path | None = None,
 ) -> "FastAPI":
     """The FastAPI app serving `detector` (fitted: its threshold must be calibrated).
 
-    api_key: when set, /predict and /model need it in the X-API-Key header (401 otherwise);
-        /health stays open for load balancers.
+    api_key: when set, /predict, /model and PUT /threshold need it in the X-API-Key header
+        (401 otherwise); /health and the page's files stay open. Without it PUT /threshold is
+        refused (403).
     max_upload_bytes: largest accepted image file (413 above it).
     max_pixels: largest accepted width x height (422 above it, checked before decoding).
+    model_path: the file `detector` was loaded from; PUT /threshold rewrites it (atomically) so
+        a new threshold survives a restart. None: a new threshold lives in memory only.
     """
     from typing import Literal
 
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.security import APIKeyHeader
+    from pydantic import BaseModel, Field
     from starlette.concurrency import run_in_threadpool
     from starlette.datastructures import UploadFile
+    from starlette.staticfiles import StaticFiles
 
     if not math.isfinite(float(detector.threshold)) or not math.isfinite(float(detector.pixel_threshold)):
         raise ValueError("the detector has no calibrated threshold: fit it (or load a saved model) first")
@@ -130,6 +172,9 @@ def create_app(
     model = {"name": _model_name(detector), "version": detector.metadata.get("version") or __version__}
     too_large = f"upload too large: the limit is {max_upload_bytes} bytes ({max_upload_bytes / MIB:.3g} MiB)"
     no_file = "no image: send it as the multipart/form-data field 'file' (e.g. curl -F file=@part.png)"
+
+    class ThresholdUpdate(BaseModel):
+        threshold: float = Field(allow_inf_nan=False, strict=True, description="the new image threshold")
 
     key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="the server's API key")
 
@@ -186,8 +231,11 @@ def create_app(
             raise HTTPException(413, too_large)
         return data
 
-    def score(data: bytes, threshold: float | None, with_overlay: bool) -> tuple[dict, bytes | None]:
-        """Decode, score under the lock, and describe one upload (runs in the threadpool)."""
+    def score(data: bytes, threshold: float | None, pictures: str | None) -> tuple[dict, dict[str, bytes]]:
+        """Decode, score under the lock, and describe one upload (runs in the threadpool).
+
+        pictures: None, "overlay", "heatmap" or "both": which PNGs to draw.
+        """
         try:
             image = decode_image(data, max_pixels)  # (H, W, 3) uint8
         except RejectedImage as exc:
@@ -205,13 +253,29 @@ def create_app(
             "defect_fraction": float(region.mean()),
             "model": model,
         }
-        if not with_overlay:
-            return result, None
-        from pitscope.visualize import overlay
+        pngs = {}
+        if pictures in ("overlay", "both"):
+            from pitscope.visualize import overlay
 
-        buffer = io.BytesIO()
-        Image.fromarray(overlay(image, prediction.anomaly_map, prediction.pixel_threshold)).save(buffer, "PNG")
-        return result, buffer.getvalue()
+            pngs["overlay"] = _png(overlay(image, prediction.anomaly_map, prediction.pixel_threshold))
+        if pictures in ("heatmap", "both"):
+            pngs["heatmap"] = _png(heatmap_image(prediction.anomaly_map, prediction.pixel_threshold))
+        return result, pngs
+
+    def page_file(name: str, media_type: str) -> Response:
+        return Response(
+            (WEB_DIR / name).read_bytes(),
+            media_type=media_type,
+            headers={"Content-Security-Policy": PAGE_POLICY, "X-Content-Type-Options": "nosniff",
+                     "Cache-Control": "no-cache"},
+        )
+
+    @app.get("/", include_in_schema=False)
+    def page() -> Response:
+        """The inspection page (its calls to /model, /predict and /threshold carry the key)."""
+        return page_file("index.html", "text/html; charset=utf-8")
+
+    app.mount("/static", StaticFiles(directory=str(WEB_DIR)), name="static")
 
     @app.get("/health")
     def health() -> dict:
@@ -221,6 +285,10 @@ def create_app(
     @app.get("/model", dependencies=guarded)
     def model_info() -> dict:
         """What is served: name, version, input size, thresholds, calibration, training, limits."""
+        with lock:  # a consistent view while PUT /threshold changes threshold and calibration
+            return describe_model()
+
+    def describe_model() -> dict:
         info = {
             **model,
             "image_size": detector.cfg.data.image_size,
@@ -230,6 +298,8 @@ def create_app(
             "training": detector.metadata.get("training"),
             "data_format": detector.cfg.data.format,
             "limits": {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels},
+            # PUT /threshold: allowed only with an API key; saved to the model file if it is known.
+            "threshold_saving": {"allowed": api_key is not None, "to_file": model_path is not None},
         }
         if "metrics" in detector.metadata:
             info["metrics"] = detector.metadata["metrics"]
@@ -252,25 +322,40 @@ def create_app(
                 },
             }
         },
-        responses={200: {"content": {"image/png": {}}, "description": "JSON, or the overlay PNG with ?map=png"}},
+        responses={
+            200: {
+                "content": {"image/png": {}},
+                "description": "JSON, or with ?map=png the overlay PNG, ?map=heatmap the heatmap PNG, "
+                "?map=embed JSON with both as data: URLs",
+            }
+        },
     )
     async def predict(
         request: Request,
         threshold: float | None = Query(None, allow_inf_nan=False, description="overrides the calibrated threshold"),
-        map_: Literal["png"] | None = Query(
-            None, alias="map", description="png: return the image with the predicted region in red instead of JSON"
+        map_: Literal["png", "heatmap", "embed"] | None = Query(
+            None,
+            alias="map",
+            description="png: the image with the predicted region in red instead of JSON; heatmap: the "
+            "anomaly map in colour (0 to 2 x pixel_threshold); embed: JSON with both as PNG data: URLs",
         ),
     ):
         """Score one uploaded image (multipart field `file`).
 
         JSON: score, is_defective, threshold, pixel_threshold, width, height, defect_fraction
         (share of pixels whose anomaly value is above pixel_threshold) and model. With
-        ?map=png the answer is the overlay PNG instead, with the score in X-Pitscope-* headers.
+        ?map=png (the overlay) or ?map=heatmap the answer is that PNG instead, with the score in
+        X-Pitscope-* headers; ?map=embed adds "overlay" and "heatmap" PNG data: URLs to the JSON.
         """
         data = await read_upload(request)
-        result, png = await run_in_threadpool(score, data, threshold, map_ == "png")
-        if png is None:
+        pictures = {"png": "overlay", "heatmap": "heatmap", "embed": "both"}.get(map_)
+        result, pngs = await run_in_threadpool(score, data, threshold, pictures)
+        if map_ is None:
             return result
+        if map_ == "embed":
+            encoded = {k: "data:image/png;base64," + base64.b64encode(v).decode("ascii") for k, v in pngs.items()}
+            return {**result, **encoded}
+        png = pngs[pictures]
         headers = {
             "X-Pitscope-Score": repr(result["score"]),
             "X-Pitscope-Is-Defective": str(result["is_defective"]).lower(),
@@ -278,11 +363,58 @@ def create_app(
         }
         return Response(png, media_type="image/png", headers=headers)
 
+    no_key = (
+        "saving a threshold is switched off: this service runs without an API key, so anyone on the "
+        "network could change it; restart it with --api-key (or PITSCOPE_API_KEY) to allow saving"
+    )
+
+    def refuse_without_key() -> None:
+        if api_key is None:
+            raise HTTPException(403, no_key)
+
+    @app.put("/threshold", dependencies=[Depends(refuse_without_key), *guarded])
+    def set_threshold(body: ThresholdUpdate) -> dict:
+        """Store a new image threshold: in memory, and in the model file when the app knows it.
+
+        Needs the API key (403 when the service has none). The previous calibration record is
+        kept under metadata["calibration"]["replaces"]. A failed write leaves everything as it was.
+        """
+        threshold = float(body.threshold)
+        with lock:
+            previous = float(detector.threshold)
+            calibration = detector.metadata.get("calibration")
+            if isinstance(calibration, dict):
+                calibration = {k: v for k, v in calibration.items() if k != "replaces"}
+            detector.threshold.fill_(threshold)
+            detector.metadata["calibration"] = {
+                "source": "set by hand (PUT /threshold)",
+                "threshold": threshold,
+                "pixel_threshold": float(detector.pixel_threshold),
+                "set_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "previous": {"threshold": previous},
+                "replaces": calibration,
+            }
+            if model_path is not None:
+                try:
+                    detector.save(model_path)
+                except OSError as exc:
+                    detector.threshold.fill_(previous)
+                    detector.metadata["calibration"] = calibration
+                    logger.exception("could not write %s", model_path)
+                    reason = exc.strerror or str(exc)
+                    raise HTTPException(
+                        500, f"the threshold was not changed: could not write the model file ({reason})"
+                    ) from None
+        logger.info("threshold changed from %r to %r", previous, threshold)
+        saved_to = None if model_path is None else str(model_path)
+        return {"threshold": threshold, "previous": previous, "saved_to": saved_to}
+
     return app
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve a trained model over HTTP until interrupted (POST /predict, GET /model, GET /health)."""
+    """Serve a trained model over HTTP until interrupted: the inspection page at /, POST /predict,
+    GET /model, PUT /threshold (with an API key only; rewrites MODEL), GET /health."""
     import uvicorn
 
     from pitscope.inference import Detector
@@ -290,7 +422,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     detector = Detector.load(args.model, device=args.device)
     api_key = args.api_key or os.environ.get("PITSCOPE_API_KEY") or None
     app = create_app(
-        detector, api_key=api_key, max_upload_bytes=int(args.max_upload_mb * MIB), max_pixels=args.max_pixels
+        detector,
+        api_key=api_key,
+        max_upload_bytes=int(args.max_upload_mb * MIB),
+        max_pixels=args.max_pixels,
+        model_path=args.model,
     )
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s without an API key: anyone who can reach it can use it", args.host)
