@@ -118,3 +118,13 @@ def test_set_accepts_a_float_in_exponent_notation(tmp_path, tiny_yaml):
     args = ["train", "--config", str(tiny_yaml), "--output-dir", str(out), "--quiet"]
     assert main([*args, "--set", "train.lr=1e-4", "--set", "model.target=none"]) == 0
     assert load_config(str(out / "config.yaml")).train.lr == 1e-4
+
+
+def test_evaluate_accepts_post_hoc_score_options_only(tmp_path, fit_tiny_detector, capsys):
+    _, model, _ = fit_tiny_detector(tmp_path)
+    assert main(["evaluate", str(model), "--quiet", "--set", "score.map_normalisation=none"]) == 0
+    assert load_config(str(tmp_path / "eval" / "config.yaml")).score.map_normalisation == "none"
+    assert main(["evaluate", str(model), "--quiet", "--set", "score.pixel_stages=[layer1]"]) == 2
+    assert "cannot change after fitting" in capsys.readouterr().err
+    assert main(["evaluate", str(model), "--quiet", "--set", "model.target=rgb"]) == 2
+    assert "cannot change after training" in capsys.readouterr().err

@@ -4,6 +4,8 @@ The network is left untrained (seeded random weights): what is tested here is th
 persistence around it, which does not care how good the features are.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -183,3 +185,24 @@ def test_a_file_without_pixel_threshold_loads_with_a_warning(fitted, tmp_path):
     with pytest.warns(UserWarning, match="calibrate"):
         loaded = Detector.load(old)
     assert np.isnan(float(loaded.pixel_threshold))
+
+
+def test_maps_are_divided_by_their_own_mean(fitted):
+    detector, _, _, test_split = fitted
+    assert detector.cfg.score.map_normalisation == "image_mean"
+    _, maps = detector.score_dataset(test_split, progress=False)
+    np.testing.assert_allclose(maps.reshape(len(maps), -1).mean(1), 1.0, rtol=1e-4)
+    raw = Detector(dataclasses.replace(detector.cfg, score=dataclasses.replace(detector.cfg.score, map_normalisation="none")),
+                   detector.n_kinds, net=detector.net)
+    raw.load_state_dict(detector.state_dict())
+    _, raw_maps = raw.score_dataset(test_split, progress=False)
+    np.testing.assert_allclose(maps, raw_maps / raw_maps.reshape(len(maps), -1).mean(1)[:, None, None], rtol=1e-4)
+
+
+def test_files_from_before_map_normalisation_keep_raw_maps(fitted, tmp_path):
+    _, path, _, _ = fitted
+    state = torch.load(path, weights_only=True)
+    del state["config"]["score"]["map_normalisation"]
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    assert Detector.load(old).cfg.score.map_normalisation == "none"

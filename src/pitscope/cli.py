@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pitscope import __version__
-from pitscope.config import Config, ConfigError, apply_overrides, load_config, preset_names, save_config
+from pitscope.config import Config, ConfigError, apply_overrides, load_config, preset_names, save_config, to_dict
 
 
 def _add_config_args(parser: argparse.ArgumentParser, default_preset: str | None) -> None:
@@ -182,7 +182,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     detector = Detector.load(args.model)
     cfg = apply_overrides(detector.cfg, args.overrides)
-    detector.cfg.data = cfg.data
+    # the data may change; of the scoring, only what acts after the fitted scorers may
+    post_hoc = {"map_normalisation", "smoothing_sigma"}
+    for key in ("model", "train", "augment"):
+        if to_dict(cfg)[key] != to_dict(detector.cfg)[key]:
+            raise ConfigError(f"evaluate: {key}.* cannot change after training; only data.* and score.{{{', '.join(sorted(post_hoc))}}}")
+    changed = [k for k, v in to_dict(cfg)["score"].items() if v != to_dict(detector.cfg)["score"][k]]
+    if set(changed) - post_hoc:
+        raise ConfigError(f"evaluate: score.{', score.'.join(sorted(set(changed) - post_hoc))} cannot change after fitting; "
+                          f"only score.{', score.'.join(sorted(post_hoc))}")
+    detector.cfg = cfg
     out_dir = Path(args.output_dir) if args.output_dir else Path(args.model).parent / "eval"
     save_config(cfg, out_dir / "config.yaml")
     report_run_dir = Path(args.model).parent if args.report else None
@@ -251,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override the model's data config, e.g. --set data.root=/other/copy",
+        help="override the model's data config (data.*), or score.map_normalisation / score.smoothing_sigma",
     )
     p.add_argument("--output-dir", help="where metrics.json and scores.csv go (default: beside the model, eval/)")
     p.add_argument("--report", action="store_true", help="also write an HTML report to OUTPUT_DIR/report/report.html")

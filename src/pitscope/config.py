@@ -113,6 +113,7 @@ class ScoreConfig:
     pixel_channels: int | None = 100  # random channel subset of the stacked stages (PaDiM); null = all
     batch_size: int = 16  # images per batch when extracting features and scoring
     smoothing_sigma: float = 4.0
+    map_normalisation: str = "image_mean"  # none | image_mean: each map divided by its own mean
     threshold_quantile: float = 0.99  # image threshold: this quantile of held-back normal scores
     pixel_threshold_quantile: float = 0.999  # predicted region: this quantile of their map values
     calibration_fraction: float = 0.1
@@ -142,6 +143,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.device": ("auto", "cpu", "cuda"),
     "score.shrinkage": ("ledoit_wolf", "ridge"),
     "score.pixel_method": ("padim", "segmentation"),
+    "score.map_normalisation": ("none", "image_mean"),
 }
 LIST_CHOICES: dict[str, tuple[str, ...]] = {
     "augment.kinds": ("noise", "scar", "normal"),

@@ -7,6 +7,12 @@ backbone stages `score.pixel_stages`, upsampled to the first stage's resolution 
 random subset of `score.pixel_channels` channels; "segmentation" — the probability map of the
 head trained to segment pseudo-defects (SPEC 5b, needs `model.segment`). Either map is upsampled
 to the model's input size and smoothed with `score.smoothing_sigma` (in pixels at that size).
+With `score.map_normalisation: image_mean` (the default) each map is then divided by its own
+mean: the map says where, within the image, the surface departs most from the defect-free
+Gaussians, while the image score carries how anomalous the image is as a whole. On BSData this
+matters: its 69 type-1 photographs (KGT*) are all defective, so no training image shows that part,
+and their raw maps are high everywhere, ranking their clean pixels above the pits of the other
+images (benchmarks/results/bsdata_cpu.md has both numbers).
 Threshold: the `score.threshold_quantile` quantile of the image scores of held-back defect-free
 training images (`score.calibration_fraction` of them, never used to fit the scorers); the pixel
 threshold that outlines the predicted defect region is the `score.pixel_threshold_quantile`
@@ -105,6 +111,8 @@ class Detector(nn.Module):
             maps = torch.sigmoid(seg_logits)  # (B, h, w) pseudo-defect probabilities
         maps = F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         maps = gaussian_smooth(maps, self.cfg.score.smoothing_sigma)  # (B, H, W)
+        if self.cfg.score.map_normalisation == "image_mean":
+            maps = maps / maps.mean(dim=(1, 2), keepdim=True).clamp_min(1e-12)  # where, within the image
         return scores, maps
 
     # -- fitting ----------------------------------------------------------------------------
@@ -231,7 +239,10 @@ class Detector(nn.Module):
             raise ValueError(f"{path} is not a pitscope model file: {exc}") from exc
         if not isinstance(state, dict) or "state_dict" not in state or "config" not in state:
             raise ValueError(f"{path} is not a pitscope model file (a training checkpoint? use model.pt)")
-        cfg = from_dict(state["config"])
+        saved = state["config"]
+        if "map_normalisation" not in saved.get("score", {}):  # written before normalisation existed
+            saved.setdefault("score", {})["map_normalisation"] = "none"
+        cfg = from_dict(saved)
         cfg.model.weights = "none"  # the saved state holds the trained weights
         detector = cls(cfg, state["n_kinds"])
         weights = state["state_dict"]

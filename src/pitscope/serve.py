@@ -153,7 +153,7 @@ def create_app(
 
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.responses import JSONResponse, Response
     from fastapi.security import APIKeyHeader
     from pydantic import BaseModel, Field
     from starlette.concurrency import run_in_threadpool
