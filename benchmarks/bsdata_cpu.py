@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -52,16 +53,29 @@ def run_seed(seed: int, out_dir: Path, extra: list[str]) -> dict:
     return {"command": shlex.join(cmd), "wall_minutes": round((time.perf_counter() - t0) / 60, 1)}
 
 
+# Evaluation folders of a run: eval/ (written by train --evaluate, maps as the run's config says)
+# and eval_<normalisation>/ (pitscope evaluate MODEL --set score.map_normalisation=... afterwards).
 def collect(seed: int, out_dir: Path) -> dict:
-    metrics = json.loads((out_dir / "eval" / "metrics.json").read_text())
     model = torch.load(out_dir / "model.pt", map_location="cpu", weights_only=True)
+    evaluations = {}
+    for folder in sorted(out_dir.glob("eval*")):
+        metrics_file = folder / "metrics.json"
+        if not metrics_file.is_file():
+            continue
+        metrics = json.loads(metrics_file.read_text())
+        cfg = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else None
+        norm = (cfg or model["config"])["score"].get("map_normalisation", "none")
+        evaluations[norm] = {
+            "folder": folder.name,
+            "metrics": {k: (None if v is None else round(100 * v, 2)) for k, v in metrics["metrics"].items()},
+            "threshold": metrics["threshold"],
+            "at_threshold": metrics["at_threshold"],
+        }
     return {
         "seed": seed,
         "output_dir": str(out_dir.relative_to(REPO)) if out_dir.is_relative_to(REPO) else str(out_dir),
-        "metrics": {k: (None if v is None else round(100 * v, 2)) for k, v in metrics["metrics"].items()},
         "training": model["metadata"].get("training"),
-        "threshold": metrics["threshold"],
-        "at_threshold": metrics["at_threshold"],
+        "evaluations": evaluations,
     }
 
 
@@ -73,22 +87,25 @@ def write_markdown(record: dict, path: Path) -> None:
         f"Commit `{record['commit']}`, {record['date']}, {record['machine']['platform']}, "
         f"{record['machine']['cpu_count']} threads, torch {record['machine']['torch']}.",
         "",
-        "| seed | image AUROC | pixel AUROC | AUPRO | epochs | training min | wall min |",
-        "|---|---|---|---|---|---|---|",
+        "| seed | maps | image AUROC | pixel AUROC | AUPRO | epochs | training min | wall min |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        m, t = r["metrics"], r["training"] or {}
-        lines.append(
-            f"| {r['seed']} | {m['image_auroc']} | {m['pixel_auroc']} | {m['aupro']} | {t.get('epochs')} "
-            f"| {t.get('minutes')} | {r.get('wall_minutes', 'n/a')} |"
-        )
+        t = r["training"] or {}
+        for norm, e in r["evaluations"].items():
+            m = e["metrics"]
+            lines.append(
+                f"| {r['seed']} | {norm} | {m['image_auroc']} | {m['pixel_auroc']} | {m['aupro']} | {t.get('epochs')} "
+                f"| {t.get('minutes')} | {r.get('wall_minutes', 'n/a')} |"
+            )
     lines += [
-        f"| paper | {PAPER['image_auroc']} | {PAPER['pixel_auroc']} | | 800 | GPU | |",
-        f"| PaDiM, untrained ResNet-18 (SPEC) | {UNTRAINED_REFERENCE['image_auroc']} | {UNTRAINED_REFERENCE['pixel_auroc']} | | 0 | | |",
+        f"| paper | | {PAPER['image_auroc']} | {PAPER['pixel_auroc']} | | 800 | GPU | |",
+        f"| PaDiM, untrained ResNet-18 (SPEC) | none | {UNTRAINED_REFERENCE['image_auroc']} | {UNTRAINED_REFERENCE['pixel_auroc']} | | 0 | | |",
         "",
         "Commands:",
         "",
         *[f"    {r['command']}" for r in rows if r.get("command")],
+        *[f"    {c}" for c in record.get("extra_commands", [])],
         "",
     ]
     path.write_text("\n".join(lines))
@@ -101,6 +118,8 @@ def main() -> int:
     parser.add_argument("--runs-dir", default="runs/bench")
     parser.add_argument("--name", default="bsdata_cpu", help="result file name under benchmarks/results/")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra --set for every run")
+    parser.add_argument("--command", dest="extra_commands", action="append", default=[],
+                        help="record a command that made part of the collected results (e.g. a later evaluate)")
     args = parser.parse_args()
     runs = []
     for seed in args.seeds:
@@ -116,6 +135,7 @@ def main() -> int:
         "invocation": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
         "paper": PAPER,
         "runs": runs,
+        "extra_commands": args.extra_commands,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=2))
