@@ -56,6 +56,7 @@ def test_segmentation_maps_are_probabilities():
     cfg = load_config(None, [
         "data.image_size=64", "data.synthetic.n_train=6", "data.synthetic.n_test_normal=2",
         "data.synthetic.n_test_defect=2", "model.segment=true", "score.pixel_method=segmentation",
+        "score.map_normalisation=none",
         "score.batch_size=8",
     ])
     torch.manual_seed(0)
