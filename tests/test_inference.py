@@ -206,3 +206,12 @@ def test_files_from_before_map_normalisation_keep_raw_maps(fitted, tmp_path):
     old = tmp_path / "old.pt"
     torch.save(state, old)
     assert Detector.load(old).cfg.score.map_normalisation == "none"
+
+
+def test_map_max_scores_images_by_their_strongest_pixel(fitted):
+    detector, _, _, test_split = fitted
+    cfg = dataclasses.replace(detector.cfg, score=dataclasses.replace(detector.cfg.score, image_method="map_max"))
+    other = Detector(cfg, detector.n_kinds, net=detector.net)
+    other.load_state_dict(detector.state_dict())
+    scores, maps = other.score_dataset(test_split, progress=False)
+    np.testing.assert_array_equal(scores, maps.reshape(len(maps), -1).max(1))

@@ -183,7 +183,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     detector = Detector.load(args.model)
     cfg = apply_overrides(detector.cfg, args.overrides)
     # the data may change; of the scoring, only what acts after the fitted scorers may
-    post_hoc = {"map_normalisation", "smoothing_sigma"}
+    post_hoc = {"map_normalisation", "smoothing_sigma", "image_method"}
     for key in ("model", "train", "augment"):
         if to_dict(cfg)[key] != to_dict(detector.cfg)[key]:
             raise ConfigError(f"evaluate: {key}.* cannot change after training; only data.* and score.{{{', '.join(sorted(post_hoc))}}}")

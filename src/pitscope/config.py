@@ -114,6 +114,7 @@ class ScoreConfig:
     batch_size: int = 16  # images per batch when extracting features and scoring
     smoothing_sigma: float = 4.0
     map_normalisation: str = "image_mean"  # none | image_mean: each map divided by its own mean
+    image_method: str = "embedding"  # embedding: Mahalanobis of the pooled embedding | map_max
     threshold_quantile: float = 0.99  # image threshold: this quantile of held-back normal scores
     pixel_threshold_quantile: float = 0.999  # predicted region: this quantile of their map values
     calibration_fraction: float = 0.1
@@ -144,6 +145,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "score.shrinkage": ("ledoit_wolf", "ridge"),
     "score.pixel_method": ("padim", "segmentation"),
     "score.map_normalisation": ("none", "image_mean"),
+    "score.image_method": ("embedding", "map_max"),
 }
 LIST_CHOICES: dict[str, tuple[str, ...]] = {
     "augment.kinds": ("noise", "scar", "normal"),

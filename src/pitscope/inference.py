@@ -1,7 +1,8 @@
 """A trained detector: network + fitted Mahalanobis scorers + calibrated threshold.
 
-Image score: Mahalanobis distance of the pooled layer4 embedding to a Gaussian fitted on the
-defect-free training images (Rippel et al. 2021, SPEC 5).
+Image score (`score.image_method`): "embedding" — Mahalanobis distance of the pooled layer4
+embedding to a Gaussian fitted on the defect-free training images (Rippel et al. 2021, SPEC 5);
+"map_max" — the largest value of the anomaly map, for small local defects on varied surfaces.
 Anomaly map (`score.pixel_method`): "padim" — a Gaussian per spatial position over the stacked
 backbone stages `score.pixel_stages`, upsampled to the first stage's resolution (SPEC 5a), with a
 random subset of `score.pixel_channels` channels; "segmentation" — the probability map of the
@@ -113,6 +114,8 @@ class Detector(nn.Module):
         maps = gaussian_smooth(maps, self.cfg.score.smoothing_sigma)  # (B, H, W)
         if self.cfg.score.map_normalisation == "image_mean":
             maps = maps / maps.mean(dim=(1, 2), keepdim=True).clamp_min(1e-12)  # where, within the image
+        if self.cfg.score.image_method == "map_max":
+            scores = maps.amax(dim=(1, 2))  # (B,) the strongest local anomaly
         return scores, maps
 
     # -- fitting ----------------------------------------------------------------------------
