@@ -20,7 +20,7 @@ demo: setup
 
 test: setup
 	-@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  { command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver; } || \
+	  { command -v apt-get >/dev/null && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; } || \
 	  echo "chromium/chromedriver not installed: the browser tests will be skipped"
 	$(BIN)/python -m pytest -q
 
