@@ -119,18 +119,31 @@ def _prepare_split_file(cfg: Config) -> None:
 
 
 def _train_and_fit(cfg: Config, resume: bool, progress: bool):
-    """Train, fit the scorers, calibrate the threshold, save OUTPUT_DIR/model.pt."""
+    """Train, fit the scorers, calibrate the threshold, save OUTPUT_DIR/model.pt.
+
+    Under torchrun every process trains its share; rank 0 then fits the scorers on the
+    features of every training image and saves, and the others return (None, None).
+    """
+    from pitscope import distributed
     from pitscope.data import build_dataset
     from pitscope.inference import Detector
     from pitscope.training import train
 
+    main = distributed.context().is_main
+    progress = progress and main
     _prepare_split_file(cfg)
     dataset = build_dataset(cfg.data, "train", cfg.seed)
     bad = dataset.check(progress=progress)
-    for path, reason in bad:
+    for path, reason in bad if main else ():
         print(f"skipped bad file: {path}: {reason}", file=sys.stderr)
-    print(f"training on {len(dataset)} defect-free images ({cfg.data.format}), output in {cfg.output_dir}")
-    result = train(cfg, dataset, resume=resume, progress=progress)
+    if main:
+        print(f"training on {len(dataset)} defect-free images ({cfg.data.format}), output in {cfg.output_dir}")
+    try:
+        result = train(cfg, dataset, resume=resume, progress=progress)
+    finally:
+        distributed.teardown()
+    if not main:
+        return None, None
     detector = Detector(cfg, result.n_kinds, net=result.model)
     detector.fit(dataset, progress=progress)
     detector.metadata["training"] = {
@@ -171,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train the double self-supervised model on defect-free images, fit its scorers and threshold."""
     cfg = _config_from_args(args)
     detector, _ = _train_and_fit(cfg, resume=args.resume, progress=not args.quiet)
-    if args.evaluate:
+    if args.evaluate and detector is not None:
         _evaluate_and_print(detector, cfg, Path(cfg.output_dir) / "eval", progress=not args.quiet)
     return 0
 
@@ -204,6 +217,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     detector, _ = _train_and_fit(cfg, resume=False, progress=not args.quiet)
     _evaluate_and_print(detector, cfg, Path(cfg.output_dir) / "eval", progress=not args.quiet)
+    return 0
+
+
+def _limit(text: str) -> float | None:
+    """An alert limit: a number >= 0, or `off`."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or off, got {text!r}") from None
+
+
+def cmd_wear(args: argparse.Namespace) -> int:
+    """Wear curves over BSData's wear-development sequences: the predicted pitting area of every
+    image over time beside the true one, growth, agreement and an alert rule, per sequence.
+    Each sequence is measured by a model that never trained on its images."""
+    from pitscope.wear import AlertRule, format_summary, run_wear
+
+    rule = AlertRule(args.alert_area, args.alert_growth, args.alert_window_days)
+    record = run_wear(args.models, args.out, root=args.root, rule=rule, allow_overlap=args.allow_overlap,
+                      progress=not args.quiet, echo=lambda line: print(line, file=sys.stderr))
+    print(format_summary(record))
+    print(f"wear curves written to {Path(args.out)} (wear.json, summary.csv, sequences/)")
     return 0
 
 
@@ -277,6 +314,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_serve_parser(sub)
     add_report_parser(sub)
+
+    p = sub.add_parser("wear", help="pitting area over time along BSData's wear sequences", description=cmd_wear.__doc__)
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="model files; each sequence goes to the first one that did not train on its images "
+                        "(one model per fold of a split over sequences covers them all)")
+    p.add_argument("--out", default="wear", help="output folder (default: wear/)")
+    p.add_argument("--root", help="the BSData folder (default: data.root of the first model, $PITSCOPE_BSDATA, "
+                                  "../shared/datasets/bsdata)")
+    p.add_argument("--alert-area", type=_limit, default=0.005, metavar="FRACTION",
+                   help="alert when the predicted area is above this fraction of the surface (default: 0.005; off)")
+    p.add_argument("--alert-growth", type=_limit, default=0.001, metavar="FRACTION_PER_DAY",
+                   help="alert when the predicted area grows faster than this fraction of the surface a day "
+                        "(default: 0.001; off)")
+    p.add_argument("--alert-window-days", type=float, default=1.0, metavar="DAYS",
+                   help="the growth is the slope over the images of the last DAYS days (default: 1)")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="measure a sequence with a model that trained on some of its images (said in the output) "
+                        "rather than leave it out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_wear)
 
     p = sub.add_parser("demo", help="train + evaluate on built-in synthetic data (a few minutes)", description=cmd_demo.__doc__)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -85,6 +85,8 @@ class ModelConfig:
     segment: bool = False  # a head that segments the pasted pseudo-defects (SPEC 5b)
     segment_stages: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
     segment_weight: float = 1.0
+    sspcab: bool = False  # SSPCAB block after layer4 with its reconstruction loss (table 3 baseline)
+    sspcab_weight: float = 0.1  # weight of that loss
 
 
 @dataclass
@@ -99,6 +101,11 @@ class TrainConfig:
     budget_minutes: float | None = None  # wall-clock budget; training stops there and says so
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    # auto: bf16 autocast where the hardware computes it natively (CUDA with bf16, CPUs with
+    # AVX-512 BF16 / AMX), fp16 with loss scaling on older CUDA GPUs, fp32 elsewhere
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 on CUDA only)
+    channels_last: bool = True  # NHWC memory format: faster convolutions on CPU and GPU
+    compile: bool = False  # torch.compile the network (slow first steps, faster later ones)
     log_every: int = 10
 
 
@@ -108,10 +115,12 @@ class ScoreConfig:
 
     shrinkage: str = "ledoit_wolf"  # ledoit_wolf | ridge
     ridge: float = 0.01
-    pixel_method: str = "padim"  # padim | segmentation (needs model.segment)
+    pixel_method: str = "padim"  # padim | segmentation (needs model.segment) | patch (CutPaste)
     pixel_stages: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
     pixel_channels: int | None = 100  # random channel subset of the stacked stages (PaDiM); null = all
     batch_size: int = 16  # images per batch when extracting features and scoring
+    patch_size: int = 64  # patch: side of the square crops, in pixels at data.image_size
+    patch_stride: int = 16  # patch: step between crops, in pixels
     smoothing_sigma: float = 4.0
     map_normalisation: str = "image_mean"  # none | image_mean: each map divided by its own mean
     image_method: str = "embedding"  # embedding: Mahalanobis of the pooled embedding | map_max
@@ -142,8 +151,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.mask_type": ("none", "dropout", "rectangle", "mscm"),
     "model.mscm_stage": ("layer1", "layer2", "layer3", "layer4"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "score.shrinkage": ("ledoit_wolf", "ridge"),
-    "score.pixel_method": ("padim", "segmentation"),
+    "score.pixel_method": ("padim", "segmentation", "patch"),
     "score.map_normalisation": ("none", "image_mean"),
     "score.image_method": ("embedding", "map_max"),
 }
@@ -243,6 +253,13 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"score.pixel_method={cfg.score.pixel_method} needs model.segment=true")
     if cfg.data.image_size < 32:
         raise ConfigError(f"data.image_size: must be at least 32, got {cfg.data.image_size}")
+    if cfg.score.pixel_method == "patch":
+        if not 32 <= cfg.score.patch_size <= cfg.data.image_size:
+            raise ConfigError(
+                f"score.patch_size: must lie in 32..data.image_size={cfg.data.image_size}, got {cfg.score.patch_size}"
+            )
+        if cfg.score.patch_stride < 1:
+            raise ConfigError(f"score.patch_stride: must be at least 1, got {cfg.score.patch_stride}")
     for key in ("threshold_quantile", "pixel_threshold_quantile"):
         if not 0.0 < getattr(cfg.score, key) <= 1.0:
             raise ConfigError(f"score.{key}: must lie in (0, 1]")

@@ -23,16 +23,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from pitscope import __version__
+from pitscope import __version__, distributed
 from pitscope.augment import PseudoDefects
 from pitscope.config import Config, save_config, to_dict, from_dict
 from pitscope.data.types import Sample
 from pitscope.models.hog import hog_features, rgb_target
 from pitscope.models.network import DoubleSelfSupervisedNet, NetOutput
 from pitscope.models.segmentation import focal_loss
+from pitscope.models.sspcab import reconstruction_loss
 from pitscope.seeding import numpy_rng, seed_everything, worker_init_fn
 from pitscope.tensors import denormalise, image_to_tensor
 
@@ -75,10 +77,11 @@ def pixel_target(cfg: Config, x: torch.Tensor) -> torch.Tensor | None:
     """The pixel branch's target for normalised input x (B, 3, H, W): (B, 3780) or None."""
     if cfg.model.target == "none":
         return None
-    images = denormalise(x)  # (B, 3, H, W) in [0, 1]
-    if cfg.model.target == "hog":
-        return hog_features(images)
-    return rgb_target(images)
+    with torch.autocast(x.device.type, enabled=False):  # targets in float32 under mixed precision
+        images = denormalise(x.float())  # (B, 3, H, W) in [0, 1]
+        if cfg.model.target == "hog":
+            return hog_features(images)
+        return rgb_target(images)
 
 
 def compute_loss(model: DoubleSelfSupervisedNet, cfg: Config, batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -101,7 +104,7 @@ def compute_loss(model: DoubleSelfSupervisedNet, cfg: Config, batch) -> tuple[to
     if out.target_pred is not None:
         with torch.no_grad():
             target = pixel_target(cfg, x)  # (2B, 3780)
-        mse = F.mse_loss(out.target_pred, target)
+        mse = F.mse_loss(out.target_pred.float(), target)
         loss = loss + cfg.model.loss_lambda * mse
         parts["mse"] = float(mse.detach())
     if out.seg_logits is not None:
@@ -110,6 +113,10 @@ def compute_loss(model: DoubleSelfSupervisedNet, cfg: Config, batch) -> tuple[to
         seg = focal_loss(logits, target)
         loss = loss + cfg.model.segment_weight * seg
         parts["seg"] = float(seg.detach())
+    if out.sspcab is not None:
+        rec = reconstruction_loss(*out.sspcab)
+        loss = loss + cfg.model.sspcab_weight * rec
+        parts["sspcab"] = float(rec.detach())
     parts["loss"] = float(loss.detach())
     return loss, parts
 
@@ -120,6 +127,28 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device=cuda but no CUDA device is available; use auto or cpu")
     return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype train.precision asks for on `device`; None means plain float32."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    if name == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision=fp16 needs CUDA; use bf16 or fp32 on the CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when oneDNN computes bfloat16 convolutions in hardware (AVX-512 BF16 or AMX).
+
+    Elsewhere bf16 autocast is emulated and slower than float32, so "auto" keeps float32.
+    """
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -176,19 +205,36 @@ def train(
 
     Writes OUTPUT_DIR/checkpoint_last.pt atomically after every epoch (and when the budget stops
     the run), OUTPUT_DIR/train_log.csv, and the resolved config. With resume=True it continues
-    from checkpoint_last.pt after the last finished epoch.
+    from checkpoint_last.pt after the last finished epoch. The budget counts wall-clock time of
+    the training loop, data preparation included.
+
+    Launched by torchrun with WORLD_SIZE > 1, every process trains a DistributedDataParallel
+    replica on its shard of each epoch (cfg.train.batch_size is the global batch, split evenly),
+    gradients are averaged, and only rank 0 writes files and prints; all ranks return the same
+    weights.
     """
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if len(dataset) == 0:
         raise ValueError("the training split holds no images")
-    device = resolve_device(cfg.train.device)
+    ctx, device = distributed.setup(resolve_device(cfg.train.device))
+    if cfg.train.batch_size % ctx.world_size:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} must be a multiple of the {ctx.world_size} processes"
+        )
+    main = ctx.is_main
+    if not main:
+        echo, progress = (lambda _msg: None), False
+    out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     maker = PseudoDefects(cfg.augment)
     model = DoubleSelfSupervisedNet(cfg.model, n_kinds=maker.n_kinds).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay
     )
+    amp_dtype = resolve_precision(cfg.train.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     start_epoch, step, elapsed, history = 0, 0, 0.0, []
     last_path = out_dir / LAST_CHECKPOINT
     if resume:
@@ -205,22 +251,41 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:  # the config's optimiser settings win over the saved ones
             group.update(lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         start_epoch, step, elapsed = state["epoch"], state["step"], state["elapsed_s"]
         history = list(state["history"])
         echo(f"resuming after epoch {start_epoch} (step {step}, {elapsed / 60:.1f} min trained)")
-    save_config(cfg, out_dir / "config.yaml")
-    log = _CsvLog(out_dir / LOG_FILE, truncate=not resume)
-    writer = _tensorboard(out_dir)
+    if main:
+        save_config(cfg, out_dir / "config.yaml")
+        log = _CsvLog(out_dir / LOG_FILE, truncate=not resume)
+        writer = _tensorboard(out_dir)
+    step_model: torch.nn.Module = model
+    if ctx.enabled:
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        step_model = torch.compile(step_model)
     pairs = PseudoDefectPairs(dataset, maker, cfg.seed)
-    batch_size = min(cfg.train.batch_size, len(dataset))
+    batch_size = min(cfg.train.batch_size, len(dataset)) // ctx.world_size  # per process
+    if batch_size < 1:
+        raise ValueError(f"{len(dataset)} training images cannot be shared by {ctx.world_size} processes")
+    drop_last = len(dataset) >= 2 * batch_size * ctx.world_size
     budget_s = cfg.train.budget_minutes * 60 if cfg.train.budget_minutes else math.inf
+    precision = "float32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
+    echo(
+        f"device {device}, {precision}{', channels-last' if cfg.train.channels_last else ''}"
+        + (f", {ctx.world_size} processes" if ctx.enabled else "")
+    )
 
     def save_last(epoch: int) -> None:
+        if not main:
+            return
         atomic_save(
             {
                 "config": to_dict(cfg),
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
                 "epoch": epoch,
                 "step": step,
                 "elapsed_s": elapsed,
@@ -237,28 +302,39 @@ def train(
     for epoch in range(start_epoch, cfg.train.epochs):
         pairs.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # feature masks draw from torch's RNG: resumable
-        order = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        if ctx.enabled:
+            sampler = DistributedSampler(
+                pairs, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=drop_last
+            )
+            sampler.set_epoch(epoch)
+            order = {"sampler": sampler}
+        else:
+            order = {"shuffle": True, "generator": torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)}
         loader = DataLoader(
             pairs,
             batch_size=batch_size,
-            shuffle=True,
-            drop_last=len(dataset) >= 2 * batch_size,
-            generator=order,
+            drop_last=drop_last,
             num_workers=cfg.train.num_workers,
             worker_init_fn=worker_init_fn,
             pin_memory=device.type == "cuda",
+            **order,
         )
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress, leave=False)
         sums: dict[str, float] = {}
         n = 0
+        tick = time.perf_counter()
         for batch in bar:
-            if elapsed + step_time > budget_s:
-                stopped_by_budget = True
-                break
-            t0 = time.perf_counter()
-            batch = [t.to(device, non_blocking=True) for t in batch]
-            loss, parts = compute_loss(model, cfg, batch)
-            if not torch.isfinite(loss):
+            batch = [
+                t.to(device, non_blocking=True, memory_format=torch.channels_last)
+                if cfg.train.channels_last and t.ndim == 4 else t.to(device, non_blocking=True)
+                for t in batch
+            ]
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                loss, parts = compute_loss(step_model, cfg, batch)
+            over_budget, diverged = distributed.any_rank(
+                [elapsed + step_time > budget_s, not bool(torch.isfinite(loss))], device
+            )
+            if diverged:
                 where = (
                     f"the last good state (after epoch {epoch}) is in {last_path}; resume from it with "
                     if last_path.exists() else "no epoch finished, so start again with "
@@ -267,17 +343,22 @@ def train(
                     f"loss is {parts['loss']} at epoch {epoch + 1}, step {step + 1} ({parts}); "
                     f"{where}a lower train.lr (now {cfg.train.lr})."
                 )
+            if over_budget:
+                stopped_by_budget = True
+                break
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
-            step_time = time.perf_counter() - t0
+            now = time.perf_counter()
+            step_time, tick = now - tick, now  # data preparation of this step included
             elapsed += step_time
             n += 1
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix({k: f"{v:.4f}" for k, v in parts.items()})
-            if step % cfg.train.log_every == 0 or n == 1:
+            if main and (step % cfg.train.log_every == 0 or n == 1):
                 row = {"epoch": epoch + 1, "step": step, "lr": cfg.train.lr, "elapsed_s": round(elapsed, 2), **parts}
                 log.write(row)
                 if writer is not None:
@@ -296,8 +377,9 @@ def train(
             save_last(epoch)  # a partial epoch is redone on resume
             break
         save_last(epoch + 1)
-    if writer is not None:
+    if main and writer is not None:
         writer.close()
+    distributed.barrier()
     epochs_done = history[-1]["epoch"] if history else start_epoch  # complete epochs only
     if stopped_by_budget:
         echo(
@@ -305,4 +387,5 @@ def train(
             f"(epoch {epoch + 1} of {cfg.train.epochs})"
         )
     model.eval()
+    model = model.to(memory_format=torch.contiguous_format)
     return TrainResult(model, maker.n_kinds, epochs_done, step, elapsed, stopped_by_budget, history)

@@ -91,7 +91,7 @@ def write_split(split: dict, path: str | Path) -> Path:
     content = {"dataset": "bsdata", "seed": split["seed"],
                "counts": {key: len(split[key]) for key in SPLIT_KEYS},
                **{key: list(split[key]) for key in SPLIT_KEYS}}
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # concurrent writers (torchrun) never collide
     tmp.write_text(json.dumps(content, indent=2) + "\n")
     tmp.replace(path)
     return path
