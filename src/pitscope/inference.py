@@ -6,7 +6,9 @@ embedding to a Gaussian fitted on the defect-free training images (Rippel et al.
 Anomaly map (`score.pixel_method`): "padim" — a Gaussian per spatial position over the stacked
 backbone stages `score.pixel_stages`, upsampled to the first stage's resolution (SPEC 5a), with a
 random subset of `score.pixel_channels` channels; "segmentation" — the probability map of the
-head trained to segment pseudo-defects (SPEC 5b, needs `model.segment`). Either map is upsampled
+head trained to segment pseudo-defects (SPEC 5b, needs `model.segment`); "patch" — CutPaste's
+patch-level scores: crops embedded by the network, one Gaussian over all crops, each pixel the
+mean score of the crops covering it (`pitscope.patches`). Any map is upsampled
 to the model's input size and smoothed with `score.smoothing_sigma` (in pixels at that size).
 With `score.map_normalisation: image_mean` (the default) each map is then divided by its own
 mean: the map says where, within the image, the surface departs most from the defect-free
@@ -38,6 +40,7 @@ from pitscope.config import Config, from_dict, to_dict
 from pitscope.data.imageio import read_image, to_rgb_array
 from pitscope.data.types import Sample
 from pitscope.models.network import DoubleSelfSupervisedNet
+from pitscope.patches import SharedGaussianScorer, patch_embeddings, patch_map
 from pitscope.scoring import GaussianScorer, PatchGaussianScorer, gaussian_smooth
 from pitscope.seeding import numpy_rng
 from pitscope.tensors import images_to_batch, resize_image
@@ -79,8 +82,10 @@ class Detector(nn.Module):
         self.n_kinds = n_kinds
         self.net = net if net is not None else DoubleSelfSupervisedNet(cfg.model, n_kinds)
         self.image_scorer = GaussianScorer(cfg.score.shrinkage, cfg.score.ridge)
-        self.pixel_scorer = PatchGaussianScorer(
-            cfg.score.shrinkage, cfg.score.ridge, n_channels=cfg.score.pixel_channels, seed=cfg.seed
+        self.pixel_scorer = (
+            SharedGaussianScorer(cfg.score.shrinkage, cfg.score.ridge)
+            if cfg.score.pixel_method == "patch"
+            else PatchGaussianScorer(cfg.score.shrinkage, cfg.score.ridge, n_channels=cfg.score.pixel_channels, seed=cfg.seed)
         )
         self.register_buffer("threshold", torch.tensor(float("nan")))
         self.register_buffer("pixel_threshold", torch.tensor(float("nan")))
@@ -88,8 +93,8 @@ class Detector(nn.Module):
 
     # -- features ---------------------------------------------------------------------------
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """x (B, 3, H, W) -> (embedding (B, 512), stacked patch features (B, C, h, w) for PaDiM
-        or None, segmentation logits (B, h', w') or None)."""
+        """x (B, 3, H, W) -> (embedding (B, 512), stacked patch features (B, C, h, w) for PaDiM or
+        crop embeddings (B, 512, gh, gw) for "patch" or None, segmentation logits (B, h', w') or None)."""
         out = self.net(x)
         stacked = None
         if self.cfg.score.pixel_method == "padim":
@@ -99,6 +104,8 @@ class Detector(nn.Module):
                 [s if s.shape[-2:] == size else F.interpolate(s, size=size, mode="bilinear", align_corners=False) for s in stages],
                 dim=1,
             )  # (B, sum of channels, h, w)
+        elif self.cfg.score.pixel_method == "patch":
+            stacked = patch_embeddings(self.net, x, self.cfg.score.patch_size, self.cfg.score.patch_stride)
         return out.embedding, stacked, out.seg_logits
 
     @torch.inference_mode()
@@ -108,6 +115,8 @@ class Detector(nn.Module):
         scores = self.image_scorer.score(embedding)  # (B,)
         if patches is not None:
             maps = self.pixel_scorer.score_map(patches)  # (B, h, w) Mahalanobis distances
+            if self.cfg.score.pixel_method == "patch":
+                maps = patch_map(maps, x.shape[-2:], self.cfg.score.patch_size, self.cfg.score.patch_stride)
         else:
             maps = torch.sigmoid(seg_logits)  # (B, h, w) pseudo-defect probabilities
         maps = F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
@@ -142,7 +151,7 @@ class Detector(nn.Module):
             if patches is not None:
                 self.pixel_scorer.partial_fit(patches)
         self.image_scorer.fit(torch.cat(embeddings))
-        if self.cfg.score.pixel_method == "padim":
+        if self.cfg.score.pixel_method in ("padim", "patch"):
             self.pixel_scorer.finalize()
         calibration = cal_idx if cal_idx else fit_idx
         scores, maps = [], []
