@@ -1,0 +1,207 @@
+"""BSData's wear sequences measured by models that never saw them: k-fold over sequences.
+
+    python benchmarks/bsdata_wear.py --folds 2 --budget-minutes 10     # train every fold, measure, record
+    python benchmarks/bsdata_wear.py --folds 2 --reuse-models          # measure again with the trained folds
+
+BSData's 27 `wear_dev` names make 15 distinct sequences (pitscope.wear). They are dealt into k
+folds (`wear.sequence_folds`, seeded); fold i's model trains with the `cpu` preset on the
+defect-free images of the other folds only (`wear.fold_split`, written to RUNS/fold<i>/split.json):
+`pitscope train --config cpu --set data.split_file=... --set train.budget_minutes=B`. Then
+`pitscope wear` measures every sequence with the model of its fold and checks that no model
+measures an image it trained on. Results go to benchmarks/results/<name>.json and .md with the
+commands, commit, machine and the split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bsdata_cpu import commit, machine  # benchmarks/ is on sys.path when run as a script
+from pitscope.data.bsdata import bsdata_root, write_split
+from pitscope.wear import fold_split, read_sequences, sequence_folds
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def pitscope() -> str:
+    """The pitscope command of this interpreter's environment (plain `pitscope` from PATH otherwise)."""
+    beside = Path(sys.executable).parent / "pitscope"
+    return str(beside) if beside.is_file() else "pitscope"
+
+
+def run(cmd: list[str], log: Path) -> dict:
+    """Run a pitscope command (logged to `log`); returns its command line and wall minutes."""
+    t0 = time.perf_counter()
+    with log.open("w") as fh:
+        subprocess.run([pitscope(), *cmd[1:]], cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, check=True)
+    return {"command": shlex.join(cmd), "wall_minutes": round((time.perf_counter() - t0) / 60, 1)}
+
+
+def train_fold(fold: int, held_out: tuple[str, ...], sequences, root: Path, runs: Path, args) -> dict:
+    """Write fold `fold`'s split and train its model (unless --reuse-models finds it)."""
+    out = runs / f"fold{fold}"
+    split = fold_split(root, sequences, held_out, seed=args.seed)
+    split_file = write_split(split, out / "split.json")
+    info = {"fold": fold, "sequences": list(held_out), "training_images": len(split["train"]),
+            "output_dir": str(out.relative_to(REPO)) if out.is_relative_to(REPO) else str(out)}
+    if args.reuse_models and (out / "model.pt").is_file():
+        return info
+    cmd = ["pitscope", "train", "--config", "cpu", "--quiet", "--output-dir", str(out),
+           "--set", f"data.split_file={split_file}", "--set", f"data.n_train_normal={len(split['train'])}",
+           "--set", f"train.budget_minutes={args.budget_minutes}", "--set", f"data.image_size={args.image_size}",
+           *(["--set", f"data.root={root}"] if args.root else []),
+           *[x for extra in args.extra for x in ("--set", extra)]]
+    return {**info, **run(cmd, runs / f"fold{fold}.log")}
+
+
+def write_markdown(record: dict, path: Path) -> None:
+    def num(value, scale=1.0, digits=2):
+        return "–" if value is None else f"{scale * value:.{digits}f}"
+
+    split, o, a = record["split"], record["overall"], record["overall"]["alert"]
+    lines = [
+        "# BSData wear sequences, k-fold over sequences",
+        "",
+        f"Commit `{record['commit']}`, {record['date']}, {record['machine']['platform']}, "
+        f"{record['machine']['cpu_count']} threads, torch {record['machine']['torch']}"
+        + (f", {record['machine']['cuda']}" if record["machine"]["cuda"] else "") + ".",
+        "",
+        f"Split: {split['description']}",
+        "",
+        "| fold | sequences | training images | epochs | training min | stopped by budget |",
+        "|---|---|---|---|---|---|",
+    ]
+    for fold in record["folds"]:
+        t = fold.get("training") or {}
+        lines.append(f"| {fold['fold']} | {len(fold['sequences'])} | {fold['training_images']} | {t.get('epochs')} "
+                     f"| {t.get('minutes')} | {t.get('stopped_by_budget')} |")
+    lines += [
+        "",
+        f"Alert rule: {record['rule']['text']}.",
+        "",
+        f"Overall ({o['sequences']} sequences, {o['with_pitting']} with pitting, {o['images']} images; "
+        f"{o['trained_on_measured_images']} measured images were training images):",
+        "",
+        f"- Spearman correlation of predicted and true area: mean over sequences {num(o['spearman']['mean'])} "
+        f"(median {num(o['spearman']['median'])}, n = {o['spearman']['n']}); pooled over images "
+        f"{num(o['spearman']['pooled'])}",
+        f"- mean absolute error of the area: {num(o['mae'], 100, 3)} % of the surface",
+        f"- first flagged image (score > threshold), days before the first true pitting: median "
+        f"{num(o['flag_lead_days']['median'], digits=1)}",
+        f"- alert: {a['alerted']} of {o['with_pitting']} sequences with pitting alerted ({a['early']} before the "
+        f"first true pitting, {a['late']} after, {a['missed']} missed); lead median "
+        f"{num(a['lead_days']['median'], digits=1)} days, mean {num(a['lead_days']['mean'], digits=1)}",
+        f"- false alerts: {a['false_alerts']} of {a['clean_images']} clean images "
+        f"({num(a['false_alert_rate'], 100, 1)} %); {a['clean_sequences_alerted']} of {o['without_pitting']} "
+        "sequences without pitting alerted",
+        "",
+        "| sequence | fold | first flagged (day) | first true pitting (day) | growth pred / true (%-points a day) "
+        "| Spearman | MAE (%) | first alert (day) | lead (days) | false alerts / clean images |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    fold_of = {name: fold["fold"] for fold in record["folds"] for name in fold["sequences"]}
+    for s in record["sequences"]:
+        alert = s["alert"]
+        lines.append(
+            f"| {s['sequence']} | {fold_of.get(s['sequence'], '?')} | {num(s['first_flagged_days'], digits=1)} "
+            f"| {num(s['first_true_days'], digits=1)} | {num(s['growth_predicted_per_day'], 100, 3)} / "
+            f"{num(s['growth_true_per_day'], 100, 3)} | {num(s['spearman'])} | {num(s['mae'], 100, 3)} "
+            f"| {num(alert['first_alert_days'], digits=1)} | {num(alert['lead_days'], digits=1)} "
+            f"| {alert['false_alerts']} / {alert['clean_images']} |"
+        )
+    lines += [
+        "",
+        "Areas are fractions of the photograph: the predicted region is the anomaly map above the model's pixel "
+        "threshold, the true one the pitting polygons. Days count from a sequence's first image. Growth: "
+        "least-squares slope of the area from the first true pitting on. Lead: days from the first alert to "
+        "the first true pitting (negative: after it). Clean images: those before the first true pitting, where "
+        "an alert is false (an early warning included).",
+        "",
+        "Commands:",
+        "",
+        f"    {record['invocation']}",
+        *[f"    {fold['command']}" for fold in record["folds"] if fold.get("command")],
+        f"    {record['wear_command']}",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folds", type=int, default=2, help="k of the k-fold split over sequences (default: 2)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the deal of sequences into folds")
+    parser.add_argument("--budget-minutes", type=float, default=10, help="training minutes per fold (default: 10)")
+    parser.add_argument("--image-size", type=int, default=256, help="model input size (default: 256, the preset's)")
+    parser.add_argument("--root", help="the BSData folder (default: $PITSCOPE_BSDATA or ../shared/datasets/bsdata)")
+    parser.add_argument("--runs-dir", default="runs/bench/wear")
+    parser.add_argument("--name", default="bsdata_wear", help="result file name under benchmarks/results/")
+    parser.add_argument("--reuse-models", action="store_true", help="do not train a fold whose model.pt exists")
+    parser.add_argument("--alert-area", default="0.005", help="pitscope wear --alert-area (default: 0.005)")
+    parser.add_argument("--alert-growth", default="0.001", help="pitscope wear --alert-growth (default: 0.001)")
+    parser.add_argument("--alert-window-days", default="1", help="pitscope wear --alert-window-days (default: 1)")
+    parser.add_argument("--set", dest="extra", action="append", default=[], help="extra --set for every training")
+    args = parser.parse_args()
+
+    t0 = time.perf_counter()
+    root = bsdata_root(args.root)
+    runs = (REPO / args.runs_dir).resolve()
+    runs.mkdir(parents=True, exist_ok=True)
+    sequences = read_sequences(root)
+    folds = [train_fold(f, held_out, sequences, root, runs, args)
+             for f, held_out in enumerate(sequence_folds(sequences, args.folds, args.seed))]
+    models = [str(runs / f"fold{f['fold']}" / "model.pt") for f in folds]
+    for fold, model in zip(folds, models):
+        fold["training"] = torch.load(model, map_location="cpu", weights_only=True)["metadata"].get("training")
+    wear_cmd = ["pitscope", "wear", *models, "--out", str(runs / "wear"), "--quiet", "--alert-area", args.alert_area,
+                "--alert-growth", args.alert_growth, "--alert-window-days", args.alert_window_days,
+                *(["--root", str(root)] if args.root else [])]
+    wear_run = run(wear_cmd, runs / "wear.log")
+    wear = json.loads((runs / "wear" / "wear.json").read_text())
+    record = {
+        "benchmark": "bsdata_wear",
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+        "invocation": shlex.join(["python", *sys.argv]),
+        "wear_command": wear_run["command"],
+        "wall_minutes": round((time.perf_counter() - t0) / 60, 1),
+        "split": {
+            "description": (
+                f"{args.folds}-fold over BSData's {len(sequences)} distinct wear sequences (its 27 wear_dev names; "
+                f"names listing the same images merged), dealt with seed {args.seed}; each fold's model trained on "
+                "the defect-free images of the other folds' sequences only, with the cpu preset at "
+                f"{args.image_size} px for at most {args.budget_minutes:g} minutes, and measured only its own "
+                "fold's sequences."
+            ),
+            "folds": args.folds,
+            "seed": args.seed,
+            "image_size": args.image_size,
+            "budget_minutes": args.budget_minutes,
+            "measured_by": wear["split"],
+        },
+        "folds": folds,
+        "rule": wear["rule"],
+        "overall": wear["overall"],
+        "sequences": wear["sequences"],
+        "curves": wear["curves"],
+        "unmeasured": wear["unmeasured"],
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=1))
+    write_markdown(record, RESULTS / f"{args.name}.md")
+    print((RESULTS / f"{args.name}.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
