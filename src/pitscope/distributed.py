@@ -80,9 +80,12 @@ def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
     return [bool(v) for v in tensor.tolist()]
 
 
-def barrier() -> None:
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (BatchNorm running statistics, which each process
+    updates from its own shard); parameters already agree through the averaged gradients."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def teardown() -> None:

@@ -379,7 +379,7 @@ def train(
         save_last(epoch + 1)
     if main and writer is not None:
         writer.close()
-    distributed.barrier()
+    distributed.broadcast_buffers(model)  # BatchNorm statistics: rank 0's, like the checkpoint
     epochs_done = history[-1]["epoch"] if history else start_epoch  # complete epochs only
     if stopped_by_budget:
         echo(

@@ -47,13 +47,18 @@ def perlin_noise(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Ge
     iy, ix = np.floor(y).astype(int), np.floor(x).astype(int)
     fy, fx = (y - iy)[:, None], (x - ix)[None, :]  # (H, 1), (1, W)
 
+    grad_y, grad_x = np.ascontiguousarray(gradients[..., 0]), np.ascontiguousarray(gradients[..., 1])
+
     def corner(dy: int, dx: int) -> np.ndarray:
-        g = gradients[(iy + dy)[:, None], (ix + dx)[None, :]]  # (H, W, 2)
-        return g[..., 0] * (fy - dy) + g[..., 1] * (fx - dx)  # (H, W)
+        # columns first on the small lattice, then whole rows: far cheaper than a per-pixel gather
+        gy = grad_y[:, ix + dx][iy + dy]  # (ry+1, W) -> (H, W)
+        gx = grad_x[:, ix + dx][iy + dy]
+        return gy * (fy - dy) + gx * (fx - dx)  # (H, W)
 
     ty, tx = _fade(fy), _fade(fx)
-    top = corner(0, 0) + tx * (corner(0, 1) - corner(0, 0))
-    bottom = corner(1, 0) + tx * (corner(1, 1) - corner(1, 0))
+    c00, c10 = corner(0, 0), corner(1, 0)
+    top = c00 + tx * (corner(0, 1) - c00)
+    bottom = c10 + tx * (corner(1, 1) - c10)
     return (np.sqrt(2.0) * (top + ty * (bottom - top))).astype(np.float32)
 
 
