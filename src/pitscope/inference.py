@@ -95,10 +95,15 @@ class Detector(nn.Module):
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """x (B, 3, H, W) -> (embedding (B, 512), stacked patch features (B, C, h, w) for PaDiM or
         crop embeddings (B, 512, gh, gw) for "patch" or None, segmentation logits (B, h', w') or None)."""
-        out = self.net(x)
+        if self.cfg.score.pixel_method == "segmentation":
+            out = self.net(x)
+            features, embedding, seg_logits = out.features, out.embedding, out.seg_logits
+        else:  # the training heads are not needed: the backbone gives all that scoring uses
+            features = self.net.backbone(x)
+            embedding, seg_logits = features["layer4"].mean(dim=(2, 3)), None  # (B, 512) as the net's
         stacked = None
         if self.cfg.score.pixel_method == "padim":
-            stages = [out.features[name] for name in self.cfg.score.pixel_stages]
+            stages = [features[name] for name in self.cfg.score.pixel_stages]
             size = stages[0].shape[-2:]
             stacked = torch.cat(
                 [s if s.shape[-2:] == size else F.interpolate(s, size=size, mode="bilinear", align_corners=False) for s in stages],
@@ -106,7 +111,7 @@ class Detector(nn.Module):
             )  # (B, sum of channels, h, w)
         elif self.cfg.score.pixel_method == "patch":
             stacked = patch_embeddings(self.net, x, self.cfg.score.patch_size, self.cfg.score.patch_stride)
-        return out.embedding, stacked, out.seg_logits
+        return embedding, stacked, seg_logits
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
