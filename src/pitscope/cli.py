@@ -304,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
+    from pitscope.benchmark import add_benchmark_parser
     from pitscope.export import add_export_parser
     from pitscope.predict import add_calibrate_parser, add_predict_parser
     from pitscope.report import add_report_parser
@@ -314,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_serve_parser(sub)
     add_report_parser(sub)
+    add_benchmark_parser(sub)
 
     p = sub.add_parser("wear", help="pitting area over time along BSData's wear sequences", description=cmd_wear.__doc__)
     p.add_argument("models", nargs="+", metavar="MODEL",

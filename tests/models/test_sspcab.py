@@ -46,15 +46,32 @@ def test_default_block_reads_only_two_pixels_away_diagonally():
     assert seen == {(-2, -2), (-2, 2), (2, -2), (2, 2)}
 
 
-def test_network_pools_the_block_output_and_keeps_the_backbone_layer4():
+def test_block_replaces_the_penultimate_convolution_and_hands_out_its_input_and_output():
     torch.manual_seed(0)
     net = DoubleSelfSupervisedNet(dataclasses.replace(ModelConfig(), sspcab=True, target="none")).eval()
-    out = net(torch.randn(2, 3, 64, 64))
+    assert net.backbone.layer4[-1].conv1 is net.sspcab and isinstance(net.sspcab, SSPCAB)
+    assert not any(k.startswith("sspcab.") for k in net.state_dict())  # held once, inside the backbone
+    x = torch.randn(2, 3, 128, 128)
+    out = net(x)
     block_in, block_out = out.sspcab
-    assert block_in.shape == block_out.shape == (2, 512, 2, 2)
-    assert block_in is out.features["layer4"]
-    torch.testing.assert_close(out.embedding, block_out.mean(dim=(2, 3)))
+    assert block_in.shape == block_out.shape == (2, 512, 4, 4)
+    with torch.no_grad():
+        before = net.backbone.layer4[0](out.features["layer3"])
+    torch.testing.assert_close(block_in, before)
     torch.testing.assert_close(block_out, net.sspcab(block_in))
+    torch.testing.assert_close(out.embedding, out.features["layer4"].mean(dim=(2, 3)))
+    assert not net.sspcab._forward_hooks  # the hook lives for one call only
+
+
+def test_residual_path_keeps_small_maps_informative():
+    """At 64 px the layer4 map is 2 x 2 and the block reads only padding: its output is the same for
+    every image, but the basic block's residual connection still carries the image through."""
+    torch.manual_seed(0)
+    net = DoubleSelfSupervisedNet(dataclasses.replace(ModelConfig(), sspcab=True, target="none")).eval()
+    out = net(torch.randn(3, 3, 64, 64))
+    block_out = out.sspcab[1]
+    torch.testing.assert_close(block_out[0], block_out[1])
+    assert (out.embedding[0] - out.embedding[1]).abs().max() > 1e-3
 
 
 def test_without_the_option_there_is_no_block():

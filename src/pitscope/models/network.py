@@ -1,7 +1,7 @@
 """The double self-supervised network (paper fig. 3), built from a `ModelConfig`.
 
     x (B, 3, H, W) -> backbone f -> features of every stage
-      image branch: layer4 [-> SSPCAB, if cfg.sspcab] -> global average pool -> embedding (B, 512)
+      image branch: layer4 -> global average pool -> embedding (B, 512)
                     -> projector g -> projection (B, 512) -> classifier W -> logits
       pixel branch: features[mscm_stage] -> mask (MSCM eps) -> CAM phi -> HOG decoder h
                     -> target_pred (B, 3780)
@@ -23,7 +23,7 @@ from pitscope.models.heads import Classifier, Projector
 from pitscope.models.hog import HOG_DIM, RGB_SIZE
 from pitscope.models.mscm import ChannelAttention, build_mask
 from pitscope.models.segmentation import SegmentationHead
-from pitscope.models.sspcab import SSPCAB, STAGE as SSPCAB_STAGE
+from pitscope.models.sspcab import SSPCAB, insert_sspcab
 
 HOG_FEATURES = HOG_DIM  # 15 x 7 blocks x 36 values: the 128 x 64 pedestrian-window HOG
 # cfg.target -> length of the vector the decoder predicts; "none" has no pixel branch. The "rgb"
@@ -38,14 +38,13 @@ class NetOutput(NamedTuple):
     logits:      (B,) for the binary head, (B, 1 + n_kinds) for the multiclass one;
                  None when cfg.classify is False.
     target_pred: (B, TARGET_FEATURES[cfg.target]); None when cfg.target is "none".
-    embedding:   (B, 512) globally average-pooled layer4 (after the SSPCAB block if there is
-                 one), before the projector.
+    embedding:   (B, 512) globally average-pooled layer4, before the projector.
     projection:  (B, projector_hidden) after the projector; None when cfg.classify is False.
     features:    the backbone's stages, see `Backbone.forward`.
     seg_logits:  (B, h, w) pseudo-defect logits at the first segment stage's resolution; None
                  unless cfg.segment.
     sspcab:      (block input, block output), both (B, 512, h, w), for the SSPCAB loss; None
-                 unless cfg.sspcab. `features` keeps the backbone's own layer4.
+                 unless cfg.sspcab.
     """
 
     logits: torch.Tensor | None
@@ -99,17 +98,28 @@ class DoubleSelfSupervisedNet(nn.Module):
         if cfg.segment:
             self.segmenter = SegmentationHead(self.backbone.channels, cfg.segment_stages)
 
-        self.sspcab: SSPCAB | None = SSPCAB(self.embedding_dim) if cfg.sspcab else None
+        if cfg.sspcab:
+            insert_sspcab(self.backbone)
+
+    @property
+    def sspcab(self) -> SSPCAB | None:
+        """The SSPCAB block inside the backbone's last stage, or None."""
+        block = self.backbone.layer4[-1].conv1
+        return block if isinstance(block, SSPCAB) else None
 
     def forward(self, x: torch.Tensor) -> NetOutput:
         """x (B, 3, H, W), ImageNet-normalised -> NetOutput."""
-        features = self.backbone(x)
-        last = features[SSPCAB_STAGE]  # (B, 512, h, w)
-        sspcab = None
-        if self.sspcab is not None:
-            sspcab = (last, self.sspcab(last))
-            last = sspcab[1]
-        embedding = last.mean(dim=(2, 3))  # (B, 512, h, w) -> (B, 512)
+        sspcab: list[tuple[torch.Tensor, torch.Tensor]] = []
+        block = self.sspcab
+        if block is None:
+            features = self.backbone(x)
+        else:  # the block sits inside a torchvision BasicBlock: a hook, for this call only, hands out its input and output
+            handle = block.register_forward_hook(lambda module, args, output: sspcab.append((args[0], output)))
+            try:
+                features = self.backbone(x)
+            finally:
+                handle.remove()
+        embedding = features["layer4"].mean(dim=(2, 3))  # (B, 512, h, w) -> (B, 512)
 
         logits = projection = None
         if self.projector is not None and self.classifier is not None:
@@ -122,7 +132,7 @@ class DoubleSelfSupervisedNet(nn.Module):
             target_pred = self.decoder(masked)  # (B, TARGET_FEATURES[target])
 
         seg_logits = self.segmenter(features) if self.segmenter is not None else None  # (B, h, w)
-        return NetOutput(logits, target_pred, embedding, projection, features, seg_logits, sspcab)
+        return NetOutput(logits, target_pred, embedding, projection, features, seg_logits, sspcab[0] if sspcab else None)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

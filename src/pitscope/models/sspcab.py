@@ -10,11 +10,11 @@ summed and gated by a ReLU (MSCM: sigmoid), then squeeze-and-excitation with red
 centre itself, so SSPCAB's dilation d is MSCM's d + 1: its default d = 1 reads the input two
 pixels away in each diagonal direction.
 
-Placement: the SSPCAB authors replace the penultimate convolutional layer of a network (for
-CutPaste, inside ResNet-18's last block). Here the block is inserted after the last stage
-(layer4) instead, just before global pooling, so every variant of the benchmark keeps the same
-intact ResNet-18; the pooled block output is the embedding the classifier and the Gaussian
-scorer see.
+Placement: as its authors do for CutPaste, the block replaces the penultimate convolutional
+layer of the network: the first 3 x 3 convolution of ResNet-18's last basic block (layer4[-1]),
+512 -> 512 channels at H/32 x W/32. The block's residual connection stays around it, so where the
+map is too small for the block to see anything but padding (a 64 px CutPaste crop gives a 2 x 2
+map; the block reads two positions away), the stage still passes its input on.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from pitscope.models.mscm import ChannelAttention, MaskedSplitConv
 KERNEL_SIZE = 1  # SSPCAB's k'
 DILATION = 1  # SSPCAB's d: gap between the hidden centre and the sub-kernels
 REDUCTION = 8  # SSPCAB's squeeze-and-excitation ratio r
-STAGE = "layer4"  # the backbone stage whose output the block transforms
 
 
 class SSPCAB(nn.Module):
@@ -44,6 +43,17 @@ class SSPCAB(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W) -> (B, C, H, W): each position predicted from its context alone."""
         return self.attention(self.masked(x))
+
+
+def insert_sspcab(backbone: nn.Module) -> SSPCAB:
+    """Replace the first convolution of the last basic block of `backbone` (a `Backbone` or
+    torchvision ResNet) with an SSPCAB block of as many channels; returns the block."""
+    last = backbone.layer4[-1]
+    conv = last.conv1
+    if conv.in_channels != conv.out_channels or conv.stride != (1, 1):
+        raise ValueError(f"cannot replace {conv} by SSPCAB: it must keep channels and resolution")
+    last.conv1 = SSPCAB(conv.out_channels)
+    return last.conv1
 
 
 def reconstruction_loss(block_input: torch.Tensor, block_output: torch.Tensor) -> torch.Tensor:
