@@ -57,11 +57,11 @@ def test_patch_map_is_the_mean_of_the_covering_crops():
         patch_map(torch.zeros(1, 3, 3), (5, 5), 3, 2)
 
 
-def test_patch_embeddings_embed_each_crop_with_the_network():
+def test_patch_embeddings_are_the_networks_embeddings_of_each_crop():
     torch.manual_seed(0)
     net = DoubleSelfSupervisedNet(load_config(None, ["model.target=none"]).model).eval()
     x = torch.randn(2, 3, 64, 64)
-    grid = patch_embeddings(net, x, 32, 16)  # 3 x 3 crops
+    grid = patch_embeddings(net.backbone, x, 32, 16)  # 3 x 3 crops
     assert grid.shape == (2, 512, 3, 3)
     with torch.no_grad():
         one = net(x[1:2, :, 16:48, 32:64]).embedding[0]

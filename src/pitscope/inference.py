@@ -110,7 +110,7 @@ class Detector(nn.Module):
                 dim=1,
             )  # (B, sum of channels, h, w)
         elif self.cfg.score.pixel_method == "patch":
-            stacked = patch_embeddings(self.net, x, self.cfg.score.patch_size, self.cfg.score.patch_stride)
+            stacked = patch_embeddings(self.net.backbone, x, self.cfg.score.patch_size, self.cfg.score.patch_stride)
         return embedding, stacked, seg_logits
 
     @torch.inference_mode()

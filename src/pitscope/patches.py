@@ -44,15 +44,17 @@ def extract_patches(x: Tensor, patch_size: int, stride: int) -> Tensor:
 
 
 @torch.no_grad()
-def patch_embeddings(net: torch.nn.Module, x: Tensor, patch_size: int, stride: int) -> Tensor:
-    """The pooled embedding of every crop of x (B, 3, H, W), as a grid (B, D, gh, gw).
-
-    `net` returns a NetOutput (its `embedding` is (N, D)); crops go through it CHUNK at a time.
+def patch_embeddings(backbone: torch.nn.Module, x: Tensor, patch_size: int, stride: int) -> Tensor:
+    """The pooled layer4 of every crop of x (B, 3, H, W), as a grid (B, D, gh, gw): the embedding
+    the network gives a whole image. `backbone` returns a dict of stages (`Backbone`); crops go
+    through it CHUNK at a time.
     """
     crops = extract_patches(x, patch_size, stride)  # (B, gh, gw, 3, P, P)
     b, gh, gw = crops.shape[:3]
     flat = crops.flatten(0, 2)  # (B*gh*gw, 3, P, P)
-    embedded = torch.cat([net(flat[i : i + CHUNK]).embedding for i in range(0, len(flat), CHUNK)])  # (N, D)
+    embedded = torch.cat(
+        [backbone(flat[i : i + CHUNK])["layer4"].mean(dim=(2, 3)) for i in range(0, len(flat), CHUNK)]
+    )  # (N, D)
     return embedded.unflatten(0, (b, gh, gw)).permute(0, 3, 1, 2)  # (B, D, gh, gw)
 
 
