@@ -1,0 +1,271 @@
+"""Training and inference speed at 256 px, as ratios to a bare torchvision ResNet-18 in the same run.
+
+    python benchmarks/speed.py                 # writes benchmarks/results/speed.json and .md
+    python benchmarks/speed.py --repeats 3 --steps 2 --output /tmp/speed   # quicker
+
+Training: images through the network per second. A pitscope step takes B dataset images and
+feeds 2B (each with its pseudo-defective copy), so the bare ResNet-18 step is timed on 2B
+images too, with a BCE loss on one logit, SGD, no data loading. It is timed twice: in plain
+float32 (what a bare script does) and with the precision and memory format pitscope's
+`train.precision=auto` and `train.channels_last` pick on this machine (the fair measure of
+pitscope's own overhead). pitscope is timed twice too: the network step alone on a fixed
+batch, and end to end (pseudo-defects drawn, batches built, step) as `pitscope train` runs.
+Inference: a fitted Detector (image score + anomaly map, float32) against a bare ResNet-18
+forward, batched (images/s) and one image at a time (latency). Variants are interleaved
+round-robin and the median over repeats is kept, so a busy moment hits all of them alike.
+Peak memory: the resident set of a fresh process that runs training steps at batch 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch.utils.data import DataLoader
+
+from pitscope.augment import PseudoDefects
+from pitscope.benchmark import commit, machine
+from pitscope.config import load_config
+from pitscope.data import build_dataset
+from pitscope.inference import Detector
+from pitscope.models.network import DoubleSelfSupervisedNet
+from pitscope.training import PseudoDefectPairs, compute_loss, resolve_precision
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def synthetic_config(size: int, batch: int, n_train: int):
+    """The built-in synthetic data at `size` px: no download, same cost per image as any data."""
+    return load_config("cpu", [
+        "data.format=synthetic", f"data.image_size={size}", f"data.synthetic.n_train={n_train}",
+        "data.synthetic.n_test_normal=2", "data.synthetic.n_test_defect=2", f"train.batch_size={batch}",
+        "train.device=cpu",
+    ])
+
+
+def _autocast(dtype):
+    return torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def bare_train_step(n_images: int, size: int, dtype, channels_last: bool):
+    """One SGD step of torchvision's ResNet-18 on n_images random images, BCE on one logit."""
+    model = torchvision.models.resnet18(num_classes=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    x = torch.randn(n_images, 3, size, size).contiguous(memory_format=fmt)
+    y = torch.randint(0, 2, (n_images,)).float()
+
+    def step():
+        with _autocast(dtype):
+            loss = F.binary_cross_entropy_with_logits(model(x).reshape(-1).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def pitscope_train_step(cfg, dataset, end_to_end: bool):
+    """pitscope's training step; end_to_end draws pseudo-defects and builds batches as `train` does."""
+    maker = PseudoDefects(cfg.augment)
+    model = DoubleSelfSupervisedNet(cfg.model, maker.n_kinds)
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum)
+    dtype = resolve_precision(cfg.train.precision, torch.device("cpu"))
+    pairs = PseudoDefectPairs(dataset, maker, cfg.seed)
+    loader = DataLoader(pairs, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(0))
+    fixed = next(iter(loader))
+    batches = iter(())
+
+    def next_batch():
+        nonlocal batches
+        if not end_to_end:
+            return fixed
+        batch = next(batches, None)
+        if batch is None:
+            pairs.set_epoch(pairs.epoch + 1)
+            batches = iter(loader)
+            batch = next(batches)
+        return batch
+
+    def step():
+        batch = [t.contiguous(memory_format=fmt) if t.ndim == 4 else t for t in next_batch()]
+        with _autocast(dtype):
+            loss, _ = compute_loss(model, cfg, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def bare_forward(batch: int, size: int):
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(batch, 3, size, size)
+
+    def step():
+        with torch.inference_mode():
+            model(x)
+
+    return step
+
+
+def detector_forward(detector: Detector, batch: int, size: int):
+    x = torch.randn(batch, 3, size, size)
+
+    def step():
+        detector(x)  # (scores (B,), maps (B, H, W)), inference mode inside
+
+    return step
+
+
+def time_round_robin(steps: dict, n_steps: int, repeats: int) -> dict[str, float]:
+    """Median seconds per step of each callable, interleaved; one untimed warm-up step each."""
+    for fn in steps.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, fn in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(n_steps):
+                fn()
+            times[name].append((time.perf_counter() - t0) / n_steps)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def peak_memory_child(size: int, batch: int, steps: int) -> None:
+    """Run in a fresh process: end-to-end training steps, then print the peak RSS in MiB."""
+    cfg = synthetic_config(size, batch, n_train=batch)
+    dataset = build_dataset(cfg.data, "train", cfg.seed)
+    step = pitscope_train_step(cfg, dataset, end_to_end=True)
+    for _ in range(steps):
+        step()
+    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=32, help="dataset images per training step (2x through the net)")
+    parser.add_argument("--infer-batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        peak_memory_child(args.size, args.batch, args.steps)
+        return 0
+
+    cfg = synthetic_config(args.size, args.batch, n_train=2 * args.batch)
+    dataset = build_dataset(cfg.data, "train", cfg.seed)
+    dtype = resolve_precision(cfg.train.precision, torch.device("cpu"))
+    precision = "float32" if dtype is None else str(dtype).removeprefix("torch.")
+    n = 2 * args.batch
+    train_times = time_round_robin({
+        "bare_resnet18_fp32": bare_train_step(n, args.size, None, False),
+        "bare_resnet18_same_settings": bare_train_step(n, args.size, dtype, cfg.train.channels_last),
+        "pitscope_step": pitscope_train_step(cfg, dataset, end_to_end=False),
+        "pitscope_end_to_end": pitscope_train_step(cfg, dataset, end_to_end=True),
+    }, args.steps, args.repeats)
+    train_rates = {k: n / v for k, v in train_times.items()}
+
+    detector = Detector(cfg, n_kinds=PseudoDefects(cfg.augment).n_kinds).fit(dataset, progress=False)
+    infer_times = time_round_robin({
+        "bare_resnet18_forward": bare_forward(args.infer_batch, args.size),
+        "detector_score_and_map": detector_forward(detector, args.infer_batch, args.size),
+    }, args.steps, args.repeats)
+    latency = time_round_robin({
+        "bare_resnet18_forward": bare_forward(1, args.size),
+        "detector_score_and_map": detector_forward(detector, 1, args.size),
+    }, 5 * args.steps, args.repeats)
+
+    child = subprocess.run(
+        [sys.executable, __file__, "--memory-child", "--size", str(args.size), "--batch", str(args.batch), "--steps", "3"],
+        capture_output=True, text=True, check=True,
+    )
+    peak = json.loads(child.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+
+    infer_rates = {k: args.infer_batch / v for k, v in infer_times.items()}
+    record = {
+        "benchmark": "speed",
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+        "invocation": shlex.join(["python", "benchmarks/speed.py", *sys.argv[1:]]),
+        "settings": {"size": args.size, "batch": args.batch, "images_per_step": n, "infer_batch": args.infer_batch,
+                     "precision": precision, "channels_last": cfg.train.channels_last,
+                     "steps": args.steps, "repeats": args.repeats, "threads": torch.get_num_threads()},
+        "train_images_per_s": {k: round(v, 2) for k, v in train_rates.items()},
+        "train_ratio_to_bare_same_settings": {
+            k: round(train_rates[k] / train_rates["bare_resnet18_same_settings"], 3)
+            for k in ("pitscope_step", "pitscope_end_to_end")},
+        "train_ratio_to_bare_fp32": {
+            k: round(train_rates[k] / train_rates["bare_resnet18_fp32"], 3)
+            for k in ("pitscope_step", "pitscope_end_to_end")},
+        "infer_images_per_s": {k: round(v, 2) for k, v in infer_rates.items()},
+        "infer_ratio_to_bare": round(infer_rates["detector_score_and_map"] / infer_rates["bare_resnet18_forward"], 3),
+        "latency_ms": {k: round(1000 * v, 1) for k, v in latency.items()},
+        "peak_train_rss_mib": round(peak, 0),
+    }
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speed.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / "speed.md").write_text(markdown(record))
+    print(markdown(record))
+    return 0
+
+
+def markdown(r: dict) -> str:
+    s = r["settings"]
+    tr, ir = r["train_images_per_s"], r["infer_images_per_s"]
+    same, fp32 = r["train_ratio_to_bare_same_settings"], r["train_ratio_to_bare_fp32"]
+    return "\n".join([
+        "# Speed at {size} px on the CPU".format(**s),
+        "",
+        f"Commit `{r['commit']}`, {r['date']}, {r['machine']['cpu']} ({r['machine']['cpu_count']} cores), {s['threads']} threads, "
+        f"torch {r['machine']['torch']}. Training precision `{s['precision']}`, channels-last {s['channels_last']}; "
+        f"median of {s['repeats']} interleaved repeats of {s['steps']} steps.",
+        "",
+        f"Training ({s['batch']} dataset images a step, {s['images_per_step']} through the network):",
+        "",
+        "| | images/s | ratio to bare, same settings | ratio to bare fp32 |",
+        "|---|---|---|---|",
+        f"| bare ResNet-18, float32 | {tr['bare_resnet18_fp32']} | | 1.0 |",
+        f"| bare ResNet-18, {s['precision']}, channels-last {s['channels_last']} | {tr['bare_resnet18_same_settings']} | 1.0 | |",
+        f"| pitscope step (fixed batch) | {tr['pitscope_step']} | {same['pitscope_step']} | {fp32['pitscope_step']} |",
+        f"| pitscope end to end (pseudo-defects + step) | {tr['pitscope_end_to_end']} | {same['pitscope_end_to_end']} "
+        f"| {fp32['pitscope_end_to_end']} |",
+        "",
+        f"Inference, float32 (batch {s['infer_batch']}; latency at batch 1):",
+        "",
+        "| | images/s | latency ms |",
+        "|---|---|---|",
+        f"| bare ResNet-18 forward | {ir['bare_resnet18_forward']} | {r['latency_ms']['bare_resnet18_forward']} |",
+        f"| pitscope score + anomaly map | {ir['detector_score_and_map']} | {r['latency_ms']['detector_score_and_map']} |",
+        "",
+        f"Inference ratio to bare: {r['infer_ratio_to_bare']}. "
+        f"Peak resident memory of a training process at batch {s['batch']}: {r['peak_train_rss_mib']:.0f} MiB.",
+        "",
+        "Command:",
+        "",
+        f"    {r['invocation']}",
+        "",
+    ])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
