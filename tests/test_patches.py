@@ -111,3 +111,19 @@ def test_config_checks_the_patch_size_only_for_patch_maps():
         load_config(None, ["score.pixel_method=patch", "score.patch_stride=0"])
     with pytest.raises(ConfigError, match="padim, segmentation, patch"):
         load_config(None, ["score.pixel_method=patches"])
+
+
+def test_patch_maps_light_up_a_local_anomaly():
+    from pitscope.models.backbone import Backbone
+
+    torch.manual_seed(0)
+    backbone = Backbone().eval()  # random weights: any local change moves the crops that see it
+    generator = torch.Generator().manual_seed(1)
+    normal = torch.randn(12, 3, 128, 128, generator=generator) * 0.3
+    test = torch.randn(1, 3, 128, 128, generator=generator) * 0.3
+    test[:, :, 84:100, 20:36] = 2.0  # a bright 16 px square
+    scorer = SharedGaussianScorer().fit(patch_embeddings(backbone, normal, 32, 8))
+    amap = patch_map(scorer.score_map(patch_embeddings(backbone, test, 32, 8)), (128, 128), 32, 8)[0]
+    outside = amap.clone()
+    outside[84:100, 20:36] = float("nan")
+    assert amap[84:100, 20:36].mean() > 2 * outside.nanmean()
