@@ -97,7 +97,7 @@ def test_run_writes_checkpoint_log_and_config(tmp_path, images):
     assert_same_weights(state["model"], result.model.state_dict())
 
     header, rows = read_log(tmp_path)
-    assert header == ["epoch", "step", "loss", "ce", "mse", "seg", "lr", "elapsed_s"]
+    assert header == ["epoch", "step", "loss", "ce", "mse", "seg", "sspcab", "lr", "elapsed_s"]
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert [int(r["epoch"]) for r in rows] == [1, 1, 2, 2]
     for r in rows:
@@ -309,3 +309,10 @@ def test_dataloader_workers_see_the_same_pseudo_defects(tmp_path, images):
     # Tensors that cross from a worker may take another kernel path: equal to rounding only.
     a, b = workers.model.state_dict(), inline.model.state_dict()
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+def test_sspcab_loss_is_logged(tmp_path, images):
+    run(tmp_path, images[:4], "model.target=none", "model.sspcab=true")
+    fields, rows = read_log(tmp_path)
+    assert "sspcab" in fields
+    assert all(float(row["sspcab"]) >= 0 for row in rows) and rows

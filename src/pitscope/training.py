@@ -173,7 +173,7 @@ class TrainResult:
 class _CsvLog:
     """Appends one row per logged step to OUTPUT_DIR/train_log.csv (kept across resumes)."""
 
-    FIELDS = ("epoch", "step", "loss", "ce", "mse", "seg", "lr", "elapsed_s")
+    FIELDS = ("epoch", "step", "loss", "ce", "mse", "seg", "sspcab", "lr", "elapsed_s")
 
     def __init__(self, path: Path, truncate: bool):
         self.path = path
@@ -370,7 +370,7 @@ def train(
             history.append(summary)
             echo(
                 f"epoch {epoch + 1}/{cfg.train.epochs}: "
-                + ", ".join(f"{k} {summary[k]:.4f}" for k in ("loss", "ce", "mse", "seg") if k in summary)
+                + ", ".join(f"{k} {summary[k]:.4f}" for k in ("loss", "ce", "mse", "seg", "sspcab") if k in summary)
                 + f" ({elapsed / 60:.1f} min)"
             )
         if stopped_by_budget:
