@@ -42,6 +42,7 @@ from pitscope.models.network import DoubleSelfSupervisedNet
 from pitscope.training import PseudoDefectPairs, compute_loss, resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
+PITSCOPE_TRAIN = ("pitscope_step", "pitscope_end_to_end", "pitscope_end_to_end_1_worker")
 
 
 def synthetic_config(size: int, batch: int, n_train: int):
@@ -76,8 +77,9 @@ def bare_train_step(n_images: int, size: int, dtype, channels_last: bool):
     return step
 
 
-def pitscope_train_step(cfg, dataset, end_to_end: bool):
-    """pitscope's training step; end_to_end draws pseudo-defects and builds batches as `train` does."""
+def pitscope_train_step(cfg, dataset, end_to_end: bool, num_workers: int = 0):
+    """pitscope's training step; end_to_end draws pseudo-defects and builds batches as `train` does
+    (in the main process, or in `num_workers` DataLoader workers)."""
     maker = PseudoDefects(cfg.augment)
     model = DoubleSelfSupervisedNet(cfg.model, maker.n_kinds)
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
@@ -86,8 +88,9 @@ def pitscope_train_step(cfg, dataset, end_to_end: bool):
     dtype = resolve_precision(cfg.train.precision, torch.device("cpu"))
     pairs = PseudoDefectPairs(dataset, maker, cfg.seed)
     loader = DataLoader(pairs, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(0))
-    fixed = next(iter(loader))
+                        generator=torch.Generator().manual_seed(0), num_workers=num_workers,
+                        persistent_workers=num_workers > 0)
+    fixed = next(iter(loader)) if not end_to_end else None
     batches = iter(())
 
     def next_batch():
@@ -180,6 +183,7 @@ def main() -> int:
         "bare_resnet18_same_settings": bare_train_step(n, args.size, dtype, cfg.train.channels_last),
         "pitscope_step": pitscope_train_step(cfg, dataset, end_to_end=False),
         "pitscope_end_to_end": pitscope_train_step(cfg, dataset, end_to_end=True),
+        "pitscope_end_to_end_1_worker": pitscope_train_step(cfg, dataset, end_to_end=True, num_workers=1),
     }, args.steps, args.repeats)
     train_rates = {k: n / v for k, v in train_times.items()}
 
@@ -212,10 +216,10 @@ def main() -> int:
         "train_images_per_s": {k: round(v, 2) for k, v in train_rates.items()},
         "train_ratio_to_bare_same_settings": {
             k: round(train_rates[k] / train_rates["bare_resnet18_same_settings"], 3)
-            for k in ("pitscope_step", "pitscope_end_to_end")},
+            for k in PITSCOPE_TRAIN},
         "train_ratio_to_bare_fp32": {
             k: round(train_rates[k] / train_rates["bare_resnet18_fp32"], 3)
-            for k in ("pitscope_step", "pitscope_end_to_end")},
+            for k in PITSCOPE_TRAIN},
         "infer_images_per_s": {k: round(v, 2) for k, v in infer_rates.items()},
         "infer_ratio_to_bare": round(infer_rates["detector_score_and_map"] / infer_rates["bare_resnet18_forward"], 3),
         "latency_ms": {k: round(1000 * v, 1) for k, v in latency.items()},
@@ -249,6 +253,8 @@ def markdown(r: dict) -> str:
         f"| pitscope step (fixed batch) | {tr['pitscope_step']} | {same['pitscope_step']} | {fp32['pitscope_step']} |",
         f"| pitscope end to end (pseudo-defects + step) | {tr['pitscope_end_to_end']} | {same['pitscope_end_to_end']} "
         f"| {fp32['pitscope_end_to_end']} |",
+        f"| pitscope end to end, pseudo-defects in 1 DataLoader worker | {tr['pitscope_end_to_end_1_worker']} "
+        f"| {same['pitscope_end_to_end_1_worker']} | {fp32['pitscope_end_to_end_1_worker']} |",
         "",
         f"Inference, float32 (batch {s['infer_batch']}; latency at batch 1):",
         "",
