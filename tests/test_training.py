@@ -24,6 +24,8 @@ from pitscope.training import (
     PseudoDefectPairs,
     TrainingDiverged,
     compute_loss,
+    pixel_target,
+    resolve_precision,
     train,
 )
 
@@ -316,3 +318,45 @@ def test_sspcab_loss_is_logged(tmp_path, images):
     fields, rows = read_log(tmp_path)
     assert "sspcab" in fields
     assert all(float(row["sspcab"]) >= 0 for row in rows) and rows
+
+
+def test_compile_wraps_the_step_and_saves_plain_weights(tmp_path, images, monkeypatch):
+    """train.compile=true goes through torch.compile (here with the eager backend: inductor's C++
+    build takes minutes); the checkpoint keeps the plain module's parameter names."""
+    calls = []
+    real_compile = torch.compile
+
+    def eager_compile(module, **kwargs):
+        calls.append(module)
+        return real_compile(module, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    result = run(tmp_path, images[:4], LIGHT, "train.compile=true")
+    assert len(calls) == 1 and result.steps > 0
+    state = torch.load(tmp_path / LAST_CHECKPOINT, weights_only=True)
+    assert not [k for k in state["model"] if k.startswith("_orig_mod")]
+    assert_same_weights(state["model"], result.model.state_dict())
+
+
+def test_precision_choices(monkeypatch):
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) is None
+    assert resolve_precision("bf16", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        resolve_precision("fp16", cpu)
+    monkeypatch.setattr("pitscope.training.cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", cpu) is None  # emulated bf16 would be slower than float32
+    monkeypatch.setattr("pitscope.training.cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", cpu) is torch.bfloat16
+
+
+def test_bf16_training_keeps_float32_weights_and_targets(tmp_path, images):
+    result = run(tmp_path, images[:4], "train.precision=bf16")
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    assert all(math.isfinite(h["loss"]) for h in result.history)
+    cfg = make_config(tmp_path, "train.precision=bf16")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        target = pixel_target(cfg, x)
+    assert target.dtype == torch.float32
+    torch.testing.assert_close(target, pixel_target(cfg, x))
