@@ -344,10 +344,11 @@ def test_precision_choices(monkeypatch):
     assert resolve_precision("bf16", cpu) is torch.bfloat16
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
         resolve_precision("fp16", cpu)
-    monkeypatch.setattr("pitscope.training.cpu_has_native_bf16", lambda: False)
-    assert resolve_precision("auto", cpu) is None  # emulated bf16 would be slower than float32
-    monkeypatch.setattr("pitscope.training.cpu_has_native_bf16", lambda: True)
-    assert resolve_precision("auto", cpu) is torch.bfloat16
+    assert resolve_precision("auto", cpu) is None  # bf16 on the CPU only when asked for
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_precision("auto", torch.device("cuda")) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_precision("auto", torch.device("cuda")) is torch.float16
 
 
 def test_bf16_training_keeps_float32_weights_and_targets(tmp_path, images):
