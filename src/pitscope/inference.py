@@ -81,6 +81,8 @@ class Detector(nn.Module):
         self.cfg = cfg
         self.n_kinds = n_kinds
         self.net = net if net is not None else DoubleSelfSupervisedNet(cfg.model, n_kinds)
+        if cfg.train.channels_last:  # NHWC: faster convolutions on CPU and GPU; values unchanged
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.image_scorer = GaussianScorer(cfg.score.shrinkage, cfg.score.ridge)
         self.pixel_scorer = (
             SharedGaussianScorer(cfg.score.shrinkage, cfg.score.ridge)
@@ -99,6 +101,8 @@ class Detector(nn.Module):
             out = self.net(x)
             features, embedding, seg_logits = out.features, out.embedding, out.seg_logits
         else:  # the training heads are not needed: the backbone gives all that scoring uses
+            if self.cfg.train.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             features = self.net.backbone(x)
             embedding, seg_logits = features["layer4"].mean(dim=(2, 3)), None  # (B, 512) as the net's
         stacked = None
