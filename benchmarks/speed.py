@@ -115,9 +115,10 @@ def pitscope_train_step(cfg, dataset, end_to_end: bool, num_workers: int = 0):
     return step
 
 
-def bare_forward(batch: int, size: int):
-    model = torchvision.models.resnet18().eval()
-    x = torch.randn(batch, 3, size, size)
+def bare_forward(batch: int, size: int, channels_last: bool = False):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = torchvision.models.resnet18().eval().to(memory_format=fmt)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
 
     def step():
         with torch.inference_mode():
@@ -190,6 +191,7 @@ def main() -> int:
     detector = Detector(cfg, n_kinds=PseudoDefects(cfg.augment).n_kinds).fit(dataset, progress=False)
     infer_times = time_round_robin({
         "bare_resnet18_forward": bare_forward(args.infer_batch, args.size),
+        "bare_resnet18_forward_channels_last": bare_forward(args.infer_batch, args.size, channels_last=True),
         "detector_score_and_map": detector_forward(detector, args.infer_batch, args.size),
     }, args.steps, args.repeats)
     latency = time_round_robin({
@@ -222,6 +224,8 @@ def main() -> int:
             for k in PITSCOPE_TRAIN},
         "infer_images_per_s": {k: round(v, 2) for k, v in infer_rates.items()},
         "infer_ratio_to_bare": round(infer_rates["detector_score_and_map"] / infer_rates["bare_resnet18_forward"], 3),
+        "infer_ratio_to_bare_channels_last": round(
+            infer_rates["detector_score_and_map"] / infer_rates["bare_resnet18_forward_channels_last"], 3),
         "latency_ms": {k: round(1000 * v, 1) for k, v in latency.items()},
         "peak_train_rss_mib": round(peak, 0),
     }
@@ -261,9 +265,12 @@ def markdown(r: dict) -> str:
         "| | images/s | latency ms |",
         "|---|---|---|",
         f"| bare ResNet-18 forward | {ir['bare_resnet18_forward']} | {r['latency_ms']['bare_resnet18_forward']} |",
-        f"| pitscope score + anomaly map | {ir['detector_score_and_map']} | {r['latency_ms']['detector_score_and_map']} |",
+        f"| bare ResNet-18 forward, channels-last | {ir['bare_resnet18_forward_channels_last']} | |",
+        f"| pitscope score + anomaly map (channels-last: {s['channels_last']}) | {ir['detector_score_and_map']} "
+        f"| {r['latency_ms']['detector_score_and_map']} |",
         "",
-        f"Inference ratio to bare: {r['infer_ratio_to_bare']}. "
+        f"Inference ratio to bare: {r['infer_ratio_to_bare']} "
+        f"({r['infer_ratio_to_bare_channels_last']} to a bare channels-last forward). "
         f"Peak resident memory of a training process at batch {s['batch']}: {r['peak_train_rss_mib']:.0f} MiB.",
         "",
         "Command:",
