@@ -215,3 +215,11 @@ def test_map_max_scores_images_by_their_strongest_pixel(fitted):
     other.load_state_dict(detector.state_dict())
     scores, maps = other.score_dataset(test_split, progress=False)
     np.testing.assert_array_equal(scores, maps.reshape(len(maps), -1).max(1))
+
+
+def test_prediction_defect_region_is_the_map_above_the_pixel_threshold():
+    from pitscope.inference import Prediction
+
+    anomaly_map = np.array([[0.5, 2.0], [np.nan, 1.0]], dtype=np.float32)
+    p = Prediction(score=1.0, anomaly_map=anomaly_map, is_defective=True, threshold=0.5, pixel_threshold=1.0)
+    np.testing.assert_array_equal(p.defect_region, [[False, True], [False, False]])

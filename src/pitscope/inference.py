@@ -62,6 +62,12 @@ class Prediction(NamedTuple):
     threshold: float
     pixel_threshold: float
 
+    @property
+    def defect_region(self) -> np.ndarray:
+        """(H, W) bool: anomaly_map > pixel_threshold (NaN never counts); the region overlays,
+        the service and wear curves show."""
+        return self.anomaly_map > self.pixel_threshold
+
 
 def iterate_batches(
     dataset: Sequence[Sample], indices: Sequence[int], batch_size: int, desc: str, progress: bool

@@ -242,7 +242,7 @@ def create_app(
             raise HTTPException(exc.status_code, exc.detail) from None
         with lock:
             prediction = detector.predict(image, threshold=threshold)
-        region = prediction.anomaly_map > prediction.pixel_threshold  # (H, W) bool
+        region = prediction.defect_region  # (H, W) bool
         result = {
             "score": float(prediction.score),
             "is_defective": bool(prediction.is_defective),

@@ -254,7 +254,7 @@ class AreaPoint:
 def area_point(record: Record, time: datetime, days: float, prediction) -> AreaPoint:
     """Reduce one `inference.Prediction` (map at the image's own size) of `record` to its areas."""
     height, width = prediction.anomaly_map.shape
-    region = prediction.anomaly_map > prediction.pixel_threshold  # (H, W) bool: the predicted region
+    region = prediction.defect_region  # (H, W) bool
     truth = rasterise_polygons(record.polygons or (), height, width)  # (H, W) uint8 {0, 1}
     return AreaPoint(str(record.path), time, float(days), int(width), int(height), int(region.sum()),
                      int(truth.sum()), float(prediction.score), float(prediction.threshold),
