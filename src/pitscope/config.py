@@ -99,6 +99,10 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 3e-5
     budget_minutes: float | None = None  # wall-clock budget; training stops there and says so
+    # constant: lr throughout (the paper). cosine: lr * (1 + cos(pi * progress)) / 2, where
+    # progress is the larger of the fraction of epochs done and the fraction of the budget spent,
+    # so a budgeted run ends at a learning rate near zero wherever the budget stops it
+    lr_schedule: str = "constant"  # constant | cosine
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda
     # auto: bf16 autocast on CUDA GPUs with bf16 (fp16 with loss scaling on older ones), float32
@@ -153,6 +157,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.mscm_stage": ("layer1", "layer2", "layer3", "layer4"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.lr_schedule": ("constant", "cosine"),
     "score.shrinkage": ("ledoit_wolf", "ridge"),
     "score.pixel_method": ("padim", "segmentation", "patch"),
     "score.map_normalisation": ("none", "image_mean"),

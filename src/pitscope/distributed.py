@@ -67,17 +67,22 @@ def setup(device: torch.device) -> tuple[DistContext, torch.device]:
     return ctx, device
 
 
+def max_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise maximum of numbers over all processes (the numbers unchanged without a group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
+
+
 def any_rank(flags: list[bool], device: torch.device) -> list[bool]:
     """Element-wise OR of boolean flags over all processes (the flags unchanged without a group).
 
     Every process must stop at the same step or the others wait forever in the next all-reduce,
     so a budget or a NaN seen by one process stops them all.
     """
-    if not (dist.is_available() and dist.is_initialized()):
-        return flags
-    tensor = torch.tensor([float(f) for f in flags], device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in tensor.tolist()]
+    return [bool(v) for v in max_over_ranks([float(f) for f in flags], device)]
 
 
 def broadcast_buffers(module: torch.nn.Module) -> None:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from pitscope import __version__, distributed
 from pitscope.augment import PseudoDefects
-from pitscope.config import Config, save_config, to_dict, from_dict
+from pitscope.config import Config, TrainConfig, save_config, to_dict, from_dict
 from pitscope.data.types import Sample
 from pitscope.models.hog import hog_features, rgb_target
 from pitscope.models.network import DoubleSelfSupervisedNet, NetOutput
@@ -188,6 +188,21 @@ def _tensorboard(out_dir: Path):
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
+def scheduled_lr(train_cfg: TrainConfig, step: int, steps_per_epoch: int, elapsed_s: float, budget_s: float) -> float:
+    """The learning rate of the step after `step` steps and `elapsed_s` seconds of training.
+
+    constant: train.lr. cosine: train.lr * (1 + cos(pi * p)) / 2 with p the larger of the share
+    of all epochs' steps done and the share of the budget spent, so a run stopped by its budget
+    has annealed to (nearly) zero all the same.
+    """
+    if train_cfg.lr_schedule == "constant":
+        return train_cfg.lr
+    progress = step / max(1, train_cfg.epochs * steps_per_epoch)
+    if math.isfinite(budget_s) and budget_s > 0:
+        progress = max(progress, elapsed_s / budget_s)
+    return train_cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
 def train(
     cfg: Config,
     dataset: Sequence[Sample],
@@ -313,6 +328,7 @@ def train(
             pin_memory=device.type == "cuda",
             **order,
         )
+        steps_per_epoch = len(loader)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress, leave=False)
         sums: dict[str, float] = {}
         n = 0
@@ -325,8 +341,10 @@ def train(
             ]
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 loss, parts = compute_loss(step_model, cfg, batch)
-            over_budget, diverged = distributed.any_rank(
-                [elapsed + step_time > budget_s, not bool(torch.isfinite(loss))], device
+            # one all-reduce: the budget and a NaN stop every process at the same step, and the
+            # learning rate follows the slowest process's clock so all of them apply the same one
+            over_budget, diverged, clock = distributed.max_over_ranks(
+                [elapsed + step_time > budget_s, not bool(torch.isfinite(loss)), elapsed], device
             )
             if diverged:
                 where = (
@@ -340,6 +358,9 @@ def train(
             if over_budget:
                 stopped_by_budget = True
                 break
+            lr = scheduled_lr(cfg.train, step, steps_per_epoch, clock, budget_s)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -353,7 +374,7 @@ def train(
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix({k: f"{v:.4f}" for k, v in parts.items()})
             if main and (step % cfg.train.log_every == 0 or n == 1):
-                row = {"epoch": epoch + 1, "step": step, "lr": cfg.train.lr, "elapsed_s": round(elapsed, 2), **parts}
+                row = {"epoch": epoch + 1, "step": step, "lr": lr, "elapsed_s": round(elapsed, 2), **parts}
                 log.write(row)
                 if writer is not None:
                     for k, v in parts.items():
