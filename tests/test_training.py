@@ -26,6 +26,7 @@ from pitscope.training import (
     compute_loss,
     pixel_target,
     resolve_precision,
+    scheduled_lr,
     train,
 )
 
@@ -243,6 +244,51 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path, images):
     assert a.history[0]["loss"] == b.history[0]["loss"]
     sa, sc = a.model.state_dict(), c.model.state_dict()
     assert any(not torch.equal(sa[k], sc[k]) for k in sa if sa[k].is_floating_point())
+
+
+# -- the learning-rate schedule ---------------------------------------------------------------
+def test_scheduled_lr_closed_form():
+    cfg = load_config(None, ["train.lr=0.02", "train.epochs=4"]).train
+    assert scheduled_lr(cfg, 37, 10, 1e9, 60.0) == 0.02  # constant: whatever the step and clock
+    cfg.lr_schedule = "cosine"
+    # by steps (no budget): 40 steps in all
+    assert scheduled_lr(cfg, 0, 10, 0.0, math.inf) == pytest.approx(0.02)
+    assert scheduled_lr(cfg, 10, 10, 0.0, math.inf) == pytest.approx(0.01 * (1 + math.cos(math.pi / 4)))
+    assert scheduled_lr(cfg, 20, 10, 0.0, math.inf) == pytest.approx(0.01)
+    assert scheduled_lr(cfg, 40, 10, 0.0, math.inf) == pytest.approx(0.0, abs=1e-12)
+    # by the clock when the budget is further along than the steps, never below zero past it
+    assert scheduled_lr(cfg, 0, 10, 30.0, 60.0) == pytest.approx(0.01)
+    assert scheduled_lr(cfg, 30, 10, 30.0, 60.0) == pytest.approx(0.01 * (1 + math.cos(3 * math.pi / 4)))
+    assert scheduled_lr(cfg, 0, 10, 90.0, 60.0) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cosine_schedule_is_logged_applied_and_resumed(tmp_path, images, monkeypatch):
+    cosine = (LIGHT, "train.lr_schedule=cosine", "train.lr=0.04")
+    whole = run(tmp_path / "whole", images, *cosine, "train.epochs=2")
+    _, rows = read_log(tmp_path / "whole")
+    total = 2 * STEPS_PER_EPOCH
+    assert [float(r["lr"]) for r in rows] == pytest.approx(
+        [0.02 * (1 + math.cos(math.pi * s / total)) for s in range(total)]
+    )
+    state = torch.load(tmp_path / "whole" / LAST_CHECKPOINT, weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(float(rows[-1]["lr"]))
+    # a constant rate gives other weights; stopping after epoch 1 and resuming gives the same ones
+    flat = run(tmp_path / "flat", images, LIGHT, "train.lr=0.04", "train.epochs=2")
+    w, f = whole.model.state_dict(), flat.model.state_dict()
+    assert any(not torch.equal(w[k], f[k]) for k in w if w[k].is_floating_point())
+    real_save = training.atomic_save
+
+    def killed_after_epoch_1(state, path):
+        real_save(state, path)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "atomic_save", killed_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "split", images, *cosine, "train.epochs=2")
+    monkeypatch.setattr(training, "atomic_save", real_save)
+    resumed = run(tmp_path / "split", images, *cosine, "train.epochs=2", resume=True)
+    assert_same_weights(resumed.model.state_dict(), whole.model.state_dict())
 
 
 # -- the time budget --------------------------------------------------------------------------
