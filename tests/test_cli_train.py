@@ -128,3 +128,67 @@ def test_evaluate_accepts_post_hoc_score_options_only(tmp_path, fit_tiny_detecto
     assert "cannot change after fitting" in capsys.readouterr().err
     assert main(["evaluate", str(model), "--quiet", "--set", "model.target=rgb"]) == 2
     assert "cannot change after training" in capsys.readouterr().err
+
+
+def test_snapshots_and_refit(tmp_path, tiny_yaml, capsys):
+    """Snapshots keep the network after every N epochs; refit fits new scorers around a model's or a
+    snapshot's network, and refitting the last snapshot with the run's settings gives the run's scores."""
+    import numpy as np
+
+    from pitscope.data import build_dataset
+    from pitscope.inference import Detector
+
+    run = tmp_path / "run"
+    args = ["train", "--config", str(tiny_yaml), "--output-dir", str(run), "--quiet",
+            "--set", "train.epochs=2", "--set", "train.snapshot_every=1"]
+    assert main(args) == 0
+    snaps = sorted(p.name for p in (run / "snapshots").iterdir())
+    assert snaps == ["epoch_0001.pt", "epoch_0002.pt"]
+    first = torch.load(run / "snapshots" / "epoch_0001.pt", weights_only=True)
+    last = torch.load(run / "snapshots" / "epoch_0002.pt", weights_only=True)
+    assert (first["epoch"], last["epoch"]) == (1, 2)
+    name = "backbone.conv1.weight"
+    assert not torch.equal(first["model"][name], last["model"][name])  # trained on between them
+
+    model = Detector.load(run / "model.pt")
+    assert torch.equal(last["model"][name], model.net.state_dict()[name])
+    test = build_dataset(model.cfg.data, "test", model.cfg.seed)
+    scores, maps = model.score_dataset(test, progress=False)
+
+    again = tmp_path / "again.pt"
+    assert main(["refit", str(run / "snapshots" / "epoch_0002.pt"), "--output", str(again), "--quiet"]) == 0
+    refit = Detector.load(again)
+    assert refit.metadata["training"]["epochs"] == 2 and refit.metadata["refit_from"].endswith("epoch_0002.pt")
+    s2, m2 = refit.score_dataset(test, progress=False)
+    np.testing.assert_allclose(s2, scores, rtol=1e-5)
+    np.testing.assert_allclose(m2, maps, rtol=1e-4, atol=1e-5)
+    assert float(refit.threshold) == pytest.approx(float(model.threshold), rel=1e-5)
+
+    wider = tmp_path / "wider.pt"
+    before = (run / "model.pt").read_bytes()
+    assert main(["refit", str(run / "model.pt"), "--output", str(wider), "--quiet", "--evaluate",
+                 "--set", "score.pixel_channels=24", "--set", "score.channel_seed=5"]) == 0
+    assert "image_auroc" in capsys.readouterr().out
+    assert (run / "model.pt").read_bytes() == before  # the original is left as it was
+    wide = Detector.load(wider)
+    assert wide.pixel_scorer.channel_index_.numel() == 24 and wide.cfg.score.channel_seed == 5
+    assert torch.equal(wide.net.state_dict()[name], model.net.state_dict()[name])
+    assert (tmp_path / "wider_eval" / "metrics.json").is_file()
+    assert wide.metadata["training"] == model.metadata["training"]
+
+
+def test_refit_refuses_what_it_cannot_do(tmp_path, tiny_yaml, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(tiny_yaml), "--output-dir", str(run), "--quiet"]) == 0
+    model = str(run / "model.pt")
+    assert main(["refit", model, "--output", model, "--quiet"]) == 2
+    assert "must differ" in capsys.readouterr().err
+    assert main(["refit", model, "--output", str(tmp_path / "x.pt"), "--set", "model.target=rgb"]) == 2
+    assert "model.*" in capsys.readouterr().err
+    assert main(["refit", str(tmp_path / "none.pt"), "--output", str(tmp_path / "y.pt")]) == 2
+    assert "no model file" in capsys.readouterr().err
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    assert main(["refit", str(tmp_path / "junk.pt"), "--output", str(tmp_path / "z.pt")]) == 2
+    assert "not a pitscope model file" in capsys.readouterr().err
+    assert main(["train", "--config", str(tiny_yaml), "--output-dir", str(run), "--set", "train.snapshot_every=-1"]) == 2
+    assert "train.snapshot_every" in capsys.readouterr().err

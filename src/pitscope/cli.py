@@ -212,6 +212,56 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model_or_checkpoint(path: str):
+    """A saved model (model.pt), or the network of a training checkpoint or snapshot."""
+    import torch
+
+    from pitscope.inference import Detector
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    try:
+        keys = torch.load(path, map_location="cpu", weights_only=True, mmap=True).keys()
+    except Exception as exc:
+        raise ValueError(f"{path} is not a pitscope model file: {exc}") from exc
+    return Detector.from_checkpoint(path) if "model" in keys and "state_dict" not in keys else Detector.load(path)
+
+
+def cmd_refit(args: argparse.Namespace) -> int:
+    """Fit a trained model's scorers again with other scoring settings (score.*), keeping its network.
+
+    MODEL may also be a training checkpoint (checkpoint_last.pt, snapshots/epoch_NNNN.pt).
+    """
+    from pitscope.data import build_dataset
+    from pitscope.inference import Detector
+
+    out = Path(args.output)
+    if out.resolve() == Path(args.model).resolve():
+        raise ConfigError("refit: --output must differ from MODEL (the original stays as it was)")
+    old = _load_model_or_checkpoint(args.model)
+    cfg = apply_overrides(old.cfg, args.overrides)
+    for key in ("model", "train", "augment"):
+        if to_dict(cfg)[key] != to_dict(old.cfg)[key]:
+            raise ConfigError(f"refit: {key}.* is fixed by the trained network; only score.* and data.* may change")
+    if to_dict(cfg) == to_dict(old.cfg):
+        print("refit: no setting changed; fitting again with the model's own settings", file=sys.stderr)
+    detector = Detector(cfg, old.n_kinds, net=old.net)
+    detector.metadata = {k: v for k, v in old.metadata.items() if k in ("training",)}
+    detector.metadata["refit_from"] = str(args.model)
+    progress = not args.quiet
+    dataset = build_dataset(cfg.data, "train", cfg.seed)
+    for path, reason in dataset.check(progress=progress):
+        print(f"skipped bad file: {path}: {reason}", file=sys.stderr)
+    detector.fit(dataset, progress=progress)
+    detector.save(out)
+    print(f"threshold {float(detector.threshold):.4g} ({detector.metadata['calibration']['images']} held-back images); saved {out}")
+    if args.evaluate:
+        eval_dir = out.parent / f"{out.stem}_eval"
+        save_config(cfg, eval_dir / "config.yaml")
+        _evaluate_and_print(detector, cfg, eval_dir, progress=progress)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train and evaluate a small model on the built-in synthetic ball-screw images (no download)."""
     cfg = _config_from_args(args)
@@ -303,6 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true", help="also write an HTML report to OUTPUT_DIR/report/report.html")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("refit", help="fit a model's scorers again with other score.* settings", description=cmd_refit.__doc__)
+    p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt), or a training checkpoint "
+                                 "(OUTPUT_DIR/checkpoint_last.pt, OUTPUT_DIR/snapshots/epoch_NNNN.pt)")
+    p.add_argument("--output", required=True, help="where the refitted model goes (a new file; MODEL is left as it is)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a scoring (score.*) or data (data.*) setting, e.g. --set score.pixel_channels=null")
+    p.add_argument("--evaluate", action="store_true", help="evaluate on the test split afterwards (OUTPUT's stem + _eval/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_refit)
 
     from pitscope.benchmark import add_benchmark_parser
     from pitscope.export import add_export_parser

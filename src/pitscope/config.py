@@ -103,6 +103,9 @@ class TrainConfig:
     # progress is the larger of the fraction of epochs done and the fraction of the budget spent,
     # so a budgeted run ends at a learning rate near zero wherever the budget stops it
     lr_schedule: str = "constant"  # constant | cosine
+    # keep the network's weights after every this many epochs in OUTPUT_DIR/snapshots/ (0: off),
+    # e.g. to see how the scores develop with training (`pitscope refit` scores a snapshot)
+    snapshot_every: int = 0
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda
     # auto: bf16 autocast on CUDA GPUs with bf16 (fp16 with loss scaling on older ones), float32
@@ -123,6 +126,7 @@ class ScoreConfig:
     pixel_method: str = "padim"  # padim | segmentation (needs model.segment) | patch (CutPaste)
     pixel_stages: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
     pixel_channels: int | None = 100  # random channel subset of the stacked stages (PaDiM); null = all
+    channel_seed: int | None = None  # seeds that subset; null = the run seed
     batch_size: int = 16  # images per batch when extracting features and scoring
     patch_size: int = 64  # patch: side of the square crops, in pixels at data.image_size
     patch_stride: int = 16  # patch: step between crops, in pixels
@@ -266,6 +270,8 @@ def validate(cfg: Config) -> Config:
             )
         if cfg.score.patch_stride < 1:
             raise ConfigError(f"score.patch_stride: must be at least 1, got {cfg.score.patch_stride}")
+    if cfg.train.snapshot_every < 0:
+        raise ConfigError(f"train.snapshot_every: must be 0 (off) or a number of epochs, got {cfg.train.snapshot_every}")
     for key in ("threshold_quantile", "pixel_threshold_quantile"):
         if not 0.0 < getattr(cfg.score, key) <= 1.0:
             raise ConfigError(f"score.{key}: must lie in (0, 1]")

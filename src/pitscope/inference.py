@@ -39,6 +39,7 @@ from pitscope import __version__
 from pitscope.config import Config, from_dict, to_dict
 from pitscope.data.imageio import read_image, to_rgb_array
 from pitscope.data.types import Sample
+from pitscope.augment import PseudoDefects
 from pitscope.models.network import DoubleSelfSupervisedNet
 from pitscope.patches import SharedGaussianScorer, patch_embeddings, patch_map
 from pitscope.scoring import GaussianScorer, PatchGaussianScorer, gaussian_smooth
@@ -93,7 +94,8 @@ class Detector(nn.Module):
         self.pixel_scorer = (
             SharedGaussianScorer(cfg.score.shrinkage, cfg.score.ridge)
             if cfg.score.pixel_method == "patch"
-            else PatchGaussianScorer(cfg.score.shrinkage, cfg.score.ridge, n_channels=cfg.score.pixel_channels, seed=cfg.seed)
+            else PatchGaussianScorer(cfg.score.shrinkage, cfg.score.ridge, n_channels=cfg.score.pixel_channels,
+                                seed=cfg.seed if cfg.score.channel_seed is None else cfg.score.channel_seed)
         )
         self.register_buffer("threshold", torch.tensor(float("nan")))
         self.register_buffer("pixel_threshold", torch.tensor(float("nan")))
@@ -253,6 +255,32 @@ class Detector(nn.Module):
             path,
         )
         return path
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Detector:
+        """An unfitted detector around the network of a training checkpoint (checkpoint_last.pt or
+        a snapshot): fit it before scoring. metadata["training"] says how far it was trained."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"{path} is not a pitscope checkpoint: {exc}") from exc
+        if not isinstance(state, dict) or "model" not in state or "config" not in state:
+            raise ValueError(f"{path} is not a pitscope training checkpoint (a model file? use Detector.load)")
+        cfg = from_dict(state["config"])
+        cfg.model.weights = "none"
+        n_kinds = state["n_kinds"] if "n_kinds" in state else PseudoDefects(cfg.augment).n_kinds
+        net = DoubleSelfSupervisedNet(cfg.model, n_kinds)
+        net.load_state_dict(state["model"])
+        detector = cls(cfg, n_kinds, net=net.eval())
+        detector.metadata["training"] = {
+            "epochs": state.get("epoch"),
+            "steps": state.get("step"),
+            "minutes": round(state.get("elapsed_s", 0.0) / 60, 2),
+        }
+        return detector.to(device).eval()
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Detector:

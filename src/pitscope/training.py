@@ -40,6 +40,7 @@ from pitscope.tensors import denormalise, image_to_tensor
 
 LAST_CHECKPOINT = "checkpoint_last.pt"
 LOG_FILE = "train_log.csv"
+SNAPSHOT_DIR = "snapshots"
 
 
 class TrainingDiverged(RuntimeError):
@@ -299,9 +300,26 @@ def train(
                 "step": step,
                 "elapsed_s": elapsed,
                 "history": history,
+                "n_kinds": maker.n_kinds,
                 "version": __version__,
             },
             last_path,
+        )
+
+    def save_snapshot(epoch: int) -> None:
+        if not main or not cfg.train.snapshot_every or epoch % cfg.train.snapshot_every:
+            return
+        atomic_save(
+            {
+                "config": to_dict(cfg),
+                "model": model.state_dict(),
+                "n_kinds": maker.n_kinds,
+                "epoch": epoch,
+                "step": step,
+                "elapsed_s": elapsed,
+                "version": __version__,
+            },
+            out_dir / SNAPSHOT_DIR / f"epoch_{epoch:04d}.pt",
         )
 
     stopped_by_budget = False
@@ -392,6 +410,7 @@ def train(
             save_last(epoch)  # a partial epoch is redone on resume
             break
         save_last(epoch + 1)
+        save_snapshot(epoch + 1)
     if main and writer is not None:
         writer.close()
     distributed.broadcast_buffers(model)  # BatchNorm statistics: rank 0's, like the checkpoint
