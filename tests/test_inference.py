@@ -223,3 +223,39 @@ def test_prediction_defect_region_is_the_map_above_the_pixel_threshold():
     anomaly_map = np.array([[0.5, 2.0], [np.nan, 1.0]], dtype=np.float32)
     p = Prediction(score=1.0, anomaly_map=anomaly_map, is_defective=True, threshold=0.5, pixel_threshold=1.0)
     np.testing.assert_array_equal(p.defect_region, [[False, True], [False, False]])
+
+
+def test_batchnorm_statistics_are_recomputed_on_the_fitting_images_only():
+    """score.recompute_batchnorm: the first BatchNorm's running mean and variance become the average
+    over equal batches of the fitting images of their batch mean and unbiased variance; the
+    held-back calibration images do not enter; with false the network's statistics stay."""
+    cfg = load_config(None, [*TINY, "train.batch_size=3"])  # 6 fitting images: two batches of 3
+    split = build_dataset(cfg.data, "train", cfg.seed)
+    torch.manual_seed(cfg.seed)
+    detector = Detector(cfg, n_kinds=2)
+    before = {k: v.clone() for k, v in detector.net.state_dict().items()}
+    fit_idx, cal_idx = detector.split_calibration(len(split))
+    assert len(fit_idx) == 6 and cal_idx
+    detector.fit(split, progress=False)
+
+    backbone = detector.net.backbone
+    conv, norm = backbone.conv1, backbone.bn1
+    with torch.no_grad():
+        outs = [conv(batch_of(split, fit_idx[i : i + 3])).double() for i in (0, 3)]
+    means = [o.mean(dim=(0, 2, 3)) for o in outs]
+    variances = [o.var(dim=(0, 2, 3), unbiased=True) for o in outs]
+    torch.testing.assert_close(norm.running_mean.double(), (means[0] + means[1]) / 2, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(norm.running_var.double(), (variances[0] + variances[1]) / 2, rtol=1e-4, atol=1e-5)
+    assert norm.momentum == 0.1 and not detector.net.training
+    with torch.no_grad():  # not the statistics of all 12 images
+        every = conv(batch_of(split, range(len(split)))).double().mean(dim=(0, 2, 3))
+    assert not torch.allclose(norm.running_mean.double(), every, rtol=1e-3)
+    after = detector.net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("backbone.") and "running" in k or "num_batches" in k for k in changed)
+
+    kept = Detector(from_dict({**to_dict(cfg), "score": {**to_dict(cfg)["score"], "recompute_batchnorm": False}}), n_kinds=2)
+    kept.net.load_state_dict(before)
+    kept.fit(split, progress=False)
+    for k, v in kept.net.state_dict().items():
+        assert torch.equal(v, before[k]), k

@@ -123,6 +123,10 @@ class ScoreConfig:
 
     shrinkage: str = "ledoit_wolf"  # ledoit_wolf | ridge
     ridge: float = 0.01
+    # before fitting, the backbone's BatchNorm statistics are recomputed on the defect-free images
+    # the scorers are fitted on (the running averages of training follow its last batches, half of
+    # them pseudo-defects); false keeps those of training
+    recompute_batchnorm: bool = True
     pixel_method: str = "padim"  # padim | segmentation (needs model.segment) | patch (CutPaste)
     pixel_stages: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
     pixel_channels: int | None = 100  # random channel subset of the stacked stages (PaDiM); null = all

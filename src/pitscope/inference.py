@@ -153,12 +153,48 @@ class Detector(nn.Module):
         order = numpy_rng(self.cfg.seed, 7).permutation(n).tolist()
         return sorted(order[n_cal:]), sorted(order[:n_cal])
 
+    @torch.no_grad()
+    def recompute_batchnorm(self, dataset: Sequence[Sample], indices: Sequence[int], progress: bool = True) -> None:
+        """Set the backbone's BatchNorm running statistics to their average over `indices` of
+        `dataset` (batches of train.batch_size in training mode, every batch weighted alike; a
+        last batch of one image joins the one before). Fewer than 2 images leave them as they are."""
+        norms = [m for m in self.net.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        indices = list(indices)
+        if not norms or len(indices) < 2:
+            return
+        size = self.cfg.train.batch_size
+        chunks = [indices[i : i + size] for i in range(0, len(indices), size)]
+        if len(chunks) > 1 and len(chunks[-1]) == 1:  # training-mode BatchNorm needs 2 values a channel
+            chunks[-2:] = [chunks[-2] + chunks[-1]]
+        device = next(self.net.parameters()).device
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average instead of an exponential one
+        self.net.backbone.train()
+        try:
+            for chunk in tqdm(chunks, desc="batch-norm statistics", disable=not progress, leave=False):
+                x = images_to_batch([dataset[i].image for i in chunk]).to(device)
+                if self.cfg.train.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                self.net.backbone(x)
+        finally:
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
+            self.net.eval()
+
     @torch.inference_mode()
     def fit(self, dataset: Sequence[Sample], progress: bool = True) -> Detector:
-        """Fit both scorers on defect-free images and calibrate the threshold. Returns self."""
+        """Fit both scorers on defect-free images and calibrate the threshold. Returns self.
+
+        With score.recompute_batchnorm the backbone's BatchNorm statistics are first recomputed on
+        the fitting images (not the held-back calibration images)."""
+        fit_idx, cal_idx = self.split_calibration(len(dataset))
+        if self.cfg.score.recompute_batchnorm:
+            with torch.inference_mode(False):
+                self.recompute_batchnorm(dataset, fit_idx, progress)
         self.net.eval()
         device = next(self.net.parameters()).device
-        fit_idx, cal_idx = self.split_calibration(len(dataset))
         embeddings = []
         self.pixel_scorer._moments = None
         bs = self.cfg.score.batch_size
@@ -297,6 +333,7 @@ class Detector(nn.Module):
         saved = state["config"]
         if "map_normalisation" not in saved.get("score", {}):  # written before normalisation existed
             saved.setdefault("score", {})["map_normalisation"] = "none"
+        saved["score"].setdefault("recompute_batchnorm", False)  # written before it existed: fitted without
         cfg = from_dict(saved)
         cfg.model.weights = "none"  # the saved state holds the trained weights
         detector = cls(cfg, state["n_kinds"])
