@@ -39,10 +39,11 @@ def percent(metrics: dict) -> dict:
     return {k: (None if metrics.get(k) is None else round(100 * metrics[k], 2)) for k in KEYS}
 
 
-def evaluate_snapshots(run: Path, extra: list[str], keep_models: bool) -> dict:
-    out_dir = run / "snapshot_eval"
+def evaluate_snapshots(run: Path, extra: list[str], keep_models: bool, tag: str, last: bool) -> dict:
+    out_dir = run / ("snapshot_eval" + (f"_{tag}" if tag else ""))
     rows, commands = [], []
-    for snap in sorted((run / "snapshots").glob("epoch_*.pt")):
+    snaps = sorted((run / "snapshots").glob("epoch_*.pt")) + ([run / "checkpoint_last.pt"] if last else [])
+    for snap in snaps:
         target = out_dir / snap.name
         metrics_file = out_dir / f"{target.stem}_eval" / "metrics.json"
         cmd = ["pitscope", "refit", shown(snap), "--output", shown(target), "--evaluate", "--quiet", *extra]
@@ -56,11 +57,12 @@ def evaluate_snapshots(run: Path, extra: list[str], keep_models: bool) -> dict:
             if not keep_models:
                 target.unlink()
         state = torch.load(snap, map_location="cpu", weights_only=True, mmap=True)
-        rows.append({"epoch": state["epoch"], "training_minutes": round(state["elapsed_s"] / 60, 1),
+        epoch = state["epoch"] if snap.name.startswith("epoch_") else f"final weights ({state['epoch']} full epochs)"
+        rows.append({"epoch": epoch, "training_minutes": round(state["elapsed_s"] / 60, 1),
                      **percent(json.loads(metrics_file.read_text())["metrics"])})
     model = torch.load(run / "model.pt", map_location="cpu", weights_only=True, mmap=True)
     training = model["metadata"].get("training", {})
-    if (run / "eval" / "metrics.json").is_file():  # written by train --evaluate
+    if not last and (run / "eval" / "metrics.json").is_file():  # written by train --evaluate
         final = json.loads((run / "eval" / "metrics.json").read_text())["metrics"]
         rows.append({"epoch": f"final model ({training.get('epochs')} full epochs)",
                      "training_minutes": training.get("minutes"), **percent(final)})
@@ -97,10 +99,13 @@ def main() -> int:
     parser.add_argument("runs", nargs="+", help="run folders (OUTPUT_DIR of pitscope train with snapshots)")
     parser.add_argument("--name", default="bsdata_cpu_snapshots_eval", help="result file name under benchmarks/results/")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="a --set for every refit")
+    parser.add_argument("--tag", default="", help="evaluations go to OUTPUT_DIR/snapshot_eval_TAG (one per setting)")
+    parser.add_argument("--last", action="store_true",
+                        help="also refit checkpoint_last.pt (the final weights) instead of reading OUTPUT_DIR/eval")
     parser.add_argument("--keep-models", action="store_true", help="keep the refitted model files")
     args = parser.parse_args()
     extra = [x for e in args.extra for x in ("--set", e)]
-    runs = [evaluate_snapshots(Path(r).resolve(), extra, args.keep_models) for r in args.runs]
+    runs = [evaluate_snapshots(Path(r).resolve(), extra, args.keep_models, args.tag, args.last) for r in args.runs]
     record = {
         "benchmark": "bsdata_snapshots",
         "commit": commit(),
