@@ -189,6 +189,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_trained_changes(cfg: Config, trained: Config, command: str, allowed: str) -> None:
+    """model.*, train.* and augment.* made the network: a command that keeps it cannot change them."""
+    for key in ("model", "train", "augment"):
+        if to_dict(cfg)[key] != to_dict(trained)[key]:
+            raise ConfigError(f"{command}: {key}.* cannot change after training; only {allowed}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a model on its dataset's test split: image/pixel AUROC, AUPRO, AP, F1-max."""
     from pitscope.inference import Detector
@@ -197,13 +204,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = apply_overrides(detector.cfg, args.overrides)
     # the data may change; of the scoring, only what acts after the fitted scorers may
     post_hoc = {"map_normalisation", "smoothing_sigma", "image_method"}
-    for key in ("model", "train", "augment"):
-        if to_dict(cfg)[key] != to_dict(detector.cfg)[key]:
-            raise ConfigError(f"evaluate: {key}.* cannot change after training; only data.* and score.{{{', '.join(sorted(post_hoc))}}}")
+    _refuse_trained_changes(cfg, detector.cfg, "evaluate", f"data.* and score.{{{', '.join(sorted(post_hoc))}}}")
     changed = [k for k, v in to_dict(cfg)["score"].items() if v != to_dict(detector.cfg)["score"][k]]
     if set(changed) - post_hoc:
-        raise ConfigError(f"evaluate: score.{', score.'.join(sorted(set(changed) - post_hoc))} cannot change after fitting; "
-                          f"only score.{', score.'.join(sorted(post_hoc))}")
+        raise ConfigError(f"evaluate: score.{', score.'.join(sorted(set(changed) - post_hoc))} cannot change after fitting "
+                          f"(pitscope refit fits the scorers again); only score.{', score.'.join(sorted(post_hoc))}")
     detector.cfg = cfg
     out_dir = Path(args.output_dir) if args.output_dir else Path(args.model).parent / "eval"
     save_config(cfg, out_dir / "config.yaml")
@@ -240,9 +245,7 @@ def cmd_refit(args: argparse.Namespace) -> int:
         raise ConfigError("refit: --output must differ from MODEL (the original stays as it was)")
     old = _load_model_or_checkpoint(args.model)
     cfg = apply_overrides(old.cfg, args.overrides)
-    for key in ("model", "train", "augment"):
-        if to_dict(cfg)[key] != to_dict(old.cfg)[key]:
-            raise ConfigError(f"refit: {key}.* is fixed by the trained network; only score.* and data.* may change")
+    _refuse_trained_changes(cfg, old.cfg, "refit", "score.* and data.*")
     if to_dict(cfg) == to_dict(old.cfg):
         print("refit: no setting changed; fitting again with the model's own settings", file=sys.stderr)
     detector = Detector(cfg, old.n_kinds, net=old.net)
