@@ -229,7 +229,7 @@ def test_batchnorm_statistics_are_recomputed_on_the_fitting_images_only():
     """score.recompute_batchnorm: the first BatchNorm's running mean and variance become the average
     over equal batches of the fitting images of their batch mean and unbiased variance; the
     held-back calibration images do not enter; with false the network's statistics stay."""
-    cfg = load_config(None, [*TINY, "train.batch_size=3"])  # 6 fitting images: two batches of 3
+    cfg = load_config(None, [*TINY, "train.batch_size=3", "score.recompute_batchnorm=true"])  # 6 fitting images: 2 x 3
     split = build_dataset(cfg.data, "train", cfg.seed)
     torch.manual_seed(cfg.seed)
     detector = Detector(cfg, n_kinds=2)

@@ -123,10 +123,11 @@ class ScoreConfig:
 
     shrinkage: str = "ledoit_wolf"  # ledoit_wolf | ridge
     ridge: float = 0.01
-    # before fitting, the backbone's BatchNorm statistics are recomputed on the defect-free images
-    # the scorers are fitted on (the running averages of training follow its last batches, half of
-    # them pseudo-defects); false keeps those of training
-    recompute_batchnorm: bool = True
+    # true: before fitting, recompute the backbone's BatchNorm statistics on the defect-free images
+    # the scorers are fitted on (training leaves running averages of its last batches, half of them
+    # pseudo-defects). Off by default: on BSData it moved pixel AUROC by +0.5 on average, -1.6 to
+    # +4.2 (benchmarks/results/bsdata_batchnorm.md)
+    recompute_batchnorm: bool = False
     pixel_method: str = "padim"  # padim | segmentation (needs model.segment) | patch (CutPaste)
     pixel_stages: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
     pixel_channels: int | None = 100  # random channel subset of the stacked stages (PaDiM); null = all
