@@ -96,6 +96,14 @@ def write_markdown(record: dict, path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
+def save(record: dict, name: str, write_markdown) -> None:
+    """Write benchmarks/results/<name>.json and, by `write_markdown(record, path)`, <name>.md; print the latter."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2))
+    write_markdown(record, RESULTS / f"{name}.md")
+    print((RESULTS / f"{name}.md").read_text())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -122,10 +130,7 @@ def main() -> int:
         "runs": runs,
         "extra_commands": args.extra_commands,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=2))
-    write_markdown(record, RESULTS / f"{args.name}.md")
-    print((RESULTS / f"{args.name}.md").read_text())
+    save(record, args.name, write_markdown)
     return 0
 
 

@@ -23,11 +23,9 @@ from pathlib import Path
 
 import torch
 
+from bsdata_cpu import PAPER, REPO, save  # this folder is on sys.path when run as a script
 from pitscope.benchmark import commit, machine
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
-PAPER = {"image_auroc": 97.42, "pixel_auroc": 94.57}
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
 
 
@@ -115,10 +113,7 @@ def main() -> int:
         "paper": PAPER,
         "runs": runs,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=2))
-    write_markdown(record, RESULTS / f"{args.name}.md")
-    print((RESULTS / f"{args.name}.md").read_text())
+    save(record, args.name, write_markdown)
     return 0
 
 
