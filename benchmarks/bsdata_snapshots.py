@@ -8,6 +8,12 @@ For each run folder, each snapshot (OUTPUT_DIR/snapshots/epoch_NNNN.pt) gets
 `pitscope refit SNAPSHOT --output OUTPUT_DIR/snapshot_eval/epoch_NNNN.pt --evaluate` with the run's
 own scoring settings (and any --set), i.e. exactly what the run would have scored had it stopped
 there; the final model (OUTPUT_DIR/eval) is the last row. A snapshot already evaluated is reused.
+
+With --average-from F, the snapshots of the epochs that ended after the share F of the run
+(train.average_from's rule) are averaged with training's own code (pitscope.training.WeightAverage)
+into OUTPUT_DIR/averaged/from_F.pt, a checkpoint with train.average_from=F and
+score.recompute_batchnorm=true, which is refitted and evaluated the same way: with a snapshot after
+every epoch, the network a run with train.average_from=F would have returned, without training again.
 Results go to benchmarks/results/<name>.json and .md with the commands, commit and machine.
 """
 
@@ -37,10 +43,38 @@ def percent(metrics: dict) -> dict:
     return {k: (None if metrics.get(k) is None else round(100 * metrics[k], 2)) for k in KEYS}
 
 
-def evaluate_snapshots(run: Path, extra: list[str], keep_models: bool, tag: str, last: bool) -> dict:
+def average_snapshots(run: Path, start: float) -> Path:
+    """Write OUTPUT_DIR/averaged/from_START.pt: the snapshots of the epochs that ended once the share
+    `start` of the run was done, averaged as training with train.average_from=start does."""
+    from pitscope.config import from_dict, to_dict
+    from pitscope.training import WeightAverage, run_progress
+
+    target = run / "averaged" / f"from_{start:g}.pt"
+    if target.is_file():
+        return target
+    average, last = WeightAverage(), None
+    for snap in sorted((run / "snapshots").glob("epoch_*.pt")):
+        state = torch.load(snap, map_location="cpu", weights_only=True)
+        cfg = from_dict(state["config"])
+        budget = 60 * cfg.train.budget_minutes if cfg.train.budget_minutes else float("inf")
+        if run_progress(cfg.train, state["epoch"], 1, state["elapsed_s"], budget) >= start:
+            average.add(state["model"], state["epoch"])
+            last = state
+    if last is None:
+        raise SystemExit(f"{run}: no snapshot after {start:.0%} of the run")
+    cfg = from_dict(last["config"])
+    cfg.train.average_from, cfg.score.recompute_batchnorm = start, True
+    target.parent.mkdir(exist_ok=True)
+    torch.save({**last, "config": to_dict(from_dict(to_dict(cfg))), "average": average.to_dict()}, target)
+    return target
+
+
+def evaluate_snapshots(run: Path, extra: list[str], keep_models: bool, tag: str, last: bool,
+                       average_from: list[float]) -> dict:
     out_dir = run / ("snapshot_eval" + (f"_{tag}" if tag else ""))
     rows, commands = [], []
     snaps = sorted((run / "snapshots").glob("epoch_*.pt")) + ([run / "checkpoint_last.pt"] if last else [])
+    snaps += [average_snapshots(run, start) for start in average_from]
     for snap in snaps:
         target = out_dir / snap.name
         metrics_file = out_dir / f"{target.stem}_eval" / "metrics.json"
@@ -55,7 +89,13 @@ def evaluate_snapshots(run: Path, extra: list[str], keep_models: bool, tag: str,
             if not keep_models:
                 target.unlink()
         state = torch.load(snap, map_location="cpu", weights_only=True, mmap=True)
-        epoch = state["epoch"] if snap.name.startswith("epoch_") else f"final weights ({state['epoch']} full epochs)"
+        if snap.name.startswith("epoch_"):
+            epoch = state["epoch"]
+        elif "average" in state:
+            epochs = state["average"]["epochs"]
+            epoch = f"average of epochs {epochs[0]}-{epochs[-1]} ({len(epochs)} snapshots, from {snap.stem[5:]})"
+        else:
+            epoch = f"final weights ({state['epoch']} full epochs)"
         rows.append({"epoch": epoch, "training_minutes": round(state["elapsed_s"] / 60, 1),
                      **percent(json.loads(metrics_file.read_text())["metrics"])})
     model = torch.load(run / "model.pt", map_location="cpu", weights_only=True, mmap=True)
@@ -101,9 +141,12 @@ def main() -> int:
     parser.add_argument("--last", action="store_true",
                         help="also refit checkpoint_last.pt (the final weights) instead of reading OUTPUT_DIR/eval")
     parser.add_argument("--keep-models", action="store_true", help="keep the refitted model files")
+    parser.add_argument("--average-from", type=float, nargs="*", default=[], metavar="F",
+                        help="also score the snapshots averaged as train.average_from=F would (rows after the snapshots)")
     args = parser.parse_args()
     extra = [x for e in args.extra for x in ("--set", e)]
-    runs = [evaluate_snapshots(Path(r).resolve(), extra, args.keep_models, args.tag, args.last) for r in args.runs]
+    runs = [evaluate_snapshots(Path(r).resolve(), extra, args.keep_models, args.tag, args.last, args.average_from)
+            for r in args.runs]
     record = {
         "benchmark": "bsdata_snapshots",
         "commit": commit(),

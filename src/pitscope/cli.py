@@ -153,6 +153,7 @@ def _train_and_fit(cfg: Config, resume: bool, progress: bool):
         "steps": result.steps,
         "minutes": round(result.elapsed_s / 60, 2),
         "stopped_by_budget": result.stopped_by_budget,
+        "averaged_epochs": result.averaged_epochs,
     }
     path = detector.save(Path(cfg.output_dir) / "model.pt")
     print(f"threshold {float(detector.threshold):.4g} ({detector.metadata['calibration']['images']} held-back images); saved {path}")

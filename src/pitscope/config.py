@@ -106,6 +106,11 @@ class TrainConfig:
     # keep the network's weights after every this many epochs in OUTPUT_DIR/snapshots/ (0: off),
     # e.g. to see how the scores develop with training (`pitscope refit` scores a snapshot)
     snapshot_every: int = 0
+    # average the network's weights over the ends of the epochs that finish once this fraction of
+    # the run is done (the larger of the share of epochs and the share of the budget; stochastic
+    # weight averaging), and return that average instead of the last weights. null: off. The
+    # averaged BatchNorm statistics belong to no network, so it needs score.recompute_batchnorm
+    average_from: float | None = None
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda
     # auto: bf16 autocast on CUDA GPUs with bf16 (fp16 with loss scaling on older ones), float32
@@ -277,6 +282,14 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"score.patch_stride: must be at least 1, got {cfg.score.patch_stride}")
     if cfg.train.snapshot_every < 0:
         raise ConfigError(f"train.snapshot_every: must be 0 (off) or a number of epochs, got {cfg.train.snapshot_every}")
+    if cfg.train.average_from is not None:
+        if not 0.0 <= cfg.train.average_from < 1.0:
+            raise ConfigError(f"train.average_from: must lie in [0, 1) or be null (off), got {cfg.train.average_from}")
+        if not cfg.score.recompute_batchnorm:
+            raise ConfigError(
+                "train.average_from needs score.recompute_batchnorm: true (averaged weights come with "
+                "averaged BatchNorm statistics that match none of them)"
+            )
     for key in ("threshold_quantile", "pixel_threshold_quantile"):
         if not 0.0 < getattr(cfg.score, key) <= 1.0:
             raise ConfigError(f"score.{key}: must lie in (0, 1]")

@@ -295,7 +295,9 @@ class Detector(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Detector:
         """An unfitted detector around the network of a training checkpoint (checkpoint_last.pt or
-        a snapshot): fit it before scoring. metadata["training"] says how far it was trained."""
+        a snapshot): fit it before scoring. metadata["training"] says how far it was trained. A
+        checkpoint of a run with train.average_from gives the weights averaged so far, as training
+        would have returned them (snapshots hold the weights of their epoch)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoint at {path}")
@@ -309,12 +311,14 @@ class Detector(nn.Module):
         cfg.model.weights = "none"
         n_kinds = state["n_kinds"] if "n_kinds" in state else PseudoDefects(cfg.augment).n_kinds
         net = DoubleSelfSupervisedNet(cfg.model, n_kinds)
-        net.load_state_dict(state["model"])
+        average = state.get("average")
+        net.load_state_dict(average["state"] if average else state["model"])
         detector = cls(cfg, n_kinds, net=net.eval())
         detector.metadata["training"] = {
             "epochs": state.get("epoch"),
             "steps": state.get("step"),
             "minutes": round(state.get("elapsed_s", 0.0) / 60, 2),
+            "averaged_epochs": list(average["epochs"]) if average else [],
         }
         return detector.to(device).eval()
 

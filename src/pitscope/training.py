@@ -163,6 +163,7 @@ class TrainResult:
     elapsed_s: float
     stopped_by_budget: bool
     history: list[dict] = field(default_factory=list)
+    averaged_epochs: list[int] = field(default_factory=list)  # the epochs whose weights were averaged
 
 
 class _CsvLog:
@@ -189,19 +190,55 @@ def _tensorboard(out_dir: Path):
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
-def scheduled_lr(train_cfg: TrainConfig, step: int, steps_per_epoch: int, elapsed_s: float, budget_s: float) -> float:
-    """The learning rate of the step after `step` steps and `elapsed_s` seconds of training.
-
-    constant: train.lr. cosine: train.lr * (1 + cos(pi * p)) / 2 with p the larger of the share
-    of all epochs' steps done and the share of the budget spent, so a run stopped by its budget
-    has annealed to (nearly) zero all the same.
-    """
-    if train_cfg.lr_schedule == "constant":
-        return train_cfg.lr
+def run_progress(train_cfg: TrainConfig, step: int, steps_per_epoch: int, elapsed_s: float, budget_s: float) -> float:
+    """How much of the run is done, in [0, 1]: the larger of the share of all epochs' steps done
+    and the share of the budget spent."""
     progress = step / max(1, train_cfg.epochs * steps_per_epoch)
     if math.isfinite(budget_s) and budget_s > 0:
         progress = max(progress, elapsed_s / budget_s)
-    return train_cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return min(1.0, progress)
+
+
+def scheduled_lr(train_cfg: TrainConfig, step: int, steps_per_epoch: int, elapsed_s: float, budget_s: float) -> float:
+    """The learning rate of the step after `step` steps and `elapsed_s` seconds of training.
+
+    constant: train.lr. cosine: train.lr * (1 + cos(pi * p)) / 2 with p = run_progress(...), so a
+    run stopped by its budget has annealed to (nearly) zero all the same.
+    """
+    if train_cfg.lr_schedule == "constant":
+        return train_cfg.lr
+    progress = run_progress(train_cfg, step, steps_per_epoch, elapsed_s, budget_s)
+    return train_cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class WeightAverage:
+    """The running mean of a network's state (weights and buffers) over the moments added, and
+    which epochs those were (stochastic weight averaging). Integer buffers keep the last value."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, torch.Tensor] | None = None
+        self.epochs: list[int] = []
+
+    @torch.no_grad()
+    def add(self, current: dict[str, torch.Tensor], epoch: int) -> None:
+        """Add a network's state_dict() (its tensors are copied, not kept)."""
+        if self.state is None:
+            self.state = {k: v.detach().clone() for k, v in current.items()}
+        else:
+            n = len(self.epochs) + 1
+            for k, v in current.items():
+                if v.is_floating_point():
+                    self.state[k] += (v - self.state[k]) / n
+                else:
+                    self.state[k].copy_(v)
+        self.epochs.append(epoch)
+
+    def to_dict(self) -> dict:
+        return {"state": self.state, "epochs": list(self.epochs)}
+
+    def load(self, saved: dict | None) -> None:
+        self.state = saved["state"] if saved else None
+        self.epochs = list(saved["epochs"]) if saved else []
 
 
 def train(
@@ -216,7 +253,9 @@ def train(
     Writes OUTPUT_DIR/checkpoint_last.pt atomically after every epoch (and when the budget stops
     the run), OUTPUT_DIR/train_log.csv, and the resolved config. With resume=True it continues
     from checkpoint_last.pt after the last finished epoch. The budget counts wall-clock time of
-    the training loop, data preparation included.
+    the training loop, data preparation included. With train.average_from the weights returned
+    are the average over the ends of the epochs that finished after that share of the run (the
+    checkpoint and snapshots hold the last weights; the checkpoint also holds the average so far).
 
     Launched by torchrun with WORLD_SIZE > 1, every process trains a DistributedDataParallel
     replica on its shard of each epoch (cfg.train.batch_size is the global batch, split evenly),
@@ -246,6 +285,7 @@ def train(
     amp_dtype = resolve_precision(cfg.train.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     start_epoch, step, elapsed, history = 0, 0, 0.0, []
+    average = WeightAverage()
     last_path = out_dir / LAST_CHECKPOINT
     if resume:
         if not last_path.exists():
@@ -265,6 +305,7 @@ def train(
             scaler.load_state_dict(state["scaler"])
         start_epoch, step, elapsed = state["epoch"], state["step"], state["elapsed_s"]
         history = list(state["history"])
+        average.load(state.get("average"))
         echo(f"resuming after epoch {start_epoch} (step {step}, {elapsed / 60:.1f} min trained)")
     if main:
         save_config(cfg, out_dir / "config.yaml")
@@ -300,6 +341,7 @@ def train(
                 "step": step,
                 "elapsed_s": elapsed,
                 "history": history,
+                "average": average.to_dict() if average.state is not None else None,
                 "n_kinds": maker.n_kinds,
                 "version": __version__,
             },
@@ -409,10 +451,20 @@ def train(
         if stopped_by_budget:
             save_last(epoch)  # a partial epoch is redone on resume
             break
+        if cfg.train.average_from is not None and (
+            run_progress(cfg.train, step, steps_per_epoch, elapsed, budget_s) >= cfg.train.average_from
+        ):
+            average.add(model.state_dict(), epoch + 1)
         save_last(epoch + 1)
         save_snapshot(epoch + 1)
     if main and writer is not None:
         writer.close()
+    if average.state is not None:
+        model.load_state_dict(average.state)
+        first, last = average.epochs[0], average.epochs[-1]
+        echo(f"weights averaged over {len(average.epochs)} epochs ({first}-{last})")
+    elif cfg.train.average_from is not None:
+        echo(f"no epoch finished after {cfg.train.average_from:.0%} of the run: the last weights are kept")
     distributed.broadcast_buffers(model)  # BatchNorm statistics: rank 0's, like the checkpoint
     epochs_done = history[-1]["epoch"] if history else start_epoch  # complete epochs only
     if stopped_by_budget:
@@ -422,4 +474,6 @@ def train(
         )
     model.eval()
     model = model.to(memory_format=torch.contiguous_format)
-    return TrainResult(model, maker.n_kinds, epochs_done, step, elapsed, stopped_by_budget, history)
+    return TrainResult(
+        model, maker.n_kinds, epochs_done, step, elapsed, stopped_by_budget, history, list(average.epochs)
+    )
