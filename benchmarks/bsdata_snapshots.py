@@ -70,10 +70,11 @@ def average_snapshots(run: Path, start: float) -> Path:
 
 
 def evaluate_snapshots(run: Path, extra: list[str], keep_models: bool, tag: str, last: bool,
-                       average_from: list[float]) -> dict:
+                       average_from: list[float], averages_only: bool) -> dict:
     out_dir = run / ("snapshot_eval" + (f"_{tag}" if tag else ""))
     rows, commands = [], []
-    snaps = sorted((run / "snapshots").glob("epoch_*.pt")) + ([run / "checkpoint_last.pt"] if last else [])
+    snaps = [] if averages_only else sorted((run / "snapshots").glob("epoch_*.pt"))
+    snaps += [run / "checkpoint_last.pt"] if last else []
     snaps += [average_snapshots(run, start) for start in average_from]
     for snap in snaps:
         target = out_dir / snap.name
@@ -93,7 +94,9 @@ def evaluate_snapshots(run: Path, extra: list[str], keep_models: bool, tag: str,
             epoch = state["epoch"]
         elif "average" in state:
             epochs = state["average"]["epochs"]
-            epoch = f"average of epochs {epochs[0]}-{epochs[-1]} ({len(epochs)} snapshots, from {snap.stem[5:]})"
+            kept = f"epochs {epochs[0]}-{epochs[-1]} averaged ({len(epochs)} snapshots)" if len(epochs) > 1 else (
+                f"epoch {epochs[0]} alone (the only snapshot)")
+            epoch = f"{kept}, train.average_from={snap.stem[5:]}"
         else:
             epoch = f"final weights ({state['epoch']} full epochs)"
         rows.append({"epoch": epoch, "training_minutes": round(state["elapsed_s"] / 60, 1),
@@ -111,7 +114,8 @@ def write_markdown(record: dict, path: Path) -> None:
     lines = [
         "# BSData, `cpu` preset: scores along training",
         "",
-        "Each snapshot's network scored with the run's own settings (`pitscope refit SNAPSHOT --evaluate`).",
+        "Each snapshot's network scored with the run's own settings (`pitscope refit SNAPSHOT --evaluate`); "
+        "averaged rows: the snapshots averaged as `train.average_from` does, BatchNorm statistics recomputed.",
         "",
         f"Commit `{record['commit']}`, {record['date']}, {record['machine']['platform']}, "
         f"{record['machine']['cpu_count']} threads, torch {record['machine']['torch']}. "
@@ -143,10 +147,13 @@ def main() -> int:
     parser.add_argument("--keep-models", action="store_true", help="keep the refitted model files")
     parser.add_argument("--average-from", type=float, nargs="*", default=[], metavar="F",
                         help="also score the snapshots averaged as train.average_from=F would (rows after the snapshots)")
+    parser.add_argument("--averages-only", action="store_true", help="score the --average-from rows, not each snapshot")
     args = parser.parse_args()
+    if args.averages_only and not args.average_from:
+        parser.error("--averages-only needs --average-from")
     extra = [x for e in args.extra for x in ("--set", e)]
-    runs = [evaluate_snapshots(Path(r).resolve(), extra, args.keep_models, args.tag, args.last, args.average_from)
-            for r in args.runs]
+    runs = [evaluate_snapshots(Path(r).resolve(), extra, args.keep_models, args.tag, args.last, args.average_from,
+                               args.averages_only) for r in args.runs]
     record = {
         "benchmark": "bsdata_snapshots",
         "commit": commit(),

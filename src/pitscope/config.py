@@ -109,7 +109,8 @@ class TrainConfig:
     # average the network's weights over the ends of the epochs that finish once this fraction of
     # the run is done (the larger of the share of epochs and the share of the budget; stochastic
     # weight averaging), and return that average instead of the last weights. null: off. The
-    # averaged BatchNorm statistics belong to no network, so it needs score.recompute_batchnorm
+    # averaged BatchNorm statistics belong to no network, so it needs score.recompute_batchnorm.
+    # Not a gain on BSData (benchmarks/results/bsdata_cpu_average.md: +4.1 and -16.6 pixel AUROC)
     average_from: float | None = None
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda
