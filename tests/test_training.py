@@ -387,6 +387,16 @@ def test_weight_average_settings_are_checked(tmp_path, overrides, words):
         make_config(tmp_path, *overrides)
 
 
+def test_bf16_on_a_cpu_without_it_warns(tmp_path, images, monkeypatch):
+    for native, warned in ((False, True), (True, False)):
+        monkeypatch.setattr(training, "cpu_has_bf16", lambda: native)
+        messages = []
+        cfg = make_config(tmp_path / str(native), LIGHT, "train.precision=bf16")
+        train(cfg, images[:4], progress=False, echo=messages.append)
+        assert any("no native bfloat16" in m for m in messages) == warned
+        assert any("bfloat16" in m for m in messages)  # the precision line
+
+
 # -- the time budget --------------------------------------------------------------------------
 def test_budget_stops_early_and_still_saves(tmp_path, images):
     messages = []

@@ -146,6 +146,15 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX-512 or AMX); elsewhere it is emulated
+    and slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def atomic_save(obj, path: Path) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -323,6 +332,9 @@ def train(
     drop_last = len(dataset) >= 2 * batch_size * ctx.world_size
     budget_s = cfg.train.budget_minutes * 60 if cfg.train.budget_minutes else math.inf
     precision = "float32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
+    if amp_dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_bf16():
+        echo("warning: this CPU has no native bfloat16, so train.precision=bf16 runs slower than float32 "
+             "here; --set train.precision=fp32 trains more epochs in the same budget")
     echo(
         f"device {device}, {precision}{', channels-last' if cfg.train.channels_last else ''}"
         + (f", {ctx.world_size} processes" if ctx.enabled else "")
