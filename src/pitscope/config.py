@@ -115,8 +115,8 @@ class TrainConfig:
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda
     # auto: bf16 autocast on CUDA GPUs with bf16 (fp16 with loss scaling on older ones), float32
-    # on the CPU; bf16 on a CPU with AVX-512 BF16 / AMX trains about 2x faster but scored lower
-    # on BSData (benchmarks/results/bsdata_cpu_bf16.md)
+    # on the CPU; bf16 on a CPU with AVX-512 BF16 / AMX trains about 2x faster (the cpu preset
+    # uses it: benchmarks/results/bsdata_cpu_bf16_cosine.md), elsewhere slower than float32
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 on CUDA only)
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPU and GPU
     compile: bool = False  # torch.compile the network (slow first steps, faster later ones)

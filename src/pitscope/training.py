@@ -133,9 +133,8 @@ def resolve_device(name: str) -> torch.device:
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype train.precision asks for on `device`; None means plain float32.
 
-    "auto" is bf16 (fp16 on GPUs without bf16) on CUDA and float32 on the CPU: on BSData a
-    bf16-trained cpu preset scored 6 pixel-AUROC points below float32 with the same seed
-    (benchmarks/results/bsdata_cpu_bf16.md), so bf16 on a CPU is asked for explicitly.
+    "auto" is bf16 (fp16 on GPUs without bf16) on CUDA and float32 on the CPU, where bf16 is
+    asked for explicitly (the cpu preset does): only CPUs with native bfloat16 run it faster.
     """
     if name == "auto":
         if device.type == "cuda":
