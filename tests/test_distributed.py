@@ -23,6 +23,7 @@ TINY = [
     "train.budget_minutes=null",  # no clock in the schedule: the same seed gives the same weights
     "train.lr_schedule=cosine",  # the learning rate must change alike on both ranks
     "train.device=cpu",
+    "train.precision=fp32",  # the CLI's default preset (cpu) asks for bf16; the worker's defaults do not
     "model.projector_hidden=32",
     "score.pixel_channels=16",
     "score.batch_size=4",
