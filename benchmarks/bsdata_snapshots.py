@@ -46,8 +46,8 @@ def percent(metrics: dict) -> dict:
 def average_snapshots(run: Path, start: float) -> Path:
     """Write OUTPUT_DIR/averaged/from_START.pt: the snapshots of the epochs that ended once the share
     `start` of the run was done, averaged as training with train.average_from=start does."""
-    from pitscope.config import from_dict, to_dict
-    from pitscope.training import WeightAverage, run_progress
+    from pitscope.config import from_dict, to_dict, validate
+    from pitscope.training import WeightAverage, atomic_save, run_progress
 
     target = run / "averaged" / f"from_{start:g}.pt"
     if target.is_file():
@@ -64,8 +64,7 @@ def average_snapshots(run: Path, start: float) -> Path:
         raise SystemExit(f"{run}: no snapshot after {start:.0%} of the run")
     cfg = from_dict(last["config"])
     cfg.train.average_from, cfg.score.recompute_batchnorm = start, True
-    target.parent.mkdir(exist_ok=True)
-    torch.save({**last, "config": to_dict(from_dict(to_dict(cfg))), "average": average.to_dict()}, target)
+    atomic_save({**last, "config": to_dict(validate(cfg)), "average": average.to_dict()}, target)
     return target
 
 
@@ -96,7 +95,7 @@ def evaluate_snapshots(run: Path, extra: list[str], keep_models: bool, tag: str,
             epochs = state["average"]["epochs"]
             kept = f"epochs {epochs[0]}-{epochs[-1]} averaged ({len(epochs)} snapshots)" if len(epochs) > 1 else (
                 f"epoch {epochs[0]} alone (the only snapshot)")
-            epoch = f"{kept}, train.average_from={snap.stem[5:]}"
+            epoch = f"{kept}, train.average_from={state['config']['train']['average_from']:g}"
         else:
             epoch = f"final weights ({state['epoch']} full epochs)"
         rows.append({"epoch": epoch, "training_minutes": round(state["elapsed_s"] / 60, 1),
