@@ -11,6 +11,7 @@ benchmarks/results/bsdata_cpu.json and .md with the command, commit and machine.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shlex
 import subprocess
@@ -18,10 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
 from pitscope.benchmark import commit, machine
+from pitscope.metrics import auroc_interval
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -40,6 +43,23 @@ def run_seed(seed: int, out_dir: Path, extra: list[str]) -> dict:
 
 # Evaluation folders of a run: eval/ (written by train --evaluate, maps as the run's config says)
 # and eval_<normalisation>/ (pitscope evaluate MODEL --set score.map_normalisation=... afterwards).
+def image_interval(metrics: dict, folder: Path) -> dict | None:
+    """evaluate()'s image AUROC interval in %; for metrics written before evaluate() gave it, the
+    same computed from the folder's scores.csv; None without either."""
+    interval = metrics.get("image_auroc_interval")
+    if not interval and (folder / "scores.csv").is_file():
+        with (folder / "scores.csv").open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        interval = auroc_interval(np.array([int(r["label"]) for r in rows]), np.array([float(r["score"]) for r in rows]))
+    if not interval:
+        return None
+    return {k: (v if k == "level" else round(100 * v, 2)) for k, v in interval.items()}
+
+
+def interval_text(interval: dict | None) -> str:
+    return "n/a" if not interval else f"{interval['low']}-{interval['high']}"
+
+
 def collect(seed: int, out_dir: Path) -> dict:
     model = torch.load(out_dir / "model.pt", map_location="cpu", weights_only=True)
     evaluations = {}
@@ -53,6 +73,7 @@ def collect(seed: int, out_dir: Path) -> dict:
         evaluations[norm] = {
             "folder": folder.name,
             "metrics": {k: (None if v is None else round(100 * v, 2)) for k, v in metrics["metrics"].items()},
+            "image_auroc_interval": image_interval(metrics, folder),
             "threshold": metrics["threshold"],
             "at_threshold": metrics["at_threshold"],
         }
@@ -72,20 +93,25 @@ def write_markdown(record: dict, path: Path) -> None:
         f"Commit `{record['commit']}`, {record['date']}, {record['machine']['platform']}, "
         f"{record['machine']['cpu_count']} threads, torch {record['machine']['torch']}.",
         "",
-        "| seed | maps | image AUROC | pixel AUROC | AUPRO | epochs | training min | wall min |",
-        "|---|---|---|---|---|---|---|---|",
+        "| seed | maps | image AUROC | its 95% interval | pixel AUROC | AUPRO | epochs | training min | wall min |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         t = r["training"] or {}
         for norm, e in r["evaluations"].items():
             m = e["metrics"]
             lines.append(
-                f"| {r['seed']} | {norm} | {m['image_auroc']} | {m['pixel_auroc']} | {m['aupro']} | {t.get('epochs')} "
+                f"| {r['seed']} | {norm} | {m['image_auroc']} | {interval_text(e.get('image_auroc_interval'))} "
+                f"| {m['pixel_auroc']} | {m['aupro']} | {t.get('epochs')} "
                 f"| {t.get('minutes')} | {r.get('wall_minutes', 'n/a')} |"
             )
     lines += [
-        f"| paper | | {PAPER['image_auroc']} | {PAPER['pixel_auroc']} | | 800 | GPU | |",
-        f"| PaDiM, untrained ResNet-18 (SPEC) | none | {UNTRAINED_REFERENCE['image_auroc']} | {UNTRAINED_REFERENCE['pixel_auroc']} | | 0 | | |",
+        f"| paper | | {PAPER['image_auroc']} | | {PAPER['pixel_auroc']} | | 800 | GPU | |",
+        f"| PaDiM, untrained ResNet-18 (SPEC) | none | {UNTRAINED_REFERENCE['image_auroc']} | | "
+        f"{UNTRAINED_REFERENCE['pixel_auroc']} | | 0 | | |",
+        "",
+        "The interval: DeLong's standard error of the image AUROC on these test images, +/- 1.96 of it "
+        "(from the run's scores.csv where its metrics.json predates it).",
         "",
         "Commands:",
         "",

@@ -5,6 +5,7 @@ is the bookkeeping, not the numbers.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,3 +249,21 @@ def test_cli_runs_a_suite(tmp_path, capsys):
     assert saved["preset"] == "demo" and saved["image_size"] == 64
     assert load_config("demo").model.classify  # the variant, not the preset, switched the classifier off
     assert saved["rows"][1]["runs"][0]["training"]["epochs"] == 1
+
+
+def test_bsdata_cpu_interval_from_metrics_or_scores_csv(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bsdata_cpu import image_interval
+
+    from pitscope.metrics import auroc_interval
+
+    labels, scores = np.array([0, 0, 0, 1, 1, 1, 1]), np.array([0.1, 0.5, 0.3, 0.4, 0.9, 0.8, 0.7])
+    assert image_interval({}, tmp_path) is None  # neither the interval nor scores.csv
+    lines = ["path,label,score,is_defective"] + [f"im{i}.png,{l},{s},0" for i, (l, s) in enumerate(zip(labels, scores))]
+    (tmp_path / "scores.csv").write_text("\n".join(lines) + "\n")
+    expected = auroc_interval(labels, scores)
+    from_csv = image_interval({}, tmp_path)
+    assert from_csv == {k: (v if k == "level" else round(100 * v, 2)) for k, v in expected.items()}
+    stored = {"auroc": 0.5, "se": 0.1, "low": 0.3, "high": 0.7, "level": 0.95}
+    assert image_interval({"image_auroc_interval": stored}, tmp_path) == {
+        "auroc": 50.0, "se": 10.0, "low": 30.0, "high": 70.0, "level": 0.95}

@@ -12,6 +12,7 @@ from pitscope.config import load_config
 from pitscope.data import build_dataset
 from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, evaluate, format_table
 from pitscope.inference import Detector
+from pitscope.metrics import auroc_interval
 
 TINY = [
     "data.format=synthetic",
@@ -72,6 +73,10 @@ def test_metrics_agree_with_sklearn(detector, tmp_path):
     csv_scores = np.array([float(r["score"]) for r in rows])
     assert metrics["image_auroc"] == pytest.approx(roc_auc_score(labels, csv_scores), abs=1e-12)
     assert metrics["image_ap"] == pytest.approx(average_precision_score(labels, csv_scores), abs=1e-12)
+    interval = result["image_auroc_interval"]
+    assert interval["auroc"] == pytest.approx(metrics["image_auroc"], abs=1e-12)
+    assert interval["low"] <= metrics["image_auroc"] <= interval["high"]
+    assert interval["se"] == pytest.approx(auroc_interval(labels, csv_scores)["se"], rel=1e-5)
 
     scores, maps = detector.score_dataset(split, progress=False)
     masks = np.stack([split[i].mask for i in range(len(split))])  # (8, 64, 64)
@@ -146,3 +151,12 @@ def test_format_table_shows_the_paper_only_for_bsdata():
     assert rows["pixel_auroc"] == ["50.00", f"{PAPER_BSDATA['pixel_auroc']:.2f}"]
     assert rows["aupro"] == ["n/a"]
     assert "TPR 75.0%" in paper and "FPR 25.0%" in paper and "4 normal + 4 defective" in paper
+
+
+def test_format_table_shows_the_image_auroc_interval():
+    metrics = {name: 0.5 for name in METRIC_NAMES}
+    result = _result(metrics)
+    assert "interval" not in format_table(result)
+    result["image_auroc_interval"] = {"auroc": 0.5, "se": 0.0123, "low": 0.4759, "high": 0.5241, "level": 0.95}
+    last = format_table(result).splitlines()[-1]
+    assert last.startswith("image_auroc 95% interval 47.59-52.41 (DeLong standard error 1.23)")

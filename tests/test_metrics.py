@@ -5,7 +5,9 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pitscope.metrics import aupro, average_precision, evaluate_all, f1_max, image_auroc, pixel_auroc, pro_curve
+from pitscope.metrics import (
+    aupro, auroc_interval, average_precision, evaluate_all, f1_max, image_auroc, pixel_auroc, pro_curve,
+)
 
 
 def _one_region():
@@ -129,3 +131,50 @@ def test_evaluate_all():
     image_only = evaluate_all(labels, scores)
     assert image_only["image_auroc"] == 1.0
     assert all(image_only[k] is None for k in ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"))
+
+
+def _delong_by_definition(labels, scores):
+    """DeLong's variance straight from its definition: the m x n kernel psi(X_i, Y_j)."""
+    x, y = scores[labels == 1], scores[labels == 0]
+    psi = (x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :])
+    v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
+    return psi.mean(), np.sqrt(v10.var(ddof=1) / len(x) + v01.var(ddof=1) / len(y))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auroc_interval_matches_the_definition_and_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(300) < 0.7).astype(int)
+    scores = np.round(rng.normal(size=300) + 1.5 * labels, 1)  # rounded: many ties
+    result = auroc_interval(labels, scores)
+    auroc, se = _delong_by_definition(labels, scores)
+    assert result["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert result["auroc"] == pytest.approx(auroc, abs=1e-12)
+    assert result["se"] == pytest.approx(se, rel=1e-10)
+    assert result["low"] == pytest.approx(result["auroc"] - 1.959964 * se, abs=1e-6)
+    assert result["high"] == pytest.approx(result["auroc"] + 1.959964 * se, abs=1e-6)
+
+
+def test_auroc_interval_by_hand():
+    # X = {1, 2}, Y = {0, 1.5}: V10 = (1/2, 1), V01 = (1, 1/2), AUROC 3/4,
+    # Var = var(V10)/2 + var(V01)/2 = 1/8 / 2 + 1/8 / 2 = 1/8.
+    result = auroc_interval(np.array([1, 1, 0, 0]), np.array([1.0, 2.0, 0.0, 1.5]), level=0.9)
+    assert result["auroc"] == 0.75
+    assert result["se"] == pytest.approx(np.sqrt(1 / 8))
+    assert result["low"] == pytest.approx(0.75 - 1.644854 * np.sqrt(1 / 8))
+    assert result["high"] == 1.0  # clipped: 0.75 + 1.645 * 0.354 > 1
+    assert result["level"] == 0.9
+
+
+def test_auroc_interval_of_separated_scores_is_a_point():
+    result = auroc_interval(np.array([0, 0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.8, 0.9]))
+    assert (result["auroc"], result["se"], result["low"], result["high"]) == (1.0, 0.0, 1.0, 1.0)
+
+
+def test_auroc_interval_refuses_bad_input():
+    with pytest.raises(ValueError, match="at least 2 defective"):
+        auroc_interval(np.array([0, 0, 1]), np.array([0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match="two"):
+        auroc_interval(np.array([0, 1, 0, 1]), np.array([0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match="level"):
+        auroc_interval(np.array([0, 1, 0, 1]), np.array([0.1, 0.2, 0.3, 0.4]), level=1.0)

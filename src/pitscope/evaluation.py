@@ -12,7 +12,7 @@ import numpy as np
 
 from pitscope.data.types import Sample
 from pitscope.inference import Detector
-from pitscope.metrics import evaluate_all
+from pitscope.metrics import auroc_interval, evaluate_all
 
 # BSData, table 3 of the paper: the numbers to beat (AUROC in %).
 PAPER_BSDATA = {"image_auroc": 97.42, "pixel_auroc": 94.57}
@@ -25,8 +25,10 @@ def evaluate(
 ) -> dict:
     """Score every test image, compute every metric, and write them under out_dir if given.
 
-    Returns {"metrics": {...}, "counts": {...}, "threshold": t, "seconds": s}. Pixel metrics are
-    None when the dataset has no masks or no defect pixel.
+    Returns {"metrics": {...}, "image_auroc_interval": {...} or None, "counts": {...},
+    "threshold": t, "at_threshold": {...}, "seconds": s}. Pixel metrics are None when the dataset
+    has no masks or no defect pixel. The interval (DeLong's standard error, 95%) needs at least 2
+    images of each kind.
     """
     if len(dataset) == 0:
         raise ValueError("the test split holds no images")
@@ -42,6 +44,7 @@ def evaluate(
     decisions = scores > threshold
     result = {
         "metrics": metrics,
+        "image_auroc_interval": auroc_interval(labels, scores) if min(labels.sum(), (labels == 0).sum()) >= 2 else None,
         "counts": {"images": int(len(labels)), "normal": int((labels == 0).sum()), "defective": int(labels.sum())},
         "threshold": threshold,
         "at_threshold": {
@@ -76,4 +79,10 @@ def format_table(result: dict, dataset_format: str | None = None) -> str:
         f"FPR {100 * result['at_threshold']['false_positive_rate']:.1f}% "
         f"on {counts['normal']} normal + {counts['defective']} defective images"
     )
+    interval = result.get("image_auroc_interval")
+    if interval:
+        lines.append(
+            f"image_auroc {100 * interval['level']:.0f}% interval {100 * interval['low']:.2f}-{100 * interval['high']:.2f} "
+            f"(DeLong standard error {100 * interval['se']:.2f}): the range chance alone spans on this many images"
+        )
     return "\n".join(lines)
