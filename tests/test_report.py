@@ -109,6 +109,8 @@ def json_value(record, key):
     for part in ("metrics", "counts", "confusion", "at_threshold"):
         if key in record[part]:
             return record[part][key]
+    if key in ("image_auroc_low", "image_auroc_high"):
+        return record["image_auroc_interval"][key.removeprefix("image_auroc_")]
     if key.startswith("pixel_") and key.removeprefix("pixel_") in record["pixel_at_threshold"]:
         return record["pixel_at_threshold"][key.removeprefix("pixel_")]
     return record[key]
@@ -158,7 +160,9 @@ def test_html_numbers_equal_the_json(run):
     cells = Page(text).cells
     keys = {key for key, _, _ in cells}
     assert set(METRIC_NAMES) | {"threshold", "pixel_threshold", "images", "normal", "defective",
-                                "true_positives", "false_positives"} <= keys
+                                "true_positives", "false_positives", "image_auroc_low", "image_auroc_high"} <= keys
+    interval = record["image_auroc_interval"]
+    assert interval["low"] <= record["metrics"]["image_auroc"] <= interval["high"]
     for key, value, shown_text in cells:
         expected = json_value(record, key)
         assert json.loads(value) == expected, key  # the exact value
@@ -175,6 +179,7 @@ def test_json_numbers_equal_evaluate_on_the_same_data(run):
     detector, split, _, _, record = run
     result = evaluate(detector, split, None, progress=False)
     assert record["metrics"] == result["metrics"]
+    assert record["image_auroc_interval"] == result["image_auroc_interval"]
     assert record["counts"] == result["counts"] == {"images": 8, "normal": 4, "defective": 4}
     assert record["threshold"] == result["threshold"]
     assert record["at_threshold"] == result["at_threshold"]

@@ -433,7 +433,10 @@ def _metrics_section(record: dict, key: str) -> str:
         rows.append(f"<tr><td>{_e(METRIC_LABELS[name])}</td>{_cell(name, metrics[name], 'pct')}{paper_cell}</tr>")
     c, at, pix = record["counts"], record["at_threshold"], record["pixel_at_threshold"]
     confusion = record["confusion"]
+    interval = record.get("image_auroc_interval") or {}
     decisions = [
+        ("image AUROC, 95% interval: from (%)", _cell("image_auroc_low", interval.get("low"), "pct")),
+        ("to (%)", _cell("image_auroc_high", interval.get("high"), "pct")),
         ("image threshold", _cell("threshold", record["threshold"], "num")),
         ("true positive rate at it (%)", _cell("true_positive_rate", at["true_positive_rate"], "pct")),
         ("false positive rate at it (%)", _cell("false_positive_rate", at["false_positive_rate"], "pct")),
@@ -466,6 +469,8 @@ def _metrics_section(record: dict, key: str) -> str:
         f'<div><table class="metrics"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></div>'
         f'<div>{table("decisions", decisions)}</div><div>{table("counts", counts)}</div></div>{paper_note}'
         '<p class="note">Metrics are exact over every image and every pixel (those of <code>pitscope evaluate</code>). '
+        "The image AUROC's interval (DeLong's standard error) is how far it could move by chance on this many "
+        "test images. "
         "An image is flagged when its score is above the image threshold; the predicted region is where the anomaly "
         "map is above the pixel threshold.</p></section>"
     )
@@ -627,6 +632,7 @@ def _analyse(
                     "root": detector.cfg.data.root, "category": detector.cfg.data.category,
                     "image_size": detector.cfg.data.image_size},
         "metrics": result["metrics"],
+        "image_auroc_interval": result["image_auroc_interval"],
         "paper": dict(PAPER_BSDATA) if detector.cfg.data.format == "bsdata" else None,
         "counts": result["counts"],
         "threshold": threshold,
