@@ -1,7 +1,9 @@
 """Evaluating a detector on a test split: the files written, metrics against sklearn, the table."""
 
+import copy
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +162,23 @@ def test_format_table_shows_the_image_auroc_interval():
     result["image_auroc_interval"] = {"auroc": 0.5, "se": 0.0123, "low": 0.4759, "high": 0.5241, "level": 0.95}
     last = format_table(result).splitlines()[-1]
     assert last.startswith("image_auroc 95% interval 47.59-52.41 (DeLong standard error 1.23)")
+
+
+def test_image_scores_benchmark_agrees_with_evaluate(detector, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bsdata_image_scores import STAGES, score_model
+
+    detector.save(tmp_path / "model.pt")
+    record = score_model(tmp_path / "model.pt")
+    rows = {row["score"]: row for row in record["rows"]}
+    assert set(STAGES) | {"sum of layer1-4", "map maximum", "layer4 + map maximum"} <= set(rows)
+    split = load_test_split()
+    default = evaluate(detector, split, None, progress=False)
+    assert rows["layer4"]["image_auroc"] == round(100 * default["metrics"]["image_auroc"], 2)
+    assert rows["layer4"]["se"] == round(100 * default["image_auroc_interval"]["se"], 2)
+    raw_max = copy.deepcopy(detector)
+    raw_max.cfg.score.map_normalisation, raw_max.cfg.score.image_method = "none", "map_max"
+    expected = evaluate(raw_max, split, None, progress=False)["metrics"]["image_auroc"]
+    assert rows["map maximum"]["image_auroc"] == round(100 * expected, 2)
+    assert record["counts"] == {"defective": 4, "normal": 4}
+    assert len(record["hardest"]) == 4 and all(0 < h["defect_area"] < 1 for h in record["hardest"])

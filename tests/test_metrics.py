@@ -176,5 +176,7 @@ def test_auroc_interval_refuses_bad_input():
         auroc_interval(np.array([0, 0, 1]), np.array([0.1, 0.2, 0.3]))
     with pytest.raises(ValueError, match="two"):
         auroc_interval(np.array([0, 1, 0, 1]), np.array([0.1, 0.2, 0.3]))
+    with pytest.raises(ValueError, match="NaN"):
+        auroc_interval(np.array([0, 1, 0, 1]), np.array([0.1, np.nan, 0.3, 0.4]))
     with pytest.raises(ValueError, match="level"):
         auroc_interval(np.array([0, 1, 0, 1]), np.array([0.1, 0.2, 0.3, 0.4]), level=1.0)

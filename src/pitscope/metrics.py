@@ -43,6 +43,8 @@ def auroc_interval(labels: np.ndarray, scores: np.ndarray, level: float = 0.95) 
     labels, scores = np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float64)
     if labels.shape != scores.shape or labels.ndim != 1:
         raise ValueError(f"labels {labels.shape} and scores {scores.shape} must be two (N,) arrays")
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN")
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     x, y = scores[labels], scores[~labels]

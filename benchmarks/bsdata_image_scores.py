@@ -1,0 +1,157 @@
+"""Other image scores for trained BSData models, side by side with the default one.
+
+    python benchmarks/bsdata_image_scores.py runs/bfcos/cpu_seed0/model.pt runs/bfcos/cpu_seed1/model.pt
+
+For each model (a `pitscope train` output), with its own split and its own held-back calibration
+images, the image AUROC on the test split of:
+- layer4: the default (`score.image_method: embedding`), the Mahalanobis distance of the pooled
+  layer4 embedding; refitted here, so it checks against the run's own evaluation;
+- layer1, layer2, layer3: the same over another stage's pooled features;
+- sum of layer1-4: the distances of the four stages added (Rippel et al. 2021 add them over levels);
+- layer4, flips in the fit: the Gaussian fitted on the images and their horizontal mirror images;
+- map maximum: the largest value of the anomaly map before it is divided by its mean;
+- layer4 + map maximum: both standardised by the mean and spread of the held-back images, added.
+Every rule uses only defect-free training images. With DeLong's standard error of each AUROC,
+and the defective images scored lowest by the default with the share of the image their marked
+defect covers. Results go to benchmarks/results/<name>.json and .md with the command, commit and
+machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bsdata_cpu import PAPER, save  # this folder is on sys.path when run as a script
+from pitscope.benchmark import commit, machine
+from pitscope.data import build_dataset
+from pitscope.inference import Detector, iterate_batches
+from pitscope.metrics import auroc_interval
+from pitscope.scoring import GaussianScorer
+
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+LOWEST = 8  # defective images listed, lowest default score first
+
+
+@torch.inference_mode()
+def features(detector: Detector, dataset, indices: list[int]) -> dict[str, torch.Tensor]:
+    """Pooled features of every stage, layer4's of the mirror images, and the raw map maximum."""
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in (*STAGES, "layer4_mirror", "map_max")}
+    for _, x in iterate_batches(dataset, indices, detector.cfg.score.batch_size, "features", False):
+        for name, f in detector.net.backbone(x).items():
+            if name in STAGES:
+                out[name].append(f.float().mean(dim=(2, 3)).double())
+        out["layer4_mirror"].append(detector.net.backbone(x.flip(-1))["layer4"].float().mean(dim=(2, 3)).double())
+        out["map_max"].append(detector(x)[1].amax(dim=(1, 2)).double())
+    return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+def score_model(path: Path) -> dict:
+    detector = Detector.load(path).eval()
+    cfg = detector.cfg
+    cfg.score.map_normalisation = "none"  # the raw map, for its maximum
+    train, test = build_dataset(cfg.data, "train", cfg.seed), build_dataset(cfg.data, "test", cfg.seed)
+    fit_idx, cal_idx = detector.split_calibration(len(train))
+    cal_idx = cal_idx if len(cal_idx) >= 2 else fit_idx  # as Detector.fit calibrates without held-back images
+    fit, cal, tst = (features(detector, ds, idx) for ds, idx in (
+        (train, fit_idx), (train, cal_idx), (test, list(range(len(test))))))
+    labels = np.array([test[i].label for i in range(len(test))])
+
+    def distances(stage: str, fitted_on: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+        scorer = GaussianScorer(cfg.score.shrinkage, cfg.score.ridge).fit(fit[stage] if fitted_on is None else fitted_on)
+        return scorer.score(tst[stage]).numpy(), scorer.score(cal[stage]).numpy()
+
+    per_stage = {stage: distances(stage) for stage in STAGES}
+    default, default_cal = per_stage["layer4"]
+
+    def standardised(test_scores: np.ndarray, cal_scores: np.ndarray) -> np.ndarray:
+        return (test_scores - cal_scores.mean()) / max(float(cal_scores.std()), 1e-12)
+
+    variants = {
+        **{stage: per_stage[stage][0] for stage in STAGES},
+        "sum of layer1-4": sum(per_stage[stage][0] for stage in STAGES),
+        "layer4, flips in the fit": distances("layer4", torch.cat([fit["layer4"], fit["layer4_mirror"]]))[0],
+        "map maximum": tst["map_max"].numpy(),
+        "layer4 + map maximum": standardised(default, default_cal) + standardised(tst["map_max"].numpy(),
+                                                                                  cal["map_max"].numpy()),
+    }
+    rows = []
+    for name, scores in variants.items():
+        interval = auroc_interval(labels, scores)
+        rows.append({"score": name, "image_auroc": round(100 * interval["auroc"], 2),
+                     "se": round(100 * interval["se"], 2)})
+    defective = np.flatnonzero(labels == 1)
+    lowest = defective[np.argsort(default[defective])][:LOWEST]
+    normal_scores = default[labels == 0]
+    hardest = [{"image": Path(test[i].path).name, "score": round(float(default[i]), 2),
+                "normal_above": round(float((normal_scores > default[i]).mean()), 2),
+                "defect_area": round(float((test[i].mask > 0).mean()), 6)} for i in lowest]
+    return {"model": str(path), "seed": cfg.seed, "rows": rows, "hardest": hardest,
+            "counts": {"defective": int(labels.sum()), "normal": int((labels == 0).sum())}}
+
+
+def write_markdown(record: dict, path: Path) -> None:
+    models = record["models"]
+    lines = [
+        "# BSData: image scores side by side",
+        "",
+        f"Commit `{record['commit']}`, {record['date']}, {record['machine']['platform']}, "
+        f"{record['machine']['cpu_count']} threads, torch {record['machine']['torch']}. "
+        f"Paper: {PAPER['image_auroc']} image AUROC.",
+        "",
+        "Image AUROC (DeLong standard error) of each rule on the same trained networks; layer4 is the default.",
+        "",
+        "| image score | " + " | ".join(f"seed {m['seed']}" for m in models) + " |",
+        "|---|" + "---|" * len(models),
+    ]
+    for i, row in enumerate(models[0]["rows"]):
+        cells = [f"{m['rows'][i]['image_auroc']} ({m['rows'][i]['se']})" for m in models]
+        lines.append(f"| {row['score']} | " + " | ".join(cells) + " |")
+    for m in models:
+        lines += [
+            "",
+            f"Seed {m['seed']} (`{m['model']}`): the {LOWEST} defective images the default scores lowest, "
+            "with the share of defect-free test images scored above each and the share of the image its marked "
+            "defect covers:",
+            "",
+            "| image | score | defect-free above | defect area |",
+            "|---|---|---|---|",
+            *[f"| {h['image']} | {h['score']} | {h['normal_above']} | {h['defect_area']} |" for h in m["hardest"]],
+        ]
+    lines += ["", "Command:", "", f"    {record['invocation']}", ""]
+    path.write_text("\n".join(lines))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", type=Path, help="model.pt files of BSData runs")
+    parser.add_argument("--name", default="bsdata_image_scores", help="result file name under benchmarks/results/")
+    args = parser.parse_args()
+    missing = [str(m) for m in args.models if not m.is_file()]
+    if missing:
+        parser.error(f"no such model: {', '.join(missing)}")
+    models = []
+    for path in args.models:
+        t0 = time.perf_counter()
+        models.append(score_model(path))
+        print(f"{path}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    record = {
+        "benchmark": "bsdata_image_scores",
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+        "invocation": shlex.join(["python", *sys.argv]),
+        "models": models,
+    }
+    save(record, args.name, write_markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
