@@ -2,8 +2,9 @@
 
 Image-level metrics take labels (N,) in {0, 1} (1 = defective) and scores (N,), higher = more
 anomalous. Pixel-level metrics take ground-truth masks (N, H, W) (non-zero = defect) and anomaly
-maps (N, H, W) of the same size. ROC and precision-recall come from scikit-learn; only AUPRO,
-which no well-kept library offers, is written here.
+maps (N, H, W) of the same size. ROC and precision-recall come from scikit-learn; only AUPRO and
+the AUROC's DeLong standard error, which no well-kept library offers, are written here (each
+checked in tests against its definition and cases worked by hand).
 """
 
 from __future__ import annotations
