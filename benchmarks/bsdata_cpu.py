@@ -85,13 +85,19 @@ def collect(seed: int, out_dir: Path) -> dict:
     }
 
 
+def provenance(record: dict) -> str:
+    """The line that says where a result was measured: commit, date, machine, torch (and CUDA)."""
+    m = record["machine"]
+    return (f"Commit `{record['commit']}`, {record['date']}, {m['platform']}, {m['cpu_count']} threads, "
+            f"torch {m['torch']}" + (f", {m['cuda']}" if m.get("cuda") else "") + ".")
+
+
 def write_markdown(record: dict, path: Path) -> None:
     rows = record["runs"]
     lines = [
         "# BSData, `cpu` preset",
         "",
-        f"Commit `{record['commit']}`, {record['date']}, {record['machine']['platform']}, "
-        f"{record['machine']['cpu_count']} threads, torch {record['machine']['torch']}.",
+        provenance(record),
         "",
         "| seed | maps | image AUROC | its 95% interval | pixel AUROC | AUPRO | epochs | training min | wall min |",
         "|---|---|---|---|---|---|---|---|---|",

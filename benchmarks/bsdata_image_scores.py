@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bsdata_cpu import PAPER, save  # this folder is on sys.path when run as a script
+from bsdata_cpu import PAPER, provenance, save  # this folder is on sys.path when run as a script
 from pitscope.benchmark import commit, machine
 from pitscope.data import build_dataset
 from pitscope.inference import Detector, iterate_batches
@@ -101,9 +101,7 @@ def write_markdown(record: dict, path: Path) -> None:
     lines = [
         "# BSData: image scores side by side",
         "",
-        f"Commit `{record['commit']}`, {record['date']}, {record['machine']['platform']}, "
-        f"{record['machine']['cpu_count']} threads, torch {record['machine']['torch']}. "
-        f"Paper: {PAPER['image_auroc']} image AUROC.",
+        f"{provenance(record)} Paper: {PAPER['image_auroc']} image AUROC.",
         "",
         "Image AUROC (DeLong standard error) of each rule on the same trained networks; layer4 is the default.",
         "",

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from bsdata_cpu import PAPER, REPO, save  # this folder is on sys.path when run as a script
+from bsdata_cpu import PAPER, REPO, provenance, save  # this folder is on sys.path when run as a script
 from pitscope.benchmark import commit, machine
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
@@ -116,9 +116,7 @@ def write_markdown(record: dict, path: Path) -> None:
         "Each snapshot's network scored with the run's own settings (`pitscope refit SNAPSHOT --evaluate`); "
         "averaged rows: the snapshots averaged as `train.average_from` does, BatchNorm statistics recomputed.",
         "",
-        f"Commit `{record['commit']}`, {record['date']}, {record['machine']['platform']}, "
-        f"{record['machine']['cpu_count']} threads, torch {record['machine']['torch']}. "
-        f"Paper: {PAPER['image_auroc']} / {PAPER['pixel_auroc']} (image / pixel AUROC).",
+        f"{provenance(record)} Paper: {PAPER['image_auroc']} / {PAPER['pixel_auroc']} (image / pixel AUROC).",
     ]
     for run in record["runs"]:
         lines += [

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bsdata_cpu import commit, machine  # benchmarks/ is on sys.path when run as a script
+from bsdata_cpu import commit, machine, provenance  # benchmarks/ is on sys.path when run as a script
 from pitscope.data.bsdata import bsdata_root, write_split
 from pitscope.wear import fold_split, read_sequences, sequence_folds
 
@@ -71,9 +71,7 @@ def write_markdown(record: dict, path: Path) -> None:
     lines = [
         "# BSData wear sequences, k-fold over sequences",
         "",
-        f"Commit `{record['commit']}`, {record['date']}, {record['machine']['platform']}, "
-        f"{record['machine']['cpu_count']} threads, torch {record['machine']['torch']}"
-        + (f", {record['machine']['cuda']}" if record["machine"]["cuda"] else "") + ".",
+        provenance(record),
         "",
         f"Split: {split['description']}",
         "",
