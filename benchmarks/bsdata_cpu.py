@@ -41,8 +41,6 @@ def run_seed(seed: int, out_dir: Path, extra: list[str]) -> dict:
     return {"command": shlex.join(cmd), "wall_minutes": round((time.perf_counter() - t0) / 60, 1)}
 
 
-# Evaluation folders of a run: eval/ (written by train --evaluate, maps as the run's config says)
-# and eval_<normalisation>/ (pitscope evaluate MODEL --set score.map_normalisation=... afterwards).
 def image_interval(metrics: dict, folder: Path) -> dict | None:
     """evaluate()'s image AUROC interval in %; for metrics written before evaluate() gave it, the
     same computed from the folder's scores.csv; None without either."""
@@ -60,6 +58,8 @@ def interval_text(interval: dict | None) -> str:
     return "n/a" if not interval else f"{interval['low']}-{interval['high']}"
 
 
+# Evaluation folders of a run: eval/ (written by train --evaluate, maps as the run's config says)
+# and eval_<normalisation>/ (pitscope evaluate MODEL --set score.map_normalisation=... afterwards).
 def collect(seed: int, out_dir: Path) -> dict:
     model = torch.load(out_dir / "model.pt", map_location="cpu", weights_only=True)
     evaluations = {}
