@@ -57,7 +57,7 @@ class DataConfig:
 class AugmentConfig:
     """Pseudo-defects pasted onto normal images during training (SPEC section 3)."""
 
-    kinds: list[str] = field(default_factory=lambda: ["noise", "scar"])  # noise | scar | normal
+    kinds: list[str] = field(default_factory=lambda: ["noise", "scar"])  # noise | scar | normal | pit
     texture_dir: str | None = None  # images for PasteNoise textures; None = built-in procedural
     perlin_scales: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
     perlin_threshold: float = 0.5
@@ -179,7 +179,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "score.image_method": ("embedding", "map_max"),
 }
 LIST_CHOICES: dict[str, tuple[str, ...]] = {
-    "augment.kinds": ("noise", "scar", "normal"),
+    "augment.kinds": ("noise", "scar", "normal", "pit"),
     "score.pixel_stages": ("conv1", "layer1", "layer2", "layer3", "layer4"),
     "model.segment_stages": ("conv1", "layer1", "layer2", "layer3", "layer4"),
 }

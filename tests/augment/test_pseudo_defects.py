@@ -11,7 +11,7 @@ def _image(seed=0):
 
 
 def test_kinds_table():
-    assert list(KINDS) == ["noise", "scar", "normal"]
+    assert list(KINDS) == ["noise", "scar", "normal", "pit"]
 
 
 def test_kind_index_is_one_based_and_all_kinds_are_drawn():
@@ -67,7 +67,7 @@ def test_texture_dir_is_used(tmp_path):
 
 
 def test_unknown_kind_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="noise, scar, normal"):
+    with pytest.raises(ValueError, match="noise, scar, normal, pit"):
         PseudoDefects(AugmentConfig(kinds=["noise", "crack"]))
     with pytest.raises(ValueError):
         PseudoDefects(AugmentConfig(kinds=[]))

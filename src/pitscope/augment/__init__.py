@@ -14,6 +14,7 @@ import numpy as np
 
 from pitscope.augment.cutpaste import normal_patch, scar_patch
 from pitscope.augment.pastenoise import paste_noise
+from pitscope.augment.pits import pit_specks
 from pitscope.augment.regions import check_image
 from pitscope.augment.textures import make_texture_source
 from pitscope.config import AugmentConfig
@@ -42,8 +43,17 @@ def _normal(cfg: AugmentConfig) -> Generator:
     return normal_patch
 
 
+def _pit(cfg: AugmentConfig) -> Generator:
+    return pit_specks
+
+
 # Pseudo-defect kind -> builder(cfg) of its generator(image, rng) -> (image, mask).
-KINDS: dict[str, Callable[[AugmentConfig], Generator]] = {"noise": _noise, "scar": _scar, "normal": _normal}
+KINDS: dict[str, Callable[[AugmentConfig], Generator]] = {
+    "noise": _noise,
+    "scar": _scar,
+    "normal": _normal,
+    "pit": _pit,
+}
 
 
 class PseudoDefects:
