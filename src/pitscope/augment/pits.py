@@ -56,8 +56,14 @@ def pit_specks(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray,
     for _ in range(int(rng.integers(PIT_COUNT[0], PIT_COUNT[1] + 1))):
         centre = (int(rng.integers(0, height)), int(rng.integers(0, width)))
         radii = (rng.uniform(*PIT_RADIUS) * scale, rng.uniform(*PIT_RADIUS) * scale)
-        weight = speck_weight((height, width), centre, radii, rng.uniform(0.0, np.pi))
-        darkening = np.maximum(darkening, rng.uniform(*PIT_DEPTH) * weight)
+        theta = rng.uniform(0.0, np.pi)
+        # The weight is 0 beyond (1 + RIM / 2) * the larger semi-axis: compute it in that window only.
+        reach = int(np.ceil(max(radii) * (1.0 + RIM / 2))) + 1
+        top, left = max(centre[0] - reach, 0), max(centre[1] - reach, 0)
+        bottom, right = min(centre[0] + reach + 1, height), min(centre[1] + reach + 1, width)
+        weight = speck_weight((bottom - top, right - left), (centre[0] - top, centre[1] - left), radii, theta)
+        window = darkening[top:bottom, left:right]  # a view: writes go to `darkening`
+        np.maximum(window, rng.uniform(*PIT_DEPTH) * weight, out=window)
     out = image.astype(np.float32) * (1.0 - darkening[..., None])
     out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     mask = darkening > 0
