@@ -11,6 +11,8 @@ images, the image AUROC on the test split of:
 - layer4, flips in the fit: the Gaussian fitted on the images and their horizontal mirror images;
 - map maximum: the largest value of the anomaly map before it is divided by its mean;
 - layer4 + map maximum: both standardised by the mean and spread of the held-back images, added.
+- classifier logit: the trained pseudo-defect classifier's logit (CutPaste's classifier score);
+- layer4 + classifier logit: both standardised as above, added.
 Every rule uses only defect-free training images. With DeLong's standard error of each AUROC,
 and the defective images scored lowest by the default with the share of the image their marked
 defect covers. Results go to benchmarks/results/<name>.json and .md with the command, commit and
@@ -41,12 +43,19 @@ LOWEST = 8  # defective images listed, lowest default score first
 
 @torch.inference_mode()
 def features(detector: Detector, dataset, indices: list[int]) -> dict[str, torch.Tensor]:
-    """Pooled features of every stage, layer4's of the mirror images, and the raw map maximum."""
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in (*STAGES, "layer4_mirror", "map_max")}
+    """Pooled features of every stage, layer4's of the mirror images, the raw map maximum, the classifier logit."""
+    names = (*STAGES, "layer4_mirror", "map_max", "logit")
+    out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    net = detector.net
     for _, x in iterate_batches(dataset, indices, detector.cfg.score.batch_size, "features", False):
-        for name, f in detector.net.backbone(x).items():
+        for name, f in net.backbone(x).items():
             if name in STAGES:
                 out[name].append(f.float().mean(dim=(2, 3)).double())
+        if net.classifier is None or net.projector is None:
+            raise SystemExit("the model was trained without the pseudo-defect classifier: no logit to score with")
+        logits = net.classifier(net.projector(out["layer4"][-1].to(x.dtype))).double()  # (B,) or (B, 1 + kinds)
+        # Binary head: the pseudo-defect logit; multiclass: log P(any pseudo-defect) - log P(normal).
+        out["logit"].append(logits if logits.ndim == 1 else logits[:, 1:].logsumexp(dim=1) - logits[:, 0])
         out["layer4_mirror"].append(detector.net.backbone(x.flip(-1))["layer4"].float().mean(dim=(2, 3)).double())
         out["map_max"].append(detector(x)[1].amax(dim=(1, 2)).double())
     return {name: torch.cat(parts) for name, parts in out.items()}
@@ -80,6 +89,9 @@ def score_model(path: Path) -> dict:
         "map maximum": tst["map_max"].numpy(),
         "layer4 + map maximum": standardised(default, default_cal) + standardised(tst["map_max"].numpy(),
                                                                                   cal["map_max"].numpy()),
+        "classifier logit": tst["logit"].numpy(),
+        "layer4 + classifier logit": standardised(default, default_cal) + standardised(tst["logit"].numpy(),
+                                                                                       cal["logit"].numpy()),
     }
     rows = []
     for name, scores in variants.items():

@@ -180,5 +180,14 @@ def test_image_scores_benchmark_agrees_with_evaluate(detector, tmp_path, monkeyp
     raw_max.cfg.score.map_normalisation, raw_max.cfg.score.image_method = "none", "map_max"
     expected = evaluate(raw_max, split, None, progress=False)["metrics"]["image_auroc"]
     assert rows["map maximum"]["image_auroc"] == round(100 * expected, 2)
+    # The classifier row: the network's own forward pass gives the same logits.
+    from pitscope.inference import iterate_batches
+
+    with torch.inference_mode():
+        logits = torch.cat([detector.net(x).logits.float()
+                            for _, x in iterate_batches(split, list(range(len(split))), 4, "logits", False)])
+    labels = [split[i].label for i in range(len(split))]
+    assert rows["classifier logit"]["image_auroc"] == round(100 * roc_auc_score(labels, logits.numpy()), 2)
+    assert "layer4 + classifier logit" in rows
     assert record["counts"] == {"defective": 4, "normal": 4}
     assert len(record["hardest"]) == 4 and all(0 < h["defect_area"] < 1 for h in record["hardest"])
