@@ -3,7 +3,7 @@ import pytest
 from scipy import ndimage
 from skimage.measure import label
 
-from pitscope.augment.regions import check_image, largest_region, random_blob
+from pitscope.augment.regions import check_image, ellipse_distance_sq, largest_region, random_blob
 
 
 def test_largest_region_matches_skimage_on_random_masks():
@@ -49,3 +49,14 @@ def test_check_image_accepts_rgb_uint8():
 def test_check_image_rejects_other_arrays(bad):
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
         check_image(bad)
+
+
+def test_ellipse_distance_sq_closed_form():
+    # Semi-axes 2 (rows) and 4 (columns) at (5, 6): (dy / 2)^2 + (dx / 4)^2.
+    d = ellipse_distance_sq((11, 13), (5, 6), (2.0, 4.0), 0.0)
+    dy, dx = np.mgrid[0:11, 0:13]
+    np.testing.assert_allclose(d, ((dy - 5) / 2.0) ** 2 + ((dx - 6) / 4.0) ** 2)
+    assert d[5, 6] == 0.0 and d[7, 6] == 1.0 and d[5, 10] == 1.0
+    # A quarter turn swaps which axis runs along the rows.
+    turned = ellipse_distance_sq((11, 13), (5, 6), (2.0, 4.0), np.pi / 2)
+    assert turned[5, 8] == pytest.approx(1.0) and turned[9, 6] == pytest.approx(1.0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pitscope.augment.regions import check_image
+from pitscope.augment.regions import check_image, ellipse_distance_sq
 
 # Pit sizes in pixels at 256 x 256; other sizes scale by sqrt(H * W) / 256.
 PIT_COUNT = (1, 3)  # specks per image, inclusive
@@ -30,11 +30,7 @@ def speck_weight(
 
     Returns: (H, W) float32 in [0, 1].
     """
-    y = np.arange(shape[0])[:, None] - centre[0]  # (H, 1)
-    x = np.arange(shape[1])[None, :] - centre[1]  # (1, W)
-    u = y * np.cos(theta) + x * np.sin(theta)  # (H, W) along the first axis
-    v = -y * np.sin(theta) + x * np.cos(theta)
-    distance = np.sqrt((u / radii[0]) ** 2 + (v / radii[1]) ** 2)  # 1 on the ellipse
+    distance = np.sqrt(ellipse_distance_sq(shape, centre, radii, theta))  # 1 on the ellipse
     return np.clip((1.0 + RIM / 2 - distance) / RIM, 0.0, 1.0).astype(np.float32)
 
 

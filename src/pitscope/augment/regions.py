@@ -42,8 +42,21 @@ def random_blob(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     ay = max(1.0, rng.uniform(0.05, 0.2) * height)
     ax = max(1.0, rng.uniform(0.05, 0.2) * width)
     theta = rng.uniform(0.0, np.pi)
-    y = np.arange(height)[:, None] - cy  # (H, 1)
-    x = np.arange(width)[None, :] - cx  # (1, W)
+    return ellipse_distance_sq((height, width), (cy, cx), (ay, ax), theta) <= 1.0
+
+
+def ellipse_distance_sq(
+    shape: tuple[int, int], centre: tuple[float, float], radii: tuple[float, float], theta: float
+) -> np.ndarray:
+    """Squared normalised distance of every pixel of `shape` (H, W) from an ellipse's centre.
+
+    The ellipse has semi-axes `radii` (along rows, along columns before the turn) and is turned
+    by `theta` radians; the result is 1 on its boundary, below 1 inside.
+
+    Returns: (H, W) float64.
+    """
+    y = np.arange(shape[0])[:, None] - centre[0]  # (H, 1)
+    x = np.arange(shape[1])[None, :] - centre[1]  # (1, W)
     u = y * np.cos(theta) + x * np.sin(theta)  # (H, W) along the first axis of the ellipse
     v = -y * np.sin(theta) + x * np.cos(theta)
-    return (u / ay) ** 2 + (v / ax) ** 2 <= 1.0
+    return (u / radii[0]) ** 2 + (v / radii[1]) ** 2
