@@ -24,6 +24,7 @@ TINY = [
     "train.lr_schedule=cosine",  # the learning rate must change alike on both ranks
     "train.device=cpu",
     "train.precision=fp32",  # the CLI's default preset (cpu) asks for bf16; the worker's defaults do not
+    "augment.kinds=[noise, scar, pit]",  # the cpu preset's kinds; the worker's defaults have no pit
     "model.projector_hidden=32",
     "score.pixel_channels=16",
     "score.batch_size=4",
