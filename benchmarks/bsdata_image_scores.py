@@ -47,16 +47,16 @@ def features(detector: Detector, dataset, indices: list[int]) -> dict[str, torch
     names = (*STAGES, "layer4_mirror", "map_max", "logit")
     out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     net = detector.net
+    if net.classifier is None or net.projector is None:
+        raise SystemExit("the model was trained without the pseudo-defect classifier: no logit to score with")
     for _, x in iterate_batches(dataset, indices, detector.cfg.score.batch_size, "features", False):
         for name, f in net.backbone(x).items():
             if name in STAGES:
                 out[name].append(f.float().mean(dim=(2, 3)).double())
-        if net.classifier is None or net.projector is None:
-            raise SystemExit("the model was trained without the pseudo-defect classifier: no logit to score with")
         logits = net.classifier(net.projector(out["layer4"][-1].to(x.dtype))).double()  # (B,) or (B, 1 + kinds)
         # Binary head: the pseudo-defect logit; multiclass: log P(any pseudo-defect) - log P(normal).
         out["logit"].append(logits if logits.ndim == 1 else logits[:, 1:].logsumexp(dim=1) - logits[:, 0])
-        out["layer4_mirror"].append(detector.net.backbone(x.flip(-1))["layer4"].float().mean(dim=(2, 3)).double())
+        out["layer4_mirror"].append(net.backbone(x.flip(-1))["layer4"].float().mean(dim=(2, 3)).double())
         out["map_max"].append(detector(x)[1].amax(dim=(1, 2)).double())
     return {name: torch.cat(parts) for name, parts in out.items()}
 
