@@ -9,6 +9,9 @@ images, the image AUROC on the test split of:
 - layer1, layer2, layer3: the same over another stage's pooled features;
 - sum of layer1-4: the distances of the four stages added (Rippel et al. 2021 add them over levels);
 - layer4, flips in the fit: the Gaussian fitted on the images and their horizontal mirror images;
+- layer4 / layer3, max pooling: the Gaussian over the largest value of each channel instead of its mean
+  (a few-pixel pit moves one or two positions of the map, which the mean dilutes);
+- layer4, GeM pooling: the generalised mean (p = 3; Radenovic et al. 2018), between the two;
 - map maximum: the largest value of the anomaly map before it is divided by its mean;
 - layer4 + map maximum: both standardised by the mean and spread of the held-back images, added.
 - classifier logit: the trained pseudo-defect classifier's logit (CutPaste's classifier score);
@@ -41,10 +44,18 @@ STAGES = ("layer1", "layer2", "layer3", "layer4")
 LOWEST = 8  # defective images listed, lowest default score first
 
 
+GEM_P = 3.0
+
+
+def gem(f: torch.Tensor, p: float = GEM_P) -> torch.Tensor:
+    """Generalised mean over the positions of (B, C, H, W) features: (mean of max(f, eps)^p)^(1/p)."""
+    return f.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
 @torch.inference_mode()
 def features(detector: Detector, dataset, indices: list[int]) -> dict[str, torch.Tensor]:
     """Pooled features of every stage, layer4's of the mirror images, the raw map maximum, the classifier logit."""
-    names = (*STAGES, "layer4_mirror", "map_max", "logit")
+    names = (*STAGES, "layer4_mirror", "layer4_max", "layer3_max", "layer4_gem", "map_max", "logit")
     out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     net = detector.net
     if net.classifier is None or net.projector is None:
@@ -53,6 +64,10 @@ def features(detector: Detector, dataset, indices: list[int]) -> dict[str, torch
         for name, f in net.backbone(x).items():
             if name in STAGES:
                 out[name].append(f.float().mean(dim=(2, 3)).double())
+            if name in ("layer3", "layer4"):
+                out[f"{name}_max"].append(f.float().amax(dim=(2, 3)).double())
+            if name == "layer4":
+                out["layer4_gem"].append(gem(f.float()).double())
         logits = net.classifier(net.projector(out["layer4"][-1].to(x.dtype))).double()  # (B,) or (B, 1 + kinds)
         # Binary head: the pseudo-defect logit; multiclass: log P(any pseudo-defect) - log P(normal).
         out["logit"].append(logits if logits.ndim == 1 else logits[:, 1:].logsumexp(dim=1) - logits[:, 0])
@@ -86,6 +101,9 @@ def score_model(path: Path) -> dict:
         **{stage: per_stage[stage][0] for stage in STAGES},
         "sum of layer1-4": sum(per_stage[stage][0] for stage in STAGES),
         "layer4, flips in the fit": distances("layer4", torch.cat([fit["layer4"], fit["layer4_mirror"]]))[0],
+        "layer4, max pooling": distances("layer4_max")[0],
+        "layer3, max pooling": distances("layer3_max")[0],
+        f"layer4, GeM pooling (p = {GEM_P:g})": distances("layer4_gem")[0],
         "map maximum": tst["map_max"].numpy(),
         "layer4 + map maximum": standardised(default, default_cal) + standardised(tst["map_max"].numpy(),
                                                                                   cal["map_max"].numpy()),
