@@ -267,3 +267,37 @@ def test_bsdata_cpu_interval_from_metrics_or_scores_csv(tmp_path, monkeypatch):
     stored = {"auroc": 0.5, "se": 0.1, "low": 0.3, "high": 0.7, "level": 0.95}
     assert image_interval({"image_auroc_interval": stored}, tmp_path) == {
         "auroc": 50.0, "se": 10.0, "low": 30.0, "high": 70.0, "level": 0.95}
+
+
+def _git(repo: Path, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_commit_marks_changed_code_and_benchmark_scripts_dirty(tmp_path):
+    package, scripts = tmp_path / "src" / "pitscope", tmp_path / "benchmarks"
+    package.mkdir(parents=True)
+    scripts.mkdir()
+    (package / "a.py").write_text("a = 1\n")
+    (scripts / "b.py").write_text("b = 1\n")
+    (tmp_path / "README.md").write_text("read me\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "first")
+    head = _git(tmp_path, "rev-parse", "--short", "HEAD")
+    assert benchmark.commit(package) == head
+    (tmp_path / "README.md").write_text("read me again\n")  # prose: not what a result depends on
+    assert benchmark.commit(package) == head
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    assert benchmark.commit(package) == head
+    (scripts / "b.py").write_text("b = 2\n")
+    assert benchmark.commit(package) == head + "+dirty"
+    _git(tmp_path, "checkout", "--", "benchmarks/b.py")
+    (package / "a.py").write_text("a = 2\n")
+    assert benchmark.commit(package) == head + "+dirty"
+
+
+def test_commit_outside_a_checkout_is_unknown(tmp_path):
+    assert benchmark.commit(tmp_path) == "unknown"

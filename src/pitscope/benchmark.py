@@ -353,14 +353,18 @@ def machine() -> dict:
     }
 
 
-def commit() -> str:
-    """The short commit of the pitscope source, with "+dirty" if it has uncommitted changes; "unknown"
-    outside a git checkout."""
-    here = Path(__file__).resolve().parent
+CODE_PATHS = (":(top)src", ":(top)benchmarks", ":(top)pyproject.toml")  # what a result depends on
+
+
+def commit(here: Path | None = None) -> str:
+    """The short commit of the checkout holding `here` (default: the pitscope package), with "+dirty"
+    if the package, the benchmark scripts or pyproject.toml have uncommitted changes; "unknown" outside
+    a git checkout."""
+    here = Path(__file__).resolve().parent if here is None else here
     try:
         head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", "."],
-                               capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--",
+                                *CODE_PATHS], capture_output=True, text=True)
     except OSError:
         return "unknown"
     if head.returncode != 0:
