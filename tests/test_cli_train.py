@@ -48,6 +48,9 @@ def test_train_with_evaluate_then_evaluate_the_saved_model(tmp_path, tiny_yaml, 
     assert main(["train", "--config", str(tiny_yaml), "--output-dir", str(run), "--quiet", "--evaluate"]) == 0
     out = capsys.readouterr().out
     assert "image_auroc" in out and "paper" not in out
+    # 8 training images, 1 held back: 8 folds of one image, each refit on the 7 others
+    assert "(0.99 quantile of 8 training images scored out of fold, 8 folds)" in out
+    assert "training images scored highest out of fold (worth a look for defects): " in out
 
     model = run / "model.pt"
     assert model.is_file() and (run / "checkpoint_last.pt").is_file()

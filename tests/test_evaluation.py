@@ -15,6 +15,7 @@ from pitscope.data import build_dataset
 from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, evaluate, format_table
 from pitscope.inference import Detector
 from pitscope.metrics import auroc_interval
+from pitscope.tensors import images_to_batch
 
 TINY = [
     "data.format=synthetic",
@@ -191,3 +192,25 @@ def test_image_scores_benchmark_agrees_with_evaluate(detector, tmp_path, monkeyp
     assert "layer4 + classifier logit" in rows
     assert record["counts"] == {"defective": 4, "normal": 4}
     assert len(record["hardest"]) == 4 and all(0 < h["defect_area"] < 1 for h in record["hardest"])
+
+
+def test_threshold_benchmark_refits_as_training_and_counts_rates(detector, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bsdata_threshold import threshold_model
+
+    detector.save(tmp_path / "model.pt")
+    record = threshold_model(tmp_path / "model.pt")
+    assert record["images"] == {"training": 8, "held_back": 1, "folds": 8}
+    out = record["out_of_fold"]
+    assert out["threshold"] == round(float(detector.threshold), 2) == record["model_threshold"]
+    assert out["highest"] == detector.metadata["calibration"]["highest"]
+    split = load_test_split()
+    scores, _ = detector.score_dataset(split, progress=False)
+    labels = np.array([split[i].label for i in range(len(split))])
+    t = float(detector.threshold)
+    assert out["fpr"] == round(100 * float((scores[labels == 0] > t).mean()), 1)
+    assert out["tpr"] == round(100 * float((scores[labels == 1] > t).mean()), 1)
+    _, cal_idx = detector.split_calibration(8)
+    held_score = float(detector(images_to_batch([build_dataset(detector.cfg.data, "train", detector.cfg.seed)[cal_idx[0]].image]))[0][0])
+    assert record["held_back"]["threshold"] == round(held_score, 2)  # the quantile of one score is that score
+    assert record["held_back"]["largest"] == [round(held_score, 2)]

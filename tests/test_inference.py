@@ -9,8 +9,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from sklearn.covariance import LedoitWolf
 
-from pitscope.config import from_dict, load_config, to_dict
+from pitscope.config import apply_overrides, from_dict, load_config, to_dict
 from pitscope.data import build_dataset
 from pitscope.inference import Detector
 from pitscope.tensors import images_to_batch
@@ -56,14 +57,22 @@ def test_fit_returns_self_and_a_finite_threshold(fitted):
     detector, _, _, _ = fitted
     assert detector.image_scorer.is_fitted and detector.pixel_scorer.is_fitted
     assert np.isfinite(float(detector.threshold))
-    assert detector.metadata["calibration"] == {
-        "images": 6,
-        "held_back": True,
+    record = dict(detector.metadata["calibration"])
+    highest = record.pop("highest")
+    assert record == {
+        "method": "out_of_fold",
+        "images": 12,
+        "folds": 2,
         "quantile": 0.75,
+        "pixel_images": 6,
+        "held_back": True,
         "threshold": float(detector.threshold),
         "pixel_quantile": 0.999,
         "pixel_threshold": float(detector.pixel_threshold),
     }
+    assert len(highest) == 5
+    assert [h["score"] for h in highest] == sorted((h["score"] for h in highest), reverse=True)
+    assert all(h["image"] for h in highest)
 
 
 def test_save_load_round_trip_scores_identically(fitted):
@@ -95,17 +104,57 @@ def test_model_file_loads_with_weights_only(fitted):
     assert any(k.startswith("pixel_scorer.") for k in state["state_dict"])
 
 
-def test_threshold_is_the_quantile_of_held_back_scores(fitted):
+def test_threshold_is_the_quantile_of_out_of_fold_scores(fitted):
     detector, _, train_split, _ = fitted
     fit_idx, cal_idx = detector.split_calibration(len(train_split))
     assert len(cal_idx) == 6 and len(fit_idx) == 6
     assert sorted(fit_idx + cal_idx) == list(range(12))
     assert (fit_idx, cal_idx) == detector.split_calibration(12)  # seeded
 
-    scores, maps = detector(batch_of(train_split, cal_idx))
-    expected = np.quantile(scores.double().numpy(), 0.75)  # linear interpolation, as torch's
-    assert float(detector.threshold) == pytest.approx(expected, rel=1e-6)
+    folds = detector.calibration_folds(12)  # round(1 / 0.5) = 2 folds of 6: each refit sees 6, as the scorer
+    assert [len(f) for f in folds] == [6, 6] and sorted(sum(folds, [])) == list(range(12))
+    assert folds == detector.calibration_folds(12)  # seeded
+    with torch.no_grad():
+        embeddings = detector.net(batch_of(train_split, range(12))).embedding.double().numpy()  # (12, 512)
+    scores = np.empty(12)
+    for fold in folds:
+        rest = np.setdiff1d(np.arange(12), fold)
+        scores[fold] = np.sqrt(LedoitWolf().fit(embeddings[rest]).mahalanobis(embeddings[fold]))
+    expected = np.quantile(scores, 0.75)  # linear interpolation, as torch's
+    assert float(detector.threshold) == pytest.approx(expected, rel=1e-3)
+    assert detector.metadata["calibration"]["highest"][0]["score"] == pytest.approx(scores.max(), rel=1e-3)
+
+    _, maps = detector(batch_of(train_split, cal_idx))
     assert float(detector.pixel_threshold) == pytest.approx(np.quantile(maps.numpy(), 0.999), rel=1e-5)
+
+
+def test_held_back_threshold_is_the_quantile_of_held_back_scores(fitted):
+    detector, _, train_split, _ = fitted
+    cfg = apply_overrides(detector.cfg, ["score.threshold_from=held_back"])
+    held = Detector(cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
+    _, cal_idx = held.split_calibration(len(train_split))
+    scores, maps = held(batch_of(train_split, cal_idx))
+    expected = np.quantile(scores.double().numpy(), 0.75)
+    assert float(held.threshold) == pytest.approx(expected, rel=1e-6)
+    assert float(held.pixel_threshold) == float(detector.pixel_threshold)  # the same images either way
+    assert held.metadata["calibration"]["method"] == "held_back"
+    assert held.metadata["calibration"]["images"] == 6
+
+
+def test_map_max_threshold_uses_the_held_back_images(fitted):
+    detector, _, train_split, _ = fitted
+    cfg = apply_overrides(detector.cfg, ["score.image_method=map_max"])
+    held = Detector(cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
+    _, cal_idx = held.split_calibration(len(train_split))
+    scores, _ = held(batch_of(train_split, cal_idx))
+    assert float(held.threshold) == pytest.approx(np.quantile(scores.double().numpy(), 0.75), rel=1e-6)
+    assert held.metadata["calibration"]["method"] == "held_back"
+
+
+def test_no_folds_without_held_back_images(fitted):
+    detector, _, _, _ = fitted
+    assert detector.calibration_folds(3) == []  # split_calibration(3) holds none back
+    assert [len(f) for f in detector.calibration_folds(5)] == [3, 2]
 
 
 def test_scorers_see_only_the_fit_images(fitted):

@@ -6,7 +6,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from sklearn.covariance import LedoitWolf
 
-from pitscope.scoring import GaussianScorer, PatchGaussianScorer, gaussian_smooth
+from pitscope.scoring import GaussianScorer, PatchGaussianScorer, gaussian_smooth, out_of_fold_scores
 
 
 def _correlated(n: int, d: int, seed: int, offset: float = 0.0) -> torch.Tensor:
@@ -137,3 +137,37 @@ def test_constant_features_fall_back_to_pseudo_inverse():
     scorer = GaussianScorer().fit(torch.ones(5, 3))  # zero covariance, singular even when shrunk
     torch.testing.assert_close(scorer.precision_, torch.zeros(3, 3))
     torch.testing.assert_close(scorer.score(torch.zeros(2, 3)), torch.zeros(2))
+
+
+def test_out_of_fold_scores_match_sklearn_fitted_without_the_fold():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(30, 5)) @ rng.normal(size=(5, 5))
+    folds = [[0, 3, 6, 9, 12, 15, 18, 21, 24, 27], [1, 4, 7, 10, 13, 16, 19, 22, 25, 28],
+             [2, 5, 8, 11, 14, 17, 20, 23, 26, 29]]
+    scores = out_of_fold_scores(torch.from_numpy(x), folds).numpy()
+    for fold in folds:
+        rest = np.setdiff1d(np.arange(30), fold)
+        lw = LedoitWolf().fit(x[rest])
+        np.testing.assert_allclose(scores[fold], np.sqrt(lw.mahalanobis(x[fold])), rtol=1e-4)
+
+
+def test_out_of_fold_scores_see_an_outlier_that_an_in_sample_fit_absorbs():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(20, 3))
+    x[7] = [8.0, -8.0, 8.0]
+    features = torch.from_numpy(x)
+    folds = [list(range(k, 20, 4)) for k in range(4)]
+    out = out_of_fold_scores(features, folds)
+    inside = GaussianScorer().fit(features).score(features).double()
+    assert out[7] > 1.5 * inside[7]
+    assert int(out.argmax()) == 7
+
+
+def test_out_of_fold_scores_reject_bad_folds():
+    features = torch.randn(6, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="exactly once"):
+        out_of_fold_scores(features, [[0, 1, 2], [3, 4]])
+    with pytest.raises(ValueError, match="exactly once"):
+        out_of_fold_scores(features, [[0, 1, 2], [2, 3, 4, 5]])
+    with pytest.raises(ValueError, match="fewer than 2"):
+        out_of_fold_scores(features, [[0, 1, 2, 3, 4], [5]])

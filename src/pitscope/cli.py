@@ -112,6 +112,17 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_calibration(detector, path: Path) -> None:
+    """The fitted threshold, where it came from, and the training images that scored highest."""
+    from pitscope.inference import describe_calibration
+
+    record = detector.metadata["calibration"]
+    print(f"threshold {float(detector.threshold):.4g} ({describe_calibration(record)}); saved {path}")
+    if record.get("highest"):
+        top = ", ".join(f"{h['image']} {h['score']:.4g}" for h in record["highest"][:3])
+        print(f"training images scored highest out of fold (worth a look for defects): {top}")
+
+
 def _prepare_split_file(cfg: Config) -> None:
     """BSData's seeded split is written beside the outputs unless a split file is given."""
     if cfg.data.format == "bsdata" and cfg.data.split_file is None:
@@ -156,7 +167,7 @@ def _train_and_fit(cfg: Config, resume: bool, progress: bool):
         "averaged_epochs": result.averaged_epochs,
     }
     path = detector.save(Path(cfg.output_dir) / "model.pt")
-    print(f"threshold {float(detector.threshold):.4g} ({detector.metadata['calibration']['images']} held-back images); saved {path}")
+    _print_calibration(detector, path)
     return detector, path
 
 
@@ -258,7 +269,7 @@ def cmd_refit(args: argparse.Namespace) -> int:
         print(f"skipped bad file: {path}: {reason}", file=sys.stderr)
     detector.fit(dataset, progress=progress)
     detector.save(out)
-    print(f"threshold {float(detector.threshold):.4g} ({detector.metadata['calibration']['images']} held-back images); saved {out}")
+    _print_calibration(detector, out)
     if args.evaluate:
         eval_dir = out.parent / f"{out.stem}_eval"
         save_config(cfg, eval_dir / "config.yaml")

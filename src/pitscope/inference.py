@@ -16,10 +16,14 @@ Gaussians, while the image score carries how anomalous the image is as a whole. 
 matters: its 69 type-1 photographs (KGT*) are all defective, so no training image shows that part,
 and their raw maps are high everywhere, ranking their clean pixels above the pits of the other
 images (benchmarks/results/bsdata_cpu.md has both numbers).
-Threshold: the `score.threshold_quantile` quantile of the image scores of held-back defect-free
-training images (`score.calibration_fraction` of them, never used to fit the scorers); the pixel
-threshold that outlines the predicted defect region is the `score.pixel_threshold_quantile`
-quantile of the map values of the same images.
+Threshold: the `score.threshold_quantile` quantile of image scores of defect-free training images
+that the scoring Gaussian did not see. `score.calibration_fraction` of the training images are held
+back from fitting the scorers. By default (`score.threshold_from: out_of_fold`) every training image
+is scored out of fold: by an image Gaussian refitted on the other folds, each as large as the fitted
+one, so the quantile rests on all the images rather than on the few held back (at 0.99 and 63
+held-back images, it is one image's score). `held_back` uses the held-back images only, as does
+`image_method: map_max`. The pixel threshold that outlines the predicted defect region is the
+`score.pixel_threshold_quantile` quantile of the map values of the held-back images.
 """
 
 from __future__ import annotations
@@ -42,9 +46,25 @@ from pitscope.data.types import Sample
 from pitscope.augment import PseudoDefects
 from pitscope.models.network import DoubleSelfSupervisedNet
 from pitscope.patches import SharedGaussianScorer, patch_embeddings, patch_map
-from pitscope.scoring import GaussianScorer, PatchGaussianScorer, gaussian_smooth
+from pitscope.scoring import GaussianScorer, PatchGaussianScorer, gaussian_smooth, out_of_fold_scores
 from pitscope.seeding import numpy_rng
 from pitscope.tensors import images_to_batch, resize_image
+
+
+HIGHEST = 5  # training images with the highest out-of-fold scores, named in the calibration record
+
+
+def _name(sample: Sample, index: int) -> str:
+    """A training image's file name, or its index when it has no file."""
+    return Path(sample.path).name if getattr(sample, "path", None) else f"#{index}"
+
+
+def describe_calibration(record: dict) -> str:
+    """One line on where a fit's image threshold came from (metadata["calibration"])."""
+    if record.get("method") == "out_of_fold":
+        return f"{record['quantile']:g} quantile of {record['images']} training images scored out of fold, {record['folds']} folds"
+    held = "held-back" if record.get("held_back") else "fitting"
+    return f"{record['quantile']:g} quantile of {record['images']} {held} images"
 
 
 class Prediction(NamedTuple):
@@ -128,7 +148,12 @@ class Detector(nn.Module):
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, 3, H, W) normalised -> (image scores (B,), anomaly maps (B, H, W))."""
-        embedding, patches, seg_logits = self._features(x)
+        return self._score(x, *self._features(x))
+
+    def _score(
+        self, x: torch.Tensor, embedding: torch.Tensor, patches: torch.Tensor | None, seg_logits: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` from the images x and their `_features`."""
         scores = self.image_scorer.score(embedding)  # (B,)
         if patches is not None:
             maps = self.pixel_scorer.score_map(patches)  # (B, h, w) Mahalanobis distances
@@ -152,6 +177,16 @@ class Detector(nn.Module):
             n_cal = 0
         order = numpy_rng(self.cfg.seed, 7).permutation(n).tolist()
         return sorted(order[n_cal:]), sorted(order[:n_cal])
+
+    def calibration_folds(self, n: int) -> list[list[int]]:
+        """Seeded folds of n training images for the out-of-fold threshold: round(1 /
+        calibration_fraction) of them (at most n), so that all but one fold are as many images as
+        `split_calibration` fits on. No folds when it holds no image back."""
+        if not self.split_calibration(n)[1]:
+            return []
+        k = min(n, max(2, int(round(1.0 / self.cfg.score.calibration_fraction))))
+        order = numpy_rng(self.cfg.seed, 11).permutation(n).tolist()
+        return [sorted(order[i::k]) for i in range(k)]
 
     @torch.no_grad()
     def recompute_batchnorm(self, dataset: Sequence[Sample], indices: Sequence[int], progress: bool = True) -> None:
@@ -207,18 +242,31 @@ class Detector(nn.Module):
         if self.cfg.score.pixel_method in ("padim", "patch"):
             self.pixel_scorer.finalize()
         calibration = cal_idx if cal_idx else fit_idx
-        scores, maps = [], []
+        scores, maps, held_embeddings = [], [], []
         for _, x in iterate_batches(dataset, calibration, bs, "calibrating", progress):
-            s, m = self(x.to(device))
+            x = x.to(device)
+            features = self._features(x)
+            s, m = self._score(x, *features)
             scores.append(s.cpu())
             maps.append(m.cpu().float().numpy())
-        scores = torch.cat(scores)
-        self.threshold.fill_(float(torch.quantile(scores.double(), self.cfg.score.threshold_quantile)))
+            held_embeddings.append(features[0].double().cpu())
+        q = self.cfg.score.threshold_quantile
+        record = {"method": "held_back", "images": len(calibration), "held_back": bool(cal_idx), "quantile": q}
+        scores = torch.cat(scores).double()
+        folds = self.calibration_folds(len(dataset))
+        if self.cfg.score.threshold_from == "out_of_fold" and self.cfg.score.image_method == "embedding" and folds:
+            every = torch.empty(len(dataset), embeddings[0].shape[1], dtype=torch.float64)
+            every[fit_idx] = torch.cat(embeddings)
+            every[cal_idx] = torch.cat(held_embeddings)
+            scores = out_of_fold_scores(every, folds, self.cfg.score.shrinkage, self.cfg.score.ridge)
+            top = scores.argsort(descending=True)[:HIGHEST].tolist()
+            record = {"method": "out_of_fold", "images": len(dataset), "folds": len(folds), "quantile": q,
+                      "highest": [{"image": _name(dataset[i], i), "score": round(float(scores[i]), 4)} for i in top],
+                      "pixel_images": len(calibration), "held_back": bool(cal_idx)}
+        self.threshold.fill_(float(torch.quantile(scores, q)))
         self.pixel_threshold.fill_(float(np.quantile(np.concatenate(maps), self.cfg.score.pixel_threshold_quantile)))
         self.metadata["calibration"] = {
-            "images": len(calibration),
-            "held_back": bool(cal_idx),
-            "quantile": self.cfg.score.threshold_quantile,
+            **record,
             "threshold": float(self.threshold),
             "pixel_quantile": self.cfg.score.pixel_threshold_quantile,
             "pixel_threshold": float(self.pixel_threshold),

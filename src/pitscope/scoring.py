@@ -2,7 +2,8 @@
 
 `GaussianScorer` scores whole images from pooled embeddings (Rippel et al. 2021);
 `PatchGaussianScorer` scores every spatial position of a feature map with its own Gaussian
-(PaDiM, SPEC 5a); `gaussian_smooth` smooths the resulting maps. Both scorers follow the
+(PaDiM, SPEC 5a); `gaussian_smooth` smooths the resulting maps; `out_of_fold_scores` gives every
+defect-free image a score from a Gaussian fitted without it, to calibrate a threshold on. Both scorers follow the
 scikit-learn estimator contract (hyper-parameters in `__init__`, `fit` returns `self`, learned
 state ends in `_`) and hold that state as torch buffers, so it follows `.to(device)` and lands
 in `state_dict`.
@@ -16,7 +17,7 @@ streaming pass (the algebra is in `_Moments.gaussian`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -209,6 +210,33 @@ class GaussianScorer(_FittedBuffers):
 
     def forward(self, features: Tensor) -> Tensor:
         return self.score(features)
+
+
+def out_of_fold_scores(
+    features: Tensor, folds: Sequence[Sequence[int]], shrinkage: str = "ledoit_wolf", ridge: float = 0.01
+) -> Tensor:
+    """Cross-fitted Mahalanobis distances of features (N, D): each row scored by a `GaussianScorer`
+    fitted on the rows of every other fold, so no row is scored by a Gaussian that saw it. (N,).
+
+    folds: lists of row indices that together hold every row of range(N) exactly once; each fold
+    must leave at least 2 rows to fit on.
+    """
+    n = features.shape[0]
+    flat = sorted(int(i) for fold in folds for i in fold)
+    if flat != list(range(n)):
+        raise ValueError(f"the folds must hold every row of range({n}) exactly once")
+    scores = torch.empty(n, dtype=torch.float64)
+    for fold in folds:
+        if not len(fold):
+            continue
+        held = torch.as_tensor(list(fold), dtype=torch.long)
+        rest = torch.ones(n, dtype=torch.bool)
+        rest[held] = False
+        if int(rest.sum()) < 2:
+            raise ValueError(f"a fold of {len(fold)} of {n} rows leaves fewer than 2 to fit on")
+        scorer = GaussianScorer(shrinkage, ridge).fit(features[rest])
+        scores[held] = scorer.score(features[held]).double()
+    return scores
 
 
 class PatchGaussianScorer(_FittedBuffers):

@@ -93,7 +93,11 @@ function describeCalibration(c) {
   const parts = [];
   if (c.quantile !== undefined && c.images !== undefined) {
     const pct = formatNumber(c.quantile * 100);
-    parts.push(`${pct}th percentile of the scores of ${c.images} ${c.held_back ? "held-back " : ""}defect-free images`);
+    if (c.method === "out_of_fold") {
+      parts.push(`${pct}th percentile of ${c.images} defect-free training images, each scored without it (${c.folds} folds)`);
+    } else {
+      parts.push(`${pct}th percentile of the scores of ${c.images} ${c.held_back ? "held-back " : ""}defect-free images`);
+    }
   }
   if (c.source) parts.push(`by ${c.source}`);
   return parts.length ? parts.join(", ") : "recorded below";

@@ -1,0 +1,122 @@
+"""The image threshold from held-back images and out of fold, side by side, on trained BSData models.
+
+    python benchmarks/bsdata_threshold.py runs/pits/cpu_seed0/model.pt runs/pits/cpu_seed1/model.pt
+
+For each model (a `pitscope train` output), with its own split: the scorers are fitted again on
+the model's training images, as `pitscope train` fits them (`score.threshold_from: out_of_fold`),
+and the `score.threshold_quantile` quantile is taken of
+- held back: the scores of the `score.calibration_fraction` held-back training images;
+- out of fold: every training image's score from a Gaussian refitted on the other folds.
+For each threshold, the share of the test split's defect-free images above it (false positive
+rate; the quantile asks for 1 - threshold_quantile) and of its defective images (true positive
+rate), and the training images scored highest out of fold. Results go to
+benchmarks/results/<name>.json and .md with the command, commit and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bsdata_cpu import provenance, save  # this folder is on sys.path when run as a script
+from pitscope.benchmark import commit, machine
+from pitscope.data import build_dataset
+from pitscope.inference import Detector, iterate_batches
+
+
+def rates(threshold: float, scores: np.ndarray, labels: np.ndarray) -> dict:
+    """Percent of defect-free (FPR) and defective (TPR) test images scored above the threshold."""
+    return {"threshold": round(threshold, 2),
+            "fpr": round(100 * float((scores[labels == 0] > threshold).mean()), 1),
+            "tpr": round(100 * float((scores[labels == 1] > threshold).mean()), 1)}
+
+
+@torch.inference_mode()
+def threshold_model(path: Path, progress: bool = False) -> dict:
+    loaded = Detector.load(path).eval()
+    cfg = loaded.cfg
+    cfg.score.threshold_from = "out_of_fold"
+    train, test = build_dataset(cfg.data, "train", cfg.seed), build_dataset(cfg.data, "test", cfg.seed)
+    detector = Detector(cfg, loaded.n_kinds, net=loaded.net).fit(train, progress=progress)
+    calibration = detector.metadata["calibration"]
+    if calibration["method"] != "out_of_fold":
+        raise SystemExit(f"{path}: too few training images to hold any back: no out-of-fold threshold")
+    _, cal_idx = detector.split_calibration(len(train))
+    held = torch.cat([detector(x)[0] for _, x in iterate_batches(train, cal_idx, cfg.score.batch_size,
+                                                                 "held back", progress)]).double()
+    scores, _ = detector.score_dataset(test, progress=progress)
+    labels = np.array([test[i].label for i in range(len(test))])
+    q = cfg.score.threshold_quantile
+    return {
+        "model": str(path), "seed": cfg.seed, "quantile": q,
+        "images": {"training": len(train), "held_back": len(cal_idx), "folds": calibration["folds"]},
+        "held_back": {**rates(float(torch.quantile(held, q)), scores, labels),
+                      "largest": [round(float(v), 2) for v in held.sort(descending=True).values[:3]]},
+        "out_of_fold": {**rates(float(detector.threshold), scores, labels),
+                        "highest": calibration["highest"]},
+        "model_threshold": round(float(loaded.threshold), 2),
+        "counts": {"defective": int(labels.sum()), "normal": int((labels == 0).sum())},
+    }
+
+
+def write_markdown(record: dict, path: Path) -> None:
+    models = record["models"]
+    m0 = models[0]
+    lines = [
+        "# BSData: the image threshold from held-back images and out of fold",
+        "",
+        provenance(record),
+        "",
+        f"The {m0['quantile']:g} quantile of the image scores of {m0['images']['held_back']} held-back "
+        f"defect-free training images, or of all {m0['images']['training']} scored out of fold "
+        f"({m0['images']['folds']} folds). FPR: % of the {m0['counts']['normal']} defect-free test images "
+        f"above the threshold; TPR: % of the {m0['counts']['defective']} defective ones.",
+        "",
+        "| seed | held back: threshold | FPR | TPR | out of fold: threshold | FPR | TPR |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in models:
+        h, o = m["held_back"], m["out_of_fold"]
+        lines.append(f"| {m['seed']} | {h['threshold']} | {h['fpr']} | {h['tpr']} | "
+                     f"{o['threshold']} | {o['fpr']} | {o['tpr']} |")
+    lines += ["", "Largest held-back scores, and the training images scored highest out of fold:", ""]
+    for m in models:
+        top = ", ".join(f"{h['image']} {h['score']:.1f}" for h in m["out_of_fold"]["highest"])
+        lines.append(f"- seed {m['seed']} (`{m['model']}`): held back {m['held_back']['largest']}; out of fold {top}")
+    lines += ["", "Command:", "", f"    {record['invocation']}", ""]
+    path.write_text("\n".join(lines))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", type=Path, help="model.pt files of BSData runs")
+    parser.add_argument("--name", default="bsdata_threshold", help="result file name under benchmarks/results/")
+    args = parser.parse_args()
+    missing = [str(m) for m in args.models if not m.is_file()]
+    if missing:
+        parser.error(f"no such model: {', '.join(missing)}")
+    models = []
+    for path in args.models:
+        t0 = time.perf_counter()
+        models.append(threshold_model(path, progress=True))
+        print(f"{path}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    record = {
+        "benchmark": "bsdata_threshold",
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+        "invocation": shlex.join(["python", *sys.argv]),
+        "models": models,
+    }
+    save(record, args.name, write_markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
