@@ -146,6 +146,7 @@ def main() -> int:
     parser.add_argument("--command", dest="extra_commands", action="append", default=[],
                         help="record a command that made part of the collected results (e.g. a later evaluate)")
     args = parser.parse_args()
+    source = commit()  # the code the runs train with; a commit made while they run does not count
     runs = []
     for seed in args.seeds:
         out_dir = (REPO / args.runs_dir / f"cpu_seed{seed}").resolve()
@@ -154,7 +155,7 @@ def main() -> int:
         runs.append({**collect(seed, out_dir), **info})
     record = {
         "benchmark": "bsdata_cpu",
-        "commit": commit(),
+        "commit": source,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine(),
         "invocation": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
