@@ -14,11 +14,11 @@ from torch.utils.data import default_collate
 
 import pitscope.training as training
 from pitscope.augment import PseudoDefects
-from pitscope.config import load_config, to_dict
+from pitscope.config import ConfigError, load_config, to_dict
 from pitscope.data import build_dataset
 from pitscope.models.hog import hog_features
 from pitscope.models.network import DoubleSelfSupervisedNet
-from pitscope.tensors import denormalise
+from pitscope.tensors import denormalise, image_to_tensor
 from pitscope.training import (
     LAST_CHECKPOINT,
     LOG_FILE,
@@ -513,3 +513,42 @@ def test_bf16_training_keeps_float32_weights_and_targets(tmp_path, images):
         target = pixel_target(cfg, x)
     assert target.dtype == torch.float32
     torch.testing.assert_close(target, pixel_target(cfg, x))
+
+
+# -- training on crops -------------------------------------------------------------------------
+def test_crops_are_seeded_windows_of_the_image_and_the_defect_stays_in_its_mask(images):
+    cfg = make_config("unused")
+    pairs = PseudoDefectPairs(images, PseudoDefects(cfg.augment), cfg.seed, crop=40)
+    offsets = set()
+    for index in range(len(images)):
+        normal, defective, mask, _ = pairs[index]
+        assert normal.shape == defective.shape == (3, 40, 40) and mask.shape == (40, 40)
+        whole = image_to_tensor(images[index].image)  # (3, 64, 64)
+        found = [(t, l) for t in range(25) for l in range(25) if torch.equal(whole[:, t : t + 40, l : l + 40], normal)]
+        assert found, "the crop is not a window of the image"
+        offsets.add(found[0])
+        outside = mask == 0
+        assert torch.equal(defective[:, outside], normal[:, outside])
+        again = pairs[index]
+        assert all(torch.equal(a, b) for a, b in zip(pairs[index][:3], again[:3]))  # seeded
+    assert len(offsets) > 1
+    pairs.set_epoch(1)
+    assert not all(torch.equal(pairs[i][0], PseudoDefectPairs(images, PseudoDefects(cfg.augment), cfg.seed, 40)[i][0])
+                   for i in range(len(images)))  # a new epoch, new windows
+    with pytest.raises(ValueError, match="larger than a training image"):
+        PseudoDefectPairs(images, PseudoDefects(cfg.augment), cfg.seed, crop=65)[0]
+
+
+def test_crop_size_must_fit_the_image_size(tmp_path):
+    for bad in (16, 65):
+        with pytest.raises(ConfigError, match="train.crop_size"):
+            make_config(tmp_path, f"train.crop_size={bad}")
+    assert make_config(tmp_path, "train.crop_size=64").train.crop_size == 64
+
+
+def test_a_run_on_crops_trains_and_scores_whole_images(tmp_path, images):
+    result = run(tmp_path, images, "train.crop_size=48")
+    assert result.epochs_done == 1 and all(math.isfinite(h["loss"]) for h in result.history)
+    with torch.no_grad():
+        features = result.model.backbone(image_to_tensor(images[0].image)[None])
+    assert features["layer4"].shape[-2:] == (2, 2)  # whole 64-px images, not 48-px crops

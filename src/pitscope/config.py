@@ -112,6 +112,10 @@ class TrainConfig:
     # averaged BatchNorm statistics belong to no network, so it needs score.recompute_batchnorm.
     # Not a gain on BSData (benchmarks/results/bsdata_cpu_average.md: +4.1 and -16.6 pixel AUROC)
     average_from: float | None = None
+    # train on random crop_size x crop_size crops of the images at data.image_size (null: whole
+    # images); scoring still sees whole images at data.image_size. With data.image_size above the
+    # crop, small defects cover more pixels at the cost of one step per crop, not per whole image
+    crop_size: int | None = None
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda
     # auto: bf16 autocast on CUDA GPUs with bf16 (fp16 with loss scaling on older ones), float32
@@ -291,6 +295,9 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"score.patch_stride: must be at least 1, got {cfg.score.patch_stride}")
     if cfg.train.snapshot_every < 0:
         raise ConfigError(f"train.snapshot_every: must be 0 (off) or a number of epochs, got {cfg.train.snapshot_every}")
+    if cfg.train.crop_size is not None and not 32 <= cfg.train.crop_size <= cfg.data.image_size:
+        raise ConfigError(f"train.crop_size: must lie in 32..data.image_size ({cfg.data.image_size}) or be null "
+                          f"(whole images), got {cfg.train.crop_size}")
     if cfg.train.average_from is not None:
         if not 0.0 <= cfg.train.average_from < 1.0:
             raise ConfigError(f"train.average_from: must lie in [0, 1) or be null (off), got {cfg.train.average_from}")

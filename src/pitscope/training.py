@@ -48,12 +48,16 @@ class TrainingDiverged(RuntimeError):
 
 
 class PseudoDefectPairs(Dataset):
-    """Item i of epoch e: (normal (3,H,W), pseudo-defective (3,H,W), mask (H,W), kind)."""
+    """Item i of epoch e: (normal (3,H,W), pseudo-defective (3,H,W), mask (H,W), kind).
 
-    def __init__(self, dataset: Sequence[Sample], maker: PseudoDefects, seed: int):
+    With `crop`, the normal image is first a random crop x crop square of the sample (drawn from
+    the item's own seeded generator), so H = W = crop."""
+
+    def __init__(self, dataset: Sequence[Sample], maker: PseudoDefects, seed: int, crop: int | None = None):
         self.dataset = dataset
         self.maker = maker
         self.seed = seed
+        self.crop = crop
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -63,11 +67,17 @@ class PseudoDefectPairs(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        sample = self.dataset[index]
+        normal = self.dataset[index].image
         rng = numpy_rng(self.seed, self.epoch, index)
-        image, mask, kind = self.maker(sample.image, rng)
+        if self.crop is not None:
+            h, w = normal.shape[:2]
+            if self.crop > min(h, w):
+                raise ValueError(f"train.crop_size {self.crop} is larger than a training image ({h} x {w})")
+            top, left = int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
+            normal = normal[top : top + self.crop, left : left + self.crop]
+        image, mask, kind = self.maker(normal, rng)
         return (
-            image_to_tensor(sample.image),
+            image_to_tensor(normal),
             image_to_tensor(image),
             torch.from_numpy(mask.astype(np.float32)),
             kind,
@@ -324,7 +334,7 @@ def train(
         step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.train.compile:
         step_model = torch.compile(step_model)
-    pairs = PseudoDefectPairs(dataset, maker, cfg.seed)
+    pairs = PseudoDefectPairs(dataset, maker, cfg.seed, cfg.train.crop_size)
     batch_size = min(cfg.train.batch_size, len(dataset)) // ctx.world_size  # per process
     if batch_size < 1:
         raise ValueError(f"{len(dataset)} training images cannot be shared by {ctx.world_size} processes")
