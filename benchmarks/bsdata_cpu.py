@@ -146,7 +146,7 @@ def main() -> int:
     parser.add_argument("--command", dest="extra_commands", action="append", default=[],
                         help="record a command that made part of the collected results (e.g. a later evaluate)")
     args = parser.parse_args()
-    source = commit()  # the code the runs train with; a commit made while they run does not count
+    source = commit()  # the code the runs train with (with --collect, where the collecting starts)
     runs = []
     for seed in args.seeds:
         out_dir = (REPO / args.runs_dir / f"cpu_seed{seed}").resolve()

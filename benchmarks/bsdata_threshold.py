@@ -45,8 +45,10 @@ def threshold_model(path: Path, progress: bool = False) -> dict:
     train, test = build_dataset(cfg.data, "train", cfg.seed), build_dataset(cfg.data, "test", cfg.seed)
     detector = Detector(cfg, loaded.n_kinds, net=loaded.net).fit(train, progress=progress)
     calibration = detector.metadata["calibration"]
+    if cfg.score.image_method != "embedding":
+        raise SystemExit(f"{path}: score.image_method is {cfg.score.image_method}: no out-of-fold threshold for it")
     if calibration["method"] != "out_of_fold":
-        raise SystemExit(f"{path}: too few training images to hold any back: no out-of-fold threshold")
+        raise SystemExit(f"{path}: too few training images for the out-of-fold threshold")
     _, cal_idx = detector.split_calibration(len(train))
     held = torch.cat([detector(x)[0] for _, x in iterate_batches(train, cal_idx, cfg.score.batch_size,
                                                                  "held back", progress)]).double()
@@ -101,6 +103,7 @@ def main() -> int:
     missing = [str(m) for m in args.models if not m.is_file()]
     if missing:
         parser.error(f"no such model: {', '.join(missing)}")
+    source = commit()
     models = []
     for path in args.models:
         t0 = time.perf_counter()
@@ -108,7 +111,7 @@ def main() -> int:
         print(f"{path}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     record = {
         "benchmark": "bsdata_threshold",
-        "commit": commit(),
+        "commit": source,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine(),
         "invocation": shlex.join(["python", *sys.argv]),

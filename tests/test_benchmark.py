@@ -292,6 +292,12 @@ def test_commit_marks_changed_code_and_benchmark_scripts_dirty(tmp_path):
     assert benchmark.commit(package) == head
     (tmp_path / "notes.txt").write_text("untracked\n")
     assert benchmark.commit(package) == head
+    (scripts / "results").mkdir()
+    (scripts / "results" / "r.json").write_text("{}\n")  # a benchmark's own output
+    assert benchmark.commit(package) == head
+    (scripts / "c.py").write_text("c = 1\n")  # a new script, not committed yet
+    assert benchmark.commit(package) == head + "+dirty"
+    (scripts / "c.py").unlink()
     (scripts / "b.py").write_text("b = 2\n")
     assert benchmark.commit(package) == head + "+dirty"
     _git(tmp_path, "checkout", "--", "benchmarks/b.py")

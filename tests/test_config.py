@@ -52,6 +52,9 @@ def test_int_is_accepted_for_float():
         ("augment.kinds=[noise, glitter]", ["glitter", "scar"]),
         ("data.cache=maybe", ["data.cache", "true or false"]),
         ("train.epochs", ["section.key=value"]),
+        ("score.calibration_fraction=1", ["score.calibration_fraction", "[0, 1)"]),
+        ("score.calibration_fraction=-0.1", ["score.calibration_fraction", "[0, 1)"]),
+        ("score.threshold_from=test", ["score.threshold_from", "out_of_fold", "held_back"]),
     ],
 )
 def test_errors_name_the_key_and_the_choices(override, words):

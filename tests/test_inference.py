@@ -5,6 +5,7 @@ persistence around it, which does not care how good the features are.
 """
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,7 +123,9 @@ def test_threshold_is_the_quantile_of_out_of_fold_scores(fitted):
         scores[fold] = np.sqrt(LedoitWolf().fit(embeddings[rest]).mahalanobis(embeddings[fold]))
     expected = np.quantile(scores, 0.75)  # linear interpolation, as torch's
     assert float(detector.threshold) == pytest.approx(expected, rel=1e-3)
-    assert detector.metadata["calibration"]["highest"][0]["score"] == pytest.approx(scores.max(), rel=1e-3)
+    highest = detector.metadata["calibration"]["highest"]
+    assert highest[0]["score"] == pytest.approx(scores.max(), rel=1e-3)
+    assert highest[0]["image"] == Path(train_split[int(scores.argmax())].path).name
 
     _, maps = detector(batch_of(train_split, cal_idx))
     assert float(detector.pixel_threshold) == pytest.approx(np.quantile(maps.numpy(), 0.999), rel=1e-5)
@@ -151,10 +154,18 @@ def test_map_max_threshold_uses_the_held_back_images(fitted):
     assert held.metadata["calibration"]["method"] == "held_back"
 
 
-def test_no_folds_without_held_back_images(fitted):
-    detector, _, _, _ = fitted
+def test_no_folds_without_held_back_images_or_enough_to_fit(fitted):
+    detector, _, train_split, _ = fitted
     assert detector.calibration_folds(3) == []  # split_calibration(3) holds none back
     assert [len(f) for f in detector.calibration_folds(5)] == [3, 2]
+    cfg = apply_overrides(detector.cfg, ["score.calibration_fraction=0.45"])
+    three = Detector(cfg, detector.n_kinds, net=detector.net)
+    assert three.split_calibration(3)[1]  # one image held back, but
+    assert three.calibration_folds(3) == []  # 2 folds of 3: the larger leaves 1 image to fit
+    few = [train_split[i] for i in range(3)]
+    three.fit(few, progress=False)
+    assert three.metadata["calibration"]["method"] == "held_back"
+    assert three.metadata["calibration"]["images"] == 1
 
 
 def test_scorers_see_only_the_fit_images(fitted):

@@ -546,9 +546,17 @@ def test_crop_size_must_fit_the_image_size(tmp_path):
     assert make_config(tmp_path, "train.crop_size=64").train.crop_size == 64
 
 
-def test_a_run_on_crops_trains_and_scores_whole_images(tmp_path, images):
+def test_a_run_on_crops_feeds_the_network_crops(tmp_path, images, monkeypatch):
+    seen = []
+    forward = DoubleSelfSupervisedNet.forward
+
+    def spy(self, x, *args, **kwargs):
+        seen.append(tuple(x.shape[-2:]))
+        return forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(DoubleSelfSupervisedNet, "forward", spy)
     result = run(tmp_path, images, "train.crop_size=48")
     assert result.epochs_done == 1 and all(math.isfinite(h["loss"]) for h in result.history)
-    with torch.no_grad():
-        features = result.model.backbone(image_to_tensor(images[0].image)[None])
-    assert features["layer4"].shape[-2:] == (2, 2)  # whole 64-px images, not 48-px crops
+    assert seen and set(seen) == {(48, 48)}
+    with pytest.raises(ValueError, match="train.crop_size"):
+        run(tmp_path, images, "train.epochs=2", resume=True)  # the same run on whole images: refused

@@ -353,17 +353,18 @@ def machine() -> dict:
     }
 
 
-CODE_PATHS = (":(top)src", ":(top)benchmarks", ":(top)pyproject.toml")  # what a result depends on
+# What a result depends on: the package, the benchmark scripts (not their results), pyproject.toml
+CODE_PATHS = (":(top)src", ":(top)benchmarks", ":(top,exclude)benchmarks/results", ":(top)pyproject.toml")
 
 
 def commit(here: Path | None = None) -> str:
     """The short commit of the checkout holding `here` (default: the pitscope package), with "+dirty"
-    if the package, the benchmark scripts or pyproject.toml have uncommitted changes; "unknown" outside
-    a git checkout."""
+    if the package, the benchmark scripts or pyproject.toml have uncommitted changes or files git
+    does not track yet (ignored files aside); "unknown" outside a git checkout."""
     here = Path(__file__).resolve().parent if here is None else here
     try:
         head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--",
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=all", "--",
                                 *CODE_PATHS], capture_output=True, text=True)
     except OSError:
         return "unknown"

@@ -114,7 +114,8 @@ class TrainConfig:
     average_from: float | None = None
     # train on random crop_size x crop_size crops of the images at data.image_size (null: whole
     # images); scoring still sees whole images at data.image_size. With data.image_size above the
-    # crop, small defects cover more pixels at the cost of one step per crop, not per whole image
+    # crop, small defects cover more pixels at the cost of one step per crop, not per whole image.
+    # Pseudo-defects are sized to the crop as they would be to a whole image of that size
     crop_size: int | None = None
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -153,7 +154,7 @@ class ScoreConfig:
     calibration_fraction: float = 0.1  # held back from fitting, to calibrate the thresholds on
     # Where the image threshold's defect-free scores come from. out_of_fold: every training image,
     # scored by a Gaussian refitted without it (1 / calibration_fraction folds, so each refit sees
-    # as many images as the fitted scorer); held_back: the held-back images only. A 0.99 quantile
+    # about as many images as the fitted scorer); held_back: the held-back images only. A 0.99 quantile
     # of 63 held-back images is their largest score or nearly, and moved between 43 and 125 over
     # three BSData seeds, against 49.7-51.8 out of fold (benchmarks/results/bsdata_threshold.md).
     # image_method map_max always uses the held-back images.
@@ -306,6 +307,8 @@ def validate(cfg: Config) -> Config:
                 "train.average_from needs score.recompute_batchnorm: true (averaged weights come with "
                 "averaged BatchNorm statistics that match none of them)"
             )
+    if not 0.0 <= cfg.score.calibration_fraction < 1.0:
+        raise ConfigError(f"score.calibration_fraction: must lie in [0, 1), got {cfg.score.calibration_fraction}")
     for key in ("threshold_quantile", "pixel_threshold_quantile"):
         if not 0.0 < getattr(cfg.score, key) <= 1.0:
             raise ConfigError(f"score.{key}: must lie in (0, 1]")

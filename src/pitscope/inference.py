@@ -22,7 +22,8 @@ back from fitting the scorers. By default (`score.threshold_from: out_of_fold`) 
 is scored out of fold: by an image Gaussian refitted on the other folds, each as large as the fitted
 one, so the quantile rests on all the images rather than on the few held back (at 0.99 and 63
 held-back images, it is one image's score). `held_back` uses the held-back images only, as does
-`image_method: map_max`. The pixel threshold that outlines the predicted defect region is the
+`image_method: map_max`. (With `score.recompute_batchnorm`, the BatchNorm statistics come from the
+fitting images, so their out-of-fold scores are not quite as unseen as the held-back ones.) The pixel threshold that outlines the predicted defect region is the
 `score.pixel_threshold_quantile` quantile of the map values of the held-back images.
 """
 
@@ -180,11 +181,14 @@ class Detector(nn.Module):
 
     def calibration_folds(self, n: int) -> list[list[int]]:
         """Seeded folds of n training images for the out-of-fold threshold: round(1 /
-        calibration_fraction) of them (at most n), so that all but one fold are as many images as
-        `split_calibration` fits on. No folds when it holds no image back."""
+        calibration_fraction) of them (at least 2, at most n), so that the images outside one fold
+        are about as many as `split_calibration` fits on (for calibration_fraction up to 0.5). No
+        folds when it holds no image back, or when a fold would leave fewer than 2 images to fit."""
         if not self.split_calibration(n)[1]:
             return []
         k = min(n, max(2, int(round(1.0 / self.cfg.score.calibration_fraction))))
+        if n - -(-n // k) < 2:
+            return []
         order = numpy_rng(self.cfg.seed, 11).permutation(n).tolist()
         return [sorted(order[i::k]) for i in range(k)]
 

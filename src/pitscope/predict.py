@@ -268,8 +268,8 @@ def calibrate(
     good_paths: defect-free images the model was not trained on (e.g. a day of good parts).
     The image threshold is the `quantile` (default cfg.score.threshold_quantile) quantile of
     their scores, the pixel threshold the `pixel_quantile` (default
-    cfg.score.pixel_threshold_quantile) quantile of their map values, both as `Detector.fit`
-    computes them (at the model's input size, linear interpolation).
+    cfg.score.pixel_threshold_quantile) quantile of their map values (at the model's input size,
+    linear interpolation; `Detector.fit` takes the image quantile of its out-of-fold scores).
     defect_paths: defective images; then the result's "defects" holds the F1-optimal image
     threshold of `metrics.f1_max` over good + defective images (which flags score >= t), and
     the precision / recall / F1 of the detector's own rule (score > t) at both thresholds.

@@ -315,6 +315,9 @@ def train(
                 raise ValueError(f"--resume: {last_path} was trained with another {section} config")
         if saved.seed != cfg.seed:
             raise ValueError(f"--resume: {last_path} was trained with seed {saved.seed}, not {cfg.seed}")
+        if saved.train.crop_size != cfg.train.crop_size:
+            raise ValueError(f"--resume: {last_path} was trained with train.crop_size {saved.train.crop_size}, "
+                             f"not {cfg.train.crop_size}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:  # the config's optimiser settings win over the saved ones
