@@ -136,6 +136,35 @@ def save(record: dict, name: str, write_markdown) -> None:
     print((RESULTS / f"{name}.md").read_text())
 
 
+def models_main(doc: str, benchmark: str, score, write_markdown) -> int:
+    """The command line of a benchmark over trained models: MODEL... [--name NAME]; `score(path)` gives
+    each model's record; the records go to benchmarks/results/NAME.json and .md (by `write_markdown`)
+    with the commit they started from, the date, the machine and the command."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", type=Path, help="model.pt files of BSData runs")
+    parser.add_argument("--name", default=benchmark, help="result file name under benchmarks/results/")
+    args = parser.parse_args()
+    missing = [str(m) for m in args.models if not m.is_file()]
+    if missing:
+        parser.error(f"no such model: {', '.join(missing)}")
+    source = commit()
+    models = []
+    for path in args.models:
+        t0 = time.perf_counter()
+        models.append(score(path))
+        print(f"{path}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    record = {
+        "benchmark": benchmark,
+        "commit": source,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+        "invocation": shlex.join(["python", *sys.argv]),
+        "models": models,
+    }
+    save(record, args.name, write_markdown)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])

@@ -15,17 +15,13 @@ benchmarks/results/<name>.json and .md with the command, commit and machine.
 
 from __future__ import annotations
 
-import argparse
-import shlex
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bsdata_cpu import provenance, save  # this folder is on sys.path when run as a script
-from pitscope.benchmark import commit, machine
+from bsdata_cpu import models_main, provenance  # this folder is on sys.path when run as a script
 from pitscope.data import build_dataset
 from pitscope.inference import Detector, iterate_batches
 
@@ -96,30 +92,7 @@ def write_markdown(record: dict, path: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="+", type=Path, help="model.pt files of BSData runs")
-    parser.add_argument("--name", default="bsdata_threshold", help="result file name under benchmarks/results/")
-    args = parser.parse_args()
-    missing = [str(m) for m in args.models if not m.is_file()]
-    if missing:
-        parser.error(f"no such model: {', '.join(missing)}")
-    source = commit()
-    models = []
-    for path in args.models:
-        t0 = time.perf_counter()
-        models.append(threshold_model(path, progress=True))
-        print(f"{path}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    record = {
-        "benchmark": "bsdata_threshold",
-        "commit": source,
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": machine(),
-        "invocation": shlex.join(["python", *sys.argv]),
-        "models": models,
-    }
-    save(record, args.name, write_markdown)
-    return 0
-
+    return models_main(__doc__, "bsdata_threshold", lambda path: threshold_model(path, progress=True), write_markdown)
 
 if __name__ == "__main__":
     sys.exit(main())
