@@ -15,6 +15,7 @@ from sklearn.covariance import LedoitWolf
 from pitscope.config import apply_overrides, from_dict, load_config, to_dict
 from pitscope.data import build_dataset
 from pitscope.inference import Detector
+from pitscope.scoring import PatchGaussianScorer
 from pitscope.tensors import images_to_batch
 from pitscope.training import LAST_CHECKPOINT, train
 
@@ -131,19 +132,48 @@ def test_threshold_is_the_quantile_of_out_of_fold_scores(fitted):
     assert float(detector.pixel_threshold) == pytest.approx(np.quantile(maps.numpy(), 0.999), rel=1e-5)
 
 
-@pytest.mark.parametrize("override", ["score.threshold_from=held_back", "score.image_method=map_max"])
-def test_held_back_threshold_is_the_quantile_of_held_back_scores(fitted, override):
-    # asked for, or what map_max always uses (its scores need the maps: no out-of-fold refits)
+@pytest.mark.parametrize(
+    "overrides", [["score.threshold_from=held_back"], ["score.image_method=map_max", "score.pixel_method=patch"]]
+)
+def test_held_back_threshold_is_the_quantile_of_held_back_scores(fitted, overrides):
+    # asked for, or what map_max uses with pixel methods other than padim
     detector, _, train_split, _ = fitted
-    cfg = apply_overrides(detector.cfg, [override])
+    cfg = apply_overrides(detector.cfg, overrides)
     held = Detector(cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
     _, cal_idx = held.split_calibration(len(train_split))
-    scores, _ = held(batch_of(train_split, cal_idx))
+    scores, maps = held(batch_of(train_split, cal_idx))
     expected = np.quantile(scores.double().numpy(), 0.75)
     assert float(held.threshold) == pytest.approx(expected, rel=1e-6)
-    assert float(held.pixel_threshold) == float(detector.pixel_threshold)  # the same images either way
+    assert float(held.pixel_threshold) == pytest.approx(np.quantile(maps.numpy(), 0.999), rel=1e-5)
     assert held.metadata["calibration"]["method"] == "held_back"
     assert held.metadata["calibration"]["images"] == 6
+
+
+def test_map_max_threshold_comes_from_pixel_gaussians_refitted_without_each_fold(fitted):
+    detector, _, train_split, _ = fitted
+    cfg = apply_overrides(detector.cfg, ["score.image_method=map_max"])
+    oof = Detector(cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
+    assert oof.pixel_scorer._moments is None  # the sums are not kept past the fit
+    x = batch_of(train_split, range(12))
+    embedding, patches, seg = oof._features(x)
+    scores = np.empty(12)
+    for fold in oof.calibration_folds(12):
+        rest = np.setdiff1d(np.arange(12), fold)
+        # fitted directly on the other fold's images (the same seeded channels as the detector's)
+        direct = PatchGaussianScorer(n_channels=16, seed=cfg.seed).fit(patches[rest])
+        assert direct.channel_index_.tolist() == oof.pixel_scorer.channel_index_.tolist()
+        scores[fold] = oof._score(x[fold], embedding[fold], patches[fold], seg, pixel_scorer=direct)[0].numpy()
+    assert float(oof.threshold) == pytest.approx(np.quantile(scores, 0.75), rel=1e-4)
+    record = oof.metadata["calibration"]
+    assert (record["method"], record["images"], record["folds"], record["pixel_images"]) == ("out_of_fold", 12, 2, 6)
+    assert record["highest"][0]["score"] == pytest.approx(scores.max(), rel=1e-4)
+    assert float(oof.pixel_threshold) == float(detector.pixel_threshold)  # the held-back maps, as before
+    # the fitted scorer is the one fitted on the fit images alone
+    fit_idx, _ = oof.split_calibration(12)
+    _, maps = oof(x)
+    reference = PatchGaussianScorer(n_channels=16, seed=cfg.seed).fit(patches[fit_idx])
+    _, expected = oof._score(x, embedding, patches, seg, pixel_scorer=reference)
+    torch.testing.assert_close(maps, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_no_folds_without_held_back_images_or_enough_to_fit(fitted):

@@ -171,3 +171,49 @@ def test_out_of_fold_scores_reject_bad_folds():
         out_of_fold_scores(features, [[0, 1, 2], [2, 3, 4, 5]])
     with pytest.raises(ValueError, match="fewer than 2"):
         out_of_fold_scores(features, [[0, 1, 2, 3, 4], [5]])
+
+
+def test_patch_scorer_refitted_without_a_part_matches_sklearn_fitted_without_it():
+    # the sums kept by the fit plus those of more samples, less those of a part, fit the rest
+    first, more = _feature_maps(14, 5, 2, 3, seed=21), _feature_maps(9, 5, 2, 3, seed=22)
+    scorer = PatchGaussianScorer(n_channels=4, seed=3, chunk=4).double()
+    for batch in first.split(5):
+        scorer.partial_fit(batch)
+    scorer.finalize(keep_moments=True)
+    total = scorer._moments.combined(scorer.moments(more[:4], scorer.moments(more[4:])))
+    part = scorer.moments(torch.cat([first[:3], more[6:]]))  # 3 of the fitted samples, 3 of the others
+    refit = scorer.refitted(total.combined(part, -1))
+    rest = torch.cat([first[3:], more[:6]])  # the 17 samples left
+    channels = scorer.channel_index_
+    assert refit.channel_index_.tolist() == channels.tolist() and scorer.location_.shape == refit.location_.shape
+    test = _feature_maps(3, 5, 2, 3, seed=23)
+    maps = refit.score_map(test)
+    for i, j in [(0, 0), (1, 1), (1, 2)]:
+        reference = LedoitWolf().fit(rest[:, channels, i, j].numpy())
+        assert refit.shrinkage_[i * 3 + j].item() == pytest.approx(reference.shrinkage_, rel=1e-6)
+        np.testing.assert_allclose(
+            maps[:, i, j].numpy(), np.sqrt(reference.mahalanobis(test[:, channels, i, j].numpy())), rtol=1e-6
+        )
+    # the fitted scorer is left as it was: fitted on the first 14
+    direct = PatchGaussianScorer(n_channels=4, seed=3).double().fit(first)
+    torch.testing.assert_close(scorer.score_map(test), direct.score_map(test), rtol=1e-9, atol=0)
+    scorer.release_moments()
+    assert scorer._moments is None
+
+
+def test_moments_combine_only_about_one_shift_and_never_below_zero():
+    maps = _feature_maps(6, 3, 2, 2, seed=24)
+    scorer = PatchGaussianScorer().double()
+    scorer.partial_fit(maps[:3])
+    scorer.finalize(keep_moments=True)
+    kept = scorer._moments
+    with pytest.raises(ValueError, match="same shift"):
+        kept.combined(PatchGaussianScorer().double().fit(maps).moments(maps))  # about another fit's means
+    with pytest.raises(ValueError, match="cannot take 6 samples from 3"):
+        kept.combined(scorer.moments(maps), -1)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        scorer.refitted(kept.combined(scorer.moments(maps[:2]), -1))
+    with pytest.raises(ValueError, match="expected"):
+        scorer.moments(maps[:, :, :1])
+    with pytest.raises(RuntimeError, match="not fitted"):
+        PatchGaussianScorer().moments(maps)

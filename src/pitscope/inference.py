@@ -19,11 +19,15 @@ images (benchmarks/results/bsdata_cpu.md has both numbers).
 Threshold: the `score.threshold_quantile` quantile of image scores of defect-free training images
 that the scoring Gaussian did not see. `score.calibration_fraction` of the training images are held
 back from fitting the scorers. By default (`score.threshold_from: out_of_fold`) every training image
-is scored out of fold: by an image Gaussian refitted on the other folds, each as large as the fitted
+is scored out of fold: by the scorers refitted on the other folds, each as large as the fitted
 one, so the quantile rests on all the images rather than on the few held back (at 0.99 and 63
-held-back images, it is one image's score). `held_back` uses the held-back images only, as does
-`image_method: map_max`. (With `score.recompute_batchnorm`, the BatchNorm statistics come from the
-fitting images, so their out-of-fold scores are not quite as unseen as the held-back ones.) The pixel threshold that outlines the predicted defect region is the
+held-back images, it is one image's score). For `image_method: embedding` that is the image
+Gaussian; for `map_max` with `pixel_method: padim`, the pixel Gaussians, refitted from running sums
+less those of the fold (one more pass of feature extraction over the training images). `held_back`
+uses the held-back images only, as does map_max with the other pixel methods. (With
+`score.recompute_batchnorm`, the BatchNorm statistics come from the fitting images, so their
+out-of-fold scores are not quite as unseen as the held-back ones.) The pixel threshold that
+outlines the predicted defect region is the
 `score.pixel_threshold_quantile` quantile of the map values of the held-back images.
 """
 
@@ -152,12 +156,17 @@ class Detector(nn.Module):
         return self._score(x, *self._features(x))
 
     def _score(
-        self, x: torch.Tensor, embedding: torch.Tensor, patches: torch.Tensor | None, seg_logits: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        embedding: torch.Tensor,
+        patches: torch.Tensor | None,
+        seg_logits: torch.Tensor | None,
+        pixel_scorer: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`forward` from the images x and their `_features`."""
+        """`forward` from the images x and their `_features`; `pixel_scorer` replaces the fitted one."""
         scores = self.image_scorer.score(embedding)  # (B,)
         if patches is not None:
-            maps = self.pixel_scorer.score_map(patches)  # (B, h, w) Mahalanobis distances
+            maps = (pixel_scorer or self.pixel_scorer).score_map(patches)  # (B, h, w) Mahalanobis distances
             if self.cfg.score.pixel_method == "patch":
                 maps = patch_map(maps, x.shape[-2:], self.cfg.score.patch_size, self.cfg.score.patch_stride)
         else:
@@ -229,24 +238,28 @@ class Detector(nn.Module):
         With score.recompute_batchnorm the backbone's BatchNorm statistics are first recomputed on
         the fitting images (not the held-back calibration images)."""
         fit_idx, cal_idx = self.split_calibration(len(dataset))
-        if self.cfg.score.recompute_batchnorm:
+        score = self.cfg.score
+        folds = self.calibration_folds(len(dataset)) if score.threshold_from == "out_of_fold" else []
+        # map_max scores out of fold: the pixel Gaussians refitted without each fold, from sums
+        oof_maps = bool(folds) and score.image_method == "map_max" and score.pixel_method == "padim"
+        if score.recompute_batchnorm:
             with torch.inference_mode(False):
                 self.recompute_batchnorm(dataset, fit_idx, progress)
         self.net.eval()
         device = next(self.net.parameters()).device
         embeddings = []
         self.pixel_scorer._moments = None
-        bs = self.cfg.score.batch_size
+        bs = score.batch_size
         for _, x in iterate_batches(dataset, fit_idx, bs, "fitting scorers", progress):
             embedding, patches, _ = self._features(x.to(device))
             embeddings.append(embedding.double().cpu())
             if patches is not None:
                 self.pixel_scorer.partial_fit(patches)
         self.image_scorer.fit(torch.cat(embeddings))
-        if self.cfg.score.pixel_method in ("padim", "patch"):
-            self.pixel_scorer.finalize()
+        if score.pixel_method in ("padim", "patch"):
+            self.pixel_scorer.finalize(keep_moments=True) if oof_maps else self.pixel_scorer.finalize()
         calibration = cal_idx if cal_idx else fit_idx
-        scores, maps, held_embeddings = [], [], []
+        scores, maps, held_embeddings, held_moments = [], [], [], None
         for _, x in iterate_batches(dataset, calibration, bs, "calibrating", progress):
             x = x.to(device)
             features = self._features(x)
@@ -254,28 +267,54 @@ class Detector(nn.Module):
             scores.append(s.cpu())
             maps.append(m.cpu().float().numpy())
             held_embeddings.append(features[0].double().cpu())
-        q = self.cfg.score.threshold_quantile
+            if oof_maps:
+                held_moments = self.pixel_scorer.moments(features[1], held_moments)
+        q = score.threshold_quantile
         record = {"method": "held_back", "images": len(calibration), "held_back": bool(cal_idx), "quantile": q}
         scores = torch.cat(scores).double()
-        folds = self.calibration_folds(len(dataset))
-        if self.cfg.score.threshold_from == "out_of_fold" and self.cfg.score.image_method == "embedding" and folds:
+        oof = None
+        if folds and score.image_method == "embedding":
             every = torch.empty(len(dataset), embeddings[0].shape[1], dtype=torch.float64)
             every[fit_idx] = torch.cat(embeddings)
             every[cal_idx] = torch.cat(held_embeddings)
-            scores = out_of_fold_scores(every, folds, self.cfg.score.shrinkage, self.cfg.score.ridge)
+            oof = out_of_fold_scores(every, folds, score.shrinkage, score.ridge)
+        elif oof_maps:
+            total = self.pixel_scorer._moments.combined(held_moments)
+            self.pixel_scorer.release_moments()
+            oof = self._out_of_fold_map_scores(dataset, folds, total, progress)
+        if oof is not None:
+            scores = oof
             top = scores.argsort(descending=True)[:HIGHEST].tolist()
             record = {"method": "out_of_fold", "images": len(dataset), "folds": len(folds), "quantile": q,
                       "highest": [{"image": _name(dataset[i], i), "score": round(float(scores[i]), 4)} for i in top],
                       "pixel_images": len(calibration), "held_back": bool(cal_idx)}
         self.threshold.fill_(float(torch.quantile(scores, q)))
-        self.pixel_threshold.fill_(float(np.quantile(np.concatenate(maps), self.cfg.score.pixel_threshold_quantile)))
+        self.pixel_threshold.fill_(float(np.quantile(np.concatenate(maps), score.pixel_threshold_quantile)))
         self.metadata["calibration"] = {
             **record,
             "threshold": float(self.threshold),
-            "pixel_quantile": self.cfg.score.pixel_threshold_quantile,
+            "pixel_quantile": score.pixel_threshold_quantile,
             "pixel_threshold": float(self.pixel_threshold),
         }
         return self
+
+    @torch.inference_mode()
+    def _out_of_fold_map_scores(self, dataset: Sequence[Sample], folds: list[list[int]], total, progress: bool) -> torch.Tensor:
+        """map_max scores (N,) of every training image, each by pixel Gaussians refitted from the
+        sums `total` over all N images less those of its fold."""
+        device = next(self.net.parameters()).device
+        scores = torch.empty(len(dataset), dtype=torch.float64)
+        for fold in tqdm(folds, desc="out-of-fold maps", disable=not progress, leave=False):
+            batches, part = [], total.empty()
+            for chunk, x in iterate_batches(dataset, fold, self.cfg.score.batch_size, "", False):
+                x = x.to(device)
+                features = self._features(x)
+                part = self.pixel_scorer.moments(features[1], part)
+                batches.append((chunk, x, features))
+            scorer = self.pixel_scorer.refitted(total.combined(part, -1))
+            for chunk, x, features in batches:
+                scores[chunk] = self._score(x, *features, pixel_scorer=scorer)[0].double().cpu()
+        return scores
 
     @torch.inference_mode()
     def score_dataset(

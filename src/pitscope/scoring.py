@@ -35,21 +35,45 @@ class _Moments:
     the end loses no precision when features have a large mean.
     """
 
-    def __init__(self, chunk: int):
+    def __init__(self, chunk: int, shift: Tensor | None = None):
         self.chunk = chunk
         self.n = 0
         self.shift: Tensor | None = None
+        if shift is not None:  # sums about a given shift, so they add to others about it
+            self._start(shift.to(torch.float64))
+
+    def _start(self, shift: Tensor) -> None:
+        p, d = shift.shape
+        self.shift = shift
+        self.s1 = shift.new_zeros(p, d)
+        self.s2 = shift.new_zeros(p, d, d)
+        self.sa = shift.new_zeros(p, d)
+        self.saa = shift.new_zeros(p)
+
+    def empty(self) -> _Moments:
+        """No samples yet, about this one's shift (so that the two combine)."""
+        return _Moments(self.chunk, self.shift)
+
+    def combined(self, other: _Moments, sign: int = 1) -> _Moments:
+        """The sums over both sample sets (sign 1), or over this one less `other` (sign -1, for
+        `other` a part of this one). Both must be taken about the same shift."""
+        if self.shift is None or other.shift is None or not torch.equal(self.shift, other.shift):
+            raise ValueError("moments combine only when taken about the same shift")
+        out = _Moments(self.chunk)
+        out.shift = self.shift
+        out.n = self.n + sign * other.n
+        if out.n < 0:
+            raise ValueError(f"cannot take {other.n} samples from {self.n}")
+        for name in ("s1", "s2", "sa", "saa"):
+            setattr(out, name, getattr(self, name) + sign * getattr(other, name))
+        return out
 
     def update(self, x: Tensor) -> None:
         """Add samples x: (P, B, D)."""
         x = x.to(torch.float64)
         p, _, d = x.shape
         if self.shift is None:
-            self.shift = x.mean(1)  # (P, D)
-            self.s1 = x.new_zeros(p, d)
-            self.s2 = x.new_zeros(p, d, d)
-            self.sa = x.new_zeros(p, d)
-            self.saa = x.new_zeros(p)
+            self._start(x.mean(1))  # (P, D)
         elif (p, d) != tuple(self.shift.shape):
             raise ValueError(f"expected {tuple(self.shift.shape)} positions x features, got {(p, d)}")
         for start in range(0, p, self.chunk):
@@ -304,11 +328,53 @@ class PatchGaussianScorer(_FittedBuffers):
         return self
 
     @torch.no_grad()
-    def finalize(self) -> PatchGaussianScorer:
-        """Turn the accumulated sums into per-position means, precisions and shrinkages."""
+    def finalize(self, keep_moments: bool = False) -> PatchGaussianScorer:
+        """Turn the accumulated sums into per-position means, precisions and shrinkages.
+
+        keep_moments: keep the sums afterwards (until `release_moments`), for `moments` and
+            `refitted` to take samples out of them; they are as large as the fitted state, twice.
+        """
         moments = self._moments
         if moments is None or moments.n < 2:
             raise RuntimeError("finalize() needs at least 2 samples passed to partial_fit()")
+        self._from_moments(moments)
+        self._moments = moments if keep_moments else None
+        return self
+
+    def release_moments(self) -> None:
+        """Forget the sums kept by `finalize(keep_moments=True)`."""
+        self._moments = None
+
+    @torch.no_grad()
+    def moments(self, features: Tensor, into: _Moments | None = None) -> _Moments:
+        """The sums over feature maps (N, C, H, W), added to `into` if given, with the fitted
+        channels and about the same shift as the sums kept by `finalize(keep_moments=True)` (the
+        fitted means if none are kept), so that they add to and subtract from those."""
+        self._check_fitted()
+        if into is None:
+            shift = self._moments.shift if self._moments is not None else self.location_
+            into = _Moments(self.chunk, shift.to(features.device))
+        if tuple(features.shape[-2:]) != tuple(self.map_size_.tolist()):
+            raise ValueError(f"feature maps are {tuple(features.shape[-2:])}, expected {tuple(self.map_size_.tolist())}")
+        into.update(self._select(features))
+        return into
+
+    @torch.no_grad()
+    def refitted(self, moments: _Moments) -> PatchGaussianScorer:
+        """A new scorer with this one's settings and channels, fitted from `moments` (e.g. the kept
+        sums less those of some samples, for out-of-fold scores: `_Moments.combined`)."""
+        self._check_fitted()
+        if moments.n < 2:
+            raise ValueError(f"a refit needs at least 2 samples, got {moments.n}")
+        other = PatchGaussianScorer(self.shrinkage, self.ridge, self.n_channels, self.seed, self.chunk)
+        other = other.to(dtype=self.location_.dtype, device=self.location_.device)
+        other._set("channel_index_", self.channel_index_)
+        other._set("map_size_", self.map_size_)
+        other._from_moments(moments)
+        return other
+
+    def _from_moments(self, moments: _Moments) -> None:
+        """Set the fitted means, precisions and shrinkages from the sums."""
         positions = moments.s1.shape[0]
         locations, precisions, coefs = [], [], []
         dtype = self._buffers["location_"].dtype
@@ -320,8 +386,6 @@ class PatchGaussianScorer(_FittedBuffers):
         self._set("location_", torch.cat(locations))
         self._set("precision_", torch.cat(precisions))
         self._set("shrinkage_", torch.cat(coefs))
-        self._moments = None
-        return self
 
     def fit(self, features: Tensor | Iterable[Tensor]) -> PatchGaussianScorer:
         """Fit on feature maps (N, C, H, W), or on an iterable of such batches. Returns self."""
