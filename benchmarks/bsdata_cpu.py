@@ -92,12 +92,19 @@ def provenance(record: dict) -> str:
             f"torch {m['torch']}" + (f", {m['cuda']}" if m.get("cuda") else "") + ".")
 
 
+def note(record: dict) -> list[str]:
+    """The record's note (where a result needs a word on how it was made) as Markdown lines: a blank
+    line, then the note; none without one."""
+    return ["", record["note"]] if record.get("note") else []
+
+
 def write_markdown(record: dict, path: Path) -> None:
     rows = record["runs"]
     lines = [
         "# BSData, `cpu` preset",
         "",
         provenance(record),
+        *note(record),
         "",
         "| seed | maps | image AUROC | its 95% interval | pixel AUROC | AUPRO | epochs | training min | wall min |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -137,21 +144,26 @@ def save(record: dict, name: str, write_markdown) -> None:
 
 
 def models_main(doc: str, benchmark: str, score, write_markdown) -> int:
-    """The command line of a benchmark over trained models: MODEL... [--name NAME]; `score(path)` gives
-    each model's record; the records go to benchmarks/results/NAME.json and .md (by `write_markdown`)
-    with the commit they started from, the date, the machine and the command."""
+    """The command line of a benchmark over trained models: MODEL... [--name NAME] [--set score.KEY=VALUE];
+    `score(path, overrides)` gives each model's record, with the score.* settings to refit with; the
+    records go to benchmarks/results/NAME.json and .md (by `write_markdown`) with the commit they
+    started from, the date, the machine and the command."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", type=Path, help="model.pt files of BSData runs")
     parser.add_argument("--name", default=benchmark, help="result file name under benchmarks/results/")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="score.KEY=VALUE",
+                        help="a scoring setting for every model's refit (repeatable)")
     args = parser.parse_args()
     missing = [str(m) for m in args.models if not m.is_file()]
     if missing:
         parser.error(f"no such model: {', '.join(missing)}")
+    if any(not o.startswith("score.") for o in args.overrides):
+        parser.error("--set takes scoring settings only (score.KEY=VALUE): the networks are trained")
     source = commit()
     models = []
     for path in args.models:
         t0 = time.perf_counter()
-        models.append(score(path))
+        models.append(score(path, args.overrides))
         print(f"{path}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     record = {
         "benchmark": benchmark,

@@ -25,12 +25,14 @@ machine.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bsdata_cpu import PAPER, models_main, provenance  # this folder is on sys.path when run as a script
+from bsdata_cpu import PAPER, models_main, note, provenance  # this folder is on sys.path when run as a script
+from pitscope.config import apply_overrides
 from pitscope.data import build_dataset
 from pitscope.inference import Detector, iterate_batches
 from pitscope.metrics import auroc_interval
@@ -72,9 +74,10 @@ def features(detector: Detector, dataset, indices: list[int]) -> dict[str, torch
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 
-def score_model(path: Path) -> dict:
+def score_model(path: Path, overrides: Sequence[str] = ()) -> dict:
+    """The rows for one model; `overrides`: score.* settings to refit its default with."""
     detector = Detector.load(path).eval()
-    cfg = detector.cfg
+    cfg = detector.cfg = apply_overrides(detector.cfg, list(overrides))
     cfg.score.map_normalisation = "none"  # the raw map, for its maximum
     train, test = build_dataset(cfg.data, "train", cfg.seed), build_dataset(cfg.data, "test", cfg.seed)
     fit_idx, cal_idx = detector.split_calibration(len(train))
@@ -128,6 +131,7 @@ def write_markdown(record: dict, path: Path) -> None:
         "# BSData: image scores side by side",
         "",
         f"{provenance(record)} Paper: {PAPER['image_auroc']} image AUROC.",
+        *note(record),
         "",
         "Image AUROC (DeLong standard error) of each rule on the same trained networks; layer4 is the default.",
         "",

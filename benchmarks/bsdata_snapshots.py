@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from bsdata_cpu import PAPER, REPO, provenance, save  # this folder is on sys.path when run as a script
+from bsdata_cpu import PAPER, REPO, note, provenance, save  # this folder is on sys.path when run as a script
 from pitscope.benchmark import commit, machine
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
@@ -117,6 +117,7 @@ def write_markdown(record: dict, path: Path) -> None:
         "averaged rows: the snapshots averaged as `train.average_from` does, BatchNorm statistics recomputed.",
         "",
         f"{provenance(record)} Paper: {PAPER['image_auroc']} / {PAPER['pixel_auroc']} (image / pixel AUROC).",
+        *note(record),
     ]
     for run in record["runs"]:
         lines += [

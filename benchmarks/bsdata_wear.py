@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bsdata_cpu import commit, machine, provenance  # benchmarks/ is on sys.path when run as a script
+from bsdata_cpu import commit, machine, note, provenance  # benchmarks/ is on sys.path when run as a script
 from pitscope.data.bsdata import bsdata_root, write_split
 from pitscope.wear import fold_split, read_sequences, sequence_folds
 
@@ -72,6 +72,7 @@ def write_markdown(record: dict, path: Path) -> None:
         "# BSData wear sequences, k-fold over sequences",
         "",
         provenance(record),
+        *note(record),
         "",
         f"Split: {split['description']}",
         "",

@@ -5,6 +5,7 @@ is the bookkeeping, not the numbers.
 """
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -307,3 +308,33 @@ def test_commit_marks_changed_code_and_benchmark_scripts_dirty(tmp_path):
 
 def test_commit_outside_a_checkout_is_unknown(tmp_path):
     assert benchmark.commit(tmp_path) == "unknown"
+
+
+def test_models_main_passes_score_settings_and_refuses_others(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bsdata_cpu
+
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"")
+    monkeypatch.setattr(bsdata_cpu, "RESULTS", tmp_path / "results")
+    seen = []
+
+    def score(path, overrides):
+        seen.append((path, overrides))
+        return {"model": str(path)}
+
+    def write_markdown(record, path):
+        path.write_text(f"{len(record['models'])} model(s): {record['invocation']}\n")
+
+    argv = ["bench.py", str(model), "--set", "score.image_method=map_max", "--set", "score.shrinkage=ridge", "--name", "x"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert bsdata_cpu.models_main("doc", "bench", score, write_markdown) == 0
+    assert seen == [(model, ["score.image_method=map_max", "score.shrinkage=ridge"])]
+    record = json.loads((tmp_path / "results" / "x.json").read_text())
+    assert record["benchmark"] == "bench" and record["models"] == [{"model": str(model)}]
+    assert "--set score.image_method=map_max" in (tmp_path / "results" / "x.md").read_text()
+    monkeypatch.setattr(sys, "argv", ["bench.py", str(model), "--set", "train.epochs=3"])
+    with pytest.raises(SystemExit):
+        bsdata_cpu.models_main("doc", "bench", score, write_markdown)
+    assert "scoring settings only" in capsys.readouterr().err
+    assert len(seen) == 1

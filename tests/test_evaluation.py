@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pitscope.config import load_config
+from pitscope.config import apply_overrides, load_config
 from pitscope.data import build_dataset
 from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, evaluate, format_table
 from pitscope.inference import Detector
@@ -194,23 +194,28 @@ def test_image_scores_benchmark_agrees_with_evaluate(detector, tmp_path, monkeyp
     assert len(record["hardest"]) == 4 and all(0 < h["defect_area"] < 1 for h in record["hardest"])
 
 
-def test_threshold_benchmark_refits_as_training_and_counts_rates(detector, tmp_path, monkeypatch):
+@pytest.mark.parametrize("overrides", [[], ["score.image_method=map_max"]])
+def test_threshold_benchmark_refits_as_training_and_counts_rates(detector, tmp_path, monkeypatch, overrides):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from bsdata_threshold import threshold_model
 
     detector.save(tmp_path / "model.pt")
-    record = threshold_model(tmp_path / "model.pt")
+    record = threshold_model(tmp_path / "model.pt", overrides)
     assert record["images"] == {"training": 8, "held_back": 1, "folds": 8}
+    train_split = build_dataset(detector.cfg.data, "train", detector.cfg.seed)
+    refit = Detector(apply_overrides(detector.cfg, overrides), detector.n_kinds, net=detector.net).fit(train_split, progress=False)
+    assert record["image_method"] == refit.cfg.score.image_method
     out = record["out_of_fold"]
-    assert out["threshold"] == round(float(detector.threshold), 2) == record["model_threshold"]
-    assert out["highest"] == detector.metadata["calibration"]["highest"]
+    assert out["threshold"] == round(float(refit.threshold), 2)
+    assert record["model_threshold"] == round(float(detector.threshold), 2)
+    assert out["highest"] == refit.metadata["calibration"]["highest"]
     split = load_test_split()
-    scores, _ = detector.score_dataset(split, progress=False)
+    scores, _ = refit.score_dataset(split, progress=False)
     labels = np.array([split[i].label for i in range(len(split))])
-    t = float(detector.threshold)
+    t = float(refit.threshold)
     assert out["fpr"] == round(100 * float((scores[labels == 0] > t).mean()), 1)
     assert out["tpr"] == round(100 * float((scores[labels == 1] > t).mean()), 1)
-    _, cal_idx = detector.split_calibration(8)
-    held_score = float(detector(images_to_batch([build_dataset(detector.cfg.data, "train", detector.cfg.seed)[cal_idx[0]].image]))[0][0])
+    _, cal_idx = refit.split_calibration(8)
+    held_score = float(refit(images_to_batch([train_split[cal_idx[0]].image]))[0][0])
     assert record["held_back"]["threshold"] == round(held_score, 2)  # the quantile of one score is that score
     assert record["held_back"]["largest"] == [round(held_score, 2)]
