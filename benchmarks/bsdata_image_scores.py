@@ -4,8 +4,10 @@
 
 For each model (a `pitscope train` output), with its own split and its own held-back calibration
 images, the image AUROC on the test split of:
-- layer4: the default (`score.image_method: embedding`), the Mahalanobis distance of the pooled
-  layer4 embedding; refitted here, so it checks against the run's own evaluation;
+- the default (`score.image_method: embedding`): the Mahalanobis distance of the image embedding
+  that `score.image_features` names, refitted here, so it checks against the run's own evaluation
+  (a model file keeps its own setting; `--set score.image_features=...` picks the other);
+- layer4: the pooled layer4 embedding; projection: the image branch's projector output;
 - layer1, layer2, layer3: the same over another stage's pooled features;
 - sum of layer1-4: the distances of the four stages added (Rippel et al. 2021 add them over levels);
 - layer4, flips in the fit: the Gaussian fitted on the images and their horizontal mirror images;
@@ -13,9 +15,9 @@ images, the image AUROC on the test split of:
   (a few-pixel pit moves one or two positions of the map, which the mean dilutes);
 - layer4, GeM pooling: the generalised mean (p = 3; Radenovic et al. 2018), between the two;
 - map maximum: the largest value of the anomaly map before it is divided by its mean;
-- layer4 + map maximum: both standardised by the mean and spread of the held-back images, added.
+- default + map maximum: both standardised by the mean and spread of the held-back images, added.
 - classifier logit: the trained pseudo-defect classifier's logit (CutPaste's classifier score);
-- layer4 + classifier logit: both standardised as above, added.
+- default + classifier logit: both standardised as above, added.
 Every rule uses only defect-free training images. With DeLong's standard error of each AUROC,
 and the defective images scored lowest by the default with the share of the image their marked
 defect covers. Results go to benchmarks/results/<name>.json and .md with the command, commit and
@@ -53,7 +55,7 @@ def gem(f: torch.Tensor, p: float = GEM_P) -> torch.Tensor:
 @torch.inference_mode()
 def features(detector: Detector, dataset, indices: list[int]) -> dict[str, torch.Tensor]:
     """Pooled features of every stage, layer4's of the mirror images, the raw map maximum, the classifier logit."""
-    names = (*STAGES, "layer4_mirror", "layer4_max", "layer3_max", "layer4_gem", "map_max", "logit")
+    names = (*STAGES, "projection", "layer4_mirror", "layer4_max", "layer3_max", "layer4_gem", "map_max", "logit")
     out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     net = detector.net
     if net.classifier is None or net.projector is None:
@@ -66,7 +68,9 @@ def features(detector: Detector, dataset, indices: list[int]) -> dict[str, torch
                 out[f"{name}_max"].append(f.float().amax(dim=(2, 3)).double())
             if name == "layer4":
                 out["layer4_gem"].append(gem(f.float()).double())
-        logits = net.classifier(net.projector(out["layer4"][-1].to(x.dtype))).double()  # (B,) or (B, 1 + kinds)
+        projection = net.projector(out["layer4"][-1].to(x.dtype))  # (B, projector_hidden)
+        out["projection"].append(projection.double())
+        logits = net.classifier(projection).double()  # (B,) or (B, 1 + kinds)
         # Binary head: the pseudo-defect logit; multiclass: log P(any pseudo-defect) - log P(normal).
         out["logit"].append(logits if logits.ndim == 1 else logits[:, 1:].logsumexp(dim=1) - logits[:, 0])
         out["layer4_mirror"].append(net.backbone(x.flip(-1))["layer4"].float().mean(dim=(2, 3)).double())
@@ -90,24 +94,25 @@ def score_model(path: Path, overrides: Sequence[str] = ()) -> dict:
         scorer = GaussianScorer(cfg.score.shrinkage, cfg.score.ridge).fit(fit[stage] if fitted_on is None else fitted_on)
         return scorer.score(tst[stage]).numpy(), scorer.score(cal[stage]).numpy()
 
-    per_stage = {stage: distances(stage) for stage in STAGES}
-    default, default_cal = per_stage["layer4"]
+    per_stage = {stage: distances(stage) for stage in (*STAGES, "projection")}
+    default_name = cfg.score.image_features  # the default image score: layer4 or projection
+    default, default_cal = per_stage[default_name]
 
     def standardised(test_scores: np.ndarray, cal_scores: np.ndarray) -> np.ndarray:
         return (test_scores - cal_scores.mean()) / max(float(cal_scores.std()), 1e-12)
 
     variants = {
-        **{stage: per_stage[stage][0] for stage in STAGES},
+        **{stage: per_stage[stage][0] for stage in (*STAGES, "projection")},
         "sum of layer1-4": sum(per_stage[stage][0] for stage in STAGES),
         "layer4, flips in the fit": distances("layer4", torch.cat([fit["layer4"], fit["layer4_mirror"]]))[0],
         "layer4, max pooling": distances("layer4_max")[0],
         "layer3, max pooling": distances("layer3_max")[0],
         f"layer4, GeM pooling (p = {GEM_P:g})": distances("layer4_gem")[0],
         "map maximum": tst["map_max"].numpy(),
-        "layer4 + map maximum": standardised(default, default_cal) + standardised(tst["map_max"].numpy(),
+        f"{default_name} + map maximum": standardised(default, default_cal) + standardised(tst["map_max"].numpy(),
                                                                                   cal["map_max"].numpy()),
         "classifier logit": tst["logit"].numpy(),
-        "layer4 + classifier logit": standardised(default, default_cal) + standardised(tst["logit"].numpy(),
+        f"{default_name} + classifier logit": standardised(default, default_cal) + standardised(tst["logit"].numpy(),
                                                                                        cal["logit"].numpy()),
     }
     rows = []
@@ -121,7 +126,7 @@ def score_model(path: Path, overrides: Sequence[str] = ()) -> dict:
     hardest = [{"image": Path(test[i].path).name, "score": round(float(default[i]), 2),
                 "normal_above": round(float((normal_scores > default[i]).mean()), 2),
                 "defect_area": round(float((test[i].mask > 0).mean()), 6)} for i in lowest]
-    return {"model": str(path), "seed": cfg.seed, "rows": rows, "hardest": hardest,
+    return {"model": str(path), "seed": cfg.seed, "default": default_name, "rows": rows, "hardest": hardest,
             "counts": {"defective": int(labels.sum()), "normal": int((labels == 0).sum())}}
 
 
@@ -133,7 +138,8 @@ def write_markdown(record: dict, path: Path) -> None:
         f"{provenance(record)} Paper: {PAPER['image_auroc']} image AUROC.",
         *note(record),
         "",
-        "Image AUROC (DeLong standard error) of each rule on the same trained networks; layer4 is the default.",
+        "Image AUROC (DeLong standard error) of each rule on the same trained networks; "
+        f"{models[0].get('default', 'layer4')} is the default.",
         "",
         "| image score | " + " | ".join(f"seed {m['seed']}" for m in models) + " |",
         "|---|" + "---|" * len(models),

@@ -91,3 +91,13 @@ def test_saved_config_round_trips(tmp_path):
     path = save_config(cfg, tmp_path / "out" / "config.yaml")
     assert yaml.safe_load(path.read_text())["train"]["epochs"] == 3
     assert load_config(str(path)) == cfg
+
+
+def test_projection_image_features_need_the_image_branch():
+    with pytest.raises(ConfigError, match="score.image_features=layer4"):
+        load_config(None, ["model.classify=false"])
+    cfg = load_config(None, ["model.classify=false", "score.image_features=layer4"])
+    assert cfg.score.image_features == "layer4"
+    assert load_config(None, []).score.image_features == "projection"
+    with pytest.raises(ConfigError, match="image_features"):
+        load_config(None, ["score.image_features=layer3"])

@@ -172,11 +172,17 @@ def test_image_scores_benchmark_agrees_with_evaluate(detector, tmp_path, monkeyp
     detector.save(tmp_path / "model.pt")
     record = score_model(tmp_path / "model.pt")
     rows = {row["score"]: row for row in record["rows"]}
-    assert set(STAGES) | {"sum of layer1-4", "map maximum", "layer4 + map maximum"} <= set(rows)
+    assert record["default"] == detector.cfg.score.image_features == "projection"
+    assert set(STAGES) | {"projection", "sum of layer1-4", "map maximum", "projection + map maximum"} <= set(rows)
     split = load_test_split()
     default = evaluate(detector, split, None, progress=False)
-    assert rows["layer4"]["image_auroc"] == round(100 * default["metrics"]["image_auroc"], 2)
-    assert rows["layer4"]["se"] == round(100 * default["image_auroc_interval"]["se"], 2)
+    assert rows["projection"]["image_auroc"] == round(100 * default["metrics"]["image_auroc"], 2)
+    assert rows["projection"]["se"] == round(100 * default["image_auroc_interval"]["se"], 2)
+    # the pooled layer4 row is what the detector gives when scoring by it
+    by_layer4 = Detector(apply_overrides(detector.cfg, ["score.image_features=layer4"]), detector.n_kinds, net=detector.net)
+    by_layer4.fit(build_dataset(detector.cfg.data, "train", detector.cfg.seed), progress=False)
+    assert rows["layer4"]["image_auroc"] == round(100 * evaluate(by_layer4, split, None, progress=False)["metrics"]["image_auroc"], 2)
+    assert score_model(tmp_path / "model.pt", ["score.image_features=layer4"])["default"] == "layer4"
     raw_max = copy.deepcopy(detector)
     raw_max.cfg.score.map_normalisation, raw_max.cfg.score.image_method = "none", "map_max"
     expected = evaluate(raw_max, split, None, progress=False)["metrics"]["image_auroc"]
@@ -189,7 +195,7 @@ def test_image_scores_benchmark_agrees_with_evaluate(detector, tmp_path, monkeyp
                             for _, x in iterate_batches(split, list(range(len(split))), 4, "logits", False)])
     labels = [split[i].label for i in range(len(split))]
     assert rows["classifier logit"]["image_auroc"] == round(100 * roc_auc_score(labels, logits.numpy()), 2)
-    assert "layer4 + classifier logit" in rows
+    assert "projection + classifier logit" in rows
     assert record["counts"] == {"defective": 4, "normal": 4}
     assert len(record["hardest"]) == 4 and all(0 < h["defect_area"] < 1 for h in record["hardest"])
 

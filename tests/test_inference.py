@@ -117,7 +117,7 @@ def test_threshold_is_the_quantile_of_out_of_fold_scores(fitted):
     assert [len(f) for f in folds] == [6, 6] and sorted(sum(folds, [])) == list(range(12))
     assert folds == detector.calibration_folds(12)  # seeded
     with torch.no_grad():
-        embeddings = detector.net(batch_of(train_split, range(12))).embedding.double().numpy()  # (12, 512)
+        embeddings = detector.net(batch_of(train_split, range(12))).projection.double().numpy()  # (12, 512)
     scores = np.empty(12)
     for fold in folds:
         rest = np.setdiff1d(np.arange(12), fold)
@@ -194,7 +194,7 @@ def test_scorers_see_only_the_fit_images(fitted):
     detector, _, train_split, _ = fitted
     fit_idx, cal_idx = detector.split_calibration(len(train_split))
     with torch.no_grad():
-        embeddings = detector.net(batch_of(train_split, range(12))).embedding.double()  # (12, 512)
+        embeddings = detector.net(batch_of(train_split, range(12))).projection.double()  # (12, 512)
     fit_mean = embeddings[fit_idx].mean(0)
     location = detector.image_scorer.location_.double()
     torch.testing.assert_close(location, fit_mean, rtol=1e-4, atol=1e-6)
@@ -288,6 +288,33 @@ def test_files_from_before_map_normalisation_keep_raw_maps(fitted, tmp_path):
     old = tmp_path / "old.pt"
     torch.save(state, old)
     assert Detector.load(old).cfg.score.map_normalisation == "none"
+
+
+def test_image_embedding_is_the_projection_or_the_pooled_layer4(fitted):
+    detector, _, train_split, _ = fitted
+    x = batch_of(train_split, range(4))
+    with torch.no_grad():
+        out = detector.net(x)
+    assert detector.cfg.score.image_features == "projection"  # the default
+    torch.testing.assert_close(detector._features(x)[0], out.projection)
+    assert detector.image_scorer.location_.shape == out.projection.shape[1:]
+    cfg = apply_overrides(detector.cfg, ["score.image_features=layer4"])
+    pooled = Detector(cfg, detector.n_kinds, net=detector.net)
+    torch.testing.assert_close(pooled._features(x)[0], out.embedding)
+    torch.testing.assert_close(out.embedding, out.features["layer4"].mean(dim=(2, 3)))
+    assert not torch.allclose(out.embedding, out.projection)
+
+
+def test_files_from_before_image_features_keep_scoring_by_layer4(fitted, tmp_path):
+    detector, _, train_split, test_split = fitted
+    cfg = apply_overrides(detector.cfg, ["score.image_features=layer4"])
+    pooled = Detector(cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
+    state = torch.load(pooled.save(tmp_path / "layer4.pt"), weights_only=True)
+    del state["config"]["score"]["image_features"]
+    torch.save(state, tmp_path / "old.pt")
+    old = Detector.load(tmp_path / "old.pt")
+    assert old.cfg.score.image_features == "layer4"
+    assert np.array_equal(old.score_dataset(test_split, progress=False)[0], pooled.score_dataset(test_split, progress=False)[0])
 
 
 def test_map_max_scores_images_by_their_strongest_pixel(fitted):

@@ -120,7 +120,7 @@ def test_run_writes_checkpoint_log_and_config(tmp_path, images):
     [
         ([], {"ce", "mse", "loss"}),
         (["model.target=none"], {"ce", "loss"}),
-        (["model.classify=false"], {"mse", "loss"}),
+        (["model.classify=false", "score.image_features=layer4"], {"mse", "loss"}),
         (["model.head=multiclass", "augment.kinds=[noise, scar]"], {"ce", "mse", "loss"}),
         (["model.target=rgb"], {"ce", "mse", "loss"}),
     ],

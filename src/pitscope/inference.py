@@ -1,7 +1,9 @@
 """A trained detector: network + fitted Mahalanobis scorers + calibrated threshold.
 
-Image score (`score.image_method`): "embedding" — Mahalanobis distance of the pooled layer4
-embedding to a Gaussian fitted on the defect-free training images (Rippel et al. 2021, SPEC 5);
+Image score (`score.image_method`): "embedding" — Mahalanobis distance of an image embedding to a
+Gaussian fitted on the defect-free training images (Rippel et al. 2021, SPEC 5): by default
+(`score.image_features: projection`) the output of the image branch's projector, which training
+shapes to tell normal images from pseudo-defects, or the pooled layer4 it reads (`layer4`);
 "map_max" — the largest value of the anomaly map, for small local defects on varied surfaces.
 Anomaly map (`score.pixel_method`): "padim" — a Gaussian per spatial position over the stacked
 backbone stages `score.pixel_stages`, upsampled to the first stage's resolution (SPEC 5a), with a
@@ -128,16 +130,19 @@ class Detector(nn.Module):
 
     # -- features ---------------------------------------------------------------------------
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """x (B, 3, H, W) -> (embedding (B, 512), stacked patch features (B, C, h, w) for PaDiM or
-        crop embeddings (B, 512, gh, gw) for "patch" or None, segmentation logits (B, h', w') or None)."""
+        """x (B, 3, H, W) -> (image embedding (B, 512), stacked patch features (B, C, h, w) for PaDiM
+        or crop embeddings (B, 512, gh, gw) for "patch" or None, segmentation logits (B, h', w') or
+        None). The image embedding is the pooled layer4 or its projection (`score.image_features`)."""
         if self.cfg.score.pixel_method == "segmentation":
             out = self.net(x)
             features, embedding, seg_logits = out.features, out.embedding, out.seg_logits
-        else:  # the training heads are not needed: the backbone gives all that scoring uses
+        else:  # the other training heads are not needed: the backbone gives all else that scoring uses
             if self.cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             features = self.net.backbone(x)
             embedding, seg_logits = features["layer4"].mean(dim=(2, 3)), None  # (B, 512) as the net's
+        if self.cfg.score.image_features == "projection":
+            embedding = self.net.projector(embedding)  # (B, projector_hidden), as the net's projection
         stacked = None
         if self.cfg.score.pixel_method == "padim":
             stages = [features[name] for name in self.cfg.score.pixel_stages]
@@ -429,6 +434,7 @@ class Detector(nn.Module):
         if "map_normalisation" not in saved.get("score", {}):  # written before normalisation existed
             saved.setdefault("score", {})["map_normalisation"] = "none"
         saved["score"].setdefault("recompute_batchnorm", False)  # written before it existed: fitted without
+        saved["score"].setdefault("image_features", "layer4")  # written before it existed: fitted on layer4
         cfg = from_dict(saved)
         cfg.model.weights = "none"  # the saved state holds the trained weights
         detector = cls(cfg, state["n_kinds"])
