@@ -152,8 +152,8 @@ class ScoreConfig:
     map_normalisation: str = "image_mean"  # none | image_mean: each map divided by its own mean
     image_method: str = "embedding"  # embedding: Mahalanobis of the image embedding | map_max
     # The image embedding: the image branch's projector output (needs model.classify) or the pooled
-    # layer4 it reads. Projection: 97.60 / 97.87 / 98.11 image AUROC on BSData (cpu preset, seeds
-    # 1, 2, 0) against 97.18 / 97.28 / 97.72 with layer4 (benchmarks/results/bsdata_image_scores_projection.md)
+    # layer4 it reads. On BSData (cpu preset, seeds 0-3): 98.11 / 97.60 / 97.87 / 97.66 image AUROC
+    # against 97.72 / 97.18 / 97.28 / 97.16 with layer4 (benchmarks/results/bsdata_image_scores_projection.md)
     image_features: str = "projection"
     threshold_quantile: float = 0.99  # image threshold: this quantile of defect-free scores
     pixel_threshold_quantile: float = 0.999  # predicted region: this quantile of held-back map values
