@@ -4,6 +4,7 @@ import yaml
 from pitscope.config import (
     Config,
     ConfigError,
+    fill_image_features,
     from_dict,
     load_config,
     parse_override,
@@ -101,3 +102,12 @@ def test_projection_image_features_need_the_image_branch():
     assert load_config(None, []).score.image_features == "projection"
     with pytest.raises(ConfigError, match="image_features"):
         load_config(None, ["score.image_features=layer3"])
+
+
+def test_configs_saved_before_image_features_keep_scoring_as_then():
+    assert fill_image_features({"score": {}}, fitted=True)["score"]["image_features"] == "layer4"
+    assert "image_features" not in fill_image_features({"score": {}}, fitted=False)["score"]  # the default
+    unclassified = fill_image_features({"model": {"classify": False}}, fitted=False)
+    assert unclassified["score"]["image_features"] == "layer4"
+    kept = {"score": {"image_features": "projection"}}
+    assert fill_image_features(kept, fitted=True) is kept and kept["score"]["image_features"] == "projection"

@@ -242,6 +242,20 @@ def test_loading_a_training_checkpoint_is_refused(tmp_path):
         Detector.load(tmp_path / LAST_CHECKPOINT)
 
 
+@pytest.mark.parametrize("classify, expected", [(False, "layer4"), (True, "projection")])
+def test_checkpoints_from_before_image_features_score_by_what_their_network_has(tmp_path, classify, expected):
+    overrides = [*TINY, f"output_dir={tmp_path}", f"model.classify={str(classify).lower()}"]
+    cfg = load_config(None, overrides + ([] if classify else ["score.image_features=layer4"]))
+    train(cfg, build_dataset(cfg.data, "train", cfg.seed)[:4], progress=False, echo=lambda _: None)
+    state = torch.load(tmp_path / LAST_CHECKPOINT, weights_only=True)
+    del state["config"]["score"]["image_features"]
+    torch.save(state, tmp_path / LAST_CHECKPOINT)
+    assert Detector.from_checkpoint(tmp_path / LAST_CHECKPOINT).cfg.score.image_features == expected
+    # and a resume of that run reads it
+    resumed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2))
+    train(resumed, build_dataset(cfg.data, "train", cfg.seed)[:4], resume=True, progress=False, echo=lambda _: None)
+
+
 def test_loading_a_missing_file_is_a_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing_here.pt"):
         Detector.load(tmp_path / "nothing_here.pt")

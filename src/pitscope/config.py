@@ -335,6 +335,16 @@ def get_value(cfg: Any, key: str) -> Any:
     return obj
 
 
+def fill_image_features(values: dict, fitted: bool) -> dict:
+    """Give a config mapping saved before score.image_features existed the value that scores as it
+    did then: layer4 where its scorers were fitted (fitted=True) or its network has no projector
+    (model.classify false); otherwise it keeps the default. Changes `values` in place; returns it."""
+    score = values.setdefault("score", {})
+    if "image_features" not in score and (fitted or not values.get("model", {}).get("classify", True)):
+        score["image_features"] = "layer4"
+    return values
+
+
 def from_dict(values: dict) -> Config:
     """Build and validate a Config from a nested mapping."""
     return validate(_build(Config, values or {}))

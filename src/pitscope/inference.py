@@ -47,7 +47,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pitscope import __version__
-from pitscope.config import Config, from_dict, to_dict
+from pitscope.config import Config, fill_image_features, from_dict, to_dict
 from pitscope.data.imageio import read_image, to_rgb_array
 from pitscope.data.types import Sample
 from pitscope.augment import PseudoDefects
@@ -403,7 +403,7 @@ class Detector(nn.Module):
             raise ValueError(f"{path} is not a pitscope checkpoint: {exc}") from exc
         if not isinstance(state, dict) or "model" not in state or "config" not in state:
             raise ValueError(f"{path} is not a pitscope training checkpoint (a model file? use Detector.load)")
-        cfg = from_dict(state["config"])
+        cfg = from_dict(fill_image_features(state["config"], fitted=False))
         cfg.model.weights = "none"
         n_kinds = state["n_kinds"] if "n_kinds" in state else PseudoDefects(cfg.augment).n_kinds
         net = DoubleSelfSupervisedNet(cfg.model, n_kinds)
@@ -434,7 +434,7 @@ class Detector(nn.Module):
         if "map_normalisation" not in saved.get("score", {}):  # written before normalisation existed
             saved.setdefault("score", {})["map_normalisation"] = "none"
         saved["score"].setdefault("recompute_batchnorm", False)  # written before it existed: fitted without
-        saved["score"].setdefault("image_features", "layer4")  # written before it existed: fitted on layer4
+        fill_image_features(saved, fitted=True)  # written before it existed: fitted on layer4
         cfg = from_dict(saved)
         cfg.model.weights = "none"  # the saved state holds the trained weights
         detector = cls(cfg, state["n_kinds"])

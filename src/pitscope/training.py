@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from pitscope import __version__, distributed
 from pitscope.augment import PseudoDefects
-from pitscope.config import Config, TrainConfig, save_config, to_dict, from_dict
+from pitscope.config import Config, TrainConfig, fill_image_features, from_dict, save_config, to_dict
 from pitscope.data.types import Sample
 from pitscope.models.hog import hog_features, rgb_target
 from pitscope.models.network import DoubleSelfSupervisedNet, NetOutput
@@ -309,7 +309,7 @@ def train(
         if not last_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
         state = torch.load(last_path, map_location=device, weights_only=True)
-        saved = from_dict(state["config"])
+        saved = from_dict(fill_image_features(state["config"], fitted=False))
         for section in ("model", "augment", "data"):
             if to_dict(getattr(saved, section)) != to_dict(getattr(cfg, section)):
                 raise ValueError(f"--resume: {last_path} was trained with another {section} config")
