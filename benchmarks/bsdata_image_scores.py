@@ -79,7 +79,9 @@ def features(detector: Detector, dataset, indices: list[int]) -> dict[str, torch
 
 
 def score_model(path: Path, overrides: Sequence[str] = ()) -> dict:
-    """The rows for one model; `overrides`: score.* settings to refit its default with."""
+    """The rows for one model; `overrides`: score.image_features, the default to compare with."""
+    if any(not o.startswith("score.image_features=") for o in overrides):
+        raise SystemExit("bsdata_image_scores: --set takes score.image_features only (the rows fit their own scorers)")
     detector = Detector.load(path).eval()
     cfg = detector.cfg = apply_overrides(detector.cfg, list(overrides))
     cfg.score.map_normalisation = "none"  # the raw map, for its maximum

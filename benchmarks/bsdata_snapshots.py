@@ -46,7 +46,7 @@ def percent(metrics: dict) -> dict:
 def average_snapshots(run: Path, start: float) -> Path:
     """Write OUTPUT_DIR/averaged/from_START.pt: the snapshots of the epochs that ended once the share
     `start` of the run was done, averaged as training with train.average_from=start does."""
-    from pitscope.config import from_dict, to_dict, validate
+    from pitscope.config import fill_image_features, from_dict, to_dict, validate
     from pitscope.training import WeightAverage, atomic_save, run_progress
 
     target = run / "averaged" / f"from_{start:g}.pt"
@@ -55,14 +55,14 @@ def average_snapshots(run: Path, start: float) -> Path:
     average, last = WeightAverage(), None
     for snap in sorted((run / "snapshots").glob("epoch_*.pt")):
         state = torch.load(snap, map_location="cpu", weights_only=True)
-        cfg = from_dict(state["config"])
+        cfg = from_dict(fill_image_features(state["config"], fitted=False))
         budget = 60 * cfg.train.budget_minutes if cfg.train.budget_minutes else float("inf")
         if run_progress(cfg.train, state["epoch"], 1, state["elapsed_s"], budget) >= start:
             average.add(state["model"], state["epoch"])
             last = state
     if last is None:
         raise SystemExit(f"{run}: no snapshot after {start:.0%} of the run")
-    cfg = from_dict(last["config"])
+    cfg = from_dict(fill_image_features(last["config"], fitted=False))
     cfg.train.average_from, cfg.score.recompute_batchnorm = start, True
     atomic_save({**last, "config": to_dict(validate(cfg)), "average": average.to_dict()}, target)
     return target

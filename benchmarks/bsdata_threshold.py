@@ -59,6 +59,7 @@ def threshold_model(path: Path, overrides: Sequence[str] = (), progress: bool = 
     q = cfg.score.threshold_quantile
     return {
         "model": str(path), "seed": cfg.seed, "quantile": q, "image_method": cfg.score.image_method,
+        "image_features": cfg.score.image_features,
         "fit_seconds": round(fit_seconds, 1),
         "images": {"training": len(train), "held_back": len(cal_idx), "folds": calibration["folds"]},
         "held_back": {**rates(float(torch.quantile(held, q)), scores, labels),
@@ -79,7 +80,9 @@ def write_markdown(record: dict, path: Path) -> None:
         provenance(record),
         *note(record),
         "",
-        f"Image score: `{m0.get('image_method', 'embedding')}`. The {m0['quantile']:g} quantile of the image scores of {m0['images']['held_back']} held-back "
+        f"Image score: `{m0.get('image_method', 'embedding')}`"
+        + (f" (`{m0.get('image_features', 'layer4')}`)" if m0.get("image_method", "embedding") == "embedding" else "")
+        + f". The {m0['quantile']:g} quantile of the image scores of {m0['images']['held_back']} held-back "
         f"defect-free training images, or of all {m0['images']['training']} scored out of fold "
         f"({m0['images']['folds']} folds). FPR: % of the {m0['counts']['normal']} defect-free test images "
         f"above the threshold; TPR: % of the {m0['counts']['defective']} defective ones.",

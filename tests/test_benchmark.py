@@ -338,3 +338,15 @@ def test_models_main_passes_score_settings_and_refuses_others(tmp_path, monkeypa
         bsdata_cpu.models_main("doc", "bench", score, write_markdown)
     assert "scoring settings only" in capsys.readouterr().err
     assert len(seen) == 1
+
+
+def test_task_ablations_score_every_row_by_the_pooled_layer4(tmp_path):
+    # rows without the classifier have no projector: in tables 6 and 7 every row scores alike
+    for suite in ("table6", "table7"):
+        for name in SUITES[suite]:
+            cfg = variant_config(BenchmarkOptions(suite=suite, runs_dir=str(tmp_path)), name, seed=0)
+            assert cfg.score.image_features == "layer4", (suite, name)
+    ours = variant_config(BenchmarkOptions(suite="table3", runs_dir=str(tmp_path)), "ours", seed=0)
+    assert ours.score.image_features == "projection"
+    user = BenchmarkOptions(suite="table7", runs_dir=str(tmp_path), overrides=("score.image_features=projection",))
+    assert variant_config(user, "ours", seed=0).score.image_features == "projection"  # the user's word last

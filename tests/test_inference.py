@@ -151,7 +151,7 @@ def test_held_back_threshold_is_the_quantile_of_held_back_scores(fitted, overrid
 
 def test_map_max_threshold_comes_from_pixel_gaussians_refitted_without_each_fold(fitted):
     detector, _, train_split, _ = fitted
-    cfg = apply_overrides(detector.cfg, ["score.image_method=map_max"])
+    cfg = apply_overrides(detector.cfg, ["score.image_method=map_max", "score.batch_size=4"])  # 2 batches a fold
     oof = Detector(cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
     assert oof.pixel_scorer._moments is None  # the sums are not kept past the fit
     x = batch_of(train_split, range(12))
@@ -306,17 +306,20 @@ def test_files_from_before_map_normalisation_keep_raw_maps(fitted, tmp_path):
 
 def test_image_embedding_is_the_projection_or_the_pooled_layer4(fitted):
     detector, _, train_split, _ = fitted
+    assert detector.cfg.score.image_features == "projection"  # the default
+    cfg = apply_overrides(detector.cfg, ["model.projector_hidden=32"])
+    torch.manual_seed(0)
+    narrow = Detector(cfg, detector.n_kinds).fit(train_split, progress=False)
     x = batch_of(train_split, range(4))
     with torch.no_grad():
-        out = detector.net(x)
-    assert detector.cfg.score.image_features == "projection"  # the default
-    torch.testing.assert_close(detector._features(x)[0], out.projection)
-    assert detector.image_scorer.location_.shape == out.projection.shape[1:]
-    cfg = apply_overrides(detector.cfg, ["score.image_features=layer4"])
-    pooled = Detector(cfg, detector.n_kinds, net=detector.net)
+        out = narrow.net(x)
+    assert out.projection.shape == (4, 32)
+    torch.testing.assert_close(narrow._features(x)[0], out.projection)
+    assert narrow.image_scorer.location_.shape == (32,)  # fitted on the projection
+    pooled = Detector(apply_overrides(cfg, ["score.image_features=layer4"]), detector.n_kinds, net=narrow.net)
     torch.testing.assert_close(pooled._features(x)[0], out.embedding)
     torch.testing.assert_close(out.embedding, out.features["layer4"].mean(dim=(2, 3)))
-    assert not torch.allclose(out.embedding, out.projection)
+    assert pooled.fit(train_split, progress=False).image_scorer.location_.shape == (512,)
 
 
 def test_files_from_before_image_features_keep_scoring_by_layer4(fitted, tmp_path):
@@ -375,7 +378,23 @@ def test_batchnorm_statistics_are_recomputed_on_the_fitting_images_only():
     assert not torch.allclose(norm.running_mean.double(), every, rtol=1e-3)
     after = detector.net.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith("backbone.") and "running" in k or "num_batches" in k for k in changed)
+    assert changed and all(k.startswith(("backbone.", "projector.")) and "running" in k or "num_batches" in k
+                           for k in changed)
+    # the projector's, which the image score reads: from the same batches through the training-mode backbone
+    reference = Detector(cfg, n_kinds=2).net
+    reference.load_state_dict(before)
+    reference.train()
+    linear = next(m for m in reference.projector.modules() if isinstance(m, torch.nn.Linear))
+    with torch.no_grad():
+        outs = [linear(reference.backbone(batch_of(split, fit_idx[i : i + 3]))["layer4"].mean(dim=(2, 3))).double()
+                for i in (0, 3)]
+    projector_norm = next(m for m in detector.net.projector.modules() if isinstance(m, torch.nn.BatchNorm1d))
+    torch.testing.assert_close(projector_norm.running_mean.double(), (outs[0].mean(0) + outs[1].mean(0)) / 2,
+                               rtol=1e-4, atol=1e-5)
+    layer4 = Detector(apply_overrides(cfg, ["score.image_features=layer4"]), n_kinds=2)
+    layer4.net.load_state_dict(before)
+    layer4.fit(split, progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in layer4.net.state_dict().items() if k.startswith("projector."))
 
     kept = Detector(from_dict({**to_dict(cfg), "score": {**to_dict(cfg)["score"], "recompute_batchnorm": False}}), n_kinds=2)
     kept.net.load_state_dict(before)

@@ -162,7 +162,7 @@ class ScoreConfig:
     # scored by a Gaussian refitted without it (1 / calibration_fraction folds, so each refit sees
     # about as many images as the fitted scorer); held_back: the held-back images only. A 0.99 quantile
     # of 63 held-back images is their largest score or nearly, and moved between 43 and 125 over
-    # three BSData seeds, against 49.7-51.8 out of fold (benchmarks/results/bsdata_threshold.md).
+    # three BSData seeds, against 49.7-51.8 out of fold (layer4 image score; benchmarks/results/bsdata_threshold.md).
     # image_method map_max: the pixel Gaussians refitted without each fold (pixel_method padim; the
     # other pixel methods use the held-back images).
     threshold_from: str = "out_of_fold"

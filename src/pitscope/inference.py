@@ -130,7 +130,7 @@ class Detector(nn.Module):
 
     # -- features ---------------------------------------------------------------------------
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """x (B, 3, H, W) -> (image embedding (B, 512), stacked patch features (B, C, h, w) for PaDiM
+        """x (B, 3, H, W) -> (image embedding (B, 512 or projector_hidden), stacked patch features (B, C, h, w) for PaDiM
         or crop embeddings (B, 512, gh, gw) for "patch" or None, segmentation logits (B, h', w') or
         None). The image embedding is the pooled layer4 or its projection (`score.image_features`)."""
         if self.cfg.score.pixel_method == "segmentation":
@@ -208,10 +208,13 @@ class Detector(nn.Module):
 
     @torch.no_grad()
     def recompute_batchnorm(self, dataset: Sequence[Sample], indices: Sequence[int], progress: bool = True) -> None:
-        """Set the backbone's BatchNorm running statistics to their average over `indices` of
-        `dataset` (batches of train.batch_size in training mode, every batch weighted alike; a
-        last batch of one image joins the one before). Fewer than 2 images leave them as they are."""
-        norms = [m for m in self.net.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        """Set the backbone's BatchNorm running statistics (and the projector's, when the image
+        score reads the projection) to their average over `indices` of `dataset` (batches of
+        train.batch_size in training mode, every batch weighted alike; a last batch of one image
+        joins the one before). Fewer than 2 images leave them as they are."""
+        project = self.cfg.score.image_features == "projection" and self.net.projector is not None
+        modules = [self.net.backbone, *([self.net.projector] if project else [])]
+        norms = [m for part in modules for m in part.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         indices = list(indices)
         if not norms or len(indices) < 2:
             return
@@ -224,13 +227,16 @@ class Detector(nn.Module):
         for m in norms:
             m.reset_running_stats()
             m.momentum = None  # a cumulative average instead of an exponential one
-        self.net.backbone.train()
+        for part in modules:
+            part.train()
         try:
             for chunk in tqdm(chunks, desc="batch-norm statistics", disable=not progress, leave=False):
                 x = images_to_batch([dataset[i].image for i in chunk]).to(device)
                 if self.cfg.train.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                self.net.backbone(x)
+                features = self.net.backbone(x)
+                if project:
+                    self.net.projector(features["layer4"].mean(dim=(2, 3)))
         finally:
             for m, momentum in zip(norms, momenta):
                 m.momentum = momentum
@@ -286,6 +292,7 @@ class Detector(nn.Module):
         elif oof_maps:
             total = self.pixel_scorer._moments.combined(held_moments)
             self.pixel_scorer.release_moments()
+            del held_moments
             oof = self._out_of_fold_map_scores(dataset, folds, total, progress)
         if oof is not None:
             scores = oof

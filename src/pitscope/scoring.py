@@ -65,7 +65,7 @@ class _Moments:
         if out.n < 0:
             raise ValueError(f"cannot take {other.n} samples from {self.n}")
         for name in ("s1", "s2", "sa", "saa"):
-            setattr(out, name, getattr(self, name) + sign * getattr(other, name))
+            setattr(out, name, torch.add(getattr(self, name), getattr(other, name), alpha=sign))
         return out
 
     def update(self, x: Tensor) -> None:

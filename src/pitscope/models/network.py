@@ -6,7 +6,8 @@
       pixel branch: features[mscm_stage] -> mask (MSCM eps) -> CAM phi -> HOG decoder h
                     -> target_pred (B, 3780)
 
-The embedding, taken before the projector, is what the Mahalanobis scorer models.
+The Mahalanobis image scorer models the projection by default, or the embedding taken before
+the projector (`score.image_features`).
 """
 
 from __future__ import annotations

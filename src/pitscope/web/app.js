@@ -94,7 +94,7 @@ function describeCalibration(c) {
   if (c.quantile !== undefined && c.images !== undefined) {
     const pct = formatNumber(c.quantile * 100);
     if (c.method === "out_of_fold") {
-      parts.push(`${pct}th percentile of ${c.images} defect-free training images, each scored by a Gaussian fitted without it (${c.folds} folds)`);
+      parts.push(`${pct}th percentile of ${c.images} defect-free training images, each scored by scorers fitted without it (${c.folds} folds)`);
     } else {
       parts.push(`${pct}th percentile of the scores of ${c.images} ${c.held_back ? "held-back " : ""}defect-free images`);
     }
