@@ -133,16 +133,18 @@ class Detector(nn.Module):
         """x (B, 3, H, W) -> (image embedding (B, 512 or projector_hidden), stacked patch features (B, C, h, w) for PaDiM
         or crop embeddings (B, 512, gh, gw) for "patch" or None, segmentation logits (B, h', w') or
         None). The image embedding is the pooled layer4 or its projection (`score.image_features`)."""
+        project = self.cfg.score.image_features == "projection"
         if self.cfg.score.pixel_method == "segmentation":
             out = self.net(x)
-            features, embedding, seg_logits = out.features, out.embedding, out.seg_logits
+            features, seg_logits = out.features, out.seg_logits
+            embedding = out.projection if project else out.embedding
         else:  # the other training heads are not needed: the backbone gives all else that scoring uses
             if self.cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             features = self.net.backbone(x)
             embedding, seg_logits = features["layer4"].mean(dim=(2, 3)), None  # (B, 512) as the net's
-        if self.cfg.score.image_features == "projection":
-            embedding = self.net.projector(embedding)  # (B, projector_hidden), as the net's projection
+            if project:
+                embedding = self.net.projector(embedding)  # (B, projector_hidden), as the net's projection
         stacked = None
         if self.cfg.score.pixel_method == "padim":
             stages = [features[name] for name in self.cfg.score.pixel_stages]

@@ -65,6 +65,11 @@ def test_segmentation_maps_are_probabilities():
     scores, maps = detector.score_dataset(build_dataset(cfg.data, "test", 0), progress=False)
     assert maps.shape == (4, 64, 64) and maps.min() >= 0 and maps.max() <= 1
     assert np.isfinite(scores).all()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = detector.net(x)
+        embedding = detector._features(x)[0]
+    torch.testing.assert_close(embedding, out.projection)  # the image embedding, as on the backbone path
 
 
 def test_segmentation_maps_need_the_head():
