@@ -130,9 +130,10 @@ class Detector(nn.Module):
 
     # -- features ---------------------------------------------------------------------------
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """x (B, 3, H, W) -> (image embedding (B, 512 or projector_hidden), stacked patch features (B, C, h, w) for PaDiM
-        or crop embeddings (B, 512, gh, gw) for "patch" or None, segmentation logits (B, h', w') or
-        None). The image embedding is the pooled layer4 or its projection (`score.image_features`)."""
+        """x (B, 3, H, W) -> (image embedding (B, 512 or projector_hidden), stacked patch features
+        (B, C, h, w) for PaDiM or crop embeddings (B, 512, gh, gw) for "patch" or None, segmentation
+        logits (B, h', w') or None). The image embedding is the pooled layer4 or its projection
+        (`score.image_features`)."""
         project = self.cfg.score.image_features == "projection"
         if self.cfg.score.pixel_method == "segmentation":
             out = self.net(x)
@@ -269,8 +270,10 @@ class Detector(nn.Module):
             if patches is not None:
                 self.pixel_scorer.partial_fit(patches)
         self.image_scorer.fit(torch.cat(embeddings))
-        if score.pixel_method in ("padim", "patch"):
-            self.pixel_scorer.finalize(keep_moments=True) if oof_maps else self.pixel_scorer.finalize()
+        if oof_maps:  # padim: its sums stay for the out-of-fold refits
+            self.pixel_scorer.finalize(keep_moments=True)
+        elif score.pixel_method in ("padim", "patch"):
+            self.pixel_scorer.finalize()
         calibration = cal_idx if cal_idx else fit_idx
         scores, maps, held_embeddings, held_moments = [], [], [], None
         for _, x in iterate_batches(dataset, calibration, bs, "calibrating", progress):
