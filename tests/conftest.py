@@ -43,3 +43,14 @@ def fit_tiny_detector():
         return detector, detector.save(out_dir / "model.pt"), cfg
 
     return fit
+
+
+@pytest.fixture(scope="session")
+def real_bsdata():
+    """The real BSData folder ($PITSCOPE_BSDATA or ../shared/datasets/bsdata); skips where it is absent."""
+    from pitscope.data.bsdata import bsdata_root
+
+    try:
+        return bsdata_root()
+    except FileNotFoundError as exc:
+        pytest.skip(f"BSData is not available here: {exc}")

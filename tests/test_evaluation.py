@@ -12,7 +12,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pitscope.config import apply_overrides, load_config
 from pitscope.data import build_dataset
-from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, evaluate, format_table
+from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, REGION_NAMES, evaluate, format_table
 from pitscope.inference import Detector
 from pitscope.metrics import auroc_interval
 from pitscope.tensors import images_to_batch
@@ -53,7 +53,7 @@ def test_evaluate_writes_metrics_json_and_one_csv_row_per_image(detector, tmp_pa
     result = evaluate(detector, split, tmp_path / "eval", progress=False)
 
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == json.loads(json.dumps(result))
-    assert set(result["metrics"]) == set(METRIC_NAMES)
+    assert set(result["metrics"]) == set(METRIC_NAMES) | set(REGION_NAMES)
     assert result["counts"] == {"images": 8, "normal": 4, "defective": 4}
     assert result["threshold"] == float(detector.threshold)
 

@@ -72,11 +72,8 @@ def test_export_check_reports_small_differences_on_given_images(fitted, tmp_path
     assert 0 <= result["max_abs_diff_map"] <= result["tolerance_map"]
 
 
-def test_onnx_matches_the_detector_on_a_bsdata_photograph(fitted, tmp_path):
-    try:
-        root = bsdata_root()
-    except FileNotFoundError as exc:
-        pytest.skip(f"BSData is not available: {exc}")
+def test_onnx_matches_the_detector_on_a_bsdata_photograph(fitted, tmp_path, real_bsdata):
+    root = real_bsdata
     detector, _, _ = fitted
     path = list_images(root / "data")[0]
     from pitscope.data.imageio import read_image

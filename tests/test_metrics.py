@@ -180,3 +180,31 @@ def test_auroc_interval_refuses_bad_input():
         auroc_interval(np.array([0, 1, 0, 1]), np.array([0.1, np.nan, 0.3, 0.4]))
     with pytest.raises(ValueError, match="level"):
         auroc_interval(np.array([0, 1, 0, 1]), np.array([0.1, 0.2, 0.3, 0.4]), level=1.0)
+
+
+def test_region_metrics_by_hand():
+    from pitscope.metrics import region_metrics
+
+    labels = np.array([1, 1, 0, 0])
+    masks = np.zeros((4, 10, 10), np.uint8)
+    regions = np.zeros((4, 10, 10), bool)
+    masks[0, :2, :5] = 1  # 10 true pixels; predicted 5 of them and 5 more: IoU 5 / 15
+    regions[0, :1, :10] = True
+    masks[1, 5:9, 5:9] = 1  # 16 true pixels; predicted exactly: IoU 1
+    regions[1, 5:9, 5:9] = True
+    regions[2, 0, :3] = True  # 3 % of a defect-free image
+    result = region_metrics(labels, masks, regions)
+    hits, flagged, actual = 5 + 16, 10 + 16 + 3, 10 + 16
+    assert result["pixel_f1"] == pytest.approx(2 * hits / (flagged + actual))
+    assert result["iou_median"] == pytest.approx((1 / 3 + 1) / 2)
+    assert result["iou_q1"] == pytest.approx(1 / 3 + 0.25 * (2 / 3))
+    assert result["normal_area_median"] == pytest.approx(0.015)
+    assert result["normal_area_p99"] == pytest.approx(0.03 * 0.99)
+    assert result["area_within_2x"] == 1.0  # 10 vs 10 and 16 vs 16
+    regions[0] = False  # a missed defect: IoU 0, area outside 2x
+    result = region_metrics(labels, masks, regions)
+    assert result["iou_median"] == pytest.approx(0.5) and result["area_within_2x"] == 0.5
+    only_normal = region_metrics(np.zeros(2, int), np.zeros((2, 4, 4)), np.zeros((2, 4, 4), bool))
+    assert only_normal["iou_median"] is None and only_normal["pixel_f1"] is None
+    with pytest.raises(ValueError, match="expected labels"):
+        region_metrics(labels, masks, regions[:, :5])

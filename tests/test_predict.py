@@ -262,6 +262,12 @@ def test_run_predict_writes_csv_jsonl_maps_and_overlays(fitted, tmp_path):
         assert obj["threshold"] == float(row["threshold"]) == float(detector.threshold)
         assert obj["is_defective"] is (obj["score"] > obj["threshold"])
         assert row["is_defective"] == str(int(obj["is_defective"]))
+        regions = expected.regions
+        assert obj["region_count"] == int(row["region_count"]) == len(regions)
+        assert obj["defect_px"] == int(row["defect_px"]) == int(expected.defect_region.sum())
+        assert [(r["area_px"], r["box"]) for r in obj["regions"]] == [(r.area_px, list(r.box)) for r in regions]
+        assert [r["peak"] for r in obj["regions"]] == pytest.approx([r.peak for r in regions], rel=1e-4)
+        assert row["regions"] == ";".join(" ".join(map(str, r.box)) for r in regions)
         n_defective += obj["is_defective"]
         amap = np.load(out / obj["map"])
         with Image.open(path) as im:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from pitscope import __version__
 from pitscope.data.synthetic import render_surface
-from pitscope.inference import Detector
+from pitscope.inference import Detector, Prediction
 from pitscope.serve import RejectedImage, add_serve_parser, create_app, decode_image
 
 @pytest.fixture(scope="module")
@@ -70,8 +70,25 @@ def test_predict_agrees_with_the_detector(fitted, client):
     assert body["threshold"] == float(detector.threshold)
     assert body["pixel_threshold"] == float(detector.pixel_threshold)
     assert (body["width"], body["height"]) == (80, 48)
-    assert body["defect_fraction"] == pytest.approx(float((expected.anomaly_map > expected.pixel_threshold).mean()))
+    assert body["defect_fraction"] == pytest.approx(float(expected.defect_region.mean()))
+    assert body["defect_px"] == int(expected.defect_region.sum())
+    assert body["region_count"] == len(expected.regions) and len(body["regions"]) == min(len(expected.regions), 50)
+    assert body["regions"] == [r.to_dict() for r in expected.regions[:50]]
+    assert sum(r["area_px"] for r in body["regions"]) <= body["defect_px"]
     assert body["model"] == {"name": "pitscope-synthetic", "version": __version__}
+
+
+def test_the_answer_lists_each_region_with_its_box(fitted, monkeypatch):
+    detector, _ = fitted
+    image = surface(2)
+    amap = np.zeros((48, 80), np.float32)
+    amap[5:9, 10:20] = 10.0  # 40 px
+    amap[30:32, 60:61] = 10.0  # 2 px: under a min_region_fraction of 10 / 3840
+    fake = Prediction(9.0, amap, True, 1.0, 1.0, 10 / (48 * 80), "all")
+    monkeypatch.setattr(detector, "predict", lambda *a, **k: fake)
+    body = TestClient(create_app(detector)).post("/predict", files={"file": ("p.png", encode(image), "image/png")}).json()
+    assert body["region_count"] == 1 and body["defect_px"] == 40
+    assert body["regions"] == [{"area_px": 40, "fraction": 40 / 3840, "box": [10, 5, 20, 9], "peak": 10.0}]
 
 
 def test_threshold_override(client):

@@ -171,12 +171,13 @@ def _train_and_fit(cfg: Config, resume: bool, progress: bool):
     return detector, path
 
 
-def _evaluate_and_print(detector, cfg: Config, out_dir: Path, progress: bool, report_run_dir: Path | None = None) -> dict:
+def _evaluate_and_print(detector, cfg: Config, out_dir: Path, progress: bool, report_run_dir: Path | None = None,
+                        split: str = "test") -> dict:
     from pitscope.data import build_dataset
     from pitscope.evaluation import evaluate, format_table
 
     _prepare_split_file(cfg)
-    dataset = build_dataset(cfg.data, "test", cfg.seed)
+    dataset = build_dataset(cfg.data, split, cfg.seed)
     for path, reason in dataset.check(progress=progress):
         print(f"skipped bad file: {path}: {reason}", file=sys.stderr)
     if report_run_dir is None:
@@ -215,7 +216,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     detector = Detector.load(args.model)
     cfg = apply_overrides(detector.cfg, args.overrides)
     # the data may change; of the scoring, only what acts after the fitted scorers may
-    post_hoc = {"map_normalisation", "smoothing_sigma", "image_method"}
+    post_hoc = {"map_normalisation", "smoothing_sigma", "image_method", "min_region_fraction", "regions_on"}
     _refuse_trained_changes(cfg, detector.cfg, "evaluate", f"data.* and score.{{{', '.join(sorted(post_hoc))}}}")
     changed = [k for k, v in to_dict(cfg)["score"].items() if v != to_dict(detector.cfg)["score"][k]]
     if set(changed) - post_hoc:
@@ -225,7 +226,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir) if args.output_dir else Path(args.model).parent / "eval"
     save_config(cfg, out_dir / "config.yaml")
     report_run_dir = Path(args.model).parent if args.report else None
-    _evaluate_and_print(detector, cfg, out_dir, progress=not args.quiet, report_run_dir=report_run_dir)
+    _evaluate_and_print(detector, cfg, out_dir, progress=not args.quiet, report_run_dir=report_run_dir, split=args.split)
     return 0
 
 
@@ -362,10 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override the model's data config (data.*), or score.map_normalisation / score.smoothing_sigma",
+        help="override the model's data config (data.*), or score.map_normalisation / smoothing_sigma / "
+        "image_method / min_region_fraction / regions_on",
     )
     p.add_argument("--output-dir", help="where metrics.json and scores.csv go (default: beside the model, eval/)")
     p.add_argument("--report", action="store_true", help="also write an HTML report to OUTPUT_DIR/report/report.html")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="test, or val: the images that choose settings (synthetic; bsdata with data.holdout=positions)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 

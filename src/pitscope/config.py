@@ -48,6 +48,8 @@ class DataConfig:
     n_train_normal: int = 631  # bsdata: defect-free images in the training split
     split_file: str | None = None  # where the split is written (default: beside the outputs)
     split_seed: int = 0  # bsdata: seeds the split, apart from the run seed, so runs share one split
+    holdout: str = "none"  # bsdata: none | positions (validation and label positions held apart)
+    positions_file: str | None = None  # bsdata: the position split (default: the one shipped)
     on_bad_file: str = "skip"  # skip | error
     cache: bool = True  # keep decoded, resized images in memory
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -157,6 +159,8 @@ class ScoreConfig:
     image_features: str = "projection"
     threshold_quantile: float = 0.99  # image threshold: this quantile of defect-free scores
     pixel_threshold_quantile: float = 0.999  # predicted region: this quantile of held-back map values
+    min_region_fraction: float = 0.0  # predicted regions smaller than this share of the image are dropped
+    regions_on: str = "all"  # all | defective: regions shown on every image, or on images decided defective
     calibration_fraction: float = 0.1  # held back from fitting, to calibrate the thresholds on
     # Where the image threshold's defect-free scores come from. out_of_fold: every training image,
     # scored by a Gaussian refitted without it (1 / calibration_fraction folds, so each refit sees
@@ -195,6 +199,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "score.shrinkage": ("ledoit_wolf", "ridge"),
     "score.pixel_method": ("padim", "segmentation", "patch"),
     "score.map_normalisation": ("none", "image_mean"),
+    "data.holdout": ("none", "positions"),
+    "score.regions_on": ("all", "defective"),
     "score.image_method": ("embedding", "map_max"),
     "score.image_features": ("projection", "layer4"),
     "score.threshold_from": ("out_of_fold", "held_back"),
@@ -322,6 +328,8 @@ def validate(cfg: Config) -> Config:
             )
     if not 0.0 <= cfg.score.calibration_fraction < 1.0:
         raise ConfigError(f"score.calibration_fraction: must lie in [0, 1), got {cfg.score.calibration_fraction}")
+    if not 0.0 <= cfg.score.min_region_fraction < 1.0:
+        raise ConfigError(f"score.min_region_fraction: must lie in [0, 1), got {cfg.score.min_region_fraction}")
     for key in ("threshold_quantile", "pixel_threshold_quantile"):
         if not 0.0 < getattr(cfg.score, key) <= 1.0:
             raise ConfigError(f"score.{key}: must lie in (0, 1]")

@@ -10,25 +10,58 @@ from pathlib import Path
 
 import numpy as np
 
+from pitscope.data.bsdata import bsdata_root, type_groups
 from pitscope.data.types import Sample
 from pitscope.inference import Detector
-from pitscope.metrics import auroc_interval, evaluate_all
+from pitscope.metrics import auroc_interval, evaluate_all, region_metrics
+from pitscope.defect_regions import region_mask
 
 # BSData, table 3 of the paper: the numbers to beat (AUROC in %).
 PAPER_BSDATA = {"image_auroc": 97.42, "pixel_auroc": 94.57}
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1_max", "pixel_f1_max")
+REGION_NAMES = ("pixel_f1", "iou_median", "iou_q1", "iou_q3", "normal_area_median", "normal_area_p99", "area_within_2x")
+
+
+def predicted_regions(maps: np.ndarray, decisions: np.ndarray, pixel_threshold: float, min_fraction: float,
+                      regions_on: str) -> np.ndarray:
+    """(N, H, W) bool: the predicted region of each map, as `Prediction.defect_region` draws it.
+
+    maps: (N, H, W); decisions: (N,) bool image decisions (used when regions_on is "defective").
+    """
+    regions = np.zeros(np.shape(maps), dtype=bool)
+    for i, amap in enumerate(maps):
+        if regions_on == "all" or decisions[i]:
+            regions[i] = region_mask(amap, pixel_threshold, min_fraction)
+    return regions
+
+
+def subset_metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, maps: np.ndarray | None,
+                   regions: np.ndarray | None) -> dict:
+    """`evaluate_all` and, with masks, `region_metrics` of one set of images, merged in one dict."""
+    metrics = evaluate_all(labels, scores, masks, maps)
+    if masks is not None and regions is not None and np.any(masks):
+        metrics.update(region_metrics(labels, masks, regions))
+    return metrics
 
 
 def evaluate(
-    detector: Detector, dataset: Sequence[Sample], out_dir: str | Path | None = None, progress: bool = True
+    detector: Detector,
+    dataset: Sequence[Sample],
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    groups: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """Score every test image, compute every metric, and write them under out_dir if given.
 
-    Returns {"metrics": {...}, "image_auroc_interval": {...} or None, "counts": {...},
-    "threshold": t, "at_threshold": {...}, "seconds": s}. Pixel metrics are None when the dataset
-    has no masks or no defect pixel. The interval (DeLong's standard error, 95%) needs at least 2
-    images of each kind.
+    Returns {"metrics": {...}, "subsets": {...}, "image_auroc_interval": {...} or None,
+    "counts": {...}, "threshold": t, "at_threshold": {...}, "seconds": s}. "metrics" holds
+    METRIC_NAMES and, with masks, REGION_NAMES (the predicted regions at the stored pixel
+    threshold, `predicted_regions`). Pixel metrics are None when the dataset has no masks or no
+    defect pixel. groups: {name: (N,) bool}; each names a subset of the defective images,
+    measured with every defect-free image into "subsets"[name] ({"metrics", "counts"}); for
+    BSData they default to its two ball-screw types (`bsdata.type_groups`).
+    The interval (DeLong's standard error, 95%) needs at least 2 images of each kind.
     """
     if len(dataset) == 0:
         raise ValueError("the test split holds no images")
@@ -37,13 +70,31 @@ def evaluate(
         raise ValueError("the test split needs both defect-free and defective images to measure AUROC")
     t0 = time.perf_counter()
     scores, maps = detector.score_dataset(dataset, progress=progress)
+    if groups is None and detector.cfg.data.format == "bsdata" and len(getattr(dataset, "paths", ())) == len(labels):
+        groups = type_groups(list(dataset.paths), labels, bsdata_root(detector.cfg.data.root))
     has_masks = getattr(dataset, "has_masks", True)
     masks = np.stack([dataset[i].mask for i in range(len(dataset))]) if has_masks else None
-    metrics = evaluate_all(labels, scores, masks, maps if has_masks else None)
     threshold = float(detector.threshold)
     decisions = scores > threshold
+    score_cfg = detector.cfg.score
+    regions = None
+    if has_masks:
+        regions = predicted_regions(maps, decisions, float(detector.pixel_threshold), score_cfg.min_region_fraction,
+                                    score_cfg.regions_on)
+    metrics = subset_metrics(labels, scores, masks, maps if has_masks else None, regions)
+    subsets = {}
+    for name, member in (groups or {}).items():  # each group's defective images against every defect-free one
+        keep = (labels == 0) | np.asarray(member, dtype=bool)
+        if labels[keep].min() != labels[keep].max():
+            subsets[name] = {
+                "metrics": subset_metrics(labels[keep], scores[keep], None if masks is None else masks[keep],
+                                          None if masks is None else maps[keep],
+                                          None if regions is None else regions[keep]),
+                "counts": {"normal": int((labels[keep] == 0).sum()), "defective": int(labels[keep].sum())},
+            }
     result = {
         "metrics": metrics,
+        "subsets": subsets,
         "image_auroc_interval": auroc_interval(labels, scores) if min(labels.sum(), (labels == 0).sum()) >= 2 else None,
         "counts": {"images": int(len(labels)), "normal": int((labels == 0).sum()), "defective": int(labels.sum())},
         "threshold": threshold,
@@ -73,6 +124,15 @@ def format_table(result: dict, dataset_format: str | None = None) -> str:
         value = result["metrics"].get(name)
         text = "n/a" if value is None else f"{100 * value:.2f}"
         lines.append(f"{name:<14} {text:>9}" + (f" {paper[name]:>7.2f}" if name in paper else ""))
+    regions = [name for name in REGION_NAMES if result["metrics"].get(name) is not None]
+    if regions:
+        lines.append("predicted regions at the stored pixel threshold: " + ", ".join(
+            f"{name} {result['metrics'][name]:.3f}" for name in regions))
+    for name, subset in result.get("subsets", {}).items():
+        m = subset["metrics"]
+        lines.append(f"{name} ({subset['counts']['defective']} defective): " + ", ".join(
+            f"{key} {100 * m[key]:.2f}" for key in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
+            if m.get(key) is not None))
     counts = result["counts"]
     lines.append(
         f"threshold {result['threshold']:.4g}: TPR {100 * result['at_threshold']['true_positive_rate']:.1f}%, "

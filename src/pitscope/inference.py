@@ -52,6 +52,7 @@ from pitscope.data.imageio import read_image, to_rgb_array
 from pitscope.data.types import Sample
 from pitscope.augment import PseudoDefects
 from pitscope.models.network import DoubleSelfSupervisedNet
+from pitscope.defect_regions import Region, find_regions, region_mask
 from pitscope.patches import SharedGaussianScorer, patch_embeddings, patch_map
 from pitscope.scoring import GaussianScorer, PatchGaussianScorer, gaussian_smooth, out_of_fold_scores
 from pitscope.seeding import numpy_rng
@@ -81,7 +82,9 @@ class Prediction(NamedTuple):
     anomaly_map: (H, W) float32 per-pixel anomaly scores.
     is_defective: score > threshold.
     threshold: the image threshold used.
-    pixel_threshold: map values above it form the predicted defect region.
+    pixel_threshold: map values above it form candidate defect regions.
+    min_region_fraction: candidate regions smaller than this share of the image are dropped.
+    regions_on: "all": every image shows its regions; "defective": only images decided defective.
     """
 
     score: float
@@ -89,12 +92,28 @@ class Prediction(NamedTuple):
     is_defective: bool
     threshold: float
     pixel_threshold: float
+    min_region_fraction: float = 0.0
+    regions_on: str = "all"
+
+    @property
+    def _shows_regions(self) -> bool:
+        return self.regions_on == "all" or bool(self.is_defective)
 
     @property
     def defect_region(self) -> np.ndarray:
-        """(H, W) bool: anomaly_map > pixel_threshold (NaN never counts); the region overlays,
-        the service and wear curves show."""
-        return self.anomaly_map > self.pixel_threshold
+        """(H, W) bool: the predicted defect region that overlays, the service and wear curves show
+        (the connected components of anomaly_map > pixel_threshold of at least min_region_fraction
+        of the image; none on an image passed as defect-free when regions_on is "defective")."""
+        if not self._shows_regions:
+            return np.zeros(np.shape(self.anomaly_map), dtype=bool)
+        return region_mask(self.anomaly_map, self.pixel_threshold, self.min_region_fraction)
+
+    @property
+    def regions(self) -> list[Region]:
+        """The predicted defect regions, largest first (`pitscope.defect_regions.Region`)."""
+        if not self._shows_regions:
+            return []
+        return find_regions(self.anomaly_map, self.pixel_threshold, self.min_region_fraction)
 
 
 def iterate_batches(
@@ -378,7 +397,8 @@ class Detector(nn.Module):
                 h, w = image.shape[:2]
                 full = F.interpolate(amap[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
                 predictions.append(
-                    Prediction(score, full.float().cpu().numpy(), score > t, t, float(self.pixel_threshold))
+                    Prediction(score, full.float().cpu().numpy(), score > t, t, float(self.pixel_threshold),
+                               self.cfg.score.min_region_fraction, self.cfg.score.regions_on)
                 )
         return predictions[0] if single else predictions
 

@@ -167,3 +167,43 @@ def evaluate_all(
     result["pixel_f1_max"] = f1_max(truth, flat)[0]
     result["aupro"] = aupro(masks, maps, max_fpr=max_fpr)
     return result
+
+
+def region_metrics(labels: np.ndarray, masks: np.ndarray, regions: np.ndarray) -> dict[str, float | None]:
+    """How the predicted regions (what a user sees) match the truth.
+
+    labels: (N,) image labels. masks: (N, H, W) truth, non-zero = defect. regions: (N, H, W)
+    bool predicted regions. Returns:
+      pixel_f1: F1 of region pixels against defect pixels, pooled over all images;
+      iou_median, iou_q1, iou_q3: per defective image, |region & truth| / |region | truth|;
+      normal_area_median, normal_area_p99: the region's share of each defect-free image;
+      area_within_2x: share of defective images whose region area is within a factor of two of
+        the true area (a defective image with no region counts as outside).
+    Entries without images to measure are None.
+    """
+    labels = np.asarray(labels).astype(bool)
+    truth, region = np.asarray(masks) > 0, np.asarray(regions, dtype=bool)
+    if truth.shape != region.shape or truth.ndim != 3 or labels.shape != truth.shape[:1]:
+        raise ValueError(f"expected labels (N,), masks and regions (N, H, W); got {labels.shape}, "
+                         f"{truth.shape}, {region.shape}")
+    hits = int((truth & region).sum())
+    flagged, actual = int(region.sum()), int(truth.sum())
+    result: dict[str, float | None] = {
+        "pixel_f1": 2 * hits / (flagged + actual) if flagged + actual else None,
+        "iou_median": None, "iou_q1": None, "iou_q3": None,
+        "normal_area_median": None, "normal_area_p99": None, "area_within_2x": None,
+    }
+    defective = labels & truth.reshape(len(labels), -1).any(axis=1)
+    if defective.any():
+        t, r = truth[defective], region[defective]
+        inter = (t & r).sum(axis=(1, 2))
+        union = (t | r).sum(axis=(1, 2))
+        iou = inter / union
+        result.update(iou_median=float(np.median(iou)), iou_q1=float(np.quantile(iou, 0.25)),
+                      iou_q3=float(np.quantile(iou, 0.75)))
+        true_area, area = t.sum(axis=(1, 2)), r.sum(axis=(1, 2))
+        result["area_within_2x"] = float(np.mean((area >= true_area / 2) & (area <= 2 * true_area)))
+    if (~labels).any():
+        share = region[~labels].mean(axis=(1, 2))
+        result.update(normal_area_median=float(np.median(share)), normal_area_p99=float(np.quantile(share, 0.99)))
+    return result

@@ -31,7 +31,8 @@ from pitscope.metrics import f1_max
 from pitscope.visualize import overlay
 
 # Columns of predictions.csv, and the keys of each predictions.jsonl object, in order.
-FIELDS = ("path", "status", "score", "threshold", "is_defective", "reason", "map", "overlay")
+FIELDS = ("path", "status", "score", "threshold", "is_defective", "region_count", "defect_px", "defect_fraction",
+          "regions", "reason", "map", "overlay")
 
 # Masks of `pitscope calibrate --masks`: `<stem>.<ext>` or `<stem>_mask.<ext>` (as data.folder).
 MASK_SUFFIXES = ("", "_mask")
@@ -122,6 +123,8 @@ def _csv_row(row: dict) -> list:
             out.append("")
         elif isinstance(value, bool):
             out.append(int(value))
+        elif key == "regions":  # boxes as x0 y0 x1 y1, regions separated by ;
+            out.append(";".join(" ".join(map(str, r["box"])) for r in value))
         else:
             out.append(value)
     return out
@@ -141,8 +144,10 @@ def run_predict(
 
     out_dir/predictions.csv and out_dir/predictions.jsonl hold one row per file, in the order
     of `paths`, with the fields FIELDS: path (as given), status ("ok" or "error"), score,
-    threshold, is_defective, reason (why an "error" file could not be read; its score and
-    is_defective stay empty / null), and map / overlay (file names relative to out_dir, with
+    threshold, is_defective, region_count, defect_px and defect_fraction (the predicted region at
+    the file's own size, `Prediction.regions`), regions (JSON: area_px, fraction, box [x0, y0, x1,
+    y1) and peak of each; CSV: the boxes "x0 y0 x1 y1" joined by ";"), reason (why an "error" file
+    could not be read; its score and is_defective stay empty / null), and map / overlay (file names relative to out_dir, with
     save_maps). With save_maps, out_dir/maps/<name>.npy holds the float32 (H, W) anomaly map at
     the file's own size and out_dir/maps/<name>_overlay.png the image with the predicted region
     (`visualize.overlay` at the detector's pixel threshold); <name> is `safe_output_name`.
@@ -211,12 +216,16 @@ def run_predict(
                     failed.append({"path": row["path"], "reason": reasons[i]})
                 else:
                     p = predictions[i]
+                    regions = p.regions
+                    area = sum(r.area_px for r in regions)
                     row.update(status="ok", score=float(p.score), threshold=float(p.threshold),
-                               is_defective=bool(p.is_defective))
+                               is_defective=bool(p.is_defective), region_count=len(regions), defect_px=area,
+                               defect_fraction=area / p.anomaly_map.size,
+                               regions=[r.to_dict() for r in regions])
                     if save_maps:
                         row.update(map=f"maps/{name}.npy", overlay=f"maps/{name}_overlay.png")
                         np.save(out / row["map"], p.anomaly_map.astype(np.float32, copy=False))
-                        picture = overlay(images[i], p.anomaly_map, p.pixel_threshold)
+                        picture = overlay(images[i], p.anomaly_map, p.pixel_threshold, region=p.defect_region)
                         Image.fromarray(picture).save(out / row["overlay"])
                 write(row)
                 bar.update(1)

@@ -50,7 +50,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from pitscope import __version__
 from pitscope.data.types import Sample
-from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, evaluate
+from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, evaluate, predicted_regions
 from pitscope.inference import Detector
 from pitscope.metrics import pro_curve
 from pitscope.training import LOG_FILE
@@ -72,6 +72,16 @@ METRIC_LABELS = {
     "image_f1_max": "image F1-max",
     "pixel_f1_max": "pixel F1-max",
 }
+REGION_LABELS = {  # the predicted regions at the stored thresholds (evaluation.predicted_regions)
+    "pixel_f1": ("pixel F1 of the predicted regions (%)", "pct"),
+    "iou_median": ("IoU with the truth per defective image: median (%)", "pct"),
+    "iou_q1": ("IoU: lower quartile (%)", "pct"),
+    "iou_q3": ("IoU: upper quartile (%)", "pct"),
+    "normal_area_median": ("predicted area on defect-free images: median (% of the image)", "pct"),
+    "normal_area_p99": ("predicted area on defect-free images: 99th percentile (%)", "pct"),
+    "area_within_2x": ("defective images whose predicted area is within 2x the true area (%)", "pct"),
+}
+SUBSET_LABELS = {"positions": "BSData's monitored positions only", "other_type": "BSData's other ball-screw type (KGT*) only"}
 GALLERY_GROUPS = {
     "false_positives": "Worst false positives: defect-free images flagged, highest score first",
     "false_negatives": "Worst false negatives: defective images missed, lowest score first",
@@ -92,12 +102,14 @@ class CategoryRun(NamedTuple):
 
 # -- numbers ---------------------------------------------------------------------------------
 class _ScoresKept:
-    """The detector as `evaluate` sees it (score_dataset and threshold), keeping the scores and
-    maps it returns so the report draws from the very arrays the metrics came from."""
+    """The detector as `evaluate` sees it (score_dataset, cfg and the thresholds), keeping the
+    scores and maps it returns so the report draws from the very arrays the metrics came from."""
 
     def __init__(self, detector: Detector):
         self.detector = detector
+        self.cfg = detector.cfg
         self.threshold = detector.threshold
+        self.pixel_threshold = detector.pixel_threshold
         self.scores: np.ndarray | None = None
         self.maps: np.ndarray | None = None
 
@@ -365,7 +377,8 @@ def heatmap_scale(maps: np.ndarray, pixel_threshold: float) -> tuple[float, floa
 
 
 def gallery_tile(
-    image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: float, vmin: float, vmax: float
+    image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: float, vmin: float, vmax: float,
+    region: np.ndarray | None = None,
 ) -> np.ndarray:
     """One gallery row as (H, 4W + 3*gap, 3) uint8: the input, the ground truth (green fill and
     outline), the predicted region (red, with the ground truth's green outline for comparison)
@@ -375,7 +388,7 @@ def gallery_tile(
     if region.any():
         truth[region] = np.round(0.65 * image[region] + 0.35 * np.array(GREEN, np.float32)).astype(np.uint8)
         truth[boundary(region)] = GREEN
-    panels = [image, truth, overlay(image, anomaly_map, pixel_threshold, mask), heatmap(anomaly_map, vmin, vmax)]
+    panels = [image, truth, overlay(image, anomaly_map, pixel_threshold, mask, region=region), heatmap(anomaly_map, vmin, vmax)]
     gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
     return np.concatenate([panels[0], gap, panels[1], gap, panels[2], gap, panels[3]], axis=1)
 
@@ -431,6 +444,16 @@ def _metrics_section(record: dict, key: str) -> str:
         if paper:
             paper_cell = f"<td>{paper[name]:.2f}</td>" if name in paper else "<td>–</td>"
         rows.append(f"<tr><td>{_e(METRIC_LABELS[name])}</td>{_cell(name, metrics[name], 'pct')}{paper_cell}</tr>")
+    for name, (label, kind) in REGION_LABELS.items():
+        if metrics.get(name) is not None:
+            rows.append(f"<tr><td>{_e(label)}</td>{_cell(name, metrics[name], kind)}"
+                        + ("<td>–</td>" if paper else "") + "</tr>")
+    for group, subset in (record.get("subsets") or {}).items():
+        m = subset["metrics"]
+        text = ", ".join(f"{METRIC_LABELS[k]} {100 * m[k]:.2f}" for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
+                         if m.get(k) is not None)
+        label = f"{SUBSET_LABELS.get(group, group)} ({subset['counts']['defective']} defective)"
+        rows.append(f'<tr><td>{_e(label)}</td><td colspan="{2 if paper else 1}">{_e(text)}</td></tr>')
     c, at, pix = record["counts"], record["at_threshold"], record["pixel_at_threshold"]
     confusion = record["confusion"]
     interval = record.get("image_auroc_interval") or {}
@@ -613,7 +636,8 @@ def _analyse(
         truth, values, weights, counts = pixel_sample(masks, maps)
         curves.update(pixel_roc=_roc(truth, values, weights), pixel_pr=_pr(truth, values, weights),
                       pixel_sampling=counts, pro=_pro(masks, maps))
-        region = maps > pixel_threshold  # (N, H, W); NaN never counts
+        region = predicted_regions(maps, scores > threshold, pixel_threshold, detector.cfg.score.min_region_fraction,
+                                   detector.cfg.score.regions_on)  # (N, H, W) bool
         defect = masks > 0
         pixel_at_threshold = {"true_positive_rate": float(region[defect].mean()),
                               "false_positive_rate": float(region[~defect].mean())}
@@ -632,6 +656,7 @@ def _analyse(
                     "root": detector.cfg.data.root, "category": detector.cfg.data.category,
                     "image_size": detector.cfg.data.image_size},
         "metrics": result["metrics"],
+        "subsets": result.get("subsets", {}),
         "image_auroc_interval": result["image_auroc_interval"],
         "paper": dict(PAPER_BSDATA) if detector.cfg.data.format == "bsdata" else None,
         "counts": result["counts"],
@@ -655,7 +680,9 @@ def _analyse(
         tiles[group] = []
         for i in index:
             sample = dataset[i]
-            tile = gallery_tile(sample.image, sample.mask, maps[i], pixel_threshold, *scale)
+            shown = predicted_regions(maps[i : i + 1], scores[i : i + 1] > threshold, pixel_threshold,
+                                      detector.cfg.score.min_region_fraction, detector.cfg.score.regions_on)[0]
+            tile = gallery_tile(sample.image, sample.mask, maps[i], pixel_threshold, *scale, region=shown)
             tiles[group].append(_tile_html(_jpeg_uri(tile), paths[i], int(labels[i]), float(scores[i]), threshold))
     body = (
         _metrics_section(record, key)

@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 API_KEY_HEADER = "X-API-Key"
+MAX_REGIONS = 50  # regions listed in one answer, largest first; region_count counts them all
 ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 # Multipart framing around the file (boundaries, part headers, a long file name) may add this
 # many bytes to the request body beyond max_upload_bytes.
@@ -243,6 +244,7 @@ def create_app(
         with lock:
             prediction = detector.predict(image, threshold=threshold)
         region = prediction.defect_region  # (H, W) bool
+        regions = prediction.regions
         result = {
             "score": float(prediction.score),
             "is_defective": bool(prediction.is_defective),
@@ -251,13 +253,16 @@ def create_app(
             "width": image.shape[1],
             "height": image.shape[0],
             "defect_fraction": float(region.mean()),
+            "defect_px": int(region.sum()),
+            "region_count": len(regions),
+            "regions": [r.to_dict() for r in regions[:MAX_REGIONS]],
             "model": model,
         }
         pngs = {}
         if pictures in ("overlay", "both"):
             from pitscope.visualize import overlay
 
-            pngs["overlay"] = _png(overlay(image, prediction.anomaly_map, prediction.pixel_threshold))
+            pngs["overlay"] = _png(overlay(image, prediction.anomaly_map, prediction.pixel_threshold, region=region))
         if pictures in ("heatmap", "both"):
             pngs["heatmap"] = _png(heatmap_image(prediction.anomaly_map, prediction.pixel_threshold))
         return result, pngs
@@ -342,8 +347,10 @@ def create_app(
     ):
         """Score one uploaded image (multipart field `file`).
 
-        JSON: score, is_defective, threshold, pixel_threshold, width, height, defect_fraction
-        (share of pixels whose anomaly value is above pixel_threshold) and model. With
+        JSON: score, is_defective, threshold, pixel_threshold, width, height, defect_fraction and
+        defect_px (the predicted region: connected areas above pixel_threshold, at least
+        min_region_fraction of the photo, as a share and in pixels), region_count, regions (the
+        largest 50: area_px, fraction, box [x0, y0, x1, y1) in the photo's pixels, peak) and model. With
         ?map=png (the overlay) or ?map=heatmap the answer is that PNG instead, with the score in
         X-Pitscope-* headers; ?map=embed adds "overlay" and "heatmap" PNG data: URLs to the JSON.
         """

@@ -40,12 +40,14 @@ def overlay(
     mask: np.ndarray | None = None,
     alpha: float = 0.35,
     line_width: int | None = None,
+    region: np.ndarray | None = None,
 ) -> np.ndarray:
     """The image with the predicted region in red and the ground truth outlined in green.
 
     image: (H, W, 3) uint8 RGB. anomaly_map: (H, W) float; the predicted region is
     anomaly_map > pixel_threshold. mask: (H, W), nonzero = defect, or None.
     alpha: opacity of the red fill; line_width: outline width in pixels (None: from the size).
+    region: (H, W) bool, drawn instead of anomaly_map > pixel_threshold (`Prediction.defect_region`).
     Returns a new (H, W, 3) uint8 image; pixels outside the predicted region and the mask's
     outline are left as they are (green is drawn last, over red where the two meet).
     """
@@ -63,7 +65,9 @@ def overlay(
     line = _line_width(height, width) if line_width is None else int(line_width)
 
     out = image.copy()
-    region = anomaly_map > pixel_threshold  # (H, W) bool; NaN never counts
+    if region is not None and np.shape(region) != (height, width):
+        raise ValueError(f"region: expected shape {(height, width)} like the image, got {np.shape(region)}")
+    region = anomaly_map > pixel_threshold if region is None else np.asarray(region, dtype=bool)  # NaN never counts
     if region.any():
         fill = (1.0 - alpha) * image[region].astype(np.float32) + alpha * np.array(RED, np.float32)  # (n, 3)
         out[region] = np.round(fill).astype(np.uint8)

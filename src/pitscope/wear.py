@@ -55,96 +55,14 @@ from pitscope import __version__
 from pitscope.config import Config
 from pitscope.data.bsdata import bsdata_root, bsdata_split, read_polygons, read_split
 from pitscope.data.dataset import Record, rasterise_polygons
+from pitscope.data.sequences import SECONDS_PER_DAY, WearSequence, capture_time, read_sequences
 from pitscope.data.types import DatasetLayoutError
 
-IMAGE_DATA = "image_data.json"
-SECONDS_PER_DAY = 86_400.0
-_TIME = re.compile(r"^\d+_(\d{12})_")
 CURVE_FIELDS = ("file", "time", "days", "width", "height", "predicted_px", "predicted_fraction", "true_px",
                 "true_fraction", "score", "threshold", "is_defective", "growth_per_day", "alert")
 SUMMARY_FIELDS = ("sequence", "model", "overlap", "images", "first_flagged_days", "first_true_days",
                   "flag_lead_days", "growth_predicted_per_day", "growth_true_per_day", "spearman", "mae",
                   "first_alert_days", "alert_lead_days", "false_alerts", "clean_images")
-
-
-# -- sequences -------------------------------------------------------------------------------
-def capture_time(name: str | Path) -> datetime:
-    """The capture time in a BSData file name `<nn>_<yymmddhhmmss>_...` (e.g. 01_200907232354_...).
-
-    Raises ValueError naming the file when the name carries no such time or an impossible one.
-    """
-    stem = Path(name).name
-    match = _TIME.match(stem)
-    if match is None:
-        raise ValueError(f"{name}: no capture time in the file name (expected 01_<yymmddhhmmss>_...)")
-    try:
-        return datetime.strptime(match.group(1), "%y%m%d%H%M%S")
-    except ValueError as exc:
-        raise ValueError(f"{name}: {match.group(1)} is not a valid yymmddhhmmss time: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class WearSequence:
-    """One spindle position photographed over time.
-
-    name:    the first of `names` (sorted); names: every `wear_dev` name listing these images.
-    records: the images in capture order; label 1 with its polygons when label/<stem>.json exists.
-    times:   the capture time of each record, from its file name.
-    """
-
-    name: str
-    names: tuple[str, ...]
-    records: tuple[Record, ...]
-    times: tuple[datetime, ...]
-
-    @property
-    def days(self) -> np.ndarray:
-        """(N,) float64 days since the sequence's first image."""
-        return np.array([(t - self.times[0]).total_seconds() / SECONDS_PER_DAY for t in self.times])
-
-
-def read_sequences(root: str | Path | None = None) -> list[WearSequence]:
-    """BSData's distinct wear-development sequences, sorted by name (see the module docstring).
-
-    root: the BSData folder (`bsdata_root(root)` finds it). Raises FileNotFoundError without
-    image_data.json, DatasetLayoutError for a listed image missing from data/ or for two
-    sequences sharing only some of their images, ValueError for a name without a capture time.
-    """
-    root = bsdata_root(root)
-    path = root / IMAGE_DATA
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: BSData's image list is missing (it defines the wear sequences)")
-    try:
-        images = json.loads(path.read_text())["images"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DatasetLayoutError(f"{path}: not BSData's image list with an 'images' array: {exc}") from exc
-    members: dict[str, set[str]] = {}
-    for image in images:
-        for name in image.get("wear_dev") or ():
-            members.setdefault(name, set()).add(image["filename"])
-    by_files: dict[frozenset[str], list[str]] = {}
-    for name, files in members.items():
-        by_files.setdefault(frozenset(files), []).append(name)
-    owner: dict[str, str] = {}
-    sequences = []
-    for files, names in by_files.items():
-        names = sorted(names)
-        for file in sorted(files):
-            if file in owner:
-                raise DatasetLayoutError(f"{path}: {file} is in sequences {owner[file]} and {names[0]}, "
-                                         "which do not list the same images")
-            owner[file] = names[0]
-            if not (root / "data" / file).is_file():
-                raise DatasetLayoutError(f"{path}: sequence {names[0]} lists {file}, which is not in {root / 'data'}")
-        ordered = sorted(files, key=lambda f: (capture_time(f), f))
-        records = []
-        for file in ordered:
-            label = root / "label" / f"{Path(file).stem}.json"
-            polygons = read_polygons(label) if label.is_file() else None
-            records.append(Record(root / "data" / file, int(polygons is not None), polygons=polygons))
-        sequences.append(WearSequence(names[0], tuple(names), tuple(records),
-                                      tuple(capture_time(f) for f in ordered)))
-    return sorted(sequences, key=lambda s: s.name)
 
 
 # -- the split over sequences ----------------------------------------------------------------

@@ -115,11 +115,8 @@ def test_root_lookup_explicit_then_env(tiny, tmp_path, monkeypatch):
 # --- the real dataset (skipped where it is absent); decodes only a handful of images ---
 
 @pytest.fixture(scope="module")
-def real_root() -> Path:
-    try:
-        return bsdata_root()
-    except FileNotFoundError as exc:
-        pytest.skip(f"BSData is not available here: {exc}")
+def real_root(real_bsdata) -> Path:
+    return real_bsdata
 
 
 def test_real_split_has_the_paper_counts(real_root):

@@ -59,8 +59,11 @@ def test_splits_counts_labels_and_distinct_streams():
     assert [s.path for s in test] == test.paths
     assert not np.array_equal(train[0].image, test[0].image)
     assert test.has_masks and test.check(progress=False) == []
+    val = load_synthetic(cfg, "val", seed=0)  # as large as test, on its own stream
+    assert val.labels.tolist() == test.labels.tolist() and val.paths[0] == "synthetic://val/normal/0000"
+    assert not np.array_equal(val[0].image, test[0].image)
     with pytest.raises(ValueError, match="train"):
-        load_synthetic(cfg, "val", seed=0)
+        load_synthetic(cfg, "holdout", seed=0)
 
 
 def test_masks_nonempty_for_defective_empty_for_normal():

@@ -16,7 +16,7 @@ from pitscope.data.folder import load_folder
 from pitscope.data.mvtec import load_mvtec
 from pitscope.data.types import BadImageError, DatasetLayoutError, Sample
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "val")
 
 
 def load_synthetic(cfg: DataConfig, split: str, seed: int) -> Sequence[Sample]:
@@ -35,7 +35,8 @@ FORMATS: dict[str, Callable[[DataConfig, str, int], Sequence[Sample]]] = {
 
 
 def build_dataset(cfg: DataConfig, split: str, seed: int) -> Sequence[Sample]:
-    """The `split` ("train" or "test") of the dataset `cfg.format` names.
+    """The `split` ("train", "test" or "val") of the dataset `cfg.format` names; "val" exists only
+    where the format holds validation images apart (bsdata with data.holdout=positions).
 
     Unreadable files are found only when decoded: call `.check()` on an AnomalyDataset before
     use to skip (or refuse) them as cfg.on_bad_file says.

@@ -25,6 +25,12 @@ from pitscope.data.imageio import list_images
 from pitscope.data.types import DatasetLayoutError
 
 ENV_VAR = "PITSCOPE_BSDATA"
+IMAGE_DATA = "image_data.json"
+POSITIONS_FILE = Path(__file__).with_name("bsdata_positions.json")
+POSITIONS_VERSION = 1
+POSITION_ROLES = ("validation", "label", "test")
+HOLDOUTS = ("none", "positions")
+VAL_KEYS = ("val_normal", "val_defect")
 DEFECT_LABEL = "Pitting"
 SPLIT_KEYS = ("train", "test_normal", "test_defect")
 
@@ -88,9 +94,11 @@ def write_split(split: dict, path: str | Path) -> Path:
     """Write a split from `bsdata_split` as indented JSON with its seed and counts; returns path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    keys = SPLIT_KEYS + (VAL_KEYS if "val_normal" in split else ())
     content = {"dataset": "bsdata", "seed": split["seed"],
-               "counts": {key: len(split[key]) for key in SPLIT_KEYS},
-               **{key: list(split[key]) for key in SPLIT_KEYS}}
+               **({"positions": split["positions"]} if "positions" in split else {}),
+               "counts": {key: len(split[key]) for key in keys},
+               **{key: list(split[key]) for key in keys}}
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # concurrent writers (torchrun) never collide
     tmp.write_text(json.dumps(content, indent=2) + "\n")
     tmp.replace(path)
@@ -111,15 +119,133 @@ def read_split(path: str | Path) -> dict:
     missing = [key for key in ("seed", *SPLIT_KEYS) if key not in content]
     if missing:
         raise ValueError(f"{path}: split file lacks {', '.join(missing)}")
-    split = {"seed": content["seed"], **{key: list(content[key]) for key in SPLIT_KEYS}}
-    for key in SPLIT_KEYS:
+    keys = SPLIT_KEYS + (VAL_KEYS if "val_normal" in content else ())
+    split = {"seed": content["seed"], **{key: list(content[key]) for key in keys}}
+    if "positions" in content:
+        split["positions"] = content["positions"]
+    for key in keys:
         stated = content.get("counts", {}).get(key, len(split[key]))
         if stated != len(split[key]):
             raise ValueError(f"{path}: {key} lists {len(split[key])} names but its count says {stated}")
-    every = [name for key in SPLIT_KEYS for name in split[key]]
+    every = [name for key in keys for name in split[key]]
     if len(set(every)) != len(every):
-        raise ValueError(f"{path}: a file name appears more than once across {', '.join(SPLIT_KEYS)}")
+        raise ValueError(f"{path}: a file name appears more than once across {', '.join(keys)}")
     return split
+
+
+def position_files(root: str | Path) -> dict[tuple[str, ...], list[str]]:
+    """BSData's monitored positions, from `image_data.json`: {names: sorted image file names}.
+
+    Each image lists the wear-development sequences (`wear_dev`) it belongs to; names that list
+    the very same images are one position, keyed by all its names, sorted (15 positions, 27
+    names). Raises FileNotFoundError without image_data.json, DatasetLayoutError for an image
+    missing from data/ or for two names that share only some of their images.
+    """
+    root = Path(root)
+    path = root / IMAGE_DATA
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: BSData's image list is missing (it defines the monitored positions)")
+    try:
+        images = json.loads(path.read_text())["images"]
+        members: dict[str, set[str]] = {}
+        for image in images:
+            for name in image.get("wear_dev") or ():
+                members.setdefault(name, set()).add(image["filename"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DatasetLayoutError(f"{path}: not BSData's image list with an 'images' array: {exc}") from exc
+    by_files: dict[frozenset[str], list[str]] = {}
+    for name, files in members.items():
+        by_files.setdefault(frozenset(files), []).append(name)
+    owner: dict[str, str] = {}
+    positions = {}
+    for files, names in by_files.items():
+        key = tuple(sorted(names))
+        for file in sorted(files):
+            if file in owner:
+                raise DatasetLayoutError(f"{path}: {file} is in sequences {owner[file]} and {key[0]}, "
+                                         "which do not list the same images")
+            owner[file] = key[0]
+            if not (root / "data" / file).is_file():
+                raise DatasetLayoutError(f"{path}: sequence {key[0]} lists {file}, which is not in {root / 'data'}")
+        positions[key] = sorted(files)
+    return dict(sorted(positions.items()))
+
+
+def deal_positions(root: str | Path, seed: int = 0, n_validation: int = 4, n_label: int = 3) -> dict:
+    """Deal BSData's monitored positions into validation, label and test positions.
+
+    A `default_rng(seed)` permutation of the sorted position names (each position's first
+    sequence name): the first `n_validation` choose settings, the next `n_label` are kept for
+    training with labelled defects, the rest measure. Returns {"version", "seed",
+    "validation", "label", "test"}, each list sorted.
+    """
+    names = [key[0] for key in position_files(root)]
+    if n_validation < 1 or n_label < 0 or n_validation + n_label >= len(names):
+        raise ValueError(f"n_validation={n_validation}, n_label={n_label}: need at least one validation "
+                         f"and one test position among {len(names)}")
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    return {"version": POSITIONS_VERSION, "seed": seed,
+            "validation": sorted(order[:n_validation]),
+            "label": sorted(order[n_validation:n_validation + n_label]),
+            "test": sorted(order[n_validation + n_label:])}
+
+
+def read_positions(path: str | Path | None = None) -> dict:
+    """The position split file (default: the versioned one shipped with pitscope).
+
+    Raises ValueError naming the file when a list is missing or a position is in two lists.
+    """
+    path = POSITIONS_FILE if path is None else Path(path)
+    try:
+        content = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable position split file: {exc}") from exc
+    missing = [key for key in POSITION_ROLES if not isinstance(content.get(key), list)]
+    if missing:
+        raise ValueError(f"{path}: position split file lacks the lists {', '.join(missing)}")
+    every = [name for key in POSITION_ROLES for name in content[key]]
+    if len(set(every)) != len(every):
+        raise ValueError(f"{path}: a position appears in more than one of {', '.join(POSITION_ROLES)}")
+    return content
+
+
+def hold_out_positions(split: dict, root: str | Path, positions: dict) -> dict:
+    """The paper's split with the validation and label positions held apart.
+
+    train: the paper's training images less those of validation positions (label positions'
+    defect-free photos still train); test_normal / test_defect: the paper's test images of test
+    positions, plus the photos of no position (the 69 type-1 `KGT*` photos, all pitting);
+    val_normal / val_defect: every photo of the validation positions, none of which trains.
+    """
+    by_name = {key[0]: files for key, files in position_files(root).items()}
+    unknown = sorted(set(n for role in POSITION_ROLES for n in positions[role]) - set(by_name))
+    if unknown:
+        raise ValueError(f"position split names unknown positions: {', '.join(unknown)}")
+    role_of = {f: role for role in POSITION_ROLES for n in positions[role] for f in by_name[n]}
+    tested = {None, "test"}
+    defect = set(split["test_defect"])
+    val = sorted(f for f, role in role_of.items() if role == "validation")
+    return {
+        "seed": split["seed"],
+        "train": [f for f in split["train"] if role_of.get(f) != "validation"],
+        "test_normal": [f for f in split["test_normal"] if role_of.get(f) in tested],
+        "test_defect": [f for f in split["test_defect"] if role_of.get(f) in tested],
+        "val_normal": [f for f in val if f not in defect],
+        "val_defect": [f for f in val if f in defect],
+        "positions": positions,
+    }
+
+
+def type_groups(paths: list[str], labels: np.ndarray, root: str | Path) -> dict[str, np.ndarray]:
+    """The defective images of each BSData ball-screw type, as (N,) bool over `paths`.
+
+    "positions": pitting photos of the monitored positions (type 2, the type training shows);
+    "other_type": photos of no position (the 69 type-1 `KGT*` photos, all pitting, never in training).
+    """
+    placed = {f for files in position_files(root).values() for f in files}
+    other = np.array([Path(p).name not in placed for p in paths], dtype=bool)
+    defective = np.asarray(labels) == 1
+    return {"positions": defective & ~other, "other_type": defective & other}
 
 
 def read_polygons(label_path: Path) -> tuple[Polygon, ...]:
@@ -141,39 +267,57 @@ def read_polygons(label_path: Path) -> tuple[Polygon, ...]:
     return tuple(polygons)
 
 
+def _draw_split(cfg: DataConfig, root: Path, seed: int) -> dict:
+    """A new split: the paper's, with positions held apart when cfg.holdout says so."""
+    split = bsdata_split(root, cfg.n_train_normal, seed)
+    if cfg.holdout == "positions":
+        split = hold_out_positions(split, root, read_positions(cfg.positions_file))
+    return split
+
+
 def _resolve_split(cfg: DataConfig, root: Path, seed: int) -> dict:
     """The split to use: cfg.split_file when it exists, else a new one (written there if set)."""
     if cfg.split_file is None:
-        return bsdata_split(root, cfg.n_train_normal, seed)
+        return _draw_split(cfg, root, seed)
     path = Path(cfg.split_file)
     if not path.exists():
-        return read_split(write_split(bsdata_split(root, cfg.n_train_normal, seed), path))
+        return read_split(write_split(_draw_split(cfg, root, seed), path))
     split = read_split(path)
-    if len(split["train"]) != cfg.n_train_normal:
+    held = "val_normal" in split
+    if held != (cfg.holdout == "positions"):
+        raise ValueError(f"{path}: the stored split {'holds' if held else 'does not hold'} positions apart, "
+                         f"but data.holdout={cfg.holdout}; give another data.split_file or remove this one")
+    if cfg.holdout == "none" and len(split["train"]) != cfg.n_train_normal:
         warnings.warn(f"{path}: the stored split trains on {len(split['train'])} defect-free images, "
                       f"not data.n_train_normal={cfg.n_train_normal}; using the stored split", stacklevel=3)
     return split
 
 
 def load_bsdata(cfg: DataConfig, split: str, seed: int) -> AnomalyDataset:
-    """BSData's "train" (defect-free only) or "test" (defect-free and pitting) split.
+    """BSData's "train" (defect-free only), "test" or "val" (defect-free and pitting) split.
+
+    With cfg.holdout "positions" the validation and label positions are held apart
+    (`hold_out_positions`); "val" is then the validation positions' photos.
 
     The root comes from `bsdata_root(cfg.root)`; the split from `cfg.split_file` when that file
     exists, otherwise drawn with `cfg.split_seed` (and written to cfg.split_file when one is set);
     the run `seed` does not move the split, so runs with different seeds are compared on one.
     Pitting masks are the label polygons, filled at each image's native size.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split: {split!r} is not one of train, test")
+    if split not in ("train", "test", "val"):
+        raise ValueError(f"split: {split!r} is not one of train, test, val")
+    if split == "val" and cfg.holdout != "positions":
+        raise ValueError("split 'val': BSData has a validation split only with data.holdout=positions")
     root = bsdata_root(cfg.root)
     names = _resolve_split(cfg, root, cfg.split_seed)
     data = root / "data"
     if split == "train":
         records = [Record(data / name, 0) for name in names["train"]]
     else:
-        records = [Record(data / name, 0) for name in names["test_normal"]]
+        prefix = "test" if split == "test" else "val"
+        records = [Record(data / name, 0) for name in names[f"{prefix}_normal"]]
         records += [Record(data / name, 1, polygons=read_polygons(root / "label" / f"{Path(name).stem}.json"))
-                    for name in names["test_defect"]]
+                    for name in names[f"{prefix}_defect"]]
     for record in records:
         if not record.path.is_file():
             raise DatasetLayoutError(f"{record.path}: listed in the split but not in {data}")

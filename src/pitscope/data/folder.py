@@ -37,7 +37,7 @@ def load_folder(cfg: DataConfig, split: str, seed: int) -> AnomalyDataset:
     split) and kept for the common loader signature.
     """
     if split not in ("train", "test"):
-        raise ValueError(f"split: {split!r} is not one of train, test")
+        raise ValueError(f"split: {split!r} is not one of train, test (this format holds no validation images apart)")
     if cfg.root is None:
         raise ValueError("data.root: must be set to the folder of defect-free images for format 'folder'")
     has_masks = True

@@ -76,7 +76,7 @@ def load_mvtec(cfg: DataConfig, split: str, seed: int) -> AnomalyDataset:
     without an image.
     """
     if split not in ("train", "test"):
-        raise ValueError(f"split: {split!r} is not one of train, test")
+        raise ValueError(f"split: {split!r} is not one of train, test (this format holds no validation images apart)")
     category = _category_dir(cfg)
     if split == "train":
         records = [Record(image, 0) for image in list_images(category / "train" / NORMAL_DIR)]

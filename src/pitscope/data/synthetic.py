@@ -25,7 +25,7 @@ from pitscope.tensors import resize_image
 # Samples of one thread period in the profile look-up table.
 PROFILE_SAMPLES = 512
 # Split names and the stream that keeps their seeds apart.
-SPLIT_STREAMS = {"train": 0, "test": 1}
+SPLIT_STREAMS = {"train": 0, "test": 1, "val": 2}
 
 
 def _normalize(v: np.ndarray) -> np.ndarray:
@@ -376,12 +376,14 @@ class SyntheticDataset(collections.abc.Sequence[Sample]):
 
 
 def load_synthetic(cfg: DataConfig, split: str, seed: int) -> SyntheticDataset:
-    """The `train` (normals only) or `test` (normals, then pitting) split of `cfg.synthetic`.
+    """The `train` (normals only), `test` or `val` (normals, then pitting) split of `cfg.synthetic`.
 
-    Both are drawn from `seed`, on separate streams, and resized to `cfg.image_size`.
+    Each is drawn from `seed` on its own stream and resized to `cfg.image_size`; `val`, as large
+    as `test`, chooses settings so that `test` only measures.
     """
     syn = cfg.synthetic
-    counts = {"train": (syn.n_train, 0), "test": (syn.n_test_normal, syn.n_test_defect)}
+    counts = {"train": (syn.n_train, 0), "test": (syn.n_test_normal, syn.n_test_defect),
+              "val": (syn.n_test_normal, syn.n_test_defect)}
     if split not in counts:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(counts)}")
     n_normal, n_defect = counts[split]

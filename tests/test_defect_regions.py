@@ -1,0 +1,66 @@
+"""Predicted defect regions: components, the size filter, boxes and peaks, checked against
+scikit-image's regionprops; Prediction's region follows the model's settings."""
+
+import numpy as np
+import pytest
+from skimage.measure import label as sk_label, regionprops
+
+from pitscope.defect_regions import find_regions, label_regions, region_mask
+from pitscope.inference import Prediction
+
+
+def two_blobs() -> np.ndarray:
+    """A 20 x 30 map: a 2 x 2 blob (peak 5) and a 4 x 5 blob (peak 9), 0 elsewhere."""
+    amap = np.zeros((20, 30), np.float32)
+    amap[2:4, 3:5] = 5.0
+    amap[10:14, 20:25] = 2.0
+    amap[11, 22] = 9.0
+    return amap
+
+
+def test_regions_match_scikit_image_regionprops():
+    rng = np.random.default_rng(0)
+    amap = rng.random((40, 50)).astype(np.float32)
+    ours = find_regions(amap, 0.8)
+    theirs = regionprops(sk_label(amap > 0.8, connectivity=2), intensity_image=amap)
+    key = lambda r: (r[0], r[1])  # (area, box) pairs, order-free
+    expected = sorted(((p.area, (p.bbox[1], p.bbox[0], p.bbox[3], p.bbox[2])) for p in theirs), key=key)
+    assert sorted(((r.area_px, r.box) for r in ours), key=key) == expected
+    assert sorted(r.peak for r in ours) == pytest.approx(sorted(float(p.intensity_max) for p in theirs))
+    assert [r.area_px for r in ours] == sorted((r.area_px for r in ours), reverse=True)
+
+
+def test_small_regions_are_dropped_and_fractions_are_of_the_whole_map():
+    amap = two_blobs()
+    every = find_regions(amap, 1.0)
+    assert [(r.area_px, r.box, r.peak) for r in every] == [(20, (20, 10, 25, 14), 9.0), (4, (3, 2, 5, 4), 5.0)]
+    assert every[0].fraction == pytest.approx(20 / 600)
+    kept = find_regions(amap, 1.0, min_fraction=5 / 600)  # 5 pixels: the 2 x 2 blob goes
+    assert [r.area_px for r in kept] == [20]
+    assert find_regions(amap, 1.0, min_fraction=4 / 600)[1].area_px == 4  # exactly the minimum stays
+    mask = region_mask(amap, 1.0, min_fraction=5 / 600)
+    assert mask.sum() == 20 and not mask[2:4, 3:5].any()
+    labels, count = label_regions(amap, 1.0, 5 / 600)
+    assert count == 1 and set(np.unique(labels)) == {0, 1}
+
+
+def test_diagonal_neighbours_join_and_nan_never_counts():
+    amap = np.zeros((6, 6), np.float32)
+    amap[1, 1] = amap[2, 2] = 3.0  # touching at a corner: one region under 8-connectivity
+    amap[4, 4] = np.nan
+    assert [r.area_px for r in find_regions(amap, 1.0)] == [2]
+    with pytest.raises(ValueError, match="min_fraction"):
+        find_regions(amap, 1.0, min_fraction=1.0)
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        find_regions(amap[None], 1.0)
+
+
+def test_prediction_region_follows_size_filter_and_decision():
+    amap = two_blobs()
+    plain = Prediction(1.0, amap, False, 2.0, 1.0)
+    assert plain.defect_region.sum() == 24 and len(plain.regions) == 2
+    filtered = plain._replace(min_region_fraction=5 / 600)
+    assert filtered.defect_region.sum() == 20 and len(filtered.regions) == 1
+    gated = plain._replace(regions_on="defective")  # passed as defect-free: no region shown
+    assert not gated.defect_region.any() and gated.regions == []
+    assert gated._replace(is_defective=True).defect_region.sum() == 24
