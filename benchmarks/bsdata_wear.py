@@ -26,7 +26,8 @@ import torch
 
 from bsdata_cpu import commit, machine, note, provenance  # benchmarks/ is on sys.path when run as a script
 from pitscope.data.bsdata import bsdata_root, write_split
-from pitscope.wear import fold_split, read_sequences, sequence_folds
+from pitscope.data.sequences import read_sequences
+from pitscope.wear import fold_split, sequence_folds
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

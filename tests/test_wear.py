@@ -15,6 +15,7 @@ from pitscope.config import load_config
 from pitscope.data import build_dataset
 from pitscope.data.bsdata import write_split
 from pitscope.data.dataset import Record
+from pitscope.data.sequences import capture_time, read_sequences
 from pitscope.data.types import DatasetLayoutError
 from pitscope.inference import Prediction
 from pitscope.report import build_report, read_wear
@@ -24,10 +25,8 @@ from pitscope.wear import (
     WearCurve,
     area_point,
     assign_models,
-    capture_time,
     evaluate_alerts,
     fold_split,
-    read_sequences,
     sequence_folds,
     slope_per_day,
     spearman,

@@ -5,6 +5,7 @@ set between the scores of a defect-free and a pitted synthetic photo. Skipped, w
 where selenium, chromium or chromedriver is missing (`make test` installs them where it can).
 """
 
+import re
 import shutil
 import socket
 import threading
@@ -144,6 +145,9 @@ def test_verdicts_slider_and_plain_error(files, browser):
         assert verdict(browser, "good_part.png") == "OK"
         assert verdict(browser, "pitted_part.png") == "DEFECT"
         assert browser.find_element(By.ID, "summary").text == "2 images: 1 DEFECT, 1 OK."
+        region_text = card(browser, "pitted_part.png").find_element(By.CSS_SELECTOR, ".region").text
+        assert re.fullmatch(r"(No defect region predicted|\d+ predicted defect regions?, \d+ px in all \(.*\)).*"
+                            r"× \d+ px photo.*", region_text), region_text
         good = card(browser, "good_part.png")
         image = good.find_element(By.TAG_NAME, "img")
         overlay_src = image.get_attribute("src")

@@ -123,12 +123,6 @@ def _print_calibration(detector, path: Path) -> None:
         print(f"training images scored highest out of fold (worth a look for defects): {top}")
 
 
-def _prepare_split_file(cfg: Config) -> None:
-    """BSData's seeded split is written beside the outputs unless a split file is given."""
-    if cfg.data.format == "bsdata" and cfg.data.split_file is None:
-        cfg.data.split_file = str(Path(cfg.output_dir) / "split.json")
-
-
 def _train_and_fit(cfg: Config, resume: bool, progress: bool):
     """Train, fit the scorers, calibrate the threshold, save OUTPUT_DIR/model.pt.
 
@@ -136,13 +130,13 @@ def _train_and_fit(cfg: Config, resume: bool, progress: bool):
     features of every training image and saves, and the others return (None, None).
     """
     from pitscope import distributed
-    from pitscope.data import build_dataset
+    from pitscope.data import build_dataset, prepare_split_file
     from pitscope.inference import Detector
     from pitscope.training import train
 
     main = distributed.context().is_main
     progress = progress and main
-    _prepare_split_file(cfg)
+    prepare_split_file(cfg)
     dataset = build_dataset(cfg.data, "train", cfg.seed)
     bad = dataset.check(progress=progress)
     for path, reason in bad if main else ():
@@ -173,10 +167,10 @@ def _train_and_fit(cfg: Config, resume: bool, progress: bool):
 
 def _evaluate_and_print(detector, cfg: Config, out_dir: Path, progress: bool, report_run_dir: Path | None = None,
                         split: str = "test") -> dict:
-    from pitscope.data import build_dataset
+    from pitscope.data import build_dataset, prepare_split_file
     from pitscope.evaluation import evaluate, format_table
 
-    _prepare_split_file(cfg)
+    prepare_split_file(cfg)
     dataset = build_dataset(cfg.data, split, cfg.seed)
     for path, reason in dataset.check(progress=progress):
         print(f"skipped bad file: {path}: {reason}", file=sys.stderr)

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from pitscope import __version__
 from pitscope.config import Config, fill_image_features, from_dict, to_dict
 from pitscope.data.imageio import read_image, to_rgb_array
+from pitscope.files import atomic_save
 from pitscope.data.types import Sample
 from pitscope.augment import PseudoDefects
 from pitscope.models.network import DoubleSelfSupervisedNet
@@ -405,8 +406,6 @@ class Detector(nn.Module):
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write config, weights, scorers, threshold, metadata and version to one file, atomically."""
-        from pitscope.training import atomic_save
-
         path = Path(path)
         atomic_save(
             {

@@ -53,7 +53,7 @@ from pitscope.data.types import Sample
 from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, evaluate, predicted_regions
 from pitscope.inference import Detector
 from pitscope.metrics import pro_curve
-from pitscope.training import LOG_FILE
+from pitscope.files import TRAIN_LOG
 from pitscope.visualize import GREEN, boundary, heatmap, overlay
 
 CURVE_POINTS = 500  # most points stored and drawn per curve
@@ -649,7 +649,7 @@ def _analyse(
     }
     picks = pick_gallery(labels, scores, threshold, gallery_size)
     paths = list(dataset.paths)
-    log_path = run_dir / LOG_FILE if run_dir is not None else None
+    log_path = run_dir / TRAIN_LOG if run_dir is not None else None
     log = read_train_log(log_path) if log_path is not None else None
     record = _json_safe({
         "dataset": {"format": detector.cfg.data.format, "name": getattr(dataset, "name", ""),
@@ -900,7 +900,7 @@ def build_category_report(
 # -- command line ----------------------------------------------------------------------------
 def _category_runs(models: Sequence[str], overrides: Sequence[str], progress: bool) -> Iterable[CategoryRun]:
     """Load each model and its test split in turn (lazily: one model in memory at a time)."""
-    from pitscope.cli import _prepare_split_file
+    from pitscope.data import prepare_split_file
     from pitscope.config import apply_overrides
     from pitscope.data import build_dataset
 
@@ -909,7 +909,7 @@ def _category_runs(models: Sequence[str], overrides: Sequence[str], progress: bo
         detector = Detector.load(model)
         cfg = apply_overrides(detector.cfg, list(overrides))
         detector.cfg.data = cfg.data
-        _prepare_split_file(cfg)
+        prepare_split_file(cfg)
         dataset = build_dataset(cfg.data, "test", cfg.seed)
         for path, reason in dataset.check(progress=progress):
             print(f"skipped bad file: {path}: {reason}", file=sys.stderr)

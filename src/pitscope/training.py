@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 
 from pitscope import __version__, distributed
 from pitscope.augment import PseudoDefects
+from pitscope.files import TRAIN_LOG, atomic_save
 from pitscope.config import Config, TrainConfig, fill_image_features, from_dict, save_config, to_dict
 from pitscope.data.types import Sample
 from pitscope.models.hog import hog_features, rgb_target
@@ -39,7 +39,7 @@ from pitscope.seeding import numpy_rng, seed_everything, worker_init_fn
 from pitscope.tensors import denormalise, image_to_tensor
 
 LAST_CHECKPOINT = "checkpoint_last.pt"
-LOG_FILE = "train_log.csv"
+LOG_FILE = TRAIN_LOG
 SNAPSHOT_DIR = "snapshots"
 
 
@@ -162,14 +162,6 @@ def cpu_has_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-
-
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 @dataclass

@@ -39,7 +39,6 @@ import csv
 import dataclasses
 import json
 import math
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,10 +52,9 @@ from tqdm.auto import tqdm
 
 from pitscope import __version__
 from pitscope.config import Config
-from pitscope.data.bsdata import bsdata_root, bsdata_split, read_polygons, read_split
+from pitscope.data.bsdata import bsdata_root, bsdata_split, read_split
 from pitscope.data.dataset import Record, rasterise_polygons
-from pitscope.data.sequences import SECONDS_PER_DAY, WearSequence, capture_time, read_sequences
-from pitscope.data.types import DatasetLayoutError
+from pitscope.data.sequences import WearSequence, read_sequences
 
 CURVE_FIELDS = ("file", "time", "days", "width", "height", "predicted_px", "predicted_fraction", "true_px",
                 "true_fraction", "score", "threshold", "is_defective", "growth_per_day", "alert")

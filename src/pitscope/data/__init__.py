@@ -8,6 +8,7 @@ path, with H = W = cfg.image_size.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pitscope.config import DataConfig
 from pitscope.data.bsdata import load_bsdata
@@ -32,6 +33,13 @@ FORMATS: dict[str, Callable[[DataConfig, str, int], Sequence[Sample]]] = {
     "folder": load_folder,
     "synthetic": load_synthetic,
 }
+
+
+def prepare_split_file(cfg) -> None:
+    """BSData's seeded split is written beside the run's outputs (cfg.output_dir/split.json)
+    unless cfg.data.split_file names one. Changes cfg in place."""
+    if cfg.data.format == "bsdata" and cfg.data.split_file is None:
+        cfg.data.split_file = str(Path(cfg.output_dir) / "split.json")
 
 
 def build_dataset(cfg: DataConfig, split: str, seed: int) -> Sequence[Sample]:
@@ -61,4 +69,5 @@ __all__ = [
     "load_folder",
     "load_mvtec",
     "load_synthetic",
+    "prepare_split_file",
 ]

@@ -333,13 +333,23 @@ async function score(file) {
   r.card.classList.remove("pending");
   r.card.dataset.score = String(b.score);
   r.card.querySelector(".view").disabled = false;
-  r.card.querySelector(".region").textContent =
-    `Predicted defect region: ${formatNumber(100 * b.defect_fraction)} % of the ${b.width} × ${b.height} px photo`;
+  r.card.querySelector(".region").textContent = describeRegions(b);
   const all = document.querySelector('input[name="view-all"]:checked');
   showView(r, all ? all.value : "overlay");
   if (state.model) updateSliderRange();
   renderVerdict(r);
   renderSummary();
+}
+
+function describeRegions(b) {
+  const size = `${b.width} × ${b.height} px photo`;
+  if (!b.region_count) return `No defect region predicted on the ${size}`;
+  const shown = b.regions.slice(0, 3).map((g) =>
+    `${g.area_px} px at x ${g.box[0]}–${g.box[2]}, y ${g.box[1]}–${g.box[3]}`).join("; ");
+  const more = b.region_count > 3 ? `; ${b.region_count - 3} more` : "";
+  const noun = b.region_count === 1 ? "region" : "regions";
+  return `${b.region_count} predicted defect ${noun}, ${b.defect_px} px in all ` +
+    `(${formatNumber(100 * b.defect_fraction)} % of the ${size}): ${shown}${more}`;
 }
 
 function addFiles(files) {

@@ -1,0 +1,211 @@
+"""Where the pits are: map and region settings compared on BSData's validation positions.
+
+    python benchmarks/bsdata_localisation.py runs/hold/cpu_seed0/model.pt            # choose (validation only)
+    python benchmarks/bsdata_localisation.py runs/hold/cpu_seed0/model.pt --test \\
+        --set score.map_normalisation=... --set score.min_region_fraction=...       # measure the adopted settings
+
+The models are trained with `data.holdout=positions`: the validation positions' photos never
+train them. Without --test, every compared setting is scored on those photos only:
+- the map: raw Mahalanobis distances ("none"), each map divided by its own mean ("image_mean"),
+  and that map multiplied by the image score over the image threshold ("image_mean_score"), at
+  each smoothing sigma;
+- the predicted region at each map: the pixel threshold as a quantile of the held-back training
+  images' map values, a minimum region size, and regions on every image or only on images
+  decided defective.
+The maps' pixel metrics (AUROC, AP, AUPRO, F1-max) and the regions' metrics (pixel F1, IoU, the
+area on defect-free photos, the area within 2x) go to benchmarks/results/<name>.json and .md.
+With --test, the model is fitted again with the given settings (`refit`), scored once on the
+test split (the test positions and, as their own row, the type-1 KGT* photos), and a line with
+the commit, the config hash and the numbers is appended to benchmarks/results/bsdata_test_looks.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bsdata_cpu import provenance  # this folder is on sys.path when run as a script
+from pitscope.benchmark import commit, machine
+from pitscope.config import apply_overrides, to_dict
+from pitscope.data import build_dataset
+from pitscope.evaluation import evaluate, predicted_regions
+from pitscope.inference import Detector
+from pitscope.metrics import evaluate_all, region_metrics
+from pitscope.scoring import gaussian_smooth
+
+RESULTS = Path(__file__).parent / "results"
+LOOKS = RESULTS / "bsdata_test_looks.jsonl"
+NORMALISATIONS = ("none", "image_mean", "image_mean_score")
+SIGMAS = (2.0, 4.0, 8.0)
+QUANTILES = (0.99, 0.999, 0.9999)
+MIN_FRACTIONS = (0.0, 1e-4, 3e-4, 1e-3, 3e-3)
+REGIONS_ON = ("all", "defective")
+MAX_NORMAL_AREA = 0.01  # the 99th percentile of the predicted area on defect-free photos, at most
+
+
+def raw_maps(detector: Detector, dataset, indices) -> tuple[np.ndarray, np.ndarray]:
+    """Image scores (N,) and unsmoothed, unnormalised maps (N, H, W) of dataset[indices]."""
+    cfg = detector.cfg
+    saved = cfg.score.smoothing_sigma, cfg.score.map_normalisation
+    cfg.score.smoothing_sigma, cfg.score.map_normalisation = 0.0, "none"
+    try:
+        subset = [dataset[i] for i in indices]
+        scores, maps = detector.score_dataset(subset, progress=True)
+    finally:
+        cfg.score.smoothing_sigma, cfg.score.map_normalisation = saved
+    return scores, maps
+
+
+def transform(maps: np.ndarray, scores: np.ndarray, threshold: float, sigma: float, normalisation: str) -> np.ndarray:
+    """The maps as the detector would give them with these settings (smoothing, then normalisation)."""
+    out = gaussian_smooth(torch.from_numpy(maps), sigma).numpy()
+    if normalisation in ("image_mean", "image_mean_score"):
+        out = out / np.maximum(out.mean(axis=(1, 2), keepdims=True), 1e-12)
+    if normalisation == "image_mean_score":
+        out = out * (scores / threshold)[:, None, None]
+    return out
+
+
+def choose(detector: Detector, progress: bool = True) -> dict:
+    cfg = detector.cfg
+    train = build_dataset(cfg.data, "train", cfg.seed)
+    val = build_dataset(cfg.data, "val", cfg.seed)
+    _, cal_idx = detector.split_calibration(len(train))
+    threshold = float(detector.threshold)
+    t0 = time.perf_counter()
+    val_scores, val_raw = raw_maps(detector, val, range(len(val)))
+    cal_scores, cal_raw = raw_maps(detector, train, cal_idx)
+    labels = np.asarray(val.labels)
+    masks = np.stack([val[i].mask for i in range(len(val))])
+    rows = []
+    for sigma in SIGMAS:
+        for norm in NORMALISATIONS:
+            maps = transform(val_raw, val_scores, threshold, sigma, norm)
+            cal = transform(cal_raw, cal_scores, threshold, sigma, norm)
+            pixel = evaluate_all(labels, val_scores, masks, maps)
+            for q in QUANTILES:
+                pixel_threshold = float(np.quantile(cal, q))
+                for floor in MIN_FRACTIONS:
+                    for on in REGIONS_ON:
+                        regions = predicted_regions(maps, val_scores > threshold, pixel_threshold, floor, on)
+                        rows.append({"smoothing_sigma": sigma, "map_normalisation": norm, "pixel_quantile": q,
+                                     "min_region_fraction": floor, "regions_on": on,
+                                     **{k: pixel[k] for k in ("pixel_auroc", "pixel_ap", "aupro", "pixel_f1_max")},
+                                     **region_metrics(labels, masks, regions)})
+            print(f"sigma {sigma} {norm}: pixel AP {pixel['pixel_ap']:.4f} AUPRO {pixel['aupro']:.4f}", file=sys.stderr)
+    image = evaluate_all(labels, val_scores)
+    return {"rows": rows, "image_auroc": image["image_auroc"], "seconds": round(time.perf_counter() - t0, 1),
+            "counts": {"normal": int((labels == 0).sum()), "defective": int(labels.sum()),
+                       "calibration": len(cal_idx)}}
+
+
+def best(rows: list[dict]) -> dict:
+    """The row chosen: the highest pixel F1 of the regions among those whose 99th-percentile area on
+    defect-free photos stays within MAX_NORMAL_AREA (ties: the higher median IoU)."""
+    allowed = [r for r in rows if r["normal_area_p99"] is not None and r["normal_area_p99"] <= MAX_NORMAL_AREA]
+    pool = allowed or rows
+    return max(pool, key=lambda r: (r["pixel_f1"] or 0.0, r["iou_median"] or 0.0))
+
+
+def config_hash(cfg) -> str:
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def measure_test(model: Path, overrides: list[str], out_dir: Path) -> dict:
+    """Refit the model with `overrides`, score the test split once, append the look to LOOKS."""
+    old = Detector.load(model)
+    cfg = apply_overrides(old.cfg, overrides)
+    detector = Detector(cfg, old.n_kinds, net=old.net)
+    detector.metadata = {k: v for k, v in old.metadata.items() if k == "training"}
+    detector.fit(build_dataset(cfg.data, "train", cfg.seed), progress=True)
+    detector.save(out_dir / "model.pt")
+    test = build_dataset(cfg.data, "test", cfg.seed)
+    result = evaluate(detector, test, out_dir / "eval", progress=True)
+    look = {"commit": commit(), "date": time.strftime("%Y-%m-%d"), "model": str(model), "config_hash": config_hash(cfg),
+            "overrides": overrides, "metrics": result["metrics"],
+            "subsets": {k: v["metrics"] for k, v in result["subsets"].items()}, "counts": result["counts"],
+            "at_threshold": result["at_threshold"]}
+    with LOOKS.open("a") as fh:
+        fh.write(json.dumps(look) + "\n")
+    return look
+
+
+def pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def write_markdown(record: dict, path: Path) -> None:
+    lines = ["# BSData localisation settings, on the validation positions", "", provenance(record), "",
+             f"Command: `{record['command']}`", ""]
+    for run in record["runs"]:
+        c = run["counts"]
+        lines += [f"## {run['model']}", "",
+                  f"{c['normal']} defect-free and {c['defective']} pitting photos of the validation positions; "
+                  f"pixel thresholds from {c['calibration']} held-back training photos. Image AUROC "
+                  f"{pct(run['image_auroc'])}.", "",
+                  "Maps (best region row of each):", "",
+                  "| sigma | maps | pixel AUROC | pixel AP | AUPRO | pixel F1-max |", "|---|---|---|---|---|---|"]
+        seen = set()
+        for r in run["rows"]:
+            key = (r["smoothing_sigma"], r["map_normalisation"])
+            if key in seen:
+                continue
+            seen.add(key)
+            lines.append(f"| {r['smoothing_sigma']:g} | {r['map_normalisation']} | {pct(r['pixel_auroc'])} | "
+                         f"{pct(r['pixel_ap'])} | {pct(r['aupro'])} | {pct(r['pixel_f1_max'])} |")
+        lines += ["", "Regions, the best few by the rule (p99 area on defect-free photos <= 1%, then pixel F1):", "",
+                  "| sigma | maps | quantile | min fraction | regions on | pixel F1 | IoU median (q1-q3) | "
+                  "defect-free area median / p99 (%) | area within 2x |", "|---|---|---|---|---|---|---|---|---|"]
+        ranked = sorted(run["rows"], key=lambda r: (r["normal_area_p99"] is None or r["normal_area_p99"] > MAX_NORMAL_AREA,
+                                                    -(r["pixel_f1"] or 0.0)))
+        for r in ranked[:12]:
+            lines.append(f"| {r['smoothing_sigma']:g} | {r['map_normalisation']} | {r['pixel_quantile']} | "
+                         f"{r['min_region_fraction']:g} | {r['regions_on']} | {pct(r['pixel_f1'])} | "
+                         f"{pct(r['iou_median'])} ({pct(r['iou_q1'])}-{pct(r['iou_q3'])}) | "
+                         f"{pct(r['normal_area_median'])} / {pct(r['normal_area_p99'])} | {pct(r['area_within_2x'])} |")
+        chosen = run["chosen"]
+        lines += ["", "Chosen: " + ", ".join(f"score.{k}={chosen[k]}" for k in
+                                            ("smoothing_sigma", "map_normalisation", "min_region_fraction", "regions_on"))
+                  + f", pixel quantile {chosen['pixel_quantile']}.", ""]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--test", action="store_true", help="refit with --set and score the test split once")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--name", default="bsdata_localisation_validation")
+    parser.add_argument("--out", type=Path, default=Path("runs/localisation"))
+    args = parser.parse_args()
+    command = "python benchmarks/bsdata_localisation.py " + " ".join(sys.argv[1:])
+    if args.test:
+        for model in args.models:
+            look = measure_test(model, args.overrides, args.out / model.parent.name)
+            print(json.dumps(look, indent=1))
+        return 0
+    runs = []
+    for model in args.models:
+        detector = Detector.load(model)
+        if detector.cfg.data.holdout != "positions":
+            raise SystemExit(f"{model}: trained without data.holdout=positions; its validation photos may have trained it")
+        run = choose(detector)
+        runs.append({"model": str(model), **run, "chosen": best(run["rows"])})
+    record = {"command": command, "commit": commit(), "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+              "runs": runs}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_markdown(record, RESULTS / f"{args.name}.md")
+    print((RESULTS / f"{args.name}.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
