@@ -295,6 +295,26 @@ def test_maps_are_divided_by_their_own_mean(fitted):
     np.testing.assert_allclose(maps, raw_maps / raw_maps.reshape(len(maps), -1).mean(1)[:, None, None], rtol=1e-4)
 
 
+def test_image_mean_score_maps_are_scaled_by_the_image_score(fitted):
+    detector, _, train_split, test_split = fitted
+    cfg = apply_overrides(detector.cfg, ["score.map_normalisation=image_mean_score"])
+    torch.manual_seed(cfg.seed)
+    scaled = Detector(cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
+    assert float(scaled.threshold) == float(detector.threshold)  # the image side is unchanged
+    scores, maps = scaled.score_dataset(test_split, progress=False)
+    plain_scores, plain = detector.score_dataset(test_split, progress=False)
+    np.testing.assert_allclose(scores, plain_scores, rtol=1e-6)
+    expected = plain * (plain_scores / float(scaled.threshold))[:, None, None]
+    np.testing.assert_allclose(maps, expected, rtol=1e-4)
+    _, cal = detector.split_calibration(len(train_split))  # the pixel threshold: the held-back maps, scaled
+    held_scores, held = detector.score_dataset([train_split[i] for i in cal], progress=False)
+    held = held * (held_scores / float(scaled.threshold))[:, None, None]
+    assert float(scaled.pixel_threshold) == pytest.approx(float(np.quantile(held, cfg.score.pixel_threshold_quantile)),
+                                                          rel=1e-4)
+    with pytest.raises(ValueError, match="image_method=embedding"):
+        apply_overrides(detector.cfg, ["score.map_normalisation=image_mean_score", "score.image_method=map_max"])
+
+
 def test_files_from_before_map_normalisation_keep_raw_maps(fitted, tmp_path):
     _, path, _, _ = fitted
     state = torch.load(path, weights_only=True)

@@ -190,8 +190,11 @@ class Detector(nn.Module):
         patches: torch.Tensor | None,
         seg_logits: torch.Tensor | None,
         pixel_scorer: nn.Module | None = None,
+        by_score: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`forward` from the images x and their `_features`; `pixel_scorer` replaces the fitted one."""
+        """`forward` from the images x and their `_features`; `pixel_scorer` replaces the fitted one;
+        by_score=False leaves out the image-score factor of map_normalisation image_mean_score
+        (the fit applies it once the threshold is known)."""
         scores = self.image_scorer.score(embedding)  # (B,)
         if patches is not None:
             maps = (pixel_scorer or self.pixel_scorer).score_map(patches)  # (B, h, w) Mahalanobis distances
@@ -201,11 +204,18 @@ class Detector(nn.Module):
             maps = torch.sigmoid(seg_logits)  # (B, h, w) pseudo-defect probabilities
         maps = F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         maps = gaussian_smooth(maps, self.cfg.score.smoothing_sigma)  # (B, H, W)
-        if self.cfg.score.map_normalisation == "image_mean":
+        if self.cfg.score.map_normalisation in ("image_mean", "image_mean_score"):
             maps = maps / maps.mean(dim=(1, 2), keepdim=True).clamp_min(1e-12)  # where, within the image
         if self.cfg.score.image_method == "map_max":
             scores = maps.amax(dim=(1, 2))  # (B,) the strongest local anomaly
+        elif by_score and self.cfg.score.map_normalisation == "image_mean_score":
+            maps = self._times_score(maps, scores)
         return scores, maps
+
+    def _times_score(self, maps: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """maps (B, H, W) x image score / image threshold (B,): how anomalous the image is as a whole
+        scales where within it, so a defect-free image's map stays low against a pitted one's."""
+        return maps * (scores / self.threshold).to(maps.dtype)[:, None, None]
 
     # -- fitting ----------------------------------------------------------------------------
     def split_calibration(self, n: int) -> tuple[list[int], list[int]]:
@@ -295,19 +305,19 @@ class Detector(nn.Module):
         elif score.pixel_method in ("padim", "patch"):
             self.pixel_scorer.finalize()
         calibration = cal_idx if cal_idx else fit_idx
-        scores, maps, held_embeddings, held_moments = [], [], [], None
+        held_scores, maps, held_embeddings, held_moments = [], [], [], None
         for _, x in iterate_batches(dataset, calibration, bs, "calibrating", progress):
             x = x.to(device)
             features = self._features(x)
-            s, m = self._score(x, *features)
-            scores.append(s.cpu())
-            maps.append(m.cpu().float().numpy())
+            s, m = self._score(x, *features, by_score=False)
+            held_scores.append(s.cpu())
+            maps.append(m.cpu().float())
             held_embeddings.append(features[0].double().cpu())
             if oof_maps:
                 held_moments = self.pixel_scorer.moments(features[1], held_moments)
         q = score.threshold_quantile
         record = {"method": "held_back", "images": len(calibration), "held_back": bool(cal_idx), "quantile": q}
-        scores = torch.cat(scores).double()
+        scores = torch.cat(held_scores).double()
         oof = None
         if folds and score.image_method == "embedding":
             every = torch.empty(len(dataset), embeddings[0].shape[1], dtype=torch.float64)
@@ -326,7 +336,10 @@ class Detector(nn.Module):
                       "highest": [{"image": _name(dataset[i], i), "score": round(float(scores[i]), 4)} for i in top],
                       "pixel_images": len(calibration), "held_back": bool(cal_idx)}
         self.threshold.fill_(float(torch.quantile(scores, q)))
-        self.pixel_threshold.fill_(float(np.quantile(np.concatenate(maps), score.pixel_threshold_quantile)))
+        held_maps = torch.cat(maps)  # (n, H, W) of the calibration images
+        if score.map_normalisation == "image_mean_score" and score.image_method != "map_max":
+            held_maps = self._times_score(held_maps, torch.cat(held_scores))
+        self.pixel_threshold.fill_(float(np.quantile(held_maps.numpy(), score.pixel_threshold_quantile)))
         self.metadata["calibration"] = {
             **record,
             "threshold": float(self.threshold),
