@@ -32,6 +32,7 @@ class SyntheticConfig:
     n_test_defect: int = 24
     height: int = 200
     width: int = 500
+    defects: list[str] = field(default_factory=lambda: ["pit"])  # pit | scratch | stain, drawn in turn
 
 
 @dataclass
@@ -208,6 +209,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "score.threshold_from": ("out_of_fold", "held_back"),
 }
 LIST_CHOICES: dict[str, tuple[str, ...]] = {
+    "data.synthetic.defects": ("pit", "scratch", "stain"),
     "augment.kinds": ("noise", "scar", "normal", "pit"),
     "score.pixel_stages": ("conv1", "layer1", "layer2", "layer3", "layer4"),
     "model.segment_stages": ("conv1", "layer1", "layer2", "layer3", "layer4"),

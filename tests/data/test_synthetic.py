@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from pitscope.config import DataConfig, SyntheticConfig
+from pitscope.config import DataConfig, SyntheticConfig, load_config
 from pitscope.data.synthetic import SyntheticDataset, add_pitting, load_synthetic, render_surface, write_synthetic_tree
 from pitscope.data.types import Sample
 
@@ -143,3 +143,31 @@ def test_write_synthetic_tree_layout_matches_dataset(tmp_path):
     np.testing.assert_array_equal(written, native[2].image)
     mask = np.asarray(Image.open(root / "ground_truth" / "pitting" / "0001_mask.png"))
     np.testing.assert_array_equal(mask, native[2].mask * 255)
+
+
+@pytest.mark.parametrize("kind", ["scratch", "stain"])
+def test_other_defect_kinds_change_only_their_mask(kind):
+    from pitscope.data.synthetic import DEFECTS, render_surface
+
+    for seed in range(4):
+        image = render_surface(np.random.default_rng(seed), 100, 250)
+        out, mask = DEFECTS[kind](image, np.random.default_rng(100 + seed))
+        again, mask_again = DEFECTS[kind](image, np.random.default_rng(100 + seed))
+        assert np.array_equal(out, again) and np.array_equal(mask, mask_again)  # a function of the generator
+        assert mask.dtype == np.uint8 and mask.any()
+        changed = np.any(out != image, axis=2)
+        assert not (changed & (mask == 0)).any()  # nothing outside the mask moves
+        assert out[mask > 0].mean() < image[mask > 0].mean()  # darker inside
+        share = mask.mean()
+        assert (share < 0.05) if kind == "scratch" else (0.01 < share < 0.6), share
+
+
+def test_defect_kinds_are_drawn_in_turn_and_named_in_the_paths():
+    cfg = DataConfig(format="synthetic", image_size=64,
+                     synthetic=SyntheticConfig(n_train=2, n_test_normal=1, n_test_defect=3,
+                                               defects=["pit", "scratch", "stain"]))
+    test = load_synthetic(cfg, "test", seed=0)
+    assert [p.split("/")[-2] for p in test.paths] == ["normal", "pitting", "scratch", "stain"]
+    assert all(test[i].mask.any() for i in range(1, 4))
+    with pytest.raises(ValueError, match="data.synthetic.defects"):
+        load_config(None, ["data.synthetic.defects=[pit,dent]"])

@@ -288,13 +288,73 @@ def add_pitting(
     return out, mask.astype(np.uint8)
 
 
+def add_scratch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Add a scratch or crack: a thin dark line, 1-3 px wide, wandering for 15-40 % of the width.
+
+    The line is a random walk whose heading turns a little at every step; its pixels are darkened
+    to 35-65 % of the surface's brightness, a little less towards the ends.
+    image: (H, W, 3) uint8. Returns (image, mask) as `add_pitting` does.
+    """
+    h, w = image.shape[:2]
+    out = image.astype(np.float64)
+    length = max(4, int(rng.uniform(0.15, 0.4) * w))
+    y, x = rng.uniform(0.2, 0.8) * h, rng.uniform(0.1, 0.6) * w
+    heading = rng.uniform(-0.6, 0.6) + (np.pi if rng.random() < 0.5 else 0.0)
+    track = np.zeros((h, w), dtype=np.float64)
+    for step in range(length):
+        heading += rng.normal(0.0, 0.12)
+        y, x = y + np.sin(heading), x + np.cos(heading)
+        iy, ix = int(round(y)), int(round(x))
+        if not (0 <= iy < h and 0 <= ix < w):
+            break
+        track[iy, ix] = 1.0 - 0.5 * abs(2.0 * step / length - 1.0) ** 2  # fainter at the ends
+    if not track.any():  # started at the edge heading out: one pixel still marks it
+        track[min(h - 1, int(0.5 * h)), min(w - 1, int(0.5 * w))] = 1.0
+    width = int(rng.integers(1, 4))
+    line = ndimage.grey_dilation(track, size=(width, width))
+    mask = line > 0
+    dark = rng.uniform(0.35, 0.65)
+    out[mask] *= (1.0 - (1.0 - dark) * line[mask])[:, None]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8), mask.astype(np.uint8)
+
+
+def add_stain(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Add a large faint stain: a smooth blob of 20-50 % of the height across (wider along the screw), 8-18 % darker and
+    slightly brown (corrosion, oil), with a soft edge; the mask is where it changes the pixels
+    by at least a quarter of its full strength.
+    image: (H, W, 3) uint8. Returns (image, mask) as `add_pitting` does.
+    """
+    h, w = image.shape[:2]
+    out = image.astype(np.float64)
+    radius = max(2.0, rng.uniform(0.1, 0.25) * h)
+    cy, cx = rng.uniform(0.2, 0.8) * h, rng.uniform(0.15, 0.85) * w
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    warp = ndimage.gaussian_filter(rng.standard_normal((h, w)), max(1.0, radius / 3))
+    warp /= warp.std() + 1e-8
+    field = 1.0 - ((yy - cy) ** 2 + ((xx - cx) / rng.uniform(1.0, 2.0)) ** 2) / radius**2 + 0.3 * warp
+    strength = np.clip(ndimage.gaussian_filter(np.clip(field, 0.0, None), max(1.0, radius / 6)), 0.0, 1.0)
+    strength /= max(strength.max(), 1e-8)
+    depth = rng.uniform(0.08, 0.18)
+    tint = np.array([1.0, rng.uniform(0.96, 0.99), rng.uniform(0.9, 0.96)])
+    factor = 1.0 - depth * strength[..., None] * (2.0 - tint)  # darker, more so in blue
+    mask = strength >= 0.25
+    out[mask] *= factor[mask]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8), mask.astype(np.uint8)
+
+
+# The defect kinds the synthetic data can draw, and what each adds to a rendered surface.
+DEFECTS = {"pit": add_pitting, "scratch": add_scratch, "stain": add_stain}
+DEFECT_FOLDERS = {"pit": "pitting", "scratch": "scratch", "stain": "stain"}  # in pseudo-paths
+
+
 def _split_seed(seed: int, split: str) -> int:
     """The dataset seed of one split: independent streams for train and test from one run seed."""
     return int(np.random.SeedSequence([seed, SPLIT_STREAMS[split]]).generate_state(1)[0])
 
 
 class SyntheticDataset(collections.abc.Sequence[Sample]):
-    """`n_normal` defect-free images, then `n_defect` images with pitting, made on demand.
+    """`n_normal` defect-free images, then `n_defect` defective ones, made on demand; the defective
+    ones take the kinds of `defects` (`DEFECTS`: pit, scratch, stain) in turn.
 
     Item i is a pure function of (seed, i) (its own `np.random.default_rng([seed, i])`), so any
     item can be drawn alone, in any order, with the same pixels. Images are rendered at
@@ -313,6 +373,7 @@ class SyntheticDataset(collections.abc.Sequence[Sample]):
         seed: int,
         size: int | None = None,
         split_name: str = "",
+        defects: tuple[str, ...] = ("pit",),
     ):
         if n_normal < 0 or n_defect < 0:
             raise ValueError(f"SyntheticDataset: counts must be >= 0, got {n_normal} and {n_defect}")
@@ -323,6 +384,10 @@ class SyntheticDataset(collections.abc.Sequence[Sample]):
         self.seed = int(seed)
         self.size = None if size is None else int(size)
         self.split_name = split_name
+        unknown = [d for d in defects if d not in DEFECTS]
+        if not defects or unknown:
+            raise ValueError(f"defects: {unknown or 'none'} given; choose from {', '.join(DEFECTS)}")
+        self.defects = tuple(defects)
         self._cache: dict[int, Sample] = {}
 
     def __len__(self) -> int:
@@ -345,7 +410,7 @@ class SyntheticDataset(collections.abc.Sequence[Sample]):
         image = render_surface(rng, self.height, self.width)
         label = int(i >= self.n_normal)
         if label:
-            image, mask = add_pitting(image, rng)
+            image, mask = DEFECTS[self._kind(i)](image, rng)
         else:
             mask = np.zeros(image.shape[:2], dtype=np.uint8)
         if self.size is not None:
@@ -353,8 +418,12 @@ class SyntheticDataset(collections.abc.Sequence[Sample]):
             mask = np.asarray(Image.fromarray(mask).resize((self.size, self.size), Image.NEAREST))
         return Sample(image=image, mask=mask, label=label, path=self._path(i))
 
+    def _kind(self, i: int) -> str:
+        """The defect kind of defective item i: the kinds in turn."""
+        return self.defects[(i - self.n_normal) % len(self.defects)]
+
     def _path(self, i: int) -> str:
-        kind, k = ("normal", i) if i < self.n_normal else ("pitting", i - self.n_normal)
+        kind, k = ("normal", i) if i < self.n_normal else (DEFECT_FOLDERS[self._kind(i)], i - self.n_normal)
         return f"synthetic://{self.split_name or 'all'}/{kind}/{k:04d}"
 
     @property
@@ -388,7 +457,8 @@ def load_synthetic(cfg: DataConfig, split: str, seed: int) -> SyntheticDataset:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(counts)}")
     n_normal, n_defect = counts[split]
     return SyntheticDataset(
-        n_normal, n_defect, syn.height, syn.width, _split_seed(seed, split), size=cfg.image_size, split_name=split
+        n_normal, n_defect, syn.height, syn.width, _split_seed(seed, split), size=cfg.image_size, split_name=split,
+        defects=tuple(syn.defects),
     )
 
 
