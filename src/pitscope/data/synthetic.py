@@ -319,9 +319,9 @@ def add_scratch(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray
 
 
 def add_stain(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Add a large faint stain: a smooth blob of 20-50 % of the height across (wider along the screw), 8-18 % darker and
-    slightly brown (corrosion, oil), with a soft edge; the mask is where it changes the pixels
-    by at least a quarter of its full strength.
+    """Add a large faint stain: a smooth blob of 20-50 % of the height across (wider along the
+    screw), 8-18 % darker and slightly brown (corrosion, oil), with a soft edge; the mask is
+    where it changes the pixels by at least a quarter of its full strength.
     image: (H, W, 3) uint8. Returns (image, mask) as `add_pitting` does.
     """
     h, w = image.shape[:2]
