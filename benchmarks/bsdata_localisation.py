@@ -76,8 +76,11 @@ def transform(maps: np.ndarray, scores: np.ndarray, threshold: float, sigma: flo
 def choose(detector: Detector, progress: bool = True) -> dict:
     cfg = detector.cfg
     train = build_dataset(cfg.data, "train", cfg.seed)
+    train.check(progress=progress)  # as the fit did: the same images, so the same held-back ones
     val = build_dataset(cfg.data, "val", cfg.seed)
-    _, cal_idx = detector.split_calibration(len(train))
+    val.check(progress=progress)
+    fit_idx, cal_idx = detector.split_calibration(len(train))
+    cal_idx = cal_idx or fit_idx  # as the fit: no held-back images, the fitting ones
     threshold = float(detector.threshold)
     t0 = time.perf_counter()
     val_scores, val_raw = raw_maps(detector, val, range(len(val)))
@@ -111,7 +114,17 @@ def best(rows: list[dict]) -> dict:
     defect-free photos stays within MAX_NORMAL_AREA (ties: the higher median IoU)."""
     allowed = [r for r in rows if r["normal_area_p99"] is not None and r["normal_area_p99"] <= MAX_NORMAL_AREA]
     pool = allowed or rows
-    return max(pool, key=lambda r: (r["pixel_f1"] or 0.0, r["iou_median"] or 0.0))
+    chosen = max(pool, key=lambda r: (r["pixel_f1"] or 0.0, r["iou_median"] or 0.0))
+    return {**chosen, "within_area_limit": bool(allowed)}
+
+
+def check_model(detector: Detector, path: Path) -> None:
+    """Refuse a model whose validation photos may have trained it, or whose image score the raw
+    maps would change (map_max reads its score from the smoothed, normalised map)."""
+    if detector.cfg.data.holdout != "positions":
+        raise SystemExit(f"{path}: trained without data.holdout=positions; its validation photos may have trained it")
+    if detector.cfg.score.image_method != "embedding":
+        raise SystemExit(f"{path}: score.image_method={detector.cfg.score.image_method}; this study needs embedding")
 
 
 def config_hash(cfg) -> str:
@@ -121,7 +134,11 @@ def config_hash(cfg) -> str:
 def measure_test(model: Path, overrides: list[str], out_dir: Path) -> dict:
     """Refit the model with `overrides`, score the test split once, append the look to LOOKS."""
     old = Detector.load(model)
+    check_model(old, model)
     cfg = apply_overrides(old.cfg, overrides)
+    if to_dict(cfg)["model"] != to_dict(old.cfg)["model"] or to_dict(cfg)["train"] != to_dict(old.cfg)["train"] \
+            or to_dict(cfg)["data"] != to_dict(old.cfg)["data"]:
+        raise SystemExit("--set may change score.* only: the network and its data stay as trained")
     detector = Detector(cfg, old.n_kinds, net=old.net)
     detector.metadata = {k: v for k, v in old.metadata.items() if k == "training"}
     detector.fit(build_dataset(cfg.data, "train", cfg.seed), progress=True)
@@ -171,6 +188,8 @@ def write_markdown(record: dict, path: Path) -> None:
                          f"{pct(r['iou_median'])} ({pct(r['iou_q1'])}-{pct(r['iou_q3'])}) | "
                          f"{pct(r['normal_area_median'])} / {pct(r['normal_area_p99'])} | {pct(r['area_within_2x'])} |")
         chosen = run["chosen"]
+        if not chosen["within_area_limit"]:
+            lines += ["", f"No setting kept the defect-free area's 99th percentile within {MAX_NORMAL_AREA:.0%}."]
         lines += ["", "Chosen: " + ", ".join(f"score.{k}={chosen[k]}" for k in
                                             ("smoothing_sigma", "map_normalisation", "min_region_fraction", "regions_on"))
                   + f", pixel quantile {chosen['pixel_quantile']}.", ""]
@@ -194,8 +213,7 @@ def main() -> int:
     runs = []
     for model in args.models:
         detector = Detector.load(model)
-        if detector.cfg.data.holdout != "positions":
-            raise SystemExit(f"{model}: trained without data.holdout=positions; its validation photos may have trained it")
+        check_model(detector, model)
         run = choose(detector)
         runs.append({"model": str(model), **run, "chosen": best(run["rows"])})
     record = {"command": command, "commit": commit(), "date": time.strftime("%Y-%m-%d"), "machine": machine(),

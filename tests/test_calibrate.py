@@ -76,6 +76,17 @@ def test_thresholds_are_quantiles_of_the_good_images(fitted):
     assert median["pixel_threshold"] == pytest.approx(np.quantile(maps, 0.9), rel=1e-5)
 
 
+def test_image_mean_score_maps_follow_the_new_threshold(fitted):
+    import copy
+
+    detector, _, good, _, _ = fitted
+    scaled = copy.deepcopy(detector)
+    scaled.cfg.score.map_normalisation = "image_mean_score"
+    calibrate(scaled, paths_in(good), quantile=0.5, apply=True, progress=False)
+    _, maps = predicted(scaled, paths_in(good))  # the maps as the new threshold scales them
+    assert float(scaled.pixel_threshold) == pytest.approx(np.quantile(maps, 0.999), rel=1e-4)
+
+
 def test_defects_give_the_f1_optimal_threshold(fitted):
     detector, _, good, defects, masks = fitted
     good_scores, good_maps = predicted(detector, paths_in(good))

@@ -216,6 +216,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if set(changed) - post_hoc:
         raise ConfigError(f"evaluate: score.{', score.'.join(sorted(set(changed) - post_hoc))} cannot change after fitting "
                           f"(pitscope refit fits the scorers again); only score.{', score.'.join(sorted(post_hoc))}")
+    if set(changed) & {"map_normalisation", "smoothing_sigma"}:
+        print("evaluate: the stored pixel threshold was calibrated on the model's own maps; the region numbers "
+              "at it do not describe these maps (pitscope refit calibrates it for them)", file=sys.stderr)
     detector.cfg = cfg
     out_dir = Path(args.output_dir) if args.output_dir else Path(args.model).parent / "eval"
     save_config(cfg, out_dir / "config.yaml")

@@ -332,6 +332,10 @@ def validate(cfg: Config) -> Config:
             )
     if not 0.0 <= cfg.score.calibration_fraction < 1.0:
         raise ConfigError(f"score.calibration_fraction: must lie in [0, 1), got {cfg.score.calibration_fraction}")
+    if cfg.data.holdout != "none" and cfg.data.format != "bsdata":
+        raise ConfigError(f"data.holdout={cfg.data.holdout} holds BSData positions apart; data.format is {cfg.data.format}")
+    if cfg.data.positions_file is not None and cfg.data.holdout != "positions":
+        raise ConfigError("data.positions_file is read only with data.holdout=positions")
     if cfg.score.map_normalisation == "image_mean_score" and cfg.score.image_method != "embedding":
         raise ConfigError("score.map_normalisation=image_mean_score needs score.image_method=embedding "
                           "(with map_max the image score is read from the map itself)")

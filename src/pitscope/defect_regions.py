@@ -64,6 +64,13 @@ def region_mask(anomaly_map: np.ndarray, pixel_threshold: float, min_fraction: f
 
 def find_regions(anomaly_map: np.ndarray, pixel_threshold: float, min_fraction: float = 0.0) -> list[Region]:
     """The kept regions of `label_regions`, largest first (ties by position)."""
+    return describe_regions(anomaly_map, pixel_threshold, min_fraction)[1]
+
+
+def describe_regions(
+    anomaly_map: np.ndarray, pixel_threshold: float, min_fraction: float = 0.0
+) -> tuple[np.ndarray, list[Region]]:
+    """(`region_mask`, `find_regions`) from one labelling of the map."""
     amap = np.asarray(anomaly_map, dtype=np.float32)
     labels, count = label_regions(amap, pixel_threshold, min_fraction)
     regions = []
@@ -73,4 +80,4 @@ def find_regions(anomaly_map: np.ndarray, pixel_threshold: float, min_fraction: 
         ys, xs = box
         regions.append(Region(area, area / amap.size, (xs.start, ys.start, xs.stop, ys.stop),
                               float(amap[box][inside].max())))
-    return sorted(regions, key=lambda r: (-r.area_px, r.box[1], r.box[0]))
+    return labels > 0, sorted(regions, key=lambda r: (-r.area_px, r.box[1], r.box[0]))

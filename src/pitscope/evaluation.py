@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import json
 import time
 from collections.abc import Sequence
@@ -11,10 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from pitscope.data.bsdata import bsdata_root, type_groups
-from pitscope.data.types import Sample
+from pitscope.data.types import DatasetLayoutError, Sample
 from pitscope.inference import Detector
 from pitscope.metrics import auroc_interval, evaluate_all, region_metrics
 from pitscope.defect_regions import region_mask
+
+log = logging.getLogger(__name__)
 
 # BSData, table 3 of the paper: the numbers to beat (AUROC in %).
 PAPER_BSDATA = {"image_auroc": 97.42, "pixel_auroc": 94.57}
@@ -71,7 +74,10 @@ def evaluate(
     t0 = time.perf_counter()
     scores, maps = detector.score_dataset(dataset, progress=progress)
     if groups is None and detector.cfg.data.format == "bsdata" and len(getattr(dataset, "paths", ())) == len(labels):
-        groups = type_groups(list(dataset.paths), labels, bsdata_root(detector.cfg.data.root))
+        try:
+            groups = type_groups(list(dataset.paths), labels, bsdata_root(detector.cfg.data.root))
+        except (FileNotFoundError, DatasetLayoutError) as exc:  # no image_data.json: no rows by screw type
+            log.warning("no subsets by ball-screw type: %s", exc)
     has_masks = getattr(dataset, "has_masks", True)
     masks = np.stack([dataset[i].mask for i in range(len(dataset))]) if has_masks else None
     threshold = float(detector.threshold)

@@ -53,7 +53,7 @@ from pitscope.files import atomic_save
 from pitscope.data.types import Sample
 from pitscope.augment import PseudoDefects
 from pitscope.models.network import DoubleSelfSupervisedNet
-from pitscope.defect_regions import Region, find_regions, region_mask
+from pitscope.defect_regions import Region, describe_regions, region_mask
 from pitscope.patches import SharedGaussianScorer, patch_embeddings, patch_map
 from pitscope.scoring import GaussianScorer, PatchGaussianScorer, gaussian_smooth, out_of_fold_scores
 from pitscope.seeding import numpy_rng
@@ -112,9 +112,13 @@ class Prediction(NamedTuple):
     @property
     def regions(self) -> list[Region]:
         """The predicted defect regions, largest first (`pitscope.defect_regions.Region`)."""
+        return self.outline()[1]
+
+    def outline(self) -> tuple[np.ndarray, list[Region]]:
+        """(defect_region, regions) from one labelling of the map."""
         if not self._shows_regions:
-            return []
-        return find_regions(self.anomaly_map, self.pixel_threshold, self.min_region_fraction)
+            return np.zeros(np.shape(self.anomaly_map), dtype=bool), []
+        return describe_regions(self.anomaly_map, self.pixel_threshold, self.min_region_fraction)
 
 
 def iterate_batches(
@@ -215,7 +219,7 @@ class Detector(nn.Module):
     def _times_score(self, maps: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """maps (B, H, W) x image score / image threshold (B,): how anomalous the image is as a whole
         scales where within it, so a defect-free image's map stays low against a pitted one's."""
-        return maps * (scores / self.threshold).to(maps.dtype)[:, None, None]
+        return maps * (scores / float(self.threshold)).to(maps.dtype)[:, None, None]
 
     # -- fitting ----------------------------------------------------------------------------
     def split_calibration(self, n: int) -> tuple[list[int], list[int]]:

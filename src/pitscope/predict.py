@@ -216,8 +216,8 @@ def run_predict(
                     failed.append({"path": row["path"], "reason": reasons[i]})
                 else:
                     p = predictions[i]
-                    regions = p.regions
-                    area = sum(r.area_px for r in regions)
+                    region, regions = p.outline()
+                    area = int(region.sum())
                     row.update(status="ok", score=float(p.score), threshold=float(p.threshold),
                                is_defective=bool(p.is_defective), region_count=len(regions), defect_px=area,
                                defect_fraction=area / p.anomaly_map.size,
@@ -225,7 +225,7 @@ def run_predict(
                     if save_maps:
                         row.update(map=f"maps/{name}.npy", overlay=f"maps/{name}_overlay.png")
                         np.save(out / row["map"], p.anomaly_map.astype(np.float32, copy=False))
-                        picture = overlay(images[i], p.anomaly_map, p.pixel_threshold, region=p.defect_region)
+                        picture = overlay(images[i], p.anomaly_map, p.pixel_threshold, region=region)
                         Image.fromarray(picture).save(out / row["overlay"])
                 write(row)
                 bar.update(1)
@@ -305,6 +305,9 @@ def calibrate(
     if good_scores.size == 0:
         raise ValueError(f"no readable defect-free image among the {len(good)} given: cannot calibrate")
     threshold = float(np.quantile(good_scores.astype(np.float64), quantile))
+    # image_mean_score maps carry the model's image threshold: rescale them to the new one
+    rescale = float(detector.threshold) / threshold if detector.cfg.score.map_normalisation == "image_mean_score" else 1.0
+    good_maps = good_maps * rescale
     pixel_threshold = float(np.quantile(good_maps, pixel_quantile))
     result = {
         "images": int(good_scores.size),
@@ -321,6 +324,7 @@ def calibrate(
     if defects:
         records = [Record(p, 1, mask_path=masks[p] if masks else None) for p in defects]
         defect_set, defect_scores, defect_maps, bad = _scored(detector, records, progress)
+        defect_maps = defect_maps * rescale
         skipped += bad
         if defect_scores.size == 0:
             raise ValueError(f"no readable defective image among the {len(defects)} given")

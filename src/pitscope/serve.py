@@ -243,8 +243,7 @@ def create_app(
             raise HTTPException(exc.status_code, exc.detail) from None
         with lock:
             prediction = detector.predict(image, threshold=threshold)
-        region = prediction.defect_region  # (H, W) bool
-        regions = prediction.regions
+        region, regions = prediction.outline()  # (H, W) bool, largest first
         result = {
             "score": float(prediction.score),
             "is_defective": bool(prediction.is_defective),

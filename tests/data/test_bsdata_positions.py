@@ -137,3 +137,34 @@ def test_shipped_positions_match_the_seeded_deal_on_bsdata(real_bsdata):
     deal = deal_positions(real_bsdata, seed=read_positions()["seed"])
     assert {k: deal[k] for k in ("validation", "label", "test")} == {
         k: read_positions()[k] for k in ("validation", "label", "test")}
+
+
+def test_split_files_and_position_deals_are_checked(tree, tmp_path):
+    deal = deal_positions(tree, seed=0, n_validation=2, n_label=1)
+    partial = {**deal, "test": deal["test"][:-1]}  # one position without a role
+    with pytest.raises(ValueError, match="no role"):
+        hold_out_positions(bsdata_split(tree, 6), tree, partial)
+    positions = tmp_path / "positions.json"
+    positions.write_text(json.dumps(deal))
+    cfg = DataConfig(format="bsdata", root=str(tree), n_train_normal=6, holdout="positions",
+                     positions_file=str(positions), split_file=str(tmp_path / "split.json"))
+    load_bsdata(cfg, "train", 0)
+    other = deal_positions(tree, seed=5, n_validation=2, n_label=1)
+    assert other["validation"] != deal["validation"]
+    positions.write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="other positions apart"):
+        load_bsdata(cfg, "train", 0)
+    content = json.loads((tmp_path / "split.json").read_text())
+    del content["val_defect"]
+    (tmp_path / "broken.json").write_text(json.dumps(content))
+    with pytest.raises(ValueError, match="lacks val_defect"):
+        read_split(tmp_path / "broken.json")
+
+
+def test_holdout_settings_are_checked_in_the_config():
+    from pitscope.config import load_config
+
+    with pytest.raises(ValueError, match="data.format is synthetic"):
+        load_config(None, ["data.holdout=positions"])
+    with pytest.raises(ValueError, match="only with data.holdout=positions"):
+        load_config(None, ["data.format=bsdata", "data.positions_file=p.json"])

@@ -119,7 +119,10 @@ def read_split(path: str | Path) -> dict:
     missing = [key for key in ("seed", *SPLIT_KEYS) if key not in content]
     if missing:
         raise ValueError(f"{path}: split file lacks {', '.join(missing)}")
-    keys = SPLIT_KEYS + (VAL_KEYS if "val_normal" in content else ())
+    keys = SPLIT_KEYS + (VAL_KEYS if any(key in content for key in VAL_KEYS) else ())
+    missing = [key for key in keys if key not in content]
+    if missing:
+        raise ValueError(f"{path}: split file lacks {', '.join(missing)}")
     split = {"seed": content["seed"], **{key: list(content[key]) for key in keys}}
     if "positions" in content:
         split["positions"] = content["positions"]
@@ -218,9 +221,12 @@ def hold_out_positions(split: dict, root: str | Path, positions: dict) -> dict:
     val_normal / val_defect: every photo of the validation positions, none of which trains.
     """
     by_name = {key[0]: files for key, files in position_files(root).items()}
-    unknown = sorted(set(n for role in POSITION_ROLES for n in positions[role]) - set(by_name))
+    named = set(n for role in POSITION_ROLES for n in positions[role])
+    unknown, unassigned = sorted(named - set(by_name)), sorted(set(by_name) - named)
     if unknown:
         raise ValueError(f"position split names unknown positions: {', '.join(unknown)}")
+    if unassigned:
+        raise ValueError(f"position split gives no role to the positions {', '.join(unassigned)}")
     role_of = {f: role for role in POSITION_ROLES for n in positions[role] for f in by_name[n]}
     tested = {None, "test"}
     defect = set(split["test_defect"])
@@ -287,6 +293,10 @@ def _resolve_split(cfg: DataConfig, root: Path, seed: int) -> dict:
     if held != (cfg.holdout == "positions"):
         raise ValueError(f"{path}: the stored split {'holds' if held else 'does not hold'} positions apart, "
                          f"but data.holdout={cfg.holdout}; give another data.split_file or remove this one")
+    if held and {k: split.get("positions", {}).get(k) for k in POSITION_ROLES} != {
+            k: read_positions(cfg.positions_file)[k] for k in POSITION_ROLES}:
+        raise ValueError(f"{path}: the stored split holds other positions apart than {cfg.positions_file or POSITIONS_FILE}; "
+                         "give another data.split_file or remove this one")
     if cfg.holdout == "none" and len(split["train"]) != cfg.n_train_normal:
         warnings.warn(f"{path}: the stored split trains on {len(split['train'])} defect-free images, "
                       f"not data.n_train_normal={cfg.n_train_normal}; using the stored split", stacklevel=3)
