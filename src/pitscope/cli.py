@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -124,43 +125,14 @@ def _print_calibration(detector, path: Path) -> None:
 
 
 def _train_and_fit(cfg: Config, resume: bool, progress: bool):
-    """Train, fit the scorers, calibrate the threshold, save OUTPUT_DIR/model.pt.
+    """`fitting.fit`, then the threshold and where the model went; (detector, path), or
+    (None, None) on the processes of a torchrun other than rank 0."""
+    from pitscope.fitting import fit
 
-    Under torchrun every process trains its share; rank 0 then fits the scorers on the
-    features of every training image and saves, and the others return (None, None).
-    """
-    from pitscope import distributed
-    from pitscope.data import build_dataset, prepare_split_file
-    from pitscope.inference import Detector
-    from pitscope.training import train
-
-    main = distributed.context().is_main
-    progress = progress and main
-    prepare_split_file(cfg)
-    dataset = build_dataset(cfg.data, "train", cfg.seed)
-    bad = dataset.check(progress=progress)
-    for path, reason in bad if main else ():
-        print(f"skipped bad file: {path}: {reason}", file=sys.stderr)
-    if main:
-        print(f"training on {len(dataset)} defect-free images ({cfg.data.format}), output in {cfg.output_dir}")
-    try:
-        result = train(cfg, dataset, resume=resume, progress=progress)
-    finally:
-        distributed.teardown()
-    if not main:
+    detector = fit(cfg, resume=resume, progress=progress)
+    if detector is None:
         return None, None
-    detector = Detector(cfg, result.n_kinds, net=result.model)
-    detector.fit(dataset, progress=progress)
-    detector.metadata["training"] = {
-        "images": len(dataset),
-        "skipped_files": [p for p, _ in bad],
-        "epochs": result.epochs_done,
-        "steps": result.steps,
-        "minutes": round(result.elapsed_s / 60, 2),
-        "stopped_by_budget": result.stopped_by_budget,
-        "averaged_epochs": result.averaged_epochs,
-    }
-    path = detector.save(Path(cfg.output_dir) / "model.pt")
+    path = Path(cfg.output_dir) / "model.pt"
     _print_calibration(detector, path)
     return detector, path
 
@@ -420,6 +392,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_to_terminal() -> None:
+    """pitscope's log records at INFO and above, as plain lines on stderr (once per process)."""
+    logger = logging.getLogger("pitscope")
+    if not any(getattr(h, "_pitscope_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._pitscope_cli = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -428,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "datasets" and args.format != "synthetic" and not args.root:
         parser.error("datasets: ROOT is required unless --format synthetic")
+    _log_to_terminal()
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as exc:

@@ -1,0 +1,65 @@
+"""Train and fit in one call: the network, its scorers and its thresholds, from a config."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from pitscope import distributed
+from pitscope.config import Config, apply_overrides, load_config
+from pitscope.data import build_dataset, prepare_split_file
+from pitscope.inference import Detector
+from pitscope.training import train
+
+log = logging.getLogger(__name__)
+
+
+def fit(
+    config: Config | str | None = None,
+    overrides: Sequence[str] = (),
+    resume: bool = False,
+    progress: bool = True,
+    save: bool = True,
+) -> Detector | None:
+    """Train the network on the config's defect-free images, fit its scorers, calibrate its
+    thresholds and (with `save`) write OUTPUT_DIR/model.pt.
+
+    config: a Config, a preset name or YAML path ("cpu", "demo", "paper"), or None for the
+    defaults; overrides: `section.key=value` strings as the CLI's --set takes them.
+    Unreadable training files are skipped (or refused, as data.on_bad_file says) and named in
+    the model's metadata["training"]["skipped_files"]. Under torchrun every process trains its
+    share and only rank 0 fits and returns the Detector; the others return None.
+
+    >>> detector = fit("demo", ["train.epochs=1", "output_dir=runs/try"])  # doctest: +SKIP
+    >>> detector.predict("photo.jpg").is_defective  # doctest: +SKIP
+    """
+    cfg = apply_overrides(config, overrides) if isinstance(config, Config) else load_config(config, overrides)
+    main = distributed.context().is_main
+    progress = progress and main
+    prepare_split_file(cfg)
+    dataset = build_dataset(cfg.data, "train", cfg.seed)
+    bad = dataset.check(progress=progress)
+    for path, reason in bad if main else ():
+        log.warning("skipped bad file: %s: %s", path, reason)
+    log.info("training on %d defect-free images (%s), output in %s", len(dataset), cfg.data.format, cfg.output_dir)
+    try:
+        result = train(cfg, dataset, resume=resume, progress=progress)
+    finally:
+        distributed.teardown()
+    if not main:
+        return None
+    detector = Detector(cfg, result.n_kinds, net=result.model)
+    detector.fit(dataset, progress=progress)
+    detector.metadata["training"] = {
+        "images": len(dataset),
+        "skipped_files": [p for p, _ in bad],
+        "epochs": result.epochs_done,
+        "steps": result.steps,
+        "minutes": round(result.elapsed_s / 60, 2),
+        "stopped_by_budget": result.stopped_by_budget,
+        "averaged_epochs": result.averaged_epochs,
+    }
+    if save:
+        detector.save(Path(cfg.output_dir) / "model.pt")
+    return detector

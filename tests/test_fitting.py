@@ -1,0 +1,40 @@
+"""The public API: `fit` trains, fits and saves in one call; the saved model predicts the same."""
+
+import logging
+
+import numpy as np
+import pytest
+
+import pitscope
+from pitscope import Config, Detector, Prediction, fit, load_config
+
+from conftest import TINY_DETECTOR
+
+
+def test_public_names_are_exported():
+    assert set(pitscope.__all__) >= {"Config", "Detector", "Prediction", "fit", "load_config"}
+    for name in pitscope.__all__:
+        assert getattr(pitscope, name) is not None
+
+
+def test_fit_trains_saves_and_the_file_predicts_the_same(tmp_path, caplog):
+    overrides = [*TINY_DETECTOR, "train.epochs=1", "train.batch_size=4", f"output_dir={tmp_path}"]
+    with caplog.at_level(logging.INFO, logger="pitscope"):
+        detector = fit(None, overrides, progress=False)
+    assert isinstance(detector, Detector) and np.isfinite(float(detector.threshold))
+    assert detector.metadata["training"]["epochs"] == 1 and detector.metadata["training"]["images"] == 12
+    assert "training on 12 defect-free images" in caplog.text
+    image = np.full((40, 90, 3), 120, np.uint8)
+    loaded = Detector.load(tmp_path / "model.pt").predict(image)
+    assert isinstance(loaded, Prediction)
+    assert loaded.score == pytest.approx(detector.predict(image).score, rel=1e-6)
+
+
+def test_fit_takes_a_config_and_leaves_it_as_it_was(tmp_path):
+    cfg = load_config(None, [*TINY_DETECTOR, "train.epochs=0", f"output_dir={tmp_path}"])
+    assert isinstance(cfg, Config)
+    detector = fit(cfg, ["score.threshold_quantile=0.5"], progress=False, save=False)
+    assert detector.cfg.score.threshold_quantile == 0.5 and cfg.score.threshold_quantile == 0.75
+    assert not (tmp_path / "model.pt").exists()
+    with pytest.raises(ValueError, match="train.epochs"):
+        fit(cfg, ["train.epochs=x"], progress=False, save=False)
