@@ -136,6 +136,31 @@ def detector_forward(detector: Detector, batch: int, size: int):
     return step
 
 
+def bare_photo_forward(height: int, width: int):
+    """One float32 ResNet-18 forward over a whole photo at its own size."""
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, height, width)
+
+    def step():
+        with torch.inference_mode():
+            model(x)
+
+    return step
+
+
+def detector_photo(detector: Detector, height: int, width: int):
+    """What a user gets for one photo: decoding from an array, score, map at the photo's size and
+    its predicted regions (connected components)."""
+    import numpy as np
+
+    photo = np.random.default_rng(0).integers(60, 200, size=(height, width, 3), dtype=np.uint8)
+
+    def step():
+        detector.predict(photo).outline()
+
+    return step
+
+
 def time_round_robin(steps: dict, n_steps: int, repeats: int) -> dict[str, float]:
     """Median seconds per step of each callable, interleaved; one untimed warm-up step each."""
     for fn in steps.values():
@@ -165,6 +190,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=32, help="dataset images per training step (2x through the net)")
     parser.add_argument("--infer-batch", type=int, default=16)
+    parser.add_argument("--photo", default="460x1130", help="HxW of a photo for the whole-photo path (BSData's)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results"))
@@ -199,6 +225,12 @@ def main() -> int:
         "detector_score_and_map": detector_forward(detector, 1, args.size),
     }, 5 * args.steps, args.repeats)
 
+    photo_h, photo_w = (int(v) for v in args.photo.lower().split("x"))
+    photo = time_round_robin({
+        "bare_resnet18_whole_photo": bare_photo_forward(photo_h, photo_w),
+        "pitscope_predict_with_regions": detector_photo(detector, photo_h, photo_w),
+    }, 2 * args.steps, args.repeats)
+
     child = subprocess.run(
         [sys.executable, __file__, "--memory-child", "--size", str(args.size), "--batch", str(args.batch), "--steps", "3"],
         capture_output=True, text=True, check=True,
@@ -228,6 +260,10 @@ def main() -> int:
             infer_rates["detector_score_and_map"] / infer_rates["bare_resnet18_forward_channels_last"], 3),
         "latency_ms": {k: round(1000 * v, 1) for k, v in latency.items()},
         "peak_train_rss_mib": round(peak, 0),
+        "photo": {"size": [photo_h, photo_w],
+                  "images_per_s": {k: round(1 / v, 2) for k, v in photo.items()},
+                  "ratio_to_bare_whole_photo": round(photo["bare_resnet18_whole_photo"]
+                                                     / photo["pitscope_predict_with_regions"], 3)},
     }
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -272,6 +308,12 @@ def markdown(r: dict) -> str:
         f"Inference ratio to bare: {r['infer_ratio_to_bare']} "
         f"({r['infer_ratio_to_bare_channels_last']} to a bare channels-last forward). "
         f"Peak resident memory of a training process at batch {s['batch']}: {r['peak_train_rss_mib']:.0f} MiB.",
+        "",
+        f"A whole {r['photo']['size'][0]} x {r['photo']['size'][1]} photo, one at a time: pitscope's predict "
+        f"(score, map at the photo's size, predicted regions) at "
+        f"{r['photo']['images_per_s']['pitscope_predict_with_regions']} photos/s against "
+        f"{r['photo']['images_per_s']['bare_resnet18_whole_photo']} for one float32 ResNet-18 forward over the whole "
+        f"photo: a ratio of {r['photo']['ratio_to_bare_whole_photo']}.",
         "",
         "Command:",
         "",
