@@ -51,6 +51,8 @@ class DataConfig:
     split_seed: int = 0  # bsdata: seeds the split, apart from the run seed, so runs share one split
     holdout: str = "none"  # bsdata: none | positions (validation and label positions held apart)
     positions_file: str | None = None  # bsdata: the position split (default: the one shipped)
+    position_fold: int | None = None  # bsdata, holdout positions: measure this fold of the test positions
+    position_folds: int = 3  # the folds of the cross-position protocol
     on_bad_file: str = "skip"  # skip | error
     cache: bool = True  # keep decoded, resized images in memory
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -334,6 +336,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"score.calibration_fraction: must lie in [0, 1), got {cfg.score.calibration_fraction}")
     if cfg.data.holdout != "none" and cfg.data.format != "bsdata":
         raise ConfigError(f"data.holdout={cfg.data.holdout} holds BSData positions apart; data.format is {cfg.data.format}")
+    if cfg.data.position_fold is not None and cfg.data.holdout != "positions":
+        raise ConfigError("data.position_fold needs data.holdout=positions")
+    if cfg.data.position_fold is not None and not 0 <= cfg.data.position_fold < cfg.data.position_folds:
+        raise ConfigError(f"data.position_fold: must lie in 0..{cfg.data.position_folds - 1}, got {cfg.data.position_fold}")
     if cfg.data.positions_file is not None and cfg.data.holdout != "positions":
         raise ConfigError("data.positions_file is read only with data.holdout=positions")
     if cfg.score.map_normalisation == "image_mean_score" and cfg.score.image_method != "embedding":

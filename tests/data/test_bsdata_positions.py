@@ -12,6 +12,7 @@ from pitscope.data import build_dataset
 from pitscope.data.bsdata import (
     POSITIONS_FILE,
     bsdata_split,
+    cross_position_split,
     deal_positions,
     hold_out_positions,
     load_bsdata,
@@ -168,3 +169,23 @@ def test_holdout_settings_are_checked_in_the_config():
         load_config(None, ["data.holdout=positions"])
     with pytest.raises(ValueError, match="only with data.holdout=positions"):
         load_config(None, ["data.format=bsdata", "data.positions_file=p.json"])
+
+
+def test_cross_position_folds_measure_positions_no_model_saw(tree):
+    deal = {"validation": ["01_200908000000_000000_000_crop"], "label": [],
+            "test": sorted(key[0] for key in position_files(tree))[1:]}  # 4 test positions
+    files = {key[0]: set(v) for key, v in position_files(tree).items()}
+    measured_all = []
+    for fold in range(2):
+        split = cross_position_split(tree, deal, fold, k=2)
+        measured = split["positions"]["measured"]
+        measured_all += measured
+        inside = set().union(*(files[n] for n in measured))
+        assert set(split["test_normal"]) | set(split["test_defect"]) == inside
+        assert not set(split["train"]) & inside and not set(split["train"]) & files[deal["validation"][0]]
+        others = set().union(*(files[n] for n in deal["test"] if n not in measured))
+        assert set(split["train"]) == {f for f in others if f not in split["test_defect"]} - {
+            f for f in others if (tree / "label" / f"{Path(f).stem}.json").exists()}
+    assert sorted(measured_all) == deal["test"]  # every test position measured once
+    with pytest.raises(ValueError, match="fold"):
+        cross_position_split(tree, deal, 2, k=2)

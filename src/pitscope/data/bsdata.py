@@ -242,6 +242,40 @@ def hold_out_positions(split: dict, root: str | Path, positions: dict) -> dict:
     }
 
 
+def cross_position_split(root: str | Path, positions: dict, fold: int, k: int = 3, seed: int = 0) -> dict:
+    """The cross-position protocol: the test positions dealt into k seeded folds; fold `fold` is
+    measured by a model that never saw those positions.
+
+    train: every defect-free photo of the other positions, validation positions left out;
+    test_normal / test_defect: every photo of the fold's positions; val_normal / val_defect: the
+    validation positions' photos, as in `hold_out_positions`. The folds: a `default_rng(seed)`
+    permutation of the sorted test positions, dealt round robin.
+    """
+    test = sorted(positions["test"])
+    if not 2 <= k <= len(test):
+        raise ValueError(f"k: {k} folds need 2 <= k <= {len(test)} (the test positions)")
+    if not 0 <= fold < k:
+        raise ValueError(f"fold: {fold} is not in 0..{k - 1}")
+    order = np.random.default_rng(seed).permutation(len(test))
+    measured = {test[i] for i in order[fold::k]}
+    by_name = {key[0]: files for key, files in position_files(root).items()}
+    held = hold_out_positions(bsdata_split(root, n_train_normal=0, seed=seed), root, positions)
+    defect = set(bsdata_split(root, n_train_normal=0, seed=seed)["test_defect"])
+    inside = {f for n in measured for f in by_name[n]}
+    validation = {f for n in positions["validation"] for f in by_name[n]}
+    placed = {f for files in by_name.values() for f in files}
+    normal = [f for f in sorted(placed) if f not in defect]
+    return {
+        "seed": seed,
+        "train": [f for f in normal if f not in inside and f not in validation],
+        "test_normal": [f for f in normal if f in inside],
+        "test_defect": sorted(f for f in inside if f in defect),
+        "val_normal": held["val_normal"],
+        "val_defect": held["val_defect"],
+        "positions": {**positions, "fold": fold, "folds": k, "measured": sorted(measured)},
+    }
+
+
 def type_groups(paths: list[str], labels: np.ndarray, root: str | Path) -> dict[str, np.ndarray]:
     """The defective images of each BSData ball-screw type, as (N,) bool over `paths`.
 
@@ -275,6 +309,8 @@ def read_polygons(label_path: Path) -> tuple[Polygon, ...]:
 
 def _draw_split(cfg: DataConfig, root: Path, seed: int) -> dict:
     """A new split: the paper's, with positions held apart when cfg.holdout says so."""
+    if cfg.position_fold is not None:
+        return cross_position_split(root, read_positions(cfg.positions_file), cfg.position_fold, cfg.position_folds)
     split = bsdata_split(root, cfg.n_train_normal, seed)
     if cfg.holdout == "positions":
         split = hold_out_positions(split, root, read_positions(cfg.positions_file))
@@ -297,6 +333,10 @@ def _resolve_split(cfg: DataConfig, root: Path, seed: int) -> dict:
             k: read_positions(cfg.positions_file)[k] for k in POSITION_ROLES}:
         raise ValueError(f"{path}: the stored split holds other positions apart than {cfg.positions_file or POSITIONS_FILE}; "
                          "give another data.split_file or remove this one")
+    stored_fold = split.get("positions", {}).get("fold")
+    if stored_fold != cfg.position_fold:
+        raise ValueError(f"{path}: the stored split measures position fold {stored_fold}, not data.position_fold="
+                         f"{cfg.position_fold}; give another data.split_file or remove this one")
     if cfg.holdout == "none" and len(split["train"]) != cfg.n_train_normal:
         warnings.warn(f"{path}: the stored split trains on {len(split['train'])} defect-free images, "
                       f"not data.n_train_normal={cfg.n_train_normal}; using the stored split", stacklevel=3)
