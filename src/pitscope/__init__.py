@@ -5,13 +5,33 @@
     detector = Detector.load("runs/try/model.pt")
     prediction = detector.predict("photo.jpg")               # a Prediction
     prediction.score, prediction.is_defective, prediction.regions
+
+The names below are imported when first used, so that `import pitscope.serve` (deploy code)
+loads nothing of training.
 """
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-from pitscope.config import Config, load_config  # noqa: E402
-from pitscope.defect_regions import Region  # noqa: E402
-from pitscope.fitting import fit  # noqa: E402
-from pitscope.inference import Detector, Prediction  # noqa: E402
+# public name -> the module that defines it
+_PUBLIC = {
+    "Config": "pitscope.config",
+    "load_config": "pitscope.config",
+    "Region": "pitscope.defect_regions",
+    "fit": "pitscope.fitting",
+    "Detector": "pitscope.inference",
+    "Prediction": "pitscope.inference",
+}
 
-__all__ = ["Config", "Detector", "Prediction", "Region", "__version__", "fit", "load_config"]
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'pitscope' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
