@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 
@@ -111,3 +113,24 @@ def test_configs_saved_before_image_features_keep_scoring_as_then():
     assert unclassified["score"]["image_features"] == "layer4"
     kept = {"score": {"image_features": "projection"}}
     assert fill_image_features(kept, fitted=True) is kept and kept["score"]["image_features"] == "projection"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=-3", "train.epochs: must be >= 0, got -3"),
+    ("train.lr=0", "train.lr: must be > 0"),
+    ("train.batch_size=0", "train.batch_size: must be >= 1"),
+    ("train.momentum=1.5", "train.momentum: must be >= 0 and <= 1"),
+    ("augment.perlin_threshold=1.2", "augment.perlin_threshold: must be > 0 and <= 1"),
+    ("score.smoothing_sigma=-1", "score.smoothing_sigma: must be >= 0"),
+    ("data.synthetic.n_train=0", "data.synthetic.n_train: must be >= 1"),
+    ("train.budget_minutes=0", "train.budget_minutes: must be > 0"),
+])
+def test_numbers_out_of_range_are_refused_with_the_key_and_the_range(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_edges_of_the_ranges_and_null_are_accepted():
+    cfg = load_config(None, ["train.epochs=0", "train.budget_minutes=null", "score.pixel_channels=null",
+                             "train.momentum=0"])
+    assert cfg.train.epochs == 0 and cfg.train.budget_minutes is None and cfg.score.pixel_channels is None

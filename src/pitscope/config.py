@@ -284,8 +284,50 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
     return obj
 
 
+# Numeric ranges: key -> (lowest, highest, whether the lowest itself is allowed); None: unbounded.
+# A null value (where the type allows it) means "off" and is not checked.
+RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "seed": (0, None, True),
+    "data.synthetic.n_train": (1, None, True),
+    "data.synthetic.n_test_normal": (0, None, True),
+    "data.synthetic.n_test_defect": (0, None, True),
+    "data.synthetic.height": (32, None, True),
+    "data.synthetic.width": (32, None, True),
+    "data.n_train_normal": (0, None, True),
+    "data.position_folds": (2, None, True),
+    "train.epochs": (0, None, True),  # 0: no training, the untrained baseline
+    "train.batch_size": (1, None, True),
+    "train.lr": (0, None, False),
+    "train.momentum": (0, 1, True),
+    "train.weight_decay": (0, None, True),
+    "train.budget_minutes": (0, None, False),
+    "train.num_workers": (0, None, True),
+    "train.log_every": (1, None, True),
+    "augment.perlin_threshold": (0, 1, False),
+    "augment.randaugment_ops": (0, None, True),
+    "score.ridge": (0, None, True),
+    "score.pixel_channels": (1, None, True),
+    "score.batch_size": (1, None, True),
+    "score.smoothing_sigma": (0, None, True),
+}
+
+
+def _check_ranges(cfg: Config) -> None:
+    for key, (low, high, low_ok) in RANGES.items():
+        value = get_value(cfg, key)
+        if value is None:
+            continue
+        above = value >= low if low_ok else value > low
+        if not above or (high is not None and value > high):
+            lower = f"{'>=' if low_ok else '>'} {low:g}"
+            allowed = lower if high is None else f"{lower} and <= {high:g}"
+            raise ConfigError(f"{key}: must be {allowed}, got {value}")
+
+
 def validate(cfg: Config) -> Config:
-    """Check the options with a fixed set of values; raise ConfigError naming the key."""
+    """Check the options with a fixed set of values and the numeric ranges; raise ConfigError
+    naming the key and what it allows."""
+    _check_ranges(cfg)
     for key, valid in CHOICES.items():
         value = get_value(cfg, key)
         if value not in valid:
