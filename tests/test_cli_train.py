@@ -99,7 +99,7 @@ def test_evaluate_refuses_a_training_checkpoint(tmp_path, capsys):
     path = tmp_path / "checkpoint_last.pt"
     torch.save({"config": {}, "model": {}, "optimizer": {}, "epoch": 1}, path)
     assert main(["evaluate", str(path), "--quiet"]) == 2
-    assert "not a pitscope model file" in capsys.readouterr().err
+    assert "is a training checkpoint, not a model file" in capsys.readouterr().err
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_yaml, capsys):

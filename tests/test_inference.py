@@ -238,7 +238,7 @@ def test_loading_a_training_checkpoint_is_refused(tmp_path):
     cfg = load_config(None, [*TINY, "model.target=none", f"output_dir={tmp_path}"])
     train_split = build_dataset(cfg.data, "train", cfg.seed)
     train(cfg, train_split[:4], progress=False, echo=lambda _: None)
-    with pytest.raises(ValueError, match="not a pitscope model file"):
+    with pytest.raises(ValueError, match="is a training checkpoint, not a model file"):
         Detector.load(tmp_path / LAST_CHECKPOINT)
 
 
@@ -261,15 +261,36 @@ def test_loading_a_missing_file_is_a_file_not_found(tmp_path):
         Detector.load(tmp_path / "nothing_here.pt")
 
 
-@pytest.mark.parametrize("kind", ["text", "tensor"])
-def test_loading_a_file_that_is_no_model_is_a_value_error(tmp_path, kind):
-    path = tmp_path / "model.pt"
+@pytest.mark.parametrize("kind, says", [
+    ("text", r"not a PyTorch file \(24 bytes, starting b'hello, I'\)"),
+    ("empty", r"is empty \(0 bytes\)"),
+    ("onnx", "is an ONNX export: run it with onnxruntime"),
+    ("tensor", "a PyTorch file but not a pitscope model file"),
+    ("checkpoint", "is a training checkpoint, not a model file: pass OUTPUT_DIR/model.pt"),
+])
+def test_loading_a_file_that_is_no_model_says_what_it_is(tmp_path, kind, says):
+    path = tmp_path / ("model.onnx" if kind == "onnx" else "model.pt")
     if kind == "text":
         path.write_text("hello, I am not a model\n")
-    else:
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "onnx":
+        path.write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x052.1.0")
+    elif kind == "tensor":
         torch.save(torch.zeros(3), path)
-    with pytest.raises(ValueError, match="not a pitscope model file"):
+    else:
+        torch.save({"model": {}, "config": {}, "epoch": 1}, path)
+    with pytest.raises(ValueError, match=says):
         Detector.load(path)
+
+
+def test_a_model_from_a_newer_pitscope_is_refused_by_name(fitted, tmp_path):
+    _, path, _, _ = fitted
+    state = torch.load(path, weights_only=True)
+    state["version"] = "99.0.0"
+    torch.save(state, tmp_path / "new.pt")
+    with pytest.raises(ValueError, match=r"written by pitscope 99.0.0, newer than this one"):
+        Detector.load(tmp_path / "new.pt")
 
 
 def test_a_file_without_pixel_threshold_loads_with_a_warning(fitted, tmp_path):

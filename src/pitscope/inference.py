@@ -131,6 +131,30 @@ def iterate_batches(
         yield chunk, images_to_batch([dataset[i].image for i in chunk])
 
 
+def _newer(version) -> bool:
+    """Whether a "X.Y.Z" version string is newer than this pitscope's."""
+    def parts(text):
+        return tuple(int(p) if p.isdigit() else 0 for p in str(text).split("."))
+
+    return version is not None and parts(version) > parts(__version__)
+
+
+def _refuse_what_is_no_model(path: Path) -> None:
+    """Raise ValueError with one sentence on what the file is, when it is plainly no model file:
+    empty, an ONNX export, or not a PyTorch file at all (PyTorch writes zip archives)."""
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): not a model file; pass the model.pt that pitscope train wrote")
+    with path.open("rb") as fh:
+        head = fh.read(256)
+    if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"pytorch" in head):
+        raise ValueError(f"{path} is an ONNX export: run it with onnxruntime (pitscope export wrote it); "
+                         "pitscope's commands take the model.pt it was exported from")
+    if not head.startswith((b"PK", b"\x80")):  # a zip archive, or the legacy pickle format
+        raise ValueError(f"{path} is not a pitscope model file: it is not a PyTorch file ({size} bytes, "
+                         f"starting {head[:8]!r}); pass the model.pt that pitscope train wrote")
+
+
 class Detector(nn.Module):
     """Network, image scorer, pixel scorer and threshold, saved and loaded as one file."""
 
@@ -472,12 +496,22 @@ class Detector(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no model file at {path}")
+        _refuse_what_is_no_model(path)
         try:
             state = torch.load(path, map_location=device, weights_only=True)
         except Exception as exc:  # not a torch file, or one holding more than tensors and plain data
-            raise ValueError(f"{path} is not a pitscope model file: {exc}") from exc
+            raise ValueError(f"{path} is a PyTorch file that holds more than a pitscope model file does "
+                             f"(it cannot be loaded safely); pass the model.pt that pitscope train wrote "
+                             f"({type(exc).__name__})") from exc
+        if isinstance(state, dict) and "model" in state and "config" in state and "state_dict" not in state:
+            raise ValueError(f"{path} is a training checkpoint, not a model file: pass OUTPUT_DIR/model.pt, or fit "
+                             f"the checkpoint's network with `pitscope refit {path} --output model.pt`")
         if not isinstance(state, dict) or "state_dict" not in state or "config" not in state:
-            raise ValueError(f"{path} is not a pitscope model file (a training checkpoint? use model.pt)")
+            raise ValueError(f"{path} is a PyTorch file but not a pitscope model file: pass the model.pt that "
+                             "pitscope train wrote")
+        if _newer(state.get("version")):
+            raise ValueError(f"{path} was written by pitscope {state['version']}, newer than this one "
+                             f"({__version__}): upgrade pitscope to load it")
         saved = state["config"]
         if "map_normalisation" not in saved.get("score", {}):  # written before normalisation existed
             saved.setdefault("score", {})["map_normalisation"] = "none"
