@@ -208,7 +208,7 @@ def test_decompression_bomb_is_refused_before_decoding():
 
 
 def test_upload_size_limit(fitted):
-    small = encode(np.full((16, 16, 3), 90, np.uint8))
+    small = encode(np.full((32, 32, 3), 90, np.uint8))
     assert len(small) < 1000
     noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
 
@@ -361,3 +361,16 @@ def test_serve_command_builds_the_app_and_runs_uvicorn(fitted, monkeypatch):
         args.func(args)
     monkeypatch.delenv("PITSCOPE_API_KEY")
     assert parser.parse_args(["serve", "m.pt"]).api_key is None
+
+
+def test_tiny_images_are_refused_and_the_favicon_is_no_404(client):
+    response = post(client, encode(np.zeros((1, 1, 3), np.uint8)), name="dot.png")
+    assert response.status_code == 422 and "1x1 pixels: too small" in response.json()["detail"]
+    assert post(client, encode(surface(3, 32, 32)), name="small.png").status_code == 200
+    assert client.get("/favicon.ico").status_code == 204
+
+
+def test_pillows_own_size_guard_is_reported_as_the_services_limit(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's guard fires before ours
+    with pytest.raises(RejectedImage, match=r"over the limit of 50000000 pixels \(50 megapixels\)"):
+        decode_image(png_declaring(100, 100), max_pixels=50_000_000)

@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 API_KEY_HEADER = "X-API-Key"
+MIN_SIDE = 32  # the smallest image side scored: below it a photo holds nothing to inspect
 MAX_REGIONS = 50  # regions listed in one answer, largest first; region_count counts them all
 ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 # Multipart framing around the file (boundaries, part headers, a long file name) may add this
@@ -89,13 +90,17 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
         raise RejectedImage(415, f"not an image in a supported format ({', '.join(ACCEPTED_FORMATS)})") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Pillow's own limit (about 179 megapixels, or 89 when warnings are errors).
-        raise RejectedImage(422, f"image dimensions too large: {exc}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own guard (about 179 megapixels) fired first: say the service's limit
+        raise RejectedImage(422, f"image dimensions too large: over the limit of {max_pixels} pixels "
+                                 f"({max_pixels / 1e6:g} megapixels)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise RejectedImage(422, f"truncated or corrupt image header: {exc}") from None
     with image:
         width, height = image.size
+        if min(width, height) < MIN_SIDE:
+            raise RejectedImage(422, f"image is {width}x{height} pixels: too small to inspect "
+                                     f"(each side needs at least {MIN_SIDE} pixels)")
         if width * height > max_pixels:
             raise RejectedImage(
                 422,
@@ -273,6 +278,11 @@ def create_app(
             headers={"Content-Security-Policy": PAGE_POLICY, "X-Content-Type-Options": "nosniff",
                      "Cache-Control": "no-cache"},
         )
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        """No icon: an empty answer, so browsers stop asking and logs hold no 404."""
+        return Response(status_code=204)
 
     @app.get("/", include_in_schema=False)
     def page() -> Response:
