@@ -173,7 +173,7 @@ def test_verdicts_slider_and_plain_error(files, browser):
         error = browser.find_element(By.CSS_SELECTOR, "#results .card.error")
         assert "“notes.txt” is not a picture pitscope can read" in error.text
         assert "PNG, JPEG, BMP or TIFF" in error.text
-        assert browser.find_element(By.ID, "summary").text == "2 images: 1 DEFECT, 1 OK."
+        assert browser.find_element(By.ID, "summary").text == "2 images: 1 DEFECT, 1 OK. 1 file not scored."
         assert page_errors(browser) == []
     finally:
         stop()
@@ -199,13 +199,15 @@ def test_key_prompt_and_saving_a_threshold(files, browser, tmp_path):
 
         number = browser.find_element(By.ID, "threshold-number")
         number.send_keys(Keys.CONTROL, "a")  # (clear() would fire a change with "", which the page undoes)
-        number.send_keys("1e9" + Keys.TAB)
+        number.send_keys("1000000000.3" + Keys.TAB)  # stored as float32: 1e9
         wait_for(browser, lambda d: verdict(d, "pitted_part.png") == "OK", "the verdict at 1e9")
         browser.find_element(By.ID, "threshold-save").click()
         wait_for(browser, lambda d: d.find_element(By.ID, "save-status").text.startswith("Saved"), "the save")
         assert str(path) in browser.find_element(By.ID, "save-status").text
         assert float(Detector.load(path).threshold) == 1e9
         assert "set by hand" in browser.find_element(By.ID, "model-info").text
+        note = browser.find_element(By.ID, "threshold-note").text
+        assert note.startswith("Using the model's threshold") and "still" not in note, note
         assert page_errors(browser) == []
     finally:
         stop()

@@ -54,6 +54,7 @@ function plainError(status, detail, name) {
   if (status === 422) {
     if (/empty/.test(detail)) return `${file} is empty (0 bytes).`;
     if (/truncated|corrupt/.test(detail)) return `${file} is damaged or incomplete and could not be read.`;
+    if (/too small/.test(detail)) return `${file} is too small to inspect: ${detail.replace(/^image is /, "it is ")}.`;
     if (/pixels|dimensions too large/.test(detail)) return `${file} has too many pixels for this service.`;
     return `${file} was refused: ${detail}`;
   }
@@ -199,7 +200,9 @@ function applyThreshold(value) {
   state.threshold = value;
   $("threshold-number").value = formatNumber(value);
   const stored = state.model.threshold;
-  $("threshold-note").textContent = value === stored
+  // the model keeps float32: a value that rounds to the stored one is the stored one
+  const same = Math.abs(value - stored) <= 1e-6 * Math.max(1, Math.abs(stored));
+  $("threshold-note").textContent = same
     ? `Using the model's threshold, ${formatNumber(stored)}.`
     : `Trying ${formatNumber(value)} on this page; the model's threshold is still ${formatNumber(stored)}.`;
   $("threshold-save").textContent = `Save ${formatNumber(value)} as the model's threshold`;
@@ -243,9 +246,11 @@ function renderSummary() {
   const done = state.results.filter((r) => r.score !== null);
   const defects = done.filter((r) => r.score > state.threshold).length;
   const pending = state.results.filter((r) => r.score === null && !r.failed).length;
+  const failed = state.results.filter((r) => r.failed).length;
   let text = done.length
     ? `${done.length} image${done.length === 1 ? "" : "s"}: ${defects} DEFECT, ${done.length - defects} OK.`
     : "No images yet.";
+  if (failed) text += ` ${failed} file${failed === 1 ? "" : "s"} not scored.`;
   if (pending) text += ` Scoring ${pending}…`;
   $("summary").textContent = text;
 }
