@@ -288,8 +288,12 @@ def test_cosine_schedule_is_logged_applied_and_resumed(tmp_path, images, monkeyp
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "split", images, *cosine, "train.epochs=2")
     monkeypatch.setattr(training, "atomic_save", real_save)
+    with (tmp_path / "split" / LOG_FILE).open("a", newline="") as fh:  # rows a killed run logged past its checkpoint
+        csv.writer(fh).writerows([[2, STEPS_PER_EPOCH + 1, 0.5], [2, STEPS_PER_EPOCH + 2, 0.5]])
     resumed = run(tmp_path / "split", images, *cosine, "train.epochs=2", resume=True)
     assert_same_weights(resumed.model.state_dict(), whole.model.state_dict())
+    _, resumed_rows = read_log(tmp_path / "split")
+    assert [int(r["step"]) for r in resumed_rows] == [int(r["step"]) for r in rows]  # each step once
 
 
 # -- weight averaging -------------------------------------------------------------------------

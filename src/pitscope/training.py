@@ -177,15 +177,30 @@ class TrainResult:
 
 
 class _CsvLog:
-    """Appends one row per logged step to OUTPUT_DIR/train_log.csv (kept across resumes)."""
+    """Appends one row per logged step to OUTPUT_DIR/train_log.csv (kept across resumes).
+
+    resume_step: the step a resumed run starts after; rows logged past it by the run that
+    stopped are dropped (that run's work after its last checkpoint is done again), so every
+    step is logged once.
+    """
 
     FIELDS = ("epoch", "step", "loss", "ce", "mse", "seg", "sspcab", "lr", "elapsed_s")
 
-    def __init__(self, path: Path, truncate: bool):
+    def __init__(self, path: Path, truncate: bool, resume_step: int | None = None):
         self.path = path
         if truncate or not path.exists():
             with path.open("w", newline="") as fh:
                 csv.writer(fh).writerow(self.FIELDS)
+        elif resume_step is not None:
+            with path.open(newline="") as fh:
+                rows = [row for row in csv.DictReader(fh) if row.get("step", "").isdigit()
+                        and int(row["step"]) <= resume_step]
+            tmp = path.with_name(path.name + ".tmp")
+            with tmp.open("w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(self.FIELDS)
+                writer.writerows([row.get(k, "") for k in self.FIELDS] for row in rows)
+            tmp.replace(path)
 
     def write(self, row: dict) -> None:
         with self.path.open("a", newline="") as fh:
@@ -322,7 +337,7 @@ def train(
         echo(f"resuming after epoch {start_epoch} (step {step}, {elapsed / 60:.1f} min trained)")
     if main:
         save_config(cfg, out_dir / "config.yaml")
-        log = _CsvLog(out_dir / LOG_FILE, truncate=not resume)
+        log = _CsvLog(out_dir / LOG_FILE, truncate=not resume, resume_step=step if resume else None)
         writer = _tensorboard(out_dir)
     step_model: torch.nn.Module = model
     if ctx.enabled:
