@@ -10,8 +10,8 @@ train them. Without --test, every compared setting is scored on those photos onl
   and that map multiplied by the image score over the image threshold ("image_mean_score"), at
   each smoothing sigma;
 - the predicted region at each map: the pixel threshold as a quantile of the held-back training
-  images' map values, a minimum region size, and regions on every image or only on images
-  decided defective.
+  images' map values or of their maxima, a minimum region size, and regions on every image or
+  only on images decided defective.
 The maps' pixel metrics (AUROC, AP, AUPRO, F1-max) and the regions' metrics (pixel F1, IoU, the
 area on defect-free photos, the area within 2x) go to benchmarks/results/<name>.json and .md.
 With --test, the model is fitted again with the given settings (`refit`), scored once on the
@@ -38,14 +38,15 @@ from pitscope.data import build_dataset
 from pitscope.evaluation import evaluate, predicted_regions
 from pitscope.inference import Detector
 from pitscope.metrics import evaluate_all, region_metrics
-from pitscope.scoring import gaussian_smooth
+from pitscope.scoring import gaussian_smooth, pixel_threshold_of
 
 RESULTS = Path(__file__).parent / "results"
 LOOKS = RESULTS / "bsdata_test_looks.jsonl"
 NORMALISATIONS = ("none", "image_mean", "image_mean_score")
 SIGMAS = (2.0, 4.0, 8.0)
-QUANTILES = (0.99, 0.999, 0.9999)
-MIN_FRACTIONS = (0.0, 1e-4, 3e-4, 1e-3, 3e-3)
+THRESHOLDS = (("pixels", 0.99), ("pixels", 0.999), ("image_max", 0.5), ("image_max", 0.75), ("image_max", 0.9),
+              ("image_max", 0.95), ("image_max", 0.99))  # (score.pixel_threshold_from, its quantile)
+MIN_FRACTIONS = (0.0, 3e-4, 1e-3, 3e-3)
 REGIONS_ON = ("all", "defective")
 MAX_NORMAL_AREA = 0.01  # the 99th percentile of the predicted area on defect-free photos, at most
 
@@ -73,7 +74,7 @@ def transform(maps: np.ndarray, scores: np.ndarray, threshold: float, sigma: flo
     return out
 
 
-def choose(detector: Detector, progress: bool = True) -> dict:
+def choose(detector: Detector, sigmas=SIGMAS, normalisations=NORMALISATIONS, progress: bool = True) -> dict:
     cfg = detector.cfg
     train = build_dataset(cfg.data, "train", cfg.seed)
     train.check(progress=progress)  # as the fit did: the same images, so the same held-back ones
@@ -88,17 +89,18 @@ def choose(detector: Detector, progress: bool = True) -> dict:
     labels = np.asarray(val.labels)
     masks = np.stack([val[i].mask for i in range(len(val))])
     rows = []
-    for sigma in SIGMAS:
-        for norm in NORMALISATIONS:
+    for sigma in sigmas:
+        for norm in normalisations:
             maps = transform(val_raw, val_scores, threshold, sigma, norm)
             cal = transform(cal_raw, cal_scores, threshold, sigma, norm)
             pixel = evaluate_all(labels, val_scores, masks, maps)
-            for q in QUANTILES:
-                pixel_threshold = float(np.quantile(cal, q))
+            for rule, q in THRESHOLDS:
+                pixel_threshold = pixel_threshold_of(cal, q, rule)
                 for floor in MIN_FRACTIONS:
                     for on in REGIONS_ON:
                         regions = predicted_regions(maps, val_scores > threshold, pixel_threshold, floor, on)
-                        rows.append({"smoothing_sigma": sigma, "map_normalisation": norm, "pixel_quantile": q,
+                        rows.append({"smoothing_sigma": sigma, "map_normalisation": norm, "pixel_rule": rule,
+                                     "pixel_quantile": q,
                                      "min_region_fraction": floor, "regions_on": on,
                                      **{k: pixel[k] for k in ("pixel_auroc", "pixel_ap", "aupro", "pixel_f1_max")},
                                      **region_metrics(labels, masks, regions)})
@@ -115,7 +117,7 @@ def best(rows: list[dict]) -> dict:
     allowed = [r for r in rows if r["normal_area_p99"] is not None and r["normal_area_p99"] <= MAX_NORMAL_AREA]
     pool = allowed or rows
     chosen = max(pool, key=lambda r: (r["pixel_f1"] or 0.0, r["iou_median"] or 0.0))
-    return {**chosen, "within_area_limit": bool(allowed)}
+    return {**chosen, "pixel_threshold_from": chosen["pixel_rule"], "within_area_limit": bool(allowed)}
 
 
 def check_model(detector: Detector, path: Path) -> None:
@@ -178,12 +180,13 @@ def write_markdown(record: dict, path: Path) -> None:
             lines.append(f"| {r['smoothing_sigma']:g} | {r['map_normalisation']} | {pct(r['pixel_auroc'])} | "
                          f"{pct(r['pixel_ap'])} | {pct(r['aupro'])} | {pct(r['pixel_f1_max'])} |")
         lines += ["", "Regions, the best few by the rule (p99 area on defect-free photos <= 1%, then pixel F1):", "",
-                  "| sigma | maps | quantile | min fraction | regions on | pixel F1 | IoU median (q1-q3) | "
+                  "| sigma | maps | pixel threshold | min fraction | regions on | pixel F1 | IoU median (q1-q3) | "
                   "defect-free area median / p99 (%) | area within 2x |", "|---|---|---|---|---|---|---|---|---|"]
         ranked = sorted(run["rows"], key=lambda r: (r["normal_area_p99"] is None or r["normal_area_p99"] > MAX_NORMAL_AREA,
                                                     -(r["pixel_f1"] or 0.0)))
         for r in ranked[:12]:
-            lines.append(f"| {r['smoothing_sigma']:g} | {r['map_normalisation']} | {r['pixel_quantile']} | "
+            lines.append(f"| {r['smoothing_sigma']:g} | {r['map_normalisation']} | {r['pixel_quantile']} of "
+                         f"{r.get('pixel_rule', 'pixels')} | "
                          f"{r['min_region_fraction']:g} | {r['regions_on']} | {pct(r['pixel_f1'])} | "
                          f"{pct(r['iou_median'])} ({pct(r['iou_q1'])}-{pct(r['iou_q3'])}) | "
                          f"{pct(r['normal_area_median'])} / {pct(r['normal_area_p99'])} | {pct(r['area_within_2x'])} |")
@@ -191,8 +194,9 @@ def write_markdown(record: dict, path: Path) -> None:
         if not chosen["within_area_limit"]:
             lines += ["", f"No setting kept the defect-free area's 99th percentile within {MAX_NORMAL_AREA:.0%}."]
         lines += ["", "Chosen: " + ", ".join(f"score.{k}={chosen[k]}" for k in
-                                            ("smoothing_sigma", "map_normalisation", "min_region_fraction", "regions_on"))
-                  + f", pixel quantile {chosen['pixel_quantile']}.", ""]
+                                            ("smoothing_sigma", "map_normalisation", "min_region_fraction", "regions_on",
+                                             "pixel_threshold_from"))
+                  + f", score.pixel_threshold_quantile={chosen['pixel_quantile']}.", ""]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -203,6 +207,8 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--name", default="bsdata_localisation_validation")
     parser.add_argument("--out", type=Path, default=Path("runs/localisation"))
+    parser.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS), help="smoothing sigmas compared")
+    parser.add_argument("--normalisations", nargs="+", default=list(NORMALISATIONS), choices=NORMALISATIONS)
     args = parser.parse_args()
     command = "python benchmarks/bsdata_localisation.py " + " ".join(sys.argv[1:])
     if args.test:
@@ -214,7 +220,7 @@ def main() -> int:
     for model in args.models:
         detector = Detector.load(model)
         check_model(detector, model)
-        run = choose(detector)
+        run = choose(detector, args.sigmas, args.normalisations)
         runs.append({"model": str(model), **run, "chosen": best(run["rows"])})
     record = {"command": command, "commit": commit(), "date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "runs": runs}

@@ -336,6 +336,17 @@ def test_image_mean_score_maps_are_scaled_by_the_image_score(fitted):
         apply_overrides(detector.cfg, ["score.map_normalisation=image_mean_score", "score.image_method=map_max"])
 
 
+def test_pixel_threshold_from_each_held_back_maps_maximum(fitted):
+    detector, _, train_split, _ = fitted
+    cfg = apply_overrides(detector.cfg, ["score.pixel_threshold_from=image_max", "score.pixel_threshold_quantile=0.5"])
+    torch.manual_seed(cfg.seed)
+    by_max = Detector(cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
+    _, cal = detector.split_calibration(len(train_split))
+    _, held = detector.score_dataset([train_split[i] for i in cal], progress=False)
+    assert float(by_max.pixel_threshold) == pytest.approx(float(np.median(held.max(axis=(1, 2)))), rel=1e-5)
+    assert by_max.metadata["calibration"]["pixel_rule"] == "image_max"
+
+
 def test_files_from_before_map_normalisation_keep_raw_maps(fitted, tmp_path):
     _, path, _, _ = fitted
     state = torch.load(path, weights_only=True)

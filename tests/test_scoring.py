@@ -217,3 +217,15 @@ def test_moments_combine_only_about_one_shift_and_never_below_zero():
         scorer.moments(maps[:, :, :1])
     with pytest.raises(RuntimeError, match="not fitted"):
         PatchGaussianScorer().moments(maps)
+
+
+def test_pixel_threshold_rules_by_hand():
+    from pitscope.scoring import pixel_threshold_of
+
+    maps = np.zeros((4, 2, 2))
+    maps[:, 0, 0] = [1.0, 2.0, 3.0, 10.0]  # each map's maximum
+    assert pixel_threshold_of(maps, 0.5, "image_max") == 2.5
+    assert pixel_threshold_of(maps, 1.0, "image_max") == 10.0
+    assert pixel_threshold_of(maps, 0.75, "pixels") == np.quantile(maps, 0.75)
+    with pytest.raises(ValueError, match="image_max"):
+        pixel_threshold_of(maps, 0.5, "median")

@@ -163,7 +163,8 @@ class ScoreConfig:
     # against 97.72 / 97.18 / 97.28 / 97.16 with layer4 (benchmarks/results/bsdata_image_scores_projection.md)
     image_features: str = "projection"
     threshold_quantile: float = 0.99  # image threshold: this quantile of defect-free scores
-    pixel_threshold_quantile: float = 0.999  # predicted region: this quantile of held-back map values
+    pixel_threshold_quantile: float = 0.999  # predicted region: this quantile of held-back maps ...
+    pixel_threshold_from: str = "pixels"  # ... of all their values (pixels) or of each map's maximum (image_max)
     min_region_fraction: float = 0.0  # predicted regions smaller than this share of the image are dropped
     regions_on: str = "all"  # all | defective: regions shown on every image, or on images decided defective
     calibration_fraction: float = 0.1  # held back from fitting, to calibrate the thresholds on
@@ -206,6 +207,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "score.map_normalisation": ("none", "image_mean", "image_mean_score"),
     "data.holdout": ("none", "positions"),
     "score.regions_on": ("all", "defective"),
+    "score.pixel_threshold_from": ("pixels", "image_max"),
     "score.image_method": ("embedding", "map_max"),
     "score.image_features": ("projection", "layer4"),
     "score.threshold_from": ("out_of_fold", "held_back"),

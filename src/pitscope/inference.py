@@ -55,7 +55,9 @@ from pitscope.augment import PseudoDefects
 from pitscope.models.network import DoubleSelfSupervisedNet
 from pitscope.defect_regions import Region, describe_regions, region_mask
 from pitscope.patches import SharedGaussianScorer, patch_embeddings, patch_map
-from pitscope.scoring import GaussianScorer, PatchGaussianScorer, gaussian_smooth, out_of_fold_scores
+from pitscope.scoring import (
+    GaussianScorer, PatchGaussianScorer, gaussian_smooth, out_of_fold_scores, pixel_threshold_of,
+)
 from pitscope.seeding import numpy_rng
 from pitscope.tensors import images_to_batch, resize_image
 
@@ -367,11 +369,13 @@ class Detector(nn.Module):
         held_maps = torch.cat(maps)  # (n, H, W) of the calibration images
         if score.map_normalisation == "image_mean_score" and score.image_method != "map_max":
             held_maps = self._times_score(held_maps, torch.cat(held_scores))
-        self.pixel_threshold.fill_(float(np.quantile(held_maps.numpy(), score.pixel_threshold_quantile)))
+        self.pixel_threshold.fill_(pixel_threshold_of(held_maps.numpy(), score.pixel_threshold_quantile,
+                                                      score.pixel_threshold_from))
         self.metadata["calibration"] = {
             **record,
             "threshold": float(self.threshold),
             "pixel_quantile": score.pixel_threshold_quantile,
+            "pixel_rule": score.pixel_threshold_from,
             "pixel_threshold": float(self.pixel_threshold),
         }
         return self

@@ -28,6 +28,7 @@ from pitscope.data.dataset import AnomalyDataset, Record, pair_masks
 from pitscope.data.imageio import IMAGE_SUFFIXES, is_image_file, list_images, read_image
 from pitscope.data.types import BadImageError
 from pitscope.metrics import f1_max
+from pitscope.scoring import pixel_threshold_of
 from pitscope.visualize import overlay
 
 # Columns of predictions.csv, and the keys of each predictions.jsonl object, in order.
@@ -308,7 +309,7 @@ def calibrate(
     # image_mean_score maps carry the model's image threshold: rescale them to the new one
     rescale = float(detector.threshold) / threshold if detector.cfg.score.map_normalisation == "image_mean_score" else 1.0
     good_maps = good_maps * rescale
-    pixel_threshold = float(np.quantile(good_maps, pixel_quantile))
+    pixel_threshold = pixel_threshold_of(good_maps, pixel_quantile, cfg.pixel_threshold_from)
     result = {
         "images": int(good_scores.size),
         "quantile": quantile,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -417,6 +418,24 @@ class PatchGaussianScorer(_FittedBuffers):
 
     def forward(self, features: Tensor) -> Tensor:
         return self.score_map(features)
+
+
+PIXEL_THRESHOLD_RULES = ("pixels", "image_max")
+
+
+def pixel_threshold_of(maps, quantile: float, rule: str = "pixels") -> float:
+    """The pixel threshold from maps (N, H, W) of defect-free images.
+
+    "pixels": the `quantile` of all their map values (a share of defect-free pixels above it);
+    "image_max": the `quantile` of each map's largest value (a share of defect-free images
+    showing any region), which a few odd images among them move far less.
+    """
+    values = np.asarray(maps, dtype=np.float64)
+    if rule == "pixels":
+        return float(np.quantile(values, quantile))
+    if rule == "image_max":
+        return float(np.quantile(values.reshape(len(values), -1).max(axis=1), quantile))
+    raise ValueError(f"rule: {rule!r} is not one of {', '.join(PIXEL_THRESHOLD_RULES)}")
 
 
 def gaussian_smooth(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
