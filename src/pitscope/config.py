@@ -115,20 +115,16 @@ class TrainConfig:
     # the run is done (the larger of the share of epochs and the share of the budget; stochastic
     # weight averaging), and return that average instead of the last weights. null: off. The
     # averaged BatchNorm statistics belong to no network, so it needs score.recompute_batchnorm.
-    # Not a gain on BSData (benchmarks/results/bsdata_cpu_average.md: +4.1 and -16.6 pixel AUROC)
     average_from: float | None = None
     # train on random crop_size x crop_size crops of the images at data.image_size (null: whole
     # images); scoring still sees whole images at data.image_size. With data.image_size above the
     # crop, small defects cover more pixels at the cost of one step per crop, not per whole image.
-    # Pseudo-defects are sized to the crop as they would be to a whole image of that size. On
-    # BSData, 256-px crops of 512-px images gained AUPRO but lost image and pixel AUROC (seed 1:
-    # 96.52 / 94.77 / 72.31 against 97.18 / 96.30 / 68.40; benchmarks/results/bsdata_cpu_crop512_seed1.md)
+    # Pseudo-defects are sized to the crop as they would be to a whole image of that size.
     crop_size: int | None = None
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda
     # auto: bf16 autocast on CUDA GPUs with bf16 (fp16 with loss scaling on older ones), float32
-    # on the CPU; bf16 on a CPU with AVX-512 BF16 / AMX trains about 2x faster (the cpu preset
-    # uses it: benchmarks/results/bsdata_cpu_bf16_cosine.md), elsewhere slower than float32
+    # on the CPU; bf16 on a CPU with AVX-512 BF16 / AMX trains about 2x faster, elsewhere slower
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 on CUDA only)
     channels_last: bool = True  # NHWC memory format: faster convolutions on CPU and GPU
     compile: bool = False  # torch.compile the network (slow first steps, faster later ones)
@@ -143,8 +139,7 @@ class ScoreConfig:
     ridge: float = 0.01
     # true: before fitting, recompute the backbone's BatchNorm statistics on the defect-free images
     # the scorers are fitted on (training leaves running averages of its last batches, half of them
-    # pseudo-defects). Off by default: on BSData it moved pixel AUROC by +0.5 on average, -1.6 to
-    # +4.2 (benchmarks/results/bsdata_batchnorm.md)
+    # pseudo-defects)
     recompute_batchnorm: bool = False
     pixel_method: str = "padim"  # padim | segmentation (needs model.segment) | patch (CutPaste)
     pixel_stages: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
@@ -159,8 +154,7 @@ class ScoreConfig:
     map_normalisation: str = "image_mean"
     image_method: str = "embedding"  # embedding: Mahalanobis of the image embedding | map_max
     # The image embedding: the image branch's projector output (needs model.classify) or the pooled
-    # layer4 it reads. On BSData (cpu preset, seeds 0-3): 98.11 / 97.60 / 97.87 / 97.66 image AUROC
-    # against 97.72 / 97.18 / 97.28 / 97.16 with layer4 (benchmarks/results/bsdata_image_scores_projection.md)
+    # layer4 it reads
     image_features: str = "projection"
     threshold_quantile: float = 0.99  # image threshold: this quantile of defect-free scores
     pixel_threshold_quantile: float = 0.999  # predicted region: this quantile of held-back maps ...
@@ -170,10 +164,8 @@ class ScoreConfig:
     calibration_fraction: float = 0.1  # held back from fitting, to calibrate the thresholds on
     # Where the image threshold's defect-free scores come from. out_of_fold: every training image,
     # scored by a Gaussian refitted without it (1 / calibration_fraction folds, so each refit sees
-    # about as many images as the fitted scorer); held_back: the held-back images only. A 0.99 quantile
-    # of 63 held-back images is their largest score or nearly, and moved between 43 and 125 over
-    # three BSData seeds, against 49.7-51.8 out of fold (layer4 image score; benchmarks/results/bsdata_threshold.md).
-    # image_method map_max: the pixel Gaussians refitted without each fold (pixel_method padim; the
+    # about as many images as the fitted scorer); held_back: the held-back images only (few: a high
+    # quantile of them is their largest score or nearly). image_method map_max: the pixel Gaussians refitted without each fold (pixel_method padim; the
     # other pixel methods use the held-back images).
     threshold_from: str = "out_of_fold"
 

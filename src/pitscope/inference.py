@@ -14,10 +14,11 @@ mean score of the crops covering it (`pitscope.patches`). Any map is upsampled
 to the model's input size and smoothed with `score.smoothing_sigma` (in pixels at that size).
 With `score.map_normalisation: image_mean` (the default) each map is then divided by its own
 mean: the map says where, within the image, the surface departs most from the defect-free
-Gaussians, while the image score carries how anomalous the image is as a whole. On BSData this
-matters: its 69 type-1 photographs (KGT*) are all defective, so no training image shows that part,
-and their raw maps are high everywhere, ranking their clean pixels above the pits of the other
-images (benchmarks/results/bsdata_cpu.md has both numbers).
+Gaussians, while the image score carries how anomalous the image is as a whole; a photo of a
+part no training image shows has a raw map high everywhere, which would rank its clean pixels
+above the pits of other photos. `image_mean_score` multiplies that by the image score over the
+image threshold. The predicted regions are the connected parts of the map above the pixel
+threshold (`pitscope.defect_regions`, `Prediction.regions`).
 Threshold: the `score.threshold_quantile` quantile of image scores of defect-free training images
 that the scoring Gaussian did not see. `score.calibration_fraction` of the training images are held
 back from fitting the scorers. By default (`score.threshold_from: out_of_fold`) every training image
