@@ -200,21 +200,49 @@ def write_markdown(record: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+TEST_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "pixel_f1_max", "pixel_f1", "iou_median",
+                "normal_area_p99", "area_within_2x")
+
+
+def write_test_markdown(record: dict, path: Path) -> None:
+    """The looks of one --test run as a table: every test photo, then each subset."""
+    lines = ["# BSData test photos, scored once", "", provenance(record), "", f"Command: `{record['command']}`", "",
+             "| model | photos | " + " | ".join(TEST_COLUMNS) + " |", "|---|---|" + "---|" * len(TEST_COLUMNS)]
+    for look in record["looks"]:
+        rows = [("all", look["metrics"], look["counts"])]
+        rows += [(name, metrics, None) for name, metrics in look["subsets"].items()]
+        for name, metrics, counts in rows:
+            label = f"{name} ({counts['normal']} defect-free, {counts['defective']} pitting)" if counts else name
+            lines.append(f"| {look['model']} | {label} | " + " | ".join(pct(metrics.get(k)) for k in TEST_COLUMNS) + " |")
+        at = look["at_threshold"]
+        lines += ["", f"{look['model']}: at the stored threshold, {100 * at['true_positive_rate']:.1f}% of the pitting "
+                  f"photos and {100 * at['false_positive_rate']:.1f}% of the defect-free ones flagged; settings "
+                  f"`{' '.join(look['overrides'])}`.", ""]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--test", action="store_true", help="refit with --set and score the test split once")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--name", default="bsdata_localisation_validation")
+    parser.add_argument("--test-name", help="with --test: also write benchmarks/results/<TEST_NAME>.json and .md")
     parser.add_argument("--out", type=Path, default=Path("runs/localisation"))
     parser.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS), help="smoothing sigmas compared")
     parser.add_argument("--normalisations", nargs="+", default=list(NORMALISATIONS), choices=NORMALISATIONS)
     args = parser.parse_args()
     command = "python benchmarks/bsdata_localisation.py " + " ".join(sys.argv[1:])
     if args.test:
+        looks = []
         for model in args.models:
-            look = measure_test(model, args.overrides, args.out / model.parent.name)
-            print(json.dumps(look, indent=1))
+            looks.append(measure_test(model, args.overrides, args.out / model.parent.name))
+            print(json.dumps(looks[-1], indent=1))
+        if args.test_name:
+            record = {"command": command, "commit": commit(), "date": time.strftime("%Y-%m-%d"),
+                      "machine": machine(), "looks": looks}
+            (RESULTS / f"{args.test_name}.json").write_text(json.dumps(record, indent=1) + "\n")
+            write_test_markdown(record, RESULTS / f"{args.test_name}.md")
         return 0
     runs = []
     for model in args.models:

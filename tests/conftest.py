@@ -30,6 +30,12 @@ TINY_DETECTOR = [
 
 
 @pytest.fixture(scope="session")
+def tiny_detector_overrides() -> list[str]:
+    """The `section.key=value` settings of the tiny detector, for tests that train their own."""
+    return list(TINY_DETECTOR)
+
+
+@pytest.fixture(scope="session")
 def fit_tiny_detector():
     """fit_tiny_detector(out_dir, *overrides) -> (detector, out_dir / "model.pt", cfg)."""
     from pitscope.config import load_config

@@ -8,8 +8,6 @@ import pytest
 import pitscope
 from pitscope import Config, Detector, Prediction, fit, load_config
 
-from conftest import TINY_DETECTOR
-
 
 def test_public_names_are_exported():
     assert set(pitscope.__all__) >= {"Config", "Detector", "Prediction", "fit", "load_config"}
@@ -17,8 +15,8 @@ def test_public_names_are_exported():
         assert getattr(pitscope, name) is not None
 
 
-def test_fit_trains_saves_and_the_file_predicts_the_same(tmp_path, caplog):
-    overrides = [*TINY_DETECTOR, "train.epochs=1", "train.batch_size=4", f"output_dir={tmp_path}"]
+def test_fit_trains_saves_and_the_file_predicts_the_same(tmp_path, caplog, tiny_detector_overrides):
+    overrides = [*tiny_detector_overrides, "train.epochs=1", "train.batch_size=4", f"output_dir={tmp_path}"]
     with caplog.at_level(logging.INFO, logger="pitscope"):
         detector = fit(None, overrides, progress=False)
     assert isinstance(detector, Detector) and np.isfinite(float(detector.threshold))
@@ -30,8 +28,8 @@ def test_fit_trains_saves_and_the_file_predicts_the_same(tmp_path, caplog):
     assert loaded.score == pytest.approx(detector.predict(image).score, rel=1e-6)
 
 
-def test_fit_takes_a_config_and_leaves_it_as_it_was(tmp_path):
-    cfg = load_config(None, [*TINY_DETECTOR, "train.epochs=0", f"output_dir={tmp_path}"])
+def test_fit_takes_a_config_and_leaves_it_as_it_was(tmp_path, tiny_detector_overrides):
+    cfg = load_config(None, [*tiny_detector_overrides, "train.epochs=0", f"output_dir={tmp_path}"])
     assert isinstance(cfg, Config)
     detector = fit(cfg, ["score.threshold_quantile=0.5"], progress=False, save=False)
     assert detector.cfg.score.threshold_quantile == 0.5 and cfg.score.threshold_quantile == 0.75
