@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import shutil
-import socket
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -25,28 +23,7 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 
 from pitscope.inference import Detector
-from pitscope.serve import create_app
-
-
-def serve(app) -> tuple[str, callable]:
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise SystemExit("uvicorn did not start")
-        time.sleep(0.05)
-
-    def stop():
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-    return f"http://127.0.0.1:{sock.getsockname()[1]}", stop
+from pitscope.serve import create_app, serve_in_thread
 
 
 def main() -> int:
@@ -63,7 +40,7 @@ def main() -> int:
     driver_path = shutil.which("chromedriver")
     if browser is None or driver_path is None:
         raise SystemExit("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
-    base, stop = serve(create_app(Detector.load(args.model)))
+    base, stop = serve_in_thread(create_app(Detector.load(args.model)))
     try:
         with tempfile.TemporaryDirectory() as profile:
             options = webdriver.ChromeOptions()

@@ -70,6 +70,7 @@ def test_fit_returns_self_and_a_finite_threshold(fitted):
         "held_back": True,
         "threshold": float(detector.threshold),
         "pixel_quantile": 0.999,
+        "pixel_rule": "pixels",
         "pixel_threshold": float(detector.pixel_threshold),
     }
     assert len(highest) == 5

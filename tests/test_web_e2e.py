@@ -7,9 +7,6 @@ where selenium, chromium or chromedriver is missing (`make test` installs them w
 
 import re
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,7 @@ from PIL import Image
 
 from pitscope.data.synthetic import add_pitting, render_surface
 from pitscope.inference import Detector
-from pitscope.serve import create_app
+from pitscope.serve import create_app, serve_in_thread
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
 from selenium.common.exceptions import TimeoutException  # noqa: E402
@@ -66,24 +63,7 @@ def files(tmp_path_factory, fit_tiny_detector):
 
 def serve(app):
     """Run `app` under uvicorn on 127.0.0.1 in a thread; returns (base URL, stop())."""
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-
-    def stop():
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-    return f"http://127.0.0.1:{sock.getsockname()[1]}", stop
+    return serve_in_thread(app)
 
 
 @pytest.fixture

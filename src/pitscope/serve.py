@@ -76,6 +76,36 @@ class RejectedImage(ValueError):
         self.detail = detail
 
 
+def serve_in_thread(app, host: str = "127.0.0.1", timeout_s: float = 20.0):
+    """Run `app` under uvicorn on a free port of `host` in a daemon thread, for tests and scripts.
+
+    Returns (base URL, stop): stop() ends the server and waits for its thread. Raises
+    RuntimeError when the server has not started within timeout_s.
+    """
+    import socket
+    import time
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind((host, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+    return f"http://{host}:{sock.getsockname()[1]}", stop
+
+
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode an uploaded file into (H, W, 3) uint8 RGB, or raise RejectedImage.
 

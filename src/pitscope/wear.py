@@ -1,25 +1,15 @@
 """Wear curves: how the pitting at one spindle position grows, photograph after photograph.
 
 BSData photographs 15 positions of one ball screw (its type 2) about every four hours for 19
-days. `image_data.json` gives each image a list `wear_dev` of the wear-development sequences it
-belongs to; a sequence is named after one of its own photographs (`01_<time>_<position>_crop`,
-whose file is `<name>_1.jpg`). There are 27 such names, each listing 69 images; 12 positions
-carry two names that list the very same 69 images and 3 positions carry one, so the 27 names
-make 15 distinct sequences, which together hold the 1035 type-2 images, each exactly once (the
-69 type-1 photographs, KGT*, are in none). `read_sequences` merges names that list the same
-images into one `WearSequence` and keeps every name: counting both names would weigh a position
-twice, and a split over names would put the same images on both of its sides. Two sequences
-that share some images but not all are refused.
-
-Within a sequence the images are ordered by the capture time in their file names,
-`01_<yymmddhhmmss>_...` (ties by name). BSData's first 57 photographs of a position are
+days; `pitscope.data.sequences.read_sequences` reads each position's photographs in capture
+order (one `WearSequence` each). BSData's first 57 photographs of a position are
 1130x460 (`..._crop_2.jpg`), its last 12 are 1540x645 (`..._crop_1.jpg`) of the same field of
 view. The ground truth is taken as labelled: 14 positions show pitting, one never does, and the
 last photograph (day 18.8) of 10 pitted positions has no label file, so
 their true area ends at zero.
 
-Areas. The predicted area of an image is the number of pixels of its anomaly map above the
-model's pixel threshold (the predicted region `visualize.overlay` draws and `serve` reports),
+Areas. The predicted area of an image is the number of pixels of its predicted region
+(`Prediction.defect_region`, which `visualize.overlay` draws and `serve` reports),
 with the map at the image's own size (`Detector.predict`). The true area is the number of
 pixels inside the image's "Pitting" polygons, rasterised at its own size. Both are counted in
 the image's native pixels; since the native size changes within a sequence, every comparison
