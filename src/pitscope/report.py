@@ -631,13 +631,13 @@ def _analyse(
         "true_negatives": int(((labels == 0) & ~flagged).sum()),
     }
     curves = {"image_roc": _roc(labels, scores), "image_pr": _pr(labels, scores)}
+    region = predicted_regions(maps, flagged, pixel_threshold, detector.cfg.score.min_region_fraction,
+                               detector.cfg.score.regions_on)  # (N, H, W) bool, as the pages draw them
     pixel_at_threshold = None
     if masks is not None:
         truth, values, weights, counts = pixel_sample(masks, maps)
         curves.update(pixel_roc=_roc(truth, values, weights), pixel_pr=_pr(truth, values, weights),
                       pixel_sampling=counts, pro=_pro(masks, maps))
-        region = predicted_regions(maps, scores > threshold, pixel_threshold, detector.cfg.score.min_region_fraction,
-                                   detector.cfg.score.regions_on)  # (N, H, W) bool
         defect = masks > 0
         pixel_at_threshold = {"true_positive_rate": float(region[defect].mean()),
                               "false_positive_rate": float(region[~defect].mean())}
@@ -680,9 +680,7 @@ def _analyse(
         tiles[group] = []
         for i in index:
             sample = dataset[i]
-            shown = predicted_regions(maps[i : i + 1], scores[i : i + 1] > threshold, pixel_threshold,
-                                      detector.cfg.score.min_region_fraction, detector.cfg.score.regions_on)[0]
-            tile = gallery_tile(sample.image, sample.mask, maps[i], pixel_threshold, *scale, region=shown)
+            tile = gallery_tile(sample.image, sample.mask, maps[i], pixel_threshold, *scale, region=region[i])
             tiles[group].append(_tile_html(_jpeg_uri(tile), paths[i], int(labels[i]), float(scores[i]), threshold))
     body = (
         _metrics_section(record, key)
