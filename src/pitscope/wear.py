@@ -45,6 +45,7 @@ from pitscope.config import Config
 from pitscope.data.bsdata import bsdata_root, bsdata_split, read_split
 from pitscope.data.dataset import Record, rasterise_polygons
 from pitscope.data.sequences import WearSequence, read_sequences
+from pitscope.growth import AlertRule, slope_per_day, trailing_growth
 
 CURVE_FIELDS = ("file", "time", "days", "width", "height", "predicted_px", "predicted_fraction", "true_px",
                 "true_fraction", "score", "threshold", "is_defective", "growth_per_day", "alert")
@@ -221,75 +222,9 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(stats.spearmanr(a, b).statistic)
 
 
-def slope_per_day(days: Sequence[float], values: Sequence[float]) -> float | None:
-    """Least-squares slope of values against days (scipy's linregress), in value units per day;
-    None with fewer than 2 distinct days."""
-    days, values = np.asarray(days, dtype=np.float64), np.asarray(values, dtype=np.float64)
-    if days.size < 2 or np.ptp(days) == 0:
-        return None
-    return float(stats.linregress(days, values).slope)
-
-
-def trailing_growth(days: Sequence[float], values: Sequence[float], window_days: float) -> np.ndarray:
-    """(N,) growth per day at each image: `slope_per_day` over the images of the closed window
-    [days[i] - window_days, days[i]]; NaN where that window holds fewer than 2 distinct days."""
-    days, values = np.asarray(days, dtype=np.float64), np.asarray(values, dtype=np.float64)
-    growth = np.full(days.size, np.nan)
-    for i, day in enumerate(days):
-        inside = (days >= day - window_days) & (days <= day)
-        slope = slope_per_day(days[inside], values[inside])
-        growth[i] = np.nan if slope is None else slope
-    return growth
-
-
 def _first(days: np.ndarray, hits: np.ndarray) -> float | None:
     index = np.flatnonzero(hits)
     return float(days[index[0]]) if index.size else None
-
-
-# -- the alert rule --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class AlertRule:
-    """Alert on an image when its predicted area is above `area_fraction_above` (a fraction of
-    the inspected surface), or when the predicted area grew faster than `growth_per_day_above`
-    (fraction of the surface per day: the `trailing_growth` slope over the last `window_days`).
-    None switches a part off. The default area, 0.5 % of the surface, is five times the share
-    of pixels the pixel threshold lets through on defect-free images at its default quantile
-    (0.999); the default growth, 0.1 percentage points a day, is a third of how fast BSData's
-    true pitting grows in its steepest days."""
-
-    area_fraction_above: float | None = 0.005
-    growth_per_day_above: float | None = 0.001
-    window_days: float = 1.0
-
-    def __post_init__(self):
-        if self.area_fraction_above is None and self.growth_per_day_above is None:
-            raise ValueError("alert rule: give an area or a growth limit (both are off)")
-        for name in ("area_fraction_above", "growth_per_day_above"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"alert rule: {name} must be a number >= 0 or off, got {value}")
-        if not (math.isfinite(self.window_days) and self.window_days > 0):
-            raise ValueError(f"alert rule: window_days must be > 0, got {self.window_days}")
-
-    def describe(self) -> str:
-        parts = []
-        if self.area_fraction_above is not None:
-            parts.append(f"predicted area above {100 * self.area_fraction_above:.3g}% of the surface")
-        if self.growth_per_day_above is not None:
-            parts.append(f"growing faster than {100 * self.growth_per_day_above:.3g} percentage points a day "
-                         f"over the last {self.window_days:g} day(s)")
-        return " or ".join(parts)
-
-    def fires(self, days: Sequence[float], fractions: Sequence[float]) -> np.ndarray:
-        """(N,) bool: the images the rule alerts on, given days and predicted area fractions."""
-        fractions = np.asarray(fractions, dtype=np.float64)
-        hits = np.zeros(fractions.size, dtype=bool)
-        if self.area_fraction_above is not None:
-            hits |= fractions > self.area_fraction_above
-        if self.growth_per_day_above is not None:
-            hits |= trailing_growth(days, fractions, self.window_days) > self.growth_per_day_above  # NaN: no
-        return hits
 
 
 @dataclass(frozen=True)
