@@ -60,3 +60,48 @@ def real_bsdata():
         return bsdata_root()
     except FileNotFoundError as exc:
         pytest.skip(f"BSData is not available here: {exc}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The URL of a PostgreSQL server for the history tests: $PITSCOPE_TEST_POSTGRES (.ci/run starts
+    one), else a throwaway one started here with .ci/postgres; skips where neither is possible."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    url = os.environ.get("PITSCOPE_TEST_POSTGRES")
+    if url:
+        yield url
+        return
+    script = Path(__file__).resolve().parents[1] / ".ci" / "postgres"
+    if not (script.is_file() and shutil.which("initdb") and shutil.which("pg_ctl")):
+        pytest.skip("no PostgreSQL here: set PITSCOPE_TEST_POSTGRES or put initdb and pg_ctl on the PATH")
+    started = subprocess.run([str(script)], capture_output=True, text=True)
+    if started.returncode != 0:
+        pytest.skip(f"could not start PostgreSQL with .ci/postgres: {started.stderr.strip()[-300:]}")
+    url, folder = started.stdout.split()
+    yield url
+    subprocess.run([str(script), "stop", folder], capture_output=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def history_url(request, tmp_path):
+    """A fresh, empty history database on each backend: an SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "history.sqlite")
+        return
+    import uuid
+
+    import sqlalchemy as sa
+
+    server = request.getfixturevalue("postgres_server")
+    name = f"pitscope_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield str(sa.make_url(server).set(database=name).render_as_string(hide_password=False))
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()

@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import threading
+import time
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,8 +46,11 @@ from pitscope import __version__
 from pitscope.data.imageio import to_rgb_array
 
 if TYPE_CHECKING:
+    import re
+
     from fastapi import FastAPI
 
+    from pitscope.history.recorder import Recorder
     from pitscope.inference import Detector
 
 logger = logging.getLogger(__name__)
@@ -174,6 +178,9 @@ def create_app(
     max_upload_bytes: int = 20 * MIB,
     max_pixels: int = 50_000_000,
     model_path: str | Path | None = None,
+    recorder: "Recorder | None" = None,
+    part_from: "re.Pattern | None" = None,
+    time_from: "re.Pattern | None" = None,
 ) -> "FastAPI":
     """The FastAPI app serving `detector` (fitted: its threshold must be calibrated).
 
@@ -184,6 +191,12 @@ def create_app(
     max_pixels: largest accepted width x height (422 above it, checked before decoding).
     model_path: the file `detector` was loaded from; PUT /threshold rewrites it (atomically) so
         a new threshold survives a restart. None: a new threshold lives in memory only.
+    recorder: the inspection history (`pitscope.history.recorder.Recorder`): every scored upload
+        is recorded, PUT /threshold stores a threshold version, and GET /inspections, /parts,
+        /parts/{part}/trend, /alerts and POST /alerts/{id}/ack answer. None: nothing is recorded
+        and those answer 404.
+    part_from, time_from: patterns reading an upload's part id and capture time from its file
+        name when the request gives none (`pitscope.history.names`).
     """
     from typing import Literal
 
@@ -250,8 +263,9 @@ def create_app(
 
         return receive
 
-    async def read_upload(request: Request) -> bytes:
-        """The bytes of the multipart field `file`, refused as early as their size is known."""
+    async def read_upload(request: Request) -> tuple[bytes, str | None, dict[str, str]]:
+        """The bytes and file name of the multipart field `file` and the form's text fields,
+        refused as early as their size is known."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_upload_bytes + FORM_OVERHEAD_BYTES:
             raise HTTPException(413, too_large)  # refused before reading the body
@@ -263,20 +277,32 @@ def create_app(
             if not isinstance(upload, UploadFile):
                 raise HTTPException(422, "the field 'file' must be a file upload, not a text value")
             data = await upload.read(max_upload_bytes + 1)
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            filename = upload.filename
         if len(data) > max_upload_bytes:
             raise HTTPException(413, too_large)
-        return data
+        return data, filename, fields
 
-    def score(data: bytes, threshold: float | None, pictures: str | None) -> tuple[dict, dict[str, bytes]]:
-        """Decode, score under the lock, and describe one upload (runs in the threadpool).
+    def score(data: bytes, threshold: float | None, pictures: str | None,
+              meta: dict | None = None) -> tuple[dict, dict[str, bytes]]:
+        """Decode, score under the lock, describe and record one upload (runs in the threadpool).
 
         pictures: None, "overlay", "heatmap" or "both": which PNGs to draw.
+        meta: what the history records beside the result: source, part, name, captured_at.
         """
+        started = time.perf_counter()
         try:
             image = decode_image(data, max_pixels)  # (H, W, 3) uint8
         except RejectedImage as exc:
             raise HTTPException(exc.status_code, exc.detail) from None
+        version = None
+        if recorder is not None:
+            version = recorder.thresholds()
+            if threshold is None:
+                threshold = version.image_threshold
         with lock:
+            if version is not None and float(detector.threshold) != version.image_threshold:
+                detector.threshold.fill_(version.image_threshold)  # another worker stored a new one
             prediction = detector.predict(image, threshold=threshold)
         region, regions = prediction.outline()  # (H, W) bool, largest first
         result = {
@@ -291,7 +317,18 @@ def create_app(
             "region_count": len(regions),
             "regions": [r.to_dict() for r in regions[:MAX_REGIONS]],
             "model": model,
+            "recorded": False,
         }
+        if recorder is not None and meta is not None:
+            done = recorder.record(
+                prediction, source=meta["source"], data=data, width=image.shape[1], height=image.shape[0],
+                defect_px=int(region.sum()), duration_ms=1000 * (time.perf_counter() - started), threshold=version,
+                part=meta.get("part"), name=meta.get("name"), captured_at=meta.get("captured_at"),
+                suffix=Path(meta.get("name") or "upload.png").suffix or ".png")
+            result.update(recorded=done.recorded, inspection_id=done.inspection_id, part=meta.get("part"),
+                          threshold_version=version.version, alerts=list(done.alerts))
+            if not done.recorded:
+                result["not_recorded_because"] = done.reason
         pngs = {}
         if pictures in ("overlay", "both"):
             from pitscope.visualize import overlay
@@ -300,6 +337,29 @@ def create_app(
         if pictures in ("heatmap", "both"):
             pngs["heatmap"] = _png(heatmap_image(prediction.anomaly_map, prediction.pixel_threshold))
         return result, pngs
+
+    def upload_meta(source: str, part: str | None, captured: str | None, filename: str | None,
+                    fields: dict[str, str], data: bytes) -> dict:
+        """Source, part id, file name and capture time of an upload: from the query, else the form,
+        else the file name (part_from, time_from), else (the time) the photo's EXIF; 422 for a
+        capture time that is not one."""
+        from pitscope.history.names import exif_time, parse_time, part_from_name, time_from_name
+
+        part = (part or fields.get("part") or "").strip() or part_from_name(filename or "", part_from)
+        captured = (captured or fields.get("captured_at") or "").strip()
+        try:
+            when = parse_time(captured) if captured else time_from_name(filename or "", time_from)
+        except ValueError as exc:
+            raise HTTPException(422, f"captured_at: {exc}") from None
+        if when is None:
+            try:
+                with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+                    when = exif_time(image)
+            except (OSError, ValueError, Image.DecompressionBombError):
+                pass  # decode_image says what is wrong with the file
+        if part is not None and len(part) > 200:
+            raise HTTPException(422, "part: at most 200 characters")
+        return {"source": source, "part": part, "name": filename, "captured_at": when}
 
     def page_file(name: str, media_type: str) -> Response:
         return Response(
@@ -347,6 +407,12 @@ def create_app(
         }
         if "metrics" in detector.metadata:
             info["metrics"] = detector.metadata["metrics"]
+        if recorder is not None:
+            version = recorder.thresholds()
+            info["threshold"] = version.image_threshold
+            info["history"] = {"database": recorder.store.display_url, "model_id": recorder.model_id,
+                               "threshold_version": version.version, "writable": recorder.store.writable,
+                               "rule": None if recorder.rule is None else recorder.rule.describe()}
         return info
 
     @app.post(
@@ -383,6 +449,11 @@ def create_app(
             description="png: the image with the predicted region in red instead of JSON; heatmap: the "
             "anomaly map in colour (0 to 2 x pixel_threshold); embed: JSON with both as PNG data: URLs",
         ),
+        part: str | None = Query(None, description="the part or position inspected (else the form field "
+                                 "`part`, else read from the file name when the service has --part-from)"),
+        captured_at: str | None = Query(None, description="when the photo was taken, ISO 8601 (else the form "
+                                        "field `captured_at`, else the file name with --time-from)"),
+        source: Literal["http", "page"] = Query("http", description="who sends it: a client, or the page"),
     ):
         """Score one uploaded image (multipart field `file`).
 
@@ -392,10 +463,13 @@ def create_app(
         largest 50: area_px, fraction, box [x0, y0, x1, y1) in the photo's pixels, peak) and model. With
         ?map=png (the overlay) or ?map=heatmap the answer is that PNG instead, with the score in
         X-Pitscope-* headers; ?map=embed adds "overlay" and "heatmap" PNG data: URLs to the JSON.
+        recorded says whether the inspection is in the history (with a database: also
+        inspection_id, part, threshold_version, alerts raised, and not_recorded_because).
         """
-        data = await read_upload(request)
+        data, filename, fields = await read_upload(request)
+        meta = upload_meta(source, part, captured_at, filename, fields, data) if recorder is not None else None
         pictures = {"png": "overlay", "heatmap": "heatmap", "embed": "both"}.get(map_)
-        result, pngs = await run_in_threadpool(score, data, threshold, pictures)
+        result, pngs = await run_in_threadpool(score, data, threshold, pictures, meta)
         if map_ is None:
             return result
         if map_ == "embed":
@@ -406,7 +480,10 @@ def create_app(
             "X-Pitscope-Score": repr(result["score"]),
             "X-Pitscope-Is-Defective": str(result["is_defective"]).lower(),
             "X-Pitscope-Defect-Fraction": repr(result["defect_fraction"]),
+            "X-Pitscope-Recorded": str(result["recorded"]).lower(),
         }
+        if result.get("inspection_id") is not None:
+            headers["X-Pitscope-Inspection-Id"] = str(result["inspection_id"])
         return Response(png, media_type="image/png", headers=headers)
 
     no_key = (
@@ -419,7 +496,7 @@ def create_app(
             raise HTTPException(403, no_key)
 
     @app.put("/threshold", dependencies=[Depends(refuse_without_key), *guarded])
-    def set_threshold(body: ThresholdUpdate) -> dict:
+    def set_threshold(body: ThresholdUpdate, given_key: str | None = Depends(key_header)) -> dict:
         """Store a new image threshold: in memory, and in the model file when the app knows it.
 
         Needs the API key (403 when the service has none). The previous calibration record is
@@ -427,6 +504,17 @@ def create_app(
         """
         threshold = float(body.threshold)
         with lock:
+            version = None
+            if recorder is not None:
+                from pitscope.history.recorder import key_fingerprint
+                from pitscope.history.store import HistoryUnavailable
+
+                try:
+                    version = recorder.set_threshold(threshold, float(detector.pixel_threshold),
+                                                     by=key_fingerprint(given_key), how="PUT /threshold")
+                except HistoryUnavailable as exc:
+                    raise HTTPException(503, f"the threshold was not changed: the history cannot record the "
+                                             f"change ({exc})") from None
             previous = float(detector.threshold)
             calibration = detector.metadata.get("calibration")
             if isinstance(calibration, dict):
@@ -446,6 +534,9 @@ def create_app(
                 except OSError as exc:
                     detector.threshold.fill_(previous)
                     detector.metadata["calibration"] = calibration
+                    if version is not None:  # the history says what is in force: the previous one again
+                        recorder.set_threshold(previous, float(detector.pixel_threshold), by="pitscope",
+                                               how="restored: the model file could not be written")
                     logger.exception("could not write %s", model_path)
                     reason = exc.strerror or str(exc)
                     raise HTTPException(
@@ -453,30 +544,178 @@ def create_app(
                     ) from None
         logger.info("threshold changed from %r to %r", previous, threshold)
         saved_to = None if model_path is None else str(model_path)
-        return {"threshold": threshold, "previous": previous, "saved_to": saved_to}
+        answer = {"threshold": threshold, "previous": previous, "saved_to": saved_to}
+        if version is not None:
+            answer["threshold_version"] = version.version
+        return answer
+
+    if recorder is not None:
+        add_history_routes(app, recorder, guarded, lock)
+    else:
+        @app.get("/inspections", dependencies=guarded, include_in_schema=False)
+        @app.get("/parts", dependencies=guarded, include_in_schema=False)
+        @app.get("/alerts", dependencies=guarded, include_in_schema=False)
+        def no_history() -> None:
+            raise HTTPException(404, "this service keeps no history: start it with --db PATH_OR_URL")
 
     return app
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve a trained model over HTTP until interrupted: the inspection page at /, POST /predict,
-    GET /model, PUT /threshold (with an API key only; rewrites MODEL), GET /health."""
-    import uvicorn
+def _jsonable(row: dict) -> dict:
+    """A history row for JSON: times as ISO 8601 text."""
+    return {k: (v.isoformat() if isinstance(v, datetime.datetime) else v) for k, v in row.items()}
 
+
+def add_history_routes(app, recorder: "Recorder", guarded: list, lock: threading.Lock) -> None:
+    """GET /inspections, /parts, /parts/{part}/trend, /alerts and POST /alerts/{id}/ack on `app`."""
+    from typing import Literal
+
+    from fastapi import Depends, HTTPException, Query
+    from fastapi.security import APIKeyHeader
+
+    from pitscope.history.names import parse_time
+    from pitscope.history.recorder import key_fingerprint
+    from pitscope.history.store import HistoryUnavailable
+
+    store = recorder.store
+    key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
+
+    def time_or_422(name: str, text: str | None):
+        if text is None:
+            return None
+        try:
+            return parse_time(text)
+        except ValueError as exc:
+            raise HTTPException(422, f"{name}: {exc}") from None
+
+    @app.get("/inspections", dependencies=guarded)
+    def inspections(
+        part: str | None = None,
+        since: str | None = Query(None, description="capture time from (ISO 8601)"),
+        until: str | None = Query(None, description="capture time before (ISO 8601)"),
+        decision: Literal["defective", "good"] | None = None,
+        model: str | None = Query(None, description="model id or its first characters"),
+        source: Literal["cli", "http", "page"] | None = None,
+        limit: int = Query(50, ge=1, le=1000),
+        offset: int = Query(0, ge=0),
+    ) -> dict:
+        """Recorded inspections, newest first, a page at a time: {"total", "limit", "offset", "items"}."""
+        filters = dict(part=part, since=time_or_422("since", since), until=time_or_422("until", until),
+                       decision=decision, model=model, source=source)
+        items = store.inspections(limit=limit, offset=offset, **filters)
+        return {"total": store.count(**filters), "limit": limit, "offset": offset,
+                "items": [_jsonable(r) for r in items]}
+
+    @app.get("/parts", dependencies=guarded)
+    def parts() -> dict:
+        """Every part with inspections: part, inspections, last (capture time), open_alerts."""
+        return {"parts": [_jsonable(r) for r in store.parts()]}
+
+    @app.get("/parts/{part}/trend", dependencies=guarded)
+    def trend(part: str, since: str | None = None, until: str | None = None) -> dict:
+        """A part's inspections in capture order, the thresholds in force and its alerts:
+        {"part", "points": [{id, time, score, image_threshold, is_defective, defect_px,
+        defect_fraction, ...}], "alerts": [...], "rule"}; 404 for a part never inspected."""
+        points = store.trend(part, time_or_422("since", since), time_or_422("until", until))
+        if not points and store.count(part=part) == 0:
+            raise HTTPException(404, f"no inspection of part {part!r} is recorded")
+        return {"part": part, "points": [_jsonable(p) for p in points],
+                "alerts": [_jsonable(a) for a in store.alerts(part=part)],
+                "rule": None if recorder.rule is None else {
+                    "area_fraction_above": recorder.rule.area_fraction_above,
+                    "growth_per_day_above": recorder.rule.growth_per_day_above,
+                    "window_days": recorder.rule.window_days, "text": recorder.rule.describe()}}
+
+    @app.get("/alerts", dependencies=guarded)
+    def alerts(part: str | None = None, open: bool = Query(False, description="only those not acknowledged")) -> dict:
+        """Alerts, newest first."""
+        return {"alerts": [_jsonable(a) for a in store.alerts(part=part, unacknowledged=open)]}
+
+    @app.post("/alerts/{alert_id}/ack", dependencies=guarded)
+    def acknowledge(alert_id: int, given_key: str | None = Depends(key_header),
+                    by: str | None = Query(None, max_length=200, description="who acknowledges (a name)")) -> dict:
+        """Acknowledge an alert (a second call keeps the first acknowledgement); 404 if there is none."""
+        who = key_fingerprint(given_key) + (f" ({by})" if by else "")
+        try:
+            alert = store.acknowledge(alert_id, who)
+        except HistoryUnavailable as exc:
+            raise HTTPException(503, str(exc)) from None
+        if alert is None:
+            raise HTTPException(404, f"no alert {alert_id}")
+        return _jsonable(alert)
+
+
+SETTINGS_ENV = "PITSCOPE_SERVE_SETTINGS"  # the JSON settings each worker process builds its app from
+
+
+def build_app(settings: dict) -> "FastAPI":
+    """The app of `pitscope serve` from its settings (a JSON-able dict: model, device, api_key,
+    max_upload_bytes, max_pixels, db, image_store, part_from, time_from, alert_area,
+    alert_growth, alert_window_days, webhook): loads the model, opens the history when `db` is set."""
     from pitscope.inference import Detector
 
-    detector = Detector.load(args.model, device=args.device)
+    detector = Detector.load(settings["model"], device=settings.get("device", "cpu"))
+    recorder = None
+    part_from = time_from = None
+    if settings.get("db"):
+        from pitscope.growth import AlertRule
+        from pitscope.history.names import compile_pattern
+        from pitscope.history.recorder import Recorder
+        from pitscope.history.store import HistoryStore
+
+        store = HistoryStore(settings["db"], image_store=settings.get("image_store", "none"))
+        area, growth = settings.get("alert_area", 0.005), settings.get("alert_growth", 0.001)
+        rule = None if area is None and growth is None else AlertRule(area, growth, settings.get("alert_window_days", 1.0))
+        recorder = Recorder(store, detector, _model_name(detector), rule=rule, webhook=settings.get("webhook"),
+                            by="pitscope serve")
+        part_from = compile_pattern(settings.get("part_from"), "--part-from")
+        time_from = compile_pattern(settings.get("time_from"), "--time-from")
+        if not store.writable:
+            logger.error("%s is read-only: predictions are answered but not recorded (recorded: false)",
+                         store.display_url)
+    return create_app(detector, api_key=settings.get("api_key"),
+                      max_upload_bytes=int(settings.get("max_upload_bytes", 20 * MIB)),
+                      max_pixels=int(settings.get("max_pixels", 50_000_000)), model_path=settings["model"],
+                      recorder=recorder, part_from=part_from, time_from=time_from)
+
+
+def app_from_environment() -> "FastAPI":
+    """uvicorn's app factory for worker processes: `build_app` of the JSON in $PITSCOPE_SERVE_SETTINGS."""
+    import json
+
+    return build_app(json.loads(os.environ[SETTINGS_ENV]))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a trained model over HTTP until interrupted: the inspection page at /, POST /predict,
+    GET /model, PUT /threshold (with an API key only; rewrites MODEL), GET /health; with --db,
+    every inspection is recorded and GET /inspections, /parts, /parts/{part}/trend, /alerts and
+    POST /alerts/{id}/ack answer."""
+    import json
+
+    import uvicorn
+
     api_key = args.api_key or os.environ.get("PITSCOPE_API_KEY") or None
-    app = create_app(
-        detector,
-        api_key=api_key,
-        max_upload_bytes=int(args.max_upload_mb * MIB),
-        max_pixels=args.max_pixels,
-        model_path=args.model,
-    )
+    db = args.db or os.environ.get("PITSCOPE_DB") or None
+    settings = {
+        "model": str(args.model), "device": args.device, "api_key": api_key,
+        "max_upload_bytes": int(args.max_upload_mb * MIB), "max_pixels": args.max_pixels, "db": db,
+        "image_store": args.store_images, "part_from": args.part_from, "time_from": args.time_from,
+        "alert_area": args.alert_area, "alert_growth": args.alert_growth,
+        "alert_window_days": args.alert_window_days, "webhook": args.webhook,
+    }
+    if args.workers > 1 and db is None:
+        raise ValueError("--workers above 1 needs --db: the workers share their thresholds through the database")
     if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s without an API key: anyone who can reach it can use it", args.host)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    app = build_app(settings)  # loads and checks everything once, in this process, before any worker starts
+    if args.workers == 1:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        return 0
+    del app
+    os.environ[SETTINGS_ENV] = json.dumps(settings)
+    uvicorn.run("pitscope.serve:app_from_environment", factory=True, workers=args.workers, host=args.host,
+                port=args.port, log_level=args.log_level)
     return 0
 
 
@@ -497,5 +736,44 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     )
     p.add_argument("--device", default="cpu", help="torch device for the model, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes, each with its own copy of the model (default: 1; above 1 needs --db)")
+    add_history_args(p, source="service")
     p.set_defaults(func=cmd_serve)
     return p
+
+
+def _limit(text: str) -> float | None:
+    """An alert limit: a number >= 0, or `off`."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or off, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or off, got {text!r}")
+    return value
+
+
+def add_history_args(p: argparse.ArgumentParser, source: str) -> None:
+    """--db, --store-images, --part-from, --time-from, the alert rule and --webhook."""
+    from pitscope.history.names import BSDATA_PART, BSDATA_TIME
+
+    g = p.add_argument_group("inspection history")
+    g.add_argument("--db", help="record every inspection in this database: an SQLite file path or a PostgreSQL "
+                   "URL (postgresql+psycopg://user@host/db); default: $PITSCOPE_DB, else none")
+    g.add_argument("--store-images", choices=["none", "path", "copy"], default="none",
+                   help="what each inspection keeps of its photo: nothing, its file path, or a copy beside the "
+                   "SQLite file (DB.images/) (default: none)")
+    g.add_argument("--part-from", metavar="REGEX",
+                   help=f"read the part id from the file name (first group); BSData: '{BSDATA_PART}'")
+    g.add_argument("--time-from", metavar="REGEX",
+                   help=f"read the capture time from the file name (first group; yymmddhhmmss, yyyymmddhhmmss "
+                   f"or ISO 8601); BSData: '{BSDATA_TIME}'; else EXIF, else the {source}'s clock")
+    g.add_argument("--alert-area", type=_limit, default=0.005, metavar="FRACTION",
+                   help="alert when a part's predicted area is above this fraction of the photo, or off (default 0.005)")
+    g.add_argument("--alert-growth", type=_limit, default=0.001, metavar="PER_DAY",
+                   help="alert when it grows faster than this fraction per day, or off (default 0.001)")
+    g.add_argument("--alert-window-days", type=float, default=1.0, help="growth window in days (default 1)")
+    g.add_argument("--webhook", metavar="URL", help="POST each new alert as JSON to this URL (retried in the background)")
