@@ -275,7 +275,7 @@ def test_run_predict_writes_csv_jsonl_maps_and_overlays(fitted, tmp_path):
         np.testing.assert_allclose(amap, expected.anomaly_map, rtol=1e-4, atol=1e-4)
         with Image.open(out / row["overlay"]) as im:
             assert (im.width, im.height, im.mode) == (amap.shape[1], amap.shape[0], "RGB")
-    assert summary == {"images": 6, "defective": n_defective, "errors": 0, "out_dir": str(out),
+    assert summary == {"images": 6, "defective": n_defective, "errors": 0, "recorded": 0, "out_dir": str(out),
                        "stopped_early": False, "failed": []}
     assert sorted(os.listdir(out)) == ["maps", "predictions.csv", "predictions.jsonl"]  # no .partial left
 

@@ -362,3 +362,47 @@ def test_report_has_a_wear_section_for_bsdata_only(tree, fold_models, wear_run, 
         read_wear(out, "synthetic")
     with pytest.raises(FileNotFoundError, match="no wear results"):
         read_wear(tmp_path, "bsdata")
+
+
+def test_wear_from_a_history_replayed_over_http_equals_the_offline_curves(tree, fold_models, wear_run, tmp_path):
+    """Each sequence's photos posted to the service of its fold's model, with part and capture time
+    read from their names: `wear --db` gives the offline run's curves, numbers and alerts."""
+    from fastapi.testclient import TestClient
+
+    from pitscope.history.names import BSDATA_PART, BSDATA_TIME, compile_pattern
+    from pitscope.history.recorder import Recorder
+    from pitscope.history.store import HistoryStore
+    from pitscope.inference import Detector
+    from pitscope.serve import create_app
+
+    folds, models = fold_models
+    db = tmp_path / "history.sqlite"
+    offline = json.loads((wear_run[0] / "wear.json").read_text())
+    names = {}
+    for fold, model in zip(folds, models):
+        detector = Detector.load(model)
+        app = create_app(detector, recorder=Recorder(HistoryStore(db), detector, "fold"),
+                         part_from=compile_pattern(BSDATA_PART, "p"), time_from=compile_pattern(BSDATA_TIME, "t"))
+        with TestClient(app) as client:
+            for sequence in fold:
+                position = sequence.split("_", 2)[2].removesuffix("_crop")
+                names[position] = sequence
+                for i in reversed(range(6)):  # posted newest first: the trend orders by capture time
+                    file = tree / "data" / _file(position, i)
+                    answer = client.post("/predict", files={"file": (file.name, file.read_bytes(), "image/jpeg")})
+                    assert answer.json()["recorded"] is True
+    out = tmp_path / "wear-db"
+    assert main(["wear", "--db", str(db), "--root", str(tree), "--out", str(out)]) == 0
+    live = json.loads((out / "wear.json").read_text())
+    assert sorted(live["curves"]) == sorted(names)
+    for position, sequence in names.items():
+        mine_curve, their_curve = live["curves"][position], offline["curves"][sequence]
+        # scores agree to float32 rounding (the offline run scores images in batches, the service one by one)
+        assert mine_curve.pop("score") == pytest.approx(their_curve.pop("score"), rel=1e-5)
+        assert mine_curve == their_curve  # days, predicted and true fractions, alerts: exactly
+        mine = next(s for s in live["sequences"] if s["sequence"] == position)
+        theirs = next(s for s in offline["sequences"] if s["sequence"] == sequence)
+        for key in ("images", "first_flagged_days", "first_true_days", "spearman", "mae", "growth_predicted_per_day",
+                    "growth_true_per_day", "alert"):
+            assert mine[key] == theirs[key], key
+    assert main(["wear", "--db", str(db), "--part", "nope", "--out", str(out)]) == 2

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from pitscope.visualize import overlay
 
 # Columns of predictions.csv, and the keys of each predictions.jsonl object, in order.
 FIELDS = ("path", "status", "score", "threshold", "is_defective", "region_count", "defect_px", "defect_fraction",
-          "regions", "reason", "map", "overlay")
+          "regions", "reason", "map", "overlay", "part", "inspection_id")
 
 # Masks of `pitscope calibrate --masks`: `<stem>.<ext>` or `<stem>_mask.<ext>` (as data.folder).
 MASK_SUFFIXES = ("", "_mask")
@@ -140,6 +141,10 @@ def run_predict(
     progress: bool = True,
     batch_size: int | None = None,
     stop_at_first_defect: bool = False,
+    recorder=None,
+    part: str | None = None,
+    part_from=None,
+    time_from=None,
 ) -> dict:
     """Score every file of `paths` and write the results under `out_dir`.
 
@@ -156,18 +161,28 @@ def run_predict(
     cfg.score.batch_size. stop_at_first_defect ends the run after the first defective image.
     A NaN threshold (given, or the model's own) is a ValueError: it would pass every image.
 
+    recorder: a `pitscope.history.recorder.Recorder`: every scored file is recorded (source
+    "cli") under `part`, else the part `part_from` reads from its name, captured at the time
+    `time_from` reads from its name, else its EXIF time; the rows' inspection_id says which.
+    Without `threshold`, the threshold version in force in the history is used.
+
     A file name that is not valid UTF-8 (Linux allows any bytes) is written with its odd bytes
     as `\\udcXX` escapes, which JSON decodes back to the same Python string.
     Both tables are written to `<name>.partial` files, flushed after every row (so a crashed
     run leaves its complete rows there), and renamed to their final names when the run ends:
     predictions.csv never holds half a run, nor half a line.
-    Returns {"images": rows written, "defective", "errors" (unreadable files), "out_dir",
+    Returns {"images": rows written, "defective", "errors" (unreadable files), "recorded", "out_dir",
     "stopped_early", "failed": [{"path", "reason"}, ...] of the unreadable files}.
     """
     if threshold is not None and math.isnan(threshold):
         raise ValueError("threshold: NaN would pass every image; give a number")
     if threshold is None and math.isnan(float(detector.threshold)):
         raise ValueError("the model has no calibrated threshold (NaN): give a threshold or run `pitscope calibrate`")
+    version = None
+    if recorder is not None:
+        version = recorder.thresholds()
+        if threshold is None:
+            threshold = version.image_threshold
     out = Path(out_dir)
     maps_dir = out / "maps"
     (maps_dir if save_maps else out).mkdir(parents=True, exist_ok=True)
@@ -177,7 +192,7 @@ def run_predict(
     final = {"csv": out / "predictions.csv", "jsonl": out / "predictions.jsonl"}
     partial = {key: path.with_name(path.name + ".partial") for key, path in final.items()}
     taken: set[str] = set()
-    counts = {"images": 0, "defective": 0, "errors": 0}
+    counts = {"images": 0, "defective": 0, "errors": 0, "recorded": 0}
     failed: list[dict] = []
     stopped = False
     with (
@@ -202,12 +217,14 @@ def run_predict(
             chunk = list(paths[start : start + batch_size])
             images: dict[int, np.ndarray] = {}
             reasons: dict[int, str] = {}
+            started = time.perf_counter()
             for i, path in enumerate(chunk):
                 try:
                     images[i] = read_image(path)  # (H, W, 3) uint8
                 except (BadImageError, OSError) as exc:
                     reasons[i] = getattr(exc, "reason", None) or str(exc)
             predictions = dict(zip(images, detector.predict(list(images.values()), threshold=threshold)))
+            per_image_ms = 1000 * (time.perf_counter() - started) / max(len(chunk), 1)
             for i, path in enumerate(chunk):
                 name = safe_output_name(path, taken) if save_maps else None
                 row = dict.fromkeys(FIELDS)
@@ -223,6 +240,10 @@ def run_predict(
                                is_defective=bool(p.is_defective), region_count=len(regions), defect_px=area,
                                defect_fraction=area / p.anomaly_map.size,
                                regions=[r.to_dict() for r in regions])
+                    if recorder is not None:
+                        row.update(_record(recorder, p, path, images[i].shape, area, per_image_ms, version,
+                                           part, part_from, time_from))
+                        counts["recorded"] += row["inspection_id"] is not None
                     if save_maps:
                         row.update(map=f"maps/{name}.npy", overlay=f"maps/{name}_overlay.png")
                         np.save(out / row["map"], p.anomaly_map.astype(np.float32, copy=False))
@@ -238,6 +259,20 @@ def run_predict(
     for key in final:
         os.replace(partial[key], final[key])
     return {**counts, "out_dir": str(out), "stopped_early": stopped, "failed": failed}
+
+
+def _record(recorder, prediction, path, shape, area: int, duration_ms: float, version, part, part_from,
+            time_from) -> dict:
+    """Record one scored file in the history; returns the row's part and inspection_id."""
+    from pitscope.history.names import exif_time_of_file, part_from_name, time_from_name
+
+    data = Path(path).read_bytes()
+    captured = time_from_name(path, time_from) or exif_time_of_file(path)
+    part = part or part_from_name(path, part_from)
+    done = recorder.record(prediction, source="cli", data=data, width=shape[1], height=shape[0], defect_px=area,
+                           duration_ms=duration_ms, threshold=version, part=part, name=Path(path).name,
+                           captured_at=captured, image_path=str(Path(path).resolve()), suffix=Path(path).suffix)
+    return {"part": part, "inspection_id": done.inspection_id}
 
 
 # -- calibrate -------------------------------------------------------------------------------
@@ -394,9 +429,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     detector = Detector.load(args.model, device=_device(args.device))
     paths = expand_inputs(args.paths)
+    recorder, history = _recorder(args, detector, "pitscope predict")
     summary = run_predict(
         detector, paths, args.out, threshold=args.threshold, save_maps=args.save_maps,
-        progress=not args.quiet, stop_at_first_defect=args.fail_on_defect,
+        progress=not args.quiet, stop_at_first_defect=args.fail_on_defect, recorder=recorder, part=args.part,
+        **history,
     )
     for item in summary["failed"]:
         print(f"unreadable image: {item['path']}: {item['reason']}", file=sys.stderr)
@@ -405,9 +442,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
         f"{summary['images']} images: {summary['defective']} defective, {summary['errors']} unreadable{stopped}; "
         f"results in {Path(args.out) / 'predictions.csv'}"
     )
+    if recorder is not None:
+        scored = summary["images"] - summary["errors"]
+        print(f"{summary['recorded']} of {scored} inspections recorded in {recorder.store.display_url}")
+        if summary["recorded"] < scored:
+            print("some inspections were not recorded (the reasons are logged above)", file=sys.stderr)
+            return 2
     if summary["errors"]:
         return 2
     return 1 if summary["defective"] else 0
+
+
+def _recorder(args: argparse.Namespace, detector, by: str):
+    """(Recorder or None, {"part_from", "time_from"}) from --db (or $PITSCOPE_DB) and its options."""
+    from pitscope.history.names import compile_pattern
+
+    db = getattr(args, "db", None) or os.environ.get("PITSCOPE_DB") or None
+    if db is None:
+        return None, {}
+    from pitscope.growth import AlertRule
+    from pitscope.history.recorder import Recorder
+    from pitscope.history.store import HistoryStore
+
+    store = HistoryStore(db, image_store=getattr(args, "store_images", "none"))
+    area, growth = getattr(args, "alert_area", None), getattr(args, "alert_growth", None)
+    rule = None if area is None and growth is None else AlertRule(area, growth, args.alert_window_days)
+    recorder = Recorder(store, detector, detector.metadata.get("name") or Path(args.model).parent.name or "model",
+                        rule=rule, webhook=getattr(args, "webhook", None), by=by)
+    patterns = {"part_from": compile_pattern(getattr(args, "part_from", None), "--part-from"),
+                "time_from": compile_pattern(getattr(args, "time_from", None), "--time-from")}
+    return recorder, patterns
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -427,6 +491,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"skipped bad file: {item['path']}: {item['reason']}", file=sys.stderr)
     print(json.dumps(result, indent=2))
     if args.write:
+        db = args.db or os.environ.get("PITSCOPE_DB") or None
+        if db is not None:  # the history first: a change it cannot record is not made
+            from pitscope.history.recorder import Recorder
+            from pitscope.history.store import HistoryStore
+
+            loaded = Detector.load(args.model)  # registered with the thresholds its file still holds
+            recorder = Recorder(HistoryStore(db), loaded, detector.metadata.get("name") or "model", rule=None,
+                                by="pitscope calibrate")
+            version = recorder.set_threshold(result["threshold"], result["pixel_threshold"],
+                                             by=f"pitscope calibrate ({os.environ.get('USER', 'unknown user')})",
+                                             how=f"calibrate --write on {result['images']} defect-free images")
+            print(f"recorded as threshold version {version.version} in {recorder.store.display_url}", file=sys.stderr)
         detector.save(args.model)
         print(f"wrote threshold {result['threshold']:.6g} and pixel threshold {result['pixel_threshold']:.6g} "
               f"to {args.model}", file=sys.stderr)
@@ -465,6 +541,10 @@ def add_predict_parser(sub) -> argparse.ArgumentParser:
                    help="stop at the first defective image (exit status 1 straight away)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--part", help="the part or position every image shows (for the history)")
+    from pitscope.history.arguments import add_history_args
+
+    add_history_args(p, source="run")
     p.set_defaults(func=cmd_predict)
     return p
 
@@ -485,6 +565,8 @@ def add_calibrate_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--pixel-quantile", type=float,
                    help="pixel threshold quantile (default: the model's score.pixel_threshold_quantile)")
     p.add_argument("--write", action="store_true", help="save the new thresholds into MODEL (atomically)")
+    p.add_argument("--db", help="with --write: record the change as a new threshold version in this history "
+                   "database (default: $PITSCOPE_DB)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_calibrate)
     return p

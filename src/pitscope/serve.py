@@ -721,6 +721,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `pitscope serve MODEL ...` to the CLI's subcommands."""
+    from pitscope.history.arguments import add_history_args
+
     p = sub.add_parser("serve", help="serve a trained model over HTTP", description=cmd_serve.__doc__)
     p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -742,38 +744,3 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     p.set_defaults(func=cmd_serve)
     return p
 
-
-def _limit(text: str) -> float | None:
-    """An alert limit: a number >= 0, or `off`."""
-    if text.strip().lower() == "off":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or off, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 or off, got {text!r}")
-    return value
-
-
-def add_history_args(p: argparse.ArgumentParser, source: str) -> None:
-    """--db, --store-images, --part-from, --time-from, the alert rule and --webhook."""
-    from pitscope.history.names import BSDATA_PART, BSDATA_TIME
-
-    g = p.add_argument_group("inspection history")
-    g.add_argument("--db", help="record every inspection in this database: an SQLite file path or a PostgreSQL "
-                   "URL (postgresql+psycopg://user@host/db); default: $PITSCOPE_DB, else none")
-    g.add_argument("--store-images", choices=["none", "path", "copy"], default="none",
-                   help="what each inspection keeps of its photo: nothing, its file path, or a copy beside the "
-                   "SQLite file (DB.images/) (default: none)")
-    g.add_argument("--part-from", metavar="REGEX",
-                   help=f"read the part id from the file name (first group); BSData: '{BSDATA_PART}'")
-    g.add_argument("--time-from", metavar="REGEX",
-                   help=f"read the capture time from the file name (first group; yymmddhhmmss, yyyymmddhhmmss "
-                   f"or ISO 8601); BSData: '{BSDATA_TIME}'; else EXIF, else the {source}'s clock")
-    g.add_argument("--alert-area", type=_limit, default=0.005, metavar="FRACTION",
-                   help="alert when a part's predicted area is above this fraction of the photo, or off (default 0.005)")
-    g.add_argument("--alert-growth", type=_limit, default=0.001, metavar="PER_DAY",
-                   help="alert when it grows faster than this fraction per day, or off (default 0.001)")
-    g.add_argument("--alert-window-days", type=float, default=1.0, help="growth window in days (default 1)")
-    g.add_argument("--webhook", metavar="URL", help="POST each new alert as JSON to this URL (retried in the background)")

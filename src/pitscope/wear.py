@@ -42,9 +42,9 @@ from tqdm.auto import tqdm
 
 from pitscope import __version__
 from pitscope.config import Config
-from pitscope.data.bsdata import bsdata_root, bsdata_split, read_split
+from pitscope.data.bsdata import bsdata_root, bsdata_split, read_polygons, read_split
 from pitscope.data.dataset import Record, rasterise_polygons
-from pitscope.data.sequences import WearSequence, read_sequences
+from pitscope.data.sequences import SECONDS_PER_DAY, WearSequence, read_sequences
 from pitscope.growth import AlertRule, slope_per_day, trailing_growth
 
 CURVE_FIELDS = ("file", "time", "days", "width", "height", "predicted_px", "predicted_fraction", "true_px",
@@ -528,6 +528,54 @@ def run_wear(
     bar.close()
     curves.sort(key=lambda c: c.sequence)
     return json.loads(write_wear(out_dir, curves, rule, split, root, unmeasured).read_text())
+
+
+def curves_from_history(store, parts: Sequence[str], root: str | Path | None = None) -> list[WearCurve]:
+    """The wear curve of each part from an inspection history (`pitscope.history.store.HistoryStore`),
+    in capture order: predicted areas, scores and decisions as recorded. The true area of an
+    inspection comes from BSData's label of the photo of the same name under `root` (0 where
+    there is none, or without root). Raises ValueError for a part with no inspection."""
+    labels = Path(root) / "label" if root is not None else None
+    curves = []
+    for part in parts:
+        rows = store.trend(part)
+        if not rows:
+            raise ValueError(f"no inspection of part {part!r} is recorded in {store.display_url}")
+        first = rows[0]["time"]
+        points = []
+        for row in rows:
+            width, height, threshold = row["width"], row["height"], row["image_threshold"]
+            true_px = 0
+            if labels is not None and row["name"]:
+                label = labels / f"{Path(row['name']).stem}.json"
+                if label.is_file():
+                    true_px = int(rasterise_polygons(read_polygons(label), height, width).sum())
+            days = (row["time"] - first).total_seconds() / SECONDS_PER_DAY
+            points.append(AreaPoint(row["name"] or f"inspection {row['id']}", row["time"], days, width, height,
+                                    int(row["defect_px"]), true_px, float(row["score"]), float(threshold),
+                                    bool(row["is_defective"])))
+        models = sorted({row["model_id"][:12] for row in rows})
+        curves.append(WearCurve(part, (part,), tuple(points), ", ".join(models), 0,
+                                float(rows[-1]["pixel_threshold"])))
+    return curves
+
+
+def run_wear_history(db: str, parts: Sequence[str] | None, out_dir: str | Path, root: str | Path | None = None,
+                     rule: AlertRule = AlertRule()) -> dict:
+    """`run_wear` on the series an inspection history recorded: one curve per part (every part
+    with inspections when `parts` is None), written by `write_wear`. Returns wear.json's content."""
+    from pitscope.history.store import HistoryStore
+
+    store = HistoryStore(db, upgrade=False)
+    try:
+        parts = list(parts) if parts else [row["part"] for row in store.parts()]
+        if not parts:
+            raise ValueError(f"{store.display_url} holds no inspection with a part id")
+        curves = curves_from_history(store, parts, root)
+        split = {"database": store.display_url, "parts": parts}
+        return json.loads(write_wear(out_dir, curves, rule, split, Path(root) if root else Path("."), []).read_text())
+    finally:
+        store.close()
 
 
 def format_summary(record: dict) -> str:

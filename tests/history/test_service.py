@@ -204,3 +204,20 @@ def test_without_a_database_answers_say_not_recorded_and_history_is_404(fitted):
         answer = client.post("/predict", files={"file": ("a.png", png(0), "image/png")}).json()
         assert answer["recorded"] is False
         assert "--db" in client.get("/inspections").json()["detail"]
+
+
+def test_a_restart_finds_the_history_and_the_threshold_version_in_force(fitted, tmp_path):
+    model = tmp_path / "model.pt"
+    model.write_bytes(fitted[1].read_bytes())
+    db = tmp_path / "h.sqlite"
+    client, _ = service((fitted[0], model), db, model_path=model)
+    with client:
+        post(client, png(0), part="p1")
+        assert client.put("/threshold", json={"threshold": 1.55}).json()["threshold_version"] == 2
+    client, recorder = service((fitted[0], model), db, model_path=model)  # the service restarted
+    with client:
+        answer = post(client, png(1), part="p1").json()
+        assert client.get("/parts/p1/trend").json()["points"][0]["id"] == 1
+    assert answer["threshold_version"] == 2 and answer["inspection_id"] == 2
+    assert [v.version for v in recorder.store.thresholds(recorder.model_id)] == [1, 2]
+    assert sum(e["kind"] == "model_load" for e in recorder.store.events()) == 2

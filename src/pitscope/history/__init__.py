@@ -6,3 +6,11 @@ names and EXIF; `alerts` evaluates the wear rule on each new inspection of a par
 webhooks. The service (`pitscope serve --db`), `pitscope predict --db`, `pitscope calibrate
 --write --db`, `pitscope history` and `pitscope wear --db` write and read it.
 """
+
+
+class HistoryError(RuntimeError):
+    """The database cannot be opened as an inspection history (the message says why and what to do)."""
+
+
+class HistoryUnavailable(RuntimeError):
+    """A write did not reach the database; nothing of it was recorded."""

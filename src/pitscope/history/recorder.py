@@ -119,6 +119,7 @@ class Recorder:
         self.store = store
         self.rule = rule
         self.sender = WebhookSender(webhook) if webhook else None
+        self._dtype = detector.threshold.dtype
         self.model_id, self._threshold = store.register_model(
             detector.state_dict(), name, float(detector.threshold), float(detector.pixel_threshold),
             training=detector.metadata.get("training"), by=by)
@@ -135,7 +136,12 @@ class Recorder:
         return self._threshold
 
     def set_threshold(self, image_threshold: float, pixel_threshold: float, by: str, how: str) -> ThresholdVersion:
-        """Store a new threshold version (raises HistoryUnavailable when the database cannot take it)."""
+        """Store a new threshold version (raises HistoryUnavailable when the database cannot take it),
+        rounded as the model file keeps it, so a reload finds the same version in force."""
+        import torch
+
+        image_threshold, pixel_threshold = (torch.tensor(float(v), dtype=self._dtype).item()
+                                            for v in (image_threshold, pixel_threshold))
         self._threshold = self.store.set_threshold(self.model_id, image_threshold, pixel_threshold, by, how)
         return self._threshold
 

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from pitscope import __version__
 from pitscope.growth import AlertRule, trailing_growth
-from pitscope.history import schema
+from pitscope.history import HistoryError, HistoryUnavailable, schema
 from pitscope.history.names import as_utc
 
 logger = logging.getLogger(__name__)
@@ -46,14 +46,6 @@ BUSY_TIMEOUT_MS = 30_000
 SOURCES = ("cli", "http", "page")
 DECISIONS = ("defective", "good")
 IMAGE_STORES = ("none", "path", "copy")
-
-
-class HistoryError(RuntimeError):
-    """The database cannot be opened as an inspection history (the message says why and what to do)."""
-
-
-class HistoryUnavailable(RuntimeError):
-    """A write did not reach the database; nothing of it was recorded."""
 
 
 def now() -> dt.datetime:
@@ -184,7 +176,11 @@ class HistoryStore:
 
     def _engine(self) -> Engine:
         if self.backend == "postgresql":
-            return sa.create_engine(self.url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+            try:
+                return sa.create_engine(self.url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+            except ModuleNotFoundError as exc:
+                raise HistoryError(f"{self.display_url}: the PostgreSQL driver is not installed ({exc.name}): "
+                                   "pip install 'pitscope[postgres]'") from None
         read_only = not self.writable
         url = f"file:{self.path}?mode=ro" if read_only else f"file:{self.path}"
         import sqlite3
@@ -470,12 +466,13 @@ class HistoryStore:
 
     def trend(self, part: str, since: dt.datetime | None = None, until: dt.datetime | None = None) -> list[dict]:
         """A part's inspections in capture order (capture time, else recorded time; then id):
-        dicts of id, time, captured_at, name, score, image_threshold, is_defective, defect_px,
-        defect_fraction, model_id."""
+        dicts of id, time, captured_at, name, width, height, score, image_threshold, is_defective,
+        defect_px, defect_fraction, pixel_threshold, model_id."""
         i = schema.inspections
         when = sa.func.coalesce(i.c.captured_at, i.c.recorded_at).label("time")
-        query = (sa.select(i.c.id, when, i.c.captured_at, i.c.name, i.c.score, i.c.image_threshold, i.c.is_defective,
-                           i.c.defect_px, i.c.defect_fraction, i.c.model_id)
+        query = (sa.select(i.c.id, when, i.c.captured_at, i.c.name, i.c.width, i.c.height, i.c.score,
+                           i.c.image_threshold, i.c.is_defective, i.c.defect_px, i.c.defect_fraction,
+                           i.c.pixel_threshold, i.c.model_id)
                  .where(*self._filters(part=part, since=since, until=until)).order_by(when, i.c.id))
         with self.engine.connect() as connection:
             rows = [_row(r._mapping) for r in connection.execute(query)]

@@ -1,5 +1,8 @@
 // The pitscope inspection page: upload photos to POST /predict?map=embed, show the verdicts,
-// re-judge them live against a threshold slider, save a new threshold with PUT /threshold.
+// re-judge them live against a threshold slider, save a new threshold with PUT /threshold, and,
+// when the service keeps a history, browse it: recent inspections (GET /inspections), parts
+// (GET /parts), one part's trend drawn as an SVG chart (GET /parts/{part}/trend) and its alerts
+// (POST /alerts/{id}/ack).
 // Plain browser JavaScript, no framework and nothing fetched from elsewhere. Every text from the
 // service or a file name goes through textContent, never innerHTML.
 "use strict";
@@ -12,7 +15,16 @@ const state = {
   results: [], // {id, name, score, card, objectUrl}
   queue: Promise.resolve(), // uploads run one after another (the service scores one at a time)
   nextId: 1,
+  history: {
+    open: false, // the History view is shown
+    offset: 0, // first row of the inspections page
+    total: 0,
+    decision: "", // "", "defective" or "good"
+    part: null, // the part whose trend is drawn
+    loads: { inspections: 0, parts: 0, trend: 0 }, // newest request of each kind: older answers are dropped
+  },
 };
+const PAGE_SIZE = 20; // inspections per page of the History table
 
 const $ = (id) => document.getElementById(id);
 
@@ -140,6 +152,10 @@ function renderModel() {
   if (m.training && m.training.skipped_files && m.training.skipped_files.length) {
     add("Skipped in training", `${m.training.skipped_files.length} unreadable files`);
   }
+  const h = m.history;
+  add("History", h
+    ? `${h.database}${h.writable ? "" : " (read-only: nothing new is recorded)"}, threshold version ${h.threshold_version}`
+    : "not kept (start the service with --db)");
   add("Upload limits", `${formatBytes(m.limits.max_upload_bytes)}, ${formatNumber(m.limits.max_pixels / 1e6)} megapixels`);
   $("limit-text").textContent = `, up to ${formatBytes(m.limits.max_upload_bytes)} each`;
 }
@@ -163,6 +179,7 @@ async function loadModel() {
   $("service-status").textContent = `Connected: ${state.model.name}`;
   renderModel();
   setupThreshold();
+  setupHistory();
   return true;
 }
 
@@ -317,7 +334,7 @@ function failResult(r, message, detail) {
   renderSummary();
 }
 
-async function score(file) {
+async function score(file, part) {
   const r = newCard(file);
   renderSummary();
   const limit = state.model && state.model.limits.max_upload_bytes;
@@ -327,7 +344,12 @@ async function score(file) {
   }
   const form = new FormData();
   form.append("file", file, file.name);
-  const answer = await call("/predict?map=embed", { method: "POST", body: form });
+  const query = new URLSearchParams({ map: "embed" });
+  if (state.model && state.model.history) {
+    query.set("source", "page");
+    if (part) query.set("part", part);
+  }
+  const answer = await call(`/predict?${query}`, { method: "POST", body: form });
   if (!answer.ok) {
     failResult(r, plainError(answer.status, answer.detail, file.name), answer.status ? answer.detail : "");
     if (answer.status === 401) $("key-panel").hidden = false;
@@ -344,6 +366,22 @@ async function score(file) {
   if (state.model) updateSliderRange();
   renderVerdict(r);
   renderSummary();
+  if (state.model && state.model.history) {
+    showRecorded(r, b);
+    refreshAfterUpload();
+  }
+}
+
+function showRecorded(r, b) {
+  const line = r.card.querySelector(".recorded");
+  let text = b.recorded
+    ? `recorded #${b.inspection_id}${b.part ? `, part ${b.part}` : ", no part"}`
+    : `not recorded: ${b.not_recorded_because || "the service gave no reason"}`;
+  const alerts = b.alerts || [];
+  if (alerts.length) text += `. Alert raised: ${alerts.map(describeAlertValues).join("; ")}`;
+  line.textContent = text;
+  line.classList.toggle("alerting", alerts.length > 0);
+  line.hidden = false;
 }
 
 function describeRegions(b) {
@@ -358,7 +396,389 @@ function describeRegions(b) {
 }
 
 function addFiles(files) {
-  for (const file of files) state.queue = state.queue.then(() => score(file));
+  const part = $("part-input").value.trim(); // the part given when the photos were chosen
+  for (const file of files) state.queue = state.queue.then(() => score(file, part));
+}
+
+// ---- history ------------------------------------------------------------------------------------
+
+function formatTime(iso) {
+  if (!iso) return "—";
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return String(iso);
+  const p = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}`;
+}
+
+function percent(fraction) {
+  return typeof fraction === "number" ? `${formatNumber(100 * fraction)} %` : "—";
+}
+
+function cell(row, text, cls) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (cls) td.className = cls;
+  row.append(td);
+  return td;
+}
+
+function historyError(answer, what) {
+  if (answer.status === 401) $("key-panel").hidden = false;
+  $("history-status").textContent = `Could not load ${what}. ${plainError(answer.status, answer.detail)}`;
+}
+
+// Called whenever GET /model has answered: the History view exists only when the service records.
+function setupHistory() {
+  const h = state.model.history;
+  $("part-row").hidden = !h;
+  $("history-toggle").hidden = !h;
+  if (!h) {
+    $("history-status").textContent = "This service keeps no history: start it with --db to record every inspection.";
+    $("history-body").hidden = true;
+    $("alert-badge").hidden = true;
+    return;
+  }
+  $("history-status").textContent = h.writable ? ""
+    : `The history database ${h.database} is read-only: new inspections are not recorded.`;
+  $("history-source").textContent = `Recorded in ${h.database}, model ${h.model_id.slice(0, 12)}, ` +
+    `threshold version ${h.threshold_version}. Alert rule: ${h.rule || "none (alerts are off)"}.`;
+  refreshHistory();
+}
+
+function toggleHistory() {
+  const history = state.history;
+  history.open = !history.open;
+  $("history-body").hidden = !history.open;
+  $("history-toggle").setAttribute("aria-expanded", String(history.open));
+  $("history-toggle").textContent = history.open ? "Hide history" : "Show history";
+  if (history.open) refreshHistory();
+}
+
+// The parts (which also count the open alerts for the badge) always; the rest when shown.
+function refreshHistory() {
+  const loads = [loadParts()];
+  if (state.history.open) {
+    loads.push(loadInspections());
+    if (state.history.part !== null) loads.push(loadTrend(state.history.part));
+  }
+  return Promise.all(loads);
+}
+
+function refreshAfterUpload() {
+  refreshHistory();
+}
+
+async function loadInspections() {
+  const history = state.history;
+  const mine = ++history.loads.inspections;
+  const query = new URLSearchParams({ limit: String(PAGE_SIZE), offset: String(history.offset) });
+  if (history.decision) query.set("decision", history.decision);
+  const answer = await call(`/inspections?${query}`);
+  if (mine !== history.loads.inspections) return;
+  if (!answer.ok) {
+    historyError(answer, "the inspections");
+    return;
+  }
+  const page = answer.body;
+  if (page.items.length === 0 && page.total > 0 && history.offset > 0) { // the page emptied: go back
+    history.offset = Math.max(0, Math.floor((page.total - 1) / PAGE_SIZE) * PAGE_SIZE);
+    loadInspections();
+    return;
+  }
+  history.total = page.total;
+  renderInspections(page);
+}
+
+function renderInspections(page) {
+  const body = $("inspections-table").querySelector("tbody");
+  body.replaceChildren();
+  for (const item of page.items) {
+    const tr = document.createElement("tr");
+    tr.dataset.id = String(item.id);
+    cell(tr, String(item.id), "num");
+    const when = cell(tr, formatTime(item.captured_at || item.recorded_at));
+    when.title = item.captured_at ? `captured ${item.captured_at}` : `recorded ${item.recorded_at} (capture time unknown)`;
+    cell(tr, item.part || "—");
+    cell(tr, item.name || "—", "name");
+    cell(tr, formatNumber(item.score), "num");
+    cell(tr, formatNumber(item.image_threshold), "num");
+    cell(tr, item.is_defective ? "DEFECT" : "OK", item.is_defective ? "defect" : "ok");
+    cell(tr, formatNumber(100 * item.defect_fraction), "num");
+    body.append(tr);
+  }
+  const { offset, total } = page;
+  const filtered = state.history.decision ? " matching the filter" : "";
+  $("page-text").textContent = total
+    ? `${offset + 1}–${offset + page.items.length} of ${total}${filtered}`
+    : `No inspections${filtered} recorded yet.`;
+  $("page-prev").disabled = offset === 0;
+  $("page-next").disabled = offset + page.items.length >= total;
+}
+
+async function loadParts() {
+  const history = state.history;
+  const mine = ++history.loads.parts;
+  const answer = await call("/parts");
+  if (mine !== history.loads.parts) return;
+  if (!answer.ok) {
+    historyError(answer, "the parts");
+    return;
+  }
+  renderParts(answer.body.parts);
+}
+
+function renderParts(parts) {
+  const open = parts.reduce((n, p) => n + p.open_alerts, 0);
+  const badge = $("alert-badge");
+  badge.textContent = `${open} open alert${open === 1 ? "" : "s"}`;
+  badge.title = "alerts not acknowledged yet";
+  badge.hidden = open === 0;
+
+  const body = $("parts-table").querySelector("tbody");
+  body.replaceChildren();
+  $("parts-empty").hidden = parts.length > 0;
+  for (const p of parts) {
+    const tr = document.createElement("tr");
+    tr.dataset.part = p.part;
+    const chosen = p.part === state.history.part;
+    tr.classList.toggle("selected", chosen);
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "link-button";
+    button.textContent = p.part;
+    button.setAttribute("aria-pressed", String(chosen));
+    button.addEventListener("click", () => choosePart(p.part));
+    const first = document.createElement("td");
+    first.append(button);
+    tr.append(first);
+    cell(tr, String(p.inspections), "num");
+    cell(tr, formatTime(p.last));
+    cell(tr, String(p.open_alerts), p.open_alerts ? "num alerting" : "num");
+    body.append(tr);
+  }
+}
+
+function choosePart(part) {
+  state.history.part = part;
+  for (const tr of $("parts-table").querySelectorAll("tbody tr")) {
+    const chosen = tr.dataset.part === part;
+    tr.classList.toggle("selected", chosen);
+    tr.querySelector("button").setAttribute("aria-pressed", String(chosen));
+  }
+  $("trend-status").textContent = "";
+  loadTrend(part);
+}
+
+async function loadTrend(part) {
+  const history = state.history;
+  const mine = ++history.loads.trend;
+  const answer = await call(`/parts/${encodeURIComponent(part)}/trend`);
+  if (mine !== history.loads.trend || history.part !== part) return;
+  if (!answer.ok) {
+    historyError(answer, `the trend of part ${part}`);
+    return;
+  }
+  renderTrend(answer.body);
+}
+
+function renderTrend(trend) {
+  $("trend").hidden = false;
+  const n = trend.points.length;
+  $("trend-title").textContent = `Part ${trend.part}: ${n} inspection${n === 1 ? "" : "s"}`;
+  $("trend-rule").textContent = trend.rule ? `Alert rule: ${trend.rule.text}.` : "No alert rule: alerts are off.";
+  $("trend-chart").replaceChildren(trendChart(trend));
+  renderAlerts(trend.alerts);
+}
+
+// ---- trend chart (inline SVG, built with DOM calls) ----------------------------------------------
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs, parent) {
+  const el = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
+  if (parent) parent.append(el);
+  return el;
+}
+
+function svgText(parent, x, y, text, cls, anchor) {
+  const el = svg("text", { x, y, class: cls, "text-anchor": anchor || "start" }, parent);
+  el.textContent = text;
+  return el;
+}
+
+// Round axis ticks covering lo..hi: {lo, hi, ticks} with about `count` steps of 1, 2, 2.5 or 5 x 10^k.
+function niceTicks(lo, hi, count = 4) {
+  if (!(hi > lo)) {
+    const pad = Math.abs(hi) * 0.1 || 1;
+    lo -= pad;
+    hi += pad;
+  }
+  const raw = (hi - lo) / count;
+  const unit = 10 ** Math.floor(Math.log10(raw));
+  const step = unit * [1, 2, 2.5, 5, 10].find((m) => m * unit >= raw);
+  const first = Math.floor(lo / step) * step;
+  const last = Math.ceil(hi / step) * step;
+  const ticks = [];
+  for (let v = first; v <= last + step / 2; v += step) ticks.push(Number(v.toPrecision(12)));
+  return { lo: first, hi: last, ticks };
+}
+
+// One panel of the chart: frame, grid, y ticks and title; returns y(value) for that panel.
+function chartPanel(root, box, scale, title, unit) {
+  const y = (v) => box.bottom - ((v - scale.lo) / (scale.hi - scale.lo)) * (box.bottom - box.top);
+  svg("rect", { x: box.left, y: box.top, width: box.right - box.left, height: box.bottom - box.top, class: "frame" }, root);
+  for (const t of scale.ticks) {
+    svg("line", { x1: box.left, x2: box.right, y1: y(t), y2: y(t), class: "grid" }, root);
+    svgText(root, box.left - 6, y(t) + 4, `${formatNumber(t)}${unit}`, "tick", "end");
+  }
+  svgText(root, box.left, box.top - 6, title, "panel-title");
+  return y;
+}
+
+function trendChart(trend) {
+  const W = 760, H = 430, L = 70, R = 24;
+  const areaBox = { left: L, right: W - R, top: 24, bottom: 184 };
+  const scoreBox = { left: L, right: W - R, top: 226, bottom: 386 };
+  const points = trend.points.map((p) => ({ ...p, t: new Date(p.time).getTime(), area: 100 * p.defect_fraction }));
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-labelledby": "trend-svg-title" });
+  const title = svg("title", { id: "trend-svg-title" }, root);
+  if (!points.length) {
+    title.textContent = `No inspections of part ${trend.part} in this range.`;
+    svgText(root, W / 2, H / 2, title.textContent, "tick", "middle");
+    return root;
+  }
+
+  // x: capture time; a single time is drawn in the middle
+  const t0 = Math.min(...points.map((p) => p.t));
+  const t1 = Math.max(...points.map((p) => p.t));
+  const x = (t) => (t1 > t0 ? L + ((t - t0) / (t1 - t0)) * (W - R - L) : (L + W - R) / 2);
+
+  // top panel: predicted area % and the rule's area limit
+  const limit = trend.rule && typeof trend.rule.area_fraction_above === "number" ? 100 * trend.rule.area_fraction_above : null;
+  const areaTop = Math.max(...points.map((p) => p.area), limit === null ? 0 : limit);
+  const yArea = chartPanel(root, areaBox, niceTicks(0, areaTop > 0 ? areaTop : 1), "Predicted area, % of the photo", " %");
+  // bottom panel: score and the image threshold in force at each inspection
+  const values = points.flatMap((p) => [p.score, p.image_threshold]);
+  const yScore = chartPanel(root, scoreBox, niceTicks(Math.min(...values), Math.max(...values)), "Score", "");
+
+  if (limit !== null) {
+    svg("line", { x1: L, x2: W - R, y1: yArea(limit), y2: yArea(limit), class: "limit-line" }, root);
+    svgText(root, W - R - 4, yArea(limit) - 4, `alert limit ${formatNumber(limit)} %`, "line-label", "end");
+  }
+  let step = `M ${L} ${yScore(points[0].image_threshold)}`; // the threshold changes at the inspection that used a new one
+  for (const p of points) step += ` H ${x(p.t)} V ${yScore(p.image_threshold)}`;
+  svg("path", { d: `${step} H ${W - R}`, class: "threshold-line" }, root);
+  svgText(root, W - R - 4, yScore(points[points.length - 1].image_threshold) - 4, "image threshold", "line-label", "end");
+
+  svg("polyline", { points: points.map((p) => `${x(p.t)},${yArea(p.area)}`).join(" "), class: "series area" }, root);
+  svg("polyline", { points: points.map((p) => `${x(p.t)},${yScore(p.score)}`).join(" "), class: "series score" }, root);
+
+  // x ticks: up to 5 times, shared by both panels
+  const ticks = t1 > t0 ? [0, 0.25, 0.5, 0.75, 1].map((f) => t0 + f * (t1 - t0)) : [t0];
+  for (const t of ticks) {
+    svg("line", { x1: x(t), x2: x(t), y1: scoreBox.bottom, y2: scoreBox.bottom + 4, class: "grid" }, root);
+    const anchor = ticks.length > 1 && t === t0 ? "start" : ticks.length > 1 && t === t1 ? "end" : "middle";
+    svgText(root, x(t), scoreBox.bottom + 18, formatTime(new Date(t).toISOString()), "tick", anchor);
+  }
+  svgText(root, (L + W - R) / 2, H - 6, "capture time (else recorded time)", "tick", "middle");
+
+  // one group per inspection: its area point, its score point, and a ring where it raised an alert
+  const alerted = new Map();
+  for (const a of trend.alerts) {
+    if (a.inspection_id === null || a.inspection_id === undefined) continue;
+    alerted.set(a.inspection_id, [...(alerted.get(a.inspection_id) || []), a]);
+  }
+  for (const p of points) {
+    const g = svg("g", { class: `inspection-point${p.is_defective ? " defective" : ""}`, "data-id": p.id }, root);
+    const raised = alerted.get(p.id) || [];
+    const tip = svg("title", {}, g);
+    tip.textContent = `#${p.id}, ${formatTime(p.time)}${p.name ? `, ${p.name}` : ""}: area ${formatNumber(p.area)} %, ` +
+      `score ${formatNumber(p.score)} (threshold ${formatNumber(p.image_threshold)}), ${p.is_defective ? "DEFECT" : "OK"}` +
+      (raised.length ? `; raised ${raised.map((a) => `${a.rule} alert #${a.id}`).join(", ")}` : "");
+    if (raised.length) {
+      const open = raised.some((a) => !a.acknowledged_at);
+      svg("circle", { cx: x(p.t), cy: yArea(p.area), r: 9, class: `alert-mark${open ? "" : " acknowledged"}` }, g);
+    }
+    svg("circle", { cx: x(p.t), cy: yArea(p.area), r: 4, class: "pt-area" }, g);
+    svg("circle", { cx: x(p.t), cy: yScore(p.score), r: 4, class: "pt-score" }, g);
+  }
+  const areas = points.map((p) => p.area);
+  title.textContent = `Trend of part ${trend.part}: ${points.length} inspections from ${formatTime(points[0].time)} ` +
+    `to ${formatTime(points[points.length - 1].time)}; predicted area from ${formatNumber(Math.min(...areas))} % ` +
+    `to ${formatNumber(Math.max(...areas))} %; ${points.filter((p) => p.is_defective).length} judged DEFECT; ` +
+    `${alerted.size} raised an alert.`;
+  return root;
+}
+
+// ---- alerts ------------------------------------------------------------------------------------
+
+function describeAlertValues(a) {
+  const v = a.values || {};
+  if (a.rule === "area") return `predicted area ${percent(v.defect_fraction)} is above the limit of ${percent(v.limit)}`;
+  if (a.rule === "growth") {
+    const growth = typeof v.growth_per_day === "number" ? `${formatNumber(100 * v.growth_per_day)} percentage points a day` : "—";
+    return `area grew ${growth} over ${formatNumber(v.window_days)} day(s) (${v.points} inspections), ` +
+      `above the limit of ${formatNumber(100 * v.limit)}`;
+  }
+  return `${a.rule}: ${JSON.stringify(v)}`;
+}
+
+function renderAlerts(alerts) {
+  const list = $("trend-alerts");
+  list.replaceChildren();
+  if (!alerts.length) {
+    const li = document.createElement("li");
+    li.textContent = "No alerts for this part.";
+    list.append(li);
+    return;
+  }
+  for (const a of alerts) {
+    const li = document.createElement("li");
+    li.dataset.id = String(a.id);
+    li.className = a.acknowledged_at ? "acknowledged" : "open";
+    const head = document.createElement("p");
+    head.className = "alert-head";
+    head.textContent = `${a.rule === "area" ? "Area" : a.rule === "growth" ? "Growth" : a.rule} alert #${a.id}, ` +
+      `raised ${formatTime(a.raised_at)}${a.inspection_id ? ` at inspection #${a.inspection_id}` : ""}`;
+    const values = document.createElement("p");
+    values.textContent = describeAlertValues(a);
+    const status = document.createElement("p");
+    status.className = "alert-state";
+    if (a.acknowledged_at) {
+      status.textContent = `Acknowledged ${formatTime(a.acknowledged_at)} by ${a.acknowledged_by || "—"}`;
+    } else if (a.cleared_at) {
+      status.textContent = `The condition no longer holds since ${formatTime(a.cleared_at)}; not acknowledged yet.`;
+    } else {
+      status.textContent = "Open: not acknowledged yet.";
+    }
+    li.append(head, values, status);
+    if (!a.acknowledged_at) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "ack";
+      button.textContent = "Acknowledge";
+      button.setAttribute("aria-label", `Acknowledge alert #${a.id}`);
+      button.addEventListener("click", () => acknowledge(a, button));
+      li.append(button);
+    }
+    list.append(li);
+  }
+}
+
+async function acknowledge(alert, button) {
+  button.disabled = true;
+  const by = $("ack-by").value.trim();
+  const query = by ? `?${new URLSearchParams({ by })}` : "";
+  const answer = await call(`/alerts/${encodeURIComponent(alert.id)}/ack${query}`, { method: "POST" });
+  if (!answer.ok) {
+    button.disabled = false;
+    if (answer.status === 401) $("key-panel").hidden = false;
+    $("trend-status").textContent = `Alert #${alert.id} not acknowledged. ${plainError(answer.status, answer.detail)}`;
+    return;
+  }
+  $("trend-status").textContent = `Alert #${alert.id} acknowledged.`;
+  await refreshHistory();
 }
 
 // ---- wiring -------------------------------------------------------------------------------------
@@ -407,6 +827,22 @@ function wire() {
       for (const r of state.results) if (r.score !== null) showView(r, radio.value);
     });
   }
+
+  $("history-toggle").addEventListener("click", toggleHistory);
+  $("history-refresh").addEventListener("click", refreshHistory);
+  $("decision-filter").addEventListener("change", (event) => {
+    state.history.decision = event.target.value;
+    state.history.offset = 0;
+    loadInspections();
+  });
+  $("page-prev").addEventListener("click", () => {
+    state.history.offset = Math.max(0, state.history.offset - PAGE_SIZE);
+    loadInspections();
+  });
+  $("page-next").addEventListener("click", () => {
+    state.history.offset += PAGE_SIZE;
+    loadInspections();
+  });
 
   $("key-form").addEventListener("submit", async (event) => {
     event.preventDefault();
