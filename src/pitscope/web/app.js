@@ -20,6 +20,7 @@ const state = {
     offset: 0, // first row of the inspections page
     total: 0,
     decision: "", // "", "defective" or "good"
+    note: "", // what the status line says when every call went well
     part: null, // the part whose trend is drawn
     loads: { inspections: 0, parts: 0, trend: 0 }, // newest request of each kind: older answers are dropped
   },
@@ -368,7 +369,7 @@ async function score(file, part) {
   renderSummary();
   if (state.model && state.model.history) {
     showRecorded(r, b);
-    refreshAfterUpload();
+    refreshHistory(); // the new row, its part's count and any alert it raised
   }
 }
 
@@ -438,8 +439,8 @@ function setupHistory() {
     $("alert-badge").hidden = true;
     return;
   }
-  $("history-status").textContent = h.writable ? ""
-    : `The history database ${h.database} is read-only: new inspections are not recorded.`;
+  state.history.note = h.writable ? "" : `The history database ${h.database} is read-only: new inspections are not recorded.`;
+  $("history-status").textContent = state.history.note;
   $("history-source").textContent = `Recorded in ${h.database}, model ${h.model_id.slice(0, 12)}, ` +
     `threshold version ${h.threshold_version}. Alert rule: ${h.rule || "none (alerts are off)"}.`;
   refreshHistory();
@@ -462,10 +463,6 @@ function refreshHistory() {
     if (state.history.part !== null) loads.push(loadTrend(state.history.part));
   }
   return Promise.all(loads);
-}
-
-function refreshAfterUpload() {
-  refreshHistory();
 }
 
 async function loadInspections() {
@@ -524,6 +521,7 @@ async function loadParts() {
     historyError(answer, "the parts");
     return;
   }
+  $("history-status").textContent = state.history.note;
   renderParts(answer.body.parts);
 }
 
