@@ -31,6 +31,9 @@ DEPLOY = (
     "pitscope.report",
     "pitscope.evaluation",
     "pitscope.defect_regions",
+    "pitscope.history.store",
+    "pitscope.history.recorder",
+    "pitscope.wear",
 )
 FORBIDDEN = ("pitscope.training", "pitscope.cli")
 

@@ -611,7 +611,7 @@ def add_history_routes(app, recorder: "Recorder", guarded: list, lock: threading
         """Every part with inspections: part, inspections, last (capture time), open_alerts."""
         return {"parts": [_jsonable(r) for r in store.parts()]}
 
-    @app.get("/parts/{part}/trend", dependencies=guarded)
+    @app.get("/parts/{part:path}/trend", dependencies=guarded)
     def trend(part: str, since: str | None = None, until: str | None = None) -> dict:
         """A part's inspections in capture order, the thresholds in force and its alerts:
         {"part", "points": [{id, time, score, image_threshold, is_defective, defect_px,

@@ -147,8 +147,8 @@ def _read_bound_by_file_modes(path: Path, mid: str) -> dict:
     report: the open error, or writable, count, the write's outcome and the count after it."""
     as_root = os.geteuid() == 0
     try:
-        done = subprocess.run([sys.executable, "-c", READER, str(path), mid], capture_output=True, text=True,
-                              timeout=120, preexec_fn=_without_file_mode_override if as_root else None)
+        done = subprocess.run([sys.executable, "-c", READER, str(path), mid], check=False, capture_output=True,
+                              text=True, timeout=120, preexec_fn=_without_file_mode_override if as_root else None)
     except subprocess.SubprocessError as exc:
         pytest.skip(f"running as root and cannot give up CAP_DAC_OVERRIDE here: {exc}")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -165,10 +165,6 @@ def test_a_read_only_file_opens_for_reading_and_refuses_writes(tmp_path):
     assert out["write"].startswith("HistoryUnavailable") and "read-only" in out["write"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="store.py _engine: the database is in WAL mode, and `mode=ro` still has to create the "
-                          "-shm file, which a read-only folder refuses: opening fails with 'attempt to write a "
-                          "readonly database' (SQLITE_READONLY_CANTINIT)")
 def test_a_read_only_file_in_a_read_only_folder_opens_for_reading_and_refuses_writes(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()
@@ -218,10 +214,6 @@ def test_a_database_replaced_while_open_stops_taking_writes(tmp_path):
         store.close()
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="store.py _check_same_file: the file's identity is first taken at the "
-                          "first write, not on opening, so a file replaced before any write is taken "
-                          "for the original and the write goes to the old, unlinked file (lost)")
 def test_a_database_replaced_before_its_first_write_stops_taking_writes(tmp_path):
     path = tmp_path / "h.sqlite"
     mid = _history(path)

@@ -23,15 +23,19 @@ from pitscope.history.store import HistoryStore
 from pitscope.inference import Detector
 from pitscope.serve import create_app, serve_in_thread
 
-# the page test's skip rule (no selenium, chromium or chromedriver), browser fixture and helpers
-from test_web_e2e import browser, page_errors, wait_for  # noqa: E402, F401 (browser is a fixture)
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import Select  # noqa: E402
+pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+import test_web_e2e  # the page test: its skip rule (no chromium or chromedriver), browser and helpers
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select
+
+browser = test_web_e2e.browser  # the fixture: a headless Chromium
+page_errors, wait_for = test_web_e2e.page_errors, test_web_e2e.wait_for
 
 KEY = "history-key"
 PAGE_SIZE = 20  # rows per page of the History table (app.js)
-START = dt.datetime(2020, 8, 28, 10, tzinfo=dt.timezone.utc)
+START = dt.datetime(2020, 8, 28, 10, tzinfo=dt.UTC)
 
 
 def photo(seed: int, square: int = 0) -> bytes:
@@ -78,12 +82,28 @@ def seed(url: str) -> list[dict]:
     return answers
 
 
-def rows(driver, table: str) -> list:
-    return driver.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr")
+def read(driver, selector: str, attribute: str | None = None) -> list[str]:
+    """The text (or an attribute) of every element `selector` finds, read in one go: the page
+    redraws its tables whole on each refresh, so elements found earlier may be gone."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]),"
+        " e => arguments[1] ? e.getAttribute(arguments[1]) : e.textContent)", selector, attribute)
 
 
 def row_ids(driver) -> list[int]:
-    return [int(tr.get_attribute("data-id")) for tr in rows(driver, "inspections-table")]
+    return [int(i) for i in read(driver, "#inspections-table tbody tr", "data-id")]
+
+
+def click(driver, selector: str) -> None:
+    """Click the element `selector` finds, again if a redraw replaced it meanwhile."""
+    def clicked(d):
+        try:
+            d.find_element(By.CSS_SELECTOR, selector).click()
+            return True
+        except StaleElementReferenceException:
+            return False
+
+    wait_for(driver, clicked, f"a click on {selector}")
 
 
 def open_alert_text(n: int) -> str:
@@ -109,36 +129,34 @@ def test_history_table_trend_acknowledge_and_upload_with_a_part(history_service,
     # the table: every recorded inspection, newest first, a page at a time
     browser.find_element(By.ID, "history-toggle").click()
     total = store.count()
-    wait_for(browser, lambda d: len(rows(d, "inspections-table")) == PAGE_SIZE, "the first page")
+    wait_for(browser, lambda d: len(row_ids(d)) == PAGE_SIZE, "the first page")
     first_page = row_ids(browser)
     assert browser.find_element(By.ID, "page-text").text == f"1–{PAGE_SIZE} of {total}"
     assert not browser.find_element(By.ID, "page-prev").is_enabled()
-    browser.find_element(By.ID, "page-next").click()
-    wait_for(browser, lambda d: len(rows(d, "inspections-table")) == total - PAGE_SIZE, "the second page")
+    click(browser, "#page-next")
+    wait_for(browser, lambda d: len(row_ids(d)) == total - PAGE_SIZE, "the second page")
     assert first_page + row_ids(browser) == [r["id"] for r in store.inspections(limit=None)]
     assert not browser.find_element(By.ID, "page-next").is_enabled()
     newest = store.inspections(limit=1)[0]
-    browser.find_element(By.ID, "page-prev").click()
+    click(browser, "#page-prev")
     wait_for(browser, lambda d: row_ids(d)[:1] == [newest["id"]], "the first page again")
-    cells = [td.text for td in rows(browser, "inspections-table")[0].find_elements(By.TAG_NAME, "td")]
-    assert cells[2:4] == [newest["part"], newest["name"]] and cells[6] in ("DEFECT", "OK")
+    cells = read(browser, "#inspections-table tbody tr:first-child td")
+    assert cells[2:4] == [newest["part"], newest["name"]]
+    assert cells[6] == ("DEFECT" if newest["is_defective"] else "OK")
 
     Select(browser.find_element(By.ID, "decision-filter")).select_by_value("defective")
     defective = [r["id"] for r in store.inspections(limit=PAGE_SIZE, decision="defective")]
     wait_for(browser, lambda d: row_ids(d) == defective, "the defective inspections")
-    assert {tr.find_elements(By.TAG_NAME, "td")[6].text for tr in rows(browser, "inspections-table")} <= {"DEFECT"}
+    assert set(read(browser, "#inspections-table tbody td:nth-child(7)")) <= {"DEFECT"}
     Select(browser.find_element(By.ID, "decision-filter")).select_by_value("")
 
     # the parts and roll-A's trend: one point per inspection, its alert ringed, limit lines drawn
-    parts = wait_for(browser, lambda d: [tr.get_attribute("data-part") for tr in rows(d, "parts-table")] or None,
-                     "the parts")
-    assert parts == ["roll-A", "roll-B"]
-    browser.find_element(By.CSS_SELECTOR, '#parts-table tr[data-part="roll-A"] button').click()
-    points = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#trend-chart svg g.inspection-point"),
-                      "the trend chart")
+    assert read(browser, "#parts-table tbody tr", "data-part") == ["roll-A", "roll-B"]
+    click(browser, '#parts-table tr[data-part="roll-A"] button')
+    points = wait_for(browser, lambda d: read(d, "#trend-chart svg g.inspection-point", "data-id"), "the trend chart")
     trend = store.trend("roll-A")
     assert len(points) == len(trend) == 4
-    assert [int(p.get_attribute("data-id")) for p in points] == [p["id"] for p in trend]
+    assert [int(i) for i in points] == [p["id"] for p in trend]
     alerts = store.alerts(part="roll-A")
     alerted = {a["inspection_id"] for a in alerts}
     assert len(browser.find_elements(By.CSS_SELECTOR, "#trend-chart .alert-mark")) == len(alerted) >= 1
@@ -174,7 +192,7 @@ def test_history_table_trend_acknowledge_and_upload_with_a_part(history_service,
     row = store.inspections(source="page")
     assert [(r["id"], r["part"], r["name"]) for r in row] == [(int(match[1]), "roll-C", "from_the_page.png")]
     wait_for(browser, lambda d: row_ids(d)[:1] == [row[0]["id"]], "the table to show the upload")
-    wait_for(browser, lambda d: len(rows(d, "parts-table")) == 3, "the new part")
+    wait_for(browser, lambda d: len(read(d, "#parts-table tbody tr")) == 3, "the new part")
     assert page_errors(browser) == []
 
 

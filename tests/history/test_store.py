@@ -195,7 +195,7 @@ def four_inspections(store, model, clock) -> dict:
     model B; d: no part, model B."""
     mid_a, tv_a = model
     mid_b, tv_b = store.register_model(_state(w=3.0), "other", 1.0, 0.5)
-    day = lambda n: dt.datetime(2024, 1, n, tzinfo=UTC)  # noqa: E731
+    day = lambda n: dt.datetime(2024, 1, n, tzinfo=UTC)
     ids = {}
     ids["a"], _ = _record(store, mid_a, tv_a, part="p1", captured_at=day(1), source="cli", is_defective=False)
     ids["b"], _ = _record(store, mid_a, tv_a, part="p1", captured_at=day(3), source="http", is_defective=True)
@@ -266,7 +266,7 @@ def test_inspections_report_the_threshold_version_they_were_scored_with(store, m
 
 def test_trend_is_in_capture_order_whatever_the_recording_order(store, model, clock):
     mid, tv = model
-    at = lambda days: T0 - dt.timedelta(days=days)  # noqa: E731
+    at = lambda days: T0 - dt.timedelta(days=days)
     third, _ = _record(store, mid, tv, part="p", captured_at=at(1), defect_px=30)
     first, _ = _record(store, mid, tv, part="p", captured_at=at(3), defect_px=10)
     tie, _ = _record(store, mid, tv, part="p", captured_at=at(1), defect_px=31)  # same time: by id
@@ -307,7 +307,7 @@ def test_parts_count_inspections_last_time_and_open_alerts(store, model, clock):
 
 def test_the_area_rule_raises_once_clears_and_raises_again(store, model, clock):
     mid, tv = model
-    record = lambda px: _record(store, mid, tv, part="p", defect_px=px, rule=AREA)  # noqa: E731
+    record = lambda px: _record(store, mid, tv, part="p", defect_px=px, rule=AREA)
     first, raised = record(200)  # 2 % > 1 %
     assert raised == [{"id": raised[0]["id"], "part": "p", "rule": "area", "inspection_id": first,
                        "raised_at": T0.isoformat(timespec="seconds"),
@@ -389,14 +389,14 @@ def test_the_live_rule_holds_exactly_where_alert_rule_fires_offline(store, model
         _, raised = _record(store, mid, tv, part="p", defect_px=px, captured_at=T0 + dt.timedelta(days=day),
                             rule=rule)
         names = [alert["rule"] for alert in raised]
-        for name in live:
-            live[name].append(name in names)
+        for name, held in live.items():
+            held.append(name in names)
         for alert in raised:
             if alert["rule"] == "growth":
                 assert alert["values"]["growth_per_day"] == pytest.approx(growth[k], rel=1e-9, abs=1e-12)
             store.acknowledge(alert["id"], by="test")
-    for name in expected:
-        assert live[name] == expected[name].tolist(), name
+    for name, fires in expected.items():
+        assert live[name] == fires.tolist(), name
     assert np.logical_or.reduce([live[n] for n in live]).tolist() == rule.fires(DAYS, fractions).tolist()
 
 
@@ -447,10 +447,6 @@ def test_prune_refuses_a_negative_or_missing_age(store, days):
         store.prune(days)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="prune() in copy mode joins every old image_ref onto copies_dir; an "
-                          "absolute path recorded in image_store='path' mode replaces copies_dir, so "
-                          "the user's original photo is deleted (store.py prune)")
 def test_prune_in_copy_mode_never_deletes_photos_recorded_by_path(history_url, tmp_path, clock):
     photo = tmp_path / "photos" / "part.jpg"
     photo.parent.mkdir()

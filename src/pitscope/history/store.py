@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ BUSY_TIMEOUT_MS = 30_000
 SOURCES = ("cli", "http", "page")
 DECISIONS = ("defective", "good")
 IMAGE_STORES = ("none", "path", "copy")
+COPY_NAME = re.compile(r"[0-9a-f]{2}/[0-9a-f]{64}\.[A-Za-z0-9]{1,8}")  # how store_image names a copy
 
 
 def now() -> dt.datetime:
@@ -148,6 +150,8 @@ class HistoryStore:
         self.copies_dir = Path(copies_dir) if copies_dir is not None else None
         self.engine = self._engine()
         self._prepare_schema(upgrade)
+        if self.path is not None:
+            self._identity = self._file_identity()  # the file opened: a later write checks it is still there
 
     # -- opening ---------------------------------------------------------------------------
     @property
@@ -182,7 +186,13 @@ class HistoryStore:
                 raise HistoryError(f"{self.display_url}: the PostgreSQL driver is not installed ({exc.name}): "
                                    "pip install 'pitscope[postgres]'") from None
         read_only = not self.writable
-        url = f"file:{self.path}?mode=ro" if read_only else f"file:{self.path}"
+        url = f"file:{self.path}"
+        if read_only:
+            # a WAL database opened read-only still needs its -shm file: in a read-only folder
+            # without one, it is read as immutable (no other process writes there anyway)
+            shm = self.path.with_name(self.path.name + "-shm")
+            immutable = not os.access(self.path.parent, os.W_OK) and not shm.exists()
+            url += "?mode=ro&immutable=1" if immutable else "?mode=ro"
         import sqlite3
 
         def connect():
@@ -247,19 +257,20 @@ class HistoryStore:
         self.engine.dispose()
 
     # -- writing ---------------------------------------------------------------------------
+    def _file_identity(self) -> tuple[int, int]:
+        stat = os.stat(self.path)
+        return stat.st_dev, stat.st_ino
+
     def _check_same_file(self) -> None:
         """SQLite: raise HistoryUnavailable when the opened file is no longer at its path."""
         if self.path is None:
             return
         try:
-            stat = os.stat(self.path)
+            identity = self._file_identity()
         except FileNotFoundError:
             raise HistoryUnavailable(f"the database file {self.path} was deleted while in use: writes are "
                                      "not recorded; restart with a database path to record again") from None
-        identity = (stat.st_dev, stat.st_ino)
-        if self._identity is None:
-            self._identity = identity
-        elif identity != self._identity:
+        if identity != self._identity:
             raise HistoryUnavailable(f"the database file {self.path} was replaced by another file while in use: "
                                      "writes are not recorded; restart to use the new file")
 
@@ -417,6 +428,8 @@ class HistoryStore:
         removed = 0
         if self.image_store == "copy" and self.copies_dir is not None:
             for ref in sorted(old_refs - kept):
+                if not COPY_NAME.fullmatch(ref):
+                    continue  # a path recorded with image_store="path": the user's own file, never deleted
                 target = self.copies_dir / ref
                 if target.is_file():
                     target.unlink()

@@ -18,7 +18,6 @@ const state = {
   history: {
     open: false, // the History view is shown
     offset: 0, // first row of the inspections page
-    total: 0,
     decision: "", // "", "defective" or "good"
     note: "", // what the status line says when every call went well
     part: null, // the part whose trend is drawn
@@ -482,7 +481,6 @@ async function loadInspections() {
     loadInspections();
     return;
   }
-  history.total = page.total;
   renderInspections(page);
 }
 
@@ -584,13 +582,14 @@ function renderTrend(trend) {
   const n = trend.points.length;
   $("trend-title").textContent = `Part ${trend.part}: ${n} inspection${n === 1 ? "" : "s"}`;
   $("trend-rule").textContent = trend.rule ? `Alert rule: ${trend.rule.text}.` : "No alert rule: alerts are off.";
-  $("trend-chart").replaceChildren(trendChart(trend));
+  drawTrend(trend);
   renderAlerts(trend.alerts);
 }
 
 // ---- trend chart (inline SVG, built with DOM calls) ----------------------------------------------
 
-const SVG_NS = "http://www.w3.org/2000/svg";
+// The chart's <svg> is in index.html; its namespace is read from it, so that no URL is written here.
+const SVG_NS = $("trend-svg").namespaceURI;
 
 function svg(tag, attrs, parent) {
   const el = document.createElementNS(SVG_NS, tag);
@@ -634,17 +633,18 @@ function chartPanel(root, box, scale, title, unit) {
   return y;
 }
 
-function trendChart(trend) {
-  const W = 760, H = 430, L = 70, R = 24;
+function drawTrend(trend) {
+  const W = 760, H = 430, L = 70, R = 24; // the viewBox of #trend-svg and its left and right margins
   const areaBox = { left: L, right: W - R, top: 24, bottom: 184 };
   const scoreBox = { left: L, right: W - R, top: 226, bottom: 386 };
   const points = trend.points.map((p) => ({ ...p, t: new Date(p.time).getTime(), area: 100 * p.defect_fraction }));
-  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-labelledby": "trend-svg-title" });
+  const root = $("trend-svg");
+  root.replaceChildren();
   const title = svg("title", { id: "trend-svg-title" }, root);
   if (!points.length) {
     title.textContent = `No inspections of part ${trend.part} in this range.`;
     svgText(root, W / 2, H / 2, title.textContent, "tick", "middle");
-    return root;
+    return;
   }
 
   // x: capture time; a single time is drawn in the middle
@@ -706,7 +706,6 @@ function trendChart(trend) {
     `to ${formatTime(points[points.length - 1].time)}; predicted area from ${formatNumber(Math.min(...areas))} % ` +
     `to ${formatNumber(Math.max(...areas))} %; ${points.filter((p) => p.is_defective).length} judged DEFECT; ` +
     `${alerted.size} raised an alert.`;
-  return root;
 }
 
 // ---- alerts ------------------------------------------------------------------------------------
