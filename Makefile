@@ -2,6 +2,9 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 TORCH ?= torch==2.14.1 torchvision==0.29.1
+# TORCH_INDEX: a package index for torch alone, e.g. https://download.pytorch.org/whl/cpu for the
+# CPU-only build (the default index's build carries CUDA libraries: about 3 GB more)
+TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test clean
@@ -11,7 +14,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
@@ -19,9 +22,6 @@ demo: setup
 	$(BIN)/pitscope demo --output-dir runs/demo
 
 test: setup
-	-@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  { command -v apt-get >/dev/null && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; } || \
-	  echo "chromium/chromedriver not installed: the browser tests will be skipped"
 	$(BIN)/python -m pytest -q
 
 clean:
