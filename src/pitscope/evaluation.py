@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import logging
 import json
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,9 +13,9 @@ import numpy as np
 
 from pitscope.data.bsdata import bsdata_root, type_groups
 from pitscope.data.types import DatasetLayoutError, Sample
+from pitscope.defect_regions import region_mask
 from pitscope.inference import Detector
 from pitscope.metrics import auroc_interval, evaluate_all, region_metrics
-from pitscope.defect_regions import region_mask
 
 log = logging.getLogger(__name__)
 

@@ -48,20 +48,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pitscope import __version__
+from pitscope.augment import PseudoDefects
 from pitscope.config import Config, fill_image_features, from_dict, to_dict
 from pitscope.data.imageio import read_image, to_rgb_array
-from pitscope.files import atomic_save
 from pitscope.data.types import Sample
-from pitscope.augment import PseudoDefects
-from pitscope.models.network import DoubleSelfSupervisedNet
 from pitscope.defect_regions import Region, describe_regions, region_mask
+from pitscope.files import atomic_save
+from pitscope.models.network import DoubleSelfSupervisedNet
 from pitscope.patches import SharedGaussianScorer, patch_embeddings, patch_map
 from pitscope.scoring import (
-    GaussianScorer, PatchGaussianScorer, gaussian_smooth, out_of_fold_scores, pixel_threshold_of,
+    GaussianScorer,
+    PatchGaussianScorer,
+    gaussian_smooth,
+    out_of_fold_scores,
+    pixel_threshold_of,
 )
 from pitscope.seeding import numpy_rng
 from pitscope.tensors import images_to_batch, resize_image
-
 
 HIGHEST = 5  # training images with the highest out-of-fold scores, named in the calibration record
 
@@ -528,7 +531,7 @@ class Detector(nn.Module):
         weights = state["state_dict"]
         if "pixel_threshold" not in weights:  # files written before the pixel threshold existed
             weights["pixel_threshold"] = torch.tensor(float("nan"))
-            warnings.warn(f"{path} has no pixel threshold; run `pitscope calibrate --write` to add one")
+            warnings.warn(f"{path} has no pixel threshold; run `pitscope calibrate --write` to add one", stacklevel=2)
         detector.load_state_dict(weights)
         detector.metadata = state.get("metadata", {})
         detector.metadata["version"] = state.get("version")

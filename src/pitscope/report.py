@@ -39,7 +39,7 @@ import math
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
@@ -51,9 +51,9 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from pitscope import __version__
 from pitscope.data.types import Sample
 from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, evaluate, predicted_regions
+from pitscope.files import TRAIN_LOG
 from pitscope.inference import Detector
 from pitscope.metrics import pro_curve
-from pitscope.files import TRAIN_LOG
 from pitscope.visualize import GREEN, boundary, heatmap, overlay
 
 CURVE_POINTS = 500  # most points stored and drawn per curve
@@ -595,7 +595,7 @@ def _subtitle(detector: Detector, dataset: Sequence[Sample]) -> str:
     parts += [f"root {data.root}"] if data.root else []
     parts += [f"category {data.category}"] if data.category else []
     parts += [f"{data.image_size} px", f"maps: {detector.cfg.score.pixel_method}", f"pitscope {__version__}",
-              datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")]
+              datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")]
     return _e(" · ".join(parts))
 
 
@@ -886,7 +886,7 @@ def build_category_report(
         raise ValueError("no run to report")
     metrics = {name: r["metrics"] for name, r in records.items()}
     table = category_table(metrics, {name: r["counts"]["images"] for name, r in records.items()})
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     title = f"pitscope report: {len(records)} categories"
     page = _page(title, _e(f"pitscope {__version__} · {generated}"), [("categories", "per category")],
                  table + '<h2 style="margin-top:22px">Each category (click to open)</h2>' + "".join(bodies))
@@ -898,9 +898,8 @@ def build_category_report(
 # -- command line ----------------------------------------------------------------------------
 def _category_runs(models: Sequence[str], overrides: Sequence[str], progress: bool) -> Iterable[CategoryRun]:
     """Load each model and its test split in turn (lazily: one model in memory at a time)."""
-    from pitscope.data import prepare_split_file
     from pitscope.config import apply_overrides
-    from pitscope.data import build_dataset
+    from pitscope.data import build_dataset, prepare_split_file
 
     seen: dict[str, int] = {}
     for model in models:

@@ -524,7 +524,7 @@ def create_app(
                 "source": "set by hand (PUT /threshold)",
                 "threshold": threshold,
                 "pixel_threshold": float(detector.pixel_threshold),
-                "set_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "set_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "previous": {"threshold": previous},
                 "replaces": calibration,
             }

@@ -64,7 +64,7 @@ def parse_time(text: str) -> dt.datetime:
 
 def as_utc(value: dt.datetime) -> dt.datetime:
     """`value` in UTC; a naive value is taken to be UTC already."""
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 def time_from_name(name: str | Path, pattern: re.Pattern | None) -> dt.datetime | None:

@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pitscope import __version__
-from pitscope.growth import AlertRule, trailing_growth
+from pitscope.growth import AlertRule, slope_per_day
 from pitscope.history import HistoryError, HistoryUnavailable, schema
 from pitscope.history.names import as_utc
 
@@ -51,7 +51,7 @@ COPY_NAME = re.compile(r"[0-9a-f]{2}/[0-9a-f]{64}\.[A-Za-z0-9]{1,8}")  # how sto
 
 
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def database_url(spec: str | os.PathLike) -> str:
@@ -214,7 +214,9 @@ class HistoryStore:
 
         @sa.event.listens_for(engine, "begin")
         def begin(connection) -> None:
-            connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+            # writers take the write lock at once; readers never wait on it (WAL)
+            write = connection.get_execution_options().get("pitscope_write", False) and not read_only
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
 
@@ -242,8 +244,10 @@ class HistoryStore:
                                "open it once writable to upgrade it")
         from alembic import command
 
-        with self.engine.begin() as connection:
-            command.upgrade(_alembic_config(connection), "head")
+        with self.engine.connect() as connection:
+            connection.execution_options(pitscope_write=True)
+            with connection.begin():
+                command.upgrade(_alembic_config(connection), "head")
         logger.info("history database %s upgraded from %s to %s", self.display_url, current or "empty", head)
 
     def revision(self) -> str | None:
@@ -281,8 +285,10 @@ class HistoryStore:
             raise HistoryUnavailable(f"{self.display_url} is read-only: nothing is recorded")
         self._check_same_file()
         try:
-            with self.engine.begin() as connection:
-                yield connection
+            with self.engine.connect() as connection:
+                connection.execution_options(pitscope_write=True)
+                with connection.begin():
+                    yield connection
         except HistoryUnavailable:
             raise
         except (sa.exc.SQLAlchemyError, OSError) as exc:
@@ -550,7 +556,7 @@ def evaluate_alerts(connection: Connection, part: str, inspection: int, rule: Al
     area:   the inspection's predicted area fraction > rule.area_fraction_above;
     growth: the slope of the part's area fraction per day over the inspections captured within
             rule.window_days before this one (inclusive) > rule.growth_per_day_above, exactly
-            as `AlertRule.fires` computes it offline.
+            as `AlertRule.fires` (`trailing_growth`) computes it offline.
     """
     i, a = schema.inspections, schema.alerts
     when = sa.func.coalesce(i.c.captured_at, i.c.recorded_at)
@@ -568,7 +574,9 @@ def evaluate_alerts(connection: Connection, part: str, inspection: int, rule: Al
             .where(i.c.part == part, when >= start, when <= time).order_by(when, i.c.id)).all()
         times = [as_utc(t if isinstance(t, dt.datetime) else dt.datetime.fromisoformat(t)) for t, _ in window]
         days = [(t - times[0]).total_seconds() / SECONDS_PER_DAY for t in times]
-        growth = float(trailing_growth(days, [f for _, f in window], rule.window_days)[-1]) if window else float("nan")
+        # the window is exactly the points trailing_growth would take for this inspection
+        slope = slope_per_day(days, [f for _, f in window])
+        growth = float("nan") if slope is None else slope
         holds = growth == growth and growth > rule.growth_per_day_above  # NaN: fewer than 2 distinct days
         checks["growth"] = (holds, {"growth_per_day": growth if growth == growth else None,
                                     "limit": rule.growth_per_day_above, "window_days": rule.window_days,
