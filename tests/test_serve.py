@@ -374,3 +374,24 @@ def test_pillows_own_size_guard_is_reported_as_the_services_limit(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's guard fires before ours
     with pytest.raises(RejectedImage, match=r"over the limit of 50000000 pixels \(50 megapixels\)"):
         decode_image(png_declaring(100, 100), max_pixels=50_000_000)
+
+
+def test_the_model_panel_shows_the_evaluation_stored_beside_the_model(fitted, tmp_path):
+    import json
+
+    detector, path = fitted
+    model = tmp_path / "model.pt"
+    model.write_bytes(path.read_bytes())
+    with TestClient(create_app(detector, model_path=model)) as c:
+        assert "metrics" not in c.get("/model").json()  # nothing evaluated yet
+    (tmp_path / "eval").mkdir()
+    record = {"metrics": {"image_auroc": 0.97, "pixel_auroc": 0.91}, "counts": {"images": 48}, "threshold": 1.5,
+              "at_threshold": {"true_positive_rate": 0.9, "false_positive_rate": 0.05}, "seconds": 3.0}
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps(record))
+    with TestClient(create_app(detector, model_path=model)) as c:
+        shown = c.get("/model").json()["metrics"]
+    assert shown["metrics"] == record["metrics"] and shown["at_threshold"] == record["at_threshold"]
+    assert shown["file"] == "eval/metrics.json" and "seconds" not in shown
+    (tmp_path / "eval" / "metrics.json").write_text("{broken")
+    with TestClient(create_app(detector, model_path=model)) as c:
+        assert "metrics" not in c.get("/model").json()

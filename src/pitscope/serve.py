@@ -166,6 +166,23 @@ def heatmap_image(anomaly_map: np.ndarray, pixel_threshold: float) -> np.ndarray
     return heatmap(anomaly_map, vmin=0.0, vmax=2.0 * max(float(pixel_threshold), 1e-12))
 
 
+def stored_evaluation(model_path: str | Path) -> dict | None:
+    """The evaluation `pitscope train --evaluate`, `evaluate` and `demo` wrote beside a model
+    (eval/metrics.json): its metrics, counts, threshold and rates at the threshold, and the
+    file it came from; None when there is none or it cannot be read."""
+    import json
+
+    path = Path(model_path).parent / "eval" / "metrics.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
+        return None
+    keep = ("metrics", "counts", "threshold", "at_threshold", "image_auroc_interval")
+    return {**{k: record[k] for k in keep if k in record}, "file": f"{path.parent.name}/{path.name}"}
+
+
 def _png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, "PNG")
@@ -407,6 +424,8 @@ def create_app(
         }
         if "metrics" in detector.metadata:
             info["metrics"] = detector.metadata["metrics"]
+        elif model_path is not None and (evaluation := stored_evaluation(model_path)) is not None:
+            info["metrics"] = evaluation
         if recorder is not None:
             version = recorder.thresholds()
             info["threshold"] = version.image_threshold

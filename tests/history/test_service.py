@@ -221,3 +221,25 @@ def test_a_restart_finds_the_history_and_the_threshold_version_in_force(fitted, 
     assert answer["threshold_version"] == 2 and answer["inspection_id"] == 2
     assert [v.version for v in recorder.store.thresholds(recorder.model_id)] == [1, 2]
     assert sum(e["kind"] == "model_load" for e in recorder.store.events()) == 2
+
+
+def test_a_postgresql_database_dropped_while_serving_gives_recorded_false(fitted, postgres_server):
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"pitscope_drop_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    client, recorder = service(fitted, url)
+    with client:
+        assert post(client, png(0)).json()["recorded"] is True
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        answer = post(client, png(1))
+        assert answer.status_code == 200 and answer.json()["recorded"] is False
+        assert answer.json()["not_recorded_because"]
+    recorder.store.close()
+    admin.dispose()
