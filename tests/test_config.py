@@ -134,3 +134,11 @@ def test_edges_of_the_ranges_and_null_are_accepted():
     cfg = load_config(None, ["train.epochs=0", "train.budget_minutes=null", "score.pixel_channels=null",
                              "train.momentum=0"])
     assert cfg.train.epochs == 0 and cfg.train.budget_minutes is None and cfg.score.pixel_channels is None
+
+
+def test_the_scoring_size_is_checked():
+    from pitscope.config import ConfigError, load_config
+
+    assert load_config(None, ["score.image_size=512"]).score.image_size == 512
+    with pytest.raises(ConfigError, match="score.image_size"):
+        load_config(None, ["score.image_size=16"])

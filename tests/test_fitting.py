@@ -36,3 +36,18 @@ def test_fit_takes_a_config_and_leaves_it_as_it_was(tmp_path, tiny_detector_over
     assert not (tmp_path / "model.pt").exists()
     with pytest.raises(ValueError, match="train.epochs"):
         fit(cfg, ["train.epochs=x"], progress=False, save=False)
+
+
+def test_scorers_fitted_at_a_scoring_size_apart_from_the_training_size(tmp_path, tiny_detector_overrides):
+    from pitscope.fitting import fit
+
+    detector = fit(None, [*tiny_detector_overrides, "train.epochs=1", "train.batch_size=4", "score.image_size=96",
+                          f"output_dir={tmp_path}"], progress=False)
+    assert detector.cfg.data.image_size == 96 and detector.cfg.score.image_size == 96
+    loaded = type(detector).load(tmp_path / "model.pt")
+    assert loaded.cfg.data.image_size == 96
+    image = np.random.default_rng(0).integers(0, 255, (80, 120, 3), dtype=np.uint8)
+    prediction = loaded.predict(image)
+    assert prediction.anomaly_map.shape == (80, 120) and np.isfinite(prediction.score)
+    training_config = (tmp_path / "config.yaml").read_text()
+    assert "image_size: 64" in training_config  # the network trained at the data size

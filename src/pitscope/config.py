@@ -111,6 +111,9 @@ class TrainConfig:
     # keep the network's weights after every this many epochs in OUTPUT_DIR/snapshots/ (0: off),
     # e.g. to see how the scores develop with training (`pitscope refit` scores a snapshot)
     snapshot_every: int = 0
+    # write OUTPUT_DIR/checkpoint_last.pt (network, optimiser, progress) after every epoch, so
+    # --resume can continue a stopped run; false: no checkpoint is written (the run cannot resume)
+    checkpoint: bool = True
     # average the network's weights over the ends of the epochs that finish once this fraction of
     # the run is done (the larger of the share of epochs and the share of the budget; stochastic
     # weight averaging), and return that average instead of the last weights. null: off. The
@@ -146,6 +149,9 @@ class ScoreConfig:
     pixel_channels: int | None = 100  # random channel subset of the stacked stages (PaDiM); null = all
     channel_seed: int | None = None  # seeds that subset; null = the run seed
     batch_size: int = 16  # images per batch when extracting features and scoring
+    # the side images are scored at once the network is trained (null: data.image_size); the
+    # network is convolutional, so one trained at 256 x 256 can be fitted and scored at 512 x 512
+    image_size: int | None = None
     patch_size: int = 64  # patch: side of the square crops, in pixels at data.image_size
     patch_stride: int = 16  # patch: step between crops, in pixels
     smoothing_sigma: float = 4.0
@@ -348,6 +354,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"score.pixel_method={cfg.score.pixel_method} needs model.segment=true")
     if cfg.data.image_size < 32:
         raise ConfigError(f"data.image_size: must be at least 32, got {cfg.data.image_size}")
+    if cfg.score.image_size is not None and cfg.score.image_size < 32:
+        raise ConfigError(f"score.image_size: must be at least 32 or null (data.image_size), got {cfg.score.image_size}")
     if cfg.score.pixel_method == "patch":
         if not 32 <= cfg.score.patch_size <= cfg.data.image_size:
             raise ConfigError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,20 @@ from pitscope.inference import Detector
 from pitscope.training import train
 
 log = logging.getLogger(__name__)
+
+
+def scoring_config(cfg: Config, dataset):
+    """(cfg, training dataset) at the scoring size: with score.image_size set apart from
+    data.image_size, a copy of cfg whose data.image_size is the scoring size (what the Detector
+    resizes to and the model file records) and the training images read again at that size."""
+    size = cfg.score.image_size
+    if size is None or size == cfg.data.image_size:
+        return cfg, dataset
+    scored = copy.deepcopy(cfg)
+    scored.data.image_size = size
+    log.info("scorers fitted at %d x %d (the network trained at %d x %d)", size, size, cfg.data.image_size,
+             cfg.data.image_size)
+    return scored, build_dataset(scored.data, "train", scored.seed)
 
 
 def fit(
@@ -49,6 +64,7 @@ def fit(
         distributed.teardown()
     if not main:
         return None
+    cfg, dataset = scoring_config(cfg, dataset)
     detector = Detector(cfg, result.n_kinds, net=result.model)
     detector.fit(dataset, progress=progress)
     detector.metadata["training"] = {
