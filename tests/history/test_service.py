@@ -206,10 +206,10 @@ def test_without_a_database_answers_say_not_recorded_and_history_is_404(fitted):
         assert "--db" in client.get("/inspections").json()["detail"]
 
 
-def test_a_restart_finds_the_history_and_the_threshold_version_in_force(fitted, tmp_path):
+def test_a_restart_finds_the_history_and_the_threshold_version_in_force(fitted, history_url, tmp_path):
     model = tmp_path / "model.pt"
     model.write_bytes(fitted[1].read_bytes())
-    db = tmp_path / "h.sqlite"
+    db = history_url
     client, _ = service((fitted[0], model), db, model_path=model)
     with client:
         post(client, png(0), part="p1")
