@@ -54,6 +54,7 @@ class DataConfig:
     position_fold: int | None = None  # bsdata, holdout positions: measure this fold of the test positions
     position_folds: int = 3  # the folds of the cross-position protocol
     on_bad_file: str = "skip"  # skip | error
+    train_images: int | None = None  # train on a seeded random subset of this many images (null: all)
     cache: bool = True  # keep decoded, resized images in memory
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 

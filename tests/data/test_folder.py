@@ -1,5 +1,8 @@
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 import pytest
 
 from pitscope.config import DataConfig
@@ -86,3 +89,24 @@ def test_bad_files_in_a_folder_are_skipped_by_check(tmp_path, write_image, bad_f
     with pytest.warns(UserWarning, match="skipped 4 unreadable"):
         skipped = train.check(progress=False)
     assert len(skipped) == 4 and [Path(p).name for p in train.paths] == ["fine.png"]
+
+
+def test_fewer_training_images_are_a_seeded_nested_subset(tmp_path):
+    from pitscope.config import load_config
+    from pitscope.data import build_dataset
+
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in range(10):
+        Image.fromarray(np.full((40, 40, 3), 20 * i, np.uint8)).save(good / f"{i:02d}.png")
+
+    def names(n, seed=0):
+        cfg = load_config(None, ["data.format=folder", f"data.root={good}", f"data.train_images={n}",
+                                 f"data.split_seed={seed}"])
+        return [r.path.name for r in build_dataset(cfg.data, "train", 0).records]
+
+    assert len(names(4)) == 4 and names(4) == names(4)
+    assert set(names(4)) <= set(names(7)) and names(10) == sorted(p.name for p in good.iterdir())
+    assert names(4, seed=1) != names(4)
+    with pytest.raises(ValueError, match="data.train_images: 11 is not in 1..10"):
+        names(11)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from pitscope.config import DataConfig
 from pitscope.data.bsdata import load_bsdata
 from pitscope.data.dataset import AnomalyDataset, Record
@@ -53,7 +55,24 @@ def build_dataset(cfg: DataConfig, split: str, seed: int) -> Sequence[Sample]:
         raise ValueError(f"data.format: {cfg.format!r} is not one of {', '.join(FORMATS)}")
     if split not in SPLITS:
         raise ValueError(f"split: {split!r} is not one of {', '.join(SPLITS)}")
-    return FORMATS[cfg.format](cfg, split, seed)
+    dataset = FORMATS[cfg.format](cfg, split, seed)
+    if split == "train" and cfg.train_images is not None:
+        dataset = fewer_training_images(dataset, cfg.train_images, cfg.split_seed)
+    return dataset
+
+
+def fewer_training_images(dataset, n: int, seed: int) -> AnomalyDataset:
+    """A seeded random `n` of the dataset's images (data.train_images): how a model does with
+    fewer defect-free photos. The same seed and n give the same photos, and a smaller n a subset
+    of a larger one's."""
+    if not isinstance(dataset, AnomalyDataset):
+        raise ValueError("data.train_images: the synthetic data sets its size with data.synthetic.n_train")
+    if not 1 <= n <= len(dataset):
+        raise ValueError(f"data.train_images: {n} is not in 1..{len(dataset)} (the training images there are)")
+    order = np.random.default_rng(seed).permutation(len(dataset))[:n]
+    return AnomalyDataset([dataset.records[i] for i in sorted(order)], size=dataset.size,
+                          on_bad_file=dataset.on_bad_file, cache=dataset.cache, name=dataset.name,
+                          has_masks=dataset.has_masks)
 
 
 __all__ = [
