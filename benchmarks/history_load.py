@@ -51,29 +51,17 @@ import numpy as np
 import sqlalchemy as sa
 import torch
 from PIL import Image
+from tiny_model import tiny_model  # this folder is on sys.path when run as a script
 
 from pitscope.benchmark import commit, machine
-from pitscope.config import load_config
-from pitscope.data import build_dataset
 from pitscope.data.synthetic import render_surface
 from pitscope.growth import AlertRule
 from pitscope.history import HistoryError, schema
 from pitscope.history.store import HistoryStore
-from pitscope.inference import Detector
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 POSTGRES_SCRIPT = REPO / ".ci" / "postgres"
-TINY = [
-    "data.format=synthetic",
-    "data.image_size=64",
-    "data.synthetic.n_train=12",
-    "train.device=cpu",
-    "score.pixel_channels=16",
-    "score.batch_size=8",
-    "score.calibration_fraction=0.5",
-    "score.threshold_quantile=0.75",
-]
 SERVER_COMMAND = "python -m pitscope.cli serve MODEL --db URL --workers {workers} --port PORT --log-level warning"
 LOCKED = "database is locked"
 INDEX = "ix_inspections_part_captured"
@@ -82,14 +70,6 @@ SERVICE_RULE = AlertRule(0.005, 0.001, 1.0)  # `pitscope serve`'s default alert 
 
 
 # -- setting up ------------------------------------------------------------------------------
-def tiny_model(folder: Path) -> Path:
-    """Fit the scorers of a seeded, untrained tiny detector on 12 synthetic images and save it."""
-    cfg = load_config(None, [*TINY, f"output_dir={folder}"])
-    torch.manual_seed(cfg.seed)
-    detector = Detector(cfg, n_kinds=2).fit(build_dataset(cfg.data, "train", cfg.seed), progress=False)
-    return detector.save(folder / "model.pt")
-
-
 def photos(n: int = 8) -> list[bytes]:
     """n synthetic 64 x 64 ball-screw photographs as PNG files."""
     rng = np.random.default_rng(0)

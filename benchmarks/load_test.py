@@ -35,22 +35,12 @@ import httpx
 import numpy as np
 import torch
 from PIL import Image
+from tiny_model import tiny_model  # this folder is on sys.path when run as a script
 
-from pitscope.config import load_config
-from pitscope.data import build_dataset
 from pitscope.data.synthetic import SyntheticDataset
-from pitscope.inference import Detector
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-TINY = [
-    "data.format=synthetic",
-    "data.image_size=64",
-    "data.synthetic.n_train=12",
-    "train.device=cpu",
-    "score.pixel_channels=16",
-    "score.calibration_fraction=0.5",
-]
 
 
 def machine() -> dict:
@@ -67,14 +57,6 @@ def machine() -> dict:
 def commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     return out.stdout.strip() or "unknown"
-
-
-def tiny_model(folder: Path) -> Path:
-    """Fit the scorers of an untrained tiny detector on 12 synthetic images and save it."""
-    cfg = load_config(None, [*TINY, f"output_dir={folder}"])
-    torch.manual_seed(cfg.seed)
-    detector = Detector(cfg, n_kinds=2).fit(build_dataset(cfg.data, "train", cfg.seed), progress=False)
-    return detector.save(folder / "model.pt")
 
 
 def uploads(n: int = 8) -> list[bytes]:
