@@ -32,7 +32,7 @@ def main() -> int:
     parser.add_argument("db", type=Path)
     parser.add_argument("png", type=Path)
     parser.add_argument("--part", required=True)
-    parser.add_argument("--window", default="1280,1400", help="browser window in CSS pixels, W,H")
+    parser.add_argument("--window", default="1280,3200", help="browser window in CSS pixels, W,H")
     parser.add_argument("--width", type=int, default=900, help="width of the saved picture")
     parser.add_argument("--colours", type=int, default=96)
     args = parser.parse_args()

@@ -429,7 +429,7 @@ def create_app(
         if recorder is not None:
             version = recorder.thresholds()
             info["threshold"] = version.image_threshold
-            info["history"] = {"database": recorder.store.display_url, "model_id": recorder.model_id,
+            info["history"] = {"database": recorder.store.display_name, "model_id": recorder.model_id,
                                "threshold_version": version.version, "writable": recorder.store.writable,
                                "rule": None if recorder.rule is None else recorder.rule.describe()}
         return info

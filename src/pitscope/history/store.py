@@ -159,6 +159,14 @@ class HistoryStore:
         """The URL with its password hidden, for messages."""
         return self.url.render_as_string(hide_password=True)
 
+    @property
+    def display_name(self) -> str:
+        """What clients of the service are told: an SQLite file's name (not where it lies on the
+        server), or the PostgreSQL server and database without user or password."""
+        if self.path is not None:
+            return f"{self.path.name} (SQLite)"
+        return f"{self.url.database} on {self.url.host or 'localhost'}:{self.url.port or 5432} (PostgreSQL)"
+
     def _check_sqlite_file(self) -> None:
         database = self.url.database
         if not database or database == ":memory:":
