@@ -337,11 +337,13 @@ def create_app(
             "recorded": False,
         }
         if recorder is not None and meta is not None:
+            keep_map = recorder.store.image_store == "copy"
+            map_png = _png(heatmap_image(prediction.anomaly_map, prediction.pixel_threshold)) if keep_map else None
             done = recorder.record(
                 prediction, source=meta["source"], data=data, width=image.shape[1], height=image.shape[0],
                 defect_px=int(region.sum()), duration_ms=1000 * (time.perf_counter() - started), threshold=version,
                 part=meta.get("part"), name=meta.get("name"), captured_at=meta.get("captured_at"),
-                suffix=Path(meta.get("name") or "upload.png").suffix or ".png")
+                suffix=Path(meta.get("name") or "upload.png").suffix or ".png", map_png=map_png)
             result.update(recorded=done.recorded, inspection_id=done.inspection_id, part=meta.get("part"),
                           threshold_version=version.version, alerts=list(done.alerts))
             if not done.recorded:

@@ -243,3 +243,18 @@ def test_a_postgresql_database_dropped_while_serving_gives_recorded_false(fitted
         assert answer.json()["not_recorded_because"]
     recorder.store.close()
     admin.dispose()
+
+
+def test_stored_copies_keep_the_photo_and_its_map(fitted, tmp_path):
+    detector, model = fitted
+    detector = type(detector).load(model)
+    store = HistoryStore(tmp_path / "h.sqlite", image_store="copy")
+    app = create_app(detector, api_key=KEY, recorder=Recorder(store, detector, "tiny"))
+    data = png(0)
+    with TestClient(app, headers={"X-API-Key": KEY}) as client:
+        post(client, data, part="p1")
+    (row,) = store.inspections()
+    assert (store.copies_dir / row["image_ref"]).read_bytes() == data
+    heatmap = Image.open(store.copies_dir / row["map_ref"])
+    assert heatmap.size == (64, 64) and row["map_ref"] != row["image_ref"]
+    assert store.prune(0)["copies"] == 2 and not (store.copies_dir / row["image_ref"]).exists()

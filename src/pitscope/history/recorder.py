@@ -148,15 +148,18 @@ class Recorder:
     def record(self, prediction, *, source: str, data: bytes | None = None, image_sha256: str | None = None,
                width: int, height: int, defect_px: int, duration_ms: float, threshold: ThresholdVersion,
                part: str | None = None, name: str | None = None, captured_at: dt.datetime | None = None,
-               image_path: str | None = None, suffix: str = ".png") -> Recorded:
+               image_path: str | None = None, suffix: str = ".png", map_png: bytes | None = None) -> Recorded:
         """Write one inspection of `prediction` (scored with `threshold`). Never raises for a
-        database that cannot take it: the result says so."""
+        database that cannot take it: the result says so. With image copies on, the photo's bytes
+        and `map_png` (its anomaly map as a picture) are kept and referenced by the row."""
         if image_sha256 is None:
             image_sha256 = hashlib.sha256(data or b"").hexdigest()
         try:
-            image_ref = None
+            image_ref = map_ref = None
             if self.store.image_store == "copy" and data is not None:
                 image_ref = self.store.store_image(data, suffix)
+                if map_png is not None:
+                    map_ref = self.store.store_image(map_png, ".png")
             elif self.store.image_store == "path":
                 image_ref = image_path
             inspection, alerts = self.store.record_inspection(
@@ -164,7 +167,7 @@ class Recorder:
                 height=height, score=float(prediction.score), image_threshold=float(prediction.threshold),
                 is_defective=bool(prediction.is_defective), defect_px=int(defect_px),
                 pixel_threshold=float(prediction.pixel_threshold), duration_ms=duration_ms, part=part, name=name,
-                captured_at=captured_at, image_ref=image_ref, rule=self.rule)
+                captured_at=captured_at, image_ref=image_ref, map_ref=map_ref, rule=self.rule)
         except (HistoryUnavailable, OSError) as exc:
             logger.error("history: inspection not recorded: %s", exc)
             return Recorded(None, str(exc))
