@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from bsdata_cpu import provenance  # this folder is on sys.path when run as a script
+
 from pitscope.benchmark import commit, machine
 from pitscope.config import apply_overrides, to_dict
 from pitscope.data import build_dataset

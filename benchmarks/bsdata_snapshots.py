@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from bsdata_cpu import PAPER, REPO, note, provenance, save  # this folder is on sys.path when run as a script
+
 from pitscope.benchmark import commit, machine
 
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from bsdata_cpu import models_main, note, provenance  # this folder is on sys.path when run as a script
+
 from pitscope.config import apply_overrides
 from pitscope.data import build_dataset
 from pitscope.inference import Detector, iterate_batches

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from bsdata_cpu import commit, machine, note, provenance  # benchmarks/ is on sys.path when run as a script
+
 from pitscope.data.bsdata import bsdata_root, write_split
 from pitscope.data.sequences import read_sequences
 from pitscope.wear import fold_split, sequence_folds

@@ -70,7 +70,7 @@ def main() -> None:
     figure = Image.new("RGB", (2 * TILE_WIDTH + GAP, header + sum(rows) + GAP * (len(rows) - 1)), "white")
     draw = ImageDraw.Draw(figure)
     draw.text((4, 3), "BSData photographs (real)", fill="black")
-    draw.text((TILE_WIDTH + GAP + 4, 3), "pitscope synthetic (seed %d)" % args.seed, fill="black")
+    draw.text((TILE_WIDTH + GAP + 4, 3), f"pitscope synthetic (seed {args.seed})", fill="black")
     y = header
     for left, right, row in zip(real, synth, rows):
         figure.paste(left, (0, y))
