@@ -248,7 +248,7 @@ def test_cli_runs_a_suite(tmp_path, capsys):
     assert "| RGB target only, no classifier (`rgb_only`) |" in capsys.readouterr().out
     saved = json.loads((tmp_path / "out" / "table6.json").read_text())
     assert saved["preset"] == "demo" and saved["image_size"] == 64
-    assert load_config("demo").model.classify  # the variant, not the preset, switched the classifier off
+    assert load_config("demo").model.target == "none"  # the variant, not the preset, set the RGB target
     assert saved["rows"][1]["runs"][0]["training"]["epochs"] == 1
 
 

@@ -206,6 +206,18 @@ def test_resume_refuses_another_model_config_or_seed(tmp_path, images):
             run(tmp_path, images, LIGHT, "train.epochs=2", change, resume=True)
 
 
+def test_without_checkpoint_no_checkpoint_is_written_and_an_earlier_one_is_removed(tmp_path, images):
+    run(tmp_path, images[:4], LIGHT)  # an earlier run leaves its checkpoint
+    assert (tmp_path / LAST_CHECKPOINT).is_file()
+    messages = []
+    result = train(make_config(tmp_path, LIGHT, "train.epochs=2", "train.checkpoint=false"), images[:4],
+                   progress=False, echo=messages.append)
+    assert result.epochs_done == 2
+    assert not (tmp_path / LAST_CHECKPOINT).exists()
+    assert any("removed" in m and LAST_CHECKPOINT in m for m in messages)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", LOG_FILE]
+
+
 def test_resume_without_checkpoint_is_a_file_not_found(tmp_path, images):
     with pytest.raises(FileNotFoundError, match=LAST_CHECKPOINT):
         run(tmp_path, images, LIGHT, resume=True)

@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 
 from pitscope import __version__, distributed
 from pitscope.augment import PseudoDefects
-from pitscope.files import TRAIN_LOG, atomic_save
 from pitscope.config import Config, TrainConfig, fill_image_features, from_dict, save_config, to_dict
 from pitscope.data.types import Sample
+from pitscope.files import TRAIN_LOG, atomic_save
 from pitscope.models.hog import hog_features, rgb_target
 from pitscope.models.network import DoubleSelfSupervisedNet, NetOutput
 from pitscope.models.segmentation import focal_loss
@@ -276,7 +276,9 @@ def train(
     """Train the network on the defect-free `dataset` (images already at cfg.data.image_size).
 
     Writes OUTPUT_DIR/checkpoint_last.pt atomically after every epoch (and when the budget stops
-    the run), OUTPUT_DIR/train_log.csv, and the resolved config. With resume=True it continues
+    the run), OUTPUT_DIR/train_log.csv, and the resolved config. With train.checkpoint false no
+    checkpoint is written, and a fresh run removes the one an earlier run left in OUTPUT_DIR (it
+    would hold another network than this run's). With resume=True it continues
     from checkpoint_last.pt after the last finished epoch. The budget counts wall-clock time of
     the training loop, data preparation included. With train.average_from the weights returned
     are the average over the ends of the epochs that finished after that share of the run (the
@@ -335,6 +337,9 @@ def train(
         history = list(state["history"])
         average.load(state.get("average"))
         echo(f"resuming after epoch {start_epoch} (step {step}, {elapsed / 60:.1f} min trained)")
+    elif main and not cfg.train.checkpoint and last_path.exists():
+        last_path.unlink()
+        echo(f"removed {last_path} of an earlier run (train.checkpoint is false)")
     if main:
         save_config(cfg, out_dir / "config.yaml")
         log = _CsvLog(out_dir / LOG_FILE, truncate=not resume, resume_step=step if resume else None)
@@ -360,7 +365,7 @@ def train(
     )
 
     def save_last(epoch: int) -> None:
-        if not main:
+        if not main or not cfg.train.checkpoint:
             return
         atomic_save(
             {
