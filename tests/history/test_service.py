@@ -258,3 +258,20 @@ def test_stored_copies_keep_the_photo_and_its_map(fitted, tmp_path):
     heatmap = Image.open(store.copies_dir / row["map_ref"])
     assert heatmap.size == (64, 64) and row["map_ref"] != row["image_ref"]
     assert store.prune(0)["copies"] == 2 and not (store.copies_dir / row["image_ref"]).exists()
+
+
+def test_a_database_that_cannot_be_written_from_the_start_still_serves(fitted, tmp_path):
+    """A read-only history (the store's own detection is tested in test_faults): the service
+    starts, scores, and says recorded: false with the reason."""
+    detector, model = fitted
+    detector = type(detector).load(model)
+    store = HistoryStore(tmp_path / "h.sqlite")
+    store.writable = False
+    recorder = Recorder(store, detector, "tiny")
+    with TestClient(create_app(detector, recorder=recorder)) as client:
+        answer = client.post("/predict", files={"file": ("a.png", png(0), "image/png")})
+        info = client.get("/model").json()
+    assert answer.status_code == 200 and answer.json()["recorded"] is False
+    assert "read-only" in answer.json()["not_recorded_because"]
+    assert info["history"]["threshold_version"] == 0 and info["history"]["writable"] is False
+    assert store.count() == 0

@@ -27,7 +27,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from pitscope.growth import AlertRule
-from pitscope.history.store import HistoryStore, HistoryUnavailable, ThresholdVersion
+from pitscope.history.store import HistoryStore, HistoryUnavailable, ThresholdVersion, model_id, now
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +120,16 @@ class Recorder:
         self.rule = rule
         self.sender = WebhookSender(webhook) if webhook else None
         self._dtype = detector.threshold.dtype
-        self.model_id, self._threshold = store.register_model(
-            detector.state_dict(), name, float(detector.threshold), float(detector.pixel_threshold),
-            training=detector.metadata.get("training"), by=by)
+        state = detector.state_dict()
+        try:
+            self.model_id, self._threshold = store.register_model(
+                state, name, float(detector.threshold), float(detector.pixel_threshold),
+                training=detector.metadata.get("training"), by=by)
+        except HistoryUnavailable as exc:  # a read-only database: score on, record nothing
+            logger.error("history: the model could not be registered, so no inspection will be recorded: %s", exc)
+            self.model_id = model_id(state)
+            self._threshold = ThresholdVersion(0, self.model_id, 0, float(detector.threshold),
+                                               float(detector.pixel_threshold), by, f"not recorded: {exc}", now())
 
     def thresholds(self) -> ThresholdVersion:
         """The threshold version in force (read from the database; the last one read if it cannot be)."""
