@@ -51,7 +51,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from pitscope import __version__
 from pitscope.data.types import Sample
 from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, evaluate, predicted_regions
-from pitscope.files import TRAIN_LOG
+from pitscope.files import TRAIN_LOG, json_safe
 from pitscope.inference import Detector
 from pitscope.metrics import pro_curve
 from pitscope.visualize import GREEN, boundary, heatmap, overlay
@@ -250,19 +250,6 @@ def category_means(metrics: Mapping[str, Mapping[str, float | None]]) -> dict[st
             values = [metrics[c][metric] for c in names if metrics[c].get(metric) is not None]
             means[group][metric] = float(np.mean(values)) if values else None
     return means
-
-
-def _json_safe(value):
-    """Numpy scalars to Python numbers and NaN/inf to None, recursively (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # -- pictures --------------------------------------------------------------------------------
@@ -651,7 +638,7 @@ def _analyse(
     paths = list(dataset.paths)
     log_path = run_dir / TRAIN_LOG if run_dir is not None else None
     log = read_train_log(log_path) if log_path is not None else None
-    record = _json_safe({
+    record = json_safe({
         "dataset": {"format": detector.cfg.data.format, "name": getattr(dataset, "name", ""),
                     "root": detector.cfg.data.root, "category": detector.cfg.data.category,
                     "image_size": detector.cfg.data.image_size},
@@ -890,7 +877,7 @@ def build_category_report(
     title = f"pitscope report: {len(records)} categories"
     page = _page(title, _e(f"pitscope {__version__} · {generated}"), [("categories", "per category")],
                  table + '<h2 style="margin-top:22px">Each category (click to open)</h2>' + "".join(bodies))
-    means = _json_safe(category_means(metrics))
+    means = json_safe(category_means(metrics))
     record = {"title": title, "version": __version__, "categories": records, "means": means}
     return _write(Path(out_dir), page, record)
 

@@ -45,6 +45,7 @@ from pitscope.config import Config
 from pitscope.data.bsdata import bsdata_root, bsdata_split, read_polygons, read_split
 from pitscope.data.dataset import Record, rasterise_polygons
 from pitscope.data.sequences import SECONDS_PER_DAY, WearSequence, read_sequences
+from pitscope.files import json_safe
 from pitscope.growth import AlertRule, slope_per_day, trailing_growth
 
 CURVE_FIELDS = ("file", "time", "days", "width", "height", "predicted_px", "predicted_fraction", "true_px",
@@ -421,16 +422,6 @@ def write_curve_csv(curve: WearCurve, rule: AlertRule, path: Path) -> Path:
     return path
 
 
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_wear(
     out_dir: str | Path, curves: Sequence[WearCurve], rule: AlertRule, split: dict, root: Path,
     unmeasured: Sequence[dict] = (),
@@ -471,7 +462,7 @@ def write_wear(
         "unmeasured": list(unmeasured),
     }
     path = out / "wear.json"
-    path.write_text(json.dumps(_json_safe(record), indent=1, allow_nan=False))
+    path.write_text(json.dumps(json_safe(record), indent=1, allow_nan=False))
     return path
 
 

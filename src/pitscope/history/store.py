@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 import re
@@ -35,6 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from pitscope import __version__
+from pitscope.files import json_safe
 from pitscope.growth import AlertRule, slope_per_day
 from pitscope.history import HistoryError, HistoryUnavailable, schema
 from pitscope.history.names import as_utc
@@ -312,7 +314,7 @@ class HistoryStore:
             exists = connection.execute(sa.select(schema.models.c.id).where(schema.models.c.id == mid)).first()
             if exists is None:
                 connection.execute(schema.models.insert().values(
-                    id=mid, name=name, pitscope_version=__version__, training=_json_safe(training),
+                    id=mid, name=name, pitscope_version=__version__, training=None if training is None else json.loads(json.dumps(json_safe(training), default=str)),
                     first_seen=now()))
             connection.execute(schema.events.insert().values(
                 at=now(), kind="model_load", model_id=mid, by=by,
@@ -606,29 +608,8 @@ def evaluate_alerts(connection: Connection, part: str, inspection: int, rule: Al
     return raised
 
 
-def _json_safe(value):
-    """Plain JSON for a JSON column: NaN and infinities become None."""
-    import json
-    import math
-
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {str(k): clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return None if value is None else json.loads(json.dumps(clean(value), default=str))
-
-
 def _reason(exc: BaseException) -> str:
     """The driver's own message, first line only (SQLAlchemy appends SQL and a link)."""
     original = getattr(exc, "orig", None) or exc
     return str(original).strip().splitlines()[0] if str(original).strip() else type(original).__name__
-
-
-def hash_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
