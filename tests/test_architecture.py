@@ -239,3 +239,20 @@ def test_deploy_code_does_not_import_training_or_cli():
     indirect = {m: reaches(graph, m, FORBIDDEN) for m in DEPLOY}
     reached = [" -> ".join(p) for paths in indirect.values() for p in paths]
     assert not reached, "deploy modules importing training or the CLI through other modules:\n" + "\n".join(reached)
+
+
+def test_only_the_cli_parses_arguments_and_prints():
+    """STYLE 11: library code returns values and logs; only `pitscope.cli` reads a command line
+    (argparse) and prints. Imports and calls anywhere in a module count, also inside functions."""
+    found = []
+    for module, path in module_files().items():
+        if module == f"{PACKAGE}.cli" or module.startswith(f"{PACKAGE}.cli."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "argparse" for a in node.names):
+                found.append(f"{module}:{node.lineno} imports argparse")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "argparse":
+                found.append(f"{module}:{node.lineno} imports argparse")
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                found.append(f"{module}:{node.lineno} calls print")
+    assert not found, "library modules that parse arguments or print:\n" + "\n".join(found)

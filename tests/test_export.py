@@ -207,6 +207,6 @@ def test_cli_export_errors_and_parity_failures(fitted, tmp_path, monkeypatch, ca
     def disagree(*args, **kwargs):
         raise ParityError("exported model disagrees with torch: score differs")
 
-    monkeypatch.setattr("pitscope.export.export_onnx", disagree)
+    monkeypatch.setattr("pitscope.cli.export.export_onnx", disagree)
     assert main(["export", str(model), "--out", str(tmp_path / "m.onnx")]) == 1
     assert "parity check FAILED" in capsys.readouterr().err

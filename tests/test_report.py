@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from pitscope.cli.report import add_parsers as add_report_parsers
 from pitscope.config import load_config
 from pitscope.data import build_dataset
 from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, evaluate
@@ -22,7 +23,6 @@ from pitscope.inference import Detector
 from pitscope.report import (
     CURVE_POINTS,
     CategoryRun,
-    add_report_parser,
     build_category_report,
     build_report,
     category_means,
@@ -325,7 +325,7 @@ def test_cli_report_writes_beside_the_model_and_takes_several_models(run, tmp_pa
         folder.mkdir()
         detector.save(folder / "model.pt")
     parser = argparse.ArgumentParser()
-    add_report_parser(parser.add_subparsers(dest="command"))
+    add_report_parsers(parser.add_subparsers(dest="command"))
 
     args = parser.parse_args(["report", str(first / "model.pt"), "--quiet", "--gallery-size", "1"])
     assert args.func(args) == 0

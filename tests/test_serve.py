@@ -18,9 +18,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from pitscope import __version__
+from pitscope.cli.serve import add_parsers as add_serve_parsers
 from pitscope.data.synthetic import render_surface
 from pitscope.inference import Detector, Prediction
-from pitscope.serve import RejectedImage, add_serve_parser, create_app, decode_image
+from pitscope.serve import RejectedImage, create_app, decode_image
+
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, fit_tiny_detector):
@@ -341,7 +343,7 @@ def test_serve_command_builds_the_app_and_runs_uvicorn(fitted, monkeypatch):
 
     _, path = fitted
     parser = argparse.ArgumentParser(prog="pitscope")
-    add_serve_parser(parser.add_subparsers(dest="command"))
+    add_serve_parsers(parser.add_subparsers(dest="command"))
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
     monkeypatch.setenv("PITSCOPE_API_KEY", "from-env")

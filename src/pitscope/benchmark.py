@@ -19,14 +19,12 @@ OUTPUT/<suite>.md with the commit, the machine and the command.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
+import logging
 import os
 import platform
-import shlex
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,8 @@ import torch
 
 from pitscope.config import Config, load_config, to_dict
 from pitscope.peers import CORESET_RATIO
+
+log = logging.getLogger(__name__)
 
 # -- the paper's numbers ---------------------------------------------------------------------
 # (image AUROC, pixel AUROC) in %, from X. Wang et al., "A Double Self-Supervised Model for Pitting
@@ -241,7 +241,7 @@ class _Datasets:
             for split in ("train", "test"):
                 dataset = build_dataset(cfg.data, split, cfg.seed)
                 for path, reason in dataset.check(progress=self.progress):
-                    print(f"skipped bad file: {path}: {reason}", file=sys.stderr)
+                    log.warning("skipped bad file: %s: %s", path, reason)
                 splits.append(dataset)
             self._cache[key] = tuple(splits)
         return self._cache[key]
@@ -254,7 +254,7 @@ def _train_detector(cfg: Config, train_set, progress: bool) -> tuple:
 
     resume = (Path(cfg.output_dir) / LAST_CHECKPOINT).is_file()
     t0 = time.perf_counter()
-    result = train(cfg, train_set, resume=resume, progress=progress, echo=lambda line: print(f"  {line}"))
+    result = train(cfg, train_set, resume=resume, progress=progress, echo=lambda line: log.info("  %s", line))
     t1 = time.perf_counter()
     detector = Detector(cfg, result.n_kinds, net=result.model).fit(train_set, progress=progress)
     training = {"epochs": result.epochs_done, "steps": result.steps, "minutes": round(result.elapsed_s / 60, 2),
@@ -421,7 +421,7 @@ def run_suite(options: BenchmarkOptions) -> dict:
                 require_anomalib()
             except ImportError as exc:
                 skipped[name] = str(exc)
-                print(f"[{options.suite}] {name}: skipped, {exc}")
+                log.info("[%s] %s: skipped, %s", options.suite, name, exc)
         for category in categories:
             runs, failed = [], []
             for seed in options.seeds:
@@ -430,11 +430,11 @@ def run_suite(options: BenchmarkOptions) -> dict:
                 what = f"[{options.suite}] {name}" + (f" {category}" if category else "") + f" seed {seed}"
                 if done.is_file():
                     runs.append(json.loads(done.read_text()))
-                    print(f"{what}: finished earlier, {done}")
+                    log.info("%s: finished earlier, %s", what, done)
                     continue
                 if name not in to_run or name in skipped:
                     continue
-                print(f"{what}: running in {cfg.output_dir}")
+                log.info("%s: running in %s", what, cfg.output_dir)
                 try:
                     runs.append(run_variant(cfg, variant, datasets, options.progress, options.coreset_ratio))
                 except Exception as exc:  # one failed run (e.g. a diverged loss) must not end the suite
@@ -443,11 +443,11 @@ def run_suite(options: BenchmarkOptions) -> dict:
                     if not isinstance(exc, TrainingDiverged):
                         raise
                     failed.append({"seed": seed, "error": str(exc)})
-                    print(f"{what}: failed: {exc}")
+                    log.warning("%s: failed: %s", what, exc)
                     continue
                 m = runs[-1]["metrics"]
-                print(f"{what}: image {m['image_auroc']}, pixel {m['pixel_auroc']}, AUPRO {m['aupro']} "
-                      f"({runs[-1]['minutes']['wall']:.1f} min)")
+                log.info("%s: image %s, pixel %s, AUPRO %s (%.1f min)", what, m["image_auroc"], m["pixel_auroc"],
+                         m["aupro"], runs[-1]["minutes"]["wall"])
             paper = PAPER.get(options.suite, {}).get(name) if category is None else paper_mvtec(name, category)
             rows.append({
                 "variant": name, "label": variant.label, "category": category, "overrides": list(variant.overrides),
@@ -598,49 +598,3 @@ def _mean_row(name: str, rows: list[dict]) -> str:
                   _number(float(np.mean(paper))) if paper and None not in paper else ""]
     aupro = [r["summary"]["aupro"]["mean"] for r in rows if r["summary"] and r["summary"]["aupro"]["mean"] is not None]
     return f"| **{name}** | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {_number(float(np.mean(aupro))) if aupro else 'n/a'} | |"
-
-
-# -- command line ----------------------------------------------------------------------------
-def cmd_benchmark(args: argparse.Namespace) -> int:
-    """Run a benchmark suite and write its table (JSON and Markdown) with the paper's numbers beside ours."""
-    options = BenchmarkOptions(
-        suite=args.suite, seeds=args.seeds, preset=args.preset, budget=args.budget, image_size=args.image_size,
-        data=args.data, categories=args.categories, overrides=args.overrides, variants=args.variants,
-        coreset_ratio=args.coreset_ratio, collect=args.collect, output=args.output, runs_dir=args.runs_dir,
-        progress=not args.quiet,
-        command=shlex.join(["pitscope", *sys.argv[1:]]),
-    )
-    record = run_suite(options)
-    print(format_markdown(record))
-    print(f"written to {Path(options.output) / options.suite}.json and .md")
-    return 0
-
-
-def add_benchmark_parser(sub) -> argparse.ArgumentParser:
-    """Add `pitscope benchmark --suite NAME ...` to the CLI's subparsers; returns the new parser."""
-    p = sub.add_parser(
-        "benchmark",
-        help="rerun the paper's comparisons (tables 3-9, MVTec AD) and tabulate them",
-        description=cmd_benchmark.__doc__ + " Suites: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in SUITES.items()) + ".",
-    )
-    p.add_argument("--suite", required=True, choices=list(SUITES))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="default: 0 1")
-    p.add_argument("--preset", default="cpu", help="config preset every variant starts from (default: cpu; paper: a GPU job)")
-    p.add_argument("--budget", type=float, metavar="MINUTES",
-                   help=f"training minutes per run, the same for every variant (epochs capped at {PAPER_EPOCHS})")
-    p.add_argument("--image-size", type=int, help="images resized to SIZE x SIZE (default: the preset's)")
-    p.add_argument("--data", help="dataset folder: BSData (default: found as for train) or MVTec AD for --suite mvtec")
-    p.add_argument("--categories", nargs="+", help="mvtec: only these categories (default: every one under --data)")
-    p.add_argument("--variants", nargs="+", metavar="NAME",
-                   help=f"train only these variants, the others' finished runs still tabulated; any of {', '.join(VARIANTS)}")
-    p.add_argument("--coreset-ratio", type=float, default=CORESET_RATIO,
-                   help=f"PatchCore: share of the training patch features kept (default: {CORESET_RATIO}, anomalib's; "
-                        "its greedy selection grows with the square of the patch count: 0.01 on a CPU at 256 px)")
-    p.add_argument("--collect", action="store_true", help="train nothing; tabulate the finished runs")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value for every run (repeatable)")
-    p.add_argument("--output", default="benchmarks/results", help="where <suite>.json and .md go (default: benchmarks/results)")
-    p.add_argument("--runs-dir", default="runs/bench", help="where the runs live and are reused from (default: runs/bench)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_benchmark)
-    return p

@@ -28,9 +28,7 @@ of that output.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,7 +90,7 @@ class ExportModule(nn.Module):
         }
 
 
-# -- images for the parity check ----------------------------------------------------------------
+# -- images for the parity check ------------------------------------------------------------------
 def to_export_input(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
     """(H, W, 3) uint8 images -> the graph input (B, 3, size, size) float32 in [0, 1]."""
     batch = np.stack([resize_image(im, size) for im in images])  # (B, S, S, 3) uint8
@@ -303,8 +301,8 @@ def export_torchscript(
     return result
 
 
-# -- command line ---------------------------------------------------------------------------------
-def _output_paths(model: Path, formats: list[str], out: str | None) -> dict[str, Path]:
+# -- output files ---------------------------------------------------------------------------------
+def output_paths(model: Path, formats: list[str], out: str | None) -> dict[str, Path]:
     """Where each format goes: OUT as a file (one format, OUT with a suffix) or a folder."""
     if out is not None and Path(out).suffix and not Path(out).is_dir():
         if len(formats) > 1:
@@ -312,70 +310,3 @@ def _output_paths(model: Path, formats: list[str], out: str | None) -> dict[str,
         return {formats[0]: Path(out)}
     folder = Path(out) if out is not None else model.parent
     return {fmt: folder / (model.stem + FORMATS[fmt]) for fmt in formats}
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """Export a trained model to ONNX and/or TorchScript and check it against torch."""
-    from pitscope.data.types import BadImageError
-
-    try:
-        detector = Detector.load(args.model)
-        formats = list(FORMATS) if args.format == "both" else [args.format]
-        paths = _output_paths(Path(args.model), formats, args.out)
-        size = detector.cfg.data.image_size
-        images = None
-        if args.check_images and args.check:
-            images = read_check_images(args.check_images, size, args.check_limit)
-    except (OSError, ValueError, BadImageError) as exc:
-        print(f"pitscope export: error: {exc}", file=sys.stderr)
-        return 2
-    source = f"{len(images)} images from {', '.join(args.check_images)}" if images is not None else "random images"
-    status = 0
-    for fmt, path in paths.items():
-        try:
-            if fmt == "onnx":
-                result = export_onnx(detector, path, opset=args.opset, check=args.check, images=images)
-            else:
-                result = export_torchscript(detector, path, check=args.check, images=images)
-        except ParityError as exc:
-            print(f"{fmt}: wrote {path}, but the parity check FAILED: {exc}", file=sys.stderr)
-            status = max(status, 1)
-            continue
-        except (OSError, RuntimeError, ValueError) as exc:
-            print(f"pitscope export: error: {fmt}: {exc}", file=sys.stderr)
-            return 2
-        print(f"{fmt}: wrote {path}" + (f" (opset {result['opset']})" if "opset" in result else ""))
-        if args.check:
-            print(
-                f"  parity on {source}: max |score diff| {result['max_abs_diff_score']:.3g} "
-                f"(tolerance {result['tolerance_score']:.3g}), max |map diff| {result['max_abs_diff_map']:.3g} "
-                f"(tolerance {result['tolerance_map']:.3g}), decisions "
-                + ("equal" if result["decisions_equal"] else "differ only at the threshold")
-            )
-    return status
-
-
-def add_export_parser(sub) -> argparse.ArgumentParser:
-    """Add `pitscope export MODEL ...` to the CLI's subparsers; returns the new parser."""
-    p = sub.add_parser(
-        "export",
-        help="export a trained model to ONNX / TorchScript, with a parity check",
-        description=cmd_export.__doc__
-        + f" Input '{INPUT_NAME}': float32 (B, 3, S, S) RGB in [0, 1] at the model's image size;"
-        f" outputs {', '.join(OUTPUT_NAMES)}. Exit status 0 ok, 1 parity failure, 2 error.",
-    )
-    p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt)")
-    p.add_argument("--format", choices=[*FORMATS, "both"], default="onnx", help="default: onnx")
-    p.add_argument(
-        "--out", metavar="PATH_OR_DIR",
-        help="output file (one format) or folder (default: beside the model, MODEL_STEM.onnx / .torchscript.pt)",
-    )
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
-    p.add_argument(
-        "--check-images", nargs="+", metavar="DIR_OR_FILE",
-        help="images (or folders of them) for the parity check, resized to the model's size (default: random noise)",
-    )
-    p.add_argument("--check-limit", type=int, default=8, help="use at most this many check images (default: 8)")
-    p.add_argument("--no-check", dest="check", action="store_false", help="skip the parity check")
-    p.set_defaults(func=cmd_export)
-    return p

@@ -1,4 +1,5 @@
-"""Train and fit in one call: the network, its scorers and its thresholds, from a config."""
+"""Train and fit in one call: the network, its scorers and its thresholds, from a config; or fit
+a trained network's scorers again (`refit`)."""
 
 from __future__ import annotations
 
@@ -78,4 +79,31 @@ def fit(
     }
     if save:
         detector.save(Path(cfg.output_dir) / "model.pt")
+    return detector
+
+
+def load_model_or_checkpoint(path: str | Path) -> Detector:
+    """A saved model (model.pt), or the network of a training checkpoint or snapshot."""
+    import torch
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    try:
+        keys = torch.load(path, map_location="cpu", weights_only=True, mmap=True).keys()
+    except Exception as exc:
+        raise ValueError(f"{path} is not a pitscope model file: {exc}") from exc
+    return Detector.from_checkpoint(path) if "model" in keys and "state_dict" not in keys else Detector.load(path)
+
+
+def refit(model: Detector, cfg: Config, source: str | Path, progress: bool = True) -> Detector:
+    """A new Detector with `model`'s network, its scorers and thresholds fitted again on cfg's
+    training split under cfg's score.* settings. Of `model`'s metadata it keeps "training";
+    "refit_from" records `source`. Unreadable training files are skipped (logged)."""
+    detector = Detector(cfg, model.n_kinds, net=model.net)
+    detector.metadata = {k: v for k, v in model.metadata.items() if k in ("training",)}
+    detector.metadata["refit_from"] = str(source)
+    dataset = build_dataset(cfg.data, "train", cfg.seed)
+    for path, reason in dataset.check(progress=progress):
+        log.warning("skipped bad file: %s: %s", path, reason)
+    detector.fit(dataset, progress=progress)
     return detector

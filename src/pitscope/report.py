@@ -29,15 +29,14 @@ areas printed beside them, and every metric of the report, are exact. The PRO cu
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import html
 import io
 import json
+import logging
 import math
 import re
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -55,6 +54,8 @@ from pitscope.files import TRAIN_LOG, json_safe
 from pitscope.inference import Detector
 from pitscope.metrics import pro_curve
 from pitscope.visualize import GREEN, boundary, heatmap, overlay
+
+log = logging.getLogger(__name__)
 
 CURVE_POINTS = 500  # most points stored and drawn per curve
 PIXELS_PER_CLASS = 200_000  # pixel ROC/PR plots: most sampled pixels per class (defect, normal)
@@ -810,7 +811,7 @@ def report_from_evaluation(
     return _one_run(detector, dataset, out_dir / "report", run_dir, progress, 6, eval_dir=out_dir)
 
 
-# -- several runs (one per MVTec category) ----------------------------------------------------
+# -- several runs (one per MVTec category) ---------------------------------------------------
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "category"
 
@@ -882,8 +883,8 @@ def build_category_report(
     return _write(Path(out_dir), page, record)
 
 
-# -- command line ----------------------------------------------------------------------------
-def _category_runs(models: Sequence[str], overrides: Sequence[str], progress: bool) -> Iterable[CategoryRun]:
+# -- runs from model files -------------------------------------------------------------------
+def load_category_runs(models: Sequence[str], overrides: Sequence[str], progress: bool) -> Iterable[CategoryRun]:
     """Load each model and its test split in turn (lazily: one model in memory at a time)."""
     from pitscope.config import apply_overrides
     from pitscope.data import build_dataset, prepare_split_file
@@ -896,43 +897,9 @@ def _category_runs(models: Sequence[str], overrides: Sequence[str], progress: bo
         prepare_split_file(cfg)
         dataset = build_dataset(cfg.data, "test", cfg.seed)
         for path, reason in dataset.check(progress=progress):
-            print(f"skipped bad file: {path}: {reason}", file=sys.stderr)
+            log.warning("skipped bad file: %s: %s", path, reason)
         name = cfg.data.category or Path(model).resolve().parent.name
         seen[name] = seen.get(name, 0) + 1
         if seen[name] > 1:
             name = f"{name}-{seen[name]}"
         yield CategoryRun(name, detector, dataset, Path(model).parent)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """Write an HTML report (report.html, self-contained) and its numbers (report.json) of a
-    model on its test split; several models (one per MVTec category) add the per-category table."""
-    progress = not args.quiet
-    out = Path(args.out) if args.out else Path(args.models[0]).parent / "report"
-    runs = _category_runs(args.models, args.overrides, progress)
-    if args.wear and len(args.models) > 1:
-        raise ValueError("--wear goes with one model")
-    if len(args.models) == 1:
-        run = next(iter(runs))
-        path = build_report(run.detector, run.dataset, out, run.run_dir, progress, args.gallery_size, args.wear)
-    else:
-        path = build_category_report(runs, out, progress, args.gallery_size)
-    print(f"report written to {path} (numbers in {path.with_suffix('.json')})")
-    return 0
-
-
-def add_report_parser(sub) -> argparse.ArgumentParser:
-    """Register `pitscope report` on the CLI's subparsers; returns the new parser."""
-    p = sub.add_parser("report", help="write an HTML report of a model's test results", description=cmd_report.__doc__)
-    p.add_argument("models", nargs="+", metavar="MODEL",
-                   help="model file written by train; several (one per MVTec category) give the per-category table")
-    p.add_argument("--out", help="output folder (default: beside the first model, report/)")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override every model's data config, e.g. --set data.root=/other/copy",
-    )
-    p.add_argument("--gallery-size", type=int, default=6, help="most images per gallery group (default: 6)")
-    p.add_argument("--wear", metavar="DIR", help="BSData: add the wear curves `pitscope wear` wrote to DIR")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_report)
-    return p

@@ -20,12 +20,11 @@ open; the calls it makes need the API key like any other client.
 Changing the stored threshold (`PUT /threshold`) is refused (403) when the service has no API
 key, since anyone on the network could then change what counts as a defect.
 
-FastAPI and uvicorn (the `serve` extra) are imported inside `create_app` and `cmd_serve`, so
+FastAPI and uvicorn (the `serve` extra) are imported inside `create_app` and `run_service`, so
 `pitscope` itself does not need them. (No `from __future__ import annotations` here: FastAPI
 reads the endpoints' annotations, which name classes imported inside `create_app`.)
 """
 
-import argparse
 import base64
 import datetime
 import hmac
@@ -707,61 +706,27 @@ def app_from_environment() -> "FastAPI":
     return build_app(json.loads(os.environ[SETTINGS_ENV]))
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve a trained model over HTTP until interrupted: the inspection page at /, POST /predict,
-    GET /model, PUT /threshold (with an API key only; rewrites MODEL), GET /health; with --db,
-    every inspection is recorded and GET /inspections, /parts, /parts/{part}/trend, /alerts and
-    POST /alerts/{id}/ack answer."""
+def run_service(settings: dict, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+                log_level: str = "info") -> None:
+    """Serve `build_app(settings)` with uvicorn on host:port until interrupted.
+
+    The app is built (the model loaded and checked) once in this process before any worker starts;
+    with workers above 1 each worker builds its own from the settings (JSON in
+    $PITSCOPE_SERVE_SETTINGS), and they need settings["db"] to share their thresholds.
+    """
     import json
 
     import uvicorn
 
-    api_key = args.api_key or os.environ.get("PITSCOPE_API_KEY") or None
-    db = args.db or os.environ.get("PITSCOPE_DB") or None
-    settings = {
-        "model": str(args.model), "device": args.device, "api_key": api_key,
-        "max_upload_bytes": int(args.max_upload_mb * MIB), "max_pixels": args.max_pixels, "db": db,
-        "image_store": args.store_images, "part_from": args.part_from, "time_from": args.time_from,
-        "alert_area": args.alert_area, "alert_growth": args.alert_growth,
-        "alert_window_days": args.alert_window_days, "webhook": args.webhook,
-    }
-    if args.workers > 1 and db is None:
+    if workers > 1 and settings.get("db") is None:
         raise ValueError("--workers above 1 needs --db: the workers share their thresholds through the database")
-    if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("serving on %s without an API key: anyone who can reach it can use it", args.host)
+    if settings.get("api_key") is None and host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("serving on %s without an API key: anyone who can reach it can use it", host)
     app = build_app(settings)  # loads and checks everything once, in this process, before any worker starts
-    if args.workers == 1:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-        return 0
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        return
     del app
     os.environ[SETTINGS_ENV] = json.dumps(settings)
-    uvicorn.run("pitscope.serve:app_from_environment", factory=True, workers=args.workers, host=args.host,
-                port=args.port, log_level=args.log_level)
-    return 0
-
-
-def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add `pitscope serve MODEL ...` to the CLI's subcommands."""
-    from pitscope.history.arguments import add_history_args
-
-    p = sub.add_parser("serve", help="serve a trained model over HTTP", description=cmd_serve.__doc__)
-    p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument(
-        "--api-key",
-        help="require this key in the X-API-Key header (default: $PITSCOPE_API_KEY; prefer the "
-        "environment variable, a command line is visible to other users)",
-    )
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted image file in MiB (default: 20)")
-    p.add_argument(
-        "--max-pixels", type=int, default=50_000_000, help="largest accepted width x height (default: 50000000)"
-    )
-    p.add_argument("--device", default="cpu", help="torch device for the model, e.g. cpu or cuda (default: cpu)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    p.add_argument("--workers", type=int, default=1,
-                   help="worker processes, each with its own copy of the model (default: 1; above 1 needs --db)")
-    add_history_args(p, source="service")
-    p.set_defaults(func=cmd_serve)
-    return p
-
+    uvicorn.run("pitscope.serve:app_from_environment", factory=True, workers=workers, host=host, port=port,
+                log_level=log_level)

@@ -10,6 +10,7 @@ from scipy import ndimage
 
 from pitscope.augment import PseudoDefects
 from pitscope.augment.regions import check_image
+from pitscope.config import Config, ConfigError, save_config
 
 TILE_HEIGHT = 160
 LABEL_HEIGHT = 14  # a band above each tile for its label
@@ -79,4 +80,20 @@ def preview_grid(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
+    return path
+
+
+def preview_training_images(cfg: Config, path: str | Path, n_images: int = 4, n_variants: int = 2) -> Path:
+    """`preview_grid` of `n_images` training images of cfg's data (a seeded pick, in file order)
+    with cfg's pseudo-defects; cfg is saved beside the PNG (`<name>.config.yaml`). Returns the PNG path."""
+    from pitscope.data import build_dataset
+
+    dataset = build_dataset(cfg.data, "train", cfg.seed)
+    if len(dataset) == 0:
+        raise ConfigError("the training split has no images to preview")
+    rng = np.random.default_rng(cfg.seed)
+    picks = sorted(rng.choice(len(dataset), size=min(n_images, len(dataset)), replace=False).tolist())
+    images = [dataset[i].image for i in picks]
+    path = preview_grid(images, PseudoDefects(cfg.augment), rng, path, n_variants=n_variants)
+    save_config(cfg, path.with_suffix(".config.yaml"))
     return path

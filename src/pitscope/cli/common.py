@@ -1,26 +1,63 @@
-"""Command-line options of the history, shared by `pitscope serve`, `predict` and `wear`."""
+"""What several commands share: the config options, the history options, limits, skipped files."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
+from collections.abc import Iterable
+
+from pitscope.config import Config, load_config, preset_names
 
 
-def alert_limit(text: str) -> float | None:
-    """An alert limit: a number >= 0, or `off`."""
+def add_config_args(parser: argparse.ArgumentParser, default_preset: str | None) -> None:
+    """--config PRESET, --set KEY=VALUE (repeatable) and --output-dir."""
+    parser.add_argument(
+        "--config",
+        default=default_preset,
+        metavar="PRESET",
+        help=f"preset name ({', '.join(preset_names())}) or path to a YAML file"
+        + (f" (default: {default_preset})" if default_preset else ""),
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set train.epochs=5 --set data.format=bsdata (repeatable)",
+    )
+    parser.add_argument("--output-dir", help="where outputs go (overrides output_dir)")
+
+
+def config_from_args(args: argparse.Namespace, extra: list[str] = ()) -> Config:
+    """The config of --config, with `extra` overrides, then --set, then --output-dir applied."""
+    overrides = list(extra) + list(args.overrides)
+    if getattr(args, "output_dir", None):
+        overrides.append(f"output_dir={args.output_dir}")
+    return load_config(args.config, overrides)
+
+
+def limit(text: str) -> float | None:
+    """An alert limit of `pitscope wear`: a number, or `off`."""
     if text.strip().lower() == "off":
         return None
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or off, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
+
+
+def alert_limit(text: str) -> float | None:
+    """An alert limit of the history: a number >= 0, or `off`."""
+    value = limit(text)
+    if value is not None and not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"expected a number >= 0 or off, got {text!r}")
     return value
 
 
 def add_history_args(p: argparse.ArgumentParser, source: str) -> None:
-    """--db, --store-images, --part-from, --time-from, the alert rule and --webhook."""
+    """--db, --store-images, --part-from, --time-from, the alert rule and --webhook (serve, predict)."""
     from pitscope.history.names import BSDATA_PART, BSDATA_TIME
 
     g = p.add_argument_group("inspection history")
@@ -40,3 +77,9 @@ def add_history_args(p: argparse.ArgumentParser, source: str) -> None:
                    help="alert when it grows faster than this fraction per day, or off (default 0.001)")
     g.add_argument("--alert-window-days", type=float, default=1.0, help="growth window in days (default 1)")
     g.add_argument("--webhook", metavar="URL", help="POST each new alert as JSON to this URL (retried in the background)")
+
+
+def print_skipped(bad: Iterable[tuple[str, str]]) -> None:
+    """One stderr line per file a dataset skipped: (path, reason) pairs."""
+    for path, reason in bad:
+        print(f"skipped bad file: {path}: {reason}", file=sys.stderr)
