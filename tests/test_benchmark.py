@@ -260,7 +260,7 @@ def test_bsdata_cpu_interval_from_metrics_or_scores_csv(tmp_path, monkeypatch):
 
     labels, scores = np.array([0, 0, 0, 1, 1, 1, 1]), np.array([0.1, 0.5, 0.3, 0.4, 0.9, 0.8, 0.7])
     assert image_interval({}, tmp_path) is None  # neither the interval nor scores.csv
-    lines = ["path,label,score,is_defective"] + [f"im{i}.png,{l},{s},0" for i, (l, s) in enumerate(zip(labels, scores))]
+    lines = ["path,label,score,is_defective"] + [f"im{i}.png,{y},{s},0" for i, (y, s) in enumerate(zip(labels, scores))]
     (tmp_path / "scores.csv").write_text("\n".join(lines) + "\n")
     expected = auroc_interval(labels, scores)
     from_csv = image_interval({}, tmp_path)

@@ -16,6 +16,7 @@ from pitscope.inference import Detector
 from pitscope.metrics import f1_max
 from pitscope.predict import calibrate
 
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, fit_tiny_detector):
     """(detector, its model.pt, good folder, defect folder, mask folder). Shared read-only."""

@@ -3,7 +3,8 @@ scikit-image's regionprops; Prediction's region follows the model's settings."""
 
 import numpy as np
 import pytest
-from skimage.measure import label as sk_label, regionprops
+from skimage.measure import label as sk_label
+from skimage.measure import regionprops
 
 from pitscope.defect_regions import find_regions, label_regions, region_mask
 from pitscope.inference import Prediction
@@ -23,7 +24,8 @@ def test_regions_match_scikit_image_regionprops():
     amap = rng.random((40, 50)).astype(np.float32)
     ours = find_regions(amap, 0.8)
     theirs = regionprops(sk_label(amap > 0.8, connectivity=2), intensity_image=amap)
-    key = lambda r: (r[0], r[1])  # (area, box) pairs, order-free
+    def key(r):
+        return (r[0], r[1])  # (area, box) pairs, order-free
     expected = sorted(((p.area, (p.bbox[1], p.bbox[0], p.bbox[3], p.bbox[2])) for p in theirs), key=key)
     assert sorted(((r.area_px, r.box) for r in ours), key=key) == expected
     assert sorted(r.peak for r in ours) == pytest.approx(sorted(float(p.intensity_max) for p in theirs))

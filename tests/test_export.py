@@ -14,7 +14,6 @@ from PIL import Image
 
 from pitscope.cli import main
 from pitscope.data import build_dataset
-from pitscope.data.bsdata import bsdata_root
 from pitscope.data.imageio import list_images
 from pitscope.export import (
     OUTPUT_NAMES,
@@ -29,6 +28,7 @@ from pitscope.export import (
 )
 from pitscope.inference import Detector
 from pitscope.tensors import images_to_batch
+
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, fit_tiny_detector):

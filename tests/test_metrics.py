@@ -6,7 +6,14 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pitscope.metrics import (
-    aupro, auroc_interval, average_precision, evaluate_all, f1_max, image_auroc, pixel_auroc, pro_curve,
+    aupro,
+    auroc_interval,
+    average_precision,
+    evaluate_all,
+    f1_max,
+    image_auroc,
+    pixel_auroc,
+    pro_curve,
 )
 
 

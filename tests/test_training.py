@@ -405,7 +405,7 @@ def test_weight_average_settings_are_checked(tmp_path, overrides, words):
 
 def test_bf16_on_a_cpu_without_it_warns(tmp_path, images, monkeypatch):
     for native, warned in ((False, True), (True, False)):
-        monkeypatch.setattr(training, "cpu_has_bf16", lambda: native)
+        monkeypatch.setattr(training, "cpu_has_bf16", lambda native=native: native)
         messages = []
         cfg = make_config(tmp_path / str(native), LIGHT, "train.precision=bf16")
         train(cfg, images[:4], progress=False, echo=messages.append)
@@ -540,7 +540,7 @@ def test_crops_are_seeded_windows_of_the_image_and_the_defect_stays_in_its_mask(
         normal, defective, mask, _ = pairs[index]
         assert normal.shape == defective.shape == (3, 40, 40) and mask.shape == (40, 40)
         whole = image_to_tensor(images[index].image)  # (3, 64, 64)
-        found = [(t, l) for t in range(25) for l in range(25) if torch.equal(whole[:, t : t + 40, l : l + 40], normal)]
+        found = [(t, x) for t in range(25) for x in range(25) if torch.equal(whole[:, t : t + 40, x : x + 40], normal)]
         assert found, "the crop is not a window of the image"
         offsets.add(found[0])
         outside = mask == 0

@@ -1,9 +1,8 @@
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 import pytest
+from PIL import Image
 
 from pitscope.config import DataConfig
 from pitscope.data.folder import load_folder

@@ -39,7 +39,7 @@ def test_predict_records_every_photo_with_part_and_capture_time_from_its_name(mo
     rows = HistoryStore(db).inspections(newest_first=False)
     assert [r["name"] for r in rows] == sorted(NAMES)
     assert [r["part"] for r in rows] == ["277500_315", "305000_090", "277500_315"]
-    assert rows[0]["captured_at"] == dt.datetime(2020, 8, 28, 11, 0, 14, tzinfo=dt.timezone.utc)
+    assert rows[0]["captured_at"] == dt.datetime(2020, 8, 28, 11, 0, 14, tzinfo=dt.UTC)
     assert all(r["source"] == "cli" and r["image_ref"] == str((photos / r["name"]).resolve()) for r in rows)
     with (tmp_path / "out" / "predictions.csv").open() as fh:
         table = list(csv.DictReader(fh))

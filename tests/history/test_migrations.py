@@ -12,7 +12,7 @@ from pitscope.growth import AlertRule
 from pitscope.history import schema
 from pitscope.history.store import HistoryError, HistoryStore, _alembic_config, _head_revision, database_url
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 AT = dt.datetime(2023, 6, 1, 8, 30, tzinfo=UTC)
 MODEL = "a1" * 32
 

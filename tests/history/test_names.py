@@ -19,7 +19,7 @@ from pitscope.history.names import (
     time_from_name,
 )
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 BSDATA_NAME = "01_200828110014_277500_315_crop_2.jpg"
 
 

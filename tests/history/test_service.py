@@ -66,7 +66,7 @@ def test_every_recorded_answer_is_a_row_with_what_the_answer_said(fitted, histor
         assert (row["width"], row["height"], row["source"], row["part"]) == (64, 64, "http", "p1")
         assert row["model_id"] == recorder.model_id and row["threshold_version"] == answer["threshold_version"] == 1
         assert row["duration_ms"] > 0 and len(row["image_sha256"]) == 64
-    assert rows[1]["captured_at"] == dt.datetime(2020, 8, 28, 11, tzinfo=dt.timezone.utc)
+    assert rows[1]["captured_at"] == dt.datetime(2020, 8, 28, 11, tzinfo=dt.UTC)
 
 
 def test_part_and_time_from_query_then_form_then_file_name(fitted, tmp_path):
@@ -78,9 +78,9 @@ def test_part_and_time_from_query_then_form_then_file_name(fitted, tmp_path):
         post(client, png(2), name=BSDATA_NAME, part="from-query", source="page")
         assert post(client, png(3), captured_at="yesterday").status_code == 422
     first, second, third = recorder.store.inspections(newest_first=False)
-    assert (first["part"], first["captured_at"]) == ("277500_315", dt.datetime(2020, 8, 28, 11, 0, 14, tzinfo=dt.timezone.utc))
+    assert (first["part"], first["captured_at"]) == ("277500_315", dt.datetime(2020, 8, 28, 11, 0, 14, tzinfo=dt.UTC))
     assert first["name"] == BSDATA_NAME
-    assert (second["part"], second["captured_at"]) == ("from-form", dt.datetime(2021, 1, 2, 2, 4, 5, tzinfo=dt.timezone.utc))
+    assert (second["part"], second["captured_at"]) == ("from-form", dt.datetime(2021, 1, 2, 2, 4, 5, tzinfo=dt.UTC))
     assert (third["part"], third["source"]) == ("from-query", "page")
     assert recorder.store.count() == 3  # the refused upload was not recorded
 

@@ -13,7 +13,7 @@ from pitscope.history import schema
 from pitscope.history import store as store_module
 from pitscope.history.store import HistoryStore, HistoryUnavailable, ThresholdVersion, model_id
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 AREA = AlertRule(area_fraction_above=0.01, growth_per_day_above=None)
 
@@ -195,7 +195,8 @@ def four_inspections(store, model, clock) -> dict:
     model B; d: no part, model B."""
     mid_a, tv_a = model
     mid_b, tv_b = store.register_model(_state(w=3.0), "other", 1.0, 0.5)
-    day = lambda n: dt.datetime(2024, 1, n, tzinfo=UTC)
+    def day(n):
+        return dt.datetime(2024, 1, n, tzinfo=UTC)
     ids = {}
     ids["a"], _ = _record(store, mid_a, tv_a, part="p1", captured_at=day(1), source="cli", is_defective=False)
     ids["b"], _ = _record(store, mid_a, tv_a, part="p1", captured_at=day(3), source="http", is_defective=True)
@@ -266,7 +267,8 @@ def test_inspections_report_the_threshold_version_they_were_scored_with(store, m
 
 def test_trend_is_in_capture_order_whatever_the_recording_order(store, model, clock):
     mid, tv = model
-    at = lambda days: T0 - dt.timedelta(days=days)
+    def at(days):
+        return T0 - dt.timedelta(days=days)
     third, _ = _record(store, mid, tv, part="p", captured_at=at(1), defect_px=30)
     first, _ = _record(store, mid, tv, part="p", captured_at=at(3), defect_px=10)
     tie, _ = _record(store, mid, tv, part="p", captured_at=at(1), defect_px=31)  # same time: by id
@@ -307,7 +309,8 @@ def test_parts_count_inspections_last_time_and_open_alerts(store, model, clock):
 
 def test_the_area_rule_raises_once_clears_and_raises_again(store, model, clock):
     mid, tv = model
-    record = lambda px: _record(store, mid, tv, part="p", defect_px=px, rule=AREA)
+    def record(px):
+        return _record(store, mid, tv, part="p", defect_px=px, rule=AREA)
     first, raised = record(200)  # 2 % > 1 %
     assert raised == [{"id": raised[0]["id"], "part": "p", "rule": "area", "inspection_id": first,
                        "raised_at": T0.isoformat(timespec="seconds"),

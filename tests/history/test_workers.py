@@ -62,7 +62,7 @@ def start_server(model, db, log):
 
 def load(url, photos, answers, errors, stop=None):
     """CLIENTS threads x REQUESTS posts; fills answers (JSON) and errors (text)."""
-    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
     def client(c):
         with httpx.Client(base_url=url, headers={"X-API-Key": "k"}, timeout=60) as http:
