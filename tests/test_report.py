@@ -343,7 +343,7 @@ def test_cli_report_writes_beside_the_model_and_takes_several_models(run, tmp_pa
 
 
 def test_training_section_names_the_budget_stop_and_the_averaged_epochs():
-    from pitscope.report import _training_section
+    from pitscope.report.sections import _training_section
 
     training = {"epochs": 19, "steps": 380, "minutes": 45.0, "images": 568, "stopped_by_budget": True,
                 "averaged_epochs": [10, 11, 12]}
