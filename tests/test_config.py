@@ -6,7 +6,6 @@ import yaml
 from pitscope.config import (
     Config,
     ConfigError,
-    fill_image_features,
     from_dict,
     load_config,
     parse_override,
@@ -106,13 +105,18 @@ def test_projection_image_features_need_the_image_branch():
         load_config(None, ["score.image_features=layer3"])
 
 
-def test_configs_saved_before_image_features_keep_scoring_as_then():
-    assert fill_image_features({"score": {}}, fitted=True)["score"]["image_features"] == "layer4"
-    assert "image_features" not in fill_image_features({"score": {}}, fitted=False)["score"]  # the default
-    unclassified = fill_image_features({"model": {"classify": False}}, fitted=False)
-    assert unclassified["score"]["image_features"] == "layer4"
-    kept = {"score": {"image_features": "projection"}}
-    assert fill_image_features(kept, fitted=True) is kept and kept["score"]["image_features"] == "projection"
+@pytest.mark.parametrize("key, instead", [
+    ("train.average_from", "last weights"),
+    ("score.channel_seed", "seed"),
+])
+def test_a_removed_option_is_refused_with_what_to_do_instead(tmp_path, key, instead):
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)} was removed: .*{instead}"):
+        load_config(None, [f"{key}=0.5"])
+    section, name = key.split(".")
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({section: {name: None}}))
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)} was removed"):
+        load_config(str(path))
 
 
 @pytest.mark.parametrize("override, message", [

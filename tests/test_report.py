@@ -342,12 +342,10 @@ def test_cli_report_writes_beside_the_model_and_takes_several_models(run, tmp_pa
     assert 'id="categories"' in (tmp_path / "both" / "report.html").read_text()
 
 
-def test_training_section_names_the_budget_stop_and_the_averaged_epochs():
+def test_training_section_names_the_budget_stop():
     from pitscope.report.sections import _training_section
 
-    training = {"epochs": 19, "steps": 380, "minutes": 45.0, "images": 568, "stopped_by_budget": True,
-                "averaged_epochs": [10, 11, 12]}
+    training = {"epochs": 19, "steps": 380, "minutes": 45.0, "images": 568, "stopped_by_budget": True}
     text = _training_section(None, None, training, "")
-    assert "19 epochs, 380 steps, 45.0 minutes on 568 defect-free images" in text
-    assert "(stopped by its time budget); weights averaged over epochs 10-12." in text
-    assert "averaged" not in _training_section(None, None, {**training, "averaged_epochs": []}, "")
+    assert "19 epochs, 380 steps, 45.0 minutes on 568 defect-free images (stopped by its time budget)." in text
+    assert "stopped" not in _training_section(None, None, {**training, "stopped_by_budget": False}, "")

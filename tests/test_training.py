@@ -5,7 +5,6 @@ Every run is tiny (8 images of 64 x 64, batches of 4: two steps an epoch) and se
 
 import csv
 import math
-import re
 
 import pytest
 import torch
@@ -306,101 +305,6 @@ def test_cosine_schedule_is_logged_applied_and_resumed(tmp_path, images, monkeyp
     assert_same_weights(resumed.model.state_dict(), whole.model.state_dict())
     _, resumed_rows = read_log(tmp_path / "split")
     assert [int(r["step"]) for r in resumed_rows] == [int(r["step"]) for r in rows]  # each step once
-
-
-# -- weight averaging -------------------------------------------------------------------------
-AVERAGED = (LIGHT, "train.epochs=3", "train.average_from=0.5", "score.recompute_batchnorm=true",
-            "train.snapshot_every=1")
-
-
-def test_weight_average_is_the_mean_of_the_epochs_after_the_start(tmp_path, images):
-    """With 3 epochs and average_from 0.5 the run is 1/3, 2/3, 3/3 done after its epochs: epochs 2
-    and 3 are averaged, and the weights returned are the mean of those two snapshots."""
-    result = run(tmp_path, images, *AVERAGED)
-    assert result.averaged_epochs == [2, 3]
-    snaps = [torch.load(tmp_path / "snapshots" / f"epoch_{e:04d}.pt", weights_only=True)["model"] for e in (2, 3)]
-    got = result.model.state_dict()
-    for key, value in got.items():
-        if value.is_floating_point():
-            torch.testing.assert_close(value, (snaps[0][key] + snaps[1][key]) / 2, rtol=1e-5, atol=1e-7)
-        else:
-            assert torch.equal(value, snaps[1][key]), key
-    assert not torch.equal(got["backbone.conv1.weight"], snaps[1]["backbone.conv1.weight"])
-    # the checkpoint keeps the last weights (for resuming) and the average beside them
-    state = torch.load(tmp_path / LAST_CHECKPOINT, weights_only=True)
-    assert torch.equal(state["model"]["backbone.conv1.weight"], snaps[1]["backbone.conv1.weight"])
-    assert state["average"]["epochs"] == [2, 3]
-    assert torch.equal(state["average"]["state"]["backbone.conv1.weight"], got["backbone.conv1.weight"])
-    # refitting the checkpoint starts from the network training returned, a snapshot from its epoch's
-    from pitscope.inference import Detector
-
-    again = Detector.from_checkpoint(tmp_path / LAST_CHECKPOINT)
-    assert again.metadata["training"]["averaged_epochs"] == [2, 3]
-    assert_same_weights(again.net.state_dict(), got)
-    snap = Detector.from_checkpoint(tmp_path / "snapshots" / "epoch_0003.pt")
-    assert snap.metadata["training"]["averaged_epochs"] == []
-    assert torch.equal(snap.net.state_dict()["backbone.conv1.weight"], snaps[1]["backbone.conv1.weight"])
-
-
-def test_snapshot_average_of_the_benchmark_is_training_s_average(tmp_path, images, monkeypatch):
-    """benchmarks/bsdata_snapshots.py --average-from rebuilds, from snapshots after every epoch,
-    exactly the weights a run with train.average_from returns."""
-    from pathlib import Path
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from bsdata_snapshots import average_snapshots
-
-    run(tmp_path, images, LIGHT, "train.epochs=3", "train.snapshot_every=1")  # a run without averaging
-    averaged = run(tmp_path / "averaged", images, *AVERAGED)
-    rebuilt = torch.load(average_snapshots(tmp_path, 0.5), weights_only=True)
-    assert rebuilt["average"]["epochs"] == [2, 3]
-    assert rebuilt["config"]["train"]["average_from"] == 0.5 and rebuilt["config"]["score"]["recompute_batchnorm"]
-    assert_same_weights(rebuilt["average"]["state"], averaged.model.state_dict())
-
-
-def test_weight_average_resumes_exactly(tmp_path, images, monkeypatch):
-    whole = run(tmp_path / "whole", images, *AVERAGED)
-    real_save = training.atomic_save
-
-    def killed_after_epoch_2(state, path):
-        real_save(state, path)
-        if path.name == LAST_CHECKPOINT and state["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "atomic_save", killed_after_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "split", images, *AVERAGED)
-    monkeypatch.setattr(training, "atomic_save", real_save)
-    assert torch.load(tmp_path / "split" / LAST_CHECKPOINT, weights_only=True)["average"]["epochs"] == [2]
-    resumed = run(tmp_path / "split", images, *AVERAGED, resume=True)
-    assert resumed.averaged_epochs == [2, 3]
-    assert_same_weights(resumed.model.state_dict(), whole.model.state_dict())
-
-
-def test_weight_average_off_or_too_late_keeps_the_last_weights(tmp_path, images):
-    plain = run(tmp_path / "plain", images, LIGHT, "train.epochs=2")
-    assert plain.averaged_epochs == []
-    assert torch.load(tmp_path / "plain" / LAST_CHECKPOINT, weights_only=True)["average"] is None
-    messages = []
-    cfg = make_config(tmp_path / "late", LIGHT, "train.epochs=2", "train.budget_minutes=0.0001",
-                      "train.average_from=0.9", "score.recompute_batchnorm=true")
-    late = train(cfg, images, progress=False, echo=messages.append)
-    assert late.averaged_epochs == [] and any("last weights are kept" in m for m in messages)
-
-
-@pytest.mark.parametrize(
-    "overrides, words",
-    [
-        (["train.average_from=0.5"], "score.recompute_batchnorm"),
-        (["train.average_from=1.0", "score.recompute_batchnorm=true"], "[0, 1)"),
-        (["train.average_from=-0.1", "score.recompute_batchnorm=true"], "[0, 1)"),
-    ],
-)
-def test_weight_average_settings_are_checked(tmp_path, overrides, words):
-    from pitscope.config import ConfigError
-
-    with pytest.raises(ConfigError, match=re.escape(words)):
-        make_config(tmp_path, *overrides)
 
 
 def test_bf16_on_a_cpu_without_it_warns(tmp_path, images, monkeypatch):

@@ -258,8 +258,7 @@ def _train_detector(cfg: Config, train_set, progress: bool) -> tuple:
     t1 = time.perf_counter()
     detector = Detector(cfg, result.n_kinds, net=result.model).fit(train_set, progress=progress)
     training = {"epochs": result.epochs_done, "steps": result.steps, "minutes": round(result.elapsed_s / 60, 2),
-                "stopped_by_budget": result.stopped_by_budget, "averaged_epochs": result.averaged_epochs,
-                "resumed": resume}
+                "stopped_by_budget": result.stopped_by_budget, "resumed": resume}
     detector.metadata["training"] = {"images": len(train_set), **training}
     detector.save(Path(cfg.output_dir) / "model.pt")
     return detector, training, {"train": (t1 - t0) / 60, "fit": (time.perf_counter() - t1) / 60}

@@ -2,7 +2,7 @@
 
 A preset is a YAML file whose top-level keys are the sections of `Config`. Every key is checked
 against the dataclass: an unknown key or a value of the wrong type is a `ConfigError` that names
-the key and lists the valid choices.
+the key and lists the valid choices; a key of `REMOVED` is one that says what to do instead.
 """
 
 from __future__ import annotations
@@ -115,11 +115,6 @@ class TrainConfig:
     # write OUTPUT_DIR/checkpoint_last.pt (network, optimiser, progress) after every epoch, so
     # --resume can continue a stopped run; false: no checkpoint is written (the run cannot resume)
     checkpoint: bool = True
-    # average the network's weights over the ends of the epochs that finish once this fraction of
-    # the run is done (the larger of the share of epochs and the share of the budget; stochastic
-    # weight averaging), and return that average instead of the last weights. null: off. The
-    # averaged BatchNorm statistics belong to no network, so it needs score.recompute_batchnorm.
-    average_from: float | None = None
     # train on random crop_size x crop_size crops of the images at data.image_size (null: whole
     # images); scoring still sees whole images at data.image_size. With data.image_size above the
     # crop, small defects cover more pixels at the cost of one step per crop, not per whole image.
@@ -147,8 +142,7 @@ class ScoreConfig:
     recompute_batchnorm: bool = False
     pixel_method: str = "padim"  # padim | segmentation (needs model.segment) | patch (CutPaste)
     pixel_stages: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
-    pixel_channels: int | None = 100  # random channel subset of the stacked stages (PaDiM); null = all
-    channel_seed: int | None = None  # seeds that subset; null = the run seed
+    pixel_channels: int | None = 100  # random channel subset of the stacked stages (PaDiM), drawn with seed; null = all
     batch_size: int = 16  # images per batch when extracting features and scoring
     # the side images are scored at once the network is trained (null: data.image_size); the
     # network is convolutional, so one trained at 256 x 256 can be fitted and scored at 512 x 512
@@ -210,6 +204,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "score.image_method": ("embedding", "map_max"),
     "score.image_features": ("projection", "layer4"),
     "score.threshold_from": ("out_of_fold", "held_back"),
+}
+# Options that were removed: key -> what to do instead. Given by a user, each is an error that says
+# so; in a saved model or checkpoint, `pitscope.upgrade` drops it.
+REMOVED: dict[str, str] = {
+    "train.average_from": "training returns its last weights (averaging the last epochs' weights was "
+                          "not a gain on BSData); delete the key",
+    "score.channel_seed": "the channel subset of score.pixel_channels is drawn with the run's seed; delete the "
+                          "key, or change seed to draw another subset",
 }
 LIST_CHOICES: dict[str, tuple[str, ...]] = {
     "data.synthetic.defects": ("pit", "scratch", "stain"),
@@ -278,6 +280,8 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in values.items():
         full = f"{prefix}.{key}" if prefix else key
+        if full in REMOVED:
+            raise ConfigError(f"{full} was removed: {REMOVED[full]}")
         if key not in names:
             raise ConfigError(f"unknown key {full!r}; valid keys{' of ' + prefix if prefix else ''}: {', '.join(names)}")
         kwargs[key] = _coerce(value, hints[key], full)
@@ -369,14 +373,6 @@ def validate(cfg: Config) -> Config:
     if cfg.train.crop_size is not None and not 32 <= cfg.train.crop_size <= cfg.data.image_size:
         raise ConfigError(f"train.crop_size: must lie in 32..data.image_size ({cfg.data.image_size}) or be null "
                           f"(whole images), got {cfg.train.crop_size}")
-    if cfg.train.average_from is not None:
-        if not 0.0 <= cfg.train.average_from < 1.0:
-            raise ConfigError(f"train.average_from: must lie in [0, 1) or be null (off), got {cfg.train.average_from}")
-        if not cfg.score.recompute_batchnorm:
-            raise ConfigError(
-                "train.average_from needs score.recompute_batchnorm: true (averaged weights come with "
-                "averaged BatchNorm statistics that match none of them)"
-            )
     if not 0.0 <= cfg.score.calibration_fraction < 1.0:
         raise ConfigError(f"score.calibration_fraction: must lie in [0, 1), got {cfg.score.calibration_fraction}")
     if cfg.data.holdout != "none" and cfg.data.format != "bsdata":
@@ -405,16 +401,6 @@ def get_value(cfg: Any, key: str) -> Any:
     return obj
 
 
-def fill_image_features(values: dict, fitted: bool) -> dict:
-    """Give a config mapping saved before score.image_features existed the value that scores as it
-    did then: layer4 where its scorers were fitted (fitted=True) or its network has no projector
-    (model.classify false); otherwise it keeps the default. Changes `values` in place; returns it."""
-    score = values.setdefault("score", {})
-    if "image_features" not in score and (fitted or not values.get("model", {}).get("classify", True)):
-        score["image_features"] = "layer4"
-    return values
-
-
 def from_dict(values: dict) -> Config:
     """Build and validate a Config from a nested mapping."""
     return validate(_build(Config, values or {}))
@@ -428,6 +414,8 @@ def _set_nested(values: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     node = values
     cls: Any = Config
+    if key in REMOVED:
+        raise ConfigError(f"{key} was removed: {REMOVED[key]}")
     for i, part in enumerate(parts):
         names = [f.name for f in dataclasses.fields(cls)]
         if part not in names:

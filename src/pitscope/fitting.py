@@ -75,7 +75,6 @@ def fit(
         "steps": result.steps,
         "minutes": round(result.elapsed_s / 60, 2),
         "stopped_by_budget": result.stopped_by_budget,
-        "averaged_epochs": result.averaged_epochs,
     }
     if save:
         detector.save(Path(cfg.output_dir) / "model.pt")

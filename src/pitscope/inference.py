@@ -36,7 +36,6 @@ outlines the predicted defect region is the
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -48,8 +47,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pitscope import __version__
-from pitscope.augment import PseudoDefects
-from pitscope.config import Config, fill_image_features, from_dict, to_dict
+from pitscope.config import Config, from_dict, to_dict
 from pitscope.data.imageio import read_image, to_rgb_array
 from pitscope.data.types import Sample
 from pitscope.defect_regions import Region, describe_regions, region_mask
@@ -65,6 +63,7 @@ from pitscope.scoring import (
 )
 from pitscope.seeding import numpy_rng
 from pitscope.tensors import images_to_batch, resize_image
+from pitscope.upgrade import upgrade
 
 HIGHEST = 5  # training images with the highest out-of-fold scores, named in the calibration record
 
@@ -176,7 +175,7 @@ class Detector(nn.Module):
             SharedGaussianScorer(cfg.score.shrinkage, cfg.score.ridge)
             if cfg.score.pixel_method == "patch"
             else PatchGaussianScorer(cfg.score.shrinkage, cfg.score.ridge, n_channels=cfg.score.pixel_channels,
-                                seed=cfg.seed if cfg.score.channel_seed is None else cfg.score.channel_seed)
+                                     seed=cfg.seed)
         )
         self.register_buffer("threshold", torch.tensor(float("nan")))
         self.register_buffer("pixel_threshold", torch.tensor(float("nan")))
@@ -471,9 +470,7 @@ class Detector(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Detector:
         """An unfitted detector around the network of a training checkpoint (checkpoint_last.pt or
-        a snapshot): fit it before scoring. metadata["training"] says how far it was trained. A
-        checkpoint of a run with train.average_from gives the weights averaged so far, as training
-        would have returned them (snapshots hold the weights of their epoch)."""
+        a snapshot): fit it before scoring. metadata["training"] says how far it was trained."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoint at {path}")
@@ -483,18 +480,16 @@ class Detector(nn.Module):
             raise ValueError(f"{path} is not a pitscope checkpoint: {exc}") from exc
         if not isinstance(state, dict) or "model" not in state or "config" not in state:
             raise ValueError(f"{path} is not a pitscope training checkpoint (a model file? use Detector.load)")
-        cfg = from_dict(fill_image_features(state["config"], fitted=False))
+        state = upgrade(state, "checkpoint", source=str(path))
+        cfg = from_dict(state["config"])
         cfg.model.weights = "none"
-        n_kinds = state["n_kinds"] if "n_kinds" in state else PseudoDefects(cfg.augment).n_kinds
-        net = DoubleSelfSupervisedNet(cfg.model, n_kinds)
-        average = state.get("average")
-        net.load_state_dict(average["state"] if average else state["model"])
-        detector = cls(cfg, n_kinds, net=net.eval())
+        net = DoubleSelfSupervisedNet(cfg.model, state["n_kinds"])
+        net.load_state_dict(state["model"])
+        detector = cls(cfg, state["n_kinds"], net=net.eval())
         detector.metadata["training"] = {
             "epochs": state.get("epoch"),
             "steps": state.get("step"),
             "minutes": round(state.get("elapsed_s", 0.0) / 60, 2),
-            "averaged_epochs": list(average["epochs"]) if average else [],
         }
         return detector.to(device).eval()
 
@@ -520,19 +515,11 @@ class Detector(nn.Module):
         if _newer(state.get("version")):
             raise ValueError(f"{path} was written by pitscope {state['version']}, newer than this one "
                              f"({__version__}): upgrade pitscope to load it")
-        saved = state["config"]
-        if "map_normalisation" not in saved.get("score", {}):  # written before normalisation existed
-            saved.setdefault("score", {})["map_normalisation"] = "none"
-        saved["score"].setdefault("recompute_batchnorm", False)  # written before it existed: fitted without
-        fill_image_features(saved, fitted=True)  # written before it existed: fitted on layer4
-        cfg = from_dict(saved)
+        state = upgrade(state, "model", source=str(path))
+        cfg = from_dict(state["config"])
         cfg.model.weights = "none"  # the saved state holds the trained weights
         detector = cls(cfg, state["n_kinds"])
-        weights = state["state_dict"]
-        if "pixel_threshold" not in weights:  # files written before the pixel threshold existed
-            weights["pixel_threshold"] = torch.tensor(float("nan"))
-            warnings.warn(f"{path} has no pixel threshold; run `pitscope calibrate --write` to add one", stacklevel=2)
-        detector.load_state_dict(weights)
+        detector.load_state_dict(state["state_dict"])
         detector.metadata = state.get("metadata", {})
         detector.metadata["version"] = state.get("version")
         return detector.to(device).eval()

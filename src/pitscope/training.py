@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from pitscope import __version__, distributed
 from pitscope.augment import PseudoDefects
-from pitscope.config import Config, TrainConfig, fill_image_features, from_dict, save_config, to_dict
+from pitscope.config import Config, TrainConfig, from_dict, save_config, to_dict
 from pitscope.data.types import Sample
 from pitscope.files import TRAIN_LOG, atomic_save
 from pitscope.models.hog import hog_features, rgb_target
@@ -37,6 +37,7 @@ from pitscope.models.segmentation import focal_loss
 from pitscope.models.sspcab import reconstruction_loss
 from pitscope.seeding import numpy_rng, seed_everything, worker_init_fn
 from pitscope.tensors import denormalise, image_to_tensor
+from pitscope.upgrade import upgrade
 
 LAST_CHECKPOINT = "checkpoint_last.pt"
 LOG_FILE = TRAIN_LOG
@@ -173,7 +174,6 @@ class TrainResult:
     elapsed_s: float
     stopped_by_budget: bool
     history: list[dict] = field(default_factory=list)
-    averaged_epochs: list[int] = field(default_factory=list)  # the epochs whose weights were averaged
 
 
 class _CsvLog:
@@ -236,36 +236,6 @@ def scheduled_lr(train_cfg: TrainConfig, step: int, steps_per_epoch: int, elapse
     return train_cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-class WeightAverage:
-    """The running mean of a network's state (weights and buffers) over the moments added, and
-    which epochs those were (stochastic weight averaging). Integer buffers keep the last value."""
-
-    def __init__(self) -> None:
-        self.state: dict[str, torch.Tensor] | None = None
-        self.epochs: list[int] = []
-
-    @torch.no_grad()
-    def add(self, current: dict[str, torch.Tensor], epoch: int) -> None:
-        """Add a network's state_dict() (its tensors are copied, not kept)."""
-        if self.state is None:
-            self.state = {k: v.detach().clone() for k, v in current.items()}
-        else:
-            n = len(self.epochs) + 1
-            for k, v in current.items():
-                if v.is_floating_point():
-                    self.state[k] += (v - self.state[k]) / n
-                else:
-                    self.state[k].copy_(v)
-        self.epochs.append(epoch)
-
-    def to_dict(self) -> dict:
-        return {"state": self.state, "epochs": list(self.epochs)}
-
-    def load(self, saved: dict | None) -> None:
-        self.state = saved["state"] if saved else None
-        self.epochs = list(saved["epochs"]) if saved else []
-
-
 def train(
     cfg: Config,
     dataset: Sequence[Sample],
@@ -280,9 +250,7 @@ def train(
     checkpoint is written, and a fresh run removes the one an earlier run left in OUTPUT_DIR (it
     would hold another network than this run's). With resume=True it continues
     from checkpoint_last.pt after the last finished epoch. The budget counts wall-clock time of
-    the training loop, data preparation included. With train.average_from the weights returned
-    are the average over the ends of the epochs that finished after that share of the run (the
-    checkpoint and snapshots hold the last weights; the checkpoint also holds the average so far).
+    the training loop, data preparation included.
 
     Launched by torchrun with WORLD_SIZE > 1, every process trains a DistributedDataParallel
     replica on its shard of each epoch (cfg.train.batch_size is the global batch, split evenly),
@@ -312,13 +280,12 @@ def train(
     amp_dtype = resolve_precision(cfg.train.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     start_epoch, step, elapsed, history = 0, 0, 0.0, []
-    average = WeightAverage()
     last_path = out_dir / LAST_CHECKPOINT
     if resume:
         if not last_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
-        state = torch.load(last_path, map_location=device, weights_only=True)
-        saved = from_dict(fill_image_features(state["config"], fitted=False))
+        state = upgrade(torch.load(last_path, map_location=device, weights_only=True), "checkpoint", str(last_path))
+        saved = from_dict(state["config"])
         for section in ("model", "augment", "data"):
             if to_dict(getattr(saved, section)) != to_dict(getattr(cfg, section)):
                 raise ValueError(f"--resume: {last_path} was trained with another {section} config")
@@ -335,7 +302,6 @@ def train(
             scaler.load_state_dict(state["scaler"])
         start_epoch, step, elapsed = state["epoch"], state["step"], state["elapsed_s"]
         history = list(state["history"])
-        average.load(state.get("average"))
         echo(f"resuming after epoch {start_epoch} (step {step}, {elapsed / 60:.1f} min trained)")
     elif main and not cfg.train.checkpoint and last_path.exists():
         last_path.unlink()
@@ -377,7 +343,6 @@ def train(
                 "step": step,
                 "elapsed_s": elapsed,
                 "history": history,
-                "average": average.to_dict() if average.state is not None else None,
                 "n_kinds": maker.n_kinds,
                 "version": __version__,
             },
@@ -487,20 +452,10 @@ def train(
         if stopped_by_budget:
             save_last(epoch)  # a partial epoch is redone on resume
             break
-        if cfg.train.average_from is not None and (
-            run_progress(cfg.train, step, steps_per_epoch, elapsed, budget_s) >= cfg.train.average_from
-        ):
-            average.add(model.state_dict(), epoch + 1)
         save_last(epoch + 1)
         save_snapshot(epoch + 1)
     if main and writer is not None:
         writer.close()
-    if average.state is not None:
-        model.load_state_dict(average.state)
-        first, last = average.epochs[0], average.epochs[-1]
-        echo(f"weights averaged over {len(average.epochs)} epochs ({first}-{last})")
-    elif cfg.train.average_from is not None:
-        echo(f"no epoch finished after {cfg.train.average_from:.0%} of the run: the last weights are kept")
     distributed.broadcast_buffers(model)  # BatchNorm statistics: rank 0's, like the checkpoint
     epochs_done = history[-1]["epoch"] if history else start_epoch  # complete epochs only
     if stopped_by_budget:
@@ -510,6 +465,4 @@ def train(
         )
     model.eval()
     model = model.to(memory_format=torch.contiguous_format)
-    return TrainResult(
-        model, maker.n_kinds, epochs_done, step, elapsed, stopped_by_budget, history, list(average.epochs)
-    )
+    return TrainResult(model, maker.n_kinds, epochs_done, step, elapsed, stopped_by_budget, history)

@@ -32,7 +32,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     problems = 0
     for split in ("train", "test"):
         dataset = build_dataset(cfg.data, split, cfg.seed)
-        bad = dataset.check(progress=not args.no_check_progress) if args.check else []
+        bad = dataset.check() if args.check else []
         problems += len(bad)
         counts = dataset.describe()
         rows.append({"split": split, **counts, "bad_files": len(bad)})
@@ -85,7 +85,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--refuse-bad-files", action="store_true", help="stop at the first bad file instead of skipping")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any file was skipped")
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
-    p.add_argument("--no-check-progress", action="store_true", help=argparse.SUPPRESS)
     add_config_args(p, None)
     p.set_defaults(func=cmd_datasets)
 

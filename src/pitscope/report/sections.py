@@ -211,9 +211,6 @@ def _training_section(log_path: Path | None, log: dict | None, training: dict | 
     parts = [f'<section id="training{key}"><h2>Training</h2>']
     if training:
         budget = " (stopped by its time budget)" if training.get("stopped_by_budget") else ""
-        averaged = training.get("averaged_epochs") or []
-        if averaged:
-            budget += f"; weights averaged over epochs {averaged[0]}-{averaged[-1]}"
         parts.append(
             f'<p class="sub">{training.get("epochs", "?")} epochs, {training.get("steps", "?")} steps, '
             f'{training.get("minutes", "?")} minutes on {training.get("images", "?")} defect-free images{budget}.</p>'
