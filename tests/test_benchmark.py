@@ -166,7 +166,7 @@ def test_suite_runs_tabulates_and_reuses_finished_runs(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was run again")
 
-    monkeypatch.setattr(benchmark, "run_variant", refuse)
+    monkeypatch.setattr(benchmark.runs, "run_variant", refuse)  # where run_suite looks it up
     again = run_suite(tiny_options(tmp_path, "table3", variants=["ours"]))
     assert again["rows"][0]["runs"] == rows["ours"]["runs"]
     collected = run_suite(tiny_options(tmp_path, "table3", collect=True))
