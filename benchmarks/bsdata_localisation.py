@@ -133,10 +133,13 @@ def config_hash(cfg) -> str:
     return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def measure_test(model: Path, overrides: list[str], out_dir: Path) -> dict:
-    """Refit the model with `overrides`, score the test split once, append the look to LOOKS."""
+def refitted(model: Path, overrides: list[str], out_dir: Path | None = None) -> Detector:
+    """The model's network with its scorers fitted again under `overrides` (score.* only); saved
+    to out_dir/model.pt when out_dir is given. Without overrides, the model as saved."""
     old = Detector.load(model)
     check_model(old, model)
+    if not overrides:
+        return old
     cfg = apply_overrides(old.cfg, overrides)
     if to_dict(cfg)["model"] != to_dict(old.cfg)["model"] or to_dict(cfg)["train"] != to_dict(old.cfg)["train"] \
             or to_dict(cfg)["data"] != to_dict(old.cfg)["data"]:
@@ -144,7 +147,17 @@ def measure_test(model: Path, overrides: list[str], out_dir: Path) -> dict:
     detector = Detector(cfg, old.n_kinds, net=old.net)
     detector.metadata = {k: v for k, v in old.metadata.items() if k == "training"}
     detector.fit(build_dataset(cfg.data, "train", cfg.seed), progress=True)
-    detector.save(out_dir / "model.pt")
+    if out_dir is not None:
+        detector.save(out_dir / "model.pt")
+    return detector
+
+
+def measure_test(model: Path, overrides: list[str], out_dir: Path) -> dict:
+    """Refit the model with `overrides`, score the test split once, append the look to LOOKS."""
+    detector = refitted(model, overrides, out_dir)
+    cfg = detector.cfg
+    if not overrides:
+        detector.save(out_dir / "model.pt")
     test = build_dataset(cfg.data, "test", cfg.seed)
     result = evaluate(detector, test, out_dir / "eval", progress=True)
     look = {"commit": commit(), "date": time.strftime("%Y-%m-%d"), "model": str(model), "config_hash": config_hash(cfg),
@@ -165,7 +178,8 @@ def write_markdown(record: dict, path: Path) -> None:
              f"Command: `{record['command']}`", ""]
     for run in record["runs"]:
         c = run["counts"]
-        lines += [f"## {run['model']}", "",
+        refit = f", scorers fitted with `{' '.join(run['overrides'])}`" if run.get("overrides") else ""
+        lines += [f"## {run['model']}{refit}", "",
                   f"{c['normal']} defect-free and {c['defective']} pitting photos of the validation positions; "
                   f"pixel thresholds from {c['calibration']} held-back training photos. Image AUROC "
                   f"{pct(run['image_auroc'])}.", "",
@@ -225,7 +239,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--test", action="store_true", help="refit with --set and score the test split once")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="score.* settings the model's scorers are fitted again with before it is scored")
     parser.add_argument("--name", default="bsdata_localisation_validation")
     parser.add_argument("--test-name", help="with --test: also write benchmarks/results/<TEST_NAME>.json and .md")
     parser.add_argument("--out", type=Path, default=Path("runs/localisation"))
@@ -246,10 +261,9 @@ def main() -> int:
         return 0
     runs = []
     for model in args.models:
-        detector = Detector.load(model)
-        check_model(detector, model)
+        detector = refitted(model, args.overrides)
         run = choose(detector, args.sigmas, args.normalisations)
-        runs.append({"model": str(model), **run, "chosen": best(run["rows"])})
+        runs.append({"model": str(model), "overrides": args.overrides, **run, "chosen": best(run["rows"])})
     record = {"command": command, "commit": commit(), "date": time.strftime("%Y-%m-%d"), "machine": machine(),
               "runs": runs}
     RESULTS.mkdir(exist_ok=True)

@@ -9,11 +9,6 @@ For each run folder, each snapshot (OUTPUT_DIR/snapshots/epoch_NNNN.pt) gets
 own scoring settings (and any --set), i.e. exactly what the run would have scored had it stopped
 there; the final model (OUTPUT_DIR/eval) is the last row. A snapshot already evaluated is reused.
 
-With --average-from F, the snapshots of the epochs that ended after the share F of the run
-(train.average_from's rule) are averaged with training's own code (pitscope.training.WeightAverage)
-into OUTPUT_DIR/averaged/from_F.pt, a checkpoint with train.average_from=F and
-score.recompute_batchnorm=true, which is refitted and evaluated the same way: with a snapshot after
-every epoch, the network a run with train.average_from=F would have returned, without training again.
 Results go to benchmarks/results/<name>.json and .md with the commands, commit and machine.
 """
 
@@ -43,38 +38,11 @@ def percent(metrics: dict) -> dict:
     return {k: (None if metrics.get(k) is None else round(100 * metrics[k], 2)) for k in KEYS}
 
 
-def average_snapshots(run: Path, start: float) -> Path:
-    """Write OUTPUT_DIR/averaged/from_START.pt: the snapshots of the epochs that ended once the share
-    `start` of the run was done, averaged as training with train.average_from=start does."""
-    from pitscope.config import fill_image_features, from_dict, to_dict, validate
-    from pitscope.training import WeightAverage, atomic_save, run_progress
-
-    target = run / "averaged" / f"from_{start:g}.pt"
-    if target.is_file():
-        return target
-    average, last = WeightAverage(), None
-    for snap in sorted((run / "snapshots").glob("epoch_*.pt")):
-        state = torch.load(snap, map_location="cpu", weights_only=True)
-        cfg = from_dict(fill_image_features(state["config"], fitted=False))
-        budget = 60 * cfg.train.budget_minutes if cfg.train.budget_minutes else float("inf")
-        if run_progress(cfg.train, state["epoch"], 1, state["elapsed_s"], budget) >= start:
-            average.add(state["model"], state["epoch"])
-            last = state
-    if last is None:
-        raise SystemExit(f"{run}: no snapshot after {start:.0%} of the run")
-    cfg = from_dict(fill_image_features(last["config"], fitted=False))
-    cfg.train.average_from, cfg.score.recompute_batchnorm = start, True
-    atomic_save({**last, "config": to_dict(validate(cfg)), "average": average.to_dict()}, target)
-    return target
-
-
-def evaluate_snapshots(run: Path, extra: list[str], keep_models: bool, tag: str, last: bool,
-                       average_from: list[float], averages_only: bool) -> dict:
+def evaluate_snapshots(run: Path, extra: list[str], keep_models: bool, tag: str, last: bool) -> dict:
     out_dir = run / ("snapshot_eval" + (f"_{tag}" if tag else ""))
     rows, commands = [], []
-    snaps = [] if averages_only else sorted((run / "snapshots").glob("epoch_*.pt"))
+    snaps = sorted((run / "snapshots").glob("epoch_*.pt"))
     snaps += [run / "checkpoint_last.pt"] if last else []
-    snaps += [average_snapshots(run, start) for start in average_from]
     for snap in snaps:
         target = out_dir / snap.name
         metrics_file = out_dir / f"{target.stem}_eval" / "metrics.json"
@@ -91,11 +59,6 @@ def evaluate_snapshots(run: Path, extra: list[str], keep_models: bool, tag: str,
         state = torch.load(snap, map_location="cpu", weights_only=True, mmap=True)
         if snap.name.startswith("epoch_"):
             epoch = state["epoch"]
-        elif "average" in state:
-            epochs = state["average"]["epochs"]
-            kept = f"epochs {epochs[0]}-{epochs[-1]} averaged ({len(epochs)} snapshots)" if len(epochs) > 1 else (
-                f"epoch {epochs[0]} alone (the only snapshot)")
-            epoch = f"{kept}, train.average_from={state['config']['train']['average_from']:g}"
         else:
             epoch = f"final weights ({state['epoch']} full epochs)"
         rows.append({"epoch": epoch, "training_minutes": round(state["elapsed_s"] / 60, 1),
@@ -113,8 +76,7 @@ def write_markdown(record: dict, path: Path) -> None:
     lines = [
         "# BSData, `cpu` preset: scores along training",
         "",
-        "Each snapshot's network scored with the run's own settings (`pitscope refit SNAPSHOT --evaluate`); "
-        "averaged rows: the snapshots averaged as `train.average_from` does, BatchNorm statistics recomputed.",
+        "Each snapshot's network scored with the run's own settings (`pitscope refit SNAPSHOT --evaluate`).",
         "",
         f"{provenance(record)} Paper: {PAPER['image_auroc']} / {PAPER['pixel_auroc']} (image / pixel AUROC).",
         *note(record),
@@ -143,15 +105,9 @@ def main() -> int:
     parser.add_argument("--last", action="store_true",
                         help="also refit checkpoint_last.pt (the final weights) instead of reading OUTPUT_DIR/eval")
     parser.add_argument("--keep-models", action="store_true", help="keep the refitted model files")
-    parser.add_argument("--average-from", type=float, nargs="*", default=[], metavar="F",
-                        help="also score the snapshots averaged as train.average_from=F would (rows after the snapshots)")
-    parser.add_argument("--averages-only", action="store_true", help="score the --average-from rows, not each snapshot")
     args = parser.parse_args()
-    if args.averages_only and not args.average_from:
-        parser.error("--averages-only needs --average-from")
     extra = [x for e in args.extra for x in ("--set", e)]
-    runs = [evaluate_snapshots(Path(r).resolve(), extra, args.keep_models, args.tag, args.last, args.average_from,
-                               args.averages_only) for r in args.runs]
+    runs = [evaluate_snapshots(Path(r).resolve(), extra, args.keep_models, args.tag, args.last) for r in args.runs]
     record = {
         "benchmark": "bsdata_snapshots",
         "commit": commit(),
