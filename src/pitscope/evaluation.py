@@ -8,13 +8,15 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+import torch
 
+from pitscope.config import Config
 from pitscope.data.bsdata import bsdata_root, type_groups
-from pitscope.data.types import DatasetLayoutError, Sample
+from pitscope.data.types import DatasetLayoutError, Sample, SampleSet
 from pitscope.defect_regions import region_mask
-from pitscope.inference import Detector
 from pitscope.metrics import auroc_interval, evaluate_all, region_metrics
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,21 @@ PAPER_BSDATA = {"image_auroc": 97.42, "pixel_auroc": 94.57}
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1_max", "pixel_f1_max")
 REGION_NAMES = ("pixel_f1", "iou_median", "iou_q1", "iou_q3", "normal_area_median", "normal_area_p99", "area_within_2x")
+
+
+class DatasetScorer(Protocol):
+    """What `evaluate` uses of a `Detector`: its config, its thresholds and `score_dataset`."""
+
+    @property
+    def cfg(self) -> Config: ...
+
+    @property
+    def threshold(self) -> torch.Tensor: ...
+
+    @property
+    def pixel_threshold(self) -> torch.Tensor: ...
+
+    def score_dataset(self, dataset: Sequence[Sample], progress: bool = True) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def predicted_regions(maps: np.ndarray, decisions: np.ndarray, pixel_threshold: float, min_fraction: float,
@@ -49,8 +66,8 @@ def subset_metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | N
 
 
 def evaluate(
-    detector: Detector,
-    dataset: Sequence[Sample],
+    detector: DatasetScorer,
+    dataset: SampleSet,
     out_dir: str | Path | None = None,
     progress: bool = True,
     groups: dict[str, np.ndarray] | None = None,

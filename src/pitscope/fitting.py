@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 from pitscope import distributed
@@ -33,7 +32,7 @@ def scoring_config(cfg: Config, dataset):
 
 def fit(
     config: Config | str | None = None,
-    overrides: Sequence[str] = (),
+    overrides: list[str] | tuple[str, ...] = (),
     resume: bool = False,
     progress: bool = True,
     save: bool = True,

@@ -7,8 +7,9 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -116,7 +117,7 @@ class _Datasets:
     def get(self, cfg: Config):
         from pitscope.data import build_dataset
 
-        values = to_dict(cfg.data)
+        values = asdict(cfg.data)
         values.pop("split_file")
         key = json.dumps([values, cfg.seed if cfg.data.format == "synthetic" else None], sort_keys=True)
         if key not in self._cache:
@@ -202,17 +203,17 @@ def run_variant(
 
 
 # -- a suite ---------------------------------------------------------------------------------
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    values = [v for v in values if v is not None]
-    if not values:
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    known = [v for v in values if v is not None]
+    if not known:
         return None, None
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else None
-    return round(float(np.mean(values)), 2), (None if std is None else round(std, 2))
+    std = float(np.std(known, ddof=1)) if len(known) > 1 else None
+    return round(float(np.mean(known)), 2), (None if std is None else round(std, 2))
 
 
 def summarise(runs: list[dict]) -> dict:
     """Mean and sample standard deviation over seeds of each metric and of the time per run."""
-    summary = {}
+    summary: dict[str, Any] = {}
     for name in METRICS:
         mean, std = _mean_std([r["metrics"].get(name) for r in runs])
         summary[name] = {"mean": mean, "std": std}
@@ -239,7 +240,7 @@ def _categories(options: BenchmarkOptions) -> list[str | None]:
         return list(options.categories)
     if not found:
         raise ValueError(f"no MVTec category (a folder with train/good) in {options.data}")
-    return found
+    return list(found)
 
 
 def run_suite(options: BenchmarkOptions) -> dict:

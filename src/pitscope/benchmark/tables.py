@@ -122,7 +122,8 @@ def _mean_row(name: str, rows: list[dict]) -> str:
     for metric in ("image_auroc", "pixel_auroc"):
         ours = [r["summary"][metric]["mean"] for r in rows if r["summary"] and r["summary"][metric]["mean"] is not None]
         paper = [(r["paper"] or {}).get(metric) for r in rows]
+        reported = [value for value in paper if value is not None]
         cells += [_number(float(np.mean(ours))) if ours else "n/a",
-                  _number(float(np.mean(paper))) if paper and None not in paper else ""]
+                  _number(float(np.mean(reported))) if paper and len(reported) == len(paper) else ""]
     aupro = [r["summary"]["aupro"]["mean"] for r in rows if r["summary"] and r["summary"]["aupro"]["mean"] is not None]
     return f"| **{name}** | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {_number(float(np.mean(aupro))) if aupro else 'n/a'} | |"

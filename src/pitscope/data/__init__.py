@@ -7,7 +7,7 @@ path, with H = W = cfg.image_size.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +17,19 @@ from pitscope.data.bsdata import load_bsdata
 from pitscope.data.dataset import AnomalyDataset, Record
 from pitscope.data.folder import load_folder
 from pitscope.data.mvtec import load_mvtec
-from pitscope.data.types import BadImageError, DatasetLayoutError, Sample
+from pitscope.data.types import BadImageError, DatasetLayoutError, Sample, SampleSet
 
 SPLITS = ("train", "test", "val")
 
 
-def load_synthetic(cfg: DataConfig, split: str, seed: int) -> Sequence[Sample]:
+def load_synthetic(cfg: DataConfig, split: str, seed: int) -> SampleSet:
     """The built-in generated dataset (pitscope.data.synthetic), imported only when asked for."""
     from pitscope.data.synthetic import load_synthetic as load
 
     return load(cfg, split, seed)
 
 
-FORMATS: dict[str, Callable[[DataConfig, str, int], Sequence[Sample]]] = {
+FORMATS: dict[str, Callable[[DataConfig, str, int], SampleSet]] = {
     "bsdata": load_bsdata,
     "mvtec": load_mvtec,
     "folder": load_folder,
@@ -44,11 +44,11 @@ def prepare_split_file(cfg) -> None:
         cfg.data.split_file = str(Path(cfg.output_dir) / "split.json")
 
 
-def build_dataset(cfg: DataConfig, split: str, seed: int) -> Sequence[Sample]:
+def build_dataset(cfg: DataConfig, split: str, seed: int) -> SampleSet:
     """The `split` ("train", "test" or "val") of the dataset `cfg.format` names; "val" exists only
     where the format holds validation images apart (bsdata with data.holdout=positions).
 
-    Unreadable files are found only when decoded: call `.check()` on an AnomalyDataset before
+    Unreadable files are found only when decoded: call `.check()` on it before
     use to skip (or refuse) them as cfg.on_bad_file says.
     """
     if cfg.format not in FORMATS:
@@ -83,6 +83,7 @@ __all__ = [
     "DatasetLayoutError",
     "Record",
     "Sample",
+    "SampleSet",
     "build_dataset",
     "load_bsdata",
     "load_folder",

@@ -161,16 +161,16 @@ def position_files(root: str | Path) -> dict[tuple[str, ...], list[str]]:
         by_files.setdefault(frozenset(files), []).append(name)
     owner: dict[str, str] = {}
     positions = {}
-    for files, names in by_files.items():
+    for file_set, names in by_files.items():
         key = tuple(sorted(names))
-        for file in sorted(files):
+        for file in sorted(file_set):
             if file in owner:
                 raise DatasetLayoutError(f"{path}: {file} is in sequences {owner[file]} and {key[0]}, "
                                          "which do not list the same images")
             owner[file] = key[0]
             if not (root / "data" / file).is_file():
                 raise DatasetLayoutError(f"{path}: sequence {key[0]} lists {file}, which is not in {root / 'data'}")
-        positions[key] = sorted(files)
+        positions[key] = sorted(file_set)
     return dict(sorted(positions.items()))
 
 

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from pitscope.data.imageio import read_image, read_mask
-from pitscope.data.types import BadImageError, DatasetLayoutError, Sample
+from pitscope.data.types import BadImageError, DatasetLayoutError, Sample, SampleSet
 from pitscope.tensors import resize_image
 
 Point = tuple[float, float]
@@ -99,7 +99,7 @@ def _resize(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray,
     return image, mask
 
 
-class AnomalyDataset(Sequence[Sample]):
+class AnomalyDataset(SampleSet):
     """Images (and masks) of one split of one dataset, as `Sample`s.
 
     records:     where the files are; kept sorted by path so the order never depends on the

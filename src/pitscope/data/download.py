@@ -14,12 +14,20 @@ import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import TypedDict
 
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
-BSDATA_ARCHIVE = dict(
+class Archive(TypedDict):
+    """Where a dataset archive is downloaded from, and its SHA-256 when its bytes are stable."""
+
+    url: str
+    sha256: str | None
+
+
+BSDATA_ARCHIVE: Archive = dict(
     url="https://github.com/2Obe/BSData/archive/7204b28a621733c01cd75899ed9ea27f6ea0b9e3.zip",
     sha256=None,  # GitHub builds archives on demand; their bytes are not guaranteed stable
 )

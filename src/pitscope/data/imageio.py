@@ -112,5 +112,5 @@ def read_mask(path: str | Path) -> np.ndarray:
     if image.mode in ("1", "L") or image.mode in _WIDE_GREY_MODES:
         values = np.asarray(image)  # (H, W)
     else:
-        values = np.asarray(image.convert("RGB")).any(axis=2)  # (H, W)
+        values = np.any(np.asarray(image.convert("RGB")), axis=2)  # (H, W) bool
     return (values != 0).astype(np.uint8)

@@ -11,15 +11,15 @@ Every image is a pure function of (seed, index): the dataset never touches the g
 
 from __future__ import annotations
 
-import collections.abc
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
 from pitscope.config import DataConfig
-from pitscope.data.types import Sample
+from pitscope.data.types import Sample, SampleSet
 from pitscope.tensors import resize_image
 
 # Samples of one thread period in the profile look-up table.
@@ -352,7 +352,7 @@ def _split_seed(seed: int, split: str) -> int:
     return int(np.random.SeedSequence([seed, SPLIT_STREAMS[split]]).generate_state(1)[0])
 
 
-class SyntheticDataset(collections.abc.Sequence[Sample]):
+class SyntheticDataset(SampleSet):
     """`n_normal` defect-free images, then `n_defect` defective ones, made on demand; the defective
     ones take the kinds of `defects` (`DEFECTS`: pit, scratch, stain) in turn.
 
@@ -393,6 +393,12 @@ class SyntheticDataset(collections.abc.Sequence[Sample]):
     def __len__(self) -> int:
         return self.n_normal + self.n_defect
 
+    @overload
+    def __getitem__(self, index: int) -> Sample: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Sample]: ...
+
     def __getitem__(self, index: int | slice) -> Sample | list[Sample]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
@@ -415,7 +421,7 @@ class SyntheticDataset(collections.abc.Sequence[Sample]):
             mask = np.zeros(image.shape[:2], dtype=np.uint8)
         if self.size is not None:
             image = resize_image(image, self.size)
-            mask = np.asarray(Image.fromarray(mask).resize((self.size, self.size), Image.NEAREST))
+            mask = np.asarray(Image.fromarray(mask).resize((self.size, self.size), Image.Resampling.NEAREST))
         return Sample(image=image, mask=mask, label=label, path=self._path(i))
 
     def _kind(self, i: int) -> str:
@@ -439,7 +445,7 @@ class SyntheticDataset(collections.abc.Sequence[Sample]):
     def describe(self) -> dict[str, int]:
         return {"total": len(self), "normal": self.n_normal, "defective": self.n_defect}
 
-    def check(self, progress: bool = True) -> list:
+    def check(self, progress: bool = True) -> list[tuple[str, str]]:
         """No bad files can exist here; returns [] like the file datasets' report of bad files."""
         return []
 

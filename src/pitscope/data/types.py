@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +23,33 @@ class Sample:
     mask: np.ndarray
     label: int
     path: str
+
+
+class SampleSet(Sequence[Sample]):
+    """What every dataset loader returns: `Sample`s by index, plus what is known without decoding.
+
+    has_masks: False when defective images come without masks (pixel metrics unavailable).
+    """
+
+    has_masks: bool
+
+    @property
+    @abstractmethod
+    def labels(self) -> np.ndarray:
+        """(N,) int64 labels, 0 defect-free and 1 defective, in dataset order."""
+
+    @property
+    @abstractmethod
+    def paths(self) -> list[str]:
+        """The image paths (or pseudo-paths), in dataset order."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, int]:
+        """Counts {"total", "normal", "defective"}."""
+
+    @abstractmethod
+    def check(self, progress: bool = True) -> list[tuple[str, str]]:
+        """Find unreadable files up front; returns [(path, reason), ...] of those skipped."""
 
 
 class BadImageError(ValueError):

@@ -166,10 +166,10 @@ def category_means(metrics: Mapping[str, Mapping[str, float | None]]) -> dict[st
     objects = [c for c in metrics if c not in MVTEC_TEXTURES]
     groups = {"textures": textures, "objects": objects} if textures and objects else {}
     groups["all"] = list(metrics)
-    means = {}
+    means: dict[str, dict[str, float | None]] = {}
     for group, names in groups.items():
         means[group] = {}
         for metric in METRIC_NAMES:
-            values = [metrics[c][metric] for c in names if metrics[c].get(metric) is not None]
+            values = [value for c in names if (value := metrics[c].get(metric)) is not None]
             means[group][metric] = float(np.mean(values)) if values else None
     return means

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from pitscope import __version__
-from pitscope.data.types import Sample
+from pitscope.data.types import SampleSet
 from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, evaluate, predicted_regions
 from pitscope.files import TRAIN_LOG, json_safe
 from pitscope.inference import Detector
@@ -54,14 +54,14 @@ class CategoryRun(NamedTuple):
 
     name: str
     detector: Detector
-    dataset: Sequence[Sample]
+    dataset: SampleSet
     run_dir: Path | None = None
 
 
 # -- one run ---------------------------------------------------------------------------------
 def _analyse(
     detector: Detector,
-    dataset: Sequence[Sample],
+    dataset: SampleSet,
     run_dir: Path | None,
     progress: bool,
     gallery_size: int,
@@ -76,6 +76,7 @@ def _analyse(
     kept = _ScoresKept(detector)
     result = evaluate(kept, dataset, eval_dir, progress=progress)
     scores, maps = kept.scores, kept.maps  # (N,), (N, H, W)
+    assert scores is not None and maps is not None  # evaluate scored the dataset
     labels = np.asarray(dataset.labels)
     threshold, pixel_threshold = result["threshold"], float(detector.pixel_threshold)
     masks = None
@@ -134,7 +135,7 @@ def _analyse(
     })
 
     scale = heatmap_scale(maps, pixel_threshold)
-    tiles = {}
+    tiles: dict[str, list[str]] = {}
     for group, index in picks.items():
         tiles[group] = []
         for i in index:
@@ -180,7 +181,7 @@ def _one_run(
 
 def build_report(
     detector: Detector,
-    dataset: Sequence[Sample],
+    dataset: SampleSet,
     out_dir: str | Path,
     run_dir: str | Path | None = None,
     progress: bool = True,
@@ -199,7 +200,7 @@ def build_report(
 
 def report_from_evaluation(
     detector: Detector,
-    dataset: Sequence[Sample],
+    dataset: SampleSet,
     out_dir: str | Path,
     run_dir: str | Path | None = None,
     progress: bool = True,
