@@ -157,13 +157,14 @@ def test_map_max_threshold_comes_from_pixel_gaussians_refitted_without_each_fold
     assert oof.pixel_scorer._moments is None  # the sums are not kept past the fit
     x = batch_of(train_split, range(12))
     embedding, patches, seg = oof._features(x)
+    assert embedding is None  # map_max reads no image embedding
     scores = np.empty(12)
     for fold in oof.calibration_folds(12):
         rest = np.setdiff1d(np.arange(12), fold)
         # fitted directly on the other fold's images (the same seeded channels as the detector's)
         direct = PatchGaussianScorer(n_channels=16, seed=cfg.seed).fit(patches[rest])
         assert direct.channel_index_.tolist() == oof.pixel_scorer.channel_index_.tolist()
-        scores[fold] = oof._score(x[fold], embedding[fold], patches[fold], seg, pixel_scorer=direct)[0].numpy()
+        scores[fold] = oof._score(x[fold], None, patches[fold], seg, pixel_scorer=direct)[0].numpy()
     assert float(oof.threshold) == pytest.approx(np.quantile(scores, 0.75), rel=1e-4)
     record = oof.metadata["calibration"]
     assert (record["method"], record["images"], record["folds"], record["pixel_images"]) == ("out_of_fold", 12, 2, 6)

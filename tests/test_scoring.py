@@ -229,3 +229,17 @@ def test_pixel_threshold_rules_by_hand():
     assert pixel_threshold_of(maps, 0.75, "pixels") == np.quantile(maps, 0.75)
     with pytest.raises(ValueError, match="image_max"):
         pixel_threshold_of(maps, 0.5, "median")
+
+
+def test_symmetric_packing_round_trips_exactly_and_halves_the_values():
+    from pitscope.scoring import pack_symmetric, unpack_symmetric
+
+    a = torch.randn(5, 7, 7, dtype=torch.float64)
+    sym = (a + a.transpose(-1, -2)) / 2
+    packed = pack_symmetric(sym)
+    assert packed.shape == (5, 7 * 8 // 2)
+    assert torch.equal(unpack_symmetric(packed, 7), sym)
+    # the packed values are the upper triangle, row by row: for a 2 x 2 matrix [[a, b], [b, c]] -> [a, b, c]
+    assert pack_symmetric(torch.tensor([[1.0, 2.0], [2.0, 3.0]])).tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="do not fill"):
+        unpack_symmetric(packed, 6)

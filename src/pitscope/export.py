@@ -63,7 +63,7 @@ class ExportModule(nn.Module):
 
     def __init__(self, detector: Detector):
         super().__init__()
-        if not detector.image_scorer.is_fitted:
+        if detector.cfg.score.image_method != "map_max" and not detector.image_scorer.is_fitted:
             raise ValueError("the detector is not fitted; call fit() or load a trained model.pt")
         if not torch.isfinite(detector.threshold):
             raise ValueError("the detector has no calibrated threshold")

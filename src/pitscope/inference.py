@@ -46,13 +46,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from pitscope import __version__
-from pitscope.config import Config, from_dict, to_dict
+from pitscope.config import Config, from_dict
 from pitscope.data.imageio import read_image, to_rgb_array
 from pitscope.data.types import Sample
 from pitscope.defect_regions import Region, describe_regions, region_mask
-from pitscope.files import atomic_save
-from pitscope.models.network import DoubleSelfSupervisedNet
+from pitscope.model_file import read_model_file, save_model_file, scored_stage
+from pitscope.models.backbone import STAGES
+from pitscope.models.network import DoubleSelfSupervisedNet, ScoringNetwork
 from pitscope.patches import SharedGaussianScorer, patch_embeddings, patch_map
 from pitscope.scoring import (
     GaussianScorer,
@@ -136,30 +136,6 @@ def iterate_batches(
         yield chunk, images_to_batch([dataset[i].image for i in chunk])
 
 
-def _newer(version) -> bool:
-    """Whether a "X.Y.Z" version string is newer than this pitscope's."""
-    def parts(text):
-        return tuple(int(p) if p.isdigit() else 0 for p in str(text).split("."))
-
-    return version is not None and parts(version) > parts(__version__)
-
-
-def _refuse_what_is_no_model(path: Path) -> None:
-    """Raise ValueError with one sentence on what the file is, when it is plainly no model file:
-    empty, an ONNX export, or not a PyTorch file at all (PyTorch writes zip archives)."""
-    size = path.stat().st_size
-    if size == 0:
-        raise ValueError(f"{path} is empty (0 bytes): not a model file; pass the model.pt that pitscope train wrote")
-    with path.open("rb") as fh:
-        head = fh.read(256)
-    if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"pytorch" in head):
-        raise ValueError(f"{path} is an ONNX export: run it with onnxruntime (pitscope export wrote it); "
-                         "pitscope's commands take the model.pt it was exported from")
-    if not head.startswith((b"PK", b"\x80")):  # a zip archive, or the legacy pickle format
-        raise ValueError(f"{path} is not a pitscope model file: it is not a PyTorch file ({size} bytes, "
-                         f"starting {head[:8]!r}); pass the model.pt that pitscope train wrote")
-
-
 class Detector(nn.Module):
     """Network, image scorer, pixel scorer and threshold, saved and loaded as one file."""
 
@@ -168,6 +144,8 @@ class Detector(nn.Module):
         self.cfg = cfg
         self.n_kinds = n_kinds
         self.net = net if net is not None else DoubleSelfSupervisedNet(cfg.model, n_kinds)
+        if isinstance(self.net, ScoringNetwork):
+            _check_scoring_network(self.net, cfg)
         if cfg.train.channels_last:  # NHWC: faster convolutions on CPU and GPU; values unchanged
             self.net = self.net.to(memory_format=torch.channels_last)
         self.image_scorer = GaussianScorer(cfg.score.shrinkage, cfg.score.ridge)
@@ -196,9 +174,11 @@ class Detector(nn.Module):
             if self.cfg.train.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             features = self.net.backbone(x)
-            embedding, seg_logits = features["layer4"].mean(dim=(2, 3)), None  # (B, 512) as the net's
-            if project:
-                embedding = self.net.projector(embedding)  # (B, projector_hidden), as the net's projection
+            embedding, seg_logits = None, None  # map_max: no image embedding
+            if self.cfg.score.image_method != "map_max":
+                embedding = features["layer4"].mean(dim=(2, 3))  # (B, 512) as the net's
+                if project:
+                    embedding = self.net.projector(embedding)  # (B, projector_hidden), as the net's projection
         stacked = None
         if self.cfg.score.pixel_method == "padim":
             stages = [features[name] for name in self.cfg.score.pixel_stages]
@@ -228,7 +208,7 @@ class Detector(nn.Module):
         """`forward` from the images x and their `_features`; `pixel_scorer` replaces the fitted one;
         by_score=False leaves out the image-score factor of map_normalisation image_mean_score
         (the fit applies it once the threshold is known)."""
-        scores = self.image_scorer.score(embedding)  # (B,)
+        scores = self.image_scorer.score(embedding) if self.cfg.score.image_method != "map_max" else None  # (B,)
         if patches is not None:
             maps = (pixel_scorer or self.pixel_scorer).score_map(patches)  # (B, h, w) Mahalanobis distances
             if self.cfg.score.pixel_method == "patch":
@@ -329,10 +309,12 @@ class Detector(nn.Module):
         bs = score.batch_size
         for _, x in iterate_batches(dataset, fit_idx, bs, "fitting scorers", progress):
             embedding, patches, _ = self._features(x.to(device))
-            embeddings.append(embedding.double().cpu())
+            if score.image_method != "map_max":
+                embeddings.append(embedding.double().cpu())
             if patches is not None:
                 self.pixel_scorer.partial_fit(patches)
-        self.image_scorer.fit(torch.cat(embeddings))
+        if embeddings:
+            self.image_scorer.fit(torch.cat(embeddings))
         if oof_maps:  # padim: its sums stay for the out-of-fold refits
             self.pixel_scorer.finalize(keep_moments=True)
         elif score.pixel_method in ("padim", "patch"):
@@ -345,7 +327,8 @@ class Detector(nn.Module):
             s, m = self._score(x, *features, by_score=False)
             held_scores.append(s.cpu())
             maps.append(m.cpu().float())
-            held_embeddings.append(features[0].double().cpu())
+            if features[0] is not None:
+                held_embeddings.append(features[0].double().cpu())
             if oof_maps:
                 held_moments = self.pixel_scorer.moments(features[1], held_moments)
         q = score.threshold_quantile
@@ -453,19 +436,9 @@ class Detector(nn.Module):
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write config, weights, scorers, threshold, metadata and version to one file, atomically."""
-        path = Path(path)
-        atomic_save(
-            {
-                "config": to_dict(self.cfg),
-                "n_kinds": self.n_kinds,
-                "state_dict": self.state_dict(),
-                "metadata": self.metadata,
-                "version": __version__,
-            },
-            path,
-        )
-        return path
+        """Write config, weights, scorers, threshold, metadata and version to one file, atomically
+        (the layout: `pitscope.model_file`)."""
+        return save_model_file(self, Path(path))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Detector:
@@ -496,30 +469,24 @@ class Detector(nn.Module):
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Detector:
         """Rebuild a detector from `save`'s file with torch.load(weights_only=True)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no model file at {path}")
-        _refuse_what_is_no_model(path)
-        try:
-            state = torch.load(path, map_location=device, weights_only=True)
-        except Exception as exc:  # not a torch file, or one holding more than tensors and plain data
-            raise ValueError(f"{path} is a PyTorch file that holds more than a pitscope model file does "
-                             f"(it cannot be loaded safely); pass the model.pt that pitscope train wrote "
-                             f"({type(exc).__name__})") from exc
-        if isinstance(state, dict) and "model" in state and "config" in state and "state_dict" not in state:
-            raise ValueError(f"{path} is a training checkpoint, not a model file: pass OUTPUT_DIR/model.pt, or fit "
-                             f"the checkpoint's network with `pitscope refit {path} --output model.pt`")
-        if not isinstance(state, dict) or "state_dict" not in state or "config" not in state:
-            raise ValueError(f"{path} is a PyTorch file but not a pitscope model file: pass the model.pt that "
-                             "pitscope train wrote")
-        if _newer(state.get("version")):
-            raise ValueError(f"{path} was written by pitscope {state['version']}, newer than this one "
-                             f"({__version__}): upgrade pitscope to load it")
-        state = upgrade(state, "model", source=str(path))
+        state = read_model_file(Path(path), device)
         cfg = from_dict(state["config"])
         cfg.model.weights = "none"  # the saved state holds the trained weights
         detector = cls(cfg, state["n_kinds"])
+        if state.get("network"):  # the backbone up to the stage scored, no heads
+            detector.net = ScoringNetwork(detector.net.backbone, state["network"]["kept_stage"])
         detector.load_state_dict(state["state_dict"])
         detector.metadata = state.get("metadata", {})
         detector.metadata["version"] = state.get("version")
         return detector.to(device).eval()
+
+
+def _check_scoring_network(net: ScoringNetwork, cfg: Config) -> None:
+    """Refuse settings whose scoring reads more of the network than `net` kept."""
+    stage = scored_stage(cfg)
+    if stage is None or STAGES.index(stage) > STAGES.index(net.backbone.last):
+        raise ValueError(
+            f"this model keeps its network only up to {net.backbone.last} (all its scoring reads), so it "
+            "cannot be fitted with image_method embedding, another pixel method or deeper pixel stages; "
+            "refit the training checkpoint (checkpoint_last.pt) instead, or train again"
+        )

@@ -143,6 +143,25 @@ def _precision(cov: Tensor) -> Tensor:
     return (inverse + inverse.transpose(-1, -2)) / 2
 
 
+def pack_symmetric(matrices: Tensor) -> Tensor:
+    """(..., D, D) symmetric -> (..., D * (D + 1) / 2): the upper triangle, row by row. Half the
+    bytes of a precision stack on disk; `unpack_symmetric` gives the matrices back exactly."""
+    d = matrices.shape[-1]
+    rows, cols = torch.triu_indices(d, d, device=matrices.device)
+    return matrices[..., rows, cols].contiguous()
+
+
+def unpack_symmetric(packed: Tensor, d: int) -> Tensor:
+    """`pack_symmetric`'s inverse: (..., D * (D + 1) / 2) -> (..., D, D)."""
+    if packed.shape[-1] != d * (d + 1) // 2:
+        raise ValueError(f"{packed.shape[-1]} packed values do not fill a {d} x {d} symmetric matrix")
+    rows, cols = torch.triu_indices(d, d, device=packed.device)
+    out = packed.new_empty(*packed.shape[:-1], d, d)
+    out[..., rows, cols] = packed
+    out[..., cols, rows] = packed
+    return out
+
+
 def _check_shrinkage(shrinkage: str) -> None:
     if shrinkage not in SHRINKAGES:
         raise ValueError(f"unknown shrinkage {shrinkage!r}; valid: {', '.join(SHRINKAGES)}")

@@ -84,6 +84,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if set(changed) - post_hoc:
         raise ConfigError(f"evaluate: score.{', score.'.join(sorted(set(changed) - post_hoc))} cannot change after fitting "
                           f"(pitscope refit fits the scorers again); only score.{', score.'.join(sorted(post_hoc))}")
+    if cfg.score.image_method != "map_max" and not detector.image_scorer.is_fitted:
+        raise ConfigError("evaluate: this model scores images by its map's maximum and has no fitted image "
+                          "embedding scorer; score.image_method=embedding needs pitscope refit on its training "
+                          "checkpoint")
     if set(changed) & {"map_normalisation", "smoothing_sigma"}:
         print("evaluate: the stored pixel threshold was calibrated on the model's own maps; the region numbers "
               "at it do not describe these maps (pitscope refit calibrates it for them)", file=sys.stderr)

@@ -101,6 +101,13 @@ def build_resnet18(weights: str = "none") -> ResNet:
     return model
 
 
+def stage_modules(last: str) -> tuple[str, ...]:
+    """The Backbone's submodules with weights that compute the stages up to `last`."""
+    if last not in STAGES:
+        raise ValueError(f"unknown stage {last!r}; valid: {', '.join(STAGES)}")
+    return ("conv1", "bn1", *STAGES[1 : STAGES.index(last) + 1])
+
+
 class Backbone(nn.Module):
     """The convolutional part of ResNet-18 (no global pool, no `fc`), returning every stage.
 
@@ -117,13 +124,26 @@ class Backbone(nn.Module):
         self.channels: dict[str, int] = {"conv1": self.bn1.num_features}
         for name in STAGES[1:]:
             self.channels[name] = getattr(self, name)[-1].bn2.num_features
+        self.last = STAGES[-1]  # the deepest stage computed
+
+    def truncate(self, last: str) -> Backbone:
+        """Drop the stages after `last`, weights and all; forward then returns the stages up to
+        `last` only. Returns self."""
+        keep = stage_modules(last)
+        for name in STAGES[1:]:
+            if name not in keep and name in self._modules:
+                del self._modules[name]
+        self.last = last
+        return self
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x (B, 3, H, W) -> {"conv1": (B, 64, H/2, W/2), "layer1": (B, 64, H/4, W/4),
         "layer2": (B, 128, H/8, W/8), "layer3": (B, 256, H/16, W/16), "layer4": (B, 512, H/32, W/32)}."""
         features = {"conv1": self.relu(self.bn1(self.conv1(x)))}
+        if self.last == "conv1":
+            return features
         x = self.maxpool(features["conv1"])
-        for name in STAGES[1:]:
+        for name in STAGES[1 : STAGES.index(self.last) + 1]:
             x = getattr(self, name)(x)
             features[name] = x
         return features

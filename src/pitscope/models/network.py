@@ -136,6 +136,20 @@ class DoubleSelfSupervisedNet(nn.Module):
         return NetOutput(logits, target_pred, embedding, projection, features, seg_logits, sspcab[0] if sspcab else None)
 
 
+class ScoringNetwork(nn.Module):
+    """The part of a trained network that a detector's scoring reads when it reads backbone
+    stages only: the backbone up to `last`, no heads. What a model file of such a detector keeps."""
+
+    projector = None  # as a DoubleSelfSupervisedNet without its image branch
+
+    def __init__(self, backbone: Backbone, last: str):
+        super().__init__()
+        self.backbone = backbone.truncate(last)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.backbone(x)
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of scalar parameters of `model` (only those with requires_grad if trainable_only)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
