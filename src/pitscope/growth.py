@@ -7,30 +7,30 @@ Used offline by `pitscope.wear` (a whole sequence at once) and live by the inspe
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats
 
 
-def slope_per_day(days: Sequence[float], values: Sequence[float]) -> float | None:
+def slope_per_day(days: ArrayLike, values: ArrayLike) -> float | None:
     """Least-squares slope of values against days (scipy's linregress), in value units per day;
     None with fewer than 2 distinct days."""
-    days, values = np.asarray(days, dtype=np.float64), np.asarray(values, dtype=np.float64)
-    if days.size < 2 or np.ptp(days) == 0:
+    x, y = np.asarray(days, dtype=np.float64), np.asarray(values, dtype=np.float64)  # (N,), (N,)
+    if x.size < 2 or np.ptp(x) == 0:
         return None
-    return float(stats.linregress(days, values).slope)
+    return float(stats.linregress(x, y).slope)
 
 
-def trailing_growth(days: Sequence[float], values: Sequence[float], window_days: float) -> np.ndarray:
+def trailing_growth(days: ArrayLike, values: ArrayLike, window_days: float) -> np.ndarray:
     """(N,) growth per day at each image: `slope_per_day` over the images of the closed window
     [days[i] - window_days, days[i]]; NaN where that window holds fewer than 2 distinct days."""
-    days, values = np.asarray(days, dtype=np.float64), np.asarray(values, dtype=np.float64)
-    growth = np.full(days.size, np.nan)
-    for i, day in enumerate(days):
-        inside = (days >= day - window_days) & (days <= day)
-        slope = slope_per_day(days[inside], values[inside])
+    x, y = np.asarray(days, dtype=np.float64), np.asarray(values, dtype=np.float64)  # (N,), (N,)
+    growth = np.full(x.size, np.nan)
+    for i, day in enumerate(x):
+        inside = (x >= day - window_days) & (x <= day)
+        slope = slope_per_day(x[inside], y[inside])
         growth[i] = np.nan if slope is None else slope
     return growth
 
@@ -69,12 +69,12 @@ class AlertRule:
                          f"over the last {self.window_days:g} day(s)")
         return " or ".join(parts)
 
-    def fires(self, days: Sequence[float], fractions: Sequence[float]) -> np.ndarray:
+    def fires(self, days: ArrayLike, fractions: ArrayLike) -> np.ndarray:
         """(N,) bool: the images the rule alerts on, given days and predicted area fractions."""
-        fractions = np.asarray(fractions, dtype=np.float64)
-        hits = np.zeros(fractions.size, dtype=bool)
+        area = np.asarray(fractions, dtype=np.float64)  # (N,)
+        hits = np.zeros(area.size, dtype=np.bool_)
         if self.area_fraction_above is not None:
-            hits |= fractions > self.area_fraction_above
+            hits |= area > self.area_fraction_above
         if self.growth_per_day_above is not None:
-            hits |= trailing_growth(days, fractions, self.window_days) > self.growth_per_day_above  # NaN: no
+            hits |= trailing_growth(days, area, self.window_days) > self.growth_per_day_above  # NaN: no
         return hits

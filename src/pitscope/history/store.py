@@ -95,7 +95,24 @@ def _head_revision() -> tuple[str, set[str]]:
     from alembic.script import ScriptDirectory
 
     script = ScriptDirectory(str(_migrations_dir()))
-    return script.get_current_head(), {rev.revision for rev in script.walk_revisions()}
+    head = script.get_current_head()
+    if head is None:
+        raise HistoryError(f"{_migrations_dir()}: no schema migration found (a broken installation)")
+    return head, {rev.revision for rev in script.walk_revisions()}
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    """(device, inode) of a file: tells the file opened from one put at its path later."""
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def _inserted_id(result: sa.CursorResult) -> int:
+    """The primary key of the row an INSERT just wrote."""
+    key = result.inserted_primary_key
+    if key is None:
+        raise HistoryError("the database returned no key for the row just written")
+    return int(key[0])
 
 
 def _migrations_dir() -> Path:
@@ -153,7 +170,7 @@ class HistoryStore:
         self.engine = self._engine()
         self._prepare_schema(upgrade)
         if self.path is not None:
-            self._identity = self._file_identity()  # the file opened: a later write checks it is still there
+            self._identity = _file_identity(self.path)  # the file opened: a later write checks it is still there
 
     # -- opening ---------------------------------------------------------------------------
     @property
@@ -195,6 +212,7 @@ class HistoryStore:
             except ModuleNotFoundError as exc:
                 raise HistoryError(f"{self.display_url}: the PostgreSQL driver is not installed ({exc.name}): "
                                    "pip install 'pitscope[postgres]'") from None
+        assert self.path is not None  # an SQLite database: _check_sqlite_file set it
         read_only = not self.writable
         url = f"file:{self.path}"
         if read_only:
@@ -271,16 +289,12 @@ class HistoryStore:
         self.engine.dispose()
 
     # -- writing ---------------------------------------------------------------------------
-    def _file_identity(self) -> tuple[int, int]:
-        stat = os.stat(self.path)
-        return stat.st_dev, stat.st_ino
-
     def _check_same_file(self) -> None:
         """SQLite: raise HistoryUnavailable when the opened file is no longer at its path."""
         if self.path is None:
             return
         try:
-            identity = self._file_identity()
+            identity = _file_identity(self.path)
         except FileNotFoundError:
             raise HistoryUnavailable(f"the database file {self.path} was deleted while in use: writes are "
                                      "not recorded; restart with a database path to record again") from None
@@ -344,7 +358,7 @@ class HistoryStore:
                      "pixel_threshold": previous.pixel_threshold},
                 new={"version": version, "image_threshold": float(image_threshold),
                      "pixel_threshold": float(pixel_threshold), "how": how}))
-        return ThresholdVersion(int(result.inserted_primary_key[0]), mid, version, float(image_threshold),
+        return ThresholdVersion(_inserted_id(result), mid, version, float(image_threshold),
                                 float(pixel_threshold), by, how, at)
 
     def set_threshold(self, mid: str, image_threshold: float, pixel_threshold: float, by: str,
@@ -371,7 +385,7 @@ class HistoryStore:
     def store_image(self, data: bytes, suffix: str = ".png") -> str | None:
         """Keep a copy of an image's bytes under copies_dir (named by SHA-256; once per content).
         Returns its reference (path relative to copies_dir), or None when copies are off."""
-        if self.image_store != "copy":
+        if self.image_store != "copy" or self.copies_dir is None:
             return None
         digest = hashlib.sha256(data).hexdigest()
         relative = Path(digest[:2]) / f"{digest}{suffix.lower()}"
@@ -406,7 +420,7 @@ class HistoryStore:
                 is_defective=bool(is_defective), defect_px=int(defect_px),
                 defect_fraction=float(defect_px) / (int(width) * int(height)), pixel_threshold=float(pixel_threshold),
                 map_ref=map_ref, model_id=model, threshold_id=threshold.id, duration_ms=float(duration_ms)))
-            inspection = int(result.inserted_primary_key[0])
+            inspection = _inserted_id(result)
             raised = []
             if part is not None and rule is not None:
                 raised = evaluate_alerts(connection, part, inspection, rule)
@@ -421,7 +435,7 @@ class HistoryStore:
                 return None
             if row.acknowledged_at is None:
                 connection.execute(a.update().where(a.c.id == alert_id).values(acknowledged_at=now(), acknowledged_by=by))
-            return _row(connection.execute(sa.select(a).where(a.c.id == alert_id)).first()._mapping)
+            return _row(connection.execute(sa.select(a).where(a.c.id == alert_id)).one()._mapping)
 
     def prune(self, older_than_days: float) -> dict:
         """Delete inspections recorded more than `older_than_days` ago, the alerts' links to them,
@@ -519,7 +533,7 @@ class HistoryStore:
         open_alerts = sa.select(a.c.part, sa.func.count().label("n")).where(a.c.acknowledged_at.is_(None)).group_by(a.c.part)
         with self.engine.connect() as connection:
             rows = [dict(r._mapping) for r in connection.execute(query)]
-            alerts = dict(connection.execute(open_alerts).all())
+            alerts: dict[str, int] = dict(connection.execute(open_alerts).all())
         for row in rows:
             if isinstance(row["last"], str):
                 row["last"] = dt.datetime.fromisoformat(row["last"])
@@ -603,7 +617,7 @@ def evaluate_alerts(connection: Connection, part: str, inspection: int, rule: Al
         values = {**values, "rule": rule.describe()}
         result = connection.execute(a.insert().values(part=part, rule=name, values=values, raised_at=at,
                                                       inspection_id=inspection))
-        raised.append({"id": int(result.inserted_primary_key[0]), "part": part, "rule": name, "values": values,
+        raised.append({"id": _inserted_id(result), "part": part, "rule": name, "values": values,
                        "raised_at": at.isoformat(timespec="seconds"), "inspection_id": inspection})
     return raised
 

@@ -54,13 +54,14 @@ def run_wear(
     if not assigned:
         raise ValueError(f"no sequence of {root} can be measured honestly: every model trained on images of every "
                          "sequence (train one model per fold of a split over sequences, or allow overlap)")
-    split = {"models": [], "allow_overlap": allow_overlap}
+    split_models: list[dict] = []  # per model: its file, its training images and its sequences
+    split = {"models": split_models, "allow_overlap": allow_overlap}
     curves = []
     bar = tqdm(total=len(assigned), desc="sequences", disable=not progress)
     for index, model in enumerate(models):
         mine = [s for s in sequences if assigned.get(s.name, (None,))[0] == index]
-        split["models"].append({"model": str(model), "training_images": len(trained[index]),
-                                "sequences": [s.name for s in mine]})
+        split_models.append({"model": str(model), "training_images": len(trained[index]),
+                             "sequences": [s.name for s in mine]})
         if not mine:
             continue
         detector = Detector.load(model)

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats
 from sklearn.metrics import mean_absolute_error
 
@@ -15,13 +16,13 @@ from pitscope.wear.curves import WearCurve
 
 
 # -- growth and agreement --------------------------------------------------------------------
-def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+def spearman(a: ArrayLike, b: ArrayLike) -> float | None:
     """Spearman rank correlation of a and b (scipy), or None when either is constant or has
     fewer than 2 values (the correlation is undefined)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)  # (N,), (N,)
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return None
-    return float(stats.spearmanr(a, b).statistic)
+    return float(stats.spearmanr(x, y).statistic)
 
 
 def first_day(days: np.ndarray, hits: np.ndarray) -> float | None:
@@ -51,14 +52,16 @@ class AlertOutcome:
     clean_images: int
 
 
-def evaluate_alerts(days: Sequence[float], truth: Sequence[float], alerts: Sequence[bool]) -> AlertOutcome:
+def evaluate_alerts(days: ArrayLike, truth: ArrayLike, alerts: ArrayLike) -> AlertOutcome:
     """Compare alerts (N,) bool with the true area fractions (N,) over days (N,)."""
-    days, truth, alerts = np.asarray(days, np.float64), np.asarray(truth, np.float64), np.asarray(alerts, bool)
-    pitted = np.flatnonzero(truth > 0)
-    clean = int(pitted[0]) if pitted.size else int(truth.size)
-    first_alert, first_true = first_day(days, alerts), first_day(days, truth > 0)
+    day = np.asarray(days, np.float64)  # (N,)
+    area = np.asarray(truth, np.float64)  # (N,)
+    alerted = np.asarray(alerts, np.bool_)  # (N,)
+    pitted = np.flatnonzero(area > 0)
+    clean = int(pitted[0]) if pitted.size else int(area.size)
+    first_alert, first_true = first_day(day, alerted), first_day(day, area > 0)
     lead = None if first_alert is None or first_true is None else first_true - first_alert
-    return AlertOutcome(first_alert, first_true, lead, int(alerts[:clean].sum()), clean)
+    return AlertOutcome(first_alert, first_true, lead, int(alerted[:clean].sum()), clean)
 
 
 # -- summaries -------------------------------------------------------------------------------
