@@ -22,7 +22,7 @@ OUTLINE = (255, 0, 0)
 def _resize(image: np.ndarray, height: int, nearest: bool = False) -> np.ndarray:
     """Resize (H, W, ...) to the given height, keeping the aspect ratio. Returns (height, W', ...)."""
     width = max(1, round(image.shape[1] * height / image.shape[0]))
-    resample = Image.NEAREST if nearest else Image.BILINEAR
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
     return np.asarray(Image.fromarray(image).resize((width, height), resample))
 
 

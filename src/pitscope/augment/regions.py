@@ -38,7 +38,7 @@ def random_blob(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     Returns: (H, W) bool.
     """
     height, width = int(shape[0]), int(shape[1])
-    cy, cx = rng.integers(0, height), rng.integers(0, width)
+    cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
     ay = max(1.0, rng.uniform(0.05, 0.2) * height)
     ax = max(1.0, rng.uniform(0.05, 0.2) * width)
     theta = rng.uniform(0.0, np.pi)

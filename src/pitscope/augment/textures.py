@@ -145,7 +145,7 @@ class FolderTextures:
         top = int(rng.integers(0, src_h - crop_h + 1))
         left = int(rng.integers(0, src_w - crop_w + 1))
         crop = Image.fromarray(source[top : top + crop_h, left : left + crop_w])
-        return np.asarray(crop.resize((width, height), Image.BILINEAR), dtype=np.uint8).copy()
+        return np.asarray(crop.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8).copy()
 
     def __repr__(self) -> str:
         return f"FolderTextures({str(self.folder)!r}, {len(self.files)} images)"

@@ -37,13 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _TerminalHandler(logging.StreamHandler):
+    """The CLI's handler of pitscope's log records (told apart from any other handler)."""
+
+
 def _log_to_terminal() -> None:
     """pitscope's log records at INFO and above, as plain lines on stderr (once per process)."""
     logger = logging.getLogger("pitscope")
-    if not any(getattr(h, "_pitscope_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _TerminalHandler) for h in logger.handlers):
+        handler = _TerminalHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._pitscope_cli = True
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
 

@@ -31,7 +31,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser(
         "benchmark",
         help="rerun the paper's comparisons (tables 3-9, MVTec AD) and tabulate them",
-        description=cmd_benchmark.__doc__ + " Suites: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in SUITES.items()) + ".",
+        description=(cmd_benchmark.__doc__ or "") + " Suites: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in SUITES.items()) + ".",
     )
     p.add_argument("--suite", required=True, choices=list(SUITES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="default: 0 1")

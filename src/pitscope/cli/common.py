@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from pitscope.config import Config, load_config, preset_names
 
@@ -30,7 +30,7 @@ def add_config_args(parser: argparse.ArgumentParser, default_preset: str | None)
     parser.add_argument("--output-dir", help="where outputs go (overrides output_dir)")
 
 
-def config_from_args(args: argparse.Namespace, extra: list[str] = ()) -> Config:
+def config_from_args(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
     """The config of --config, with `extra` overrides, then --set, then --output-dir applied."""
     overrides = list(extra) + list(args.overrides)
     if getattr(args, "output_dir", None):

@@ -91,7 +91,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser(
         "augment-preview",
         help="write a grid PNG of pseudo-defects",
-        description=cmd_augment_preview.__doc__ + " Data and pseudo-defect kinds come from the config.",
+        description=(cmd_augment_preview.__doc__ or "") + " Data and pseudo-defect kinds come from the config.",
     )
     p.add_argument("--out", help="PNG path (default: OUTPUT_DIR/augment_preview.png)")
     p.add_argument("--n", type=int, default=4, help="number of original images (rows)")

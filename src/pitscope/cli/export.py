@@ -65,7 +65,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser(
         "export",
         help="export a trained model to ONNX / TorchScript, with a parity check",
-        description=cmd_export.__doc__
+        description=(cmd_export.__doc__ or "")
         + f" Input '{INPUT_NAME}': float32 (B, 3, S, S) RGB in [0, 1] at the model's image size;"
         f" outputs {', '.join(OUTPUT_NAMES)}. Exit status 0 ok, 1 parity failure, 2 error.",
     )

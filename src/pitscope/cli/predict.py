@@ -141,7 +141,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser(
         "calibrate",
         help="re-derive a model's thresholds from defect-free images",
-        description=cmd_calibrate.__doc__ + " Prints the result as JSON; --write saves the thresholds into MODEL.",
+        description=(cmd_calibrate.__doc__ or "") + " Prints the result as JSON; --write saves the thresholds into MODEL.",
     )
     p.add_argument("model", metavar="MODEL", help="model file written by train (OUTPUT_DIR/model.pt)")
     p.add_argument("good", metavar="GOOD_DIR", help="defect-free images the model was not trained on (folder or glob)")
