@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -78,8 +79,8 @@ def _expand_one(spec: str) -> list[Path]:
     if not _GLOB_CHARS & set(spec):
         return []
     found: list[Path] = []
-    for match in sorted(glob.glob(spec, recursive=True)):
-        match = Path(match)
+    for name in sorted(glob.glob(spec, recursive=True)):
+        match = Path(name)
         if match.is_dir():
             found += list_images(match)
         elif match.is_file() and is_image_file(match):
@@ -116,7 +117,7 @@ def _json_number(value: float | None) -> float | None:
 
 def _csv_row(row: dict) -> list:
     """One CSV line: numbers in full precision (repr round-trips), booleans as 1/0, None as empty."""
-    out = []
+    out: list = []
     for key in FIELDS:
         value = row[key]
         if value is None:
@@ -225,7 +226,7 @@ def run_predict(
             per_image_ms = 1000 * (time.perf_counter() - started) / max(len(chunk), 1)
             for i, path in enumerate(chunk):
                 name = safe_output_name(path, taken) if save_maps else None
-                row = dict.fromkeys(FIELDS)
+                row: dict[str, Any] = dict.fromkeys(FIELDS)
                 row["path"] = str(path)
                 if i in reasons:
                     row.update(status="error", reason=reasons[i])
@@ -343,7 +344,7 @@ def calibrate(
     rescale = float(detector.threshold) / threshold if detector.cfg.score.map_normalisation == "image_mean_score" else 1.0
     good_maps = good_maps * rescale
     pixel_threshold = pixel_threshold_of(good_maps, pixel_quantile, cfg.pixel_threshold_from)
-    result = {
+    result: dict[str, Any] = {
         "images": int(good_scores.size),
         "quantile": quantile,
         "threshold": threshold,
@@ -382,7 +383,7 @@ def calibrate(
     if apply:
         detector.threshold.fill_(threshold)
         detector.pixel_threshold.fill_(pixel_threshold)
-        record = {"source": "pitscope calibrate"}
+        record: dict[str, Any] = {"source": "pitscope calibrate"}
         record.update((k, result[k]) for k in ("images", "quantile", "threshold", "pixel_quantile", "pixel_threshold"))
         if result["defects"]:
             record.update(defect_images=result["defects"]["images"], f1_threshold=result["defects"]["f1_threshold"])

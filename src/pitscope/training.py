@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,8 +97,9 @@ def pixel_target(cfg: Config, x: torch.Tensor) -> torch.Tensor | None:
         return rgb_target(images)
 
 
-def compute_loss(model: DoubleSelfSupervisedNet, cfg: Config, batch) -> tuple[torch.Tensor, dict[str, float]]:
-    """Joint loss of one batch of pairs; returns (loss, its parts as floats)."""
+def compute_loss(model: Callable[[torch.Tensor], NetOutput], cfg: Config, batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """Joint loss of one batch of pairs; returns (loss, its parts as floats). model: the network,
+    or its DistributedDataParallel or compiled wrapper."""
     normal, defective, mask, kind = batch
     b = normal.shape[0]
     x = torch.cat([normal, defective])  # (2B, 3, H, W)
@@ -115,8 +117,10 @@ def compute_loss(model: DoubleSelfSupervisedNet, cfg: Config, batch) -> tuple[to
         parts["ce"] = float(ce.detach())
     if out.target_pred is not None:
         with torch.no_grad():
-            target = pixel_target(cfg, x)  # (2B, 3780)
-        mse = F.mse_loss(out.target_pred.float(), target)
+            hog = pixel_target(cfg, x)  # (2B, 3780)
+        if hog is None:
+            raise ValueError("the network predicts a pixel target but model.target is none")
+        mse = F.mse_loss(out.target_pred.float(), hog)
         loss = loss + cfg.model.loss_lambda * mse
         parts["mse"] = float(mse.detach())
     if out.seg_logits is not None:
@@ -310,7 +314,7 @@ def train(
         save_config(cfg, out_dir / "config.yaml")
         log = _CsvLog(out_dir / LOG_FILE, truncate=not resume, resume_step=step if resume else None)
         writer = _tensorboard(out_dir)
-    step_model: torch.nn.Module = model
+    step_model: Callable[[torch.Tensor], NetOutput] = model
     if ctx.enabled:
         step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.train.compile:
@@ -373,11 +377,11 @@ def train(
         pairs.set_epoch(epoch)
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # feature masks draw from torch's RNG: resumable
         if ctx.enabled:
-            sampler = DistributedSampler(
+            sampler: DistributedSampler[int] = DistributedSampler(
                 pairs, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=drop_last
             )
             sampler.set_epoch(epoch)
-            order = {"sampler": sampler}
+            order: dict[str, Any] = {"sampler": sampler}
         else:
             order = {"shuffle": True, "generator": torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)}
         loader = DataLoader(
