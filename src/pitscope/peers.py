@@ -14,6 +14,7 @@ built; nothing else in pitscope or its tests needs it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,8 +55,9 @@ def _patchcore() -> nn.Module:
     )
 
 
-# peer name -> builder of anomalib's torch model (random weights; ours are loaded afterwards).
-PEERS: dict[str, Callable[[], nn.Module]] = {"padim": _padim, "patchcore": _patchcore}
+# peer name -> builder of anomalib's torch model (random weights; ours are loaded afterwards). Any:
+# PadimModel and PatchcoreModel each have attributes of their own, and anomalib is untyped here.
+PEERS: dict[str, Callable[[], Any]] = {"padim": _padim, "patchcore": _patchcore}
 
 
 def _load_resnet18(extractor: nn.Module, source: dict[str, torch.Tensor]) -> None:

@@ -125,6 +125,7 @@ def score_upload(served: Served, data: bytes, threshold: float | None, pictures:
         if version is not None and float(detector.threshold) != version.image_threshold:
             detector.threshold.fill_(version.image_threshold)  # another worker stored a new one
         prediction = detector.predict(image, threshold=threshold)
+    assert not isinstance(prediction, list)  # one image gives one Prediction
     region, regions = prediction.outline()  # (H, W) bool, largest first
     result = {
         "score": float(prediction.score),
@@ -140,7 +141,7 @@ def score_upload(served: Served, data: bytes, threshold: float | None, pictures:
         "model": served.model,
         "recorded": False,
     }
-    if recorder is not None and meta is not None:
+    if recorder is not None and version is not None and meta is not None:
         keep_map = recorder.store.image_store == "copy"
         map_png = _png(heatmap_image(prediction.anomaly_map, prediction.pixel_threshold)) if keep_map else None
         done = recorder.record(
@@ -264,7 +265,8 @@ def add_predict_route(app, served: Served, guarded: list, part_from=None, time_f
         meta = None
         if served.recorder is not None:
             meta = upload_meta(source, part, captured_at, filename, fields, data, part_from, time_from)
-        pictures = {"png": "overlay", "heatmap": "heatmap", "embed": "both"}.get(map_)
+        drawn = {"png": "overlay", "heatmap": "heatmap", "embed": "both"}
+        pictures = None if map_ is None else drawn[map_]
         result, pngs = await run_in_threadpool(score_upload, served, data, threshold, pictures, meta)
         if map_ is None:
             return result
@@ -279,7 +281,7 @@ def add_predict_route(app, served: Served, guarded: list, part_from=None, time_f
         }
         if result.get("inspection_id") is not None:
             headers["X-Pitscope-Inspection-Id"] = str(result["inspection_id"])
-        return Response(pngs[pictures], media_type="image/png", headers=headers)
+        return Response(pngs[drawn[map_]], media_type="image/png", headers=headers)
 
 
 def create_app(

@@ -62,7 +62,7 @@ def store_threshold(detector: "Detector", threshold: float, model_path: str | Pa
         except OSError as exc:
             detector.threshold.fill_(previous)
             detector.metadata["calibration"] = calibration
-            if version is not None:  # the history says what is in force: the previous one again
+            if recorder is not None and version is not None:  # the history: the previous one in force again
                 recorder.set_threshold(previous, float(detector.pixel_threshold), by="pitscope",
                                        how="restored: the model file could not be written")
             logger.exception("could not write %s", model_path)

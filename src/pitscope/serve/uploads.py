@@ -58,10 +58,10 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             )
         try:
             image.load()
-            image = ImageOps.exif_transpose(image)
+            upright = ImageOps.exif_transpose(image)
         except (OSError, SyntaxError, ValueError) as exc:
             raise RejectedImage(422, f"truncated or corrupt image: {exc}") from None
-        return to_rgb_array(image)
+        return to_rgb_array(upright)
 
 
 def too_large(max_upload_bytes: int) -> str:
