@@ -54,7 +54,7 @@ def test_evaluate_writes_metrics_json_and_one_csv_row_per_image(detector, tmp_pa
 
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == json.loads(json.dumps(result))
     assert set(result["metrics"]) == set(METRIC_NAMES) | set(REGION_NAMES)
-    assert result["counts"] == {"images": 8, "normal": 4, "defective": 4}
+    assert result["counts"] == {"images": 8, "normal": 4, "defective": 4, "left_out_trained_on": 0}
     assert result["threshold"] == float(detector.threshold)
 
     header, rows = read_scores(tmp_path / "eval" / "scores.csv")

@@ -180,7 +180,7 @@ def test_json_numbers_equal_evaluate_on_the_same_data(run):
     result = evaluate(detector, split, None, progress=False)
     assert record["metrics"] == result["metrics"]
     assert record["image_auroc_interval"] == result["image_auroc_interval"]
-    assert record["counts"] == result["counts"] == {"images": 8, "normal": 4, "defective": 4}
+    assert record["counts"] == result["counts"] == {"images": 8, "normal": 4, "defective": 4, "left_out_trained_on": 0}
     assert record["threshold"] == result["threshold"]
     assert record["at_threshold"] == result["at_threshold"]
     scores, _ = detector.score_dataset(split, progress=False)

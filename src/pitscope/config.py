@@ -55,6 +55,9 @@ class DataConfig:
     position_folds: int = 3  # the folds of the cross-position protocol
     on_bad_file: str = "skip"  # skip | error
     train_images: int | None = None  # train on a seeded random subset of this many images (null: all)
+    # a folder of photos with marked defects (masks in masks/<stem>.png or labelme <stem>.json):
+    # each marked defect is pasted onto defect-free images as one more pseudo-defect kind ("real")
+    labelled_defects: str | None = None
     cache: bool = True  # keep decoded, resized images in memory
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -120,6 +123,9 @@ class TrainConfig:
     # crop, small defects cover more pixels at the cost of one step per crop, not per whole image.
     # Pseudo-defects are sized to the crop as they would be to a whole image of that size.
     crop_size: int | None = None
+    # start from the network of this model file or training checkpoint instead of fresh weights
+    # (heads it lacks, e.g. the segmentation head, start fresh); `pitscope finetune` sets it
+    init_from: str | None = None
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda
     # auto: bf16 autocast on CUDA GPUs with bf16 (fp16 with loss scaling on older ones), float32

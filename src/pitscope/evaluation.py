@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from pitscope.config import Config
+from pitscope.data import without_files
 from pitscope.data.bsdata import bsdata_root, type_groups
 from pitscope.data.types import DatasetLayoutError, Sample, SampleSet
 from pitscope.defect_regions import region_mask
@@ -83,6 +84,10 @@ def evaluate(
     BSData they default to its two ball-screw types (`bsdata.type_groups`).
     The interval (DeLong's standard error, 95%) needs at least 2 images of each kind.
     """
+    trained_on = {d["sha256"] for d in getattr(detector, "metadata", {}).get("labelled_defects", [])}
+    dataset, left_out = without_files(dataset, trained_on)  # a photo that trained the model measures nothing
+    for path in left_out:
+        log.info("left out of the measurement: %s (a labelled photo that trained the model)", path)
     if len(dataset) == 0:
         raise ValueError("the test split holds no images")
     labels = np.asarray(dataset.labels)
@@ -119,7 +124,8 @@ def evaluate(
         "metrics": metrics,
         "subsets": subsets,
         "image_auroc_interval": auroc_interval(labels, scores) if min(labels.sum(), (labels == 0).sum()) >= 2 else None,
-        "counts": {"images": int(len(labels)), "normal": int((labels == 0).sum()), "defective": int(labels.sum())},
+        "counts": {"images": int(len(labels)), "normal": int((labels == 0).sum()), "defective": int(labels.sum()),
+                   "left_out_trained_on": len(left_out)},
         "threshold": threshold,
         "at_threshold": {
             "true_positive_rate": float(decisions[labels == 1].mean()),

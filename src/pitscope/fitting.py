@@ -1,5 +1,6 @@
-"""Train and fit in one call: the network, its scorers and its thresholds, from a config; or fit
-a trained network's scorers again (`refit`)."""
+"""Train and fit in one call: the network, its scorers and its thresholds, from a config; train a
+model's network further with labelled defects (`finetune`); or fit a trained network's scorers
+again (`refit`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import logging
 from pathlib import Path
 
 from pitscope import distributed
-from pitscope.config import Config, apply_overrides, load_config
+from pitscope.config import Config, apply_overrides, from_dict, load_config
 from pitscope.data import build_dataset, prepare_split_file
 from pitscope.inference import Detector
+from pitscope.model_file import read_model_file
 from pitscope.training import train
 
 log = logging.getLogger(__name__)
@@ -75,9 +77,43 @@ def fit(
         "minutes": round(result.elapsed_s / 60, 2),
         "stopped_by_budget": result.stopped_by_budget,
     }
+    if result.labelled:  # the labelled photos pasted from: never to be scored as test images
+        detector.metadata["labelled_defects"] = result.labelled
+    if cfg.train.init_from:
+        detector.metadata["training"]["init_from"] = str(cfg.train.init_from)
     if save:
         detector.save(Path(cfg.output_dir) / "model.pt")
     return detector
+
+
+# What `finetune` changes of the model's config before the caller's overrides: a segmentation head
+# learns the pasted defects (the marked ones among them) and draws the maps; a short run.
+FINETUNE = ("model.segment=true", "score.pixel_method=segmentation", "train.epochs=5", "train.budget_minutes=10",
+            "train.lr=0.01")
+
+
+def finetune(
+    model: str | Path,
+    labelled_defects: str | Path,
+    output_dir: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    progress: bool = True,
+) -> Detector | None:
+    """Train `model`'s network further with the marked defects of the photos in `labelled_defects`
+    pasted beside its pseudo-defects (`data.labelled_defects`), then fit and calibrate as `fit`;
+    writes OUTPUT_DIR/model.pt, never over `model`. The config is the model's with FINETUNE and
+    then `overrides` applied. The new model names the labelled photos (SHA-256) in its metadata,
+    so `evaluate` leaves them out.
+
+    >>> detector = finetune("runs/cpu/model.pt", "marked/", "runs/finetuned")  # doctest: +SKIP
+    """
+    model, out = Path(model), Path(output_dir)
+    if (out / "model.pt").resolve() == model.resolve():
+        raise ValueError(f"finetune: the output folder {out} holds the model itself; pick another")
+    cfg = from_dict(read_model_file(model)["config"])
+    cfg = apply_overrides(cfg, [*FINETUNE, f"data.labelled_defects={labelled_defects}", f"train.init_from={model}",
+                                "model.weights=none", f"output_dir={out}", *overrides])
+    return fit(cfg, progress=progress)
 
 
 def load_model_or_checkpoint(path: str | Path) -> Detector:

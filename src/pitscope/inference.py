@@ -139,6 +139,10 @@ def iterate_batches(
 class Detector(nn.Module):
     """Network, image scorer, pixel scorer and threshold, saved and loaded as one file."""
 
+    threshold: torch.Tensor  # () buffer: the image threshold
+    pixel_threshold: torch.Tensor  # () buffer: the map value that outlines the predicted regions
+    net: DoubleSelfSupervisedNet | ScoringNetwork
+
     def __init__(self, cfg: Config, n_kinds: int, net: DoubleSelfSupervisedNet | None = None):
         super().__init__()
         self.cfg = cfg

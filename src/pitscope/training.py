@@ -39,6 +39,7 @@ from pitscope.models.sspcab import reconstruction_loss
 from pitscope.seeding import numpy_rng, seed_everything, worker_init_fn
 from pitscope.tensors import denormalise, image_to_tensor
 from pitscope.upgrade import upgrade
+from pitscope.warm_start import labelled_cutouts, start_from
 
 LAST_CHECKPOINT = "checkpoint_last.pt"
 LOG_FILE = TRAIN_LOG
@@ -178,6 +179,7 @@ class TrainResult:
     elapsed_s: float
     stopped_by_budget: bool
     history: list[dict] = field(default_factory=list)
+    labelled: list[dict] = field(default_factory=list)  # the marked photos pasted from: name, sha256
 
 
 class _CsvLog:
@@ -274,8 +276,14 @@ def train(
         echo, progress = (lambda _msg: None), False
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    maker = PseudoDefects(cfg.augment)
-    model = DoubleSelfSupervisedNet(cfg.model, n_kinds=maker.n_kinds).to(device)
+    cutouts, labelled = labelled_cutouts(cfg)
+    maker = PseudoDefects(cfg.augment, cutouts)
+    if labelled:
+        echo(f"{len(cutouts)} marked defects of {len(labelled)} labelled photos pasted as pseudo-defects")
+    model = DoubleSelfSupervisedNet(cfg.model, n_kinds=maker.n_kinds)
+    if cfg.train.init_from and not resume:
+        start_from(model, cfg.train.init_from, echo)
+    model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(
@@ -469,4 +477,4 @@ def train(
         )
     model.eval()
     model = model.to(memory_format=torch.contiguous_format)
-    return TrainResult(model, maker.n_kinds, epochs_done, step, elapsed, stopped_by_budget, history)
+    return TrainResult(model, maker.n_kinds, epochs_done, step, elapsed, stopped_by_budget, history, labelled)

@@ -7,7 +7,7 @@ Every generator is a pure function of (image (H, W, 3) uint8, numpy Generator) r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import numpy as np
@@ -15,9 +15,11 @@ import numpy as np
 from pitscope.augment.cutpaste import normal_patch, scar_patch
 from pitscope.augment.pastenoise import paste_noise
 from pitscope.augment.pits import pit_specks
+from pitscope.augment.real import paste_cutout
 from pitscope.augment.regions import check_image
 from pitscope.augment.textures import make_texture_source
 from pitscope.config import AugmentConfig
+from pitscope.data.labelled import Cutout
 
 Generator = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
@@ -56,15 +58,19 @@ KINDS: dict[str, Callable[[AugmentConfig], Generator]] = {
 }
 
 
+REAL = "real"  # the kind of marked real defects, cut out and pasted (`pitscope.augment.real`)
+
+
 class PseudoDefects:
-    """Draws one pseudo-defect of a kind chosen uniformly from `cfg.kinds`.
+    """Draws one pseudo-defect of a kind chosen uniformly from `cfg.kinds`, and "real" after them
+    when `cutouts` of marked real defects are given (`data.labelled_defects`).
 
     Calling it returns (image (H, W, 3) uint8, mask (H, W) uint8 in {0, 1}, kind) where kind is
     1 + the index of the chosen kind in `cfg.kinds`, so that 0 stays free for "normal image" in
     a multiclass head. Holds no random state: all randomness comes from the rng passed in.
     """
 
-    def __init__(self, cfg: AugmentConfig):
+    def __init__(self, cfg: AugmentConfig, cutouts: Sequence[Cutout] = ()):
         if not cfg.kinds:
             raise ValueError(f"augment.kinds: name at least one of {', '.join(KINDS)}")
         for name in cfg.kinds:
@@ -75,6 +81,9 @@ class PseudoDefects:
         self.cfg = cfg
         self.kinds: list[str] = list(cfg.kinds)
         self.generators: list[Generator] = [KINDS[name](cfg) for name in self.kinds]
+        if cutouts:
+            self.kinds.append(REAL)
+            self.generators.append(partial(paste_cutout, cutouts=list(cutouts)))
 
     @property
     def n_kinds(self) -> int:

@@ -1,4 +1,4 @@
-"""`pitscope train`, `evaluate`, `refit` and `demo`: making a model and measuring it."""
+"""`pitscope train`, `evaluate`, `refit`, `finetune` and `demo`: making a model and measuring it."""
 
 from __future__ import annotations
 
@@ -127,6 +127,26 @@ def cmd_refit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Train a model's network further with photos whose defects are marked: each marked defect is
+    cut out and pasted onto the defect-free training photos as one more pseudo-defect kind, and a
+    segmentation head learns to outline them; then fit and calibrate as train does. Writes
+    OUTPUT_DIR/model.pt (MODEL stays as it is). DEFECTS: a folder of photos, each with its mask in
+    DEFECTS/masks/<stem>.png (or <stem>_mask.png) or a labelme file <stem>.json or label/<stem>.json."""
+    from pitscope.fitting import FINETUNE, finetune
+
+    print(f"finetune: starting from {args.model} with {' '.join('--set ' + o for o in FINETUNE)}", file=sys.stderr)
+    detector = finetune(args.model, args.defects, args.output_dir, args.overrides, progress=not args.quiet)
+    if detector is None:
+        return 0
+    path = Path(args.output_dir) / "model.pt"
+    _print_calibration(detector, path)
+    print(f"trained with {len(detector.metadata.get('labelled_defects', []))} labelled photos; evaluate leaves them out")
+    if args.evaluate:
+        _evaluate_and_print(detector, detector.cfg, Path(args.output_dir) / "eval", progress=not args.quiet)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train a small model on the built-in synthetic ball-screw images (no download), measure it on
     their test split, write its HTML report and pictures of a few test images, and say how to
@@ -159,7 +179,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    """Register `train`, `evaluate` and `refit` (`demo` comes last in the help: `add_demo_parser`)."""
+    """Register `train`, `evaluate`, `refit` and `finetune` (`demo` comes last in the help: `add_demo_parser`)."""
     p = sub.add_parser("train", help="train a model on defect-free images", description=cmd_train.__doc__)
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint_last.pt")
     p.add_argument("--evaluate", action="store_true", help="evaluate on the test split afterwards")
@@ -190,6 +210,17 @@ def add_parsers(sub) -> None:
     p.add_argument("--evaluate", action="store_true", help="evaluate on the test split afterwards (OUTPUT's stem + _eval/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_refit)
+
+    p = sub.add_parser("finetune", help="train a model further with a few photos whose defects are marked",
+                       description=cmd_finetune.__doc__)
+    p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt)")
+    p.add_argument("--defects", required=True, metavar="DIR", help="the labelled defective photos and their masks")
+    p.add_argument("--output-dir", required=True, help="where the new model.pt goes (not MODEL's folder)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting over the model's and finetune's own, e.g. --set train.epochs=3")
+    p.add_argument("--evaluate", action="store_true", help="evaluate on the test split afterwards (OUTPUT_DIR/eval)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_finetune)
 
 
 def add_demo_parser(sub) -> None:

@@ -18,6 +18,7 @@ from pitscope.data.dataset import AnomalyDataset, Record
 from pitscope.data.folder import load_folder
 from pitscope.data.mvtec import load_mvtec
 from pitscope.data.types import BadImageError, DatasetLayoutError, Sample, SampleSet
+from pitscope.files import file_sha256
 
 SPLITS = ("train", "test", "val")
 
@@ -73,6 +74,22 @@ def fewer_training_images(dataset, n: int, seed: int) -> AnomalyDataset:
     return AnomalyDataset([dataset.records[i] for i in sorted(order)], size=dataset.size,
                           on_bad_file=dataset.on_bad_file, cache=dataset.cache, name=dataset.name,
                           has_masks=dataset.has_masks)
+
+
+def without_files(dataset: SampleSet, sha256s: set[str]) -> tuple[SampleSet, list[str]]:
+    """The dataset less the images whose file's SHA-256 is in `sha256s` (e.g. the labelled photos
+    that trained a model), and the paths left out. Datasets not read from files are kept whole."""
+    if not sha256s or not isinstance(dataset, AnomalyDataset):
+        return dataset, []
+    keep: list[Record] = []
+    left_out: list[Record] = []
+    for record in dataset.records:
+        (left_out if file_sha256(record.path) in sha256s else keep).append(record)
+    if not left_out:
+        return dataset, []
+    subset = AnomalyDataset(keep, size=dataset.size, on_bad_file=dataset.on_bad_file, cache=dataset.cache,
+                            name=dataset.name, has_masks=dataset.has_masks)
+    return subset, [str(r.path) for r in left_out]
 
 
 __all__ = [

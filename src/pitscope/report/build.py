@@ -147,7 +147,8 @@ def _analyse(
         + _curves_section(record, key)
         + _histogram_section(record, key)
         + _gallery_section(tiles, scale, key)
-        + _training_section(log_path, log, detector.metadata.get("training"), key)
+        + _training_section(log_path, log, detector.metadata.get("training"), key,
+                            detector.metadata.get("labelled_defects"))
     )
     return record, body, result
 

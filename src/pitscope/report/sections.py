@@ -207,7 +207,8 @@ def _tile_html(uri: str, path: str, label: int, score: float, threshold: float) 
     )
 
 
-def _training_section(log_path: Path | None, log: dict | None, training: dict | None, key: str) -> str:
+def _training_section(log_path: Path | None, log: dict | None, training: dict | None, key: str,
+                      labelled: list[dict] | None = None) -> str:
     parts = [f'<section id="training{key}"><h2>Training</h2>']
     if training:
         budget = " (stopped by its time budget)" if training.get("stopped_by_budget") else ""
@@ -215,6 +216,12 @@ def _training_section(log_path: Path | None, log: dict | None, training: dict | 
             f'<p class="sub">{training.get("epochs", "?")} epochs, {training.get("steps", "?")} steps, '
             f'{training.get("minutes", "?")} minutes on {training.get("images", "?")} defect-free images{budget}.</p>'
         )
+    if labelled:
+        names = ", ".join(_e(d["name"]) for d in labelled[:10]) + (", ..." if len(labelled) > 10 else "")
+        parts.append(f'<p class="sub">Also trained with {len(labelled)} photos with marked defects (left out of '
+                     f'the measurement): {names}.</p>')
+    else:
+        parts.append('<p class="sub">No photo with marked defects trained it: defect-free photos only.</p>')
     if log is None:
         where = f"at {_e(log_path)}" if log_path is not None else "(no run folder given)"
         parts.append(f'<p class="note">No training log {where}.</p>')

@@ -174,6 +174,8 @@ def describe_model(served: Served) -> dict:
         "pixel_threshold": float(detector.pixel_threshold),
         "calibration": detector.metadata.get("calibration"),
         "training": detector.metadata.get("training"),
+        # the photos with marked defects that trained the model (none: defect-free photos only)
+        "labelled_defects": [d["name"] for d in detector.metadata.get("labelled_defects", [])],
         "data_format": detector.cfg.data.format,
         "limits": {"max_upload_bytes": served.max_upload_bytes, "max_pixels": served.max_pixels},
         # PUT /threshold: allowed only with an API key; saved to the model file if it is known.

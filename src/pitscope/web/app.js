@@ -122,6 +122,8 @@ function describeTraining(m) {
   if (t && t.images !== undefined) parts.push(`${t.images} defect-free images`);
   if (t && t.epochs !== undefined) parts.push(`${t.epochs} epochs`);
   if (t && t.minutes !== undefined) parts.push(`${formatNumber(t.minutes)} min`);
+  const n = (m.labelled_defects || []).length;
+  parts.push(n ? `and ${n} photo${n === 1 ? "" : "s"} with marked defects` : "no marked defect");
   return parts.join(", ");
 }
 

@@ -1,0 +1,171 @@
+"""A few labelled defects: BSData's test numbers against k, the number of photos with marked pits.
+
+    python benchmarks/bsdata_few_labels.py runs/hold/cpu_seed0/model.pt --k 0 5 20
+
+The base model is a `cpu`-preset network trained with `data.holdout=positions`. For each k the k
+labelled photos come from the label positions of the position split (neither validation nor
+test): drawn by a seeded rule, position after position in turn, each uniformly among that
+position's pitting photos not drawn yet. They go into a folder (the photo and BSData's own
+labelme file, `label/<stem>.json`) that `pitscope.fitting.finetune` reads: the base network
+trains further with the marked pits pasted beside its pseudo-defects and a segmentation head
+learns to outline them, within finetune's budget; k = 0 runs the same fine-tune with the
+pseudo-defects alone (the control: what the labels add), and the base model is scored as it is.
+Every model is scored once on the test split (the test positions' photos and, as their own row,
+the `KGT*` photos); each scoring appends a line to bsdata_test_looks.jsonl. Results:
+benchmarks/results/<name>.json and .md, with the command, commit and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from bsdata_cpu import provenance  # this folder is on sys.path when run as a script
+from bsdata_localisation import LOOKS, config_hash
+
+from pitscope.benchmark import commit, machine
+from pitscope.data import build_dataset
+from pitscope.data.bsdata import bsdata_root, position_files, read_positions
+from pitscope.data.labelled import count_distinct_defects, load_labelled_defects
+from pitscope.evaluation import evaluate
+from pitscope.fitting import FINETUNE, finetune, fit
+from pitscope.inference import Detector
+
+RESULTS = Path(__file__).parent / "results"
+COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "pixel_f1_max", "pixel_f1", "iou_median")
+
+
+def label_photos(root: Path, positions: dict) -> dict[str, list[str]]:
+    """{label position: its pitting photos (those with a label file), sorted by name (= time)}."""
+    by_name = {key[0]: files for key, files in position_files(root).items()}
+    return {name: sorted(f for f in by_name[name] if (root / "label" / f"{Path(f).stem}.json").is_file())
+            for name in positions["label"]}
+
+
+def draw(photos: dict[str, list[str]], k: int, seed: int) -> list[str]:
+    """k photos, position after position in turn, each uniformly among that position's photos not
+    drawn yet. The same seed gives the same photos, and a smaller k the first of a larger k's."""
+    rng = np.random.default_rng(seed)
+    left = {name: list(files) for name, files in photos.items()}
+    order = sorted(left)
+    chosen: list[str] = []
+    while len(chosen) < k:
+        name = order[len(chosen) % len(order)]
+        if not left[name]:
+            if not any(left.values()):
+                raise ValueError(f"the label positions hold only {len(chosen)} pitting photos, fewer than k = {k}")
+            order.remove(name)
+            continue
+        chosen.append(left[name].pop(int(rng.integers(len(left[name])))))
+    return chosen
+
+
+def labelled_folder(root: Path, names: list[str], folder: Path) -> Path:
+    """A folder with the photos and their labelme files (label/<stem>.json), as finetune reads."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    (folder / "label").mkdir(parents=True)
+    for name in names:
+        (folder / name).symlink_to((root / "data" / name).resolve())
+        (folder / "label" / f"{Path(name).stem}.json").symlink_to((root / "label" / f"{Path(name).stem}.json").resolve())
+    return folder
+
+
+def measure(detector: Detector, model_path: Path, label: str, out_dir: Path, overrides: list[str]) -> dict:
+    cfg = detector.cfg
+    test = build_dataset(cfg.data, "test", cfg.seed)
+    result = evaluate(detector, test, out_dir / "eval", progress=True)
+    look = {"commit": commit(), "date": time.strftime("%Y-%m-%d"), "model": str(model_path),
+            "config_hash": config_hash(cfg), "overrides": overrides, "benchmark": f"few_labels {label}",
+            "metrics": result["metrics"], "subsets": {k: v["metrics"] for k, v in result["subsets"].items()},
+            "counts": result["counts"], "at_threshold": result["at_threshold"]}
+    with LOOKS.open("a") as fh:
+        fh.write(json.dumps(look) + "\n")
+    return {"metrics": result["metrics"], "subsets": look["subsets"], "counts": result["counts"],
+            "at_threshold": result["at_threshold"]}
+
+
+def pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def write_markdown(record: dict, path: Path) -> None:
+    lines = ["# A few labelled defects on BSData", "", provenance(record), "", f"Command: `{record['command']}`", "",
+             f"Base model: `{record['base']}`. Fine-tune settings (before `--set`): `{' '.join(record['finetune'])}`"
+             + (f", then `{' '.join(record['overrides'])}`" if record["overrides"] else "") + ".", "",
+             "All test photos (the test positions' and the `KGT*` photos), in %:", "",
+             "| run | k | marked regions | minutes | " + " | ".join(COLUMNS) + " |",
+             "|---|---|---|---|" + "---|" * len(COLUMNS)]
+    for run in record["runs"]:
+        m = run["metrics"]
+        lines.append(f"| {run['label']} | {run['k']} | {run.get('regions', '–')} | {run.get('minutes', '–')} | "
+                     + " | ".join(pct(m.get(c)) for c in COLUMNS) + " |")
+    lines += ["", "Test positions only (no `KGT*`), in %:", "", "| run | " + " | ".join(COLUMNS) + " |",
+              "|---|" + "---|" * len(COLUMNS)]
+    for run in record["runs"]:
+        sub = next((v for name, v in run["subsets"].items() if "KGT" not in name), None)
+        if sub is not None:
+            lines.append(f"| {run['label']} | " + " | ".join(pct(sub.get(c)) for c in COLUMNS) + " |")
+    lines += ["", "Labelled photos of each k (the label positions' pitting photos; a pit seen in two photos "
+              "counts in each):", ""]
+    for run in record["runs"]:
+        if run.get("photos"):
+            lines.append(f"- k = {run['k']}: {', '.join(run['photos'])}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("base", type=Path, help="a model trained with data.holdout=positions")
+    parser.add_argument("--k", type=int, nargs="+", default=[0, 5, 20])
+    parser.add_argument("--seed", type=int, default=0, help="seeds the draw of the labelled photos")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting over finetune's for every fine-tune")
+    parser.add_argument("--out", type=Path, default=Path("runs/few_labels"))
+    parser.add_argument("--name", default="bsdata_few_labels")
+    args = parser.parse_args()
+    base = Detector.load(args.base)
+    if base.cfg.data.holdout != "positions":
+        raise SystemExit(f"{args.base}: trained without data.holdout=positions")
+    root = bsdata_root(base.cfg.data.root)
+    photos = label_photos(root, read_positions(base.cfg.data.positions_file))
+    record = {"command": "python benchmarks/bsdata_few_labels.py " + " ".join(sys.argv[1:]), "commit": commit(),
+              "date": time.strftime("%Y-%m-%d"), "machine": machine(), "base": str(args.base),
+              "finetune": list(FINETUNE), "overrides": args.overrides,
+              "label_photos": {name: len(files) for name, files in photos.items()}, "runs": []}
+    record["runs"].append({"label": "base model, no fine-tune", "k": 0,
+                           **measure(base, args.base, "base", args.out / "base", [])})
+    for k in args.k:
+        out = args.out / f"k{k}_seed{args.seed}"
+        t0 = time.perf_counter()
+        if k == 0:  # the control: the same fine-tune, pseudo-defects alone
+            overrides = [*FINETUNE, f"train.init_from={args.base}", "model.weights=none", f"output_dir={out}",
+                         *args.overrides]
+            detector = fit(base.cfg, overrides)
+            names: list[str] = []
+            regions = 0
+        else:
+            names = draw(photos, k, args.seed)
+            folder = labelled_folder(root, names, out / "labelled")
+            overrides = list(args.overrides)
+            detector = finetune(args.base, folder, out, overrides)
+            regions = count_distinct_defects(load_labelled_defects(folder))
+        assert detector is not None
+        minutes = round((time.perf_counter() - t0) / 60, 1)
+        label = "fine-tuned, pseudo-defects only" if k == 0 else "fine-tuned with k labelled photos"
+        record["runs"].append({"label": label, "k": k, "photos": names, "regions": regions, "minutes": minutes,
+                               **measure(detector, out / "model.pt", f"k={k}", out, overrides)})
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
+        write_markdown(record, RESULTS / f"{args.name}.md")
+    print((RESULTS / f"{args.name}.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
