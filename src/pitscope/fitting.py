@@ -87,9 +87,10 @@ def fit(
 
 
 # What `finetune` changes of the model's config before the caller's overrides: a segmentation head
-# learns the pasted defects (the marked ones among them) and draws the maps; a short run.
-FINETUNE = ("model.segment=true", "score.pixel_method=segmentation", "train.epochs=5", "train.budget_minutes=10",
-            "train.lr=0.01")
+# learns the pasted defects (the marked ones among them) and draws the maps, its probabilities
+# taken as they are (no division by each map's mean); a short run.
+FINETUNE = ("model.segment=true", "score.pixel_method=segmentation", "score.map_normalisation=none",
+            "train.epochs=5", "train.budget_minutes=10", "train.lr=0.01")
 
 
 def finetune(
