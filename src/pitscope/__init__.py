@@ -5,6 +5,7 @@
     detector = Detector.load("runs/try/model.pt")
     prediction = detector.predict("photo.jpg")               # a Prediction
     prediction.score, prediction.is_defective, prediction.regions
+    detector = finetune("runs/try/model.pt", "marked/", "runs/marked")   # + photos with marked defects
 
 The names below are imported when first used, so that `import pitscope.serve` (deploy code)
 loads nothing of training.
@@ -20,6 +21,7 @@ _PUBLIC = {
     "load_config": "pitscope.config",
     "Region": "pitscope.defect_regions",
     "fit": "pitscope.fitting",
+    "finetune": "pitscope.fitting",
     "Detector": "pitscope.inference",
     "Prediction": "pitscope.inference",
 }

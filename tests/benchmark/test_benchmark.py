@@ -1,0 +1,352 @@
+"""Benchmark suites: the paper's numbers, the variants' configs, run reuse and resume, the tables.
+
+End-to-end runs use tiny generated data (8 training images of 64 px, one epoch): what is tested
+is the bookkeeping, not the numbers.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import pitscope.benchmark as benchmark
+from pitscope.benchmark import (
+    MVTEC_OBJECTS,
+    MVTEC_TEXTURES,
+    PAPER,
+    RESULT_FILE,
+    SUITES,
+    VARIANTS,
+    BenchmarkOptions,
+    format_markdown,
+    paper_mvtec,
+    run_suite,
+    summarise,
+    variant_config,
+)
+from pitscope.cli import main
+from pitscope.config import load_config
+from pitscope.evaluation import PAPER_BSDATA
+
+TINY = [
+    "data.format=synthetic",
+    "data.synthetic.n_train=8",
+    "data.synthetic.n_test_normal=2",
+    "data.synthetic.n_test_defect=2",
+    "train.epochs=1",
+    "train.batch_size=4",
+    "train.device=cpu",
+    "score.pixel_channels=8",
+    "score.batch_size=8",
+]
+
+
+def tiny_options(tmp_path, suite, **kwargs) -> BenchmarkOptions:
+    values = dict(suite=suite, seeds=[0], preset=None, image_size=64, overrides=list(TINY), output=str(tmp_path / "results"),
+                  runs_dir=str(tmp_path / "runs"), progress=False, command="pitscope benchmark (test)")
+    return BenchmarkOptions(**{**values, **kwargs})
+
+
+# -- the paper's numbers ------------------------------------------------------------------------
+def test_the_full_model_has_one_number_in_every_table():
+    full = PAPER["table3"]["ours"]
+    assert full == (PAPER_BSDATA["image_auroc"], PAPER_BSDATA["pixel_auroc"])
+    assert PAPER["table7"]["ours"] == PAPER["table8"]["ours"] == PAPER["table9"]["ours"] == full
+    assert PAPER["table6"]["hog_only"] == PAPER["table7"]["hog_only"]
+
+
+@pytest.mark.parametrize(
+    ("variant", "column", "objects", "textures", "everything"),
+    [
+        ("ours", 0, 95.00, 98.83, 96.28),  # table 4's averages
+        ("ours", 1, 97.38, 97.07, 97.28),  # table 5's
+        ("cutpaste", 0, 94.36, 97.00, 95.24),
+        ("sspcab", 0, 95.80, 96.76, 96.12),
+        ("padim", 1, 97.28, 95.54, 96.70),
+    ],
+)
+def test_mvtec_numbers_average_to_the_papers_means(variant, column, objects, textures, everything):
+    def mean(categories):
+        return np.mean([paper_mvtec(variant, c)[column] for c in categories])
+
+    assert mean(MVTEC_OBJECTS) == pytest.approx(objects, abs=0.011)
+    assert mean(MVTEC_TEXTURES) == pytest.approx(textures, abs=0.011)
+    assert mean(MVTEC_OBJECTS + MVTEC_TEXTURES) == pytest.approx(everything, abs=0.011)
+    assert paper_mvtec(variant, "not_a_category") == (None, None)
+
+
+# -- variants and their configs -----------------------------------------------------------------
+def test_every_suite_names_known_variants_and_every_paper_row_is_in_its_suite():
+    for suite, names in SUITES.items():
+        assert set(names) <= set(VARIANTS), suite
+    for table, rows in PAPER.items():
+        assert set(rows) <= set(SUITES[table]), table
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_variant_is_a_valid_config_of_the_cpu_preset(name, tmp_path):
+    cfg = variant_config(BenchmarkOptions(suite="table3", runs_dir=str(tmp_path)), name, seed=1)
+    assert cfg.seed == 1 and cfg.data.format == "bsdata"
+    assert cfg.output_dir.startswith(str(tmp_path / f"{name}_seed1_"))
+    assert cfg.data.split_file == str(tmp_path / "bsdata_split0_631.json")  # one split for every run
+
+
+def test_baselines_are_the_configs_they_claim():
+    options = BenchmarkOptions(suite="table3")
+    cutpaste = variant_config(options, "cutpaste", 0)
+    assert (cutpaste.model.target, cutpaste.model.head, cutpaste.augment.kinds) == ("none", "multiclass", ["normal", "scar"])
+    assert cutpaste.score.pixel_method == "patch" and not cutpaste.model.sspcab
+    sspcab = variant_config(options, "sspcab", 0)
+    assert sspcab.model.sspcab and sspcab.model.target == "none"
+    assert variant_config(options, "mask_dropout", 0).model.mask_type == "dropout"
+    assert variant_config(options, "hog_only", 0).model.classify is False
+
+
+def test_run_directories_are_shared_by_equal_configs_only():
+    a = variant_config(BenchmarkOptions(suite="table3"), "ours", 0)
+    assert variant_config(BenchmarkOptions(suite="table9"), "ours", 0).output_dir == a.output_dir
+    assert variant_config(BenchmarkOptions(suite="table3"), "ours", 1).output_dir != a.output_dir
+    assert variant_config(BenchmarkOptions(suite="table3", budget=5), "ours", 0).output_dir != a.output_dir
+    assert variant_config(BenchmarkOptions(suite="table3", runs_dir="elsewhere"), "ours", 0).output_dir.endswith(
+        a.output_dir.rsplit("/", 1)[1]
+    )
+
+
+def test_only_patchcore_runs_depend_on_the_coreset_ratio():
+    default, small = BenchmarkOptions(suite="table3"), BenchmarkOptions(suite="table3", coreset_ratio=0.01)
+    assert variant_config(default, "patchcore", 0).output_dir != variant_config(small, "patchcore", 0).output_dir
+    assert variant_config(default, "padim", 0).output_dir == variant_config(small, "padim", 0).output_dir
+
+
+def test_budget_and_image_size_apply_to_every_variant():
+    options = BenchmarkOptions(suite="table3", budget=12.5, image_size=128)
+    for name in SUITES["table3"]:
+        cfg = variant_config(options, name, 0)
+        assert cfg.train.budget_minutes == 12.5 and cfg.train.epochs == 800
+        assert cfg.data.image_size == 128
+        assert (cfg.score.patch_size, cfg.score.patch_stride) == (32, 8)  # a quarter of the side, every 16th
+
+
+def test_unknown_names_list_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match="valid: table3, table6"):
+        run_suite(tiny_options(tmp_path, "table10"))
+    with pytest.raises(ValueError, match="valid: ours, cutpaste"):
+        run_suite(tiny_options(tmp_path, "table3", variants=["cutpaste4"]))
+    with pytest.raises(ValueError, match="valid: ours"):
+        variant_config(BenchmarkOptions(suite="table3"), "theirs", 0)
+
+
+# -- running a suite ----------------------------------------------------------------------------
+def test_suite_runs_tabulates_and_reuses_finished_runs(tmp_path, monkeypatch):
+    options = tiny_options(tmp_path, "table3", variants=["ours", "cutpaste", "sspcab"])
+    record = run_suite(options)
+
+    rows = {row["variant"]: row for row in record["rows"]}
+    assert list(rows) == ["ours", "cutpaste", "sspcab", "padim", "patchcore"]
+    for name in ("ours", "cutpaste", "sspcab"):
+        (run,) = rows[name]["runs"]
+        assert set(run["metrics"]) >= {"image_auroc", "pixel_auroc", "aupro"}
+        assert 0 <= run["metrics"]["image_auroc"] <= 100
+        assert run["training"]["epochs"] == 1 and run["minutes"]["wall"] > 0
+        assert rows[name]["summary"]["image_auroc"]["mean"] == run["metrics"]["image_auroc"]
+        assert rows[name]["summary"]["image_auroc"]["std"] is None  # one seed
+    assert rows["cutpaste"]["paper"] == {"image_auroc": 95.63, "pixel_auroc": 93.89}
+    assert rows["padim"]["runs"] == [] and rows["padim"]["summary"] is None  # not asked for
+
+    saved = json.loads((tmp_path / "results" / "table3.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(record["rows"]))
+    assert saved["commit"] and saved["machine"]["cpu_count"] >= 1 and saved["command"] == options.command
+    table = (tmp_path / "results" / "table3.md").read_text()
+    assert "| CutPaste 3-way (normal / cut-paste / scar) (`cutpaste`) |" in table and "| 95.63 |" in table
+    assert "not run" in table
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was run again")
+
+    monkeypatch.setattr(benchmark.runs, "run_variant", refuse)  # where run_suite looks it up
+    again = run_suite(tiny_options(tmp_path, "table3", variants=["ours"]))
+    assert again["rows"][0]["runs"] == rows["ours"]["runs"]
+    collected = run_suite(tiny_options(tmp_path, "table3", collect=True))
+    assert [r["variant"] for r in collected["rows"]] == ["ours", "cutpaste", "sspcab", "padim", "patchcore"]
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
+    from pitscope.data import build_dataset
+    from pitscope.training import train
+
+    options = tiny_options(tmp_path, "table9", variants=["mask_none"])
+    cfg = variant_config(options, "mask_none", 0)
+    train(cfg, build_dataset(cfg.data, "train", cfg.seed), progress=False, echo=lambda line: None)  # then "killed"
+    (run,) = run_suite(options)["rows"][0]["runs"]
+    assert run["training"]["resumed"] and run["training"]["epochs"] == 1
+    assert (tmp_path / "runs" / run["run_dir"].rsplit("/", 1)[1] / RESULT_FILE).is_file()
+
+
+def test_peers_without_anomalib_are_skipped_with_the_install_hint(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "anomalib", None)  # import anomalib raises ImportError
+    record = run_suite(tiny_options(tmp_path, "table3", variants=["padim"]))
+    assert "pip install 'pitscope[bench]'" in record["skipped"]["padim"]
+    assert "`padim` skipped" in format_markdown(record)
+
+
+def write_mvtec_tree(root, categories=("bottle", "carpet")):
+    """A tiny MVTec-style tree: 6 training images, 2 good and 2 defective test images with masks."""
+    rng = np.random.default_rng(0)
+
+    def image(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+
+    for category in categories:
+        for i in range(6):
+            image(root / category / "train" / "good" / f"{i:03d}.png")
+        for i in range(2):
+            image(root / category / "test" / "good" / f"{i:03d}.png")
+            image(root / category / "test" / "crack" / f"{i:03d}.png")
+            mask = np.zeros((40, 40), np.uint8)
+            mask[10 + 5 * i : 20 + 5 * i, 10:20] = 255
+            (root / category / "ground_truth" / "crack").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask).save(root / category / "ground_truth" / "crack" / f"{i:03d}_mask.png")
+
+
+def test_mvtec_suite_lays_out_tables_4_and_5(tmp_path):
+    write_mvtec_tree(tmp_path / "mvtec")
+    options = tiny_options(tmp_path, "mvtec", data=str(tmp_path / "mvtec"), image_size=32,
+                           overrides=["train.epochs=1", "train.batch_size=4", "train.device=cpu", "score.pixel_channels=8"])
+    record = run_suite(options)
+    assert [(r["variant"], r["category"]) for r in record["rows"]] == [("ours", "bottle"), ("ours", "carpet")]
+    assert record["rows"][0]["paper"] == {"image_auroc": 100.00, "pixel_auroc": 96.64}
+    table = (tmp_path / "results" / "mvtec.md").read_text()
+    lines = table.splitlines()
+    order = [next(i for i, line in enumerate(lines) if line.startswith(f"| {key}")) for key in
+             ("bottle", "**mean of objects**", "carpet", "**mean of textures**", "**mean of all**")]
+    assert order == sorted(order)
+    assert "| **mean of all** |" in table and "| 98.59 |" in table  # the paper's image mean of bottle and carpet
+    with pytest.raises(ValueError, match="found: bottle, carpet"):
+        run_suite(tiny_options(tmp_path, "mvtec", data=str(tmp_path / "mvtec"), categories=["wood"]))
+
+
+def test_summary_is_mean_and_sample_std_over_seeds():
+    runs = [{"seed": s, "metrics": {"image_auroc": v, "pixel_auroc": None, "aupro": 50.0},
+             "training": {"epochs": 10, "minutes": 45.0}, "minutes": {"wall": 55.0}} for s, v in ((0, 96.0), (1, 98.0))]
+    summary = summarise(runs)
+    assert summary["image_auroc"] == {"mean": 97.0, "std": round(float(np.std([96.0, 98.0], ddof=1)), 2)}
+    assert summary["pixel_auroc"] == {"mean": None, "std": None}
+    assert summary["seeds"] == [0, 1] and summary["epochs"] == 10 and summary["wall_minutes"] == 55.0
+
+
+def test_cli_runs_a_suite(tmp_path, capsys):
+    code = main(["benchmark", "--suite", "table6", "--seeds", "0", "--preset", "demo", "--image-size", "64",
+                 "--variants", "rgb_only", "--output", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs"),
+                 "--quiet", *[x for o in TINY for x in ("--set", o)]])
+    assert code == 0
+    assert "| RGB target only, no classifier (`rgb_only`) |" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "out" / "table6.json").read_text())
+    assert saved["preset"] == "demo" and saved["image_size"] == 64
+    assert load_config("demo").model.target == "none"  # the variant, not the preset, set the RGB target
+    assert saved["rows"][1]["runs"][0]["training"]["epochs"] == 1
+
+
+def test_bsdata_cpu_interval_from_metrics_or_scores_csv(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from bsdata_cpu import image_interval
+
+    from pitscope.metrics import auroc_interval
+
+    labels, scores = np.array([0, 0, 0, 1, 1, 1, 1]), np.array([0.1, 0.5, 0.3, 0.4, 0.9, 0.8, 0.7])
+    assert image_interval({}, tmp_path) is None  # neither the interval nor scores.csv
+    lines = ["path,label,score,is_defective"] + [f"im{i}.png,{y},{s},0" for i, (y, s) in enumerate(zip(labels, scores))]
+    (tmp_path / "scores.csv").write_text("\n".join(lines) + "\n")
+    expected = auroc_interval(labels, scores)
+    from_csv = image_interval({}, tmp_path)
+    assert from_csv == {k: (v if k == "level" else round(100 * v, 2)) for k, v in expected.items()}
+    stored = {"auroc": 0.5, "se": 0.1, "low": 0.3, "high": 0.7, "level": 0.95}
+    assert image_interval({"image_auroc_interval": stored}, tmp_path) == {
+        "auroc": 50.0, "se": 10.0, "low": 30.0, "high": 70.0, "level": 0.95}
+
+
+def _git(repo: Path, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_commit_marks_changed_code_and_benchmark_scripts_dirty(tmp_path):
+    package, scripts = tmp_path / "src" / "pitscope", tmp_path / "benchmarks"
+    package.mkdir(parents=True)
+    scripts.mkdir()
+    (package / "a.py").write_text("a = 1\n")
+    (scripts / "b.py").write_text("b = 1\n")
+    (tmp_path / "README.md").write_text("read me\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "first")
+    head = _git(tmp_path, "rev-parse", "--short", "HEAD")
+    assert benchmark.commit(package) == head
+    (tmp_path / "README.md").write_text("read me again\n")  # prose: not what a result depends on
+    assert benchmark.commit(package) == head
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    assert benchmark.commit(package) == head
+    (scripts / "results").mkdir()
+    (scripts / "results" / "r.json").write_text("{}\n")  # a benchmark's own output
+    assert benchmark.commit(package) == head
+    (scripts / "c.py").write_text("c = 1\n")  # a new script, not committed yet
+    assert benchmark.commit(package) == head + "+dirty"
+    (scripts / "c.py").unlink()
+    (scripts / "b.py").write_text("b = 2\n")
+    assert benchmark.commit(package) == head + "+dirty"
+    _git(tmp_path, "checkout", "--", "benchmarks/b.py")
+    (package / "a.py").write_text("a = 2\n")
+    assert benchmark.commit(package) == head + "+dirty"
+
+
+def test_commit_outside_a_checkout_is_unknown(tmp_path):
+    assert benchmark.commit(tmp_path) == "unknown"
+
+
+def test_models_main_passes_score_settings_and_refuses_others(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bsdata_cpu
+
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"")
+    monkeypatch.setattr(bsdata_cpu, "RESULTS", tmp_path / "results")
+    seen = []
+
+    def score(path, overrides):
+        seen.append((path, overrides))
+        return {"model": str(path)}
+
+    def write_markdown(record, path):
+        path.write_text(f"{len(record['models'])} model(s): {record['invocation']}\n")
+
+    argv = ["bench.py", str(model), "--set", "score.image_method=map_max", "--set", "score.shrinkage=ridge", "--name", "x"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert bsdata_cpu.models_main("doc", "bench", score, write_markdown) == 0
+    assert seen == [(model, ["score.image_method=map_max", "score.shrinkage=ridge"])]
+    record = json.loads((tmp_path / "results" / "x.json").read_text())
+    assert record["benchmark"] == "bench" and record["models"] == [{"model": str(model)}]
+    assert "--set score.image_method=map_max" in (tmp_path / "results" / "x.md").read_text()
+    monkeypatch.setattr(sys, "argv", ["bench.py", str(model), "--set", "train.epochs=3"])
+    with pytest.raises(SystemExit):
+        bsdata_cpu.models_main("doc", "bench", score, write_markdown)
+    assert "scoring settings only" in capsys.readouterr().err
+    assert len(seen) == 1
+
+
+def test_task_ablations_score_every_row_by_the_pooled_layer4(tmp_path):
+    # rows without the classifier have no projector: in tables 6 and 7 every row scores alike
+    for suite in ("table6", "table7"):
+        for name in SUITES[suite]:
+            cfg = variant_config(BenchmarkOptions(suite=suite, runs_dir=str(tmp_path)), name, seed=0)
+            assert cfg.score.image_features == "layer4", (suite, name)
+    ours = variant_config(BenchmarkOptions(suite="table3", runs_dir=str(tmp_path)), "ours", seed=0)
+    assert ours.score.image_features == "projection"
+    user = BenchmarkOptions(suite="table7", runs_dir=str(tmp_path), overrides=("score.image_features=projection",))
+    assert variant_config(user, "ours", seed=0).score.image_features == "projection"  # the user's word last

@@ -1,0 +1,197 @@
+"""The train, evaluate and demo commands, run through `main` with tiny synthetic settings."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from pitscope.cli import main
+from pitscope.config import load_config
+
+TINY = {
+    "seed": 0,
+    "data": {
+        "format": "synthetic",
+        "image_size": 64,
+        "synthetic": {"n_train": 8, "n_test_normal": 4, "n_test_defect": 4},
+    },
+    "train": {"epochs": 1, "batch_size": 4, "device": "cpu"},
+    "score": {"pixel_channels": 16, "batch_size": 8},
+}
+TINY_SETS = [
+    "data.image_size=64",
+    "data.synthetic.n_train=8",
+    "data.synthetic.n_test_normal=4",
+    "data.synthetic.n_test_defect=4",
+    "train.epochs=1",
+    "train.batch_size=4",
+    "train.device=cpu",
+    "score.pixel_channels=16",
+    "score.batch_size=8",
+]
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+def as_flags(overrides):
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def test_train_with_evaluate_then_evaluate_the_saved_model(tmp_path, tiny_yaml, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(tiny_yaml), "--output-dir", str(run), "--quiet", "--evaluate"]) == 0
+    out = capsys.readouterr().out
+    assert "image_auroc" in out and "paper" not in out
+    # 8 training images, 1 held back: 8 folds of one image, each refit on the 7 others
+    assert "(0.99 quantile of 8 training images scored out of fold, 8 folds)" in out
+    assert "training images scored highest out of fold (worth a look for defects): " in out
+
+    model = run / "model.pt"
+    assert model.is_file() and (run / "checkpoint_last.pt").is_file()
+    assert load_config(str(run / "config.yaml")).data.synthetic.n_train == 8
+    meta = torch.load(model, weights_only=True)["metadata"]
+    assert meta["training"]["images"] == 8 and meta["training"]["epochs"] == 1
+    first = json.loads((run / "eval" / "metrics.json").read_text())
+    assert first["counts"] == {"images": 8, "normal": 4, "defective": 4}
+    assert len((run / "eval" / "scores.csv").read_text().splitlines()) == 1 + 8
+
+    other = tmp_path / "again"
+    assert main(["evaluate", str(model), "--quiet", "--output-dir", str(other)]) == 0
+    assert "image_auroc" in capsys.readouterr().out
+    again = json.loads((other / "metrics.json").read_text())
+    for key in ("metrics", "counts", "threshold", "at_threshold"):
+        assert again[key] == first[key], key
+    assert (other / "scores.csv").read_text() == (run / "eval" / "scores.csv").read_text()
+    assert (other / "config.yaml").is_file()
+
+
+def test_demo_trains_and_evaluates(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quiet", "--output-dir", str(out), *as_flags(TINY_SETS)]) == 0
+    assert (out / "model.pt").is_file()
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert 0.0 <= metrics["metrics"]["image_auroc"] <= 1.0
+    assert "metrics written to" in capsys.readouterr().out
+
+
+def test_an_unknown_key_is_named_on_stderr(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--set", "train.epoch=1"]) == 2
+    err = capsys.readouterr().err
+    assert "pitscope train: error" in err
+    assert "train.epoch" in err and "epochs" in err
+    assert list(tmp_path.iterdir()) == []  # nothing was written
+
+
+def test_evaluate_a_missing_model_is_a_clear_error(capsys):
+    assert main(["evaluate", "/nonexistent/model.pt"]) == 2
+    err = capsys.readouterr().err
+    assert "pitscope evaluate: error" in err and "/nonexistent/model.pt" in err
+
+
+def test_evaluate_refuses_a_training_checkpoint(tmp_path, capsys):
+    path = tmp_path / "checkpoint_last.pt"
+    torch.save({"config": {}, "model": {}, "optimizer": {}, "epoch": 1}, path)
+    assert main(["evaluate", str(path), "--quiet"]) == 2
+    assert "is a training checkpoint, not a model file" in capsys.readouterr().err
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_yaml, capsys):
+    out = tmp_path / "fresh"
+    assert main(["train", "--config", str(tiny_yaml), "--output-dir", str(out), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint" in err and "checkpoint_last.pt" in err
+
+
+def test_evaluate_a_file_that_is_no_model_exits_2(tmp_path, capsys):
+    path = tmp_path / "notes.pt"
+    path.write_text("hello, I am not a model\n")
+    assert main(["evaluate", str(path), "--quiet"]) == 2
+    assert "not a pitscope model file" in capsys.readouterr().err
+
+
+def test_set_accepts_a_float_in_exponent_notation(tmp_path, tiny_yaml):
+    out = tmp_path / "run"
+    args = ["train", "--config", str(tiny_yaml), "--output-dir", str(out), "--quiet"]
+    assert main([*args, "--set", "train.lr=1e-4", "--set", "model.target=none"]) == 0
+    assert load_config(str(out / "config.yaml")).train.lr == 1e-4
+
+
+def test_evaluate_accepts_post_hoc_score_options_only(tmp_path, fit_tiny_detector, capsys):
+    _, model, _ = fit_tiny_detector(tmp_path)
+    assert main(["evaluate", str(model), "--quiet", "--set", "score.map_normalisation=none"]) == 0
+    assert load_config(str(tmp_path / "eval" / "config.yaml")).score.map_normalisation == "none"
+    assert main(["evaluate", str(model), "--quiet", "--set", "score.pixel_stages=[layer1]"]) == 2
+    assert "cannot change after fitting" in capsys.readouterr().err
+    assert main(["evaluate", str(model), "--quiet", "--set", "model.target=rgb"]) == 2
+    assert "cannot change after training" in capsys.readouterr().err
+
+
+def test_snapshots_and_refit(tmp_path, tiny_yaml, capsys):
+    """Snapshots keep the network after every N epochs; refit fits new scorers around a model's or a
+    snapshot's network, and refitting the last snapshot with the run's settings gives the run's scores."""
+    import numpy as np
+
+    from pitscope.data import build_dataset
+    from pitscope.inference import Detector
+
+    run = tmp_path / "run"
+    args = ["train", "--config", str(tiny_yaml), "--output-dir", str(run), "--quiet",
+            "--set", "train.epochs=2", "--set", "train.snapshot_every=1"]
+    assert main(args) == 0
+    snaps = sorted(p.name for p in (run / "snapshots").iterdir())
+    assert snaps == ["epoch_0001.pt", "epoch_0002.pt"]
+    first = torch.load(run / "snapshots" / "epoch_0001.pt", weights_only=True)
+    last = torch.load(run / "snapshots" / "epoch_0002.pt", weights_only=True)
+    assert (first["epoch"], last["epoch"]) == (1, 2)
+    name = "backbone.conv1.weight"
+    assert not torch.equal(first["model"][name], last["model"][name])  # trained on between them
+
+    model = Detector.load(run / "model.pt")
+    assert torch.equal(last["model"][name], model.net.state_dict()[name])
+    test = build_dataset(model.cfg.data, "test", model.cfg.seed)
+    scores, maps = model.score_dataset(test, progress=False)
+
+    again = tmp_path / "again.pt"
+    assert main(["refit", str(run / "snapshots" / "epoch_0002.pt"), "--output", str(again), "--quiet"]) == 0
+    refit = Detector.load(again)
+    assert refit.metadata["training"]["epochs"] == 2 and refit.metadata["refit_from"].endswith("epoch_0002.pt")
+    s2, m2 = refit.score_dataset(test, progress=False)
+    np.testing.assert_allclose(s2, scores, rtol=1e-5)
+    np.testing.assert_allclose(m2, maps, rtol=1e-4, atol=1e-5)
+    assert float(refit.threshold) == pytest.approx(float(model.threshold), rel=1e-5)
+
+    wider = tmp_path / "wider.pt"
+    before = (run / "model.pt").read_bytes()
+    assert main(["refit", str(run / "model.pt"), "--output", str(wider), "--quiet", "--evaluate",
+                 "--set", "score.pixel_channels=24"]) == 0
+    assert "image_auroc" in capsys.readouterr().out
+    assert (run / "model.pt").read_bytes() == before  # the original is left as it was
+    wide = Detector.load(wider)
+    assert wide.pixel_scorer.channel_index_.numel() == 24
+    assert torch.equal(wide.net.state_dict()[name], model.net.state_dict()[name])
+    assert (tmp_path / "wider_eval" / "metrics.json").is_file()
+    assert wide.metadata["training"] == model.metadata["training"]
+
+
+def test_refit_refuses_what_it_cannot_do(tmp_path, tiny_yaml, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(tiny_yaml), "--output-dir", str(run), "--quiet"]) == 0
+    model = str(run / "model.pt")
+    assert main(["refit", model, "--output", model, "--quiet"]) == 2
+    assert "must differ" in capsys.readouterr().err
+    assert main(["refit", model, "--output", str(tmp_path / "x.pt"), "--set", "model.target=rgb"]) == 2
+    assert "model.*" in capsys.readouterr().err
+    assert main(["refit", str(tmp_path / "none.pt"), "--output", str(tmp_path / "y.pt")]) == 2
+    assert "no model file" in capsys.readouterr().err
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    assert main(["refit", str(tmp_path / "junk.pt"), "--output", str(tmp_path / "z.pt")]) == 2
+    assert "not a pitscope model file" in capsys.readouterr().err
+    assert main(["train", "--config", str(tiny_yaml), "--output-dir", str(run), "--set", "train.snapshot_every=-1"]) == 2
+    assert "train.snapshot_every" in capsys.readouterr().err
