@@ -35,8 +35,8 @@ class Picture(NamedTuple):
 
 def pick_pictured(labels: Sequence[int], n_defective: int, n_normal: int) -> list[int]:
     """Indices of the first n_defective defective images, then the first n_normal defect-free ones."""
-    labels = np.asarray(labels)
-    return np.flatnonzero(labels == 1)[:n_defective].tolist() + np.flatnonzero(labels == 0)[:n_normal].tolist()
+    array = np.asarray(labels)
+    return np.flatnonzero(array == 1)[:n_defective].tolist() + np.flatnonzero(array == 0)[:n_normal].tolist()
 
 
 def picture_name(path: str) -> str:

@@ -61,6 +61,10 @@ class ExportModule(nn.Module):
     its pixel method), then the comparison with the threshold, copied at construction.
     """
 
+    mean: torch.Tensor  # (1, 3, 1, 1) buffer: ImageNet's channel means
+    std: torch.Tensor  # (1, 3, 1, 1) buffer: ImageNet's channel deviations
+    threshold: torch.Tensor  # () buffer: the detector's image threshold
+
     def __init__(self, detector: Detector):
         super().__init__()
         if detector.cfg.score.image_method != "map_max" and not detector.image_scorer.is_fitted:

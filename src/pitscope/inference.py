@@ -38,11 +38,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, overload
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -143,7 +144,7 @@ class Detector(nn.Module):
     pixel_threshold: torch.Tensor  # () buffer: the map value that outlines the predicted regions
     net: DoubleSelfSupervisedNet | ScoringNetwork
 
-    def __init__(self, cfg: Config, n_kinds: int, net: DoubleSelfSupervisedNet | None = None):
+    def __init__(self, cfg: Config, n_kinds: int, net: DoubleSelfSupervisedNet | ScoringNetwork | None = None):
         super().__init__()
         self.cfg = cfg
         self.n_kinds = n_kinds
@@ -182,7 +183,9 @@ class Detector(nn.Module):
             if self.cfg.score.image_method != "map_max":
                 embedding = features["layer4"].mean(dim=(2, 3))  # (B, 512) as the net's
                 if project:
-                    embedding = self.net.projector(embedding)  # (B, projector_hidden), as the net's projection
+                    projector = self.net.projector
+                    assert projector is not None, "the config refuses image_features=projection without model.classify"
+                    embedding = projector(embedding)  # (B, projector_hidden), as the net's projection
         stacked = None
         if self.cfg.score.pixel_method == "padim":
             stages = [features[name] for name in self.cfg.score.pixel_stages]
@@ -203,27 +206,32 @@ class Detector(nn.Module):
     def _score(
         self,
         x: torch.Tensor,
-        embedding: torch.Tensor,
+        embedding: torch.Tensor | None,
         patches: torch.Tensor | None,
         seg_logits: torch.Tensor | None,
-        pixel_scorer: nn.Module | None = None,
+        pixel_scorer: PatchGaussianScorer | None = None,
         by_score: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`forward` from the images x and their `_features`; `pixel_scorer` replaces the fitted one;
         by_score=False leaves out the image-score factor of map_normalisation image_mean_score
         (the fit applies it once the threshold is known)."""
-        scores = self.image_scorer.score(embedding) if self.cfg.score.image_method != "map_max" else None  # (B,)
+        scores = None
+        if self.cfg.score.image_method != "map_max":
+            assert embedding is not None, "_features gives an image embedding unless image_method is map_max"
+            scores = self.image_scorer.score(embedding)  # (B,)
         if patches is not None:
             maps = (pixel_scorer or self.pixel_scorer).score_map(patches)  # (B, h, w) Mahalanobis distances
             if self.cfg.score.pixel_method == "patch":
-                maps = patch_map(maps, x.shape[-2:], self.cfg.score.patch_size, self.cfg.score.patch_stride)
+                size = (x.shape[-2], x.shape[-1])
+                maps = patch_map(maps, size, self.cfg.score.patch_size, self.cfg.score.patch_stride)
         else:
+            assert seg_logits is not None, "_features gives segmentation logits where it gives no patch features"
             maps = torch.sigmoid(seg_logits)  # (B, h, w) pseudo-defect probabilities
         maps = F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         maps = gaussian_smooth(maps, self.cfg.score.smoothing_sigma)  # (B, H, W)
         if self.cfg.score.map_normalisation in ("image_mean", "image_mean_score"):
             maps = maps / maps.mean(dim=(1, 2), keepdim=True).clamp_min(1e-12)  # where, within the image
-        if self.cfg.score.image_method == "map_max":
+        if scores is None:  # map_max
             scores = maps.amax(dim=(1, 2))  # (B,) the strongest local anomaly
         elif by_score and self.cfg.score.map_normalisation == "image_mean_score":
             maps = self._times_score(maps, scores)
@@ -262,8 +270,8 @@ class Detector(nn.Module):
         score reads the projection) to their average over `indices` of `dataset` (batches of
         train.batch_size in training mode, every batch weighted alike; a last batch of one image
         joins the one before). Fewer than 2 images leave them as they are."""
-        project = self.cfg.score.image_features == "projection" and self.net.projector is not None
-        modules = [self.net.backbone, *([self.net.projector] if project else [])]
+        projector = self.net.projector if self.cfg.score.image_features == "projection" else None
+        modules: list[nn.Module] = [self.net.backbone, *([projector] if projector is not None else [])]
         norms = [m for part in modules for m in part.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         indices = list(indices)
         if not norms or len(indices) < 2:
@@ -285,8 +293,8 @@ class Detector(nn.Module):
                 if self.cfg.train.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 features = self.net.backbone(x)
-                if project:
-                    self.net.projector(features["layer4"].mean(dim=(2, 3)))
+                if projector is not None:
+                    projector(features["layer4"].mean(dim=(2, 3)))
         finally:
             for m, momentum in zip(norms, momenta):
                 m.momentum = momentum
@@ -334,7 +342,7 @@ class Detector(nn.Module):
             if features[0] is not None:
                 held_embeddings.append(features[0].double().cpu())
             if oof_maps:
-                held_moments = self.pixel_scorer.moments(features[1], held_moments)
+                held_moments = self.pixel_scorer.moments(_padim_features(features), held_moments)
         q = score.threshold_quantile
         record = {"method": "held_back", "images": len(calibration), "held_back": bool(cal_idx), "quantile": q}
         scores = torch.cat(held_scores).double()
@@ -345,7 +353,9 @@ class Detector(nn.Module):
             every[cal_idx] = torch.cat(held_embeddings)
             oof = out_of_fold_scores(every, folds, score.shrinkage, score.ridge)
         elif oof_maps:
-            total = self.pixel_scorer._moments.combined(held_moments)
+            kept = self.pixel_scorer._moments
+            assert kept is not None and held_moments is not None, "finalize kept the sums; calibration added to them"
+            total = kept.combined(held_moments)
             self.pixel_scorer.release_moments()
             del held_moments
             oof = self._out_of_fold_map_scores(dataset, folds, total, progress)
@@ -381,7 +391,7 @@ class Detector(nn.Module):
             for chunk, x in iterate_batches(dataset, fold, self.cfg.score.batch_size, "", False):
                 x = x.to(device)
                 features = self._features(x)
-                part = self.pixel_scorer.moments(features[1], part)
+                part = self.pixel_scorer.moments(_padim_features(features), part)
                 batches.append((chunk, x, features))
             scorer = self.pixel_scorer.refitted(total.combined(part, -1))
             for chunk, x, features in batches:
@@ -403,13 +413,20 @@ class Detector(nn.Module):
         return np.concatenate(scores), np.concatenate(maps)
 
     # -- prediction -------------------------------------------------------------------------
+    @overload
+    def predict(self, inputs: str | Path | Image.Image | np.ndarray, threshold: float | None = None) -> Prediction: ...
+
+    @overload
+    def predict(self, inputs: list[Any] | tuple[Any, ...], threshold: float | None = None) -> list[Prediction]: ...
+
     @torch.inference_mode()
     def predict(self, inputs, threshold: float | None = None) -> Prediction | list[Prediction]:
         """Score images given as paths, PIL images or arrays; maps come at each input's own size.
 
         inputs: one image (a path, a PIL image, an array (H, W), (H, W, 1|3|4), uint8 or uint16),
             a list of them, or an array batch (B, H, W, C). One image gives one Prediction, a
-            list or batch gives a list.
+            list or batch gives a list (type checkers take any array for one image: pass
+            list(batch) to have a batch typed as a list).
         threshold: overrides the calibrated threshold for this call.
         """
         single = not isinstance(inputs, (list, tuple)) and not (isinstance(inputs, np.ndarray) and inputs.ndim == 4)
@@ -483,6 +500,14 @@ class Detector(nn.Module):
         detector.metadata = state.get("metadata", {})
         detector.metadata["version"] = state.get("version")
         return detector.to(device).eval()
+
+
+def _padim_features(features: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]) -> torch.Tensor:
+    """The stacked stage features (B, C, h, w) of `Detector._features`'s output, for the PaDiM
+    sums of out-of-fold map scores (pixel_method padim, which always gives them)."""
+    patches = features[1]
+    assert patches is not None, "pixel_method padim gives stacked stage features"
+    return patches
 
 
 def _check_scoring_network(net: ScoringNetwork, cfg: Config) -> None:

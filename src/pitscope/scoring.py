@@ -73,13 +73,15 @@ class _Moments:
         """Add samples x: (P, B, D)."""
         x = x.to(torch.float64)
         p, _, d = x.shape
-        if self.shift is None:
-            self._start(x.mean(1))  # (P, D)
-        elif (p, d) != tuple(self.shift.shape):
-            raise ValueError(f"expected {tuple(self.shift.shape)} positions x features, got {(p, d)}")
+        shift = self.shift
+        if shift is None:
+            shift = x.mean(1)  # (P, D)
+            self._start(shift)
+        elif (p, d) != tuple(shift.shape):
+            raise ValueError(f"expected {tuple(shift.shape)} positions x features, got {(p, d)}")
         for start in range(0, p, self.chunk):
             sl = slice(start, start + self.chunk)
-            z = x[sl] - self.shift[sl, None]  # (p, B, D)
+            z = x[sl] - shift[sl, None]  # (p, B, D)
             a = (z**2).sum(-1)  # (p, B)
             self.s1[sl] += z.sum(1)
             self.s2[sl].baddbmm_(z.transpose(1, 2), z)
@@ -99,14 +101,15 @@ class _Moments:
             sum_i ||x_i||^4 = Saa - 4 m.Sa + 4 m^T S2 m + 2 c tr(S2) - 3 n c^2.
         ridge: S + ridge I, and shrinkage = ridge.
         """
-        n, d = self.n, self.s1.shape[-1]
+        assert self.shift is not None, "the sums (s1, ...) exist only once a shift is set"
+        shift, n, d = self.shift, self.n, self.s1.shape[-1]
         m = self.s1[sl] / n  # (p, D)
         s2 = self.s2[sl]
         cov = s2 / n - m[:, :, None] * m[:, None, :]  # (p, D, D)
         eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
         if shrinkage == "ridge":
             coef = torch.full((cov.shape[0],), float(ridge), dtype=cov.dtype, device=cov.device)
-            return self.shift[sl] + m, cov + ridge * eye, coef
+            return shift[sl] + m, cov + ridge * eye, coef
         c = (m**2).sum(-1)  # (p,)
         s2_trace = torch.diagonal(s2, dim1=-2, dim2=-1).sum(-1)
         fourth = (
@@ -126,7 +129,7 @@ class _Moments:
         if d == 1:
             coef = torch.zeros_like(coef)
         cov = (1 - coef)[:, None, None] * cov + (coef * mu)[:, None, None] * eye
-        return self.shift[sl] + m, cov, coef
+        return shift[sl] + m, cov, coef
 
 
 def _precision(cov: Tensor) -> Tensor:
@@ -175,6 +178,13 @@ class _FittedBuffers(nn.Module):
     """
 
     _state: tuple[str, ...] = ()
+    location_: Tensor  # every scorer's state has it; `is_fitted` reads it
+
+    def _buffer(self, name: str) -> Tensor:
+        """The buffer `name` of `_state` (`_buffers` is typed to hold None too)."""
+        buffer = self._buffers[name]
+        assert buffer is not None, "_register_empty registers every name of _state with a tensor"
+        return buffer
 
     def _register_empty(self, dtypes: dict[str, torch.dtype]) -> None:
         for name in self._state:
@@ -184,19 +194,19 @@ class _FittedBuffers(nn.Module):
         for name in self._state:
             key = prefix + name
             if key in state_dict:
-                old = self._buffers[name]
+                old = self._buffer(name)
                 self._buffers[name] = torch.empty(state_dict[key].shape, dtype=old.dtype, device=old.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _set(self, name: str, value: Tensor) -> None:
         """Store a fitted value in the buffer's dtype and device, contiguous (a transposed layout
         would make a loaded copy round differently in matmuls)."""
-        old = self._buffers[name]
+        old = self._buffer(name)
         self._buffers[name] = value.to(dtype=old.dtype, device=old.device).contiguous()
 
     @property
     def is_fitted(self) -> bool:
-        return self._buffers["location_"].numel() > 0
+        return self.location_.numel() > 0
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:
@@ -217,6 +227,10 @@ class GaussianScorer(_FittedBuffers):
     """
 
     _state = ("location_", "covariance_", "precision_", "shrinkage_")
+    location_: Tensor
+    covariance_: Tensor
+    precision_: Tensor
+    shrinkage_: Tensor
 
     def __init__(self, shrinkage: str = "ledoit_wolf", ridge: float = 0.01):
         super().__init__()
@@ -299,6 +313,11 @@ class PatchGaussianScorer(_FittedBuffers):
     """
 
     _state = ("channel_index_", "location_", "precision_", "shrinkage_", "map_size_")
+    channel_index_: Tensor
+    location_: Tensor
+    precision_: Tensor
+    shrinkage_: Tensor
+    map_size_: Tensor
 
     def __init__(
         self,
@@ -372,7 +391,8 @@ class PatchGaussianScorer(_FittedBuffers):
         fitted means if none are kept), so that they add to and subtract from those."""
         self._check_fitted()
         if into is None:
-            shift = self._moments.shift if self._moments is not None else self.location_
+            kept = self._moments.shift if self._moments is not None else None
+            shift = kept if kept is not None else self.location_
             into = _Moments(self.chunk, shift.to(features.device))
         if tuple(features.shape[-2:]) != tuple(self.map_size_.tolist()):
             raise ValueError(f"feature maps are {tuple(features.shape[-2:])}, expected {tuple(self.map_size_.tolist())}")
@@ -397,7 +417,7 @@ class PatchGaussianScorer(_FittedBuffers):
         """Set the fitted means, precisions and shrinkages from the sums."""
         positions = moments.s1.shape[0]
         locations, precisions, coefs = [], [], []
-        dtype = self._buffers["location_"].dtype
+        dtype = self.location_.dtype
         for start in range(0, positions, self.chunk):
             location, cov, coef = moments.gaussian(slice(start, start + self.chunk), self.shrinkage, self.ridge)
             locations.append(location.to(dtype))

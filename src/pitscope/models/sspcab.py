@@ -22,7 +22,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models import ResNet
 
+from pitscope.models.backbone import Backbone
 from pitscope.models.mscm import ChannelAttention, MaskedSplitConv
 
 KERNEL_SIZE = 1  # SSPCAB's k'
@@ -45,15 +47,16 @@ class SSPCAB(nn.Module):
         return self.attention(self.masked(x))
 
 
-def insert_sspcab(backbone: nn.Module) -> SSPCAB:
+def insert_sspcab(backbone: Backbone | ResNet) -> SSPCAB:
     """Replace the first convolution of the last basic block of `backbone` (a `Backbone` or
     torchvision ResNet) with an SSPCAB block of as many channels; returns the block."""
     last = backbone.layer4[-1]
     conv = last.conv1
-    if conv.in_channels != conv.out_channels or conv.stride != (1, 1):
+    if not isinstance(conv, nn.Conv2d) or conv.in_channels != conv.out_channels or conv.stride != (1, 1):
         raise ValueError(f"cannot replace {conv} by SSPCAB: it must keep channels and resolution")
-    last.conv1 = SSPCAB(conv.out_channels)
-    return last.conv1
+    block = SSPCAB(conv.out_channels)
+    last.conv1 = block
+    return block
 
 
 def reconstruction_loss(block_input: torch.Tensor, block_output: torch.Tensor) -> torch.Tensor:

@@ -125,7 +125,6 @@ def score_upload(served: Served, data: bytes, threshold: float | None, pictures:
         if version is not None and float(detector.threshold) != version.image_threshold:
             detector.threshold.fill_(version.image_threshold)  # another worker stored a new one
         prediction = detector.predict(image, threshold=threshold)
-    assert not isinstance(prediction, list)  # one image gives one Prediction
     region, regions = prediction.outline()  # (H, W) bool, largest first
     result = {
         "score": float(prediction.score),
