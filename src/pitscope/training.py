@@ -1,9 +1,10 @@
-"""Training the double self-supervised network: joint loss, budget, checkpoints, resume, logs.
+"""Training the double self-supervised network: the loop, budget, checkpoints, resume, logs.
 
 One epoch is one pass over the defect-free training images. Every batch of B normal images is
 paired with B pseudo-defective copies (one pseudo-defect each), so the network sees 2B images a
 step: the classifier tells them apart (L_CE) and the pixel branch predicts the HOG (or RGB) of
-every image fed in (L_MSE). L = L_CE + lambda * L_MSE (paper eq. 1-5).
+every image fed in (L_MSE). L = L_CE + lambda * L_MSE (paper eq. 1-5); the pairs and the loss
+are in training_loss.py.
 
 The pseudo-defect of image i in epoch e is drawn from numpy_rng(seed, e, i), and the epoch's
 order from a torch Generator seeded with (seed, e): a resumed run sees the same data as an
@@ -20,11 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from pitscope import __version__, distributed
@@ -32,12 +31,10 @@ from pitscope.augment import PseudoDefects
 from pitscope.config import Config, TrainConfig, from_dict, save_config, to_dict
 from pitscope.data.types import Sample
 from pitscope.files import TRAIN_LOG, atomic_save
-from pitscope.models.hog import hog_features, rgb_target
 from pitscope.models.network import DoubleSelfSupervisedNet, NetOutput
-from pitscope.models.segmentation import focal_loss
-from pitscope.models.sspcab import reconstruction_loss
-from pitscope.seeding import numpy_rng, seed_everything, worker_init_fn
-from pitscope.tensors import denormalise, image_to_tensor
+from pitscope.seeding import seed_everything, worker_init_fn
+from pitscope.training_loss import PseudoDefectPairs, compute_loss
+from pitscope.training_loss import pixel_target as pixel_target  # the loop's names, kept importable here
 from pitscope.upgrade import upgrade
 from pitscope.warm_start import labelled_cutouts, start_from
 
@@ -48,94 +45,6 @@ SNAPSHOT_DIR = "snapshots"
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message says where and what to try."""
-
-
-class PseudoDefectPairs(Dataset):
-    """Item i of epoch e: (normal (3,H,W), pseudo-defective (3,H,W), mask (H,W), kind).
-
-    With `crop`, the normal image is first a random crop x crop square of the sample (drawn from
-    the item's own seeded generator), so H = W = crop."""
-
-    def __init__(self, dataset: Sequence[Sample], maker: PseudoDefects, seed: int, crop: int | None = None):
-        self.dataset = dataset
-        self.maker = maker
-        self.seed = seed
-        self.crop = crop
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        normal = self.dataset[index].image
-        rng = numpy_rng(self.seed, self.epoch, index)
-        if self.crop is not None:
-            h, w = normal.shape[:2]
-            if self.crop > min(h, w):
-                raise ValueError(f"train.crop_size {self.crop} is larger than a training image ({h} x {w})")
-            top, left = int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
-            normal = normal[top : top + self.crop, left : left + self.crop]
-        image, mask, kind = self.maker(normal, rng)
-        return (
-            image_to_tensor(normal),
-            image_to_tensor(image),
-            torch.from_numpy(mask.astype(np.float32)),
-            kind,
-        )
-
-
-def pixel_target(cfg: Config, x: torch.Tensor) -> torch.Tensor | None:
-    """The pixel branch's target for normalised input x (B, 3, H, W): (B, 3780) or None."""
-    if cfg.model.target == "none":
-        return None
-    with torch.autocast(x.device.type, enabled=False):  # targets in float32 under mixed precision
-        images = denormalise(x.float())  # (B, 3, H, W) in [0, 1]
-        if cfg.model.target == "hog":
-            return hog_features(images)
-        return rgb_target(images)
-
-
-def compute_loss(model: Callable[[torch.Tensor], NetOutput], cfg: Config, batch) -> tuple[torch.Tensor, dict[str, float]]:
-    """Joint loss of one batch of pairs; returns (loss, its parts as floats). model: the network,
-    or its DistributedDataParallel or compiled wrapper."""
-    normal, defective, mask, kind = batch
-    b = normal.shape[0]
-    x = torch.cat([normal, defective])  # (2B, 3, H, W)
-    out: NetOutput = model(x)
-    parts: dict[str, float] = {}
-    loss = x.new_zeros(())
-    if out.logits is not None:
-        if cfg.model.head == "binary":
-            labels = torch.cat([x.new_zeros(b), x.new_ones(b)])  # (2B,)
-            ce = F.binary_cross_entropy_with_logits(out.logits.reshape(-1), labels)
-        else:
-            labels = torch.cat([torch.zeros(b, dtype=torch.long), kind.long()]).to(x.device)  # (2B,)
-            ce = F.cross_entropy(out.logits, labels)
-        loss = loss + ce
-        parts["ce"] = float(ce.detach())
-    if out.target_pred is not None:
-        with torch.no_grad():
-            hog = pixel_target(cfg, x)  # (2B, 3780)
-        if hog is None:
-            raise ValueError("the network predicts a pixel target but model.target is none")
-        mse = F.mse_loss(out.target_pred.float(), hog)
-        loss = loss + cfg.model.loss_lambda * mse
-        parts["mse"] = float(mse.detach())
-    if out.seg_logits is not None:
-        logits = F.interpolate(out.seg_logits[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        target = torch.cat([torch.zeros_like(mask), mask])  # (2B, H, W): normal images have no defect
-        seg = focal_loss(logits, target)
-        loss = loss + cfg.model.segment_weight * seg
-        parts["seg"] = float(seg.detach())
-    if out.sspcab is not None:
-        rec = reconstruction_loss(*out.sspcab)
-        loss = loss + cfg.model.sspcab_weight * rec
-        parts["sspcab"] = float(rec.detach())
-    parts["loss"] = float(loss.detach())
-    return loss, parts
 
 
 def resolve_device(name: str) -> torch.device:
@@ -242,6 +151,289 @@ def scheduled_lr(train_cfg: TrainConfig, step: int, steps_per_epoch: int, elapse
     return train_cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+@dataclass
+class _Run:
+    """The state one training run carries from its setup through its epochs to its result."""
+
+    cfg: Config
+    ctx: distributed.DistContext
+    device: torch.device
+    echo: Callable[[str], None]
+    progress: bool
+    out_dir: Path
+    last_path: Path
+    maker: PseudoDefects
+    labelled: list[dict]
+    model: DoubleSelfSupervisedNet
+    optimizer: torch.optim.SGD
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    start_epoch: int = 0
+    step: int = 0
+    elapsed: float = 0.0
+    step_time: float = 0.0  # the last step's seconds: the budget check looks one step ahead
+    history: list[dict] = field(default_factory=list)
+    log: _CsvLog | None = None
+    writer: Any = None
+
+    @property
+    def main(self) -> bool:
+        return self.ctx.is_main
+
+
+def _build(cfg: Config, resume: bool, progress: bool, echo: Callable[[str], None]) -> _Run:
+    """Device, seeds, pseudo-defect maker, network and optimiser of a run (nothing loaded yet)."""
+    out_dir = Path(cfg.output_dir)
+    ctx, device = distributed.setup(resolve_device(cfg.train.device))
+    if cfg.train.batch_size % ctx.world_size:
+        raise ValueError(
+            f"train.batch_size={cfg.train.batch_size} must be a multiple of the {ctx.world_size} processes"
+        )
+    if not ctx.is_main:
+        echo, progress = (lambda _msg: None), False
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    cutouts, labelled = labelled_cutouts(cfg)
+    maker = PseudoDefects(cfg.augment, cutouts)
+    if labelled:
+        echo(f"{len(cutouts)} marked defects of {len(labelled)} labelled photos pasted as pseudo-defects")
+    model = DoubleSelfSupervisedNet(cfg.model, n_kinds=maker.n_kinds)
+    if cfg.train.init_from and not resume:
+        start_from(model, cfg.train.init_from, echo)
+    model = model.to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay
+    )
+    amp_dtype = resolve_precision(cfg.train.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return _Run(cfg, ctx, device, echo, progress, out_dir, out_dir / LAST_CHECKPOINT, maker, labelled,
+                model, optimizer, scaler, amp_dtype)
+
+
+def _resume(run: _Run) -> None:
+    """Load checkpoint_last.pt into `run` after checking it was trained with the same model,
+    augment, data, seed and crop size; the config's optimiser settings win over the saved ones."""
+    cfg, last_path = run.cfg, run.last_path
+    if not last_path.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
+    state = upgrade(torch.load(last_path, map_location=run.device, weights_only=True), "checkpoint", str(last_path))
+    saved = from_dict(state["config"])
+    for section in ("model", "augment", "data"):
+        if to_dict(getattr(saved, section)) != to_dict(getattr(cfg, section)):
+            raise ValueError(f"--resume: {last_path} was trained with another {section} config")
+    if saved.seed != cfg.seed:
+        raise ValueError(f"--resume: {last_path} was trained with seed {saved.seed}, not {cfg.seed}")
+    if saved.train.crop_size != cfg.train.crop_size:
+        raise ValueError(f"--resume: {last_path} was trained with train.crop_size {saved.train.crop_size}, "
+                         f"not {cfg.train.crop_size}")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    for group in run.optimizer.param_groups:
+        group.update(lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
+    if "scaler" in state:
+        run.scaler.load_state_dict(state["scaler"])
+    run.start_epoch, run.step, run.elapsed = state["epoch"], state["step"], state["elapsed_s"]
+    run.history = list(state["history"])
+    run.echo(f"resuming after epoch {run.start_epoch} (step {run.step}, {run.elapsed / 60:.1f} min trained)")
+
+
+def _step_model(run: _Run) -> Callable[[torch.Tensor], NetOutput]:
+    """The network as the steps call it: wrapped in DistributedDataParallel and compiled if asked."""
+    step_model: Callable[[torch.Tensor], NetOutput] = run.model
+    if run.ctx.enabled:
+        device = run.device
+        step_model = DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None)
+    if run.cfg.train.compile:
+        step_model = torch.compile(step_model)
+    return step_model
+
+
+def _announce(run: _Run) -> None:
+    """Echo the device and precision, warning when bf16 runs emulated on this CPU."""
+    cfg, device, amp_dtype = run.cfg, run.device, run.amp_dtype
+    precision = "float32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
+    if amp_dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_bf16():
+        run.echo("warning: this CPU has no native bfloat16, so train.precision=bf16 runs slower than float32 "
+                 "here; --set train.precision=fp32 trains more epochs in the same budget")
+    run.echo(
+        f"device {device}, {precision}{', channels-last' if cfg.train.channels_last else ''}"
+        + (f", {run.ctx.world_size} processes" if run.ctx.enabled else "")
+    )
+
+
+def _save_last(run: _Run, epoch: int) -> None:
+    """checkpoint_last.pt after `epoch` finished epochs (rank 0, when train.checkpoint is on)."""
+    if not run.main or not run.cfg.train.checkpoint:
+        return
+    atomic_save(
+        {
+            "config": to_dict(run.cfg),
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "epoch": epoch,
+            "step": run.step,
+            "elapsed_s": run.elapsed,
+            "history": run.history,
+            "n_kinds": run.maker.n_kinds,
+            "version": __version__,
+        },
+        run.last_path,
+    )
+
+
+def _save_snapshot(run: _Run, epoch: int) -> None:
+    """snapshots/epoch_NNNN.pt every train.snapshot_every epochs (rank 0)."""
+    cfg = run.cfg
+    if not run.main or not cfg.train.snapshot_every or epoch % cfg.train.snapshot_every:
+        return
+    atomic_save(
+        {
+            "config": to_dict(cfg),
+            "model": run.model.state_dict(),
+            "n_kinds": run.maker.n_kinds,
+            "epoch": epoch,
+            "step": run.step,
+            "elapsed_s": run.elapsed,
+            "version": __version__,
+        },
+        run.out_dir / SNAPSHOT_DIR / f"epoch_{epoch:04d}.pt",
+    )
+
+
+def _epoch_loader(run: _Run, pairs: PseudoDefectPairs, epoch: int, batch_size: int, drop_last: bool) -> DataLoader:
+    """The epoch's batches, in an order seeded with (seed, epoch); also seeds torch's RNG, from
+    which the feature masks draw, so a resumed run draws what an uninterrupted one would."""
+    cfg, ctx = run.cfg, run.ctx
+    pairs.set_epoch(epoch)
+    torch.manual_seed(cfg.seed * 100_003 + epoch)
+    if ctx.enabled:
+        sampler: DistributedSampler[int] = DistributedSampler(
+            pairs, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=drop_last
+        )
+        sampler.set_epoch(epoch)
+        order: dict[str, Any] = {"sampler": sampler}
+    else:
+        order = {"shuffle": True, "generator": torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)}
+    return DataLoader(
+        pairs,
+        batch_size=batch_size,
+        drop_last=drop_last,
+        num_workers=cfg.train.num_workers,
+        worker_init_fn=worker_init_fn,
+        pin_memory=run.device.type == "cuda",
+        **order,
+    )
+
+
+def _train_epoch(
+    run: _Run, step_model: Callable[[torch.Tensor], NetOutput], loader: DataLoader, epoch: int, budget_s: float
+) -> bool:
+    """One epoch of optimiser steps; logs every train.log_every steps and appends the epoch's mean
+    losses to run.history when it finishes. Returns whether the budget stopped it."""
+    cfg, device, amp_dtype = run.cfg, run.device, run.amp_dtype
+    steps_per_epoch = len(loader)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not run.progress, leave=False)
+    sums: dict[str, float] = {}
+    n = 0
+    stopped_by_budget = False
+    tick = time.perf_counter()
+    for batch in bar:
+        batch = [
+            t.to(device, non_blocking=True, memory_format=torch.channels_last)
+            if cfg.train.channels_last and t.ndim == 4 else t.to(device, non_blocking=True)
+            for t in batch
+        ]
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss, parts = compute_loss(step_model, cfg, batch)
+        # one all-reduce: the budget and a NaN stop every process at the same step, and the
+        # learning rate follows the slowest process's clock so all of them apply the same one
+        over_budget, diverged, clock = distributed.max_over_ranks(
+            [run.elapsed + run.step_time > budget_s, not bool(torch.isfinite(loss)), run.elapsed], device
+        )
+        if diverged:
+            raise _diverged(run, epoch, parts)
+        if over_budget:
+            stopped_by_budget = True
+            break
+        lr = scheduled_lr(cfg.train, run.step, steps_per_epoch, clock, budget_s)
+        _optimiser_step(run, loss, lr)
+        now = time.perf_counter()
+        run.step_time, tick = now - tick, now  # data preparation of this step included
+        run.elapsed += run.step_time
+        n += 1
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v
+        bar.set_postfix({k: f"{v:.4f}" for k, v in parts.items()})
+        if run.main and (run.step % cfg.train.log_every == 0 or n == 1):
+            _log_step(run, epoch, lr, parts)
+    bar.close()
+    if n and not stopped_by_budget:
+        _end_epoch(run, epoch, n, sums)
+    return stopped_by_budget
+
+
+def _optimiser_step(run: _Run, loss: torch.Tensor, lr: float) -> None:
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.step += 1
+
+
+def _log_step(run: _Run, epoch: int, lr: float, parts: dict[str, float]) -> None:
+    """One row of train_log.csv and the loss parts to TensorBoard (rank 0)."""
+    row = {"epoch": epoch + 1, "step": run.step, "lr": lr, "elapsed_s": round(run.elapsed, 2), **parts}
+    assert run.log is not None
+    run.log.write(row)
+    if run.writer is not None:
+        for k, v in parts.items():
+            run.writer.add_scalar(f"train/{k}", v, run.step)
+
+
+def _diverged(run: _Run, epoch: int, parts: dict[str, float]) -> TrainingDiverged:
+    where = (
+        f"the last good state (after epoch {epoch}) is in {run.last_path}; resume from it with "
+        if run.last_path.exists() else "no epoch finished, so start again with "
+    )
+    return TrainingDiverged(
+        f"loss is {parts['loss']} at epoch {epoch + 1}, step {run.step + 1} ({parts}); "
+        f"{where}a lower train.lr (now {run.cfg.train.lr})."
+    )
+
+
+def _end_epoch(run: _Run, epoch: int, n: int, sums: dict[str, float]) -> None:
+    """The finished epoch's mean losses: into run.history and echoed."""
+    summary = {"epoch": epoch + 1, "steps": n, **{k: v / n for k, v in sums.items()}, "elapsed_s": run.elapsed}
+    run.history.append(summary)
+    run.echo(
+        f"epoch {epoch + 1}/{run.cfg.train.epochs}: "
+        + ", ".join(f"{k} {summary[k]:.4f}" for k in ("loss", "ce", "mse", "seg", "sspcab") if k in summary)
+        + f" ({run.elapsed / 60:.1f} min)"
+    )
+
+
+def _finish(run: _Run, epoch: int, stopped_by_budget: bool) -> TrainResult:
+    """Close the logs, share rank 0's BatchNorm statistics and hand back the eval-mode network."""
+    if run.main and run.writer is not None:
+        run.writer.close()
+    distributed.broadcast_buffers(run.model)  # BatchNorm statistics: rank 0's, like the checkpoint
+    epochs_done = run.history[-1]["epoch"] if run.history else run.start_epoch  # complete epochs only
+    if stopped_by_budget:
+        run.echo(
+            f"stopped at the budget of {run.cfg.train.budget_minutes} min after {run.step} steps "
+            f"(epoch {epoch + 1} of {run.cfg.train.epochs})"
+        )
+    run.model.eval()
+    model = run.model.to(memory_format=torch.contiguous_format)
+    return TrainResult(model, run.maker.n_kinds, epochs_done, run.step, run.elapsed, stopped_by_budget,
+                       run.history, run.labelled)
+
+
 def train(
     cfg: Config,
     dataset: Sequence[Sample],
@@ -263,218 +455,36 @@ def train(
     gradients are averaged, and only rank 0 writes files and prints; all ranks return the same
     weights.
     """
-    out_dir = Path(cfg.output_dir)
     if len(dataset) == 0:
         raise ValueError("the training split holds no images")
-    ctx, device = distributed.setup(resolve_device(cfg.train.device))
-    if cfg.train.batch_size % ctx.world_size:
-        raise ValueError(
-            f"train.batch_size={cfg.train.batch_size} must be a multiple of the {ctx.world_size} processes"
-        )
-    main = ctx.is_main
-    if not main:
-        echo, progress = (lambda _msg: None), False
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
-    cutouts, labelled = labelled_cutouts(cfg)
-    maker = PseudoDefects(cfg.augment, cutouts)
-    if labelled:
-        echo(f"{len(cutouts)} marked defects of {len(labelled)} labelled photos pasted as pseudo-defects")
-    model = DoubleSelfSupervisedNet(cfg.model, n_kinds=maker.n_kinds)
-    if cfg.train.init_from and not resume:
-        start_from(model, cfg.train.init_from, echo)
-    model = model.to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay
-    )
-    amp_dtype = resolve_precision(cfg.train.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    start_epoch, step, elapsed, history = 0, 0, 0.0, []
-    last_path = out_dir / LAST_CHECKPOINT
+    run = _build(cfg, resume, progress, echo)
     if resume:
-        if not last_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
-        state = upgrade(torch.load(last_path, map_location=device, weights_only=True), "checkpoint", str(last_path))
-        saved = from_dict(state["config"])
-        for section in ("model", "augment", "data"):
-            if to_dict(getattr(saved, section)) != to_dict(getattr(cfg, section)):
-                raise ValueError(f"--resume: {last_path} was trained with another {section} config")
-        if saved.seed != cfg.seed:
-            raise ValueError(f"--resume: {last_path} was trained with seed {saved.seed}, not {cfg.seed}")
-        if saved.train.crop_size != cfg.train.crop_size:
-            raise ValueError(f"--resume: {last_path} was trained with train.crop_size {saved.train.crop_size}, "
-                             f"not {cfg.train.crop_size}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:  # the config's optimiser settings win over the saved ones
-            group.update(lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, step, elapsed = state["epoch"], state["step"], state["elapsed_s"]
-        history = list(state["history"])
-        echo(f"resuming after epoch {start_epoch} (step {step}, {elapsed / 60:.1f} min trained)")
-    elif main and not cfg.train.checkpoint and last_path.exists():
-        last_path.unlink()
-        echo(f"removed {last_path} of an earlier run (train.checkpoint is false)")
-    if main:
-        save_config(cfg, out_dir / "config.yaml")
-        log = _CsvLog(out_dir / LOG_FILE, truncate=not resume, resume_step=step if resume else None)
-        writer = _tensorboard(out_dir)
-    step_model: Callable[[torch.Tensor], NetOutput] = model
-    if ctx.enabled:
-        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.train.compile:
-        step_model = torch.compile(step_model)
-    pairs = PseudoDefectPairs(dataset, maker, cfg.seed, cfg.train.crop_size)
-    batch_size = min(cfg.train.batch_size, len(dataset)) // ctx.world_size  # per process
+        _resume(run)
+    elif run.main and not cfg.train.checkpoint and run.last_path.exists():
+        run.last_path.unlink()
+        run.echo(f"removed {run.last_path} of an earlier run (train.checkpoint is false)")
+    if run.main:
+        save_config(cfg, run.out_dir / "config.yaml")
+        run.log = _CsvLog(run.out_dir / LOG_FILE, truncate=not resume, resume_step=run.step if resume else None)
+        run.writer = _tensorboard(run.out_dir)
+    step_model = _step_model(run)
+    pairs = PseudoDefectPairs(dataset, run.maker, cfg.seed, cfg.train.crop_size)
+    batch_size = min(cfg.train.batch_size, len(dataset)) // run.ctx.world_size  # per process
     if batch_size < 1:
-        raise ValueError(f"{len(dataset)} training images cannot be shared by {ctx.world_size} processes")
-    drop_last = len(dataset) >= 2 * batch_size * ctx.world_size
+        raise ValueError(f"{len(dataset)} training images cannot be shared by {run.ctx.world_size} processes")
+    drop_last = len(dataset) >= 2 * batch_size * run.ctx.world_size
     budget_s = cfg.train.budget_minutes * 60 if cfg.train.budget_minutes else math.inf
-    precision = "float32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
-    if amp_dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_bf16():
-        echo("warning: this CPU has no native bfloat16, so train.precision=bf16 runs slower than float32 "
-             "here; --set train.precision=fp32 trains more epochs in the same budget")
-    echo(
-        f"device {device}, {precision}{', channels-last' if cfg.train.channels_last else ''}"
-        + (f", {ctx.world_size} processes" if ctx.enabled else "")
-    )
-
-    def save_last(epoch: int) -> None:
-        if not main or not cfg.train.checkpoint:
-            return
-        atomic_save(
-            {
-                "config": to_dict(cfg),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch,
-                "step": step,
-                "elapsed_s": elapsed,
-                "history": history,
-                "n_kinds": maker.n_kinds,
-                "version": __version__,
-            },
-            last_path,
-        )
-
-    def save_snapshot(epoch: int) -> None:
-        if not main or not cfg.train.snapshot_every or epoch % cfg.train.snapshot_every:
-            return
-        atomic_save(
-            {
-                "config": to_dict(cfg),
-                "model": model.state_dict(),
-                "n_kinds": maker.n_kinds,
-                "epoch": epoch,
-                "step": step,
-                "elapsed_s": elapsed,
-                "version": __version__,
-            },
-            out_dir / SNAPSHOT_DIR / f"epoch_{epoch:04d}.pt",
-        )
+    _announce(run)
 
     stopped_by_budget = False
-    epoch = start_epoch
-    model.train()
-    step_time = 0.0
-    for epoch in range(start_epoch, cfg.train.epochs):
-        pairs.set_epoch(epoch)
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # feature masks draw from torch's RNG: resumable
-        if ctx.enabled:
-            sampler: DistributedSampler[int] = DistributedSampler(
-                pairs, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=drop_last
-            )
-            sampler.set_epoch(epoch)
-            order: dict[str, Any] = {"sampler": sampler}
-        else:
-            order = {"shuffle": True, "generator": torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)}
-        loader = DataLoader(
-            pairs,
-            batch_size=batch_size,
-            drop_last=drop_last,
-            num_workers=cfg.train.num_workers,
-            worker_init_fn=worker_init_fn,
-            pin_memory=device.type == "cuda",
-            **order,
-        )
-        steps_per_epoch = len(loader)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress, leave=False)
-        sums: dict[str, float] = {}
-        n = 0
-        tick = time.perf_counter()
-        for batch in bar:
-            batch = [
-                t.to(device, non_blocking=True, memory_format=torch.channels_last)
-                if cfg.train.channels_last and t.ndim == 4 else t.to(device, non_blocking=True)
-                for t in batch
-            ]
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss, parts = compute_loss(step_model, cfg, batch)
-            # one all-reduce: the budget and a NaN stop every process at the same step, and the
-            # learning rate follows the slowest process's clock so all of them apply the same one
-            over_budget, diverged, clock = distributed.max_over_ranks(
-                [elapsed + step_time > budget_s, not bool(torch.isfinite(loss)), elapsed], device
-            )
-            if diverged:
-                where = (
-                    f"the last good state (after epoch {epoch}) is in {last_path}; resume from it with "
-                    if last_path.exists() else "no epoch finished, so start again with "
-                )
-                raise TrainingDiverged(
-                    f"loss is {parts['loss']} at epoch {epoch + 1}, step {step + 1} ({parts}); "
-                    f"{where}a lower train.lr (now {cfg.train.lr})."
-                )
-            if over_budget:
-                stopped_by_budget = True
-                break
-            lr = scheduled_lr(cfg.train, step, steps_per_epoch, clock, budget_s)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            now = time.perf_counter()
-            step_time, tick = now - tick, now  # data preparation of this step included
-            elapsed += step_time
-            n += 1
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix({k: f"{v:.4f}" for k, v in parts.items()})
-            if main and (step % cfg.train.log_every == 0 or n == 1):
-                row = {"epoch": epoch + 1, "step": step, "lr": lr, "elapsed_s": round(elapsed, 2), **parts}
-                log.write(row)
-                if writer is not None:
-                    for k, v in parts.items():
-                        writer.add_scalar(f"train/{k}", v, step)
-        bar.close()
-        if n and not stopped_by_budget:
-            summary = {"epoch": epoch + 1, "steps": n, **{k: v / n for k, v in sums.items()}, "elapsed_s": elapsed}
-            history.append(summary)
-            echo(
-                f"epoch {epoch + 1}/{cfg.train.epochs}: "
-                + ", ".join(f"{k} {summary[k]:.4f}" for k in ("loss", "ce", "mse", "seg", "sspcab") if k in summary)
-                + f" ({elapsed / 60:.1f} min)"
-            )
+    epoch = run.start_epoch
+    run.model.train()
+    for epoch in range(run.start_epoch, cfg.train.epochs):
+        loader = _epoch_loader(run, pairs, epoch, batch_size, drop_last)
+        stopped_by_budget = _train_epoch(run, step_model, loader, epoch, budget_s)
         if stopped_by_budget:
-            save_last(epoch)  # a partial epoch is redone on resume
+            _save_last(run, epoch)  # a partial epoch is redone on resume
             break
-        save_last(epoch + 1)
-        save_snapshot(epoch + 1)
-    if main and writer is not None:
-        writer.close()
-    distributed.broadcast_buffers(model)  # BatchNorm statistics: rank 0's, like the checkpoint
-    epochs_done = history[-1]["epoch"] if history else start_epoch  # complete epochs only
-    if stopped_by_budget:
-        echo(
-            f"stopped at the budget of {cfg.train.budget_minutes} min after {step} steps "
-            f"(epoch {epoch + 1} of {cfg.train.epochs})"
-        )
-    model.eval()
-    model = model.to(memory_format=torch.contiguous_format)
-    return TrainResult(model, maker.n_kinds, epochs_done, step, elapsed, stopped_by_budget, history, labelled)
+        _save_last(run, epoch + 1)
+        _save_snapshot(run, epoch + 1)
+    return _finish(run, epoch, stopped_by_budget)
