@@ -10,12 +10,14 @@ hand), and `write_calibration` saves them (and records them in the inspection hi
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import json
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +175,40 @@ def run_predict(
     Returns {"images": rows written, "defective", "errors" (unreadable files), "recorded", "out_dir",
     "stopped_early", "failed": [{"path", "reason"}, ...] of the unreadable files}.
     """
+    threshold, version = _threshold_in_force(detector, threshold, recorder)
+    out = Path(out_dir)
+    (out / "maps" if save_maps else out).mkdir(parents=True, exist_ok=True)
+    batch_size = batch_size or detector.cfg.score.batch_size
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive number, got {batch_size}")
+    record = None if recorder is None else functools.partial(
+        _record, recorder, version=version, part=part, part_from=part_from, time_from=time_from
+    )
+    counts = {"images": 0, "defective": 0, "errors": 0, "recorded": 0}
+    failed: list[dict] = []
+    stopped = False
+    with (
+        _prediction_tables(out) as write,
+        tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress) as bar,
+    ):
+        for row in _rows(detector, paths, threshold, batch_size, out if save_maps else None, record):
+            if row["status"] == "error":
+                failed.append({"path": row["path"], "reason": row["reason"]})
+            write(row)
+            counts["images"] += 1
+            counts["errors"] += row["status"] == "error"
+            counts["defective"] += bool(row["is_defective"])
+            counts["recorded"] += row["inspection_id"] is not None
+            bar.update(1)
+            if stop_at_first_defect and row["is_defective"]:
+                stopped = True
+                break
+    return {**counts, "out_dir": str(out), "stopped_early": stopped, "failed": failed}
+
+
+def _threshold_in_force(detector, threshold: float | None, recorder) -> tuple[float | None, Any]:
+    """(the image threshold to predict at, None for the detector's own; the history's threshold
+    version, None without a recorder). A NaN threshold is a ValueError."""
     if threshold is not None and math.isnan(threshold):
         raise ValueError("threshold: NaN would pass every image; give a number")
     if threshold is None and math.isnan(float(detector.threshold)):
@@ -182,22 +218,18 @@ def run_predict(
         version = recorder.thresholds()
         if threshold is None:
             threshold = version.image_threshold
-    out = Path(out_dir)
-    maps_dir = out / "maps"
-    (maps_dir if save_maps else out).mkdir(parents=True, exist_ok=True)
-    batch_size = batch_size or detector.cfg.score.batch_size
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive number, got {batch_size}")
+    return threshold, version
+
+
+@contextmanager
+def _prediction_tables(out: Path) -> Iterator[Callable[[dict], None]]:
+    """Open out/predictions.csv.partial and .jsonl.partial and give a function that writes one row
+    to both, flushed; on a normal exit rename them to predictions.csv and predictions.jsonl."""
     final = {"csv": out / "predictions.csv", "jsonl": out / "predictions.jsonl"}
     partial = {key: path.with_name(path.name + ".partial") for key, path in final.items()}
-    taken: set[str] = set()
-    counts = {"images": 0, "defective": 0, "errors": 0, "recorded": 0}
-    failed: list[dict] = []
-    stopped = False
     with (
         partial["csv"].open("w", newline="", encoding="utf-8", errors="backslashreplace") as csv_file,
         partial["jsonl"].open("w", encoding="utf-8", errors="backslashreplace") as jsonl_file,
-        tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress) as bar,
     ):
         writer = csv.writer(csv_file)
         writer.writerow(FIELDS)
@@ -208,56 +240,72 @@ def run_predict(
             jsonl_file.write(json.dumps({k: _json_number(row[k]) if k in ("score", "threshold") else row[k]
                                          for k in FIELDS}, ensure_ascii=False) + "\n")
             jsonl_file.flush()
-            counts["images"] += 1
-            counts["errors"] += row["status"] == "error"
-            counts["defective"] += bool(row["is_defective"])
 
-        for start in range(0, len(paths), batch_size):
-            chunk = list(paths[start : start + batch_size])
-            images: dict[int, np.ndarray] = {}
-            reasons: dict[int, str] = {}
-            started = time.perf_counter()
-            for i, path in enumerate(chunk):
-                try:
-                    images[i] = read_image(path)  # (H, W, 3) uint8
-                except (BadImageError, OSError) as exc:
-                    reasons[i] = getattr(exc, "reason", None) or str(exc)
-            predictions = dict(zip(images, detector.predict(list(images.values()), threshold=threshold)))
-            per_image_ms = 1000 * (time.perf_counter() - started) / max(len(chunk), 1)
-            for i, path in enumerate(chunk):
-                name = safe_output_name(path, taken) if save_maps else None
-                row: dict[str, Any] = dict.fromkeys(FIELDS)
-                row["path"] = str(path)
-                if i in reasons:
-                    row.update(status="error", reason=reasons[i])
-                    failed.append({"path": row["path"], "reason": reasons[i]})
-                else:
-                    p = predictions[i]
-                    region, regions = p.outline()
-                    area = int(region.sum())
-                    row.update(status="ok", score=float(p.score), threshold=float(p.threshold),
-                               is_defective=bool(p.is_defective), region_count=len(regions), defect_px=area,
-                               defect_fraction=area / p.anomaly_map.size,
-                               regions=[r.to_dict() for r in regions])
-                    if recorder is not None:
-                        row.update(_record(recorder, p, path, images[i].shape, area, per_image_ms, version,
-                                           part, part_from, time_from))
-                        counts["recorded"] += row["inspection_id"] is not None
-                    if save_maps:
-                        row.update(map=f"maps/{name}.npy", overlay=f"maps/{name}_overlay.png")
-                        np.save(out / row["map"], p.anomaly_map.astype(np.float32, copy=False))
-                        picture = overlay(images[i], p.anomaly_map, p.pixel_threshold, region=region)
-                        Image.fromarray(picture).save(out / row["overlay"])
-                write(row)
-                bar.update(1)
-                if stop_at_first_defect and row["is_defective"]:
-                    stopped = True
-                    break
-            if stopped:
-                break
+        yield write
     for key in final:
         os.replace(partial[key], final[key])
-    return {**counts, "out_dir": str(out), "stopped_early": stopped, "failed": failed}
+
+
+def _rows(detector, paths: Sequence[str | Path], threshold: float | None, batch_size: int, maps_out: Path | None,
+          record: Callable[..., dict] | None) -> Iterator[dict[str, Any]]:
+    """One row of FIELDS per file of `paths`, in order, scored `batch_size` files at a time and made
+    only when asked for. With maps_out, each file's map and overlay are saved under maps_out/maps;
+    with record, each scored file is recorded in the history."""
+    taken: set[str] = set()
+    for start in range(0, len(paths), batch_size):
+        chunk = list(paths[start : start + batch_size])
+        started = time.perf_counter()
+        images, reasons = _read_images(chunk)
+        predictions = dict(zip(images, detector.predict(list(images.values()), threshold=threshold)))
+        per_image_ms = 1000 * (time.perf_counter() - started) / max(len(chunk), 1)
+        for i, path in enumerate(chunk):
+            name = safe_output_name(path, taken) if maps_out is not None else None
+            row: dict[str, Any] = dict.fromkeys(FIELDS)
+            row["path"] = str(path)
+            if i in reasons:
+                row.update(status="error", reason=reasons[i])
+                yield row
+                continue
+            p = predictions[i]
+            region = _add_prediction(row, p)
+            if record is not None:
+                row.update(record(p, path, images[i].shape, row["defect_px"], per_image_ms))
+            if maps_out is not None and name is not None:
+                row.update(_save_map(maps_out, name, images[i], p, region))
+            yield row
+
+
+def _read_images(paths: list[str | Path]) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """({index: (H, W, 3) uint8 image} of the readable files, {index: reason} of the others)."""
+    images: dict[int, np.ndarray] = {}
+    reasons: dict[int, str] = {}
+    for i, path in enumerate(paths):
+        try:
+            images[i] = read_image(path)  # (H, W, 3) uint8
+        except (BadImageError, OSError) as exc:
+            reasons[i] = getattr(exc, "reason", None) or str(exc)
+    return images, reasons
+
+
+def _add_prediction(row: dict[str, Any], p) -> np.ndarray:
+    """Fill the row's prediction fields from `p`; returns the predicted region (H, W) bool."""
+    region, regions = p.outline()
+    area = int(region.sum())
+    row.update(status="ok", score=float(p.score), threshold=float(p.threshold),
+               is_defective=bool(p.is_defective), region_count=len(regions), defect_px=area,
+               defect_fraction=area / p.anomaly_map.size,
+               regions=[r.to_dict() for r in regions])
+    return region
+
+
+def _save_map(out: Path, name: str, image: np.ndarray, p, region: np.ndarray) -> dict[str, str]:
+    """Save out/maps/<name>.npy (the float32 map) and <name>_overlay.png; returns the row's map
+    and overlay fields."""
+    fields = {"map": f"maps/{name}.npy", "overlay": f"maps/{name}_overlay.png"}
+    np.save(out / fields["map"], p.anomaly_map.astype(np.float32, copy=False))
+    picture = overlay(image, p.anomaly_map, p.pixel_threshold, region=region)
+    Image.fromarray(picture).save(out / fields["overlay"])
+    return fields
 
 
 def _record(recorder, prediction, path, shape, area: int, duration_ms: float, version, part, part_from,
@@ -357,41 +405,54 @@ def calibrate(
         "applied": bool(apply),
     }
     if defects:
-        records = [Record(p, 1, mask_path=masks[p] if masks else None) for p in defects]
-        defect_set, defect_scores, defect_maps, bad = _scored(detector, records, progress)
-        defect_maps = defect_maps * rescale
-        skipped += bad
-        if defect_scores.size == 0:
-            raise ValueError(f"no readable defective image among the {len(defects)} given")
-        labels = np.r_[np.zeros(good_scores.size, np.int64), np.ones(defect_scores.size, np.int64)]
-        scores = np.r_[good_scores, defect_scores]
-        best_f1, best_threshold = f1_max(labels, scores)
-        result["defects"] = {
-            "images": int(defect_scores.size),
-            "f1_max": best_f1,
-            "f1_threshold": best_threshold,
-            "at_quantile_threshold": _at_threshold(labels, scores, threshold),
-            "at_f1_threshold": _at_threshold(labels, scores, best_threshold),
-        }
-        if masks:
-            truth = np.concatenate([np.zeros(good_maps.shape, bool),
-                                    np.stack([defect_set[i].mask > 0 for i in range(len(defect_set))])])
-            if truth.any():
-                pixel_f1, pixel_best = f1_max(truth.reshape(-1), np.concatenate([good_maps, defect_maps]).reshape(-1))
-                result["pixel"] = {"f1_max": pixel_f1, "f1_threshold": pixel_best}
+        skipped += _against_defects(detector, result, defects, masks, good_scores, good_maps, rescale, progress)
     result["skipped"] = [{"path": path, "reason": reason} for path, reason in skipped]
     if apply:
-        detector.threshold.fill_(threshold)
-        detector.pixel_threshold.fill_(pixel_threshold)
-        record: dict[str, Any] = {"source": "pitscope calibrate"}
-        record.update((k, result[k]) for k in ("images", "quantile", "threshold", "pixel_quantile", "pixel_threshold"))
-        if result["defects"]:
-            record.update(defect_images=result["defects"]["images"], f1_threshold=result["defects"]["f1_threshold"])
-        if result["pixel"]:
-            record["pixel_f1_threshold"] = result["pixel"]["f1_threshold"]
-        record["previous"] = result["previous"]
-        detector.metadata["calibration"] = record
+        _apply(detector, result)
     return result
+
+
+def _against_defects(detector, result: dict[str, Any], defects: list[Path], masks: dict[Path, Path] | None,
+                     good_scores: np.ndarray, good_maps: np.ndarray, rescale: float, progress: bool) -> list:
+    """Fill result["defects"] (the F1-optimal image threshold, and precision / recall / F1 at both
+    thresholds) and, with masks, result["pixel"] (the F1-optimal pixel threshold over good_maps
+    (N, S, S) and the defects' maps). Returns the skipped defective files, as (path, reason)."""
+    records = [Record(p, 1, mask_path=masks[p] if masks else None) for p in defects]
+    defect_set, defect_scores, defect_maps, skipped = _scored(detector, records, progress)
+    defect_maps = defect_maps * rescale
+    if defect_scores.size == 0:
+        raise ValueError(f"no readable defective image among the {len(defects)} given")
+    labels = np.r_[np.zeros(good_scores.size, np.int64), np.ones(defect_scores.size, np.int64)]
+    scores = np.r_[good_scores, defect_scores]
+    best_f1, best_threshold = f1_max(labels, scores)
+    result["defects"] = {
+        "images": int(defect_scores.size),
+        "f1_max": best_f1,
+        "f1_threshold": best_threshold,
+        "at_quantile_threshold": _at_threshold(labels, scores, result["threshold"]),
+        "at_f1_threshold": _at_threshold(labels, scores, best_threshold),
+    }
+    if masks:
+        truth = np.concatenate([np.zeros(good_maps.shape, bool),
+                                np.stack([defect_set[i].mask > 0 for i in range(len(defect_set))])])
+        if truth.any():
+            pixel_f1, pixel_best = f1_max(truth.reshape(-1), np.concatenate([good_maps, defect_maps]).reshape(-1))
+            result["pixel"] = {"f1_max": pixel_f1, "f1_threshold": pixel_best}
+    return skipped
+
+
+def _apply(detector, result: dict[str, Any]) -> None:
+    """Set the detector's thresholds to the calibrated ones; metadata["calibration"] records how."""
+    detector.threshold.fill_(result["threshold"])
+    detector.pixel_threshold.fill_(result["pixel_threshold"])
+    record: dict[str, Any] = {"source": "pitscope calibrate"}
+    record.update((k, result[k]) for k in ("images", "quantile", "threshold", "pixel_quantile", "pixel_threshold"))
+    if result["defects"]:
+        record.update(defect_images=result["defects"]["images"], f1_threshold=result["defects"]["f1_threshold"])
+    if result["pixel"]:
+        record["pixel_f1_threshold"] = result["pixel"]["f1_threshold"]
+    record["previous"] = result["previous"]
+    detector.metadata["calibration"] = record
 
 
 def _pair(defects: list[Path], mask_paths) -> dict[Path, Path]:
