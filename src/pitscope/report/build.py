@@ -84,29 +84,9 @@ def _analyse(
         masks = np.stack([dataset[i].mask for i in range(len(dataset))])  # (N, H, W)
 
     flagged = scores > threshold
-    confusion = {
-        "true_positives": int(((labels == 1) & flagged).sum()),
-        "false_negatives": int(((labels == 1) & ~flagged).sum()),
-        "false_positives": int(((labels == 0) & flagged).sum()),
-        "true_negatives": int(((labels == 0) & ~flagged).sum()),
-    }
-    curves = {"image_roc": _roc(labels, scores), "image_pr": _pr(labels, scores)}
     region = predicted_regions(maps, flagged, pixel_threshold, detector.cfg.score.min_region_fraction,
                                detector.cfg.score.regions_on)  # (N, H, W) bool, as the pages draw them
-    pixel_at_threshold = None
-    if masks is not None:
-        truth, values, weights, counts = pixel_sample(masks, maps)
-        curves.update(pixel_roc=_roc(truth, values, weights), pixel_pr=_pr(truth, values, weights),
-                      pixel_sampling=counts, pro=_pro(masks, maps))
-        defect = masks > 0
-        pixel_at_threshold = {"true_positive_rate": float(region[defect].mean()),
-                              "false_positive_rate": float(region[~defect].mean())}
-    edges = np.histogram_bin_edges(scores, bins=HISTOGRAM_BINS)
-    histogram = {
-        "edges": edges.tolist(),
-        "normal": np.histogram(scores[labels == 0], edges)[0].tolist(),
-        "defective": np.histogram(scores[labels == 1], edges)[0].tolist(),
-    }
+    curves, pixel_at_threshold = _curves(labels, scores, masks, maps, region)
     picks = pick_gallery(labels, scores, threshold, gallery_size)
     paths = list(dataset.paths)
     log_path = run_dir / TRAIN_LOG if run_dir is not None else None
@@ -124,10 +104,10 @@ def _analyse(
         "pixel_threshold": pixel_threshold,
         "at_threshold": result["at_threshold"],
         "pixel_at_threshold": pixel_at_threshold,
-        "confusion": confusion,
+        "confusion": _confusion(labels, flagged),
         "seconds": result["seconds"],
         "curves": curves,
-        "histogram": histogram,
+        "histogram": _histogram(labels, scores),
         "images": [{"path": p, "label": int(lab), "score": float(s), "is_defective": bool(f)}
                    for p, lab, s, f in zip(paths, labels, scores, flagged)],
         "gallery": {group: [paths[i] for i in index] for group, index in picks.items()},
@@ -135,13 +115,7 @@ def _analyse(
     })
 
     scale = heatmap_scale(maps, pixel_threshold)
-    tiles: dict[str, list[str]] = {}
-    for group, index in picks.items():
-        tiles[group] = []
-        for i in index:
-            sample = dataset[i]
-            tile = gallery_tile(sample.image, sample.mask, maps[i], pixel_threshold, *scale, region=region[i])
-            tiles[group].append(_tile_html(_jpeg_uri(tile), paths[i], int(labels[i]), float(scores[i]), threshold))
+    tiles = _gallery_tiles(dataset, picks, maps, region, scores, threshold, pixel_threshold, scale)
     body = (
         _metrics_section(record, key)
         + _curves_section(record, key)
@@ -151,6 +125,56 @@ def _analyse(
                             detector.metadata.get("labelled_defects"))
     )
     return record, body, result
+
+
+def _confusion(labels: np.ndarray, flagged: np.ndarray) -> dict[str, int]:
+    """Counts of the four outcomes of labels (N,) 0/1 against flagged (N,) bool."""
+    return {
+        "true_positives": int(((labels == 1) & flagged).sum()),
+        "false_negatives": int(((labels == 1) & ~flagged).sum()),
+        "false_positives": int(((labels == 0) & flagged).sum()),
+        "true_negatives": int(((labels == 0) & ~flagged).sum()),
+    }
+
+
+def _curves(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, maps: np.ndarray,
+            region: np.ndarray) -> tuple[dict, dict | None]:
+    """(the image ROC and PR curves, and with masks (N, H, W) the pixel ROC, PR and PRO curves;
+    with masks, the true and false positive rates of the predicted region (N, H, W) bool)."""
+    curves = {"image_roc": _roc(labels, scores), "image_pr": _pr(labels, scores)}
+    if masks is None:
+        return curves, None
+    truth, values, weights, counts = pixel_sample(masks, maps)
+    curves.update(pixel_roc=_roc(truth, values, weights), pixel_pr=_pr(truth, values, weights),
+                  pixel_sampling=counts, pro=_pro(masks, maps))
+    defect = masks > 0
+    pixel_at_threshold = {"true_positive_rate": float(region[defect].mean()),
+                          "false_positive_rate": float(region[~defect].mean())}
+    return curves, pixel_at_threshold
+
+
+def _histogram(labels: np.ndarray, scores: np.ndarray) -> dict[str, list]:
+    """Shared bin edges over all scores (N,) and the counts of the normal and defective ones."""
+    edges = np.histogram_bin_edges(scores, bins=HISTOGRAM_BINS)
+    return {
+        "edges": edges.tolist(),
+        "normal": np.histogram(scores[labels == 0], edges)[0].tolist(),
+        "defective": np.histogram(scores[labels == 1], edges)[0].tolist(),
+    }
+
+
+def _gallery_tiles(dataset: SampleSet, picks: dict, maps: np.ndarray, region: np.ndarray, scores: np.ndarray,
+                   threshold: float, pixel_threshold: float, scale: tuple[float, float]) -> dict[str, list[str]]:
+    """{group: the HTML tiles of its picked images}, each drawn with its map (H, W) and region."""
+    labels, paths = dataset.labels, list(dataset.paths)
+    tiles: dict[str, list[str]] = {}
+    for group, index in picks.items():
+        tiles[group] = []
+        for i in index:
+            sample = dataset[i]
+            tile = gallery_tile(sample.image, sample.mask, maps[i], pixel_threshold, *scale, region=region[i])
+            tiles[group].append(_tile_html(_jpeg_uri(tile), paths[i], int(labels[i]), float(scores[i]), threshold))
+    return tiles
 
 
 SECTIONS = ("metrics", "curves", "histogram", "gallery", "training")  # ids of a one-run page, in order
