@@ -51,6 +51,16 @@ def fit_tiny_detector():
     return fit
 
 
+@pytest.fixture
+def browser(tmp_path):
+    """A headless Chromium (tests/headless.py) for the page tests; skips where there is none."""
+    from headless import start_chromium
+
+    driver = start_chromium(tmp_path / "profile")
+    yield driver
+    driver.quit()
+
+
 @pytest.fixture(scope="session")
 def real_bsdata():
     """The real BSData folder ($PITSCOPE_BSDATA or ../shared/datasets/bsdata); skips where it is absent."""

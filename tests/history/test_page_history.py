@@ -14,7 +14,12 @@ import re
 import httpx
 import numpy as np
 import pytest
+from headless import page_errors, wait_for  # skips this module where there is no headless Chromium
 from PIL import Image
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select
 
 from pitscope.data.synthetic import render_surface
 from pitscope.growth import AlertRule
@@ -22,16 +27,6 @@ from pitscope.history.recorder import Recorder
 from pitscope.history.store import HistoryStore
 from pitscope.inference import Detector
 from pitscope.serve import create_app, serve_in_thread
-
-pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
-import test_web_e2e  # the page test: its skip rule (no chromium or chromedriver), browser and helpers
-from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.common.by import By
-from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import Select
-
-browser = test_web_e2e.browser  # the fixture: a headless Chromium
-page_errors, wait_for = test_web_e2e.page_errors, test_web_e2e.wait_for
 
 KEY = "history-key"
 PAGE_SIZE = 20  # rows per page of the History table (app.js)
