@@ -10,40 +10,20 @@ from pitscope.model_file import scored_stage
 from pitscope.models.network import ScoringNetwork
 from pitscope.tensors import images_to_batch
 
-TINY = [
-    "data.format=synthetic",
-    "data.image_size=64",
-    "data.synthetic.n_train=8",
-    "data.synthetic.n_test_normal=2",
-    "data.synthetic.n_test_defect=2",
-    "train.device=cpu",
-    "score.pixel_channels=16",
-    "score.batch_size=8",
-    "score.calibration_fraction=0.5",
-    "score.threshold_quantile=0.75",
-]
 MAP_MAX = ["score.image_method=map_max", "score.image_features=layer4", "score.pixel_stages=[conv1]"]
 
 
-def fitted(tmp_path, extra):
-    cfg = load_config(None, [*TINY, *extra, f"output_dir={tmp_path}"])
-    train = build_dataset(cfg.data, "train", cfg.seed)
-    torch.manual_seed(cfg.seed)
-    detector = Detector(cfg, n_kinds=2).fit(train, progress=False)
-    return detector, train
-
-
-def test_scored_stage_is_the_deepest_pixel_stage_only_when_scoring_reads_nothing_else():
-    cfg = load_config(None, [*TINY, *MAP_MAX])
+def test_scored_stage_is_the_deepest_pixel_stage_only_when_scoring_reads_nothing_else(tiny_detector_overrides):
+    cfg = load_config(None, [*tiny_detector_overrides, *MAP_MAX])
     assert scored_stage(cfg) == "conv1"
     assert scored_stage(apply_overrides(cfg, ["score.pixel_stages=[conv1, layer2]"])) == "layer2"
     assert scored_stage(apply_overrides(cfg, ["score.image_method=embedding"])) is None
-    assert scored_stage(load_config(None, TINY)) is None  # the default: an image embedding from layer4
+    assert scored_stage(load_config(None, tiny_detector_overrides)) is None  # the default: an image embedding from layer4
 
 
-def test_a_map_max_model_keeps_the_backbone_up_to_its_stage_and_scores_the_same(tmp_path):
-    detector, train = fitted(tmp_path, MAP_MAX)
-    path = detector.save(tmp_path / "model.pt")
+def test_a_map_max_model_keeps_the_backbone_up_to_its_stage_and_scores_the_same(tmp_path, fit_tiny_detector):
+    detector, path, cfg = fit_tiny_detector(tmp_path, *MAP_MAX)
+    train = build_dataset(cfg.data, "train", cfg.seed)
     raw = torch.load(path, weights_only=True)
     assert raw["network"] == {"kept_stage": "conv1"}
     net_keys = {k for k in raw["state_dict"] if k.startswith("net.")}
@@ -72,22 +52,21 @@ def test_a_map_max_model_keeps_the_backbone_up_to_its_stage_and_scores_the_same(
     assert sorted(again["state_dict"]) == sorted(torch.load(path, weights_only=True)["state_dict"])
 
 
-def test_a_kept_part_of_the_network_refuses_settings_that_need_more(tmp_path):
-    detector, train = fitted(tmp_path, MAP_MAX)
-    loaded = Detector.load(detector.save(tmp_path / "model.pt"))
+def test_a_kept_part_of_the_network_refuses_settings_that_need_more(tmp_path, fit_tiny_detector):
+    loaded = Detector.load(fit_tiny_detector(tmp_path, *MAP_MAX)[1])
     for more in (["score.image_method=embedding"], ["score.pixel_stages=[conv1, layer1]"]):
         cfg = apply_overrides(loaded.cfg, more)
         with pytest.raises(ValueError, match="keeps its network only up to conv1"):
             Detector(cfg, loaded.n_kinds, net=loaded.net)
     # the same stage, other score settings: allowed
     cfg = apply_overrides(loaded.cfg, ["score.smoothing_sigma=1"])
-    refit = Detector(cfg, loaded.n_kinds, net=loaded.net).fit(train, progress=False)
+    refit = Detector(cfg, loaded.n_kinds, net=loaded.net).fit(build_dataset(cfg.data, "train", cfg.seed), progress=False)
     assert torch.isfinite(refit.threshold)
 
 
-def test_an_embedding_model_keeps_the_whole_network_and_packs_its_precisions(tmp_path):
-    detector, train = fitted(tmp_path, [])
-    path = detector.save(tmp_path / "model.pt")
+def test_an_embedding_model_keeps_the_whole_network_and_packs_its_precisions(tmp_path, fit_tiny_detector):
+    detector, path, cfg = fit_tiny_detector(tmp_path)
+    train = build_dataset(cfg.data, "train", cfg.seed)
     raw = torch.load(path, weights_only=True)
     assert "network" not in raw
     assert any(k.startswith("net.backbone.layer4.") for k in raw["state_dict"])
@@ -99,10 +78,9 @@ def test_an_embedding_model_keeps_the_whole_network_and_packs_its_precisions(tmp
     assert torch.equal(s0, s1) and torch.equal(m0, m1)
 
 
-def test_evaluate_refuses_an_image_embedding_a_map_max_model_never_fitted(tmp_path, capsys):
+def test_evaluate_refuses_an_image_embedding_a_map_max_model_never_fitted(tmp_path, fit_tiny_detector, capsys):
     from pitscope.cli import main
 
-    detector, _ = fitted(tmp_path, MAP_MAX)
-    path = detector.save(tmp_path / "model.pt")
+    path = fit_tiny_detector(tmp_path, *MAP_MAX)[1]
     assert main(["evaluate", str(path), "--set", "score.image_method=embedding", "--quiet"]) == 2
     assert "no fitted image embedding scorer" in capsys.readouterr().err
