@@ -58,7 +58,7 @@ def test_train_with_evaluate_then_evaluate_the_saved_model(tmp_path, tiny_yaml, 
     meta = torch.load(model, weights_only=True)["metadata"]
     assert meta["training"]["images"] == 8 and meta["training"]["epochs"] == 1
     first = json.loads((run / "eval" / "metrics.json").read_text())
-    assert first["counts"] == {"images": 8, "normal": 4, "defective": 4}
+    assert first["counts"] == {"images": 8, "normal": 4, "defective": 4, "left_out_trained_on": 0}
     assert len((run / "eval" / "scores.csv").read_text().splitlines()) == 1 + 8
 
     other = tmp_path / "again"
