@@ -33,8 +33,19 @@ UNTRAINED_REFERENCE = {"image_auroc": 95.9, "pixel_auroc": 75.4}
 
 
 def run_seed(seed: int, out_dir: Path, extra: list[str]) -> dict:
-    cmd = ["pitscope", "train", "--config", "cpu", "--set", f"seed={seed}", "--evaluate", "--quiet",
-           "--output-dir", str(out_dir), *extra]
+    cmd = [
+        "pitscope",
+        "train",
+        "--config",
+        "cpu",
+        "--set",
+        f"seed={seed}",
+        "--evaluate",
+        "--quiet",
+        "--output-dir",
+        str(out_dir),
+        *extra,
+    ]
     t0 = time.perf_counter()
     with (out_dir.parent / f"{out_dir.name}.log").open("w") as log:
         subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
@@ -48,7 +59,9 @@ def image_interval(metrics: dict, folder: Path) -> dict | None:
     if not interval and (folder / "scores.csv").is_file():
         with (folder / "scores.csv").open(newline="") as fh:
             rows = list(csv.DictReader(fh))
-        interval = auroc_interval(np.array([int(r["label"]) for r in rows]), np.array([float(r["score"]) for r in rows]))
+        interval = auroc_interval(
+            np.array([int(r["label"]) for r in rows]), np.array([float(r["score"]) for r in rows])
+        )
     if not interval:
         return None
     return {k: (v if k == "level" else round(100 * v, 2)) for k, v in interval.items()}
@@ -88,8 +101,10 @@ def collect(seed: int, out_dir: Path) -> dict:
 def provenance(record: dict) -> str:
     """The line that says where a result was measured: commit, date, machine, torch (and CUDA)."""
     m = record["machine"]
-    return (f"Commit `{record['commit']}`, {record['date']}, {m['platform']}, {m['cpu_count']} threads, "
-            f"torch {m['torch']}" + (f", {m['cuda']}" if m.get("cuda") else "") + ".")
+    return (
+        f"Commit `{record['commit']}`, {record['date']}, {m['platform']}, {m['cpu_count']} threads, "
+        f"torch {m['torch']}" + (f", {m['cuda']}" if m.get("cuda") else "") + "."
+    )
 
 
 def note(record: dict) -> list[str]:
@@ -151,8 +166,14 @@ def models_main(doc: str, benchmark: str, score, write_markdown) -> int:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", type=Path, help="model.pt files of BSData runs")
     parser.add_argument("--name", default=benchmark, help="result file name under benchmarks/results/")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="score.KEY=VALUE",
-                        help="a scoring setting for every model's refit (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="score.KEY=VALUE",
+        help="a scoring setting for every model's refit (repeatable)",
+    )
     args = parser.parse_args()
     missing = [str(m) for m in args.models if not m.is_file()]
     if missing:
@@ -184,8 +205,13 @@ def main() -> int:
     parser.add_argument("--runs-dir", default="runs/bench")
     parser.add_argument("--name", default="bsdata_cpu", help="result file name under benchmarks/results/")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra --set for every run")
-    parser.add_argument("--command", dest="extra_commands", action="append", default=[],
-                        help="record a command that made part of the collected results (e.g. a later evaluate)")
+    parser.add_argument(
+        "--command",
+        dest="extra_commands",
+        action="append",
+        default=[],
+        help="record a command that made part of the collected results (e.g. a later evaluate)",
+    )
     args = parser.parse_args()
     source = commit()  # the code the runs train with (with --collect, where the collecting starts)
     runs = []

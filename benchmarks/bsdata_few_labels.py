@@ -43,8 +43,10 @@ COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "pixel_f1_max", "p
 def label_photos(root: Path, positions: dict) -> dict[str, list[str]]:
     """{label position: its pitting photos (those with a label file), sorted by name (= time)}."""
     by_name = {key[0]: files for key, files in position_files(root).items()}
-    return {name: sorted(f for f in by_name[name] if (root / "label" / f"{Path(f).stem}.json").is_file())
-            for name in positions["label"]}
+    return {
+        name: sorted(f for f in by_name[name] if (root / "label" / f"{Path(f).stem}.json").is_file())
+        for name in positions["label"]
+    }
 
 
 def draw(photos: dict[str, list[str]], k: int, seed: int) -> list[str]:
@@ -72,7 +74,9 @@ def labelled_folder(root: Path, names: list[str], folder: Path) -> Path:
     (folder / "label").mkdir(parents=True)
     for name in names:
         (folder / name).symlink_to((root / "data" / name).resolve())
-        (folder / "label" / f"{Path(name).stem}.json").symlink_to((root / "label" / f"{Path(name).stem}.json").resolve())
+        (folder / "label" / f"{Path(name).stem}.json").symlink_to(
+            (root / "label" / f"{Path(name).stem}.json").resolve()
+        )
     return folder
 
 
@@ -80,14 +84,26 @@ def measure(detector: Detector, model_path: Path, label: str, out_dir: Path, ove
     cfg = detector.cfg
     test = build_dataset(cfg.data, "test", cfg.seed)
     result = evaluate(detector, test, out_dir / "eval", progress=True)
-    look = {"commit": commit(), "date": time.strftime("%Y-%m-%d"), "model": str(model_path),
-            "config_hash": config_hash(cfg), "overrides": overrides, "benchmark": f"few_labels {label}",
-            "metrics": result["metrics"], "subsets": {k: v["metrics"] for k, v in result["subsets"].items()},
-            "counts": result["counts"], "at_threshold": result["at_threshold"]}
+    look = {
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d"),
+        "model": str(model_path),
+        "config_hash": config_hash(cfg),
+        "overrides": overrides,
+        "benchmark": f"few_labels {label}",
+        "metrics": result["metrics"],
+        "subsets": {k: v["metrics"] for k, v in result["subsets"].items()},
+        "counts": result["counts"],
+        "at_threshold": result["at_threshold"],
+    }
     with LOOKS.open("a") as fh:
         fh.write(json.dumps(look) + "\n")
-    return {"metrics": result["metrics"], "subsets": look["subsets"], "counts": result["counts"],
-            "at_threshold": result["at_threshold"]}
+    return {
+        "metrics": result["metrics"],
+        "subsets": look["subsets"],
+        "counts": result["counts"],
+        "at_threshold": result["at_threshold"],
+    }
 
 
 def pct(value) -> str:
@@ -95,24 +111,45 @@ def pct(value) -> str:
 
 
 def write_markdown(record: dict, path: Path) -> None:
-    lines = ["# A few labelled defects on BSData", "", provenance(record), "", f"Command: `{record['command']}`", "",
-             f"Base model: `{record['base']}`. Fine-tune settings (before `--set`): `{' '.join(record['finetune'])}`"
-             + (f", then `{' '.join(record['overrides'])}`" if record["overrides"] else "") + ".", "",
-             "All test photos (the test positions' and the `KGT*` photos), in %:", "",
-             "| run | k | marked regions | minutes | " + " | ".join(COLUMNS) + " |",
-             "|---|---|---|---|" + "---|" * len(COLUMNS)]
+    lines = [
+        "# A few labelled defects on BSData",
+        "",
+        provenance(record),
+        "",
+        f"Command: `{record['command']}`",
+        "",
+        f"Base model: `{record['base']}`. Fine-tune settings (before `--set`): `{' '.join(record['finetune'])}`"
+        + (f", then `{' '.join(record['overrides'])}`" if record["overrides"] else "")
+        + ".",
+        "",
+        "All test photos (the test positions' and the `KGT*` photos), in %:",
+        "",
+        "| run | k | marked regions | minutes | " + " | ".join(COLUMNS) + " |",
+        "|---|---|---|---|" + "---|" * len(COLUMNS),
+    ]
     for run in record["runs"]:
         m = run["metrics"]
-        lines.append(f"| {run['label']} | {run['k']} | {run.get('regions', '–')} | {run.get('minutes', '–')} | "
-                     + " | ".join(pct(m.get(c)) for c in COLUMNS) + " |")
-    lines += ["", "Test positions only (no `KGT*`), in %:", "", "| run | " + " | ".join(COLUMNS) + " |",
-              "|---|" + "---|" * len(COLUMNS)]
+        lines.append(
+            f"| {run['label']} | {run['k']} | {run.get('regions', '–')} | {run.get('minutes', '–')} | "
+            + " | ".join(pct(m.get(c)) for c in COLUMNS)
+            + " |"
+        )
+    lines += [
+        "",
+        "Test positions only (no `KGT*`), in %:",
+        "",
+        "| run | " + " | ".join(COLUMNS) + " |",
+        "|---|" + "---|" * len(COLUMNS),
+    ]
     for run in record["runs"]:
         sub = next((v for name, v in run["subsets"].items() if "KGT" not in name), None)
         if sub is not None:
             lines.append(f"| {run['label']} | " + " | ".join(pct(sub.get(c)) for c in COLUMNS) + " |")
-    lines += ["", "Labelled photos of each k (the label positions' pitting photos; a pit seen in two photos "
-              "counts in each):", ""]
+    lines += [
+        "",
+        "Labelled photos of each k (the label positions' pitting photos; a pit seen in two photos counts in each):",
+        "",
+    ]
     for run in record["runs"]:
         if run.get("photos"):
             lines.append(f"- k = {run['k']}: {', '.join(run['photos'])}")
@@ -124,8 +161,14 @@ def main() -> int:
     parser.add_argument("base", type=Path, help="a model trained with data.holdout=positions")
     parser.add_argument("--k", type=int, nargs="+", default=[0, 5, 20])
     parser.add_argument("--seed", type=int, default=0, help="seeds the draw of the labelled photos")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="a setting over finetune's for every fine-tune")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting over finetune's for every fine-tune",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/few_labels"))
     parser.add_argument("--name", default="bsdata_few_labels")
     args = parser.parse_args()
@@ -134,18 +177,31 @@ def main() -> int:
         raise SystemExit(f"{args.base}: trained without data.holdout=positions")
     root = bsdata_root(base.cfg.data.root)
     photos = label_photos(root, read_positions(base.cfg.data.positions_file))
-    record = {"command": "python benchmarks/bsdata_few_labels.py " + " ".join(sys.argv[1:]), "commit": commit(),
-              "date": time.strftime("%Y-%m-%d"), "machine": machine(), "base": str(args.base),
-              "finetune": list(FINETUNE), "overrides": args.overrides,
-              "label_photos": {name: len(files) for name, files in photos.items()}, "runs": []}
-    record["runs"].append({"label": "base model, no fine-tune", "k": 0,
-                           **measure(base, args.base, "base", args.out / "base", [])})
+    record = {
+        "command": "python benchmarks/bsdata_few_labels.py " + " ".join(sys.argv[1:]),
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "base": str(args.base),
+        "finetune": list(FINETUNE),
+        "overrides": args.overrides,
+        "label_photos": {name: len(files) for name, files in photos.items()},
+        "runs": [],
+    }
+    record["runs"].append(
+        {"label": "base model, no fine-tune", "k": 0, **measure(base, args.base, "base", args.out / "base", [])}
+    )
     for k in args.k:
         out = args.out / f"k{k}_seed{args.seed}"
         t0 = time.perf_counter()
         if k == 0:  # the control: the same fine-tune, pseudo-defects alone
-            overrides = [*FINETUNE, f"train.init_from={args.base}", "model.weights=none", f"output_dir={out}",
-                         *args.overrides]
+            overrides = [
+                *FINETUNE,
+                f"train.init_from={args.base}",
+                "model.weights=none",
+                f"output_dir={out}",
+                *args.overrides,
+            ]
             detector = fit(base.cfg, overrides)
             names: list[str] = []
             regions = 0
@@ -158,8 +214,16 @@ def main() -> int:
         assert detector is not None
         minutes = round((time.perf_counter() - t0) / 60, 1)
         label = "fine-tuned, pseudo-defects only" if k == 0 else "fine-tuned with k labelled photos"
-        record["runs"].append({"label": label, "k": k, "photos": names, "regions": regions, "minutes": minutes,
-                               **measure(detector, out / "model.pt", f"k={k}", out, overrides)})
+        record["runs"].append(
+            {
+                "label": label,
+                "k": k,
+                "photos": names,
+                "regions": regions,
+                "minutes": minutes,
+                **measure(detector, out / "model.pt", f"k={k}", out, overrides),
+            }
+        )
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
         write_markdown(record, RESULTS / f"{args.name}.md")

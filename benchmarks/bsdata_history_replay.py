@@ -39,8 +39,16 @@ from pitscope.history.store import HistoryStore
 
 RESULTS = Path(__file__).parent / "results"
 CURVE_KEYS = ("days", "predicted_fraction", "true_fraction", "alert")
-SUMMARY_KEYS = ("images", "first_flagged_days", "first_true_days", "spearman", "mae", "growth_predicted_per_day",
-                "growth_true_per_day", "alert")
+SUMMARY_KEYS = (
+    "images",
+    "first_flagged_days",
+    "first_true_days",
+    "spearman",
+    "mae",
+    "growth_predicted_per_day",
+    "growth_true_per_day",
+    "alert",
+)
 
 
 def free_port() -> int:
@@ -52,9 +60,27 @@ def free_port() -> int:
 def serve(model: Path, db: Path, log) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "pitscope.cli", "serve", str(model), "--db", str(db), "--port", str(port),
-         "--part-from", BSDATA_PART, "--time-from", BSDATA_TIME, "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "pitscope.cli",
+            "serve",
+            str(model),
+            "--db",
+            str(db),
+            "--port",
+            str(port),
+            "--part-from",
+            BSDATA_PART,
+            "--time-from",
+            BSDATA_TIME,
+            "--log-level",
+            "warning",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         if process.poll() is not None:
@@ -109,14 +135,19 @@ def main() -> int:
     for sequence in replay:
         part = sequence.name.split("_", 2)[2].removesuffix("_crop")
         trend = store.trend(part)
-        parts[part] = {"sequence": sequence.name, "points": len(trend),
-                       "in_capture_order": [p["name"] for p in trend] == [r.path.name for r in sequence.records]}
+        parts[part] = {
+            "sequence": sequence.name,
+            "points": len(trend),
+            "in_capture_order": [p["name"] for p in trend] == [r.path.name for r in sequence.records],
+        }
 
     offline_dir, db_dir = work / "wear-offline", work / "wear-db"
     cli = [sys.executable, "-m", "pitscope.cli", "wear"]
     subprocess.run([*cli, str(args.model), "--root", str(root), "--out", str(offline_dir), "--quiet"], check=True)
-    subprocess.run([*cli, "--db", str(db), "--root", str(root), "--out", str(db_dir),
-                    *[a for p in parts for a in ("--part", p)]], check=True)
+    subprocess.run(
+        [*cli, "--db", str(db), "--root", str(root), "--out", str(db_dir), *[a for p in parts for a in ("--part", p)]],
+        check=True,
+    )
     offline = json.loads((offline_dir / "wear.json").read_text())
     live = json.loads((db_dir / "wear.json").read_text())
     comparison = {}
@@ -132,14 +163,26 @@ def main() -> int:
             "summary_equal": {k: summary_mine[k] == summary_theirs[k] for k in SUMMARY_KEYS},
             "summary": {k: summary_mine[k] for k in SUMMARY_KEYS},
         }
-    ok = all(c["points"] == 69 and c["in_capture_order"] and all(c["curves_equal"].values())
-             and all(c["summary_equal"].values()) and c["largest_relative_score_gap"] < 1e-4
-             for c in comparison.values())
+    ok = all(
+        c["points"] == 69
+        and c["in_capture_order"]
+        and all(c["curves_equal"].values())
+        and all(c["summary_equal"].values())
+        and c["largest_relative_score_gap"] < 1e-4
+        for c in comparison.values()
+    )
     record = {
-        "command": "python benchmarks/bsdata_history_replay.py " + " ".join(sys.argv[1:]).replace(str(Path.home()), "~"),
-        "commit": commit(), "machine": machine(), "model": args.model.name, "photos_posted": len(photos),
-        "recorded": sum(a["recorded"] for a in answers), "rows": store.count(), "replay_seconds": round(replay_s, 1),
-        "parts": comparison, "all_equal": ok,
+        "command": "python benchmarks/bsdata_history_replay.py "
+        + " ".join(sys.argv[1:]).replace(str(Path.home()), "~"),
+        "commit": commit(),
+        "machine": machine(),
+        "model": args.model.name,
+        "photos_posted": len(photos),
+        "recorded": sum(a["recorded"] for a in answers),
+        "rows": store.count(),
+        "replay_seconds": round(replay_s, 1),
+        "parts": comparison,
+        "all_equal": ok,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bsdata_history_replay.json").write_text(json.dumps(record, indent=1, default=str))
@@ -158,9 +201,11 @@ def main() -> int:
         "|---|---|---|---|---|---|---|",
     ]
     for part, c in comparison.items():
-        lines.append(f"| {part} | {c['sequence']} | {c['points']} | {c['in_capture_order']} | "
-                     f"{all(c['curves_equal'].values())} | {all(c['summary_equal'].values())} | "
-                     f"{c['largest_relative_score_gap']:.1e} |")
+        lines.append(
+            f"| {part} | {c['sequence']} | {c['points']} | {c['in_capture_order']} | "
+            f"{all(c['curves_equal'].values())} | {all(c['summary_equal'].values())} | "
+            f"{c['largest_relative_score_gap']:.1e} |"
+        )
     lines += ["", "Scores agree to float32 rounding: the offline run scores photos in batches, the service one by one."]
     (RESULTS / "bsdata_history_replay.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

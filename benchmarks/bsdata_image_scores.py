@@ -88,12 +88,15 @@ def score_model(path: Path, overrides: Sequence[str] = ()) -> dict:
     train, test = build_dataset(cfg.data, "train", cfg.seed), build_dataset(cfg.data, "test", cfg.seed)
     fit_idx, cal_idx = detector.split_calibration(len(train))
     cal_idx = cal_idx if len(cal_idx) >= 2 else fit_idx  # as Detector.fit calibrates without held-back images
-    fit, cal, tst = (features(detector, ds, idx) for ds, idx in (
-        (train, fit_idx), (train, cal_idx), (test, list(range(len(test))))))
+    fit, cal, tst = (
+        features(detector, ds, idx) for ds, idx in ((train, fit_idx), (train, cal_idx), (test, list(range(len(test)))))
+    )
     labels = np.array([test[i].label for i in range(len(test))])
 
     def distances(stage: str, fitted_on: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
-        scorer = GaussianScorer(cfg.score.shrinkage, cfg.score.ridge).fit(fit[stage] if fitted_on is None else fitted_on)
+        scorer = GaussianScorer(cfg.score.shrinkage, cfg.score.ridge).fit(
+            fit[stage] if fitted_on is None else fitted_on
+        )
         return scorer.score(tst[stage]).numpy(), scorer.score(cal[stage]).numpy()
 
     per_stage = {stage: distances(stage) for stage in (*STAGES, "projection")}
@@ -111,25 +114,38 @@ def score_model(path: Path, overrides: Sequence[str] = ()) -> dict:
         "layer3, max pooling": distances("layer3_max")[0],
         f"layer4, GeM pooling (p = {GEM_P:g})": distances("layer4_gem")[0],
         "map maximum": tst["map_max"].numpy(),
-        f"{default_name} + map maximum": standardised(default, default_cal) + standardised(tst["map_max"].numpy(),
-                                                                                  cal["map_max"].numpy()),
+        f"{default_name} + map maximum": standardised(default, default_cal)
+        + standardised(tst["map_max"].numpy(), cal["map_max"].numpy()),
         "classifier logit": tst["logit"].numpy(),
-        f"{default_name} + classifier logit": standardised(default, default_cal) + standardised(tst["logit"].numpy(),
-                                                                                       cal["logit"].numpy()),
+        f"{default_name} + classifier logit": standardised(default, default_cal)
+        + standardised(tst["logit"].numpy(), cal["logit"].numpy()),
     }
     rows = []
     for name, scores in variants.items():
         interval = auroc_interval(labels, scores)
-        rows.append({"score": name, "image_auroc": round(100 * interval["auroc"], 2),
-                     "se": round(100 * interval["se"], 2)})
+        rows.append(
+            {"score": name, "image_auroc": round(100 * interval["auroc"], 2), "se": round(100 * interval["se"], 2)}
+        )
     defective = np.flatnonzero(labels == 1)
     lowest = defective[np.argsort(default[defective])][:LOWEST]
     normal_scores = default[labels == 0]
-    hardest = [{"image": Path(test[i].path).name, "score": round(float(default[i]), 2),
-                "normal_above": round(float((normal_scores > default[i]).mean()), 2),
-                "defect_area": round(float((test[i].mask > 0).mean()), 6)} for i in lowest]
-    return {"model": str(path), "seed": cfg.seed, "default": default_name, "rows": rows, "hardest": hardest,
-            "counts": {"defective": int(labels.sum()), "normal": int((labels == 0).sum())}}
+    hardest = [
+        {
+            "image": Path(test[i].path).name,
+            "score": round(float(default[i]), 2),
+            "normal_above": round(float((normal_scores > default[i]).mean()), 2),
+            "defect_area": round(float((test[i].mask > 0).mean()), 6),
+        }
+        for i in lowest
+    ]
+    return {
+        "model": str(path),
+        "seed": cfg.seed,
+        "default": default_name,
+        "rows": rows,
+        "hardest": hardest,
+        "counts": {"defective": int(labels.sum()), "normal": int((labels == 0).sum())},
+    }
 
 
 def write_markdown(record: dict, path: Path) -> None:
@@ -166,6 +182,7 @@ def write_markdown(record: dict, path: Path) -> None:
 
 def main() -> int:
     return models_main(__doc__, "bsdata_image_scores", score_model, write_markdown)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -44,8 +44,15 @@ RESULTS = Path(__file__).parent / "results"
 LOOKS = RESULTS / "bsdata_test_looks.jsonl"
 NORMALISATIONS = ("none", "image_mean", "image_mean_score")
 SIGMAS = (2.0, 4.0, 8.0)
-THRESHOLDS = (("pixels", 0.99), ("pixels", 0.999), ("image_max", 0.5), ("image_max", 0.75), ("image_max", 0.9),
-              ("image_max", 0.95), ("image_max", 0.99))  # (score.pixel_threshold_from, its quantile)
+THRESHOLDS = (
+    ("pixels", 0.99),
+    ("pixels", 0.999),
+    ("image_max", 0.5),
+    ("image_max", 0.75),
+    ("image_max", 0.9),
+    ("image_max", 0.95),
+    ("image_max", 0.99),
+)  # (score.pixel_threshold_from, its quantile)
 MIN_FRACTIONS = (0.0, 3e-4, 1e-3, 3e-3)
 REGIONS_ON = ("all", "defective")
 MAX_NORMAL_AREA = 0.01  # the 99th percentile of the predicted area on defect-free photos, at most
@@ -99,16 +106,26 @@ def choose(detector: Detector, sigmas=SIGMAS, normalisations=NORMALISATIONS, pro
                 for floor in MIN_FRACTIONS:
                     for on in REGIONS_ON:
                         regions = predicted_regions(maps, val_scores > threshold, pixel_threshold, floor, on)
-                        rows.append({"smoothing_sigma": sigma, "map_normalisation": norm, "pixel_rule": rule,
-                                     "pixel_quantile": q,
-                                     "min_region_fraction": floor, "regions_on": on,
-                                     **{k: pixel[k] for k in ("pixel_auroc", "pixel_ap", "aupro", "pixel_f1_max")},
-                                     **region_metrics(labels, masks, regions)})
+                        rows.append(
+                            {
+                                "smoothing_sigma": sigma,
+                                "map_normalisation": norm,
+                                "pixel_rule": rule,
+                                "pixel_quantile": q,
+                                "min_region_fraction": floor,
+                                "regions_on": on,
+                                **{k: pixel[k] for k in ("pixel_auroc", "pixel_ap", "aupro", "pixel_f1_max")},
+                                **region_metrics(labels, masks, regions),
+                            }
+                        )
             print(f"sigma {sigma} {norm}: pixel AP {pixel['pixel_ap']:.4f} AUPRO {pixel['aupro']:.4f}", file=sys.stderr)
     image = evaluate_all(labels, val_scores)
-    return {"rows": rows, "image_auroc": image["image_auroc"], "seconds": round(time.perf_counter() - t0, 1),
-            "counts": {"normal": int((labels == 0).sum()), "defective": int(labels.sum()),
-                       "calibration": len(cal_idx)}}
+    return {
+        "rows": rows,
+        "image_auroc": image["image_auroc"],
+        "seconds": round(time.perf_counter() - t0, 1),
+        "counts": {"normal": int((labels == 0).sum()), "defective": int(labels.sum()), "calibration": len(cal_idx)},
+    }
 
 
 def best(rows: list[dict]) -> dict:
@@ -141,8 +158,11 @@ def refitted(model: Path, overrides: list[str], out_dir: Path | None = None) -> 
     if not overrides:
         return old
     cfg = apply_overrides(old.cfg, overrides)
-    if to_dict(cfg)["model"] != to_dict(old.cfg)["model"] or to_dict(cfg)["train"] != to_dict(old.cfg)["train"] \
-            or to_dict(cfg)["data"] != to_dict(old.cfg)["data"]:
+    if (
+        to_dict(cfg)["model"] != to_dict(old.cfg)["model"]
+        or to_dict(cfg)["train"] != to_dict(old.cfg)["train"]
+        or to_dict(cfg)["data"] != to_dict(old.cfg)["data"]
+    ):
         raise SystemExit("--set may change score.* only: the network and its data stay as trained")
     detector = Detector(cfg, old.n_kinds, net=old.net)
     detector.metadata = {k: v for k, v in old.metadata.items() if k == "training"}
@@ -160,10 +180,17 @@ def measure_test(model: Path, overrides: list[str], out_dir: Path) -> dict:
         detector.save(out_dir / "model.pt")
     test = build_dataset(cfg.data, "test", cfg.seed)
     result = evaluate(detector, test, out_dir / "eval", progress=True)
-    look = {"commit": commit(), "date": time.strftime("%Y-%m-%d"), "model": str(model), "config_hash": config_hash(cfg),
-            "overrides": overrides, "metrics": result["metrics"],
-            "subsets": {k: v["metrics"] for k, v in result["subsets"].items()}, "counts": result["counts"],
-            "at_threshold": result["at_threshold"]}
+    look = {
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d"),
+        "model": str(model),
+        "config_hash": config_hash(cfg),
+        "overrides": overrides,
+        "metrics": result["metrics"],
+        "subsets": {k: v["metrics"] for k, v in result["subsets"].items()},
+        "counts": result["counts"],
+        "at_threshold": result["at_threshold"],
+    }
     with LOOKS.open("a") as fh:
         fh.write(json.dumps(look) + "\n")
     return look
@@ -174,64 +201,125 @@ def pct(value) -> str:
 
 
 def write_markdown(record: dict, path: Path) -> None:
-    lines = ["# BSData localisation settings, on the validation positions", "", provenance(record), "",
-             f"Command: `{record['command']}`", ""]
+    lines = [
+        "# BSData localisation settings, on the validation positions",
+        "",
+        provenance(record),
+        "",
+        f"Command: `{record['command']}`",
+        "",
+    ]
     for run in record["runs"]:
         c = run["counts"]
         refit = f", scorers fitted with `{' '.join(run['overrides'])}`" if run.get("overrides") else ""
-        lines += [f"## {run['model']}{refit}", "",
-                  f"{c['normal']} defect-free and {c['defective']} pitting photos of the validation positions; "
-                  f"pixel thresholds from {c['calibration']} held-back training photos. Image AUROC "
-                  f"{pct(run['image_auroc'])}.", "",
-                  "Maps (best region row of each):", "",
-                  "| sigma | maps | pixel AUROC | pixel AP | AUPRO | pixel F1-max |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {run['model']}{refit}",
+            "",
+            f"{c['normal']} defect-free and {c['defective']} pitting photos of the validation positions; "
+            f"pixel thresholds from {c['calibration']} held-back training photos. Image AUROC "
+            f"{pct(run['image_auroc'])}.",
+            "",
+            "Maps (best region row of each):",
+            "",
+            "| sigma | maps | pixel AUROC | pixel AP | AUPRO | pixel F1-max |",
+            "|---|---|---|---|---|---|",
+        ]
         seen = set()
         for r in run["rows"]:
             key = (r["smoothing_sigma"], r["map_normalisation"])
             if key in seen:
                 continue
             seen.add(key)
-            lines.append(f"| {r['smoothing_sigma']:g} | {r['map_normalisation']} | {pct(r['pixel_auroc'])} | "
-                         f"{pct(r['pixel_ap'])} | {pct(r['aupro'])} | {pct(r['pixel_f1_max'])} |")
-        lines += ["", "Regions, the best few by the rule (p99 area on defect-free photos <= 1%, then pixel F1):", "",
-                  "| sigma | maps | pixel threshold | min fraction | regions on | pixel F1 | IoU median (q1-q3) | "
-                  "defect-free area median / p99 (%) | area within 2x |", "|---|---|---|---|---|---|---|---|---|"]
-        ranked = sorted(run["rows"], key=lambda r: (r["normal_area_p99"] is None or r["normal_area_p99"] > MAX_NORMAL_AREA,
-                                                    -(r["pixel_f1"] or 0.0)))
+            lines.append(
+                f"| {r['smoothing_sigma']:g} | {r['map_normalisation']} | {pct(r['pixel_auroc'])} | "
+                f"{pct(r['pixel_ap'])} | {pct(r['aupro'])} | {pct(r['pixel_f1_max'])} |"
+            )
+        lines += [
+            "",
+            "Regions, the best few by the rule (p99 area on defect-free photos <= 1%, then pixel F1):",
+            "",
+            "| sigma | maps | pixel threshold | min fraction | regions on | pixel F1 | IoU median (q1-q3) | "
+            "defect-free area median / p99 (%) | area within 2x |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        ranked = sorted(
+            run["rows"],
+            key=lambda r: (
+                r["normal_area_p99"] is None or r["normal_area_p99"] > MAX_NORMAL_AREA,
+                -(r["pixel_f1"] or 0.0),
+            ),
+        )
         for r in ranked[:12]:
-            lines.append(f"| {r['smoothing_sigma']:g} | {r['map_normalisation']} | {r['pixel_quantile']} of "
-                         f"{r.get('pixel_rule', 'pixels')} | "
-                         f"{r['min_region_fraction']:g} | {r['regions_on']} | {pct(r['pixel_f1'])} | "
-                         f"{pct(r['iou_median'])} ({pct(r['iou_q1'])}-{pct(r['iou_q3'])}) | "
-                         f"{pct(r['normal_area_median'])} / {pct(r['normal_area_p99'])} | {pct(r['area_within_2x'])} |")
+            lines.append(
+                f"| {r['smoothing_sigma']:g} | {r['map_normalisation']} | {r['pixel_quantile']} of "
+                f"{r.get('pixel_rule', 'pixels')} | "
+                f"{r['min_region_fraction']:g} | {r['regions_on']} | {pct(r['pixel_f1'])} | "
+                f"{pct(r['iou_median'])} ({pct(r['iou_q1'])}-{pct(r['iou_q3'])}) | "
+                f"{pct(r['normal_area_median'])} / {pct(r['normal_area_p99'])} | {pct(r['area_within_2x'])} |"
+            )
         chosen = run["chosen"]
         if not chosen["within_area_limit"]:
             lines += ["", f"No setting kept the defect-free area's 99th percentile within {MAX_NORMAL_AREA:.0%}."]
-        lines += ["", "Chosen: " + ", ".join(f"score.{k}={chosen[k]}" for k in
-                                            ("smoothing_sigma", "map_normalisation", "min_region_fraction", "regions_on",
-                                             "pixel_threshold_from"))
-                  + f", score.pixel_threshold_quantile={chosen['pixel_quantile']}.", ""]
+        lines += [
+            "",
+            "Chosen: "
+            + ", ".join(
+                f"score.{k}={chosen[k]}"
+                for k in (
+                    "smoothing_sigma",
+                    "map_normalisation",
+                    "min_region_fraction",
+                    "regions_on",
+                    "pixel_threshold_from",
+                )
+            )
+            + f", score.pixel_threshold_quantile={chosen['pixel_quantile']}.",
+            "",
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 
-TEST_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "pixel_f1_max", "pixel_f1", "iou_median",
-                "normal_area_p99", "area_within_2x")
+TEST_COLUMNS = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "pixel_ap",
+    "pixel_f1_max",
+    "pixel_f1",
+    "iou_median",
+    "normal_area_p99",
+    "area_within_2x",
+)
 
 
 def write_test_markdown(record: dict, path: Path) -> None:
     """The looks of one --test run as a table: every test photo, then each subset."""
-    lines = ["# BSData test photos, scored once", "", provenance(record), "", f"Command: `{record['command']}`", "",
-             "| model | photos | " + " | ".join(TEST_COLUMNS) + " |", "|---|---|" + "---|" * len(TEST_COLUMNS)]
+    lines = [
+        "# BSData test photos, scored once",
+        "",
+        provenance(record),
+        "",
+        f"Command: `{record['command']}`",
+        "",
+        "| model | photos | " + " | ".join(TEST_COLUMNS) + " |",
+        "|---|---|" + "---|" * len(TEST_COLUMNS),
+    ]
     for look in record["looks"]:
         rows = [("all", look["metrics"], look["counts"])]
         rows += [(name, metrics, None) for name, metrics in look["subsets"].items()]
         for name, metrics, counts in rows:
             label = f"{name} ({counts['normal']} defect-free, {counts['defective']} pitting)" if counts else name
-            lines.append(f"| {look['model']} | {label} | " + " | ".join(pct(metrics.get(k)) for k in TEST_COLUMNS) + " |")
+            lines.append(
+                f"| {look['model']} | {label} | " + " | ".join(pct(metrics.get(k)) for k in TEST_COLUMNS) + " |"
+            )
         at = look["at_threshold"]
-        lines += ["", f"{look['model']}: at the stored threshold, {100 * at['true_positive_rate']:.1f}% of the pitting "
-                  f"photos and {100 * at['false_positive_rate']:.1f}% of the defect-free ones flagged; settings "
-                  f"`{' '.join(look['overrides'])}`.", ""]
+        lines += [
+            "",
+            f"{look['model']}: at the stored threshold, {100 * at['true_positive_rate']:.1f}% of the pitting "
+            f"photos and {100 * at['false_positive_rate']:.1f}% of the defect-free ones flagged; settings "
+            f"`{' '.join(look['overrides'])}`.",
+            "",
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -239,8 +327,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--test", action="store_true", help="refit with --set and score the test split once")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="score.* settings the model's scorers are fitted again with before it is scored")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="score.* settings the model's scorers are fitted again with before it is scored",
+    )
     parser.add_argument("--name", default="bsdata_localisation_validation")
     parser.add_argument("--test-name", help="with --test: also write benchmarks/results/<TEST_NAME>.json and .md")
     parser.add_argument("--out", type=Path, default=Path("runs/localisation"))
@@ -254,8 +348,13 @@ def main() -> int:
             looks.append(measure_test(model, args.overrides, args.out / model.parent.name))
             print(json.dumps(looks[-1], indent=1))
         if args.test_name:
-            record = {"command": command, "commit": commit(), "date": time.strftime("%Y-%m-%d"),
-                      "machine": machine(), "looks": looks}
+            record = {
+                "command": command,
+                "commit": commit(),
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": machine(),
+                "looks": looks,
+            }
             (RESULTS / f"{args.test_name}.json").write_text(json.dumps(record, indent=1) + "\n")
             write_test_markdown(record, RESULTS / f"{args.test_name}.md")
         return 0
@@ -264,8 +363,13 @@ def main() -> int:
         detector = refitted(model, args.overrides)
         run = choose(detector, args.sigmas, args.normalisations)
         runs.append({"model": str(model), "overrides": args.overrides, **run, "chosen": best(run["rows"])})
-    record = {"command": command, "commit": commit(), "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-              "runs": runs}
+    record = {
+        "command": command,
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "runs": runs,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
     write_markdown(record, RESULTS / f"{args.name}.md")

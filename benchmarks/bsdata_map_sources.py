@@ -54,8 +54,10 @@ def stacked_features(detector: Detector, dataset, stages: list[str]) -> torch.Te
             features = detector.net.backbone(x)
             parts = [F.avg_pool2d(features[s], 3, 1, 1) for s in stages]
             size = parts[0].shape[-2:]
-            parts = [p if p.shape[-2:] == size else F.interpolate(p, size=size, mode="bilinear", align_corners=False)
-                     for p in parts]
+            parts = [
+                p if p.shape[-2:] == size else F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+                for p in parts
+            ]
             out.append(torch.cat(parts, 1).float())
     return torch.cat(out)
 
@@ -67,7 +69,7 @@ def vectors(features: torch.Tensor) -> torch.Tensor:
 
 def knn_maps(query: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     n, _, h, w = query.shape
-    return torch.stack([torch.cdist(vectors(query[i:i + 1]), bank).amin(1).reshape(h, w) for i in range(n)])
+    return torch.stack([torch.cdist(vectors(query[i : i + 1]), bank).amin(1).reshape(h, w) for i in range(n)])
 
 
 def shared_maps(query: torch.Tensor, bank: torch.Tensor, ridge: float = 0.01) -> torch.Tensor:
@@ -78,7 +80,9 @@ def shared_maps(query: torch.Tensor, bank: torch.Tensor, ridge: float = 0.01) ->
     return ((diff @ precision) * diff).sum(1).clamp_min(0).sqrt().reshape(n, h, w)
 
 
-def reference_maps(features: torch.Tensor, keys: list[str], labels: np.ndarray, radius: int) -> tuple[torch.Tensor, list[int]]:
+def reference_maps(
+    features: torch.Tensor, keys: list[str], labels: np.ndarray, radius: int
+) -> tuple[torch.Tensor, list[int]]:
     """Maps of the photos that have other defect-free photos of their key, and their indices."""
     n, _, h, w = features.shape
     padded = F.pad(features, (radius,) * 4, mode="replicate")
@@ -90,7 +94,7 @@ def reference_maps(features: torch.Tensor, keys: list[str], labels: np.ndarray, 
         best = torch.full((h, w), float("inf"))
         for dy in range(2 * radius + 1):
             for dx in range(2 * radius + 1):
-                shifted = padded[refs, :, dy:dy + h, dx:dx + w]
+                shifted = padded[refs, :, dy : dy + h, dx : dx + w]
                 best = torch.minimum(best, ((shifted - features[i]) ** 2).sum(1).amin(0))
         maps.append(best.sqrt())
         kept.append(i)
@@ -99,7 +103,11 @@ def reference_maps(features: torch.Tensor, keys: list[str], labels: np.ndarray, 
 
 def score(name: str, maps: torch.Tensor, labels: np.ndarray, masks: np.ndarray, image_scores=None) -> list[dict]:
     size = masks.shape[-2:]
-    up = maps if maps.shape[-2:] == size else F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    up = (
+        maps
+        if maps.shape[-2:] == size
+        else F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    )
     rows = []
     for sigma in SIGMAS:
         smooth = gaussian_smooth(up, sigma).numpy()
@@ -144,22 +152,40 @@ def measure(model: Path, stages: list[str], bank_size: int, radius: int) -> dict
     ref, kept = reference_maps(query, keys, labels, radius)
     rows += score("reference", ref, labels[kept], masks[kept])
     rows += score("padim on the reference photos", maps[kept], labels[kept], masks[kept], scores[kept])
-    return {"model": str(model), "stages": stages, "bank": bank_size, "radius": radius, "rows": rows,
-            "counts": {"normal": int((labels == 0).sum()), "defective": int(labels.sum()),
-                       "reference_normal": int((labels[kept] == 0).sum()), "reference_defective": int(labels[kept].sum())},
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "model": str(model),
+        "stages": stages,
+        "bank": bank_size,
+        "radius": radius,
+        "rows": rows,
+        "counts": {
+            "normal": int((labels == 0).sum()),
+            "defective": int(labels.sum()),
+            "reference_normal": int((labels[kept] == 0).sum()),
+            "reference_defective": int(labels[kept].sum()),
+        },
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def write_markdown(record: dict, path: Path) -> None:
     run = record["run"]
     c = run["counts"]
-    lines = ["# Map sources on BSData's validation positions", "", provenance(record), "",
-             f"Command: `{record['command']}`", "",
-             f"Network: `{run['model']}`. Validation photos: {c['normal']} defect-free, {c['defective']} pitting; "
-             f"those with defect-free photos of their own position for \"reference\": {c['reference_normal']} and "
-             f"{c['reference_defective']}. kNN, shared and reference read {', '.join(run['stages'])}; the bank holds "
-             f"{run['bank']} training feature vectors; reference searches within {run['radius']} cell(s).", "",
-             "| source | sigma | image AUROC | pixel AUROC | pixel AP | AUPRO | pixel F1-max |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Map sources on BSData's validation positions",
+        "",
+        provenance(record),
+        "",
+        f"Command: `{record['command']}`",
+        "",
+        f"Network: `{run['model']}`. Validation photos: {c['normal']} defect-free, {c['defective']} pitting; "
+        f'those with defect-free photos of their own position for "reference": {c["reference_normal"]} and '
+        f"{c['reference_defective']}. kNN, shared and reference read {', '.join(run['stages'])}; the bank holds "
+        f"{run['bank']} training feature vectors; reference searches within {run['radius']} cell(s).",
+        "",
+        "| source | sigma | image AUROC | pixel AUROC | pixel AP | AUPRO | pixel F1-max |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in run["rows"]:
         lines.append(f"| {r['source']} | {r['sigma']:g} | " + " | ".join(f"{100 * r[k]:.2f}" for k in METRICS) + " |")
     path.write_text("\n".join(lines) + "\n")
@@ -173,9 +199,13 @@ def main() -> int:
     parser.add_argument("--radius", type=int, default=1, help="reference: cells searched around each place")
     parser.add_argument("--name", default="bsdata_map_sources")
     args = parser.parse_args()
-    record = {"command": "python benchmarks/bsdata_map_sources.py " + " ".join(sys.argv[1:]), "commit": commit(),
-              "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-              "run": measure(args.model, args.stages, args.bank, args.radius)}
+    record = {
+        "command": "python benchmarks/bsdata_map_sources.py " + " ".join(sys.argv[1:]),
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "run": measure(args.model, args.stages, args.bank, args.radius),
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
     write_markdown(record, RESULTS / f"{args.name}.md")

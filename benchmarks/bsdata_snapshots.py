@@ -61,14 +61,24 @@ def evaluate_snapshots(run: Path, extra: list[str], keep_models: bool, tag: str,
             epoch = state["epoch"]
         else:
             epoch = f"final weights ({state['epoch']} full epochs)"
-        rows.append({"epoch": epoch, "training_minutes": round(state["elapsed_s"] / 60, 1),
-                     **percent(json.loads(metrics_file.read_text())["metrics"])})
+        rows.append(
+            {
+                "epoch": epoch,
+                "training_minutes": round(state["elapsed_s"] / 60, 1),
+                **percent(json.loads(metrics_file.read_text())["metrics"]),
+            }
+        )
     model = torch.load(run / "model.pt", map_location="cpu", weights_only=True, mmap=True)
     training = model["metadata"].get("training", {})
     if not last and (run / "eval" / "metrics.json").is_file():  # written by train --evaluate
         final = json.loads((run / "eval" / "metrics.json").read_text())["metrics"]
-        rows.append({"epoch": f"final model ({training.get('epochs')} full epochs)",
-                     "training_minutes": training.get("minutes"), **percent(final)})
+        rows.append(
+            {
+                "epoch": f"final model ({training.get('epochs')} full epochs)",
+                "training_minutes": training.get("minutes"),
+                **percent(final),
+            }
+        )
     return {"run": shown(run), "seed": model["config"]["seed"], "rows": rows, "commands": commands}
 
 
@@ -88,22 +98,36 @@ def write_markdown(record: dict, path: Path) -> None:
             "",
             "| epoch | training min | image AUROC | pixel AUROC | AUPRO | pixel AP |",
             "|---|---|---|---|---|---|",
-            *[f"| {r['epoch']} | {r['training_minutes']} | {r['image_auroc']} | {r['pixel_auroc']} | {r['aupro']} "
-              f"| {r['pixel_ap']} |" for r in run["rows"]],
+            *[
+                f"| {r['epoch']} | {r['training_minutes']} | {r['image_auroc']} | {r['pixel_auroc']} | {r['aupro']} "
+                f"| {r['pixel_ap']} |"
+                for r in run["rows"]
+            ],
         ]
-    lines += ["", "Commands:", "", f"    {record['invocation']}",
-              *[f"    {c}" for run in record["runs"] for c in run["commands"]], ""]
+    lines += [
+        "",
+        "Commands:",
+        "",
+        f"    {record['invocation']}",
+        *[f"    {c}" for run in record["runs"] for c in run["commands"]],
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run folders (OUTPUT_DIR of pitscope train with snapshots)")
-    parser.add_argument("--name", default="bsdata_cpu_snapshots_eval", help="result file name under benchmarks/results/")
+    parser.add_argument(
+        "--name", default="bsdata_cpu_snapshots_eval", help="result file name under benchmarks/results/"
+    )
     parser.add_argument("--set", dest="extra", action="append", default=[], help="a --set for every refit")
     parser.add_argument("--tag", default="", help="evaluations go to OUTPUT_DIR/snapshot_eval_TAG (one per setting)")
-    parser.add_argument("--last", action="store_true",
-                        help="also refit checkpoint_last.pt (the final weights) instead of reading OUTPUT_DIR/eval")
+    parser.add_argument(
+        "--last",
+        action="store_true",
+        help="also refit checkpoint_last.pt (the final weights) instead of reading OUTPUT_DIR/eval",
+    )
     parser.add_argument("--keep-models", action="store_true", help="keep the refitted model files")
     args = parser.parse_args()
     extra = [x for e in args.extra for x in ("--set", e)]

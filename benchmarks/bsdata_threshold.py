@@ -34,9 +34,11 @@ from pitscope.inference import Detector, iterate_batches
 
 def rates(threshold: float, scores: np.ndarray, labels: np.ndarray) -> dict:
     """Percent of defect-free (FPR) and defective (TPR) test images scored above the threshold."""
-    return {"threshold": round(threshold, 2),
-            "fpr": round(100 * float((scores[labels == 0] > threshold).mean()), 1),
-            "tpr": round(100 * float((scores[labels == 1] > threshold).mean()), 1)}
+    return {
+        "threshold": round(threshold, 2),
+        "fpr": round(100 * float((scores[labels == 0] > threshold).mean()), 1),
+        "tpr": round(100 * float((scores[labels == 1] > threshold).mean()), 1),
+    }
 
 
 @torch.inference_mode()
@@ -52,20 +54,25 @@ def threshold_model(path: Path, overrides: Sequence[str] = (), progress: bool = 
     if calibration["method"] != "out_of_fold":
         raise SystemExit(f"{path}: no out-of-fold threshold for these settings or this few training images")
     _, cal_idx = detector.split_calibration(len(train))
-    held = torch.cat([detector(x)[0] for _, x in iterate_batches(train, cal_idx, cfg.score.batch_size,
-                                                                 "held back", progress)]).double()
+    held = torch.cat(
+        [detector(x)[0] for _, x in iterate_batches(train, cal_idx, cfg.score.batch_size, "held back", progress)]
+    ).double()
     scores, _ = detector.score_dataset(test, progress=progress)
     labels = np.array([test[i].label for i in range(len(test))])
     q = cfg.score.threshold_quantile
     return {
-        "model": str(path), "seed": cfg.seed, "quantile": q, "image_method": cfg.score.image_method,
+        "model": str(path),
+        "seed": cfg.seed,
+        "quantile": q,
+        "image_method": cfg.score.image_method,
         "image_features": cfg.score.image_features,
         "fit_seconds": round(fit_seconds, 1),
         "images": {"training": len(train), "held_back": len(cal_idx), "folds": calibration["folds"]},
-        "held_back": {**rates(float(torch.quantile(held, q)), scores, labels),
-                      "largest": [round(float(v), 2) for v in held.sort(descending=True).values[:3]]},
-        "out_of_fold": {**rates(float(detector.threshold), scores, labels),
-                        "highest": calibration["highest"]},
+        "held_back": {
+            **rates(float(torch.quantile(held, q)), scores, labels),
+            "largest": [round(float(v), 2) for v in held.sort(descending=True).values[:3]],
+        },
+        "out_of_fold": {**rates(float(detector.threshold), scores, labels), "highest": calibration["highest"]},
         "model_threshold": round(float(loaded.threshold), 2),
         "counts": {"defective": int(labels.sum()), "normal": int((labels == 0).sum())},
     }
@@ -92,8 +99,10 @@ def write_markdown(record: dict, path: Path) -> None:
     ]
     for m in models:
         h, o = m["held_back"], m["out_of_fold"]
-        lines.append(f"| {m['seed']} | {h['threshold']} | {h['fpr']} | {h['tpr']} | "
-                     f"{o['threshold']} | {o['fpr']} | {o['tpr']} | {m.get('fit_seconds', 'n/a')} |")
+        lines.append(
+            f"| {m['seed']} | {h['threshold']} | {h['fpr']} | {h['tpr']} | "
+            f"{o['threshold']} | {o['fpr']} | {o['tpr']} | {m.get('fit_seconds', 'n/a')} |"
+        )
     lines += ["", "Largest held-back scores, and the training images scored highest out of fold:", ""]
     for m in models:
         top = ", ".join(f"{h['image']} {h['score']:.1f}" for h in m["out_of_fold"]["highest"])
@@ -103,8 +112,13 @@ def write_markdown(record: dict, path: Path) -> None:
 
 
 def main() -> int:
-    return models_main(__doc__, "bsdata_threshold", lambda path, overrides: threshold_model(path, overrides, progress=True),
-                       write_markdown)
+    return models_main(
+        __doc__,
+        "bsdata_threshold",
+        lambda path, overrides: threshold_model(path, overrides, progress=True),
+        write_markdown,
+    )
+
 
 if __name__ == "__main__":
     sys.exit(main())

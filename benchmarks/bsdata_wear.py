@@ -52,15 +52,33 @@ def train_fold(fold: int, held_out: tuple[str, ...], sequences, root: Path, runs
     out = runs / f"fold{fold}"
     split = fold_split(root, sequences, held_out, seed=args.seed)
     split_file = write_split(split, out / "split.json")
-    info = {"fold": fold, "sequences": list(held_out), "training_images": len(split["train"]),
-            "output_dir": str(out.relative_to(REPO)) if out.is_relative_to(REPO) else str(out)}
+    info = {
+        "fold": fold,
+        "sequences": list(held_out),
+        "training_images": len(split["train"]),
+        "output_dir": str(out.relative_to(REPO)) if out.is_relative_to(REPO) else str(out),
+    }
     if args.reuse_models and (out / "model.pt").is_file():
         return info
-    cmd = ["pitscope", "train", "--config", "cpu", "--quiet", "--output-dir", str(out),
-           "--set", f"data.split_file={split_file}", "--set", f"data.n_train_normal={len(split['train'])}",
-           "--set", f"train.budget_minutes={args.budget_minutes}", "--set", f"data.image_size={args.image_size}",
-           *(["--set", f"data.root={root}"] if args.root else []),
-           *[x for extra in args.extra for x in ("--set", extra)]]
+    cmd = [
+        "pitscope",
+        "train",
+        "--config",
+        "cpu",
+        "--quiet",
+        "--output-dir",
+        str(out),
+        "--set",
+        f"data.split_file={split_file}",
+        "--set",
+        f"data.n_train_normal={len(split['train'])}",
+        "--set",
+        f"train.budget_minutes={args.budget_minutes}",
+        "--set",
+        f"data.image_size={args.image_size}",
+        *(["--set", f"data.root={root}"] if args.root else []),
+        *[x for extra in args.extra for x in ("--set", extra)],
+    ]
     return {**info, **run(cmd, runs / f"fold{fold}.log")}
 
 
@@ -82,8 +100,10 @@ def write_markdown(record: dict, path: Path) -> None:
     ]
     for fold in record["folds"]:
         t = fold.get("training") or {}
-        lines.append(f"| {fold['fold']} | {len(fold['sequences'])} | {fold['training_images']} | {t.get('epochs')} "
-                     f"| {t.get('minutes')} | {t.get('stopped_by_budget')} |")
+        lines.append(
+            f"| {fold['fold']} | {len(fold['sequences'])} | {fold['training_images']} | {t.get('epochs')} "
+            f"| {t.get('minutes')} | {t.get('stopped_by_budget')} |"
+        )
     lines += [
         "",
         f"Alert rule: {record['rule']['text']}.",
@@ -157,14 +177,28 @@ def main() -> int:
     runs = (REPO / args.runs_dir).resolve()
     runs.mkdir(parents=True, exist_ok=True)
     sequences = read_sequences(root)
-    folds = [train_fold(f, held_out, sequences, root, runs, args)
-             for f, held_out in enumerate(sequence_folds(sequences, args.folds, args.seed))]
+    folds = [
+        train_fold(f, held_out, sequences, root, runs, args)
+        for f, held_out in enumerate(sequence_folds(sequences, args.folds, args.seed))
+    ]
     models = [str(runs / f"fold{f['fold']}" / "model.pt") for f in folds]
     for fold, model in zip(folds, models):
         fold["training"] = torch.load(model, map_location="cpu", weights_only=True)["metadata"].get("training")
-    wear_cmd = ["pitscope", "wear", *models, "--out", str(runs / "wear"), "--quiet", "--alert-area", args.alert_area,
-                "--alert-growth", args.alert_growth, "--alert-window-days", args.alert_window_days,
-                *(["--root", str(root)] if args.root else [])]
+    wear_cmd = [
+        "pitscope",
+        "wear",
+        *models,
+        "--out",
+        str(runs / "wear"),
+        "--quiet",
+        "--alert-area",
+        args.alert_area,
+        "--alert-growth",
+        args.alert_growth,
+        "--alert-window-days",
+        args.alert_window_days,
+        *(["--root", str(root)] if args.root else []),
+    ]
     wear_run = run(wear_cmd, runs / "wear.log")
     wear = json.loads((runs / "wear" / "wear.json").read_text())
     record = {

@@ -124,8 +124,21 @@ def free_port() -> int:
 def start_server(model: Path, db: str, workers: int, log: Path, timeout_s: float) -> tuple[subprocess.Popen, str]:
     """`pitscope serve` in its own process group; returns once GET /health answers 200."""
     port = free_port()
-    cmd = [sys.executable, "-m", "pitscope.cli", "serve", str(model), "--db", db, "--workers", str(workers),
-           "--port", str(port), "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pitscope.cli",
+        "serve",
+        str(model),
+        "--db",
+        db,
+        "--workers",
+        str(workers),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     with log.open("w") as log_file:
         server = subprocess.Popen(cmd, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -162,8 +175,9 @@ def stop_server(server: subprocess.Popen) -> None:
         kill_group(server)
 
 
-def run_clients(url: str, files: list[bytes], clients: int, requests: int,
-                answered: list[int] | None = None) -> tuple[list[dict], float]:
+def run_clients(
+    url: str, files: list[bytes], clients: int, requests: int, answered: list[int] | None = None
+) -> tuple[list[dict], float]:
     """clients threads x requests sequential POST /predict each -> (one dict per request tried, wall s).
     A client stops at its first transport error (the server is gone). answered[0] counts 200s live."""
     results: list[dict] = []
@@ -177,14 +191,20 @@ def run_clients(url: str, files: list[bytes], clients: int, requests: int,
                 t0 = time.perf_counter()
                 record = {"client": index, "request": j}
                 try:
-                    response = http.post("/predict", params=params,
-                                         files={"file": (f"part-{index}-{j}.png", files[(index + j) % len(files)],
-                                                         "image/png")})
+                    response = http.post(
+                        "/predict",
+                        params=params,
+                        files={"file": (f"part-{index}-{j}.png", files[(index + j) % len(files)], "image/png")},
+                    )
                     record.update(status=response.status_code, locked=LOCKED in response.text)
                     if response.status_code == 200:
                         body = response.json()
-                        record.update(recorded=body.get("recorded"), inspection_id=body.get("inspection_id"),
-                                      part=body.get("part"), reason=body.get("not_recorded_because"))
+                        record.update(
+                            recorded=body.get("recorded"),
+                            inspection_id=body.get("inspection_id"),
+                            part=body.get("part"),
+                            reason=body.get("not_recorded_because"),
+                        )
                     else:
                         record["error"] = f"{response.status_code}: {response.text[:200]}"
                 except httpx.HTTPError as exc:
@@ -231,8 +251,11 @@ def answer_counts(results: list[dict], log_text: str) -> dict:
 
 def server_log_summary(log_text: str, scratch: Path) -> list[str]:
     """The first distinct error lines of the server log, temporary paths replaced."""
-    lines = [line.strip().replace(str(scratch), "<tmp>") for line in log_text.splitlines()
-             if "error" in line.lower() or "traceback" in line.lower() or LOCKED in line]
+    lines = [
+        line.strip().replace(str(scratch), "<tmp>")
+        for line in log_text.splitlines()
+        if "error" in line.lower() or "traceback" in line.lower() or LOCKED in line
+    ]
     return list(dict.fromkeys(lines))[:8]
 
 
@@ -284,8 +307,11 @@ def kill_run(backend: Backend, model: Path, files: list[bytes], args, scratch: P
     total = args.clients * args.requests
     answered = [0]
     outcome: dict = {}
-    clients = threading.Thread(target=lambda: outcome.update(zip(("results", "wall"), run_clients(
-        url, files, args.clients, args.requests, answered))))
+    clients = threading.Thread(
+        target=lambda: outcome.update(
+            zip(("results", "wall"), run_clients(url, files, args.clients, args.requests, answered))
+        )
+    )
     clients.start()
     while answered[0] < total // 3 and clients.is_alive():
         time.sleep(0.005)
@@ -321,18 +347,49 @@ def insert_rate(store: HistoryStore, mid: str, threshold, n: int) -> dict:
         kind = "no_rule" if (k // 50) % 2 == 0 else "service_rule"
         t0 = time.perf_counter()
         store.record_inspection(
-            model=mid, threshold=threshold, source="http", image_sha256=f"{k:064x}", width=64, height=64,
-            score=0.4, image_threshold=threshold.image_threshold, is_defective=False, defect_px=k % 7,
-            pixel_threshold=threshold.pixel_threshold, duration_ms=5.0, part=f"insert-part-{k % 8}",
-            captured_at=START + dt.timedelta(minutes=k), rule=SERVICE_RULE if kind == "service_rule" else None)
+            model=mid,
+            threshold=threshold,
+            source="http",
+            image_sha256=f"{k:064x}",
+            width=64,
+            height=64,
+            score=0.4,
+            image_threshold=threshold.image_threshold,
+            is_defective=False,
+            defect_px=k % 7,
+            pixel_threshold=threshold.pixel_threshold,
+            duration_ms=5.0,
+            part=f"insert-part-{k % 8}",
+            captured_at=START + dt.timedelta(minutes=k),
+            rule=SERVICE_RULE if kind == "service_rule" else None,
+        )
         times[kind].append(time.perf_counter() - t0)
-    return {kind: {"inserts": len(t), "per_s": round(len(t) / sum(t), 1), **percentiles_ms(t)}
-            for kind, t in times.items() if t}
+    return {
+        kind: {"inserts": len(t), "per_s": round(len(t) / sum(t), 1), **percentiles_ms(t)}
+        for kind, t in times.items()
+        if t
+    }
 
 
-COLUMNS = ("recorded_at", "captured_at", "source", "part", "name", "image_sha256", "width", "height", "score",
-           "image_threshold", "is_defective", "defect_px", "defect_fraction", "pixel_threshold", "model_id",
-           "threshold_id", "duration_ms")
+COLUMNS = (
+    "recorded_at",
+    "captured_at",
+    "source",
+    "part",
+    "name",
+    "image_sha256",
+    "width",
+    "height",
+    "score",
+    "image_threshold",
+    "is_defective",
+    "defect_px",
+    "defect_fraction",
+    "pixel_threshold",
+    "model_id",
+    "threshold_id",
+    "duration_ms",
+)
 
 
 def bulk_rows(start: int, stop: int, n_parts: int, mid: str, threshold) -> list[tuple]:
@@ -344,9 +401,27 @@ def bulk_rows(start: int, stop: int, n_parts: int, mid: str, threshold) -> list[
     for i, score in zip(range(start, stop), scores):
         when = START + dt.timedelta(hours=i // n_parts)
         defect_px = int(score * 40)
-        rows.append((when, when, "http", f"p-{i % n_parts:04d}", None, f"{i:064x}", 64, 64, float(score),
-                     threshold.image_threshold, bool(score > threshold.image_threshold), defect_px,
-                     defect_px / 4096, threshold.pixel_threshold, mid, threshold.id, 5.0))
+        rows.append(
+            (
+                when,
+                when,
+                "http",
+                f"p-{i % n_parts:04d}",
+                None,
+                f"{i:064x}",
+                64,
+                64,
+                float(score),
+                threshold.image_threshold,
+                bool(score > threshold.image_threshold),
+                defect_px,
+                defect_px / 4096,
+                threshold.pixel_threshold,
+                mid,
+                threshold.id,
+                5.0,
+            )
+        )
     return rows
 
 
@@ -355,7 +430,9 @@ def bulk_load(store: HistoryStore, n_rows: int, n_parts: int, mid: str, threshol
     if store.backend == "sqlite":
         method = f"executemany, {chunk} rows per transaction"
         for start in range(0, n_rows, chunk):
-            rows = [dict(zip(COLUMNS, r)) for r in bulk_rows(start, min(start + chunk, n_rows), n_parts, mid, threshold)]
+            rows = [
+                dict(zip(COLUMNS, r)) for r in bulk_rows(start, min(start + chunk, n_rows), n_parts, mid, threshold)
+            ]
             with store.engine.begin() as connection:
                 connection.execute(schema.inspections.insert(), rows)
     else:
@@ -370,8 +447,13 @@ def bulk_load(store: HistoryStore, n_rows: int, n_parts: int, mid: str, threshol
         finally:
             raw.close()
     seconds = time.perf_counter() - t0
-    return {"rows": n_rows, "parts": n_parts, "method": method, "seconds": round(seconds, 1),
-            "rows_per_s": round(n_rows / seconds)}
+    return {
+        "rows": n_rows,
+        "parts": n_parts,
+        "method": method,
+        "seconds": round(seconds, 1),
+        "rows_per_s": round(n_rows / seconds),
+    }
 
 
 def captured_statements(engine: sa.Engine, call) -> list[tuple]:
@@ -391,8 +473,11 @@ def captured_statements(engine: sa.Engine, call) -> list[tuple]:
 
 def query_plan(store: HistoryStore, call) -> str:
     """The plan of the (last) statement `call()` runs: SQLite EXPLAIN QUERY PLAN, PostgreSQL EXPLAIN."""
-    statement, parameters = [(s, p) for s, p in captured_statements(store.engine, call)
-                             if "inspections" in s and s.lstrip().upper().startswith("SELECT")][-1]
+    statement, parameters = [
+        (s, p)
+        for s, p in captured_statements(store.engine, call)
+        if "inspections" in s and s.lstrip().upper().startswith("SELECT")
+    ][-1]
     prefix = "EXPLAIN QUERY PLAN " if store.backend == "sqlite" else "EXPLAIN "
     with store.engine.connect() as connection:
         rows = connection.exec_driver_sql(prefix + statement, parameters).all()
@@ -417,8 +502,13 @@ def time_queries(store: HistoryStore, warmup: str, parts: list[str]) -> dict:
             times[name].append(time.perf_counter() - t0)
             if name == "trend":
                 sizes.append(len(out))
-    summary = {name: {"median_ms": round(1000 * statistics.median(t), 2),
-                      "p95_ms": round(float(np.percentile(np.array(t) * 1000, 95)), 2)} for name, t in times.items()}
+    summary = {
+        name: {
+            "median_ms": round(1000 * statistics.median(t), 2),
+            "p95_ms": round(float(np.percentile(np.array(t) * 1000, 95)), 2),
+        }
+        for name, t in times.items()
+    }
     summary["trend"]["points_per_part"] = int(statistics.median(sizes))
     return summary
 
@@ -431,14 +521,18 @@ def scale_run(backend: Backend, args) -> dict:
         inserts = insert_rate(store, mid, threshold, args.inserts)
         bulk = bulk_load(store, args.rows, args.parts, mid, threshold)
         rows = store.count()
-        read_statements = [" ".join(s.split()[:2]) for s, _ in
-                           captured_statements(store.engine, lambda: store.count(part="p-0000"))]
+        read_statements = [
+            " ".join(s.split()[:2]) for s, _ in captured_statements(store.engine, lambda: store.count(part="p-0000"))
+        ]
         part = "p-0000"
-        plans = {name: query_plan(store, call) for name, call in {
-            "trend": lambda: store.trend(part),
-            "inspections_limit_50": lambda: store.inspections(part=part, limit=50),
-            "count": lambda: store.count(part=part),
-        }.items()}
+        plans = {
+            name: query_plan(store, call)
+            for name, call in {
+                "trend": lambda: store.trend(part),
+                "inspections_limit_50": lambda: store.inspections(part=part, limit=50),
+                "count": lambda: store.count(part=part),
+            }.items()
+        }
         analyzed = None
         if store.backend == "postgresql":  # what autovacuum does after a large load; plans before and after
             with store.engine.connect() as connection:
@@ -483,58 +577,96 @@ def write_markdown(record: dict, path: Path) -> None:
     lines = [
         "# Inspection history under load, after kill -9, and at scale",
         "",
-        (f"Commit `{record['commit']}`, {record['date']}. {m['cpu']}, {m['cpu_count']} cores, {m['os']}, "
-         f"Python {m['python']}, SQLAlchemy {m['sqlalchemy']}, SQLite {m['sqlite']}"
-         + (f", PostgreSQL {m['postgresql']} (psycopg {m['psycopg']}, server from `.ci/postgres`, fsync on)"
-            if m["postgresql"] else "")
-         + ". Server and clients share the machine. Tiny untrained 64 px model."),
+        (
+            f"Commit `{record['commit']}`, {record['date']}. {m['cpu']}, {m['cpu_count']} cores, {m['os']}, "
+            f"Python {m['python']}, SQLAlchemy {m['sqlalchemy']}, SQLite {m['sqlite']}"
+            + (
+                f", PostgreSQL {m['postgresql']} (psycopg {m['psycopg']}, server from `.ci/postgres`, fsync on)"
+                if m["postgresql"]
+                else ""
+            )
+            + ". Server and clients share the machine. Tiny untrained 64 px model."
+        ),
         "",
         "    " + record["invocation"],
         "    " + record["server_command"],
         "",
         f"## Load: {p['clients']} clients x {p['requests']} POST /predict, {p['workers']} workers, one database",
         "",
-        ("| backend | requests | answers | errors | recorded true / false | rows | answered ids missing | "
-         "rows not answered | \"locked\" (answers / log) | req/s | p50 ms | p95 ms |"),
+        (
+            "| backend | requests | answers | errors | recorded true / false | rows | answered ids missing | "
+            'rows not answered | "locked" (answers / log) | req/s | p50 ms | p95 ms |'
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, b in record["backends"].items():
         r, d = b["load"], b["load"]["database"]
-        lines.append(f"| {name} | {r['requests']} | {r['answers']} | {r['http_errors']} | {r['recorded_true']} / "
-                     f"{r['recorded_false']} | {d['rows']} | {d['answered_missing_from_db']} | {d['rows_not_answered']} "
-                     f"| {r['locked_in_answers']} / {r['locked_in_server_log']} | {r['requests_per_s']} "
-                     f"| {r['latency_ms']['p50']} | {r['latency_ms']['p95']} |")
-    lines += ["", "## kill -9 of the server's process group after a third of the answers", "",
-              ("| backend | answered recorded true | rows after | answered ids missing | rows beyond answered "
-               "(in flight) | opens with HistoryStore | integrity_check |"), "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {r['requests']} | {r['answers']} | {r['http_errors']} | {r['recorded_true']} / "
+            f"{r['recorded_false']} | {d['rows']} | {d['answered_missing_from_db']} | {d['rows_not_answered']} "
+            f"| {r['locked_in_answers']} / {r['locked_in_server_log']} | {r['requests_per_s']} "
+            f"| {r['latency_ms']['p50']} | {r['latency_ms']['p95']} |"
+        )
+    lines += [
+        "",
+        "## kill -9 of the server's process group after a third of the answers",
+        "",
+        (
+            "| backend | answered recorded true | rows after | answered ids missing | rows beyond answered "
+            "(in flight) | opens with HistoryStore | integrity_check |"
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, b in record["backends"].items():
         k, d = b["kill"], b["kill"].get("database", {})
-        lines.append(f"| {name} | {k['recorded_true']} | {d.get('rows', '-')} | {d.get('answered_missing_from_db', '-')} "
-                     f"| {k.get('rows_beyond_answered', '-')} | {'yes' if k['opens_with_history_store'] else 'NO'} "
-                     f"| {k.get('integrity_check', 'n/a')} |")
-    lines += ["", f"## Scale: {p['inserts']} single inserts, then {p['rows']:,} rows over {p['parts']} parts", "",
-              ("| backend | inserts/s (no rule) | inserts/s (service rule) | bulk load | rows/s | trend median / p95 ms "
-               "| points per part | inspections(limit 50) median ms | count median ms | trend uses the index |"),
-              "|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {k['recorded_true']} | {d.get('rows', '-')} | {d.get('answered_missing_from_db', '-')} "
+            f"| {k.get('rows_beyond_answered', '-')} | {'yes' if k['opens_with_history_store'] else 'NO'} "
+            f"| {k.get('integrity_check', 'n/a')} |"
+        )
+    lines += [
+        "",
+        f"## Scale: {p['inserts']} single inserts, then {p['rows']:,} rows over {p['parts']} parts",
+        "",
+        (
+            "| backend | inserts/s (no rule) | inserts/s (service rule) | bulk load | rows/s | trend median / p95 ms "
+            "| points per part | inspections(limit 50) median ms | count median ms | trend uses the index |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, b in record["backends"].items():
         s, q = b["scale"], b["scale"]["queries"]
         ins = s["single_inserts"]
-        lines.append(f"| {name} | {ins['no_rule']['per_s']} | {ins.get('service_rule', {}).get('per_s', '-')} "
-                     f"| {s['bulk']['method']}, {s['bulk']['seconds']} s | {s['bulk']['rows_per_s']} "
-                     f"| {q['trend']['median_ms']} / {q['trend']['p95_ms']} | {q['trend']['points_per_part']} "
-                     f"| {q['inspections_limit_50']['median_ms']} | {q['count']['median_ms']} "
-                     f"| {'yes' if s['trend_uses_index'] else 'NO'} |")
-    lines += ["", ("Single inserts: one `record_inspection` transaction each, in alternating blocks of 50, on 8 "
-                   "parts, one capture a minute; \"service rule\" passes `pitscope serve`'s default alert rule "
-                   "(area 0.5 %, growth 0.1 %/day over 1 day), so each insert also reads the part's inspections of "
-                   "the last day (up to 180 here) and fits their growth inside the transaction. Bulk rows: the "
-                   "parts interleaved in capture order, one capture per part an hour.")]
-    reads = "; ".join(f"{name}: `{', '.join(b['scale']['statements_of_a_read'])}`"
-                      for name, b in record["backends"].items())
+        lines.append(
+            f"| {name} | {ins['no_rule']['per_s']} | {ins.get('service_rule', {}).get('per_s', '-')} "
+            f"| {s['bulk']['method']}, {s['bulk']['seconds']} s | {s['bulk']['rows_per_s']} "
+            f"| {q['trend']['median_ms']} / {q['trend']['p95_ms']} | {q['trend']['points_per_part']} "
+            f"| {q['inspections_limit_50']['median_ms']} | {q['count']['median_ms']} "
+            f"| {'yes' if s['trend_uses_index'] else 'NO'} |"
+        )
+    lines += [
+        "",
+        (
+            "Single inserts: one `record_inspection` transaction each, in alternating blocks of 50, on 8 "
+            'parts, one capture a minute; "service rule" passes `pitscope serve`\'s default alert rule '
+            "(area 0.5 %, growth 0.1 %/day over 1 day), so each insert also reads the part's inspections of "
+            "the last day (up to 180 here) and fits their growth inside the transaction. Bulk rows: the "
+            "parts interleaved in capture order, one capture per part an hour."
+        ),
+    ]
+    reads = "; ".join(
+        f"{name}: `{', '.join(b['scale']['statements_of_a_read'])}`" for name, b in record["backends"].items()
+    )
     lines += ["", f"Statements one read (`count(part=...)`) sends, from the engine: {reads}."]
-    lines += ["", (f"Queries timed on {p['queries']} random parts after one warm-up call. Plans of the statements "
-                   "`HistoryStore.trend` runs (PostgreSQL: after `ANALYZE inspections`, as autovacuum would; "
-                   "the JSON has the plans before it and those of the other two queries):"), ""]
+    lines += [
+        "",
+        (
+            f"Queries timed on {p['queries']} random parts after one warm-up call. Plans of the statements "
+            "`HistoryStore.trend` runs (PostgreSQL: after `ANALYZE inspections`, as autovacuum would; "
+            "the JSON has the plans before it and those of the other two queries):"
+        ),
+        "",
+    ]
     for name, b in record["backends"].items():
         plan = (b["scale"]["plans_after_analyze"] or b["scale"]["plans"])["trend"]
         lines += [f"{name}:", "", *["    " + line for line in plan.splitlines()], ""]
@@ -543,8 +675,11 @@ def write_markdown(record: dict, path: Path) -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 20 requests per client, 200 inserts, "
-                        "20,000 rows; results to the temp folder unless --out")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 20 requests per client, 200 inserts, 20,000 rows; results to the temp folder unless --out",
+    )
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
     parser.add_argument("--clients", type=int, default=8, help="client threads (default 8)")
     parser.add_argument("--requests", type=int, help="requests per client (default 200; --quick 20)")
@@ -601,8 +736,10 @@ def main() -> int:
         "machine": {**machine(), **versions(pg_version), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
         "invocation": shlex.join(["python", script, *sys.argv[1:]]),
         "server_command": SERVER_COMMAND.format(workers=args.workers),
-        "parameters": {k: getattr(args, k) for k in ("quick", "clients", "requests", "workers", "inserts", "rows",
-                                                      "parts", "queries")},
+        "parameters": {
+            k: getattr(args, k)
+            for k in ("quick", "clients", "requests", "workers", "inserts", "rows", "parts", "queries")
+        },
         "model": "tiny untrained detector (64 px, scorers fitted on 12 synthetic images)",
         "backends": backends,
     }
@@ -610,9 +747,14 @@ def main() -> int:
     args.out.write_text(json.dumps(record, indent=2, default=str))
     write_markdown(record, args.out.with_suffix(".md"))
     print(args.out.with_suffix(".md").read_text())
-    failed = any(b["load"]["http_errors"] or b["load"]["recorded_false"] or b["load"]["database"]["rows_not_answered"]
-                 or b["load"]["database"]["answered_missing_from_db"] or b["kill"].get("database", {}).get(
-                     "answered_missing_from_db", 1) for b in backends.values())
+    failed = any(
+        b["load"]["http_errors"]
+        or b["load"]["recorded_false"]
+        or b["load"]["database"]["rows_not_answered"]
+        or b["load"]["database"]["answered_missing_from_db"]
+        or b["kill"].get("database", {}).get("answered_missing_from_db", 1)
+        for b in backends.values()
+    )
     return 1 if failed else 0
 
 

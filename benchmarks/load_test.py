@@ -145,8 +145,19 @@ def measure(model: Path, args: argparse.Namespace, scratch: Path) -> dict:
     """Start the server, warm it up, run the clients, read its memory; always stop it."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "pitscope.cli", "serve", str(model), "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pitscope.cli",
+        "serve",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     log = scratch / "server.log"
     with log.open("w") as log_file:
         server = subprocess.Popen(cmd, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
@@ -169,7 +180,10 @@ def measure(model: Path, args: argparse.Namespace, scratch: Path) -> dict:
         "server_command": shlex.join(["python", *cmd[1:]]),
         "model": {"name": info["name"], "version": info["version"], "image_size": info["image_size"]},
         "uploads": {
-            "files": len(files), "width": 500, "height": 200, "mean_bytes": int(np.mean([len(f) for f in files]))
+            "files": len(files),
+            "width": 500,
+            "height": 200,
+            "mean_bytes": int(np.mean([len(f) for f in files])),
         },
         "clients": args.clients,
         "requests_per_client": args.requests,

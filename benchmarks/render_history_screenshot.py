@@ -47,8 +47,15 @@ def main() -> int:
         base, stop = serve_in_thread(app)
         options = webdriver.ChromeOptions()
         options.binary_location = browser
-        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                     f"--window-size={args.window}", f"--user-data-dir={Path(work) / 'profile'}"):
+        for flag in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            f"--window-size={args.window}",
+            f"--user-data-dir={Path(work) / 'profile'}",
+        ):
             options.add_argument(flag)
         driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
         try:

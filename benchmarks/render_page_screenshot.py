@@ -45,17 +45,29 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as profile:
             options = webdriver.ChromeOptions()
             options.binary_location = browser
-            for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--disable-background-networking", "--no-first-run", f"--window-size={args.window}",
-                         f"--user-data-dir={profile}"):
+            for flag in (
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--no-first-run",
+                f"--window-size={args.window}",
+                f"--user-data-dir={profile}",
+            ):
                 options.add_argument(flag)
             driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
             try:
                 driver.get(base + "/")
                 driver.find_element(By.ID, "file-input").send_keys("\n".join(str(p.resolve()) for p in args.photos))
                 deadline = time.monotonic() + args.timeout
-                while len([c for c in driver.find_elements(By.CSS_SELECTOR, "#results .card")
-                           if "pending" not in c.get_attribute("class")]) < len(args.photos):
+                while len(
+                    [
+                        c
+                        for c in driver.find_elements(By.CSS_SELECTOR, "#results .card")
+                        if "pending" not in c.get_attribute("class")
+                    ]
+                ) < len(args.photos):
                     if time.monotonic() > deadline:
                         raise SystemExit("timed out waiting for the verdicts")
                     time.sleep(0.5)
@@ -65,9 +77,13 @@ def main() -> int:
                 driver.set_window_size(width, min(int(height) + 40, 2400))
                 picture = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
                 for card in driver.find_elements(By.CSS_SELECTOR, "#results .card"):
-                    print(card.find_element(By.CSS_SELECTOR, ".name").text, "|",
-                          card.find_element(By.CSS_SELECTOR, ".verdict").text, "|",
-                          card.find_element(By.CSS_SELECTOR, ".region").text)
+                    print(
+                        card.find_element(By.CSS_SELECTOR, ".name").text,
+                        "|",
+                        card.find_element(By.CSS_SELECTOR, ".verdict").text,
+                        "|",
+                        card.find_element(By.CSS_SELECTOR, ".region").text,
+                    )
             finally:
                 driver.quit()
     finally:

@@ -47,11 +47,18 @@ PITSCOPE_TRAIN = ("pitscope_step", "pitscope_end_to_end", "pitscope_end_to_end_1
 
 def synthetic_config(size: int, batch: int, n_train: int):
     """The built-in synthetic data at `size` px: no download, same cost per image as any data."""
-    return load_config("cpu", [
-        "data.format=synthetic", f"data.image_size={size}", f"data.synthetic.n_train={n_train}",
-        "data.synthetic.n_test_normal=2", "data.synthetic.n_test_defect=2", f"train.batch_size={batch}",
-        "train.device=cpu",
-    ])
+    return load_config(
+        "cpu",
+        [
+            "data.format=synthetic",
+            f"data.image_size={size}",
+            f"data.synthetic.n_train={n_train}",
+            "data.synthetic.n_test_normal=2",
+            "data.synthetic.n_test_defect=2",
+            f"train.batch_size={batch}",
+            "train.device=cpu",
+        ],
+    )
 
 
 def _autocast(dtype):
@@ -87,9 +94,15 @@ def pitscope_train_step(cfg, dataset, end_to_end: bool, num_workers: int = 0):
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum)
     dtype = resolve_precision(cfg.train.precision, torch.device("cpu"))
     pairs = PseudoDefectPairs(dataset, maker, cfg.seed)
-    loader = DataLoader(pairs, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(0), num_workers=num_workers,
-                        persistent_workers=num_workers > 0)
+    loader = DataLoader(
+        pairs,
+        batch_size=cfg.train.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(0),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
     fixed = next(iter(loader)) if not end_to_end else None
     batches = iter(())
 
@@ -205,35 +218,63 @@ def main() -> int:
     dtype = resolve_precision(cfg.train.precision, torch.device("cpu"))
     precision = "float32" if dtype is None else str(dtype).removeprefix("torch.")
     n = 2 * args.batch
-    train_times = time_round_robin({
-        "bare_resnet18_fp32": bare_train_step(n, args.size, None, False),
-        "bare_resnet18_same_settings": bare_train_step(n, args.size, dtype, cfg.train.channels_last),
-        "pitscope_step": pitscope_train_step(cfg, dataset, end_to_end=False),
-        "pitscope_end_to_end": pitscope_train_step(cfg, dataset, end_to_end=True),
-        "pitscope_end_to_end_1_worker": pitscope_train_step(cfg, dataset, end_to_end=True, num_workers=1),
-    }, args.steps, args.repeats)
+    train_times = time_round_robin(
+        {
+            "bare_resnet18_fp32": bare_train_step(n, args.size, None, False),
+            "bare_resnet18_same_settings": bare_train_step(n, args.size, dtype, cfg.train.channels_last),
+            "pitscope_step": pitscope_train_step(cfg, dataset, end_to_end=False),
+            "pitscope_end_to_end": pitscope_train_step(cfg, dataset, end_to_end=True),
+            "pitscope_end_to_end_1_worker": pitscope_train_step(cfg, dataset, end_to_end=True, num_workers=1),
+        },
+        args.steps,
+        args.repeats,
+    )
     train_rates = {k: n / v for k, v in train_times.items()}
 
     detector = Detector(cfg, n_kinds=PseudoDefects(cfg.augment).n_kinds).fit(dataset, progress=False)
-    infer_times = time_round_robin({
-        "bare_resnet18_forward": bare_forward(args.infer_batch, args.size),
-        "bare_resnet18_forward_channels_last": bare_forward(args.infer_batch, args.size, channels_last=True),
-        "detector_score_and_map": detector_forward(detector, args.infer_batch, args.size),
-    }, args.steps, args.repeats)
-    latency = time_round_robin({
-        "bare_resnet18_forward": bare_forward(1, args.size),
-        "detector_score_and_map": detector_forward(detector, 1, args.size),
-    }, 5 * args.steps, args.repeats)
+    infer_times = time_round_robin(
+        {
+            "bare_resnet18_forward": bare_forward(args.infer_batch, args.size),
+            "bare_resnet18_forward_channels_last": bare_forward(args.infer_batch, args.size, channels_last=True),
+            "detector_score_and_map": detector_forward(detector, args.infer_batch, args.size),
+        },
+        args.steps,
+        args.repeats,
+    )
+    latency = time_round_robin(
+        {
+            "bare_resnet18_forward": bare_forward(1, args.size),
+            "detector_score_and_map": detector_forward(detector, 1, args.size),
+        },
+        5 * args.steps,
+        args.repeats,
+    )
 
     photo_h, photo_w = (int(v) for v in args.photo.lower().split("x"))
-    photo = time_round_robin({
-        "bare_resnet18_whole_photo": bare_photo_forward(photo_h, photo_w),
-        "pitscope_predict_with_regions": detector_photo(detector, photo_h, photo_w),
-    }, 2 * args.steps, args.repeats)
+    photo = time_round_robin(
+        {
+            "bare_resnet18_whole_photo": bare_photo_forward(photo_h, photo_w),
+            "pitscope_predict_with_regions": detector_photo(detector, photo_h, photo_w),
+        },
+        2 * args.steps,
+        args.repeats,
+    )
 
     child = subprocess.run(
-        [sys.executable, __file__, "--memory-child", "--size", str(args.size), "--batch", str(args.batch), "--steps", "3"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            __file__,
+            "--memory-child",
+            "--size",
+            str(args.size),
+            "--batch",
+            str(args.batch),
+            "--steps",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     peak = json.loads(child.stdout.strip().splitlines()[-1])["peak_rss_mib"]
 
@@ -244,26 +285,38 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine(),
         "invocation": shlex.join(["python", "benchmarks/speed.py", *sys.argv[1:]]),
-        "settings": {"size": args.size, "batch": args.batch, "images_per_step": n, "infer_batch": args.infer_batch,
-                     "precision": precision, "channels_last": cfg.train.channels_last,
-                     "steps": args.steps, "repeats": args.repeats, "threads": torch.get_num_threads()},
+        "settings": {
+            "size": args.size,
+            "batch": args.batch,
+            "images_per_step": n,
+            "infer_batch": args.infer_batch,
+            "precision": precision,
+            "channels_last": cfg.train.channels_last,
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "threads": torch.get_num_threads(),
+        },
         "train_images_per_s": {k: round(v, 2) for k, v in train_rates.items()},
         "train_ratio_to_bare_same_settings": {
-            k: round(train_rates[k] / train_rates["bare_resnet18_same_settings"], 3)
-            for k in PITSCOPE_TRAIN},
+            k: round(train_rates[k] / train_rates["bare_resnet18_same_settings"], 3) for k in PITSCOPE_TRAIN
+        },
         "train_ratio_to_bare_fp32": {
-            k: round(train_rates[k] / train_rates["bare_resnet18_fp32"], 3)
-            for k in PITSCOPE_TRAIN},
+            k: round(train_rates[k] / train_rates["bare_resnet18_fp32"], 3) for k in PITSCOPE_TRAIN
+        },
         "infer_images_per_s": {k: round(v, 2) for k, v in infer_rates.items()},
         "infer_ratio_to_bare": round(infer_rates["detector_score_and_map"] / infer_rates["bare_resnet18_forward"], 3),
         "infer_ratio_to_bare_channels_last": round(
-            infer_rates["detector_score_and_map"] / infer_rates["bare_resnet18_forward_channels_last"], 3),
+            infer_rates["detector_score_and_map"] / infer_rates["bare_resnet18_forward_channels_last"], 3
+        ),
         "latency_ms": {k: round(1000 * v, 1) for k, v in latency.items()},
         "peak_train_rss_mib": round(peak, 0),
-        "photo": {"size": [photo_h, photo_w],
-                  "images_per_s": {k: round(1 / v, 2) for k, v in photo.items()},
-                  "ratio_to_bare_whole_photo": round(photo["bare_resnet18_whole_photo"]
-                                                     / photo["pitscope_predict_with_regions"], 3)},
+        "photo": {
+            "size": [photo_h, photo_w],
+            "images_per_s": {k: round(1 / v, 2) for k, v in photo.items()},
+            "ratio_to_bare_whole_photo": round(
+                photo["bare_resnet18_whole_photo"] / photo["pitscope_predict_with_regions"], 3
+            ),
+        },
     }
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -277,49 +330,51 @@ def markdown(r: dict) -> str:
     s = r["settings"]
     tr, ir = r["train_images_per_s"], r["infer_images_per_s"]
     same, fp32 = r["train_ratio_to_bare_same_settings"], r["train_ratio_to_bare_fp32"]
-    return "\n".join([
-        "# Speed at {size} px on the CPU".format(**s),
-        "",
-        f"Commit `{r['commit']}`, {r['date']}, {r['machine']['cpu']} ({r['machine']['cpu_count']} cores), {s['threads']} threads, "
-        f"torch {r['machine']['torch']}. Training precision `{s['precision']}`, channels-last {s['channels_last']}; "
-        f"median of {s['repeats']} interleaved repeats of {s['steps']} steps.",
-        "",
-        f"Training ({s['batch']} dataset images a step, {s['images_per_step']} through the network):",
-        "",
-        "| | images/s | ratio to bare, same settings | ratio to bare fp32 |",
-        "|---|---|---|---|",
-        f"| bare ResNet-18, float32 | {tr['bare_resnet18_fp32']} | | 1.0 |",
-        f"| bare ResNet-18, {s['precision']}, channels-last {s['channels_last']} | {tr['bare_resnet18_same_settings']} | 1.0 | |",
-        f"| pitscope step (fixed batch) | {tr['pitscope_step']} | {same['pitscope_step']} | {fp32['pitscope_step']} |",
-        f"| pitscope end to end (pseudo-defects + step) | {tr['pitscope_end_to_end']} | {same['pitscope_end_to_end']} "
-        f"| {fp32['pitscope_end_to_end']} |",
-        f"| pitscope end to end, pseudo-defects in 1 DataLoader worker | {tr['pitscope_end_to_end_1_worker']} "
-        f"| {same['pitscope_end_to_end_1_worker']} | {fp32['pitscope_end_to_end_1_worker']} |",
-        "",
-        f"Inference, float32 (batch {s['infer_batch']}; latency at batch 1):",
-        "",
-        "| | images/s | latency ms |",
-        "|---|---|---|",
-        f"| bare ResNet-18 forward | {ir['bare_resnet18_forward']} | {r['latency_ms']['bare_resnet18_forward']} |",
-        f"| bare ResNet-18 forward, channels-last | {ir['bare_resnet18_forward_channels_last']} | |",
-        f"| pitscope score + anomaly map (channels-last: {s['channels_last']}) | {ir['detector_score_and_map']} "
-        f"| {r['latency_ms']['detector_score_and_map']} |",
-        "",
-        f"Inference ratio to bare: {r['infer_ratio_to_bare']} "
-        f"({r['infer_ratio_to_bare_channels_last']} to a bare channels-last forward). "
-        f"Peak resident memory of a training process at batch {s['batch']}: {r['peak_train_rss_mib']:.0f} MiB.",
-        "",
-        f"A whole {r['photo']['size'][0]} x {r['photo']['size'][1]} photo, one at a time: pitscope's predict "
-        f"(score, map at the photo's size, predicted regions) at "
-        f"{r['photo']['images_per_s']['pitscope_predict_with_regions']} photos/s against "
-        f"{r['photo']['images_per_s']['bare_resnet18_whole_photo']} for one float32 ResNet-18 forward over the whole "
-        f"photo: a ratio of {r['photo']['ratio_to_bare_whole_photo']}.",
-        "",
-        "Command:",
-        "",
-        f"    {r['invocation']}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Speed at {size} px on the CPU".format(**s),
+            "",
+            f"Commit `{r['commit']}`, {r['date']}, {r['machine']['cpu']} ({r['machine']['cpu_count']} cores), {s['threads']} threads, "
+            f"torch {r['machine']['torch']}. Training precision `{s['precision']}`, channels-last {s['channels_last']}; "
+            f"median of {s['repeats']} interleaved repeats of {s['steps']} steps.",
+            "",
+            f"Training ({s['batch']} dataset images a step, {s['images_per_step']} through the network):",
+            "",
+            "| | images/s | ratio to bare, same settings | ratio to bare fp32 |",
+            "|---|---|---|---|",
+            f"| bare ResNet-18, float32 | {tr['bare_resnet18_fp32']} | | 1.0 |",
+            f"| bare ResNet-18, {s['precision']}, channels-last {s['channels_last']} | {tr['bare_resnet18_same_settings']} | 1.0 | |",
+            f"| pitscope step (fixed batch) | {tr['pitscope_step']} | {same['pitscope_step']} | {fp32['pitscope_step']} |",
+            f"| pitscope end to end (pseudo-defects + step) | {tr['pitscope_end_to_end']} | {same['pitscope_end_to_end']} "
+            f"| {fp32['pitscope_end_to_end']} |",
+            f"| pitscope end to end, pseudo-defects in 1 DataLoader worker | {tr['pitscope_end_to_end_1_worker']} "
+            f"| {same['pitscope_end_to_end_1_worker']} | {fp32['pitscope_end_to_end_1_worker']} |",
+            "",
+            f"Inference, float32 (batch {s['infer_batch']}; latency at batch 1):",
+            "",
+            "| | images/s | latency ms |",
+            "|---|---|---|",
+            f"| bare ResNet-18 forward | {ir['bare_resnet18_forward']} | {r['latency_ms']['bare_resnet18_forward']} |",
+            f"| bare ResNet-18 forward, channels-last | {ir['bare_resnet18_forward_channels_last']} | |",
+            f"| pitscope score + anomaly map (channels-last: {s['channels_last']}) | {ir['detector_score_and_map']} "
+            f"| {r['latency_ms']['detector_score_and_map']} |",
+            "",
+            f"Inference ratio to bare: {r['infer_ratio_to_bare']} "
+            f"({r['infer_ratio_to_bare_channels_last']} to a bare channels-last forward). "
+            f"Peak resident memory of a training process at batch {s['batch']}: {r['peak_train_rss_mib']:.0f} MiB.",
+            "",
+            f"A whole {r['photo']['size'][0]} x {r['photo']['size'][1]} photo, one at a time: pitscope's predict "
+            f"(score, map at the photo's size, predicted regions) at "
+            f"{r['photo']['images_per_s']['pitscope_predict_with_regions']} photos/s against "
+            f"{r['photo']['images_per_s']['bare_resnet18_whole_photo']} for one float32 ResNet-18 forward over the whole "
+            f"photo: a ratio of {r['photo']['ratio_to_bare_whole_photo']}.",
+            "",
+            "Command:",
+            "",
+            f"    {r['invocation']}",
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

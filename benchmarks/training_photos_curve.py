@@ -49,43 +49,91 @@ def main() -> int:
     for n in args.counts:
         epochs = math.ceil(args.steps * args.batch_size / n)
         out = args.out / f"n{n}"
-        overrides = ["data.holdout=positions", f"data.train_images={n}", f"train.epochs={epochs}",
-                     f"train.batch_size={args.batch_size}", "train.budget_minutes=null", "train.precision=fp32",
-                     f"seed={args.seed}", *args.overrides]
+        overrides = [
+            "data.holdout=positions",
+            f"data.train_images={n}",
+            f"train.epochs={epochs}",
+            f"train.batch_size={args.batch_size}",
+            "train.budget_minutes=null",
+            "train.precision=fp32",
+            f"seed={args.seed}",
+            *args.overrides,
+        ]
         started = time.perf_counter()
-        run([*pitscope, "train", "--config", "cpu", "--quiet", "--output-dir", str(out),
-             *[a for o in overrides for a in ("--set", o)]], args.out / "log.txt")
+        run(
+            [
+                *pitscope,
+                "train",
+                "--config",
+                "cpu",
+                "--quiet",
+                "--output-dir",
+                str(out),
+                *[a for o in overrides for a in ("--set", o)],
+            ],
+            args.out / "log.txt",
+        )
         trained = time.perf_counter() - started
-        run([*pitscope, "evaluate", str(out / "model.pt"), "--split", "val", "--quiet", "--output-dir",
-             str(out / "val")], args.out / "log.txt")
+        run(
+            [
+                *pitscope,
+                "evaluate",
+                str(out / "model.pt"),
+                "--split",
+                "val",
+                "--quiet",
+                "--output-dir",
+                str(out / "val"),
+            ],
+            args.out / "log.txt",
+        )
         record = json.loads((out / "val" / "metrics.json").read_text())
-        rows.append({"train_images": n, "epochs": epochs, "steps": math.ceil(n / args.batch_size) * epochs,
-                     "train_minutes": round(trained / 60, 1), "metrics": record["metrics"],
-                     "at_threshold": record["at_threshold"], "counts": record["counts"]})
+        rows.append(
+            {
+                "train_images": n,
+                "epochs": epochs,
+                "steps": math.ceil(n / args.batch_size) * epochs,
+                "train_minutes": round(trained / 60, 1),
+                "metrics": record["metrics"],
+                "at_threshold": record["at_threshold"],
+                "counts": record["counts"],
+            }
+        )
         print(n, {k: record["metrics"].get(k) for k in SHOWN}, flush=True)
-    result = {"command": "python benchmarks/training_photos_curve.py " + " ".join(sys.argv[1:]),
-              "commit": commit(), "machine": machine(), "rows": rows}
+    result = {
+        "command": "python benchmarks/training_photos_curve.py " + " ".join(sys.argv[1:]),
+        "commit": commit(),
+        "machine": machine(),
+        "rows": rows,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "training_photos_curve.json").write_text(json.dumps(result, indent=1))
 
     def pct(value):
         return "–" if value is None else f"{100 * value:.2f}"
 
-    lines = ["# How many defect-free training photos: BSData validation positions", "",
-             f"`{result['command']}` at commit `{result['commit']}`; {result['machine']['cpu']}, "
-             f"{result['machine']['cpu_count']} cores, torch {result['machine']['torch']}.", "",
-             f"The `cpu` preset, seed {args.seed}, float32, {args.steps} steps of {args.batch_size} photos for "
-             "every run (fewer photos, more epochs); measured on the validation positions' photos (never trained on).",
-             "", "| training photos | epochs | training min | image AUROC | pixel AUROC | AUPRO | pixel AP | "
-             "regions' pixel F1 | IoU median | defect-free area p99 | TPR / FPR at threshold |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# How many defect-free training photos: BSData validation positions",
+        "",
+        f"`{result['command']}` at commit `{result['commit']}`; {result['machine']['cpu']}, "
+        f"{result['machine']['cpu_count']} cores, torch {result['machine']['torch']}.",
+        "",
+        f"The `cpu` preset, seed {args.seed}, float32, {args.steps} steps of {args.batch_size} photos for "
+        "every run (fewer photos, more epochs); measured on the validation positions' photos (never trained on).",
+        "",
+        "| training photos | epochs | training min | image AUROC | pixel AUROC | AUPRO | pixel AP | "
+        "regions' pixel F1 | IoU median | defect-free area p99 | TPR / FPR at threshold |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         m, t = r["metrics"], r["at_threshold"]
-        lines.append(f"| {r['train_images']} | {r['epochs']} | {r['train_minutes']} | {pct(m.get('image_auroc'))} | "
-                     f"{pct(m.get('pixel_auroc'))} | {pct(m.get('aupro'))} | {pct(m.get('pixel_ap'))} | "
-                     f"{pct(m.get('pixel_f1'))} | {pct(m.get('iou_median'))} | "
-                     f"{pct(m.get('normal_area_p99'))} | {pct(t['true_positive_rate'])} / "
-                     f"{pct(t['false_positive_rate'])} |")
+        lines.append(
+            f"| {r['train_images']} | {r['epochs']} | {r['train_minutes']} | {pct(m.get('image_auroc'))} | "
+            f"{pct(m.get('pixel_auroc'))} | {pct(m.get('aupro'))} | {pct(m.get('pixel_ap'))} | "
+            f"{pct(m.get('pixel_f1'))} | {pct(m.get('iou_median'))} | "
+            f"{pct(m.get('normal_area_p99'))} | {pct(t['true_positive_rate'])} / "
+            f"{pct(t['false_positive_rate'])} |"
+        )
     (RESULTS / "training_photos_curve.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -24,10 +24,17 @@ def reference() -> str:
     parser = build_parser()
     parser.prog = "pitscope"
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    lines = ["# Command-line reference", "",
-             "Every `pitscope` command and option, as `pitscope COMMAND --help` prints them. "
-             "Written by `python docs/cli_reference.py` from the parser itself.", "",
-             "```text", parser.format_help().rstrip(), "```", ""]
+    lines = [
+        "# Command-line reference",
+        "",
+        "Every `pitscope` command and option, as `pitscope COMMAND --help` prints them. "
+        "Written by `python docs/cli_reference.py` from the parser itself.",
+        "",
+        "```text",
+        parser.format_help().rstrip(),
+        "```",
+        "",
+    ]
     for name, sub in subparsers.choices.items():
         lines += [f"## pitscope {name}", "", "```text", sub.format_help().rstrip(), "```", ""]
     return "\n".join(lines)

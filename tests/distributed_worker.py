@@ -1,6 +1,6 @@
 """Run by tests/test_distributed.py under torchrun: train, then save this rank's weights.
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distributed_worker.py OUT KEY=VALUE...
+python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distributed_worker.py OUT KEY=VALUE...
 """
 
 import sys

@@ -31,9 +31,18 @@ def start_chromium(profile: Path):
     """A headless Chromium under chromedriver, its profile in `profile`, its console log kept."""
     options = webdriver.ChromeOptions()
     options.binary_location = BROWSER
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1280,900", f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,900",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
@@ -48,5 +57,8 @@ def wait_for(driver, condition, what: str, timeout: float = 30):
 
 def page_errors(driver) -> list[str]:
     """Console errors other than the failed requests the test makes on purpose (415)."""
-    return [e["message"] for e in driver.get_log("browser")
-            if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
+    return [
+        e["message"]
+        for e in driver.get_log("browser")
+        if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]
+    ]

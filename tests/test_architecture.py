@@ -37,6 +37,7 @@ DEPLOY = (
 )
 FORBIDDEN = ("pitscope.training", "pitscope.cli")
 
+
 # -- the document ------------------------------------------------------------------------------
 def documented_names() -> list[str]:
     """Every distinct backticked `pitscope.` name of docs/architecture.md, in order of appearance."""
@@ -191,9 +192,7 @@ def cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
 
 def cycle_edges(graph: dict[str, set[str]], component: frozenset[str]) -> str:
     """The imports inside one cycle, one importing module a line, for the failure message."""
-    return "\n".join(
-        f"  {v} -> {', '.join(sorted(graph[v] & component))}" for v in sorted(component)
-    )
+    return "\n".join(f"  {v} -> {', '.join(sorted(graph[v] & component))}" for v in sorted(component))
 
 
 def reaches(graph: dict[str, set[str]], source: str, targets: tuple[str, ...]) -> list[list[str]]:

@@ -106,8 +106,12 @@ def test_defects_give_the_f1_optimal_threshold(fitted):
         assert result["defects"][key]["precision"] == pytest.approx(precision_score(labels, flags, zero_division=0))
         assert result["defects"][key]["recall"] == pytest.approx(recall_score(labels, flags))
 
-    truth = np.concatenate([np.zeros((6, 64, 64), bool), np.stack([
-        np.asarray(Image.open(masks / f"{p.stem}_mask.png")) > 0 for p in paths_in(defects)])])
+    truth = np.concatenate(
+        [
+            np.zeros((6, 64, 64), bool),
+            np.stack([np.asarray(Image.open(masks / f"{p.stem}_mask.png")) > 0 for p in paths_in(defects)]),
+        ]
+    )
     pixel_f1, pixel_threshold = f1_max(truth.ravel(), np.concatenate([good_maps, defect_maps]).ravel())
     assert result["pixel"]["f1_max"] == pytest.approx(pixel_f1, rel=1e-5)
     assert result["pixel"]["f1_threshold"] == pytest.approx(pixel_threshold, rel=1e-5)
@@ -122,8 +126,13 @@ def test_masks_pair_by_exact_stem(fitted, tmp_path):
     by_dict = calibrate(detector, paths_in(good), images, mask_paths=as_dict, progress=False)
     assert by_folder["pixel"] == by_dict["pixel"]
     swapped = dict(as_dict)
-    swapped[defects / "num_1.png"], swapped[defects / "num_10.png"] = as_dict[defects / "num_10.png"], as_dict[defects / "num_1.png"]
-    assert calibrate(detector, paths_in(good), images, mask_paths=swapped, progress=False)["pixel"] != by_folder["pixel"]
+    swapped[defects / "num_1.png"], swapped[defects / "num_10.png"] = (
+        as_dict[defects / "num_10.png"],
+        as_dict[defects / "num_1.png"],
+    )
+    assert (
+        calibrate(detector, paths_in(good), images, mask_paths=swapped, progress=False)["pixel"] != by_folder["pixel"]
+    )
     with pytest.raises(DatasetLayoutError, match="num_1.png.*no mask"):
         calibrate(detector, paths_in(good), images, mask_paths=[m for m in paths_in(masks) if m.stem != "num_1_mask"])
     with pytest.raises(ValueError, match="without defective images"):

@@ -105,10 +105,13 @@ def test_projection_image_features_need_the_image_branch():
         load_config(None, ["score.image_features=layer3"])
 
 
-@pytest.mark.parametrize("key, instead", [
-    ("train.average_from", "last weights"),
-    ("score.channel_seed", "seed"),
-])
+@pytest.mark.parametrize(
+    "key, instead",
+    [
+        ("train.average_from", "last weights"),
+        ("score.channel_seed", "seed"),
+    ],
+)
 def test_a_removed_option_is_refused_with_what_to_do_instead(tmp_path, key, instead):
     with pytest.raises(ConfigError, match=rf"{re.escape(key)} was removed: .*{instead}"):
         load_config(None, [f"{key}=0.5"])
@@ -119,24 +122,28 @@ def test_a_removed_option_is_refused_with_what_to_do_instead(tmp_path, key, inst
         load_config(str(path))
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.epochs=-3", "train.epochs: must be >= 0, got -3"),
-    ("train.lr=0", "train.lr: must be > 0"),
-    ("train.batch_size=0", "train.batch_size: must be >= 1"),
-    ("train.momentum=1.5", "train.momentum: must be >= 0 and <= 1"),
-    ("augment.perlin_threshold=1.2", "augment.perlin_threshold: must be > 0 and <= 1"),
-    ("score.smoothing_sigma=-1", "score.smoothing_sigma: must be >= 0"),
-    ("data.synthetic.n_train=0", "data.synthetic.n_train: must be >= 1"),
-    ("train.budget_minutes=0", "train.budget_minutes: must be > 0"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs=-3", "train.epochs: must be >= 0, got -3"),
+        ("train.lr=0", "train.lr: must be > 0"),
+        ("train.batch_size=0", "train.batch_size: must be >= 1"),
+        ("train.momentum=1.5", "train.momentum: must be >= 0 and <= 1"),
+        ("augment.perlin_threshold=1.2", "augment.perlin_threshold: must be > 0 and <= 1"),
+        ("score.smoothing_sigma=-1", "score.smoothing_sigma: must be >= 0"),
+        ("data.synthetic.n_train=0", "data.synthetic.n_train: must be >= 1"),
+        ("train.budget_minutes=0", "train.budget_minutes: must be > 0"),
+    ],
+)
 def test_numbers_out_of_range_are_refused_with_the_key_and_the_range(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, [override])
 
 
 def test_edges_of_the_ranges_and_null_are_accepted():
-    cfg = load_config(None, ["train.epochs=0", "train.budget_minutes=null", "score.pixel_channels=null",
-                             "train.momentum=0"])
+    cfg = load_config(
+        None, ["train.epochs=0", "train.budget_minutes=null", "score.pixel_channels=null", "train.momentum=0"]
+    )
     assert cfg.train.epochs == 0 and cfg.train.budget_minutes is None and cfg.score.pixel_channels is None
 
 

@@ -24,8 +24,10 @@ def test_regions_match_scikit_image_regionprops():
     amap = rng.random((40, 50)).astype(np.float32)
     ours = find_regions(amap, 0.8)
     theirs = regionprops(sk_label(amap > 0.8, connectivity=2), intensity_image=amap)
+
     def key(r):
         return (r[0], r[1])  # (area, box) pairs, order-free
+
     expected = sorted(((p.area, (p.bbox[1], p.bbox[0], p.bbox[3], p.bbox[2])) for p in theirs), key=key)
     assert sorted(((r.area_px, r.box) for r in ours), key=key) == expected
     assert sorted(r.peak for r in ours) == pytest.approx(sorted(float(p.intensity_max) for p in theirs))

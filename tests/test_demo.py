@@ -73,8 +73,14 @@ def test_demo_writes_its_report_and_pictures_and_says_where(tmp_path, capsys):
     report = out / "eval" / "report" / "report.html"
     assert report.is_file() and f"report written to {report}" in printed
     assert (out / "eval" / "metrics.json").is_file()
-    names = ["pitting_0000.png", "pitting_0001.png", "pitting_0002.png", "pitting_0003.png",
-             "normal_0000.png", "normal_0001.png"]
+    names = [
+        "pitting_0000.png",
+        "pitting_0001.png",
+        "pitting_0002.png",
+        "pitting_0003.png",
+        "normal_0000.png",
+        "normal_0001.png",
+    ]
     assert sorted(p.name for p in (out / "pictures").iterdir()) == sorted(names)
     assert f"written to {out / 'pictures'}" in printed
     for name in names:
@@ -91,8 +97,14 @@ def test_the_demo_preset_outlines_synthetic_pits_at_64_px(tmp_path):
     from pitscope.evaluation import evaluate
     from pitscope.fitting import fit
 
-    overrides = ["data.image_size=64", "data.synthetic.n_train=64", "data.synthetic.n_test_normal=8",
-                 "data.synthetic.n_test_defect=16", "train.epochs=2", f"output_dir={tmp_path}"]
+    overrides = [
+        "data.image_size=64",
+        "data.synthetic.n_train=64",
+        "data.synthetic.n_test_normal=8",
+        "data.synthetic.n_test_defect=16",
+        "train.epochs=2",
+        f"output_dir={tmp_path}",
+    ]
     detector = fit("demo", overrides, progress=False, save=False)
     assert detector.metadata["training"]["steps"] == 8 and not detector.metadata["training"]["stopped_by_budget"]
     val = build_dataset(detector.cfg.data, "val", detector.cfg.seed)

@@ -18,8 +18,9 @@ def test_the_cli_reference_is_current():
     module = load_reference_module()
     text = module.reference()
     assert "## pitscope history" in text and "--prune-older-than" in text
-    assert (ROOT / "docs" / "cli.md").read_text(encoding="utf-8") == text, \
+    assert (ROOT / "docs" / "cli.md").read_text(encoding="utf-8") == text, (
         "docs/cli.md is not current: run python docs/cli_reference.py"
+    )
 
 
 def test_every_relative_link_of_the_readme_and_docs_resolves():

@@ -179,9 +179,13 @@ def test_image_scores_benchmark_agrees_with_evaluate(detector, tmp_path, monkeyp
     assert rows["projection"]["image_auroc"] == round(100 * default["metrics"]["image_auroc"], 2)
     assert rows["projection"]["se"] == round(100 * default["image_auroc_interval"]["se"], 2)
     # the pooled layer4 row is what the detector gives when scoring by it
-    by_layer4 = Detector(apply_overrides(detector.cfg, ["score.image_features=layer4"]), detector.n_kinds, net=detector.net)
+    by_layer4 = Detector(
+        apply_overrides(detector.cfg, ["score.image_features=layer4"]), detector.n_kinds, net=detector.net
+    )
     by_layer4.fit(build_dataset(detector.cfg.data, "train", detector.cfg.seed), progress=False)
-    assert rows["layer4"]["image_auroc"] == round(100 * evaluate(by_layer4, split, None, progress=False)["metrics"]["image_auroc"], 2)
+    assert rows["layer4"]["image_auroc"] == round(
+        100 * evaluate(by_layer4, split, None, progress=False)["metrics"]["image_auroc"], 2
+    )
     assert score_model(tmp_path / "model.pt", ["score.image_features=layer4"])["default"] == "layer4"
     raw_max = copy.deepcopy(detector)
     raw_max.cfg.score.map_normalisation, raw_max.cfg.score.image_method = "none", "map_max"
@@ -191,8 +195,12 @@ def test_image_scores_benchmark_agrees_with_evaluate(detector, tmp_path, monkeyp
     from pitscope.inference import iterate_batches
 
     with torch.inference_mode():
-        logits = torch.cat([detector.net(x).logits.float()
-                            for _, x in iterate_batches(split, list(range(len(split))), 4, "logits", False)])
+        logits = torch.cat(
+            [
+                detector.net(x).logits.float()
+                for _, x in iterate_batches(split, list(range(len(split))), 4, "logits", False)
+            ]
+        )
     labels = [split[i].label for i in range(len(split))]
     assert rows["classifier logit"]["image_auroc"] == round(100 * roc_auc_score(labels, logits.numpy()), 2)
     assert "projection + classifier logit" in rows
@@ -209,7 +217,9 @@ def test_threshold_benchmark_refits_as_training_and_counts_rates(detector, tmp_p
     record = threshold_model(tmp_path / "model.pt", overrides)
     assert record["images"] == {"training": 8, "held_back": 1, "folds": 8}
     train_split = build_dataset(detector.cfg.data, "train", detector.cfg.seed)
-    refit = Detector(apply_overrides(detector.cfg, overrides), detector.n_kinds, net=detector.net).fit(train_split, progress=False)
+    refit = Detector(apply_overrides(detector.cfg, overrides), detector.n_kinds, net=detector.net).fit(
+        train_split, progress=False
+    )
     assert record["image_method"] == ("map_max" if overrides else "embedding")
     out = record["out_of_fold"]
     assert out["threshold"] == round(float(refit.threshold), 2)

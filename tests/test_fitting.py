@@ -41,8 +41,17 @@ def test_fit_takes_a_config_and_leaves_it_as_it_was(tmp_path, tiny_detector_over
 def test_scorers_fitted_at_a_scoring_size_apart_from_the_training_size(tmp_path, tiny_detector_overrides):
     from pitscope.fitting import fit
 
-    detector = fit(None, [*tiny_detector_overrides, "train.epochs=1", "train.batch_size=4", "score.image_size=96",
-                          f"output_dir={tmp_path}"], progress=False)
+    detector = fit(
+        None,
+        [
+            *tiny_detector_overrides,
+            "train.epochs=1",
+            "train.batch_size=4",
+            "score.image_size=96",
+            f"output_dir={tmp_path}",
+        ],
+        progress=False,
+    )
     assert detector.cfg.data.image_size == 96 and detector.cfg.score.image_size == 96
     loaded = type(detector).load(tmp_path / "model.pt")
     assert loaded.cfg.data.image_size == 96

@@ -263,13 +263,16 @@ def test_loading_a_missing_file_is_a_file_not_found(tmp_path):
         Detector.load(tmp_path / "nothing_here.pt")
 
 
-@pytest.mark.parametrize("kind, says", [
-    ("text", r"not a PyTorch file \(24 bytes, starting b'hello, I'\)"),
-    ("empty", r"is empty \(0 bytes\)"),
-    ("onnx", "is an ONNX export: run it with onnxruntime"),
-    ("tensor", "a PyTorch file but not a pitscope model file"),
-    ("checkpoint", "is a training checkpoint, not a model file: pass OUTPUT_DIR/model.pt"),
-])
+@pytest.mark.parametrize(
+    "kind, says",
+    [
+        ("text", r"not a PyTorch file \(24 bytes, starting b'hello, I'\)"),
+        ("empty", r"is empty \(0 bytes\)"),
+        ("onnx", "is an ONNX export: run it with onnxruntime"),
+        ("tensor", "a PyTorch file but not a pitscope model file"),
+        ("checkpoint", "is a training checkpoint, not a model file: pass OUTPUT_DIR/model.pt"),
+    ],
+)
 def test_loading_a_file_that_is_no_model_says_what_it_is(tmp_path, kind, says):
     path = tmp_path / ("model.onnx" if kind == "onnx" else "model.pt")
     if kind == "text":
@@ -311,8 +314,11 @@ def test_maps_are_divided_by_their_own_mean(fitted):
     assert detector.cfg.score.map_normalisation == "image_mean"
     _, maps = detector.score_dataset(test_split, progress=False)
     np.testing.assert_allclose(maps.reshape(len(maps), -1).mean(1), 1.0, rtol=1e-4)
-    raw = Detector(dataclasses.replace(detector.cfg, score=dataclasses.replace(detector.cfg.score, map_normalisation="none")),
-                   detector.n_kinds, net=detector.net)
+    raw = Detector(
+        dataclasses.replace(detector.cfg, score=dataclasses.replace(detector.cfg.score, map_normalisation="none")),
+        detector.n_kinds,
+        net=detector.net,
+    )
     raw.load_state_dict(detector.state_dict())
     _, raw_maps = raw.score_dataset(test_split, progress=False)
     np.testing.assert_allclose(maps, raw_maps / raw_maps.reshape(len(maps), -1).mean(1)[:, None, None], rtol=1e-4)
@@ -332,8 +338,9 @@ def test_image_mean_score_maps_are_scaled_by_the_image_score(fitted):
     _, cal = detector.split_calibration(len(train_split))  # the pixel threshold: the held-back maps, scaled
     held_scores, held = detector.score_dataset([train_split[i] for i in cal], progress=False)
     held = held * (held_scores / float(scaled.threshold))[:, None, None]
-    assert float(scaled.pixel_threshold) == pytest.approx(float(np.quantile(held, cfg.score.pixel_threshold_quantile)),
-                                                          rel=1e-4)
+    assert float(scaled.pixel_threshold) == pytest.approx(
+        float(np.quantile(held, cfg.score.pixel_threshold_quantile)), rel=1e-4
+    )
     with pytest.raises(ValueError, match="image_method=embedding"):
         apply_overrides(detector.cfg, ["score.map_normalisation=image_mean_score", "score.image_method=map_max"])
 
@@ -385,7 +392,9 @@ def test_files_from_before_image_features_keep_scoring_by_layer4(fitted, tmp_pat
     torch.save(state, tmp_path / "old.pt")
     old = Detector.load(tmp_path / "old.pt")
     assert old.cfg.score.image_features == "layer4"
-    assert np.array_equal(old.score_dataset(test_split, progress=False)[0], pooled.score_dataset(test_split, progress=False)[0])
+    assert np.array_equal(
+        old.score_dataset(test_split, progress=False)[0], pooled.score_dataset(test_split, progress=False)[0]
+    )
 
 
 def test_map_max_scores_images_by_their_strongest_pixel(fitted):
@@ -432,25 +441,31 @@ def test_batchnorm_statistics_are_recomputed_on_the_fitting_images_only():
     assert not torch.allclose(norm.running_mean.double(), every, rtol=1e-3)
     after = detector.net.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith(("backbone.", "projector.")) and "running" in k or "num_batches" in k
-                           for k in changed)
+    assert changed and all(
+        k.startswith(("backbone.", "projector.")) and "running" in k or "num_batches" in k for k in changed
+    )
     # the projector's, which the image score reads: from the same batches through the training-mode backbone
     reference = Detector(cfg, n_kinds=2).net
     reference.load_state_dict(before)
     reference.train()
     linear = next(m for m in reference.projector.modules() if isinstance(m, torch.nn.Linear))
     with torch.no_grad():
-        outs = [linear(reference.backbone(batch_of(split, fit_idx[i : i + 3]))["layer4"].mean(dim=(2, 3))).double()
-                for i in (0, 3)]
+        outs = [
+            linear(reference.backbone(batch_of(split, fit_idx[i : i + 3]))["layer4"].mean(dim=(2, 3))).double()
+            for i in (0, 3)
+        ]
     projector_norm = next(m for m in detector.net.projector.modules() if isinstance(m, torch.nn.BatchNorm1d))
-    torch.testing.assert_close(projector_norm.running_mean.double(), (outs[0].mean(0) + outs[1].mean(0)) / 2,
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        projector_norm.running_mean.double(), (outs[0].mean(0) + outs[1].mean(0)) / 2, rtol=1e-4, atol=1e-5
+    )
     layer4 = Detector(apply_overrides(cfg, ["score.image_features=layer4"]), n_kinds=2)
     layer4.net.load_state_dict(before)
     layer4.fit(split, progress=False)
     assert all(torch.equal(v, before[k]) for k, v in layer4.net.state_dict().items() if k.startswith("projector."))
 
-    kept = Detector(from_dict({**to_dict(cfg), "score": {**to_dict(cfg)["score"], "recompute_batchnorm": False}}), n_kinds=2)
+    kept = Detector(
+        from_dict({**to_dict(cfg), "score": {**to_dict(cfg)["score"], "recompute_batchnorm": False}}), n_kinds=2
+    )
     kept.net.load_state_dict(before)
     kept.fit(split, progress=False)
     for k, v in kept.net.state_dict().items():

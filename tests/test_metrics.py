@@ -133,7 +133,15 @@ def test_evaluate_all():
     maps = masks + np.random.default_rng(2).random(masks.shape) * 0.1
     labels, scores = np.array([0, 1]), np.array([0.2, 0.8])
     result = evaluate_all(labels, scores, masks, maps)
-    assert set(result) == {"image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"}
+    assert set(result) == {
+        "image_auroc",
+        "image_ap",
+        "image_f1_max",
+        "pixel_auroc",
+        "pixel_ap",
+        "pixel_f1_max",
+        "aupro",
+    }
     assert all(value == pytest.approx(1.0) for value in result.values())
     image_only = evaluate_all(labels, scores)
     assert image_only["image_auroc"] == 1.0

@@ -18,7 +18,9 @@ def test_scored_stage_is_the_deepest_pixel_stage_only_when_scoring_reads_nothing
     assert scored_stage(cfg) == "conv1"
     assert scored_stage(apply_overrides(cfg, ["score.pixel_stages=[conv1, layer2]"])) == "layer2"
     assert scored_stage(apply_overrides(cfg, ["score.image_method=embedding"])) is None
-    assert scored_stage(load_config(None, tiny_detector_overrides)) is None  # the default: an image embedding from layer4
+    assert (
+        scored_stage(load_config(None, tiny_detector_overrides)) is None
+    )  # the default: an image embedding from layer4
 
 
 def test_a_map_max_model_keeps_the_backbone_up_to_its_stage_and_scores_the_same(tmp_path, fit_tiny_detector):
@@ -60,7 +62,9 @@ def test_a_kept_part_of_the_network_refuses_settings_that_need_more(tmp_path, fi
             Detector(cfg, loaded.n_kinds, net=loaded.net)
     # the same stage, other score settings: allowed
     cfg = apply_overrides(loaded.cfg, ["score.smoothing_sigma=1"])
-    refit = Detector(cfg, loaded.n_kinds, net=loaded.net).fit(build_dataset(cfg.data, "train", cfg.seed), progress=False)
+    refit = Detector(cfg, loaded.n_kinds, net=loaded.net).fit(
+        build_dataset(cfg.data, "train", cfg.seed), progress=False
+    )
     assert torch.isfinite(refit.threshold)
 
 

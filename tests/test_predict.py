@@ -275,8 +275,15 @@ def test_run_predict_writes_csv_jsonl_maps_and_overlays(fitted, tmp_path):
         np.testing.assert_allclose(amap, expected.anomaly_map, rtol=1e-4, atol=1e-4)
         with Image.open(out / row["overlay"]) as im:
             assert (im.width, im.height, im.mode) == (amap.shape[1], amap.shape[0], "RGB")
-    assert summary == {"images": 6, "defective": n_defective, "errors": 0, "recorded": 0, "out_dir": str(out),
-                       "stopped_early": False, "failed": []}
+    assert summary == {
+        "images": 6,
+        "defective": n_defective,
+        "errors": 0,
+        "recorded": 0,
+        "out_dir": str(out),
+        "stopped_early": False,
+        "failed": [],
+    }
     assert sorted(os.listdir(out)) == ["maps", "predictions.csv", "predictions.jsonl"]  # no .partial left
 
 
@@ -365,8 +372,17 @@ def test_cli_exit_status_follows_the_predictions(fitted, tmp_path, capsys):
     assert main(["predict", str(model), str(folder), "--out", str(out), "--quiet", "--threshold", "1e30"]) == 0
     assert main(["predict", str(model), str(folder), "--out", str(out), "--quiet", "--threshold=-1"]) == 1
     assert all(r["is_defective"] == "1" for r in read_csv(out / "predictions.csv"))
-    args = ["predict", str(model), str(folder / "*.png"), "--out", str(out), "--quiet", "--threshold=-1",
-            "--fail-on-defect", "--save-maps"]
+    args = [
+        "predict",
+        str(model),
+        str(folder / "*.png"),
+        "--out",
+        str(out),
+        "--quiet",
+        "--threshold=-1",
+        "--fail-on-defect",
+        "--save-maps",
+    ]
     assert main(args) == 1
     assert len(read_csv(out / "predictions.csv")) == 1
 

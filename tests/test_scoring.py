@@ -27,10 +27,14 @@ def test_identity_covariance_gives_euclidean_distance():
 
 def test_diagonal_covariance_with_ridge_is_analytic():
     a, b, r = 2.0, 4.0, 0.01
-    x = torch.tensor([[a, 0], [-a, 0], [0, b], [0, -b]], dtype=torch.float64) + torch.tensor([5.0, -1.0], dtype=torch.float64)
+    x = torch.tensor([[a, 0], [-a, 0], [0, b], [0, -b]], dtype=torch.float64) + torch.tensor(
+        [5.0, -1.0], dtype=torch.float64
+    )
     scorer = GaussianScorer(shrinkage="ridge", ridge=r).double().fit(x)
     torch.testing.assert_close(scorer.location_, torch.tensor([5.0, -1.0], dtype=torch.float64))
-    torch.testing.assert_close(scorer.covariance_, torch.diag(torch.tensor([a * a / 2 + r, b * b / 2 + r], dtype=torch.float64)))
+    torch.testing.assert_close(
+        scorer.covariance_, torch.diag(torch.tensor([a * a / 2 + r, b * b / 2 + r], dtype=torch.float64))
+    )
     y = torch.tensor([[6.0, 1.0]], dtype=torch.float64)
     expected = np.sqrt(1.0 / (a * a / 2 + r) + 4.0 / (b * b / 2 + r))
     assert scorer.score(y).item() == pytest.approx(expected, rel=1e-12)
@@ -44,7 +48,9 @@ def test_ledoit_wolf_matches_sklearn(n, d, offset):
     reference = LedoitWolf(assume_centered=False).fit(x.numpy())
     scorer = GaussianScorer().double().fit(x)
     np.testing.assert_allclose(scorer.location_.numpy(), reference.location_, rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(scorer.covariance_.numpy(), reference.covariance_, rtol=1e-6, atol=1e-9 * np.abs(reference.covariance_).max())
+    np.testing.assert_allclose(
+        scorer.covariance_.numpy(), reference.covariance_, rtol=1e-6, atol=1e-9 * np.abs(reference.covariance_).max()
+    )
     assert scorer.shrinkage_.item() == pytest.approx(reference.shrinkage_, rel=1e-6, abs=1e-12)
     np.testing.assert_allclose(scorer.score(y).numpy(), np.sqrt(reference.mahalanobis(y.numpy())), rtol=1e-6)
 
@@ -85,7 +91,10 @@ def _feature_maps(n: int, c: int, h: int, w: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
     # correlate channels and give every position its own mean
-    return torch.einsum("nchw,cd->ndhw", base, torch.randn(c, c, generator=g, dtype=torch.float64)) + torch.randn(c, h, w, generator=g, dtype=torch.float64) * 5
+    return (
+        torch.einsum("nchw,cd->ndhw", base, torch.randn(c, c, generator=g, dtype=torch.float64))
+        + torch.randn(c, h, w, generator=g, dtype=torch.float64) * 5
+    )
 
 
 def test_patch_scorer_matches_sklearn_per_position():
@@ -96,7 +105,9 @@ def test_patch_scorer_matches_sklearn_per_position():
     for i, j in [(0, 0), (1, 2), (2, 3)]:
         reference = LedoitWolf().fit(train[:, :, i, j].numpy())
         assert scorer.shrinkage_[i * 4 + j].item() == pytest.approx(reference.shrinkage_, rel=1e-6)
-        np.testing.assert_allclose(maps[:, i, j].numpy(), np.sqrt(reference.mahalanobis(test[:, :, i, j].numpy())), rtol=1e-6)
+        np.testing.assert_allclose(
+            maps[:, i, j].numpy(), np.sqrt(reference.mahalanobis(test[:, :, i, j].numpy())), rtol=1e-6
+        )
 
 
 def test_patch_scorer_equals_gaussian_scorer_and_streams():
@@ -142,8 +153,11 @@ def test_constant_features_fall_back_to_pseudo_inverse():
 def test_out_of_fold_scores_match_sklearn_fitted_without_the_fold():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(30, 5)) @ rng.normal(size=(5, 5))
-    folds = [[0, 3, 6, 9, 12, 15, 18, 21, 24, 27], [1, 4, 7, 10, 13, 16, 19, 22, 25, 28],
-             [2, 5, 8, 11, 14, 17, 20, 23, 26, 29]]
+    folds = [
+        [0, 3, 6, 9, 12, 15, 18, 21, 24, 27],
+        [1, 4, 7, 10, 13, 16, 19, 22, 25, 28],
+        [2, 5, 8, 11, 14, 17, 20, 23, 26, 29],
+    ]
     scores = out_of_fold_scores(torch.from_numpy(x), folds).numpy()
     for fold in folds:
         rest = np.setdiff1d(np.arange(30), fold)

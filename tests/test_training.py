@@ -209,8 +209,12 @@ def test_without_checkpoint_no_checkpoint_is_written_and_an_earlier_one_is_remov
     run(tmp_path, images[:4], LIGHT)  # an earlier run leaves its checkpoint
     assert (tmp_path / LAST_CHECKPOINT).is_file()
     messages = []
-    result = train(make_config(tmp_path, LIGHT, "train.epochs=2", "train.checkpoint=false"), images[:4],
-                   progress=False, echo=messages.append)
+    result = train(
+        make_config(tmp_path, LIGHT, "train.epochs=2", "train.checkpoint=false"),
+        images[:4],
+        progress=False,
+        echo=messages.append,
+    )
     assert result.epochs_done == 2
     assert not (tmp_path / LAST_CHECKPOINT).exists()
     assert any("removed" in m and LAST_CHECKPOINT in m for m in messages)
@@ -453,8 +457,10 @@ def test_crops_are_seeded_windows_of_the_image_and_the_defect_stays_in_its_mask(
         assert all(torch.equal(a, b) for a, b in zip(pairs[index][:3], again[:3]))  # seeded
     assert len(offsets) > 1
     pairs.set_epoch(1)
-    assert not all(torch.equal(pairs[i][0], PseudoDefectPairs(images, PseudoDefects(cfg.augment), cfg.seed, 40)[i][0])
-                   for i in range(len(images)))  # a new epoch, new windows
+    assert not all(
+        torch.equal(pairs[i][0], PseudoDefectPairs(images, PseudoDefects(cfg.augment), cfg.seed, 40)[i][0])
+        for i in range(len(images))
+    )  # a new epoch, new windows
     with pytest.raises(ValueError, match="larger than a training image"):
         PseudoDefectPairs(images, PseudoDefects(cfg.augment), cfg.seed, crop=65)[0]
 

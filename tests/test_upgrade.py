@@ -42,11 +42,15 @@ def test_a_model_file_fills_what_older_files_lack():
     with pytest.warns(UserWarning, match="calibrate --write"):
         upgraded = upgrade(state, "model")
     assert upgraded is state
-    assert state["config"] == {"score": {"map_normalisation": "none", "recompute_batchnorm": False,
-                                         "image_features": "layer4"}, "train": {}}
+    assert state["config"] == {
+        "score": {"map_normalisation": "none", "recompute_batchnorm": False, "image_features": "layer4"},
+        "train": {},
+    }
     assert torch.isnan(state["state_dict"]["pixel_threshold"])
-    kept = {"config": {"score": {"map_normalisation": "image_mean", "image_features": "projection"}},
-            "state_dict": {"pixel_threshold": torch.tensor(2.0)}}
+    kept = {
+        "config": {"score": {"map_normalisation": "image_mean", "image_features": "projection"}},
+        "state_dict": {"pixel_threshold": torch.tensor(2.0)},
+    }
     upgrade(kept, "model")
     assert kept["config"]["score"]["map_normalisation"] == "image_mean"
     assert kept["config"]["score"]["image_features"] == "projection"
@@ -54,8 +58,11 @@ def test_a_model_file_fills_what_older_files_lack():
 
 
 def test_a_checkpoint_drops_the_weight_average_and_counts_its_kinds():
-    state = {"config": {"train": {"average_from": 0.5}, "augment": {"kinds": ["noise", "scar", "pit"]}},
-             "model": {}, "average": {"state": {}, "epochs": [2, 3]}}
+    state = {
+        "config": {"train": {"average_from": 0.5}, "augment": {"kinds": ["noise", "scar", "pit"]}},
+        "model": {},
+        "average": {"state": {}, "epochs": [2, 3]},
+    }
     upgrade(state, "checkpoint")
     assert "average" not in state and "average_from" not in state["config"]["train"]
     assert state["n_kinds"] == 3

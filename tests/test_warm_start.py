@@ -39,10 +39,21 @@ def labelled_folder(folder: Path, n: int = 2, size: int = 64) -> Path:
 def base(tmp_path_factory):
     """(a tiny model trained one epoch, its path, its training overrides)."""
     out = tmp_path_factory.mktemp("base")
-    overrides = ["data.format=synthetic", "data.image_size=64", "data.synthetic.n_train=8",
-                 "data.synthetic.n_test_normal=2", "data.synthetic.n_test_defect=2", "train.device=cpu",
-                 "train.epochs=1", "train.batch_size=4", "score.pixel_channels=16", "score.batch_size=8",
-                 "score.calibration_fraction=0.5", "model.projector_hidden=32", f"output_dir={out}"]
+    overrides = [
+        "data.format=synthetic",
+        "data.image_size=64",
+        "data.synthetic.n_train=8",
+        "data.synthetic.n_test_normal=2",
+        "data.synthetic.n_test_defect=2",
+        "train.device=cpu",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "score.pixel_channels=16",
+        "score.batch_size=8",
+        "score.calibration_fraction=0.5",
+        "model.projector_hidden=32",
+        f"output_dir={out}",
+    ]
     detector = fit(None, overrides, progress=False)
     return detector, out / "model.pt", overrides
 
@@ -107,13 +118,27 @@ def test_finetune_writes_a_new_model_that_names_its_labelled_photos(base, tmp_pa
 def test_finetune_command_and_a_folder_without_labels(base, tmp_path, capsys):
     _, path, _ = base
     folder = labelled_folder(tmp_path / "marked", n=1)
-    rc = main(["finetune", str(path), "--defects", str(folder), "--output-dir", str(tmp_path / "tuned"),
-               "--set", "train.epochs=1", "--set", "train.batch_size=4", "--quiet"])
+    rc = main(
+        [
+            "finetune",
+            str(path),
+            "--defects",
+            str(folder),
+            "--output-dir",
+            str(tmp_path / "tuned"),
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.batch_size=4",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     assert "trained with 1 labelled photos" in capsys.readouterr().out
     (tmp_path / "empty").mkdir()
-    rc = main(["finetune", str(path), "--defects", str(tmp_path / "empty"), "--output-dir", str(tmp_path / "t2"),
-               "--quiet"])
+    rc = main(
+        ["finetune", str(path), "--defects", str(tmp_path / "empty"), "--output-dir", str(tmp_path / "t2"), "--quiet"]
+    )
     assert rc == 2 and "empty" in capsys.readouterr().err
 
 
@@ -131,9 +156,17 @@ def test_evaluate_leaves_out_the_photos_that_trained_the_model(base, tmp_path):
         mask = np.zeros((64, 64), np.uint8)
         mask[5:15, 5:15] = 255
         Image.fromarray(mask).save(tmp_path / "masks" / f"b{i}.png")
-    cfg = load_config(None, ["data.format=folder", f"data.root={tmp_path / 'train'}", "data.image_size=64",
-                             f"data.test_normal_dir={tmp_path / 'good'}", f"data.test_defect_dir={tmp_path / 'bad'}",
-                             f"data.mask_dir={tmp_path / 'masks'}"])
+    cfg = load_config(
+        None,
+        [
+            "data.format=folder",
+            f"data.root={tmp_path / 'train'}",
+            "data.image_size=64",
+            f"data.test_normal_dir={tmp_path / 'good'}",
+            f"data.test_defect_dir={tmp_path / 'bad'}",
+            f"data.mask_dir={tmp_path / 'masks'}",
+        ],
+    )
     test = build_dataset(cfg.data, "test", 0)
     trained = {file_sha256(tmp_path / "bad" / "b0.png")}
     subset, left_out = without_files(test, trained)

@@ -215,9 +215,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # so; in a saved model or checkpoint, `pitscope.upgrade` drops it.
 REMOVED: dict[str, str] = {
     "train.average_from": "training returns its last weights (averaging the last epochs' weights was "
-                          "not a gain on BSData); delete the key",
+    "not a gain on BSData); delete the key",
     "score.channel_seed": "the channel subset of score.pixel_channels is drawn with the run's seed; delete the "
-                          "key, or change seed to draw another subset",
+    "key, or change seed to draw another subset",
 }
 LIST_CHOICES: dict[str, tuple[str, ...]] = {
     "data.synthetic.defects": ("pit", "scratch", "stain"),
@@ -254,7 +254,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}, got {value!r}")
+            raise ConfigError(
+                f"{key}: expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}, got {value!r}"
+            )
         return _build(tp, value, key)
     if tp is bool:
         if isinstance(value, bool):
@@ -289,7 +291,9 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
         if full in REMOVED:
             raise ConfigError(f"{full} was removed: {REMOVED[full]}")
         if key not in names:
-            raise ConfigError(f"unknown key {full!r}; valid keys{' of ' + prefix if prefix else ''}: {', '.join(names)}")
+            raise ConfigError(
+                f"unknown key {full!r}; valid keys{' of ' + prefix if prefix else ''}: {', '.join(names)}"
+            )
         kwargs[key] = _coerce(value, hints[key], full)
     obj = cls(**kwargs)
     return obj
@@ -366,7 +370,9 @@ def validate(cfg: Config) -> Config:
     if cfg.data.image_size < 32:
         raise ConfigError(f"data.image_size: must be at least 32, got {cfg.data.image_size}")
     if cfg.score.image_size is not None and cfg.score.image_size < 32:
-        raise ConfigError(f"score.image_size: must be at least 32 or null (data.image_size), got {cfg.score.image_size}")
+        raise ConfigError(
+            f"score.image_size: must be at least 32 or null (data.image_size), got {cfg.score.image_size}"
+        )
     if cfg.score.pixel_method == "patch":
         if not 32 <= cfg.score.patch_size <= cfg.data.image_size:
             raise ConfigError(
@@ -375,23 +381,33 @@ def validate(cfg: Config) -> Config:
         if cfg.score.patch_stride < 1:
             raise ConfigError(f"score.patch_stride: must be at least 1, got {cfg.score.patch_stride}")
     if cfg.train.snapshot_every < 0:
-        raise ConfigError(f"train.snapshot_every: must be 0 (off) or a number of epochs, got {cfg.train.snapshot_every}")
+        raise ConfigError(
+            f"train.snapshot_every: must be 0 (off) or a number of epochs, got {cfg.train.snapshot_every}"
+        )
     if cfg.train.crop_size is not None and not 32 <= cfg.train.crop_size <= cfg.data.image_size:
-        raise ConfigError(f"train.crop_size: must lie in 32..data.image_size ({cfg.data.image_size}) or be null "
-                          f"(whole images), got {cfg.train.crop_size}")
+        raise ConfigError(
+            f"train.crop_size: must lie in 32..data.image_size ({cfg.data.image_size}) or be null "
+            f"(whole images), got {cfg.train.crop_size}"
+        )
     if not 0.0 <= cfg.score.calibration_fraction < 1.0:
         raise ConfigError(f"score.calibration_fraction: must lie in [0, 1), got {cfg.score.calibration_fraction}")
     if cfg.data.holdout != "none" and cfg.data.format != "bsdata":
-        raise ConfigError(f"data.holdout={cfg.data.holdout} holds BSData positions apart; data.format is {cfg.data.format}")
+        raise ConfigError(
+            f"data.holdout={cfg.data.holdout} holds BSData positions apart; data.format is {cfg.data.format}"
+        )
     if cfg.data.position_fold is not None and cfg.data.holdout != "positions":
         raise ConfigError("data.position_fold needs data.holdout=positions")
     if cfg.data.position_fold is not None and not 0 <= cfg.data.position_fold < cfg.data.position_folds:
-        raise ConfigError(f"data.position_fold: must lie in 0..{cfg.data.position_folds - 1}, got {cfg.data.position_fold}")
+        raise ConfigError(
+            f"data.position_fold: must lie in 0..{cfg.data.position_folds - 1}, got {cfg.data.position_fold}"
+        )
     if cfg.data.positions_file is not None and cfg.data.holdout != "positions":
         raise ConfigError("data.positions_file is read only with data.holdout=positions")
     if cfg.score.map_normalisation == "image_mean_score" and cfg.score.image_method != "embedding":
-        raise ConfigError("score.map_normalisation=image_mean_score needs score.image_method=embedding "
-                          "(with map_max the image score is read from the map itself)")
+        raise ConfigError(
+            "score.map_normalisation=image_mean_score needs score.image_method=embedding "
+            "(with map_max the image score is read from the map itself)"
+        )
     if not 0.0 <= cfg.score.min_region_fraction < 1.0:
         raise ConfigError(f"score.min_region_fraction: must lie in [0, 1), got {cfg.score.min_region_fraction}")
     for key in ("threshold_quantile", "pixel_threshold_quantile"):

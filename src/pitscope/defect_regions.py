@@ -78,6 +78,7 @@ def describe_regions(
         inside = labels[box] == index
         area = int(inside.sum())
         ys, xs = box
-        regions.append(Region(area, area / amap.size, (xs.start, ys.start, xs.stop, ys.stop),
-                              float(amap[box][inside].max())))
+        regions.append(
+            Region(area, area / amap.size, (xs.start, ys.start, xs.stop, ys.stop), float(amap[box][inside].max()))
+        )
     return labels > 0, sorted(regions, key=lambda r: (-r.area_px, r.box[1], r.box[0]))

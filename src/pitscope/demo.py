@@ -68,13 +68,16 @@ def overlay_pictures(
         zoom = max(1, -(-MIN_SIDE // h))
         size = (w * zoom, h * zoom)
         image = np.asarray(Image.fromarray(sample.image).resize(size, Image.Resampling.BICUBIC))  # (zH, zW, 3)
-        amap = np.asarray(Image.fromarray(prediction.anomaly_map.astype(np.float32)).resize(size, Image.Resampling.BILINEAR))
+        amap = np.asarray(
+            Image.fromarray(prediction.anomaly_map.astype(np.float32)).resize(size, Image.Resampling.BILINEAR)
+        )
         mask = np.asarray(Image.fromarray(sample.mask).resize(size, Image.Resampling.NEAREST))
         region = prediction._replace(anomaly_map=amap).defect_region  # (zH, zW) bool
         drawn = overlay(image, amap, prediction.pixel_threshold, mask if mask.any() else None, region=region)
         gap = np.full((size[1], GAP, 3), 255, dtype=np.uint8)
         path = out / picture_name(sample.path)
         Image.fromarray(np.concatenate([image, gap, drawn], axis=1)).save(path)
-        pictures.append(Picture(path, sample.path, int(sample.label), float(prediction.score),
-                                bool(prediction.is_defective)))
+        pictures.append(
+            Picture(path, sample.path, int(sample.label), float(prediction.score), bool(prediction.is_defective))
+        )
     return pictures

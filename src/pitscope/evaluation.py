@@ -44,8 +44,9 @@ class DatasetScorer(Protocol):
     def score_dataset(self, dataset: Sequence[Sample], progress: bool = True) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def predicted_regions(maps: np.ndarray, decisions: np.ndarray, pixel_threshold: float, min_fraction: float,
-                      regions_on: str) -> np.ndarray:
+def predicted_regions(
+    maps: np.ndarray, decisions: np.ndarray, pixel_threshold: float, min_fraction: float, regions_on: str
+) -> np.ndarray:
     """(N, H, W) bool: the predicted region of each map, as `Prediction.defect_region` draws it.
 
     maps: (N, H, W); decisions: (N,) bool image decisions (used when regions_on is "defective").
@@ -57,8 +58,13 @@ def predicted_regions(maps: np.ndarray, decisions: np.ndarray, pixel_threshold: 
     return regions
 
 
-def subset_metrics(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, maps: np.ndarray | None,
-                   regions: np.ndarray | None) -> dict:
+def subset_metrics(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    masks: np.ndarray | None,
+    maps: np.ndarray | None,
+    regions: np.ndarray | None,
+) -> dict:
     """`evaluate_all` and, with masks, `region_metrics` of one set of images, merged in one dict."""
     metrics = evaluate_all(labels, scores, masks, maps)
     if masks is not None and regions is not None and np.any(masks):
@@ -107,25 +113,34 @@ def evaluate(
     score_cfg = detector.cfg.score
     regions = None
     if has_masks:
-        regions = predicted_regions(maps, decisions, float(detector.pixel_threshold), score_cfg.min_region_fraction,
-                                    score_cfg.regions_on)
+        regions = predicted_regions(
+            maps, decisions, float(detector.pixel_threshold), score_cfg.min_region_fraction, score_cfg.regions_on
+        )
     metrics = subset_metrics(labels, scores, masks, maps if has_masks else None, regions)
     subsets = {}
     for name, member in (groups or {}).items():  # each group's defective images against every defect-free one
         keep = (labels == 0) | np.asarray(member, dtype=bool)
         if labels[keep].min() != labels[keep].max():
             subsets[name] = {
-                "metrics": subset_metrics(labels[keep], scores[keep], None if masks is None else masks[keep],
-                                          None if masks is None else maps[keep],
-                                          None if regions is None else regions[keep]),
+                "metrics": subset_metrics(
+                    labels[keep],
+                    scores[keep],
+                    None if masks is None else masks[keep],
+                    None if masks is None else maps[keep],
+                    None if regions is None else regions[keep],
+                ),
                 "counts": {"normal": int((labels[keep] == 0).sum()), "defective": int(labels[keep].sum())},
             }
     result = {
         "metrics": metrics,
         "subsets": subsets,
         "image_auroc_interval": auroc_interval(labels, scores) if min(labels.sum(), (labels == 0).sum()) >= 2 else None,
-        "counts": {"images": int(len(labels)), "normal": int((labels == 0).sum()), "defective": int(labels.sum()),
-                   "left_out_trained_on": len(left_out)},
+        "counts": {
+            "images": int(len(labels)),
+            "normal": int((labels == 0).sum()),
+            "defective": int(labels.sum()),
+            "left_out_trained_on": len(left_out),
+        },
         "threshold": threshold,
         "at_threshold": {
             "true_positive_rate": float(decisions[labels == 1].mean()),
@@ -155,13 +170,20 @@ def format_table(result: dict, dataset_format: str | None = None) -> str:
         lines.append(f"{name:<14} {text:>9}" + (f" {paper[name]:>7.2f}" if name in paper else ""))
     regions = [name for name in REGION_NAMES if result["metrics"].get(name) is not None]
     if regions:
-        lines.append("predicted regions at the stored pixel threshold: " + ", ".join(
-            f"{name} {result['metrics'][name]:.3f}" for name in regions))
+        lines.append(
+            "predicted regions at the stored pixel threshold: "
+            + ", ".join(f"{name} {result['metrics'][name]:.3f}" for name in regions)
+        )
     for name, subset in result.get("subsets", {}).items():
         m = subset["metrics"]
-        lines.append(f"{name} ({subset['counts']['defective']} defective): " + ", ".join(
-            f"{key} {100 * m[key]:.2f}" for key in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
-            if m.get(key) is not None))
+        lines.append(
+            f"{name} ({subset['counts']['defective']} defective): "
+            + ", ".join(
+                f"{key} {100 * m[key]:.2f}"
+                for key in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
+                if m.get(key) is not None
+            )
+        )
     counts = result["counts"]
     lines.append(
         f"threshold {result['threshold']:.4g}: TPR {100 * result['at_threshold']['true_positive_rate']:.1f}%, "

@@ -248,8 +248,16 @@ def export_onnx(
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
 
-    result = {"path": str(path), "opset": opset, "max_abs_diff_score": None, "max_abs_diff_map": None,
-              "decisions_equal": None, "tolerance_score": None, "tolerance_map": None, "n_images": 0}
+    result = {
+        "path": str(path),
+        "opset": opset,
+        "max_abs_diff_score": None,
+        "max_abs_diff_map": None,
+        "decisions_equal": None,
+        "tolerance_score": None,
+        "tolerance_map": None,
+        "n_images": 0,
+    }
     if check:
         try:
             session = onnx_session(path)
@@ -290,8 +298,15 @@ def export_torchscript(
         traced = torch.jit.trace(module, (example,), check_trace=False)
         torch.jit.save(traced, str(path), _extra_files={"pitscope.json": json.dumps(module.metadata())})
 
-    result = {"path": str(path), "max_abs_diff_score": None, "max_abs_diff_map": None, "decisions_equal": None,
-              "tolerance_score": None, "tolerance_map": None, "n_images": 0}
+    result = {
+        "path": str(path),
+        "max_abs_diff_score": None,
+        "max_abs_diff_map": None,
+        "decisions_equal": None,
+        "tolerance_score": None,
+        "tolerance_map": None,
+        "n_images": 0,
+    }
     if check:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="`torch.jit", category=FutureWarning)

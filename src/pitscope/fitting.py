@@ -27,8 +27,13 @@ def scoring_config(cfg: Config, dataset):
         return cfg, dataset
     scored = copy.deepcopy(cfg)
     scored.data.image_size = size
-    log.info("scorers fitted at %d x %d (the network trained at %d x %d)", size, size, cfg.data.image_size,
-             cfg.data.image_size)
+    log.info(
+        "scorers fitted at %d x %d (the network trained at %d x %d)",
+        size,
+        size,
+        cfg.data.image_size,
+        cfg.data.image_size,
+    )
     return scored, build_dataset(scored.data, "train", scored.seed)
 
 
@@ -89,8 +94,14 @@ def fit(
 # What `finetune` changes of the model's config before the caller's overrides: a segmentation head
 # learns the pasted defects (the marked ones among them) and draws the maps, its probabilities
 # taken as they are (no division by each map's mean); a short run.
-FINETUNE = ("model.segment=true", "score.pixel_method=segmentation", "score.map_normalisation=none",
-            "train.epochs=5", "train.budget_minutes=10", "train.lr=0.01")
+FINETUNE = (
+    "model.segment=true",
+    "score.pixel_method=segmentation",
+    "score.map_normalisation=none",
+    "train.epochs=5",
+    "train.budget_minutes=10",
+    "train.lr=0.01",
+)
 
 
 def finetune(
@@ -112,8 +123,17 @@ def finetune(
     if (out / "model.pt").resolve() == model.resolve():
         raise ValueError(f"finetune: the output folder {out} holds the model itself; pick another")
     cfg = from_dict(read_model_file(model)["config"])
-    cfg = apply_overrides(cfg, [*FINETUNE, f"data.labelled_defects={labelled_defects}", f"train.init_from={model}",
-                                "model.weights=none", f"output_dir={out}", *overrides])
+    cfg = apply_overrides(
+        cfg,
+        [
+            *FINETUNE,
+            f"data.labelled_defects={labelled_defects}",
+            f"train.init_from={model}",
+            "model.weights=none",
+            f"output_dir={out}",
+            *overrides,
+        ],
+    )
     return fit(cfg, progress=progress)
 
 

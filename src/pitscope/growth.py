@@ -35,7 +35,6 @@ def trailing_growth(days: ArrayLike, values: ArrayLike, window_days: float) -> n
     return growth
 
 
-
 @dataclass(frozen=True)
 class AlertRule:
     """Alert on an image when its predicted area is above `area_fraction_above` (a fraction of
@@ -65,8 +64,10 @@ class AlertRule:
         if self.area_fraction_above is not None:
             parts.append(f"predicted area above {100 * self.area_fraction_above:.3g}% of the surface")
         if self.growth_per_day_above is not None:
-            parts.append(f"growing faster than {100 * self.growth_per_day_above:.3g} percentage points a day "
-                         f"over the last {self.window_days:g} day(s)")
+            parts.append(
+                f"growing faster than {100 * self.growth_per_day_above:.3g} percentage points a day "
+                f"over the last {self.window_days:g} day(s)"
+            )
         return " or ".join(parts)
 
     def fires(self, days: ArrayLike, fractions: ArrayLike) -> np.ndarray:

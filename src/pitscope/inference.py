@@ -157,8 +157,9 @@ class Detector(nn.Module):
         self.pixel_scorer = (
             SharedGaussianScorer(cfg.score.shrinkage, cfg.score.ridge)
             if cfg.score.pixel_method == "patch"
-            else PatchGaussianScorer(cfg.score.shrinkage, cfg.score.ridge, n_channels=cfg.score.pixel_channels,
-                                     seed=cfg.seed)
+            else PatchGaussianScorer(
+                cfg.score.shrinkage, cfg.score.ridge, n_channels=cfg.score.pixel_channels, seed=cfg.seed
+            )
         )
         self.register_buffer("threshold", torch.tensor(float("nan")))
         self.register_buffer("pixel_threshold", torch.tensor(float("nan")))
@@ -191,7 +192,10 @@ class Detector(nn.Module):
             stages = [features[name] for name in self.cfg.score.pixel_stages]
             size = stages[0].shape[-2:]
             stacked = torch.cat(
-                [s if s.shape[-2:] == size else F.interpolate(s, size=size, mode="bilinear", align_corners=False) for s in stages],
+                [
+                    s if s.shape[-2:] == size else F.interpolate(s, size=size, mode="bilinear", align_corners=False)
+                    for s in stages
+                ],
                 dim=1,
             )  # (B, sum of channels, h, w)
         elif self.cfg.score.pixel_method == "patch":
@@ -362,15 +366,22 @@ class Detector(nn.Module):
         if oof is not None:
             scores = oof
             top = scores.argsort(descending=True)[:HIGHEST].tolist()
-            record = {"method": "out_of_fold", "images": len(dataset), "folds": len(folds), "quantile": q,
-                      "highest": [{"image": _name(dataset[i], i), "score": round(float(scores[i]), 4)} for i in top],
-                      "pixel_images": len(calibration), "held_back": bool(cal_idx)}
+            record = {
+                "method": "out_of_fold",
+                "images": len(dataset),
+                "folds": len(folds),
+                "quantile": q,
+                "highest": [{"image": _name(dataset[i], i), "score": round(float(scores[i]), 4)} for i in top],
+                "pixel_images": len(calibration),
+                "held_back": bool(cal_idx),
+            }
         self.threshold.fill_(float(torch.quantile(scores, q)))
         held_maps = torch.cat(maps)  # (n, H, W) of the calibration images
         if score.map_normalisation == "image_mean_score" and score.image_method != "map_max":
             held_maps = self._times_score(held_maps, torch.cat(held_scores))
-        self.pixel_threshold.fill_(pixel_threshold_of(held_maps.numpy(), score.pixel_threshold_quantile,
-                                                      score.pixel_threshold_from))
+        self.pixel_threshold.fill_(
+            pixel_threshold_of(held_maps.numpy(), score.pixel_threshold_quantile, score.pixel_threshold_from)
+        )
         self.metadata["calibration"] = {
             **record,
             "threshold": float(self.threshold),
@@ -381,7 +392,9 @@ class Detector(nn.Module):
         return self
 
     @torch.inference_mode()
-    def _out_of_fold_map_scores(self, dataset: Sequence[Sample], folds: list[list[int]], total, progress: bool) -> torch.Tensor:
+    def _out_of_fold_map_scores(
+        self, dataset: Sequence[Sample], folds: list[list[int]], total, progress: bool
+    ) -> torch.Tensor:
         """map_max scores (N,) of every training image, each by pixel Gaussians refitted from the
         sums `total` over all N images less those of its fold."""
         device = next(self.net.parameters()).device
@@ -399,9 +412,7 @@ class Detector(nn.Module):
         return scores
 
     @torch.inference_mode()
-    def score_dataset(
-        self, dataset: Sequence[Sample], progress: bool = True
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def score_dataset(self, dataset: Sequence[Sample], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Scores (N,) and maps (N, H, W) float32 of every image of `dataset`."""
         self.net.eval()
         device = next(self.net.parameters()).device
@@ -450,8 +461,15 @@ class Detector(nn.Module):
                 h, w = image.shape[:2]
                 full = F.interpolate(amap[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
                 predictions.append(
-                    Prediction(score, full.float().cpu().numpy(), score > t, t, float(self.pixel_threshold),
-                               self.cfg.score.min_region_fraction, self.cfg.score.regions_on)
+                    Prediction(
+                        score,
+                        full.float().cpu().numpy(),
+                        score > t,
+                        t,
+                        float(self.pixel_threshold),
+                        self.cfg.score.min_region_fraction,
+                        self.cfg.score.regions_on,
+                    )
                 )
         return predictions[0] if single else predictions
 

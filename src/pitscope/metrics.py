@@ -184,14 +184,19 @@ def region_metrics(labels: np.ndarray, masks: np.ndarray, regions: np.ndarray) -
     labels = np.asarray(labels).astype(bool)
     truth, region = np.asarray(masks) > 0, np.asarray(regions, dtype=bool)
     if truth.shape != region.shape or truth.ndim != 3 or labels.shape != truth.shape[:1]:
-        raise ValueError(f"expected labels (N,), masks and regions (N, H, W); got {labels.shape}, "
-                         f"{truth.shape}, {region.shape}")
+        raise ValueError(
+            f"expected labels (N,), masks and regions (N, H, W); got {labels.shape}, {truth.shape}, {region.shape}"
+        )
     hits = int((truth & region).sum())
     flagged, actual = int(region.sum()), int(truth.sum())
     result: dict[str, float | None] = {
         "pixel_f1": 2 * hits / (flagged + actual) if flagged + actual else None,
-        "iou_median": None, "iou_q1": None, "iou_q3": None,
-        "normal_area_median": None, "normal_area_p99": None, "area_within_2x": None,
+        "iou_median": None,
+        "iou_q1": None,
+        "iou_q3": None,
+        "normal_area_median": None,
+        "normal_area_p99": None,
+        "area_within_2x": None,
     }
     defective = labels & truth.reshape(len(labels), -1).any(axis=1)
     if defective.any():
@@ -199,8 +204,9 @@ def region_metrics(labels: np.ndarray, masks: np.ndarray, regions: np.ndarray) -
         inter = (t & r).sum(axis=(1, 2))
         union = (t | r).sum(axis=(1, 2))
         iou = inter / union
-        result.update(iou_median=float(np.median(iou)), iou_q1=float(np.quantile(iou, 0.25)),
-                      iou_q3=float(np.quantile(iou, 0.75)))
+        result.update(
+            iou_median=float(np.median(iou)), iou_q1=float(np.quantile(iou, 0.25)), iou_q3=float(np.quantile(iou, 0.75))
+        )
         true_area, area = t.sum(axis=(1, 2)), r.sum(axis=(1, 2))
         result["area_within_2x"] = float(np.mean((area >= true_area / 2) & (area <= 2 * true_area)))
     if (~labels).any():

@@ -62,8 +62,13 @@ def loaded_state(state_dict: dict) -> dict:
 def save_model_file(detector, path: Path) -> Path:
     """Write a Detector to `path`, atomically."""
     state, network = stored_state(detector.state_dict(), detector.cfg)
-    content = {"config": to_dict(detector.cfg), "n_kinds": detector.n_kinds, "state_dict": state,
-               "metadata": detector.metadata, "version": __version__}
+    content = {
+        "config": to_dict(detector.cfg),
+        "n_kinds": detector.n_kinds,
+        "state_dict": state,
+        "metadata": detector.metadata,
+        "version": __version__,
+    }
     if network is not None:
         content["network"] = network
     atomic_save(content, path)
@@ -72,6 +77,7 @@ def save_model_file(detector, path: Path) -> Path:
 
 def _newer(version) -> bool:
     """Whether a "X.Y.Z" version string is newer than this pitscope's."""
+
     def parts(text):
         return tuple(int(p) if p.isdigit() else 0 for p in str(text).split("."))
 
@@ -87,11 +93,15 @@ def refuse_what_is_no_model(path: Path) -> None:
     with path.open("rb") as fh:
         head = fh.read(256)
     if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"pytorch" in head):
-        raise ValueError(f"{path} is an ONNX export: run it with onnxruntime (pitscope export wrote it); "
-                         "pitscope's commands take the model.pt it was exported from")
+        raise ValueError(
+            f"{path} is an ONNX export: run it with onnxruntime (pitscope export wrote it); "
+            "pitscope's commands take the model.pt it was exported from"
+        )
     if not head.startswith((b"PK", b"\x80")):  # a zip archive, or the legacy pickle format
-        raise ValueError(f"{path} is not a pitscope model file: it is not a PyTorch file ({size} bytes, "
-                         f"starting {head[:8]!r}); pass the model.pt that pitscope train wrote")
+        raise ValueError(
+            f"{path} is not a pitscope model file: it is not a PyTorch file ({size} bytes, "
+            f"starting {head[:8]!r}); pass the model.pt that pitscope train wrote"
+        )
 
 
 def read_model_file(path: Path, device: str | torch.device = "cpu") -> dict:
@@ -103,18 +113,25 @@ def read_model_file(path: Path, device: str | torch.device = "cpu") -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # not a torch file, or one holding more than tensors and plain data
-        raise ValueError(f"{path} is a PyTorch file that holds more than a pitscope model file does "
-                         f"(it cannot be loaded safely); pass the model.pt that pitscope train wrote "
-                         f"({type(exc).__name__})") from exc
+        raise ValueError(
+            f"{path} is a PyTorch file that holds more than a pitscope model file does "
+            f"(it cannot be loaded safely); pass the model.pt that pitscope train wrote "
+            f"({type(exc).__name__})"
+        ) from exc
     if isinstance(state, dict) and "model" in state and "config" in state and "state_dict" not in state:
-        raise ValueError(f"{path} is a training checkpoint, not a model file: pass OUTPUT_DIR/model.pt, or fit "
-                         f"the checkpoint's network with `pitscope refit {path} --output model.pt`")
+        raise ValueError(
+            f"{path} is a training checkpoint, not a model file: pass OUTPUT_DIR/model.pt, or fit "
+            f"the checkpoint's network with `pitscope refit {path} --output model.pt`"
+        )
     if not isinstance(state, dict) or "state_dict" not in state or "config" not in state:
-        raise ValueError(f"{path} is a PyTorch file but not a pitscope model file: pass the model.pt that "
-                         "pitscope train wrote")
+        raise ValueError(
+            f"{path} is a PyTorch file but not a pitscope model file: pass the model.pt that pitscope train wrote"
+        )
     if _newer(state.get("version")):
-        raise ValueError(f"{path} was written by pitscope {state['version']}, newer than this one "
-                         f"({__version__}): upgrade pitscope to load it")
+        raise ValueError(
+            f"{path} was written by pitscope {state['version']}, newer than this one "
+            f"({__version__}): upgrade pitscope to load it"
+        )
     state = upgrade(state, "model", source=str(path))
     state["state_dict"] = loaded_state(state["state_dict"])
     return state

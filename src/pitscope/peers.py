@@ -38,7 +38,9 @@ def require_anomalib() -> None:
     try:
         import anomalib  # noqa: F401
     except ImportError as exc:
-        raise ImportError(f"the PaDiM and PatchCore peers need anomalib, which is not installed: {INSTALL_HINT}") from exc
+        raise ImportError(
+            f"the PaDiM and PatchCore peers need anomalib, which is not installed: {INSTALL_HINT}"
+        ) from exc
 
 
 def _padim() -> nn.Module:

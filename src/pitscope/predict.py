@@ -34,8 +34,22 @@ from pitscope.scoring import pixel_threshold_of
 from pitscope.visualize import overlay
 
 # Columns of predictions.csv, and the keys of each predictions.jsonl object, in order.
-FIELDS = ("path", "status", "score", "threshold", "is_defective", "region_count", "defect_px", "defect_fraction",
-          "regions", "reason", "map", "overlay", "part", "inspection_id")
+FIELDS = (
+    "path",
+    "status",
+    "score",
+    "threshold",
+    "is_defective",
+    "region_count",
+    "defect_px",
+    "defect_fraction",
+    "regions",
+    "reason",
+    "map",
+    "overlay",
+    "part",
+    "inspection_id",
+)
 
 # Masks of `pitscope calibrate --masks`: `<stem>.<ext>` or `<stem>_mask.<ext>` (as data.folder).
 MASK_SUFFIXES = ("", "_mask")
@@ -181,8 +195,10 @@ def run_predict(
     batch_size = batch_size or detector.cfg.score.batch_size
     if batch_size < 1:
         raise ValueError(f"batch_size: expected a positive number, got {batch_size}")
-    record = None if recorder is None else functools.partial(
-        _record, recorder, version=version, part=part, part_from=part_from, time_from=time_from
+    record = (
+        None
+        if recorder is None
+        else functools.partial(_record, recorder, version=version, part=part, part_from=part_from, time_from=time_from)
     )
     counts = {"images": 0, "defective": 0, "errors": 0, "recorded": 0}
     failed: list[dict] = []
@@ -237,8 +253,13 @@ def _prediction_tables(out: Path) -> Iterator[Callable[[dict], None]]:
         def write(row: dict) -> None:
             writer.writerow(_csv_row(row))
             csv_file.flush()
-            jsonl_file.write(json.dumps({k: _json_number(row[k]) if k in ("score", "threshold") else row[k]
-                                         for k in FIELDS}, ensure_ascii=False) + "\n")
+            jsonl_file.write(
+                json.dumps(
+                    {k: _json_number(row[k]) if k in ("score", "threshold") else row[k] for k in FIELDS},
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
             jsonl_file.flush()
 
         yield write
@@ -246,8 +267,14 @@ def _prediction_tables(out: Path) -> Iterator[Callable[[dict], None]]:
         os.replace(partial[key], final[key])
 
 
-def _rows(detector, paths: Sequence[str | Path], threshold: float | None, batch_size: int, maps_out: Path | None,
-          record: Callable[..., dict] | None) -> Iterator[dict[str, Any]]:
+def _rows(
+    detector,
+    paths: Sequence[str | Path],
+    threshold: float | None,
+    batch_size: int,
+    maps_out: Path | None,
+    record: Callable[..., dict] | None,
+) -> Iterator[dict[str, Any]]:
     """One row of FIELDS per file of `paths`, in order, scored `batch_size` files at a time and made
     only when asked for. With maps_out, each file's map and overlay are saved under maps_out/maps;
     with record, each scored file is recorded in the history."""
@@ -291,10 +318,16 @@ def _add_prediction(row: dict[str, Any], p) -> np.ndarray:
     """Fill the row's prediction fields from `p`; returns the predicted region (H, W) bool."""
     region, regions = p.outline()
     area = int(region.sum())
-    row.update(status="ok", score=float(p.score), threshold=float(p.threshold),
-               is_defective=bool(p.is_defective), region_count=len(regions), defect_px=area,
-               defect_fraction=area / p.anomaly_map.size,
-               regions=[r.to_dict() for r in regions])
+    row.update(
+        status="ok",
+        score=float(p.score),
+        threshold=float(p.threshold),
+        is_defective=bool(p.is_defective),
+        region_count=len(regions),
+        defect_px=area,
+        defect_fraction=area / p.anomaly_map.size,
+        regions=[r.to_dict() for r in regions],
+    )
     return region
 
 
@@ -308,17 +341,30 @@ def _save_map(out: Path, name: str, image: np.ndarray, p, region: np.ndarray) ->
     return fields
 
 
-def _record(recorder, prediction, path, shape, area: int, duration_ms: float, version, part, part_from,
-            time_from) -> dict:
+def _record(
+    recorder, prediction, path, shape, area: int, duration_ms: float, version, part, part_from, time_from
+) -> dict:
     """Record one scored file in the history; returns the row's part and inspection_id."""
     from pitscope.history.names import exif_time_of_file, part_from_name, time_from_name
 
     data = Path(path).read_bytes()
     captured = time_from_name(path, time_from) or exif_time_of_file(path)
     part = part or part_from_name(path, part_from)
-    done = recorder.record(prediction, source="cli", data=data, width=shape[1], height=shape[0], defect_px=area,
-                           duration_ms=duration_ms, threshold=version, part=part, name=Path(path).name,
-                           captured_at=captured, image_path=str(Path(path).resolve()), suffix=Path(path).suffix)
+    done = recorder.record(
+        prediction,
+        source="cli",
+        data=data,
+        width=shape[1],
+        height=shape[0],
+        defect_px=area,
+        duration_ms=duration_ms,
+        threshold=version,
+        part=part,
+        name=Path(path).name,
+        captured_at=captured,
+        image_path=str(Path(path).resolve()),
+        suffix=Path(path).suffix,
+    )
     return {"part": part, "inspection_id": done.inspection_id}
 
 
@@ -389,7 +435,9 @@ def calibrate(
         raise ValueError(f"no readable defect-free image among the {len(good)} given: cannot calibrate")
     threshold = float(np.quantile(good_scores.astype(np.float64), quantile))
     # image_mean_score maps carry the model's image threshold: rescale them to the new one
-    rescale = float(detector.threshold) / threshold if detector.cfg.score.map_normalisation == "image_mean_score" else 1.0
+    rescale = (
+        float(detector.threshold) / threshold if detector.cfg.score.map_normalisation == "image_mean_score" else 1.0
+    )
     good_maps = good_maps * rescale
     pixel_threshold = pixel_threshold_of(good_maps, pixel_quantile, cfg.pixel_threshold_from)
     result: dict[str, Any] = {
@@ -412,8 +460,16 @@ def calibrate(
     return result
 
 
-def _against_defects(detector, result: dict[str, Any], defects: list[Path], masks: dict[Path, Path] | None,
-                     good_scores: np.ndarray, good_maps: np.ndarray, rescale: float, progress: bool) -> list:
+def _against_defects(
+    detector,
+    result: dict[str, Any],
+    defects: list[Path],
+    masks: dict[Path, Path] | None,
+    good_scores: np.ndarray,
+    good_maps: np.ndarray,
+    rescale: float,
+    progress: bool,
+) -> list:
     """Fill result["defects"] (the F1-optimal image threshold, and precision / recall / F1 at both
     thresholds) and, with masks, result["pixel"] (the F1-optimal pixel threshold over good_maps
     (N, S, S) and the defects' maps). Returns the skipped defective files, as (path, reason)."""
@@ -433,8 +489,9 @@ def _against_defects(detector, result: dict[str, Any], defects: list[Path], mask
         "at_f1_threshold": _at_threshold(labels, scores, best_threshold),
     }
     if masks:
-        truth = np.concatenate([np.zeros(good_maps.shape, bool),
-                                np.stack([defect_set[i].mask > 0 for i in range(len(defect_set))])])
+        truth = np.concatenate(
+            [np.zeros(good_maps.shape, bool), np.stack([defect_set[i].mask > 0 for i in range(len(defect_set))])]
+        )
         if truth.any():
             pixel_f1, pixel_best = f1_max(truth.reshape(-1), np.concatenate([good_maps, defect_maps]).reshape(-1))
             result["pixel"] = {"f1_max": pixel_f1, "f1_threshold": pixel_best}
@@ -470,8 +527,9 @@ def _pair(defects: list[Path], mask_paths) -> dict[Path, Path]:
     return pair_masks(defects, mask_files, MASK_SUFFIXES)
 
 
-def write_calibration(detector, model_path: str | Path, result: dict, db: str | None = None,
-                      by: str = "pitscope calibrate") -> tuple[int, str] | None:
+def write_calibration(
+    detector, model_path: str | Path, result: dict, db: str | None = None, by: str = "pitscope calibrate"
+) -> tuple[int, str] | None:
     """Save `detector` (calibrated with `calibrate(..., apply=True)`) over model_path, atomically.
 
     With `db` (an SQLite file or PostgreSQL URL), the new thresholds are first recorded there as a
@@ -486,10 +544,15 @@ def write_calibration(detector, model_path: str | Path, result: dict, db: str | 
         from pitscope.history.store import HistoryStore
 
         loaded = Detector.load(model_path)  # registered with the thresholds its file still holds
-        recorder = Recorder(HistoryStore(db), loaded, detector.metadata.get("name") or "model", rule=None,
-                            by="pitscope calibrate")
-        version = recorder.set_threshold(result["threshold"], result["pixel_threshold"], by=by,
-                                         how=f"calibrate --write on {result['images']} defect-free images")
+        recorder = Recorder(
+            HistoryStore(db), loaded, detector.metadata.get("name") or "model", rule=None, by="pitscope calibrate"
+        )
+        version = recorder.set_threshold(
+            result["threshold"],
+            result["pixel_threshold"],
+            by=by,
+            how=f"calibrate --write on {result['images']} defect-free images",
+        )
         recorded = (version.version, recorder.store.display_url)
     detector.save(model_path)
     return recorded

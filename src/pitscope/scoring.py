@@ -362,7 +362,9 @@ class PatchGaussianScorer(_FittedBuffers):
             self._set("map_size_", torch.tensor(features.shape[-2:]))
             self._moments = _Moments(self.chunk)
         elif tuple(features.shape[-2:]) != tuple(self.map_size_.tolist()):
-            raise ValueError(f"feature maps are {tuple(features.shape[-2:])}, expected {tuple(self.map_size_.tolist())}")
+            raise ValueError(
+                f"feature maps are {tuple(features.shape[-2:])}, expected {tuple(self.map_size_.tolist())}"
+            )
         self._moments.update(self._select(features))
         return self
 
@@ -395,7 +397,9 @@ class PatchGaussianScorer(_FittedBuffers):
             shift = kept if kept is not None else self.location_
             into = _Moments(self.chunk, shift.to(features.device))
         if tuple(features.shape[-2:]) != tuple(self.map_size_.tolist()):
-            raise ValueError(f"feature maps are {tuple(features.shape[-2:])}, expected {tuple(self.map_size_.tolist())}")
+            raise ValueError(
+                f"feature maps are {tuple(features.shape[-2:])}, expected {tuple(self.map_size_.tolist())}"
+            )
         into.update(self._select(features))
         return into
 

@@ -108,8 +108,11 @@ class _CsvLog:
                 csv.writer(fh).writerow(self.FIELDS)
         elif resume_step is not None:
             with path.open(newline="") as fh:
-                rows = [row for row in csv.DictReader(fh) if row.get("step", "").isdigit()
-                        and int(row["step"]) <= resume_step]
+                rows = [
+                    row
+                    for row in csv.DictReader(fh)
+                    if row.get("step", "").isdigit() and int(row["step"]) <= resume_step
+                ]
             tmp = path.with_name(path.name + ".tmp")
             with tmp.open("w", newline="") as fh:
                 writer = csv.writer(fh)
@@ -208,8 +211,21 @@ def _build(cfg: Config, resume: bool, progress: bool, echo: Callable[[str], None
     )
     amp_dtype = resolve_precision(cfg.train.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    return _Run(cfg, ctx, device, echo, progress, out_dir, out_dir / LAST_CHECKPOINT, maker, labelled,
-                model, optimizer, scaler, amp_dtype)
+    return _Run(
+        cfg,
+        ctx,
+        device,
+        echo,
+        progress,
+        out_dir,
+        out_dir / LAST_CHECKPOINT,
+        maker,
+        labelled,
+        model,
+        optimizer,
+        scaler,
+        amp_dtype,
+    )
 
 
 def _resume(run: _Run) -> None:
@@ -226,8 +242,9 @@ def _resume(run: _Run) -> None:
     if saved.seed != cfg.seed:
         raise ValueError(f"--resume: {last_path} was trained with seed {saved.seed}, not {cfg.seed}")
     if saved.train.crop_size != cfg.train.crop_size:
-        raise ValueError(f"--resume: {last_path} was trained with train.crop_size {saved.train.crop_size}, "
-                         f"not {cfg.train.crop_size}")
+        raise ValueError(
+            f"--resume: {last_path} was trained with train.crop_size {saved.train.crop_size}, not {cfg.train.crop_size}"
+        )
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     for group in run.optimizer.param_groups:
@@ -255,8 +272,10 @@ def _announce(run: _Run) -> None:
     cfg, device, amp_dtype = run.cfg, run.device, run.amp_dtype
     precision = "float32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
     if amp_dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_bf16():
-        run.echo("warning: this CPU has no native bfloat16, so train.precision=bf16 runs slower than float32 "
-                 "here; --set train.precision=fp32 trains more epochs in the same budget")
+        run.echo(
+            "warning: this CPU has no native bfloat16, so train.precision=bf16 runs slower than float32 "
+            "here; --set train.precision=fp32 trains more epochs in the same budget"
+        )
     run.echo(
         f"device {device}, {precision}{', channels-last' if cfg.train.channels_last else ''}"
         + (f", {run.ctx.world_size} processes" if run.ctx.enabled else "")
@@ -343,7 +362,8 @@ def _train_epoch(
     for batch in bar:
         batch = [
             t.to(device, non_blocking=True, memory_format=torch.channels_last)
-            if cfg.train.channels_last and t.ndim == 4 else t.to(device, non_blocking=True)
+            if cfg.train.channels_last and t.ndim == 4
+            else t.to(device, non_blocking=True)
             for t in batch
         ]
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
@@ -398,7 +418,8 @@ def _log_step(run: _Run, epoch: int, lr: float, parts: dict[str, float]) -> None
 def _diverged(run: _Run, epoch: int, parts: dict[str, float]) -> TrainingDiverged:
     where = (
         f"the last good state (after epoch {epoch}) is in {run.last_path}; resume from it with "
-        if run.last_path.exists() else "no epoch finished, so start again with "
+        if run.last_path.exists()
+        else "no epoch finished, so start again with "
     )
     return TrainingDiverged(
         f"loss is {parts['loss']} at epoch {epoch + 1}, step {run.step + 1} ({parts}); "
@@ -430,8 +451,9 @@ def _finish(run: _Run, epoch: int, stopped_by_budget: bool) -> TrainResult:
         )
     run.model.eval()
     model = run.model.to(memory_format=torch.contiguous_format)
-    return TrainResult(model, run.maker.n_kinds, epochs_done, run.step, run.elapsed, stopped_by_budget,
-                       run.history, run.labelled)
+    return TrainResult(
+        model, run.maker.n_kinds, epochs_done, run.step, run.elapsed, stopped_by_budget, run.history, run.labelled
+    )
 
 
 def train(

@@ -73,7 +73,9 @@ def pixel_target(cfg: Config, x: torch.Tensor) -> torch.Tensor | None:
         return rgb_target(images)
 
 
-def compute_loss(model: Callable[[torch.Tensor], NetOutput], cfg: Config, batch) -> tuple[torch.Tensor, dict[str, float]]:
+def compute_loss(
+    model: Callable[[torch.Tensor], NetOutput], cfg: Config, batch
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Joint loss of one batch of pairs; returns (loss, its parts as floats). model: the network,
     or its DistributedDataParallel or compiled wrapper."""
     normal, defective, mask, kind = batch

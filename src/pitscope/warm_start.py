@@ -25,8 +25,10 @@ def initial_weights(path: str | Path) -> dict:
     if not isinstance(state, dict) or "state_dict" not in state:
         raise ValueError(f"train.init_from: {path} is neither a pitscope model file nor a training checkpoint")
     if state.get("network"):
-        raise ValueError(f"train.init_from: {path} keeps only part of its network (up to "
-                         f"{state['network']['kept_stage']}); start from its training checkpoint instead")
+        raise ValueError(
+            f"train.init_from: {path} keeps only part of its network (up to "
+            f"{state['network']['kept_stage']}); start from its training checkpoint instead"
+        )
     return {k.removeprefix("net."): v for k, v in state["state_dict"].items() if k.startswith("net.")}
 
 
@@ -38,8 +40,10 @@ def start_from(model: nn.Module, path: str, echo: Callable[[str], None]) -> None
     unexpected = [k for k in weights if k not in own]
     reshaped = [k for k in weights if k in own and weights[k].shape != own[k].shape]
     if unexpected or reshaped:
-        raise ValueError(f"train.init_from: {path} holds weights this network has no place for "
-                         f"(e.g. {(unexpected or reshaped)[0]}): it was trained with another model config")
+        raise ValueError(
+            f"train.init_from: {path} holds weights this network has no place for "
+            f"(e.g. {(unexpected or reshaped)[0]}): it was trained with another model config"
+        )
     model.load_state_dict(weights, strict=False)
     fresh = sorted({k.split(".")[0] for k in missing})
     echo(f"started from the network of {path}" + (f"; fresh: {', '.join(fresh)}" if fresh else ""))

@@ -70,7 +70,9 @@ def test_rotation_turns_the_cutout():
         shapes.add((int(np.ptp(rows)) + 1, int(np.ptp(cols)) + 1))
     assert shapes == {(4, 12), (12, 4)}
     for seed in range(10):
-        rows, cols = np.nonzero(paste_cutout(image, np.random.default_rng(seed), cutouts, scale=(1, 1), rotate=False)[1])
+        rows, cols = np.nonzero(
+            paste_cutout(image, np.random.default_rng(seed), cutouts, scale=(1, 1), rotate=False)[1]
+        )
         assert (np.ptp(rows) + 1, np.ptp(cols) + 1) == (4, 12)
 
 

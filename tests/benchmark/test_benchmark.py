@@ -45,8 +45,17 @@ TINY = [
 
 
 def tiny_options(tmp_path, suite, **kwargs) -> BenchmarkOptions:
-    values = dict(suite=suite, seeds=[0], preset=None, image_size=64, overrides=list(TINY), output=str(tmp_path / "results"),
-                  runs_dir=str(tmp_path / "runs"), progress=False, command="pitscope benchmark (test)")
+    values = dict(
+        suite=suite,
+        seeds=[0],
+        preset=None,
+        image_size=64,
+        overrides=list(TINY),
+        output=str(tmp_path / "results"),
+        runs_dir=str(tmp_path / "runs"),
+        progress=False,
+        command="pitscope benchmark (test)",
+    )
     return BenchmarkOptions(**{**values, **kwargs})
 
 
@@ -97,7 +106,11 @@ def test_every_variant_is_a_valid_config_of_the_cpu_preset(name, tmp_path):
 def test_baselines_are_the_configs_they_claim():
     options = BenchmarkOptions(suite="table3")
     cutpaste = variant_config(options, "cutpaste", 0)
-    assert (cutpaste.model.target, cutpaste.model.head, cutpaste.augment.kinds) == ("none", "multiclass", ["normal", "scar"])
+    assert (cutpaste.model.target, cutpaste.model.head, cutpaste.augment.kinds) == (
+        "none",
+        "multiclass",
+        ["normal", "scar"],
+    )
     assert cutpaste.score.pixel_method == "patch" and not cutpaste.model.sspcab
     sspcab = variant_config(options, "sspcab", 0)
     assert sspcab.model.sspcab and sspcab.model.target == "none"
@@ -216,15 +229,22 @@ def write_mvtec_tree(root, categories=("bottle", "carpet")):
 
 def test_mvtec_suite_lays_out_tables_4_and_5(tmp_path):
     write_mvtec_tree(tmp_path / "mvtec")
-    options = tiny_options(tmp_path, "mvtec", data=str(tmp_path / "mvtec"), image_size=32,
-                           overrides=["train.epochs=1", "train.batch_size=4", "train.device=cpu", "score.pixel_channels=8"])
+    options = tiny_options(
+        tmp_path,
+        "mvtec",
+        data=str(tmp_path / "mvtec"),
+        image_size=32,
+        overrides=["train.epochs=1", "train.batch_size=4", "train.device=cpu", "score.pixel_channels=8"],
+    )
     record = run_suite(options)
     assert [(r["variant"], r["category"]) for r in record["rows"]] == [("ours", "bottle"), ("ours", "carpet")]
     assert record["rows"][0]["paper"] == {"image_auroc": 100.00, "pixel_auroc": 96.64}
     table = (tmp_path / "results" / "mvtec.md").read_text()
     lines = table.splitlines()
-    order = [next(i for i, line in enumerate(lines) if line.startswith(f"| {key}")) for key in
-             ("bottle", "**mean of objects**", "carpet", "**mean of textures**", "**mean of all**")]
+    order = [
+        next(i for i, line in enumerate(lines) if line.startswith(f"| {key}"))
+        for key in ("bottle", "**mean of objects**", "carpet", "**mean of textures**", "**mean of all**")
+    ]
     assert order == sorted(order)
     assert "| **mean of all** |" in table and "| 98.59 |" in table  # the paper's image mean of bottle and carpet
     with pytest.raises(ValueError, match="found: bottle, carpet"):
@@ -232,8 +252,15 @@ def test_mvtec_suite_lays_out_tables_4_and_5(tmp_path):
 
 
 def test_summary_is_mean_and_sample_std_over_seeds():
-    runs = [{"seed": s, "metrics": {"image_auroc": v, "pixel_auroc": None, "aupro": 50.0},
-             "training": {"epochs": 10, "minutes": 45.0}, "minutes": {"wall": 55.0}} for s, v in ((0, 96.0), (1, 98.0))]
+    runs = [
+        {
+            "seed": s,
+            "metrics": {"image_auroc": v, "pixel_auroc": None, "aupro": 50.0},
+            "training": {"epochs": 10, "minutes": 45.0},
+            "minutes": {"wall": 55.0},
+        }
+        for s, v in ((0, 96.0), (1, 98.0))
+    ]
     summary = summarise(runs)
     assert summary["image_auroc"] == {"mean": 97.0, "std": round(float(np.std([96.0, 98.0], ddof=1)), 2)}
     assert summary["pixel_auroc"] == {"mean": None, "std": None}
@@ -241,9 +268,27 @@ def test_summary_is_mean_and_sample_std_over_seeds():
 
 
 def test_cli_runs_a_suite(tmp_path, capsys):
-    code = main(["benchmark", "--suite", "table6", "--seeds", "0", "--preset", "demo", "--image-size", "64",
-                 "--variants", "rgb_only", "--output", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs"),
-                 "--quiet", *[x for o in TINY for x in ("--set", o)]])
+    code = main(
+        [
+            "benchmark",
+            "--suite",
+            "table6",
+            "--seeds",
+            "0",
+            "--preset",
+            "demo",
+            "--image-size",
+            "64",
+            "--variants",
+            "rgb_only",
+            "--output",
+            str(tmp_path / "out"),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--quiet",
+            *[x for o in TINY for x in ("--set", o)],
+        ]
+    )
     assert code == 0
     assert "| RGB target only, no classifier (`rgb_only`) |" in capsys.readouterr().out
     saved = json.loads((tmp_path / "out" / "table6.json").read_text())
@@ -267,14 +312,23 @@ def test_bsdata_cpu_interval_from_metrics_or_scores_csv(tmp_path, monkeypatch):
     assert from_csv == {k: (v if k == "level" else round(100 * v, 2)) for k, v in expected.items()}
     stored = {"auroc": 0.5, "se": 0.1, "low": 0.3, "high": 0.7, "level": 0.95}
     assert image_interval({"image_auroc_interval": stored}, tmp_path) == {
-        "auroc": 50.0, "se": 10.0, "low": 30.0, "high": 70.0, "level": 0.95}
+        "auroc": 50.0,
+        "se": 10.0,
+        "low": 30.0,
+        "high": 70.0,
+        "level": 0.95,
+    }
 
 
 def _git(repo: Path, *args: str) -> str:
     import subprocess
 
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
 def test_commit_marks_changed_code_and_benchmark_scripts_dirty(tmp_path):
@@ -326,7 +380,16 @@ def test_models_main_passes_score_settings_and_refuses_others(tmp_path, monkeypa
     def write_markdown(record, path):
         path.write_text(f"{len(record['models'])} model(s): {record['invocation']}\n")
 
-    argv = ["bench.py", str(model), "--set", "score.image_method=map_max", "--set", "score.shrinkage=ridge", "--name", "x"]
+    argv = [
+        "bench.py",
+        str(model),
+        "--set",
+        "score.image_method=map_max",
+        "--set",
+        "score.shrinkage=ridge",
+        "--name",
+        "x",
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     assert bsdata_cpu.models_main("doc", "bench", score, write_markdown) == 0
     assert seen == [(model, ["score.image_method=map_max", "score.shrinkage=ridge"])]

@@ -142,8 +142,18 @@ def test_snapshots_and_refit(tmp_path, tiny_yaml, capsys):
     from pitscope.inference import Detector
 
     run = tmp_path / "run"
-    args = ["train", "--config", str(tiny_yaml), "--output-dir", str(run), "--quiet",
-            "--set", "train.epochs=2", "--set", "train.snapshot_every=1"]
+    args = [
+        "train",
+        "--config",
+        str(tiny_yaml),
+        "--output-dir",
+        str(run),
+        "--quiet",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "train.snapshot_every=1",
+    ]
     assert main(args) == 0
     snaps = sorted(p.name for p in (run / "snapshots").iterdir())
     assert snaps == ["epoch_0001.pt", "epoch_0002.pt"]
@@ -169,8 +179,21 @@ def test_snapshots_and_refit(tmp_path, tiny_yaml, capsys):
 
     wider = tmp_path / "wider.pt"
     before = (run / "model.pt").read_bytes()
-    assert main(["refit", str(run / "model.pt"), "--output", str(wider), "--quiet", "--evaluate",
-                 "--set", "score.pixel_channels=24"]) == 0
+    assert (
+        main(
+            [
+                "refit",
+                str(run / "model.pt"),
+                "--output",
+                str(wider),
+                "--quiet",
+                "--evaluate",
+                "--set",
+                "score.pixel_channels=24",
+            ]
+        )
+        == 0
+    )
     assert "image_auroc" in capsys.readouterr().out
     assert (run / "model.pt").read_bytes() == before  # the original is left as it was
     wide = Detector.load(wider)
@@ -193,5 +216,7 @@ def test_refit_refuses_what_it_cannot_do(tmp_path, tiny_yaml, capsys):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     assert main(["refit", str(tmp_path / "junk.pt"), "--output", str(tmp_path / "z.pt")]) == 2
     assert "not a pitscope model file" in capsys.readouterr().err
-    assert main(["train", "--config", str(tiny_yaml), "--output-dir", str(run), "--set", "train.snapshot_every=-1"]) == 2
+    assert (
+        main(["train", "--config", str(tiny_yaml), "--output-dir", str(run), "--set", "train.snapshot_every=-1"]) == 2
+    )
     assert "train.snapshot_every" in capsys.readouterr().err

@@ -15,11 +15,21 @@ RECT = [[4, 2], [13, 2], [13, 7], [4, 7]]  # fills x 4..13, y 2..7: 10 x 6 = 60 
 
 
 def _labelme(path: Path, polygons: list, width: int = 40, height: int = 20) -> None:
-    shapes = [{"label": "Pitting", "points": p, "group_id": None, "shape_type": "polygon", "flags": {}}
-              for p in polygons]
+    shapes = [
+        {"label": "Pitting", "points": p, "group_id": None, "shape_type": "polygon", "flags": {}} for p in polygons
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"version": "4.5.6", "shapes": shapes, "imagePath": path.stem + ".jpg",
-                                "imageHeight": height, "imageWidth": width}))
+    path.write_text(
+        json.dumps(
+            {
+                "version": "4.5.6",
+                "shapes": shapes,
+                "imagePath": path.stem + ".jpg",
+                "imageHeight": height,
+                "imageWidth": width,
+            }
+        )
+    )
 
 
 @pytest.fixture
@@ -114,6 +124,7 @@ def test_root_lookup_explicit_then_env(tiny, tmp_path, monkeypatch):
 
 # --- the real dataset (skipped where it is absent); decodes only a handful of images ---
 
+
 @pytest.fixture(scope="module")
 def real_root(real_bsdata) -> Path:
     return real_bsdata
@@ -159,8 +170,9 @@ def test_real_pitting_mask_is_not_empty(real_root):
     native = AnomalyDataset([record], size=None)[0]
     assert native.mask.shape == native.image.shape[:2]
     # the filled pixels cover at least the polygons' shoelace area, and not much more
-    area = sum(0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
-               for x, y in (np.array(p).T for p in polygons))
+    area = sum(
+        0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) for x, y in (np.array(p).T for p in polygons)
+    )
     assert area <= native.mask.sum() <= 1.5 * area + 200
     resized = AnomalyDataset([record], size=256)[0]
     assert resized.mask.shape == (256, 256) and resized.mask.sum() > 0
@@ -171,7 +183,9 @@ def test_split_follows_split_seed_not_run_seed(tiny):
     paths = load_bsdata(base, "train", seed=0).paths
     assert load_bsdata(base, "train", seed=5).paths == paths
     moved = next(
-        s for s in range(1, 20)
-        if load_bsdata(DataConfig(format="bsdata", root=str(tiny), n_train_normal=4, split_seed=s), "train", 0).paths != paths
+        s
+        for s in range(1, 20)
+        if load_bsdata(DataConfig(format="bsdata", root=str(tiny), n_train_normal=4, split_seed=s), "train", 0).paths
+        != paths
     )
     assert moved >= 1

@@ -32,18 +32,22 @@ def make_tree(root: Path, write_image, positions: int = 5, photos: int = 4) -> P
     two wear_dev names, and one type-1 photo in no position."""
     entries = []
     for p in range(positions):
-        names = [f"01_200908{p:02d}0000_{p}00000_000_crop"] + ([f"01_200909{p:02d}0000_{p}00000_000_crop"] if p == 0 else [])
+        names = [f"01_200908{p:02d}0000_{p}00000_000_crop"] + (
+            [f"01_200909{p:02d}0000_{p}00000_000_crop"] if p == 0 else []
+        )
         for i in range(photos):
             file = f"01_20090{i + 1}000000_{p}00000_000_crop_2.jpg"
             write_image(root / "data" / file, size=(16, 12), seed=10 * p + i)
             if i >= photos - 2:
                 (root / "label").mkdir(parents=True, exist_ok=True)
                 (root / "label" / f"{Path(file).stem}.json").write_text(
-                    json.dumps({"shapes": [{"label": "Pitting", "shape_type": "polygon", "points": RECT}]}))
+                    json.dumps({"shapes": [{"label": "Pitting", "shape_type": "polygon", "points": RECT}]})
+                )
             entries.append({"filename": file, "wear_dev": names})
     write_image(root / "data" / "KGT1-S-060-A02_crop_0.jpg", size=(16, 12), seed=99)
     (root / "label" / "KGT1-S-060-A02_crop_0.json").write_text(
-        json.dumps({"shapes": [{"label": "Pitting", "shape_type": "polygon", "points": RECT}]}))
+        json.dumps({"shapes": [{"label": "Pitting", "shape_type": "polygon", "points": RECT}]})
+    )
     entries.append({"filename": "KGT1-S-060-A02_crop_0.jpg", "wear_dev": []})
     (root / "image_data.json").write_text(json.dumps({"images": entries}))
     return root
@@ -98,14 +102,22 @@ def test_held_out_split_keeps_validation_photos_out_of_training_and_test(tree):
     assert set(split["val_normal"]) | set(split["val_defect"]) == val
     assert len(split["val_defect"]) == 4 and len(split["val_normal"]) == 4
     assert set(split["test_defect"]) == {f for n in deal["test"] for f in files[n] if f in paper["test_defect"]} | {
-        "KGT1-S-060-A02_crop_0.jpg"}
+        "KGT1-S-060-A02_crop_0.jpg"
+    }
 
 
 def test_holdout_loads_val_and_the_split_file_remembers_it(tree, tmp_path):
     positions = tmp_path / "positions.json"
     positions.write_text(json.dumps(deal_positions(tree, seed=0, n_validation=2, n_label=1)))
-    cfg = DataConfig(format="bsdata", root=str(tree), n_train_normal=6, image_size=32, holdout="positions",
-                     positions_file=str(positions), split_file=str(tmp_path / "split.json"))
+    cfg = DataConfig(
+        format="bsdata",
+        root=str(tree),
+        n_train_normal=6,
+        image_size=32,
+        holdout="positions",
+        positions_file=str(positions),
+        split_file=str(tmp_path / "split.json"),
+    )
     train, test, val = (build_dataset(cfg, s, 0) for s in ("train", "test", "val"))
     stored = read_split(tmp_path / "split.json")
     assert stored["positions"]["validation"] == json.loads(positions.read_text())["validation"]
@@ -121,8 +133,14 @@ def test_holdout_loads_val_and_the_split_file_remembers_it(tree, tmp_path):
 
 
 def test_type_groups_split_the_defective_images_by_screw_type(tree):
-    paths = [str(tree / "data" / n) for n in ("KGT1-S-060-A02_crop_0.jpg", "01_200904000000_100000_000_crop_2.jpg",
-                                                 "01_200901000000_100000_000_crop_2.jpg")]
+    paths = [
+        str(tree / "data" / n)
+        for n in (
+            "KGT1-S-060-A02_crop_0.jpg",
+            "01_200904000000_100000_000_crop_2.jpg",
+            "01_200901000000_100000_000_crop_2.jpg",
+        )
+    ]
     groups = type_groups(paths, np.array([1, 1, 0]), tree)
     assert groups["other_type"].tolist() == [True, False, False]
     assert groups["positions"].tolist() == [False, True, False]
@@ -137,7 +155,8 @@ def test_the_shipped_position_file_is_valid():
 def test_shipped_positions_match_the_seeded_deal_on_bsdata(real_bsdata):
     deal = deal_positions(real_bsdata, seed=read_positions()["seed"])
     assert {k: deal[k] for k in ("validation", "label", "test")} == {
-        k: read_positions()[k] for k in ("validation", "label", "test")}
+        k: read_positions()[k] for k in ("validation", "label", "test")
+    }
 
 
 def test_split_files_and_position_deals_are_checked(tree, tmp_path):
@@ -147,8 +166,14 @@ def test_split_files_and_position_deals_are_checked(tree, tmp_path):
         hold_out_positions(bsdata_split(tree, 6), tree, partial)
     positions = tmp_path / "positions.json"
     positions.write_text(json.dumps(deal))
-    cfg = DataConfig(format="bsdata", root=str(tree), n_train_normal=6, holdout="positions",
-                     positions_file=str(positions), split_file=str(tmp_path / "split.json"))
+    cfg = DataConfig(
+        format="bsdata",
+        root=str(tree),
+        n_train_normal=6,
+        holdout="positions",
+        positions_file=str(positions),
+        split_file=str(tmp_path / "split.json"),
+    )
     load_bsdata(cfg, "train", 0)
     other = deal_positions(tree, seed=5, n_validation=2, n_label=1)
     assert other["validation"] != deal["validation"]
@@ -172,8 +197,11 @@ def test_holdout_settings_are_checked_in_the_config():
 
 
 def test_cross_position_folds_measure_positions_no_model_saw(tree):
-    deal = {"validation": ["01_200908000000_000000_000_crop"], "label": [],
-            "test": sorted(key[0] for key in position_files(tree))[1:]}  # 4 test positions
+    deal = {
+        "validation": ["01_200908000000_000000_000_crop"],
+        "label": [],
+        "test": sorted(key[0] for key in position_files(tree))[1:],
+    }  # 4 test positions
     files = {key[0]: set(v) for key, v in position_files(tree).items()}
     measured_all = []
     for fold in range(2):
@@ -185,7 +213,8 @@ def test_cross_position_folds_measure_positions_no_model_saw(tree):
         assert not set(split["train"]) & inside and not set(split["train"]) & files[deal["validation"][0]]
         others = set().union(*(files[n] for n in deal["test"] if n not in measured))
         assert set(split["train"]) == {f for f in others if f not in split["test_defect"]} - {
-            f for f in others if (tree / "label" / f"{Path(f).stem}.json").exists()}
+            f for f in others if (tree / "label" / f"{Path(f).stem}.json").exists()
+        }
     assert sorted(measured_all) == deal["test"]  # every test position measured once
     with pytest.raises(ValueError, match="fold"):
         cross_position_split(tree, deal, 2, k=2)

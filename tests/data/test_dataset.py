@@ -33,7 +33,10 @@ def test_pair_masks_uses_exact_stems(tmp_path):
     masks = [tmp_path / "m" / f"{n}_mask.png" for n in ("num_100", "num_10", "num_1")]
     pairs = pair_masks(images, masks, ("_mask",))
     assert {image.stem: mask.stem for image, mask in pairs.items()} == {
-        "num_1": "num_1_mask", "num_10": "num_10_mask", "num_100": "num_100_mask"}
+        "num_1": "num_1_mask",
+        "num_10": "num_10_mask",
+        "num_100": "num_100_mask",
+    }
 
 
 def test_pair_masks_refuses_missing_orphan_and_ambiguous(tmp_path):
@@ -52,8 +55,11 @@ def _records(tmp_path, write_image, write_mask):
     masked = write_image(tmp_path / "b_masked.png", size=(40, 30), seed=2)
     mask = write_mask(tmp_path / "masks" / "b_masked.png", box=(4, 5, 14, 10), size=(40, 30))
     drawn = write_image(tmp_path / "a_drawn.jpg", size=(40, 30), seed=3)
-    return [Record(normal, 0), Record(masked, 1, mask_path=mask),
-            Record(drawn, 1, polygons=(((0, 0), (9, 0), (9, 9), (0, 9)),))]
+    return [
+        Record(normal, 0),
+        Record(masked, 1, mask_path=mask),
+        Record(drawn, 1, polygons=(((0, 0), (9, 0), (9, 9), (0, 9)),)),
+    ]
 
 
 def test_samples_at_native_size(tmp_path, write_image, write_mask):

@@ -21,8 +21,14 @@ def _tree(tmp_path: Path, write_image, write_mask) -> DataConfig:
     write_image(tmp_path / "test_bad" / "num_100.png", seed=21)
     write_mask(tmp_path / "masks" / "num_1.png", box=BOXES["num_1"])
     write_mask(tmp_path / "masks" / "num_100_mask.png", box=BOXES["num_100"])
-    return DataConfig(format="folder", root=str(tmp_path / "good"), test_normal_dir=str(tmp_path / "test_ok"),
-                      test_defect_dir=str(tmp_path / "test_bad"), mask_dir=str(tmp_path / "masks"), image_size=32)
+    return DataConfig(
+        format="folder",
+        root=str(tmp_path / "good"),
+        test_normal_dir=str(tmp_path / "test_ok"),
+        test_defect_dir=str(tmp_path / "test_bad"),
+        mask_dir=str(tmp_path / "masks"),
+        image_size=32,
+    )
 
 
 def test_train_is_the_root_folder(tmp_path, write_image, write_mask):
@@ -100,8 +106,9 @@ def test_fewer_training_images_are_a_seeded_nested_subset(tmp_path):
         Image.fromarray(np.full((40, 40, 3), 20 * i, np.uint8)).save(good / f"{i:02d}.png")
 
     def names(n, seed=0):
-        cfg = load_config(None, ["data.format=folder", f"data.root={good}", f"data.train_images={n}",
-                                 f"data.split_seed={seed}"])
+        cfg = load_config(
+            None, ["data.format=folder", f"data.root={good}", f"data.train_images={n}", f"data.split_seed={seed}"]
+        )
         return [r.path.name for r in build_dataset(cfg.data, "train", 0).records]
 
     assert len(names(4)) == 4 and names(4) == names(4)

@@ -135,8 +135,20 @@ def _bad_tree(tmp_path: Path, kind: str) -> Path:
     raise AssertionError(kind)
 
 
-BAD = ["no mask", "mask without photo", "labelme without photo", "size", "empty", "empty labelme", "three values",
-       "two values without 0", "unreadable photo", "unreadable mask", "other label", "broken labelme"]
+BAD = [
+    "no mask",
+    "mask without photo",
+    "labelme without photo",
+    "size",
+    "empty",
+    "empty labelme",
+    "three values",
+    "two values without 0",
+    "unreadable photo",
+    "unreadable mask",
+    "other label",
+    "broken labelme",
+]
 
 
 @pytest.mark.parametrize("kind", BAD)

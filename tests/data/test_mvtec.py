@@ -12,8 +12,15 @@ from pitscope.data.types import DatasetLayoutError
 BOXES = {"num_1": (0, 0, 4, 4), "num_10": (8, 8, 20, 12), "num_100": (10, 2, 30, 30)}
 
 
-def _category(root: Path, name: str, write_image, write_mask, suffix: str = ".png", mode: str = "RGB",
-              size: tuple[int, int] = (48, 40)) -> Path:
+def _category(
+    root: Path,
+    name: str,
+    write_image,
+    write_mask,
+    suffix: str = ".png",
+    mode: str = "RGB",
+    size: tuple[int, int] = (48, 40),
+) -> Path:
     """<root>/<name> with 3 train images, 2 good test images and the BOXES images as 'crack'."""
     category = root / name
     for i in range(3):

@@ -163,9 +163,11 @@ def test_other_defect_kinds_change_only_their_mask(kind):
 
 
 def test_defect_kinds_are_drawn_in_turn_and_named_in_the_paths():
-    cfg = DataConfig(format="synthetic", image_size=64,
-                     synthetic=SyntheticConfig(n_train=2, n_test_normal=1, n_test_defect=3,
-                                               defects=["pit", "scratch", "stain"]))
+    cfg = DataConfig(
+        format="synthetic",
+        image_size=64,
+        synthetic=SyntheticConfig(n_train=2, n_test_normal=1, n_test_defect=3, defects=["pit", "scratch", "stain"]),
+    )
     test = load_synthetic(cfg, "test", seed=0)
     assert [p.split("/")[-2] for p in test.paths] == ["normal", "pitting", "scratch", "stain"]
     assert all(test[i].mask.any() for i in range(1, 4))

@@ -12,8 +12,11 @@ from pitscope.data.synthetic import render_surface
 from pitscope.history.names import BSDATA_PART, BSDATA_TIME
 from pitscope.history.store import HistoryStore
 
-NAMES = ["01_200828110014_277500_315_crop_2.png", "01_200828150014_277500_315_crop_2.png",
-         "01_200828110055_305000_090_crop_2.png"]
+NAMES = [
+    "01_200828110014_277500_315_crop_2.png",
+    "01_200828150014_277500_315_crop_2.png",
+    "01_200828110055_305000_090_crop_2.png",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +35,24 @@ def photos(tmp_path):
 
 def test_predict_records_every_photo_with_part_and_capture_time_from_its_name(model, photos, tmp_path, capsys):
     db = tmp_path / "h.sqlite"
-    status = main(["predict", str(model), str(photos), "--out", str(tmp_path / "out"), "--quiet", "--db", str(db),
-                   "--part-from", BSDATA_PART, "--time-from", BSDATA_TIME, "--store-images", "path"])
+    status = main(
+        [
+            "predict",
+            str(model),
+            str(photos),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+            "--db",
+            str(db),
+            "--part-from",
+            BSDATA_PART,
+            "--time-from",
+            BSDATA_TIME,
+            "--store-images",
+            "path",
+        ]
+    )
     assert status in (0, 1)
     assert "3 of 3 inspections recorded" in capsys.readouterr().out
     rows = HistoryStore(db).inspections(newest_first=False)
@@ -51,8 +70,10 @@ def test_calibrate_write_with_db_is_a_new_threshold_version_used_by_later_runs(m
     model_copy = tmp_path / "model.pt"
     model_copy.write_bytes(model.read_bytes())
     db = tmp_path / "h.sqlite"
-    assert main(["calibrate", str(model_copy), str(photos), "--write", "--db", str(db), "--quantile", "0.5",
-                 "--quiet"]) == 0
+    assert (
+        main(["calibrate", str(model_copy), str(photos), "--write", "--db", str(db), "--quantile", "0.5", "--quiet"])
+        == 0
+    )
     store = HistoryStore(db)
     (mid,) = {e["model_id"] for e in store.events()}
     versions = store.thresholds(mid)
@@ -67,8 +88,22 @@ def test_calibrate_write_with_db_is_a_new_threshold_version_used_by_later_runs(m
 
 def test_history_lists_exports_and_prunes(model, photos, tmp_path, capsys):
     db = tmp_path / "h.sqlite"
-    main(["predict", str(model), str(photos), "--out", str(tmp_path / "out"), "--quiet", "--db", str(db),
-          "--part-from", BSDATA_PART, "--time-from", BSDATA_TIME])
+    main(
+        [
+            "predict",
+            str(model),
+            str(photos),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+            "--db",
+            str(db),
+            "--part-from",
+            BSDATA_PART,
+            "--time-from",
+            BSDATA_TIME,
+        ]
+    )
     capsys.readouterr()
     assert main(["history", "--db", str(db), "--part", "277500_315"]) == 0
     out = capsys.readouterr().out
@@ -93,9 +128,37 @@ def test_bad_databases_are_one_clear_line(model, photos, tmp_path, capsys):
     assert "not an SQLite database" in capsys.readouterr().err
     assert main(["history", "--db", str(tmp_path / "missing.sqlite")]) == 2
     assert "no such database file" in capsys.readouterr().err
-    assert main(["predict", str(model), str(photos), "--out", str(tmp_path / "o"), "--quiet",
-                 "--db", str(tmp_path / "no-folder" / "h.sqlite")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(model),
+                str(photos),
+                "--out",
+                str(tmp_path / "o"),
+                "--quiet",
+                "--db",
+                str(tmp_path / "no-folder" / "h.sqlite"),
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
-    assert main(["predict", str(model), str(photos), "--out", str(tmp_path / "o"), "--quiet",
-                 "--db", str(tmp_path / "h.sqlite"), "--part-from", "(unclosed"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(model),
+                str(photos),
+                "--out",
+                str(tmp_path / "o"),
+                "--quiet",
+                "--db",
+                str(tmp_path / "h.sqlite"),
+                "--part-from",
+                "(unclosed",
+            ]
+        )
+        == 2
+    )
     assert "--part-from" in capsys.readouterr().err

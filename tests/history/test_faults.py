@@ -23,8 +23,19 @@ def _state() -> dict:
 
 def _record(store: HistoryStore, mid: str, threshold) -> int:
     inspection, _ = store.record_inspection(
-        model=mid, threshold=threshold, source="cli", image_sha256="ab" * 32, width=10, height=10, score=0.5,
-        image_threshold=1.0, is_defective=False, defect_px=0, pixel_threshold=0.5, duration_ms=1.0)
+        model=mid,
+        threshold=threshold,
+        source="cli",
+        image_sha256="ab" * 32,
+        width=10,
+        height=10,
+        score=0.5,
+        image_threshold=1.0,
+        is_defective=False,
+        defect_px=0,
+        pixel_threshold=0.5,
+        duration_ms=1.0,
+    )
     return inspection
 
 
@@ -41,6 +52,7 @@ def _history(path: Path, inspections: int = 1) -> str:
 
 
 # -- refused on opening ----------------------------------------------------------------------
+
 
 def test_a_file_that_is_not_a_database_is_refused(tmp_path):
     path = tmp_path / "notes.sqlite"
@@ -81,8 +93,14 @@ def test_a_folder_is_refused(tmp_path):
         HistoryStore(tmp_path)
 
 
-@pytest.mark.parametrize("spec, message", [("sqlite://", "in-memory"), ("sqlite:///:memory:", "in-memory"),
-                                           ("mysql://user@localhost/history", "SQLite or PostgreSQL")])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("sqlite://", "in-memory"),
+        ("sqlite:///:memory:", "in-memory"),
+        ("mysql://user@localhost/history", "SQLite or PostgreSQL"),
+    ],
+)
 def test_databases_that_keep_no_history_here_are_refused(spec, message):
     with pytest.raises(HistoryError, match=message):
         HistoryStore(spec)
@@ -147,8 +165,14 @@ def _read_bound_by_file_modes(path: Path, mid: str) -> dict:
     report: the open error, or writable, count, the write's outcome and the count after it."""
     as_root = os.geteuid() == 0
     try:
-        done = subprocess.run([sys.executable, "-c", READER, str(path), mid], check=False, capture_output=True,
-                              text=True, timeout=120, preexec_fn=_without_file_mode_override if as_root else None)
+        done = subprocess.run(
+            [sys.executable, "-c", READER, str(path), mid],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=_without_file_mode_override if as_root else None,
+        )
     except subprocess.SubprocessError as exc:
         pytest.skip(f"running as root and cannot give up CAP_DAC_OVERRIDE here: {exc}")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -182,6 +206,7 @@ def test_a_read_only_file_in_a_read_only_folder_opens_for_reading_and_refuses_wr
 
 
 # -- the file changes under an open store ----------------------------------------------------
+
 
 def test_a_database_deleted_while_open_stops_taking_writes(tmp_path):
     path = tmp_path / "h.sqlite"

@@ -32,8 +32,10 @@ def _state(url: str) -> tuple[str | None, set[str]]:
     engine = sa.create_engine(database_url(url))
     try:
         with engine.connect() as connection:
-            return (MigrationContext.configure(connection).get_current_revision(),
-                    set(sa.inspect(connection).get_table_names()))
+            return (
+                MigrationContext.configure(connection).get_current_revision(),
+                set(sa.inspect(connection).get_table_names()),
+            )
     finally:
         engine.dispose()
 
@@ -44,16 +46,43 @@ def _first_schema_with_one_inspection(url: str) -> None:
     engine = sa.create_engine(database_url(url))
     try:
         with engine.begin() as connection:
-            connection.execute(schema.models.insert().values(id=MODEL, name="old", pitscope_version="0.0.9",
-                                                              training={"epochs": 1}, first_seen=AT))
-            threshold = connection.execute(schema.thresholds.insert().values(
-                model_id=MODEL, version=1, image_threshold=1.5, pixel_threshold=0.25, set_by="ops", how="model file",
-                set_at=AT)).inserted_primary_key[0]
-            connection.execute(schema.inspections.insert().values(
-                recorded_at=AT, captured_at=AT - dt.timedelta(hours=1), source="cli", part="p", name="a.jpg",
-                image_sha256="cd" * 32, width=10, height=20, score=2.5, image_threshold=1.5, is_defective=True,
-                defect_px=4, defect_fraction=0.02, pixel_threshold=0.25, model_id=MODEL, threshold_id=threshold,
-                duration_ms=5.0))
+            connection.execute(
+                schema.models.insert().values(
+                    id=MODEL, name="old", pitscope_version="0.0.9", training={"epochs": 1}, first_seen=AT
+                )
+            )
+            threshold = connection.execute(
+                schema.thresholds.insert().values(
+                    model_id=MODEL,
+                    version=1,
+                    image_threshold=1.5,
+                    pixel_threshold=0.25,
+                    set_by="ops",
+                    how="model file",
+                    set_at=AT,
+                )
+            ).inserted_primary_key[0]
+            connection.execute(
+                schema.inspections.insert().values(
+                    recorded_at=AT,
+                    captured_at=AT - dt.timedelta(hours=1),
+                    source="cli",
+                    part="p",
+                    name="a.jpg",
+                    image_sha256="cd" * 32,
+                    width=10,
+                    height=20,
+                    score=2.5,
+                    image_threshold=1.5,
+                    is_defective=True,
+                    defect_px=4,
+                    defect_fraction=0.02,
+                    pixel_threshold=0.25,
+                    model_id=MODEL,
+                    threshold_id=threshold,
+                    duration_ms=5.0,
+                )
+            )
     finally:
         engine.dispose()
     assert _state(url) == ("0001", {"alembic_version", "models", "thresholds", "inspections", "events"})
@@ -72,9 +101,21 @@ def test_a_first_schema_database_is_upgraded_on_opening_and_keeps_its_rows(histo
         assert store.model(MODEL)["training"] == {"epochs": 1}
         # the alerts of 0002 work on the upgraded database, next to the old row
         inspection, raised = store.record_inspection(
-            model=MODEL, threshold=threshold, source="cli", image_sha256="ef" * 32, width=10, height=10, score=3.0,
-            image_threshold=1.5, is_defective=True, defect_px=50, pixel_threshold=0.25, duration_ms=1.0, part="p",
-            rule=AlertRule(area_fraction_above=0.1, growth_per_day_above=None))
+            model=MODEL,
+            threshold=threshold,
+            source="cli",
+            image_sha256="ef" * 32,
+            width=10,
+            height=10,
+            score=3.0,
+            image_threshold=1.5,
+            is_defective=True,
+            defect_px=50,
+            pixel_threshold=0.25,
+            duration_ms=1.0,
+            part="p",
+            rule=AlertRule(area_fraction_above=0.1, growth_per_day_above=None),
+        )
         assert inspection != row["id"] and [a["rule"] for a in raised] == ["area"]
         assert [a["inspection_id"] for a in store.alerts(part="p")] == [inspection]
     finally:
@@ -93,8 +134,9 @@ def test_the_head_migration_builds_exactly_the_schema_module(history_url):
     engine = sa.create_engine(database_url(history_url))
     try:
         with engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True,
-                                                                   "compare_server_default": True})
+            context = MigrationContext.configure(
+                connection, opts={"compare_type": True, "compare_server_default": True}
+            )
             assert compare_metadata(context, schema.metadata) == []
     finally:
         engine.dispose()

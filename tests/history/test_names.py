@@ -26,8 +26,9 @@ BSDATA_NAME = "01_200828110014_277500_315_crop_2.jpg"
 def test_bsdata_names_give_the_part_and_the_capture_time():
     name = f"/data/bsdata/{BSDATA_NAME}"  # only the file name is searched
     assert part_from_name(name, compile_pattern(BSDATA_PART, "--part-from")) == "277500_315"
-    assert time_from_name(name, compile_pattern(BSDATA_TIME, "--time-from")) == dt.datetime(2020, 8, 28, 11, 0, 14,
-                                                                                               tzinfo=UTC)
+    assert time_from_name(name, compile_pattern(BSDATA_TIME, "--time-from")) == dt.datetime(
+        2020, 8, 28, 11, 0, 14, tzinfo=UTC
+    )
 
 
 def test_a_named_group_wins_over_the_first_group_and_no_group_takes_the_whole_match():
@@ -45,14 +46,17 @@ def test_no_pattern_or_no_match_gives_none():
     assert time_from_name("photo.jpg", compile_pattern(BSDATA_TIME, "--time-from")) is None
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("2020-08-28T13:00:14+02:00", dt.datetime(2020, 8, 28, 11, 0, 14, tzinfo=UTC)),
-    ("2020-08-28T06:00:14-05:00", dt.datetime(2020, 8, 28, 11, 0, 14, tzinfo=UTC)),
-    ("2020-08-28T11:00:14Z", dt.datetime(2020, 8, 28, 11, 0, 14, tzinfo=UTC)),
-    ("2020-08-28 11:00:14", dt.datetime(2020, 8, 28, 11, 0, 14, tzinfo=UTC)),  # no zone: UTC
-    ("200828110014", dt.datetime(2020, 8, 28, 11, 0, 14, tzinfo=UTC)),
-    ("20200828110014", dt.datetime(2020, 8, 28, 11, 0, 14, tzinfo=UTC)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2020-08-28T13:00:14+02:00", dt.datetime(2020, 8, 28, 11, 0, 14, tzinfo=UTC)),
+        ("2020-08-28T06:00:14-05:00", dt.datetime(2020, 8, 28, 11, 0, 14, tzinfo=UTC)),
+        ("2020-08-28T11:00:14Z", dt.datetime(2020, 8, 28, 11, 0, 14, tzinfo=UTC)),
+        ("2020-08-28 11:00:14", dt.datetime(2020, 8, 28, 11, 0, 14, tzinfo=UTC)),  # no zone: UTC
+        ("200828110014", dt.datetime(2020, 8, 28, 11, 0, 14, tzinfo=UTC)),
+        ("20200828110014", dt.datetime(2020, 8, 28, 11, 0, 14, tzinfo=UTC)),
+    ],
+)
 def test_times_are_read_in_utc(text, expected):
     value = parse_time(text)
     assert value == expected and value.utcoffset() == dt.timedelta(0)

@@ -38,7 +38,7 @@ def photo(seed: int, square: int = 0) -> bytes:
     detector outlines it as a defect region) when square > 0."""
     image = render_surface(np.random.default_rng(seed), 64, 64).copy()  # (64, 64, 3) uint8
     if square:
-        image[20:20 + square, 20:20 + square] = 0
+        image[20 : 20 + square, 20 : 20 + square] = 0
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, "PNG")
     return buffer.getvalue()
@@ -69,8 +69,11 @@ def seed(url: str) -> list[dict]:
     with httpx.Client(base_url=url, headers={"X-API-Key": KEY}, timeout=30) as client:
         for hour, (part, data) in enumerate(uploads):
             captured = (START + dt.timedelta(hours=hour)).isoformat()
-            response = client.post("/predict", params={"part": part, "captured_at": captured},
-                                   files={"file": (f"{part}-{hour:02d}.png", data, "image/png")})
+            response = client.post(
+                "/predict",
+                params={"part": part, "captured_at": captured},
+                files={"file": (f"{part}-{hour:02d}.png", data, "image/png")},
+            )
             assert response.status_code == 200, response.text
             answers.append(response.json())
     assert all(a["recorded"] for a in answers)
@@ -82,7 +85,10 @@ def read(driver, selector: str, attribute: str | None = None) -> list[str]:
     redraws its tables whole on each refresh, so elements found earlier may be gone."""
     return driver.execute_script(
         "return Array.from(document.querySelectorAll(arguments[0]),"
-        " e => arguments[1] ? e.getAttribute(arguments[1]) : e.textContent)", selector, attribute)
+        " e => arguments[1] ? e.getAttribute(arguments[1]) : e.textContent)",
+        selector,
+        attribute,
+    )
 
 
 def row_ids(driver) -> list[int]:
@@ -91,6 +97,7 @@ def row_ids(driver) -> list[int]:
 
 def click(driver, selector: str) -> None:
     """Click the element `selector` finds, again if a redraw replaced it meanwhile."""
+
     def clicked(d):
         try:
             d.find_element(By.CSS_SELECTOR, selector).click()
@@ -112,8 +119,11 @@ def test_history_table_trend_acknowledge_and_upload_with_a_part(history_service,
     assert answers[3]["defect_px"] > 0 and raised, "the black square should raise an area alert on roll-A"
 
     browser.get(url + "/")
-    key_input = wait_for(browser, lambda d: d.find_element(By.ID, "api-key").is_displayed()
-                         and d.find_element(By.ID, "api-key"), "the API key prompt")
+    key_input = wait_for(
+        browser,
+        lambda d: d.find_element(By.ID, "api-key").is_displayed() and d.find_element(By.ID, "api-key"),
+        "the API key prompt",
+    )
     key_input.send_keys(KEY + Keys.ENTER)
     wait_for(browser, lambda d: d.find_element(By.ID, "service-status").text.startswith("Connected"), "the model")
     badge = browser.find_element(By.ID, "alert-badge")
@@ -166,22 +176,31 @@ def test_history_table_trend_acknowledge_and_upload_with_a_part(history_service,
     browser.find_element(By.ID, "ack-by").send_keys("ana")
     target = int(buttons[0].find_element(By.XPATH, "..").get_attribute("data-id"))
     buttons[0].click()
-    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#trend-alerts button.ack"))
-             == len(unacknowledged) - 1, "the acknowledgement")
+    wait_for(
+        browser,
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#trend-alerts button.ack")) == len(unacknowledged) - 1,
+        "the acknowledgement",
+    )
     acknowledged = {a["id"]: a for a in store.alerts(part="roll-A")}[target]
     assert acknowledged["acknowledged_at"] is not None and acknowledged["acknowledged_by"].endswith("(ana)")
     item = browser.find_element(By.CSS_SELECTOR, f'#trend-alerts li[data-id="{target}"]')
     assert "Acknowledged" in item.text and "(ana)" in item.text
-    wait_for(browser, lambda d: badge.text == open_alert_text(open_alerts - 1) or not badge.is_displayed(),
-             "the badge to count one alert fewer")
+    wait_for(
+        browser,
+        lambda d: badge.text == open_alert_text(open_alerts - 1) or not badge.is_displayed(),
+        "the badge to count one alert fewer",
+    )
 
     # an upload from the page carries the part and source=page, and says what was recorded
     upload = tmp_path / "from_the_page.png"
     upload.write_bytes(photo(99))
     browser.find_element(By.ID, "part-input").send_keys("roll-C")
     browser.find_element(By.ID, "file-input").send_keys(str(upload))
-    line = wait_for(browser, lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, "#results .card .recorded")
-                                         if e.text], "the recorded line")[0]
+    line = wait_for(
+        browser,
+        lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, "#results .card .recorded") if e.text],
+        "the recorded line",
+    )[0]
     match = re.match(r"recorded #(\d+), part roll-C", line.text)
     assert match, line.text
     row = store.inspections(source="page")
@@ -195,8 +214,11 @@ def test_a_service_without_history_says_so_and_shows_nothing_else(model, browser
     url, stop = serve_in_thread(create_app(Detector.load(model)))
     try:
         browser.get(url + "/")
-        wait_for(browser, lambda d: "keeps no history: start it with --db" in d.find_element(By.ID, "history-status").text,
-                 "the no-history message")
+        wait_for(
+            browser,
+            lambda d: "keeps no history: start it with --db" in d.find_element(By.ID, "history-status").text,
+            "the no-history message",
+        )
         for element in ("history-toggle", "history-body", "alert-badge", "part-row"):
             assert not browser.find_element(By.ID, element).is_displayed(), element
         assert page_errors(browser) == []

@@ -41,8 +41,14 @@ def service(fitted, url, rule=AlertRule(), webhook=None, **kwargs):
     detector, model = fitted
     detector = type(detector).load(model)  # each app its own copy: PUT /threshold changes it
     recorder = Recorder(HistoryStore(url), detector, "tiny", rule=rule, webhook=webhook)
-    app = create_app(detector, api_key=KEY, recorder=recorder, part_from=compile_pattern(BSDATA_PART, "p"),
-                     time_from=compile_pattern(BSDATA_TIME, "t"), **kwargs)
+    app = create_app(
+        detector,
+        api_key=KEY,
+        recorder=recorder,
+        part_from=compile_pattern(BSDATA_PART, "p"),
+        time_from=compile_pattern(BSDATA_TIME, "t"),
+        **kwargs,
+    )
     return TestClient(app, headers={"X-API-Key": KEY}), recorder
 
 
@@ -73,8 +79,11 @@ def test_part_and_time_from_query_then_form_then_file_name(fitted, tmp_path):
     client, recorder = service(fitted, tmp_path / "h.sqlite")
     with client:
         post(client, png(0), name=BSDATA_NAME)
-        client.post("/predict", files={"file": (BSDATA_NAME, png(1), "image/png")},
-                    data={"part": "from-form", "captured_at": "2021-01-02T03:04:05+01:00"})
+        client.post(
+            "/predict",
+            files={"file": (BSDATA_NAME, png(1), "image/png")},
+            data={"part": "from-form", "captured_at": "2021-01-02T03:04:05+01:00"},
+        )
         post(client, png(2), name=BSDATA_NAME, part="from-query", source="page")
         assert post(client, png(3), captured_at="yesterday").status_code == 422
     first, second, third = recorder.store.inspections(newest_first=False)
@@ -128,8 +137,11 @@ def test_readers_page_filter_and_trend(fitted, history_url):
     assert page["total"] == 3 and len(page["items"]) == 2 and len(rest["items"]) == 1
     assert [r["id"] for r in page["items"]] == [5, 3]  # newest recorded first
     assert since["total"] == 2  # captured 13:00 and 14:00
-    assert [p["time"][:19] for p in trend["points"]] == ["2020-08-28T10:00:00", "2020-08-28T12:00:00",
-                                                         "2020-08-28T14:00:00"]
+    assert [p["time"][:19] for p in trend["points"]] == [
+        "2020-08-28T10:00:00",
+        "2020-08-28T12:00:00",
+        "2020-08-28T14:00:00",
+    ]
     assert [(p["part"], p["inspections"]) for p in parts] == [("p1", 3), ("p2", 2)]
 
 

@@ -25,9 +25,20 @@ def _state(w: float = 1.0, **extra) -> dict:
 
 def _record(store: HistoryStore, mid: str, tv: ThresholdVersion, **overrides) -> tuple[int, list[dict]]:
     """record_inspection with plain defaults (a 100 x 100 good photo from the CLI), overridden by keyword."""
-    values = dict(model=mid, threshold=tv, source="cli", image_sha256="ab" * 32, width=100, height=100, score=0.25,
-                  image_threshold=tv.image_threshold, is_defective=False, defect_px=0,
-                  pixel_threshold=tv.pixel_threshold, duration_ms=12.5)
+    values = dict(
+        model=mid,
+        threshold=tv,
+        source="cli",
+        image_sha256="ab" * 32,
+        width=100,
+        height=100,
+        score=0.25,
+        image_threshold=tv.image_threshold,
+        is_defective=False,
+        defect_px=0,
+        pixel_threshold=tv.pixel_threshold,
+        duration_ms=12.5,
+    )
     return store.record_inspection(**{**values, **overrides})
 
 
@@ -66,6 +77,7 @@ def model(store) -> tuple[str, ThresholdVersion]:
 
 # -- opening ---------------------------------------------------------------------------------
 
+
 def test_a_fresh_database_is_brought_to_the_head_revision(history_url):
     head, _ = store_module._head_revision()
     store = HistoryStore(history_url)
@@ -84,6 +96,7 @@ def test_a_fresh_database_is_brought_to_the_head_revision(history_url):
 
 
 # -- models and thresholds -------------------------------------------------------------------
+
 
 def test_model_id_ignores_the_threshold_buffers_only():
     base = model_id(_state())
@@ -108,8 +121,13 @@ def test_register_model_is_idempotent_per_model_id(store, clock):
     assert tv == ThresholdVersion(tv.id, mid, 1, 1.0, 0.5, "pitscope", "model file", T0)
     clock.at = T0 + dt.timedelta(hours=1)
     assert store.register_model(_state(), "renamed", 1.0, 0.5) == (mid, tv)
-    assert store.model(mid) == {"id": mid, "name": "tiny", "pitscope_version": store_module.__version__,
-                                "training": {"epochs": 3, "loss": None}, "first_seen": T0}
+    assert store.model(mid) == {
+        "id": mid,
+        "name": "tiny",
+        "pitscope_version": store_module.__version__,
+        "training": {"epochs": 3, "loss": None},
+        "first_seen": T0,
+    }
     assert store.thresholds(mid) == [tv]
     assert [e["kind"] for e in store.events()] == ["model_load", "model_load"]
 
@@ -148,21 +166,53 @@ def test_set_threshold_of_an_unknown_model_records_nothing(store):
 
 # -- inspections -----------------------------------------------------------------------------
 
+
 def test_record_inspection_round_trips_every_column(store, model, clock):
     mid, tv = model
     captured = dt.datetime(2020, 8, 28, 13, 0, 14, 250_000, tzinfo=dt.timezone(dt.timedelta(hours=2)))
-    inspection, alerts = _record(store, mid, tv, source="http", part="277500_315", name="01_x.jpg",
-                                 image_sha256="cd" * 32, image_ref="ab/abcd.png", map_ref="cd/cdef.png", width=40,
-                                 height=25, score=3.75, image_threshold=1.0, is_defective=True, defect_px=37,
-                                 pixel_threshold=0.5, duration_ms=81.25, captured_at=captured)
+    inspection, alerts = _record(
+        store,
+        mid,
+        tv,
+        source="http",
+        part="277500_315",
+        name="01_x.jpg",
+        image_sha256="cd" * 32,
+        image_ref="ab/abcd.png",
+        map_ref="cd/cdef.png",
+        width=40,
+        height=25,
+        score=3.75,
+        image_threshold=1.0,
+        is_defective=True,
+        defect_px=37,
+        pixel_threshold=0.5,
+        duration_ms=81.25,
+        captured_at=captured,
+    )
     assert alerts == []
     (row,) = store.inspections()
     assert row == {
-        "id": inspection, "recorded_at": T0, "captured_at": dt.datetime(2020, 8, 28, 11, 0, 14, 250_000, tzinfo=UTC),
-        "source": "http", "part": "277500_315", "name": "01_x.jpg", "image_sha256": "cd" * 32,
-        "image_ref": "ab/abcd.png", "width": 40, "height": 25, "score": 3.75, "image_threshold": 1.0,
-        "is_defective": True, "defect_px": 37, "defect_fraction": 37 / (40 * 25), "pixel_threshold": 0.5,
-        "map_ref": "cd/cdef.png", "model_id": mid, "threshold_id": tv.id, "duration_ms": 81.25,
+        "id": inspection,
+        "recorded_at": T0,
+        "captured_at": dt.datetime(2020, 8, 28, 11, 0, 14, 250_000, tzinfo=UTC),
+        "source": "http",
+        "part": "277500_315",
+        "name": "01_x.jpg",
+        "image_sha256": "cd" * 32,
+        "image_ref": "ab/abcd.png",
+        "width": 40,
+        "height": 25,
+        "score": 3.75,
+        "image_threshold": 1.0,
+        "is_defective": True,
+        "defect_px": 37,
+        "defect_fraction": 37 / (40 * 25),
+        "pixel_threshold": 0.5,
+        "map_ref": "cd/cdef.png",
+        "model_id": mid,
+        "threshold_id": tv.id,
+        "duration_ms": 81.25,
         "threshold_version": 1,
     }
     assert set(row) == set(schema.inspections.c.keys()) | {"threshold_version"}
@@ -181,8 +231,9 @@ def test_record_inspection_takes_a_naive_capture_time_as_utc_and_leaves_unknowns
     assert newest["is_defective"] is False and newest["defect_fraction"] == 0.0
 
 
-@pytest.mark.parametrize("overrides, message", [({"source": "ftp"}, "source"), ({"width": 0}, "positive"),
-                                                ({"height": -1}, "positive")])
+@pytest.mark.parametrize(
+    "overrides, message", [({"source": "ftp"}, "source"), ({"width": 0}, "positive"), ({"height": -1}, "positive")]
+)
 def test_record_inspection_refuses_bad_values_and_records_nothing(store, model, overrides, message):
     with pytest.raises(ValueError, match=message):
         _record(store, *model, **overrides)
@@ -195,8 +246,10 @@ def four_inspections(store, model, clock) -> dict:
     model B; d: no part, model B."""
     mid_a, tv_a = model
     mid_b, tv_b = store.register_model(_state(w=3.0), "other", 1.0, 0.5)
+
     def day(n):
         return dt.datetime(2024, 1, n, tzinfo=UTC)
+
     ids = {}
     ids["a"], _ = _record(store, mid_a, tv_a, part="p1", captured_at=day(1), source="cli", is_defective=False)
     ids["b"], _ = _record(store, mid_a, tv_a, part="p1", captured_at=day(3), source="http", is_defective=True)
@@ -207,21 +260,24 @@ def four_inspections(store, model, clock) -> dict:
     return {"ids": ids, "a": mid_a, "b": mid_b}
 
 
-@pytest.mark.parametrize("filters, expected", [
-    ({}, "dcba"),
-    ({"part": "p1"}, "ba"),
-    ({"part": "p3"}, ""),
-    ({"since": dt.datetime(2024, 1, 2, tzinfo=UTC)}, "dcb"),  # c: its recorded time, and since is inclusive
-    ({"since": dt.datetime(2024, 1, 2, 2, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))}, "dcb"),
-    ({"since": dt.datetime(2024, 1, 2, 0, 0, 1, tzinfo=UTC)}, "db"),
-    ({"until": dt.datetime(2024, 1, 3, tzinfo=UTC)}, "ca"),  # until is exclusive
-    ({"since": dt.datetime(2024, 1, 1, 12, tzinfo=UTC), "until": dt.datetime(2024, 1, 4, tzinfo=UTC)}, "cb"),
-    ({"decision": "defective"}, "cb"),
-    ({"decision": "good"}, "da"),
-    ({"source": "http"}, "b"),
-    ({"source": "cli"}, "da"),
-    ({"part": "p1", "decision": "good"}, "a"),
-])
+@pytest.mark.parametrize(
+    "filters, expected",
+    [
+        ({}, "dcba"),
+        ({"part": "p1"}, "ba"),
+        ({"part": "p3"}, ""),
+        ({"since": dt.datetime(2024, 1, 2, tzinfo=UTC)}, "dcb"),  # c: its recorded time, and since is inclusive
+        ({"since": dt.datetime(2024, 1, 2, 2, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))}, "dcb"),
+        ({"since": dt.datetime(2024, 1, 2, 0, 0, 1, tzinfo=UTC)}, "db"),
+        ({"until": dt.datetime(2024, 1, 3, tzinfo=UTC)}, "ca"),  # until is exclusive
+        ({"since": dt.datetime(2024, 1, 1, 12, tzinfo=UTC), "until": dt.datetime(2024, 1, 4, tzinfo=UTC)}, "cb"),
+        ({"decision": "defective"}, "cb"),
+        ({"decision": "good"}, "da"),
+        ({"source": "http"}, "b"),
+        ({"source": "cli"}, "da"),
+        ({"part": "p1", "decision": "good"}, "a"),
+    ],
+)
 def test_inspections_and_count_filter(store, four_inspections, filters, expected):
     wanted = [four_inspections["ids"][name] for name in expected]
     assert _ids(store.inspections(**filters)) == wanted
@@ -267,8 +323,10 @@ def test_inspections_report_the_threshold_version_they_were_scored_with(store, m
 
 def test_trend_is_in_capture_order_whatever_the_recording_order(store, model, clock):
     mid, tv = model
+
     def at(days):
         return T0 - dt.timedelta(days=days)
+
     third, _ = _record(store, mid, tv, part="p", captured_at=at(1), defect_px=30)
     first, _ = _record(store, mid, tv, part="p", captured_at=at(3), defect_px=10)
     tie, _ = _record(store, mid, tv, part="p", captured_at=at(1), defect_px=31)  # same time: by id
@@ -283,8 +341,18 @@ def test_trend_is_in_capture_order_whatever_the_recording_order(store, model, cl
     assert all(r["time"].tzinfo is not None and r["time"].utcoffset() == dt.timedelta(0) for r in rows)
     assert rows[-1]["captured_at"] is None and rows[-1]["name"] == "no capture time"
     assert [r["defect_fraction"] for r in rows] == [0.001, 0.002, 0.003, 0.0031, 0.004]
-    assert {"id", "time", "captured_at", "name", "score", "image_threshold", "is_defective", "defect_px",
-            "defect_fraction", "model_id"} <= set(rows[0])
+    assert {
+        "id",
+        "time",
+        "captured_at",
+        "name",
+        "score",
+        "image_threshold",
+        "is_defective",
+        "defect_px",
+        "defect_fraction",
+        "model_id",
+    } <= set(rows[0])
     assert _ids(store.trend("p", since=at(2), until=at(0.5))) == [second, third, tie]
     assert store.trend("nothing") == []
 
@@ -307,14 +375,24 @@ def test_parts_count_inspections_last_time_and_open_alerts(store, model, clock):
 
 # -- alerts ----------------------------------------------------------------------------------
 
+
 def test_the_area_rule_raises_once_clears_and_raises_again(store, model, clock):
     mid, tv = model
+
     def record(px):
         return _record(store, mid, tv, part="p", defect_px=px, rule=AREA)
+
     first, raised = record(200)  # 2 % > 1 %
-    assert raised == [{"id": raised[0]["id"], "part": "p", "rule": "area", "inspection_id": first,
-                       "raised_at": T0.isoformat(timespec="seconds"),
-                       "values": {"defect_fraction": 0.02, "limit": 0.01, "rule": AREA.describe()}}]
+    assert raised == [
+        {
+            "id": raised[0]["id"],
+            "part": "p",
+            "rule": "area",
+            "inspection_id": first,
+            "raised_at": T0.isoformat(timespec="seconds"),
+            "values": {"defect_fraction": 0.02, "limit": 0.01, "rule": AREA.describe()},
+        }
+    ]
     assert record(300)[1] == []  # still open: no second alert
     assert record(100)[1] == []  # exactly at the limit: not above, so it clears
     (alert,) = store.alerts(part="p")
@@ -338,7 +416,10 @@ def test_acknowledging_an_alert_ends_its_suppression(store, model, clock):
     clock.at = T0 + dt.timedelta(minutes=5)
     acknowledged = store.acknowledge(alert["id"], by="alice")
     assert (acknowledged["id"], acknowledged["acknowledged_by"], acknowledged["acknowledged_at"]) == (
-        alert["id"], "alice", clock.at)
+        alert["id"],
+        "alice",
+        clock.at,
+    )
     assert acknowledged["cleared_at"] is None and acknowledged["values"] == alert["values"]
     assert store.alerts(unacknowledged=True) == []
     _, raised = _record(store, mid, tv, part="p", defect_px=500, rule=AREA)
@@ -364,8 +445,10 @@ BOTH = AlertRule(area_fraction_above=0.008, growth_per_day_above=0.001, window_d
 
 def _series(store, mid, tv, rule) -> list[list[dict]]:
     """Record DAYS and PIXELS as inspections of part "p" under `rule`; the alerts each one raised."""
-    return [_record(store, mid, tv, part="p", defect_px=px, captured_at=T0 + dt.timedelta(days=day), rule=rule)[1]
-            for day, px in zip(DAYS, PIXELS)]
+    return [
+        _record(store, mid, tv, part="p", defect_px=px, captured_at=T0 + dt.timedelta(days=day), rule=rule)[1]
+        for day, px in zip(DAYS, PIXELS)
+    ]
 
 
 def test_the_series_is_far_from_the_limits():
@@ -389,8 +472,7 @@ def test_the_live_rule_holds_exactly_where_alert_rule_fires_offline(store, model
     live = {name: [] for name in expected}
     growth = trailing_growth(DAYS, fractions, rule.window_days)
     for k, (day, px) in enumerate(zip(DAYS, PIXELS)):
-        _, raised = _record(store, mid, tv, part="p", defect_px=px, captured_at=T0 + dt.timedelta(days=day),
-                            rule=rule)
+        _, raised = _record(store, mid, tv, part="p", defect_px=px, captured_at=T0 + dt.timedelta(days=day), rule=rule)
         names = [alert["rule"] for alert in raised]
         for name, held in live.items():
             held.append(name in names)
@@ -416,18 +498,29 @@ def test_unacknowledged_growth_alerts_are_raised_where_the_condition_starts(stor
 
 # -- pruning and copies ----------------------------------------------------------------------
 
+
 def test_prune_deletes_old_inspections_their_alert_links_and_unreferenced_copies(history_url, tmp_path, clock):
     store = HistoryStore(history_url, image_store="copy", copies_dir=tmp_path / "copies")
     try:
         mid, tv = store.register_model(_state(), "tiny", 1.0, 0.5)
         only_old, shared, old_map, recent_map = (store.store_image(bytes([n]) * 10) for n in range(4))
         clock.at = T0 - dt.timedelta(days=40)
-        old1, (old_alert,) = _record(store, mid, tv, part="p", defect_px=5000, rule=AREA, image_ref=only_old,
-                                     map_ref=old_map)
+        old1, (old_alert,) = _record(
+            store, mid, tv, part="p", defect_px=5000, rule=AREA, image_ref=only_old, map_ref=old_map
+        )
         old2, _ = _record(store, mid, tv, image_ref=shared)
         clock.at = T0 - dt.timedelta(days=10)
-        _, (recent_alert,) = _record(store, mid, tv, part="q", defect_px=5000, rule=AREA, image_ref=shared,
-                                     map_ref=recent_map, captured_at=T0 - dt.timedelta(days=90))
+        _, (recent_alert,) = _record(
+            store,
+            mid,
+            tv,
+            part="q",
+            defect_px=5000,
+            rule=AREA,
+            image_ref=shared,
+            map_ref=recent_map,
+            captured_at=T0 - dt.timedelta(days=90),
+        )
         recent = store.inspections()[0]["id"]
         clock.at = T0
         result = store.prune(30)

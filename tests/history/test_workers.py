@@ -45,8 +45,26 @@ def start_server(model, db, log):
     sock.close()
     env = {**os.environ, "PITSCOPE_API_KEY": "k"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "pitscope.cli", "serve", str(model), "--db", db, "--workers", "2", "--port", str(port),
-         "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "pitscope.cli",
+            "serve",
+            str(model),
+            "--db",
+            db,
+            "--workers",
+            "2",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -71,8 +89,11 @@ def load(url, photos, answers, errors, stop=None):
                     return
                 when = (start + dt.timedelta(minutes=r)).isoformat()
                 try:
-                    answer = http.post("/predict", params={"part": f"part-{c}", "captured_at": when},
-                                       files={"file": ("p.png", photos[(c + r) % len(photos)], "image/png")})
+                    answer = http.post(
+                        "/predict",
+                        params={"part": f"part-{c}", "captured_at": when},
+                        files={"file": ("p.png", photos[(c + r) % len(photos)], "image/png")},
+                    )
                 except httpx.HTTPError as exc:
                     errors.append(type(exc).__name__)
                     continue
@@ -100,7 +121,9 @@ def test_concurrent_load_on_two_workers_records_exactly_one_row_per_answer(model
             process.wait(timeout=30)
     server_log = log_path.read_text()
     assert errors == [] and len(answers) == CLIENTS * REQUESTS
-    assert all(a["recorded"] for a in answers), [a.get("not_recorded_because") for a in answers if not a["recorded"]][:3]
+    assert all(a["recorded"] for a in answers), [a.get("not_recorded_because") for a in answers if not a["recorded"]][
+        :3
+    ]
     assert "locked" not in server_log
     store = HistoryStore(history_url)
     rows = store.inspections(limit=None)

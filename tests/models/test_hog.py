@@ -12,7 +12,9 @@ TOL = 1e-6  # skimage sums each cell in float32; we reach ~5e-8
 
 
 def skimage_hog(grey: np.ndarray) -> np.ndarray:
-    return hog(grey, orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2), block_norm="L2-Hys", feature_vector=True)
+    return hog(
+        grey, orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2), block_norm="L2-Hys", feature_vector=True
+    )
 
 
 def _windows() -> dict[str, np.ndarray]:

@@ -18,9 +18,7 @@ def test_focal_loss_closed_form():
     target = torch.tensor([[[1.0, 0.0]]])
     p = torch.sigmoid(logits)
     # pixel 1: p_true = 0.5, alpha 0.75; pixel 2: p_true = 1 - sigmoid(2), weight 0.25
-    expected = (
-        0.75 * 0.5**2 * -np.log(0.5) + 0.25 * float(p[0, 0, 1]) ** 2 * -np.log(1 - float(p[0, 0, 1]))
-    ) / 2
+    expected = (0.75 * 0.5**2 * -np.log(0.5) + 0.25 * float(p[0, 0, 1]) ** 2 * -np.log(1 - float(p[0, 0, 1]))) / 2
     assert float(focal_loss(logits, target)) == pytest.approx(expected, rel=1e-6)
     # gamma 0, alpha 0.5 is half the plain BCE
     assert float(focal_loss(logits, target, gamma=0.0, alpha=0.5)) == pytest.approx(
@@ -53,12 +51,19 @@ def test_network_with_segmentation_trains_the_head():
 
 
 def test_segmentation_maps_are_probabilities():
-    cfg = load_config(None, [
-        "data.image_size=64", "data.synthetic.n_train=6", "data.synthetic.n_test_normal=2",
-        "data.synthetic.n_test_defect=2", "model.segment=true", "score.pixel_method=segmentation",
-        "score.map_normalisation=none",
-        "score.batch_size=8",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "data.image_size=64",
+            "data.synthetic.n_train=6",
+            "data.synthetic.n_test_normal=2",
+            "data.synthetic.n_test_defect=2",
+            "model.segment=true",
+            "score.pixel_method=segmentation",
+            "score.map_normalisation=none",
+            "score.batch_size=8",
+        ],
+    )
     torch.manual_seed(0)
     detector = Detector(cfg, n_kinds=2).fit(build_dataset(cfg.data, "train", 0), progress=False)
     assert not detector.pixel_scorer.is_fitted  # no PaDiM work when the head makes the maps

@@ -81,10 +81,17 @@ def test_without_the_option_there_is_no_block():
 
 
 def test_loss_adds_the_weighted_reconstruction_and_trains_the_block(tmp_path):
-    cfg = load_config(None, [
-        "data.image_size=128", "model.target=none", "model.head=multiclass", "augment.kinds=[normal, scar]",
-        "model.sspcab=true", "model.sspcab_weight=0.25",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "data.image_size=128",
+            "model.target=none",
+            "model.head=multiclass",
+            "augment.kinds=[normal, scar]",
+            "model.sspcab=true",
+            "model.sspcab_weight=0.25",
+        ],
+    )
     torch.manual_seed(0)
     net = DoubleSelfSupervisedNet(cfg.model, n_kinds=2).train()
     # 128 px: a 4 x 4 layer4, where the block's taps two positions away land inside the map

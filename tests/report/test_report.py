@@ -159,8 +159,21 @@ def test_html_numbers_equal_the_json(run):
     _, _, _, text, record = run
     cells = Page(text).cells
     keys = {key for key, _, _ in cells}
-    assert set(METRIC_NAMES) | {"threshold", "pixel_threshold", "images", "normal", "defective",
-                                "true_positives", "false_positives", "image_auroc_low", "image_auroc_high"} <= keys
+    assert (
+        set(METRIC_NAMES)
+        | {
+            "threshold",
+            "pixel_threshold",
+            "images",
+            "normal",
+            "defective",
+            "true_positives",
+            "false_positives",
+            "image_auroc_low",
+            "image_auroc_high",
+        }
+        <= keys
+    )
     interval = record["image_auroc_interval"]
     assert interval["low"] <= record["metrics"]["image_auroc"] <= interval["high"]
     for key, value, shown_text in cells:
@@ -192,8 +205,9 @@ def test_json_numbers_equal_evaluate_on_the_same_data(run):
 def test_report_needs_no_network(run):
     _, _, _, text, _ = run
     page = Page(text)
-    assert page.img_src and all(src.startswith(("data:image/png;base64,", "data:image/jpeg;base64,"))
-                                for src in page.img_src)
+    assert page.img_src and all(
+        src.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for src in page.img_src
+    )
     assert all(href.startswith("#") for href in page.hrefs)
     assert not {"script", "link", "iframe", "object", "embed"} & page.tags
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)
@@ -277,7 +291,9 @@ def test_two_categories_give_the_per_category_table_with_mean_rows(run, tmp_path
     screw, screw_split = fit_detector(1)
     path = build_category_report(
         [CategoryRun("carpet", carpet, carpet_split), CategoryRun("screw", screw, screw_split)],
-        tmp_path, progress=False, gallery_size=1,
+        tmp_path,
+        progress=False,
+        gallery_size=1,
     )
     text, record = path.read_text(), json.loads((tmp_path / "report.json").read_text())
     page = Page(text)
@@ -293,7 +309,7 @@ def test_two_categories_give_the_per_category_table_with_mean_rows(run, tmp_path
     for metric in METRIC_NAMES:
         assert record["means"]["all"][metric] == pytest.approx(np.mean([m[metric] for m in both]), rel=1e-12)
         assert record["means"]["textures"][metric] == both[0][metric]
-    table = text[text.index('id="categories"'): text.index("</table>", text.index('id="categories"'))]
+    table = text[text.index('id="categories"') : text.index("</table>", text.index('id="categories"'))]
     for row in Page(table).cells:
         if row[0] in METRIC_NAMES:
             assert shown(row[0], json.loads(row[1])) == row[2]
@@ -332,9 +348,20 @@ def test_cli_report_writes_beside_the_model_and_takes_several_models(run, tmp_pa
     assert (first / "report" / "report.html").is_file()  # default: beside the model
     assert "report written to" in capsys.readouterr().out
 
-    args = parser.parse_args(["report", str(first / "model.pt"), str(second / "model.pt"), "--quiet",
-                              "--gallery-size", "0", "--set", "data.synthetic.n_test_normal=3",
-                              "--out", str(tmp_path / "both")])
+    args = parser.parse_args(
+        [
+            "report",
+            str(first / "model.pt"),
+            str(second / "model.pt"),
+            "--quiet",
+            "--gallery-size",
+            "0",
+            "--set",
+            "data.synthetic.n_test_normal=3",
+            "--out",
+            str(tmp_path / "both"),
+        ]
+    )
     assert args.func(args) == 0
     record = json.loads((tmp_path / "both" / "report.json").read_text())
     assert set(record["categories"]) == {"first_run", "second_run"}

@@ -88,7 +88,9 @@ def test_the_answer_lists_each_region_with_its_box(fitted, monkeypatch):
     amap[30:32, 60:61] = 10.0  # 2 px: under a min_region_fraction of 10 / 3840
     fake = Prediction(9.0, amap, True, 1.0, 1.0, 10 / (48 * 80), "all")
     monkeypatch.setattr(detector, "predict", lambda *a, **k: fake)
-    body = TestClient(create_app(detector)).post("/predict", files={"file": ("p.png", encode(image), "image/png")}).json()
+    body = (
+        TestClient(create_app(detector)).post("/predict", files={"file": ("p.png", encode(image), "image/png")}).json()
+    )
     assert body["region_count"] == 1 and body["defect_px"] == 40
     assert body["regions"] == [{"area_px": 40, "fraction": 40 / 3840, "box": [10, 5, 20, 9], "peak": 10.0}]
 
@@ -246,10 +248,18 @@ def call_asgi(app, headers: dict[str, str], chunks: list[bytes]) -> tuple[int, i
         sent.append(message)
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": "/predict", "raw_path": b"/predict", "root_path": "", "query_string": b"",
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/predict",
+        "raw_path": b"/predict",
+        "root_path": "",
+        "query_string": b"",
         "headers": [(k.lower().encode(), v.encode()) for k, v in {"host": "test", **headers}.items()],
-        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
     }
     asyncio.run(app(scope, receive, send))
     return sent[0]["status"], read
@@ -387,8 +397,13 @@ def test_the_model_panel_shows_the_evaluation_stored_beside_the_model(fitted, tm
     with TestClient(create_app(detector, model_path=model)) as c:
         assert "metrics" not in c.get("/model").json()  # nothing evaluated yet
     (tmp_path / "eval").mkdir()
-    record = {"metrics": {"image_auroc": 0.97, "pixel_auroc": 0.91}, "counts": {"images": 48}, "threshold": 1.5,
-              "at_threshold": {"true_positive_rate": 0.9, "false_positive_rate": 0.05}, "seconds": 3.0}
+    record = {
+        "metrics": {"image_auroc": 0.97, "pixel_auroc": 0.91},
+        "counts": {"images": 48},
+        "threshold": 1.5,
+        "at_threshold": {"true_positive_rate": 0.9, "false_positive_rate": 0.05},
+        "seconds": 3.0,
+    }
     (tmp_path / "eval" / "metrics.json").write_text(json.dumps(record))
     with TestClient(create_app(detector, model_path=model)) as c:
         shown = c.get("/model").json()["metrics"]

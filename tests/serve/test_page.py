@@ -78,7 +78,7 @@ def test_map_heatmap_and_embed(fitted):
         for name in ("overlay", "heatmap"):
             prefix = "data:image/png;base64,"
             assert body[name].startswith(prefix)
-            pictures[name] = decode_png(base64.b64decode(body[name][len(prefix):]))
+            pictures[name] = decode_png(base64.b64decode(body[name][len(prefix) :]))
         assert np.array_equal(pictures["overlay"], overlay(image, expected.anomaly_map, expected.pixel_threshold))
         assert np.array_equal(pictures["heatmap"], heat)
 

@@ -71,8 +71,9 @@ def test_verdicts_slider_and_plain_error(files, browser):
     url, stop = serve(create_app(detector))  # no API key: saving is switched off
     try:
         browser.get(url + "/")
-        wait_for(browser, lambda d: d.find_element(By.ID, "service-status").text.startswith("Connected"),
-                 "the model to load")
+        wait_for(
+            browser, lambda d: d.find_element(By.ID, "service-status").text.startswith("Connected"), "the model to load"
+        )
         model_panel = browser.find_element(By.ID, "model-info").text
         assert "pitscope-synthetic" in model_panel and "64 × 64" in model_panel
         assert "Saving is switched off" in browser.find_element(By.ID, "save-status").text
@@ -85,8 +86,11 @@ def test_verdicts_slider_and_plain_error(files, browser):
         assert verdict(browser, "pitted_part.png") == "DEFECT"
         assert browser.find_element(By.ID, "summary").text == "2 images: 1 DEFECT, 1 OK."
         region_text = card(browser, "pitted_part.png").find_element(By.CSS_SELECTOR, ".region").text
-        assert re.fullmatch(r"(No defect region predicted|\d+ predicted defect regions?, \d+ px in all \(.*\)).*"
-                            r"× \d+ px photo.*", region_text), region_text
+        assert re.fullmatch(
+            r"(No defect region predicted|\d+ predicted defect regions?, \d+ px in all \(.*\)).*"
+            r"× \d+ px photo.*",
+            region_text,
+        ), region_text
         good = card(browser, "good_part.png")
         image = good.find_element(By.TAG_NAME, "img")
         overlay_src = image.get_attribute("src")
@@ -125,14 +129,20 @@ def test_key_prompt_and_saving_a_threshold(files, browser, tmp_path):
     url, stop = serve(create_app(detector, api_key=KEY, model_path=path))
     try:
         browser.get(url + "/")
-        key_input = wait_for(browser, lambda d: d.find_element(By.ID, "api-key").is_displayed()
-                             and d.find_element(By.ID, "api-key"), "the API key prompt")
+        key_input = wait_for(
+            browser,
+            lambda d: d.find_element(By.ID, "api-key").is_displayed() and d.find_element(By.ID, "api-key"),
+            "the API key prompt",
+        )
         key_input.send_keys("wrong" + Keys.ENTER)
         wait_for(browser, lambda d: "not accepted" in d.find_element(By.ID, "key-reason").text, "the key refusal")
         key_input.clear()
         key_input.send_keys(KEY + Keys.ENTER)
-        wait_for(browser, lambda d: d.find_element(By.ID, "service-status").text.startswith("Connected"),
-                 "the model to load with the key")
+        wait_for(
+            browser,
+            lambda d: d.find_element(By.ID, "service-status").text.startswith("Connected"),
+            "the model to load with the key",
+        )
         browser.find_element(By.ID, "file-input").send_keys(str(files["pitted"]))
         wait_for(browser, lambda d: verdict(d, "pitted_part.png") == "DEFECT", "the verdict")
 

@@ -73,19 +73,40 @@ def make_tree(root: Path) -> Path:
             if pit is not None:
                 x0, y0 = 20, 10
                 image[y0 : y0 + pit[1], x0 : x0 + pit[0]] = 30
-                shape = {"label": "Pitting", "shape_type": "polygon",
-                         "points": [[x0, y0], [x0 + pit[0] - 1, y0], [x0 + pit[0] - 1, y0 + pit[1] - 1],
-                                    [x0, y0 + pit[1] - 1]]}
+                shape = {
+                    "label": "Pitting",
+                    "shape_type": "polygon",
+                    "points": [
+                        [x0, y0],
+                        [x0 + pit[0] - 1, y0],
+                        [x0 + pit[0] - 1, y0 + pit[1] - 1],
+                        [x0, y0 + pit[1] - 1],
+                    ],
+                }
                 (root / "label" / f"{Path(file).stem}.json").write_text(json.dumps({"shapes": [shape]}))
             Image.fromarray(image).save(root / "data" / file)
-            entries.append({"filename": file, "train_test_split": None, "type": 2, "wear_dev": names,
-                            "annotations": f"{Path(file).stem}.json"})
+            entries.append(
+                {
+                    "filename": file,
+                    "train_test_split": None,
+                    "type": 2,
+                    "wear_dev": names,
+                    "annotations": f"{Path(file).stem}.json",
+                }
+            )
     kgt = rng.integers(100, 150, size=(40, 80, 3), dtype=np.uint8)  # a type-1 photograph in no sequence
     Image.fromarray(kgt).save(root / "data" / "KGT1-S-060-A02_crop_0.jpg")
     shape = {"label": "Pitting", "shape_type": "polygon", "points": [[1, 1], [5, 1], [5, 5]]}
     (root / "label" / "KGT1-S-060-A02_crop_0.json").write_text(json.dumps({"shapes": [shape]}))
-    entries.append({"filename": "KGT1-S-060-A02_crop_0.jpg", "train_test_split": "train", "type": 1,
-                    "wear_dev": [], "annotations": "KGT1-S-060-A02_crop_0.json"})
+    entries.append(
+        {
+            "filename": "KGT1-S-060-A02_crop_0.jpg",
+            "train_test_split": "train",
+            "type": 1,
+            "wear_dev": [],
+            "annotations": "KGT1-S-060-A02_crop_0.json",
+        }
+    )
     order = np.random.default_rng(1).permutation(len(entries))
     (root / "image_data.json").write_text(json.dumps({"images": [entries[i] for i in order]}))
     return root
@@ -106,8 +127,13 @@ def fold_models(tree, tmp_path_factory, fit_tiny_detector):
     for f, held_out in enumerate(folds):
         split = fold_split(tree, sequences, held_out)
         split_file = write_split(split, out / f"fold{f}" / "split.json")
-        _, path, _ = fit_tiny_detector(out / f"fold{f}", "data.format=bsdata", f"data.root={tree}",
-                                       f"data.split_file={split_file}", f"data.n_train_normal={len(split['train'])}")
+        _, path, _ = fit_tiny_detector(
+            out / f"fold{f}",
+            "data.format=bsdata",
+            f"data.root={tree}",
+            f"data.split_file={split_file}",
+            f"data.n_train_normal={len(split['train'])}",
+        )
         models.append(path)
     return folds, models
 
@@ -198,9 +224,11 @@ def test_growth_of_a_linear_series():
 def _curve(days, predicted, truth, scores=None, threshold=1.0) -> WearCurve:
     scores = scores if scores is not None else [0.0] * len(days)
     points = tuple(
-        AreaPoint(f"{i}.jpg", datetime(2020, 9, 1), d, 100, 10, round(p * 1000), round(t * 1000), s, threshold,
-                  s > threshold)
-        for i, (d, p, t, s) in enumerate(zip(days, predicted, truth, scores)))
+        AreaPoint(
+            f"{i}.jpg", datetime(2020, 9, 1), d, 100, 10, round(p * 1000), round(t * 1000), s, threshold, s > threshold
+        )
+        for i, (d, p, t, s) in enumerate(zip(days, predicted, truth, scores))
+    )
     return WearCurve("seq", ("seq",), points, "m/model.pt", 0, 1.0)
 
 
@@ -331,8 +359,9 @@ def test_wear_cli_measures_each_sequence_with_the_model_of_its_fold(tree, fold_m
 def test_wear_cli_leaves_out_sequences_a_model_trained_on(tree, tmp_path, fit_tiny_detector, capsys):
     split = {"seed": 0, "train": [_file(p, 0) for p in PITS], "test_normal": [], "test_defect": []}
     split_file = write_split(split, tmp_path / "split.json")
-    _, model, _ = fit_tiny_detector(tmp_path, "data.format=bsdata", f"data.root={tree}",
-                                    f"data.split_file={split_file}", "data.n_train_normal=3")
+    _, model, _ = fit_tiny_detector(
+        tmp_path, "data.format=bsdata", f"data.root={tree}", f"data.split_file={split_file}", "data.n_train_normal=3"
+    )
     args = ["wear", str(model), "--root", str(tree), "--quiet"]
     assert main([*args, "--out", str(tmp_path / "honest")]) == 2
     assert "can be measured honestly" in capsys.readouterr().err
@@ -381,8 +410,12 @@ def test_wear_from_a_history_replayed_over_http_equals_the_offline_curves(tree, 
     names = {}
     for fold, model in zip(folds, models):
         detector = Detector.load(model)
-        app = create_app(detector, recorder=Recorder(HistoryStore(db), detector, "fold"),
-                         part_from=compile_pattern(BSDATA_PART, "p"), time_from=compile_pattern(BSDATA_TIME, "t"))
+        app = create_app(
+            detector,
+            recorder=Recorder(HistoryStore(db), detector, "fold"),
+            part_from=compile_pattern(BSDATA_PART, "p"),
+            time_from=compile_pattern(BSDATA_TIME, "t"),
+        )
         with TestClient(app) as client:
             for sequence in fold:
                 position = sequence.split("_", 2)[2].removesuffix("_crop")
@@ -402,7 +435,15 @@ def test_wear_from_a_history_replayed_over_http_equals_the_offline_curves(tree, 
         assert mine_curve == their_curve  # days, predicted and true fractions, alerts: exactly
         mine = next(s for s in live["sequences"] if s["sequence"] == position)
         theirs = next(s for s in offline["sequences"] if s["sequence"] == sequence)
-        for key in ("images", "first_flagged_days", "first_true_days", "spearman", "mae", "growth_predicted_per_day",
-                    "growth_true_per_day", "alert"):
+        for key in (
+            "images",
+            "first_flagged_days",
+            "first_true_days",
+            "spearman",
+            "mae",
+            "growth_predicted_per_day",
+            "growth_true_per_day",
+            "alert",
+        ):
             assert mine[key] == theirs[key], key
     assert main(["wear", "--db", str(db), "--part", "nope", "--out", str(out)]) == 2

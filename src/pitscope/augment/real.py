@@ -31,7 +31,9 @@ def _scaled(cutout: Cutout, factor: float) -> tuple[np.ndarray, np.ndarray]:
     if size == (w, h):
         return cutout.image, cutout.mask
     image = np.asarray(Image.fromarray(cutout.image).resize(size, Image.Resampling.BILINEAR))
-    weights = np.asarray(Image.fromarray(cutout.mask.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
+    weights = np.asarray(
+        Image.fromarray(cutout.mask.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)
+    )
     keep = weights >= 0.5
     if not keep.any():
         keep = weights == weights.max()

@@ -15,7 +15,9 @@ def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        models = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
         cpu = models[0] if models else cpu
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
@@ -39,8 +41,11 @@ def commit(here: Path | None = None) -> str:
     here = Path(__file__).resolve().parent if here is None else here
     try:
         head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=all", "--",
-                                *CODE_PATHS], capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS],
+            capture_output=True,
+            text=True,
+        )
     except OSError:
         return "unknown"
     if head.returncode != 0:

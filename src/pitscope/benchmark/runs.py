@@ -68,8 +68,11 @@ def common_overrides(options: BenchmarkOptions) -> list[str]:
     if options.image_size is not None:
         size = options.image_size
         # CutPaste's crops keep their share of the image: 64 px every 16 px at 256 px
-        common += [f"data.image_size={size}", f"score.patch_size={max(32, size // 4)}",
-                   f"score.patch_stride={max(4, size // 16)}"]
+        common += [
+            f"data.image_size={size}",
+            f"score.patch_size={max(32, size // 4)}",
+            f"score.patch_stride={max(4, size // 16)}",
+        ]
     if options.budget is not None:
         common += [f"train.budget_minutes={options.budget}", f"train.epochs={PAPER_EPOCHS}"]
     return common + list(options.overrides)
@@ -142,8 +145,13 @@ def _train_detector(cfg: Config, train_set, progress: bool) -> tuple:
     result = train(cfg, train_set, resume=resume, progress=progress, echo=lambda line: log.info("  %s", line))
     t1 = time.perf_counter()
     detector = Detector(cfg, result.n_kinds, net=result.model).fit(train_set, progress=progress)
-    training = {"epochs": result.epochs_done, "steps": result.steps, "minutes": round(result.elapsed_s / 60, 2),
-                "stopped_by_budget": result.stopped_by_budget, "resumed": resume}
+    training = {
+        "epochs": result.epochs_done,
+        "steps": result.steps,
+        "minutes": round(result.elapsed_s / 60, 2),
+        "stopped_by_budget": result.stopped_by_budget,
+        "resumed": resume,
+    }
     detector.metadata["training"] = {"images": len(train_set), **training}
     detector.save(Path(cfg.output_dir) / "model.pt")
     return detector, training, {"train": (t1 - t0) / 60, "fit": (time.perf_counter() - t1) / 60}
@@ -292,14 +300,28 @@ def run_suite(options: BenchmarkOptions) -> dict:
                     log.warning("%s: failed: %s", what, exc)
                     continue
                 m = runs[-1]["metrics"]
-                log.info("%s: image %s, pixel %s, AUPRO %s (%.1f min)", what, m["image_auroc"], m["pixel_auroc"],
-                         m["aupro"], runs[-1]["minutes"]["wall"])
+                log.info(
+                    "%s: image %s, pixel %s, AUPRO %s (%.1f min)",
+                    what,
+                    m["image_auroc"],
+                    m["pixel_auroc"],
+                    m["aupro"],
+                    runs[-1]["minutes"]["wall"],
+                )
             paper = PAPER.get(options.suite, {}).get(name) if category is None else paper_mvtec(name, category)
-            rows.append({
-                "variant": name, "label": variant.label, "category": category, "overrides": list(variant.overrides),
-                "peer": variant.peer, "paper": None if paper is None else {"image_auroc": paper[0], "pixel_auroc": paper[1]},
-                "summary": summarise(runs) if runs else None, "runs": runs, "failed": failed,
-            })
+            rows.append(
+                {
+                    "variant": name,
+                    "label": variant.label,
+                    "category": category,
+                    "overrides": list(variant.overrides),
+                    "peer": variant.peer,
+                    "paper": None if paper is None else {"image_auroc": paper[0], "pixel_auroc": paper[1]},
+                    "summary": summarise(runs) if runs else None,
+                    "runs": runs,
+                    "failed": failed,
+                }
+            )
     shared = load_config(options.preset, common_overrides(options))
     record = {
         "suite": options.suite,

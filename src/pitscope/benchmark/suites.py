@@ -18,29 +18,93 @@ PAPER: dict[str, dict[str, tuple[float, float]]] = {
     "table7": {"hog_only": (95.16, 93.75), "classify_only": (96.08, 94.02), "ours": (97.42, 94.57)},
     # Table 8: pseudo-defect kinds ("Noise + Scar patch" is the full model).
     "table8": {
-        "scar": (95.49, 94.23), "normal": (95.43, 93.89), "scar_normal": (96.04, 94.53),
-        "noise": (97.19, 93.85), "ours": (97.42, 94.57),
+        "scar": (95.49, 94.23),
+        "normal": (95.43, 93.89),
+        "scar_normal": (96.04, 94.53),
+        "noise": (97.19, 93.85),
+        "ours": (97.42, 94.57),
     },
     # Table 9: feature mask of the masked task ("No", "Dropout" p = 0.5, "Mask" 50%, "MSCM").
     "table9": {
-        "mask_none": (96.75, 93.05), "mask_dropout": (96.45, 92.86), "mask_rectangle": (96.84, 93.24),
+        "mask_none": (96.75, 93.05),
+        "mask_dropout": (96.45, 92.86),
+        "mask_rectangle": (96.84, 93.24),
         "ours": (97.42, 94.57),
     },
 }
 
-MVTEC_OBJECTS = ("bottle", "cable", "capsule", "hazelnut", "metal_nut", "pill", "screw", "toothbrush", "transistor", "zipper")
+MVTEC_OBJECTS = (
+    "bottle",
+    "cable",
+    "capsule",
+    "hazelnut",
+    "metal_nut",
+    "pill",
+    "screw",
+    "toothbrush",
+    "transistor",
+    "zipper",
+)
 MVTEC_TEXTURES = ("carpet", "grid", "leather", "tile", "wood")
 # MVTec AD per category, in the order MVTEC_OBJECTS + MVTEC_TEXTURES, from the same paper: table 4
 # (image AUROC: "ours", CutPaste [9], SSPCAB [7]) and table 5 (pixel AUROC: "Ours", CutPaste [9],
 # PaDiM [42] with ResNet-18).
 _TABLE4 = {
     "ours": (100.00, 95.60, 85.84, 99.64, 96.48, 95.23, 81.88, 99.72, 96.71, 98.90, 97.19, 98.07, 100.00, 99.86, 99.03),
-    "cutpaste": (98.30, 80.60, 96.20, 97.30, 99.30, 92.40, 86.30, 98.30, 95.50, 99.40, 93.10, 99.90, 100.00, 93.40, 98.60),
-    "sspcab": (98.60, 82.90, 98.10, 98.30, 99.60, 95.30, 90.80, 98.80, 96.50, 99.10, 90.70, 99.90, 100.00, 94.00, 99.20),
+    "cutpaste": (
+        98.30,
+        80.60,
+        96.20,
+        97.30,
+        99.30,
+        92.40,
+        86.30,
+        98.30,
+        95.50,
+        99.40,
+        93.10,
+        99.90,
+        100.00,
+        93.40,
+        98.60,
+    ),
+    "sspcab": (
+        98.60,
+        82.90,
+        98.10,
+        98.30,
+        99.60,
+        95.30,
+        90.80,
+        98.80,
+        96.50,
+        99.10,
+        90.70,
+        99.90,
+        100.00,
+        94.00,
+        99.20,
+    ),
 }
 _TABLE5 = {
     "ours": (96.64, 96.83, 97.72, 98.03, 96.48, 97.30, 98.32, 97.45, 97.28, 97.73, 98.79, 96.54, 99.10, 95.54, 95.38),
-    "cutpaste": (97.60, 90.00, 97.40, 97.30, 93.10, 95.70, 96.70, 98.10, 93.00, 99.30, 98.30, 97.50, 99.50, 90.50, 95.50),
+    "cutpaste": (
+        97.60,
+        90.00,
+        97.40,
+        97.30,
+        93.10,
+        95.70,
+        96.70,
+        98.10,
+        93.00,
+        99.30,
+        98.30,
+        97.50,
+        99.50,
+        90.50,
+        95.50,
+    ),
     "padim": (98.10, 95.80, 98.30, 97.70, 96.70, 94.70, 97.40, 98.70, 97.20, 98.20, 98.90, 94.90, 99.10, 91.20, 93.60),
 }
 
@@ -79,8 +143,9 @@ VARIANTS: dict[str, Variant] = {
     "padim": Variant("PaDiM (anomalib), ResNet-18", peer="padim"),
     "patchcore": Variant("PatchCore (anomalib), ResNet-18", peer="patchcore"),
     "hog_only": Variant("HOG target only, no classifier", ("model.classify=false", "score.image_features=layer4")),
-    "rgb_only": Variant("RGB target only, no classifier",
-                        ("model.classify=false", "model.target=rgb", "score.image_features=layer4")),
+    "rgb_only": Variant(
+        "RGB target only, no classifier", ("model.classify=false", "model.target=rgb", "score.image_features=layer4")
+    ),
     "classify_only": Variant("pseudo-defect classifier only, no HOG", ("model.target=none",)),
     "scar": Variant("scar patch", ("augment.kinds=[scar]",)),
     "normal": Variant("normal patch", ("augment.kinds=[normal]",)),

@@ -14,9 +14,19 @@ from pitscope.peers import CORESET_RATIO
 def cmd_benchmark(args: argparse.Namespace) -> int:
     """Run a benchmark suite and write its table (JSON and Markdown) with the paper's numbers beside ours."""
     options = BenchmarkOptions(
-        suite=args.suite, seeds=args.seeds, preset=args.preset, budget=args.budget, image_size=args.image_size,
-        data=args.data, categories=args.categories, overrides=args.overrides, variants=args.variants,
-        coreset_ratio=args.coreset_ratio, collect=args.collect, output=args.output, runs_dir=args.runs_dir,
+        suite=args.suite,
+        seeds=args.seeds,
+        preset=args.preset,
+        budget=args.budget,
+        image_size=args.image_size,
+        data=args.data,
+        categories=args.categories,
+        overrides=args.overrides,
+        variants=args.variants,
+        coreset_ratio=args.coreset_ratio,
+        collect=args.collect,
+        output=args.output,
+        runs_dir=args.runs_dir,
         progress=not args.quiet,
         command=shlex.join(["pitscope", *sys.argv[1:]]),
     )
@@ -31,25 +41,52 @@ def add_parsers(sub) -> None:
     p = sub.add_parser(
         "benchmark",
         help="rerun the paper's comparisons (tables 3-9, MVTec AD) and tabulate them",
-        description=(cmd_benchmark.__doc__ or "") + " Suites: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in SUITES.items()) + ".",
+        description=(cmd_benchmark.__doc__ or "")
+        + " Suites: "
+        + "; ".join(f"{k}: {', '.join(v)}" for k, v in SUITES.items())
+        + ".",
     )
     p.add_argument("--suite", required=True, choices=list(SUITES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="default: 0 1")
-    p.add_argument("--preset", default="cpu", help="config preset every variant starts from (default: cpu; paper: a GPU job)")
-    p.add_argument("--budget", type=float, metavar="MINUTES",
-                   help=f"training minutes per run, the same for every variant (epochs capped at {PAPER_EPOCHS})")
+    p.add_argument(
+        "--preset", default="cpu", help="config preset every variant starts from (default: cpu; paper: a GPU job)"
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        metavar="MINUTES",
+        help=f"training minutes per run, the same for every variant (epochs capped at {PAPER_EPOCHS})",
+    )
     p.add_argument("--image-size", type=int, help="images resized to SIZE x SIZE (default: the preset's)")
     p.add_argument("--data", help="dataset folder: BSData (default: found as for train) or MVTec AD for --suite mvtec")
     p.add_argument("--categories", nargs="+", help="mvtec: only these categories (default: every one under --data)")
-    p.add_argument("--variants", nargs="+", metavar="NAME",
-                   help=f"train only these variants, the others' finished runs still tabulated; any of {', '.join(VARIANTS)}")
-    p.add_argument("--coreset-ratio", type=float, default=CORESET_RATIO,
-                   help=f"PatchCore: share of the training patch features kept (default: {CORESET_RATIO}, anomalib's; "
-                        "its greedy selection grows with the square of the patch count: 0.01 on a CPU at 256 px)")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="NAME",
+        help=f"train only these variants, the others' finished runs still tabulated; any of {', '.join(VARIANTS)}",
+    )
+    p.add_argument(
+        "--coreset-ratio",
+        type=float,
+        default=CORESET_RATIO,
+        help=f"PatchCore: share of the training patch features kept (default: {CORESET_RATIO}, anomalib's; "
+        "its greedy selection grows with the square of the patch count: 0.01 on a CPU at 256 px)",
+    )
     p.add_argument("--collect", action="store_true", help="train nothing; tabulate the finished runs")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value for every run (repeatable)")
-    p.add_argument("--output", default="benchmarks/results", help="where <suite>.json and .md go (default: benchmarks/results)")
-    p.add_argument("--runs-dir", default="runs/bench", help="where the runs live and are reused from (default: runs/bench)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value for every run (repeatable)",
+    )
+    p.add_argument(
+        "--output", default="benchmarks/results", help="where <suite>.json and .md go (default: benchmarks/results)"
+    )
+    p.add_argument(
+        "--runs-dir", default="runs/bench", help="where the runs live and are reused from (default: runs/bench)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_benchmark)

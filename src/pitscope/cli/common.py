@@ -61,22 +61,47 @@ def add_history_args(p: argparse.ArgumentParser, source: str) -> None:
     from pitscope.history.names import BSDATA_PART, BSDATA_TIME
 
     g = p.add_argument_group("inspection history")
-    g.add_argument("--db", help="record every inspection in this database: an SQLite file path or a PostgreSQL "
-                   "URL (postgresql+psycopg://user@host/db); default: $PITSCOPE_DB, else none")
-    g.add_argument("--store-images", choices=["none", "path", "copy"], default="none",
-                   help="what each inspection keeps of its photo: nothing, its file path, or a copy beside the "
-                   "SQLite file (DB.images/) (default: none)")
-    g.add_argument("--part-from", metavar="REGEX",
-                   help=f"read the part id from the file name (first group); BSData: '{BSDATA_PART}'")
-    g.add_argument("--time-from", metavar="REGEX",
-                   help=f"read the capture time from the file name (first group; yymmddhhmmss, yyyymmddhhmmss "
-                   f"or ISO 8601); BSData: '{BSDATA_TIME}'; else EXIF, else the {source}'s clock")
-    g.add_argument("--alert-area", type=alert_limit, default=0.005, metavar="FRACTION",
-                   help="alert when a part's predicted area is above this fraction of the photo, or off (default 0.005)")
-    g.add_argument("--alert-growth", type=alert_limit, default=0.001, metavar="PER_DAY",
-                   help="alert when it grows faster than this fraction per day, or off (default 0.001)")
+    g.add_argument(
+        "--db",
+        help="record every inspection in this database: an SQLite file path or a PostgreSQL "
+        "URL (postgresql+psycopg://user@host/db); default: $PITSCOPE_DB, else none",
+    )
+    g.add_argument(
+        "--store-images",
+        choices=["none", "path", "copy"],
+        default="none",
+        help="what each inspection keeps of its photo: nothing, its file path, or a copy beside the "
+        "SQLite file (DB.images/) (default: none)",
+    )
+    g.add_argument(
+        "--part-from",
+        metavar="REGEX",
+        help=f"read the part id from the file name (first group); BSData: '{BSDATA_PART}'",
+    )
+    g.add_argument(
+        "--time-from",
+        metavar="REGEX",
+        help=f"read the capture time from the file name (first group; yymmddhhmmss, yyyymmddhhmmss "
+        f"or ISO 8601); BSData: '{BSDATA_TIME}'; else EXIF, else the {source}'s clock",
+    )
+    g.add_argument(
+        "--alert-area",
+        type=alert_limit,
+        default=0.005,
+        metavar="FRACTION",
+        help="alert when a part's predicted area is above this fraction of the photo, or off (default 0.005)",
+    )
+    g.add_argument(
+        "--alert-growth",
+        type=alert_limit,
+        default=0.001,
+        metavar="PER_DAY",
+        help="alert when it grows faster than this fraction per day, or off (default 0.001)",
+    )
     g.add_argument("--alert-window-days", type=float, default=1.0, help="growth window in days (default 1)")
-    g.add_argument("--webhook", metavar="URL", help="POST each new alert as JSON to this URL (retried in the background)")
+    g.add_argument(
+        "--webhook", metavar="URL", help="POST each new alert as JSON to this URL (retried in the background)"
+    )
 
 
 def print_skipped(bad: Iterable[tuple[str, str]]) -> None:

@@ -72,12 +72,15 @@ def add_parsers(sub) -> None:
     p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt)")
     p.add_argument("--format", choices=[*FORMATS, "both"], default="onnx", help="default: onnx")
     p.add_argument(
-        "--out", metavar="PATH_OR_DIR",
+        "--out",
+        metavar="PATH_OR_DIR",
         help="output file (one format) or folder (default: beside the model, MODEL_STEM.onnx / .torchscript.pt)",
     )
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     p.add_argument(
-        "--check-images", nargs="+", metavar="DIR_OR_FILE",
+        "--check-images",
+        nargs="+",
+        metavar="DIR_OR_FILE",
         help="images (or folders of them) for the parity check, resized to the model's size (default: random noise)",
     )
     p.add_argument("--check-limit", type=int, default=8, help="use at most this many check images (default: 8)")

@@ -26,8 +26,15 @@ def cmd_wear(args: argparse.Namespace) -> int:
     elif not args.models:
         raise ValueError("give at least one model file, or --db with the inspection history to read")
     else:
-        record = run_wear(args.models, args.out, root=args.root, rule=rule, allow_overlap=args.allow_overlap,
-                          progress=not args.quiet, echo=lambda line: print(line, file=sys.stderr))
+        record = run_wear(
+            args.models,
+            args.out,
+            root=args.root,
+            rule=rule,
+            allow_overlap=args.allow_overlap,
+            progress=not args.quiet,
+            echo=lambda line: print(line, file=sys.stderr),
+        )
     print(format_summary(record))
     print(f"wear curves written to {Path(args.out)} (wear.json, summary.csv, sequences/)")
     return 0
@@ -35,13 +42,13 @@ def cmd_wear(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     """The inspection history that `serve --db` and `predict --db` record: the newest inspections
-    (filtered by part, capture time, decision, model, source), or every match as CSV; the parts,
-    alerts or events; or delete what is older than a number of days.
+        (filtered by part, capture time, decision, model, source), or every match as CSV; the parts,
+        alerts or events; or delete what is older than a number of days.
 
-examples:
-  pitscope history --db inspections.sqlite --part 277500_315 --limit 10
-  pitscope history --db inspections.sqlite --decision defective --since 2020-08-28 --csv defective.csv
-  pitscope history --db postgresql+psycopg://pitscope@db-host/pitscope --prune-older-than 365"""
+    examples:
+      pitscope history --db inspections.sqlite --part 277500_315 --limit 10
+      pitscope history --db inspections.sqlite --decision defective --since 2020-08-28 --csv defective.csv
+      pitscope history --db postgresql+psycopg://pitscope@db-host/pitscope --prune-older-than 365"""
     from pitscope.history.csv_export import write_csv
     from pitscope.history.names import parse_time
     from pitscope.history.store import HistoryStore
@@ -54,64 +61,109 @@ examples:
     store = HistoryStore(db)
     if args.prune_older_than is not None:
         result = store.prune(args.prune_older_than)
-        print(f"deleted {result['inspections']} inspections recorded before {result['cutoff']} "
-              f"and {result['copies']} stored image copies")
+        print(
+            f"deleted {result['inspections']} inspections recorded before {result['cutoff']} "
+            f"and {result['copies']} stored image copies"
+        )
         return 0
     if args.parts:
         for row in store.parts():
             last = row["last"].isoformat(timespec="seconds") if row["last"] else "-"
-            print(f"{row['part']:<30} {row['inspections']:>8} inspections  last {last}  open alerts {row['open_alerts']}")
+            print(
+                f"{row['part']:<30} {row['inspections']:>8} inspections  last {last}  open alerts {row['open_alerts']}"
+            )
         return 0
     if args.alerts or args.events:
         rows = store.alerts(part=args.part) if args.alerts else store.events()
         for row in rows:
             print(json.dumps(row, default=str))
         return 0
-    filters = dict(part=args.part, since=parse_time(args.since) if args.since else None,
-                   until=parse_time(args.until) if args.until else None, decision=args.decision, model=args.model,
-                   source=args.source)
+    filters = dict(
+        part=args.part,
+        since=parse_time(args.since) if args.since else None,
+        until=parse_time(args.until) if args.until else None,
+        decision=args.decision,
+        model=args.model,
+        source=args.source,
+    )
     if args.csv:
         n = write_csv(store.inspections(limit=None, newest_first=False, **filters), args.csv)
         print(f"{n} inspections written to {args.csv}")
         return 0
     rows = store.inspections(limit=args.limit or None, **filters)
-    print(f"{'id':>8}  {'captured (UTC)':<19}  {'part':<16} {'score':>9} {'thresh':>8} {'decision':<9} {'area %':>7}  name")
+    print(
+        f"{'id':>8}  {'captured (UTC)':<19}  {'part':<16} {'score':>9} {'thresh':>8} {'decision':<9} {'area %':>7}  name"
+    )
     for row in rows:
         when = (row["captured_at"] or row["recorded_at"]).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{row['id']:>8}  {when:<19}  {(row['part'] or '-')[:16]:<16} {row['score']:>9.4g} "
-              f"{row['image_threshold']:>8.4g} {'defective' if row['is_defective'] else 'good':<9} "
-              f"{100 * row['defect_fraction']:>7.3f}  {row['name'] or ''}")
+        print(
+            f"{row['id']:>8}  {when:<19}  {(row['part'] or '-')[:16]:<16} {row['score']:>9.4g} "
+            f"{row['image_threshold']:>8.4g} {'defective' if row['is_defective'] else 'good':<9} "
+            f"{100 * row['defect_fraction']:>7.3f}  {row['name'] or ''}"
+        )
     print(f"{len(rows)} of {store.count(**filters)} matching inspections in {store.display_url}")
     return 0
 
 
 def add_parsers(sub) -> None:
     """Register `wear` and `history`."""
-    p = sub.add_parser("wear", help="pitting area over time along BSData's wear sequences", description=cmd_wear.__doc__)
-    p.add_argument("models", nargs="*", metavar="MODEL",
-                   help="model files; each sequence goes to the first one that did not train on its images "
-                        "(one model per fold of a split over sequences covers them all)")
+    p = sub.add_parser(
+        "wear", help="pitting area over time along BSData's wear sequences", description=cmd_wear.__doc__
+    )
+    p.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help="model files; each sequence goes to the first one that did not train on its images "
+        "(one model per fold of a split over sequences covers them all)",
+    )
     p.add_argument("--out", default="wear", help="output folder (default: wear/)")
-    p.add_argument("--root", help="the BSData folder (default: data.root of the first model, $PITSCOPE_BSDATA, "
-                                  "../shared/datasets/bsdata)")
-    p.add_argument("--alert-area", type=limit, default=0.005, metavar="FRACTION",
-                   help="alert when the predicted area is above this fraction of the surface (default: 0.005; off)")
-    p.add_argument("--alert-growth", type=limit, default=0.001, metavar="FRACTION_PER_DAY",
-                   help="alert when the predicted area grows faster than this fraction of the surface a day "
-                        "(default: 0.001; off)")
-    p.add_argument("--alert-window-days", type=float, default=1.0, metavar="DAYS",
-                   help="the growth is the slope over the images of the last DAYS days (default: 1)")
-    p.add_argument("--allow-overlap", action="store_true",
-                   help="measure a sequence with a model that trained on some of its images (said in the output) "
-                        "rather than leave it out")
+    p.add_argument(
+        "--root",
+        help="the BSData folder (default: data.root of the first model, $PITSCOPE_BSDATA, ../shared/datasets/bsdata)",
+    )
+    p.add_argument(
+        "--alert-area",
+        type=limit,
+        default=0.005,
+        metavar="FRACTION",
+        help="alert when the predicted area is above this fraction of the surface (default: 0.005; off)",
+    )
+    p.add_argument(
+        "--alert-growth",
+        type=limit,
+        default=0.001,
+        metavar="FRACTION_PER_DAY",
+        help="alert when the predicted area grows faster than this fraction of the surface a day (default: 0.001; off)",
+    )
+    p.add_argument(
+        "--alert-window-days",
+        type=float,
+        default=1.0,
+        metavar="DAYS",
+        help="the growth is the slope over the images of the last DAYS days (default: 1)",
+    )
+    p.add_argument(
+        "--allow-overlap",
+        action="store_true",
+        help="measure a sequence with a model that trained on some of its images (said in the output) "
+        "rather than leave it out",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--db", help="read each part's series from this inspection history instead of scoring "
-                                "BSData's files (true areas from --root's labels when given)")
+    p.add_argument(
+        "--db",
+        help="read each part's series from this inspection history instead of scoring "
+        "BSData's files (true areas from --root's labels when given)",
+    )
     p.add_argument("--part", action="append", help="with --db: a part to follow (repeat; default: every part)")
     p.set_defaults(func=cmd_wear)
 
-    p = sub.add_parser("history", help="the recorded inspections: list, export, prune", description=cmd_history.__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "history",
+        help="the recorded inspections: list, export, prune",
+        description=cmd_history.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--db", help="the history database: SQLite file or PostgreSQL URL (default: $PITSCOPE_DB)")
     p.add_argument("--part", help="only this part")
     p.add_argument("--since", help="captured at or after (ISO 8601)")
@@ -124,6 +176,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--parts", action="store_true", help="list the parts instead: inspections, last time, open alerts")
     p.add_argument("--alerts", action="store_true", help="list the alerts instead")
     p.add_argument("--events", action="store_true", help="list threshold changes and model loads instead")
-    p.add_argument("--prune-older-than", type=float, metavar="DAYS",
-                   help="delete inspections recorded more than DAYS days ago (and their stored image copies)")
+    p.add_argument(
+        "--prune-older-than",
+        type=float,
+        metavar="DAYS",
+        help="delete inspections recorded more than DAYS days ago (and their stored image copies)",
+    )
     p.set_defaults(func=cmd_history)

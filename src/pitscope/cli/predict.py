@@ -31,8 +31,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = expand_inputs(args.paths)
     recorder, history = _recorder(args, detector, "pitscope predict")
     summary = run_predict(
-        detector, paths, args.out, threshold=args.threshold, save_maps=args.save_maps,
-        progress=not args.quiet, stop_at_first_defect=args.fail_on_defect, recorder=recorder, part=args.part,
+        detector,
+        paths,
+        args.out,
+        threshold=args.threshold,
+        save_maps=args.save_maps,
+        progress=not args.quiet,
+        stop_at_first_defect=args.fail_on_defect,
+        recorder=recorder,
+        part=args.part,
         **history,
     )
     for item in summary["failed"]:
@@ -67,10 +74,18 @@ def _recorder(args: argparse.Namespace, detector, by: str):
     store = HistoryStore(db, image_store=getattr(args, "store_images", "none"))
     area, growth = getattr(args, "alert_area", None), getattr(args, "alert_growth", None)
     rule = None if area is None and growth is None else AlertRule(area, growth, args.alert_window_days)
-    recorder = Recorder(store, detector, detector.metadata.get("name") or Path(args.model).parent.name or "model",
-                        rule=rule, webhook=getattr(args, "webhook", None), by=by)
-    patterns = {"part_from": compile_pattern(getattr(args, "part_from", None), "--part-from"),
-                "time_from": compile_pattern(getattr(args, "time_from", None), "--time-from")}
+    recorder = Recorder(
+        store,
+        detector,
+        detector.metadata.get("name") or Path(args.model).parent.name or "model",
+        rule=rule,
+        webhook=getattr(args, "webhook", None),
+        by=by,
+    )
+    patterns = {
+        "part_from": compile_pattern(getattr(args, "part_from", None), "--part-from"),
+        "time_from": compile_pattern(getattr(args, "time_from", None), "--time-from"),
+    }
     return recorder, patterns
 
 
@@ -85,20 +100,30 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.masks and not defects:
         raise ValueError("--masks needs --defects")
     result = calibrate(
-        detector, good, defects, mask_paths=args.masks, quantile=args.quantile,
-        pixel_quantile=args.pixel_quantile, apply=args.write, progress=not args.quiet,
+        detector,
+        good,
+        defects,
+        mask_paths=args.masks,
+        quantile=args.quantile,
+        pixel_quantile=args.pixel_quantile,
+        apply=args.write,
+        progress=not args.quiet,
     )
     print_skipped((item["path"], item["reason"]) for item in result["skipped"])
     print(json.dumps(result, indent=2))
     if args.write:
         db = args.db or os.environ.get("PITSCOPE_DB") or None
-        recorded = write_calibration(detector, args.model, result, db=db,
-                                     by=f"pitscope calibrate ({os.environ.get('USER', 'unknown user')})")
+        recorded = write_calibration(
+            detector, args.model, result, db=db, by=f"pitscope calibrate ({os.environ.get('USER', 'unknown user')})"
+        )
         if recorded is not None:
             version, where = recorded
             print(f"recorded as threshold version {version} in {where}", file=sys.stderr)
-        print(f"wrote threshold {result['threshold']:.6g} and pixel threshold {result['pixel_threshold']:.6g} "
-              f"to {args.model}", file=sys.stderr)
+        print(
+            f"wrote threshold {result['threshold']:.6g} and pixel threshold {result['pixel_threshold']:.6g} "
+            f"to {args.model}",
+            file=sys.stderr,
+        )
     else:
         print(f"{args.model} left unchanged (use --write to save these thresholds)", file=sys.stderr)
     return 0
@@ -124,14 +149,20 @@ def add_parsers(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", metavar="MODEL", help="model file written by train (OUTPUT_DIR/model.pt)")
-    p.add_argument("paths", nargs="+", metavar="PATHS",
-                   help="image files, folders of images, or glob patterns (quote them: 'parts/*.png')")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATHS",
+        help="image files, folders of images, or glob patterns (quote them: 'parts/*.png')",
+    )
     p.add_argument("--out", default="predictions", help="output folder (default: predictions/)")
     p.add_argument("--threshold", type=float, help="image threshold instead of the model's calibrated one")
-    p.add_argument("--save-maps", action="store_true",
-                   help="also write each anomaly map (.npy) and an overlay PNG under OUT/maps/")
-    p.add_argument("--fail-on-defect", action="store_true",
-                   help="stop at the first defective image (exit status 1 straight away)")
+    p.add_argument(
+        "--save-maps", action="store_true", help="also write each anomaly map (.npy) and an overlay PNG under OUT/maps/"
+    )
+    p.add_argument(
+        "--fail-on-defect", action="store_true", help="stop at the first defective image (exit status 1 straight away)"
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--part", help="the part or position every image shows (for the history)")
@@ -141,18 +172,30 @@ def add_parsers(sub) -> None:
     p = sub.add_parser(
         "calibrate",
         help="re-derive a model's thresholds from defect-free images",
-        description=(cmd_calibrate.__doc__ or "") + " Prints the result as JSON; --write saves the thresholds into MODEL.",
+        description=(cmd_calibrate.__doc__ or "")
+        + " Prints the result as JSON; --write saves the thresholds into MODEL.",
     )
     p.add_argument("model", metavar="MODEL", help="model file written by train (OUTPUT_DIR/model.pt)")
     p.add_argument("good", metavar="GOOD_DIR", help="defect-free images the model was not trained on (folder or glob)")
     p.add_argument("--defects", metavar="DIR", help="defective images: also report the F1-optimal image threshold")
-    p.add_argument("--masks", metavar="DIR",
-                   help="masks of the --defects images (<stem>.png or <stem>_mask.png): also the pixel threshold")
-    p.add_argument("--quantile", type=float, help="image threshold quantile (default: the model's score.threshold_quantile)")
-    p.add_argument("--pixel-quantile", type=float,
-                   help="pixel threshold quantile (default: the model's score.pixel_threshold_quantile)")
+    p.add_argument(
+        "--masks",
+        metavar="DIR",
+        help="masks of the --defects images (<stem>.png or <stem>_mask.png): also the pixel threshold",
+    )
+    p.add_argument(
+        "--quantile", type=float, help="image threshold quantile (default: the model's score.threshold_quantile)"
+    )
+    p.add_argument(
+        "--pixel-quantile",
+        type=float,
+        help="pixel threshold quantile (default: the model's score.pixel_threshold_quantile)",
+    )
     p.add_argument("--write", action="store_true", help="save the new thresholds into MODEL (atomically)")
-    p.add_argument("--db", help="with --write: record the change as a new threshold version in this history "
-                   "database (default: $PITSCOPE_DB)")
+    p.add_argument(
+        "--db",
+        help="with --write: record the change as a new threshold version in this history "
+        "database (default: $PITSCOPE_DB)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_calibrate)

@@ -28,11 +28,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 def add_parsers(sub) -> None:
     """Register `report`."""
     p = sub.add_parser("report", help="write an HTML report of a model's test results", description=cmd_report.__doc__)
-    p.add_argument("models", nargs="+", metavar="MODEL",
-                   help="model file written by train; several (one per MVTec category) give the per-category table")
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help="model file written by train; several (one per MVTec category) give the per-category table",
+    )
     p.add_argument("--out", help="output folder (default: beside the first model, report/)")
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override every model's data config, e.g. --set data.root=/other/copy",
     )
     p.add_argument("--gallery-size", type=int, default=6, help="most images per gallery group (default: 6)")

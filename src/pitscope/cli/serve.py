@@ -18,11 +18,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("PITSCOPE_API_KEY") or None
     db = args.db or os.environ.get("PITSCOPE_DB") or None
     settings = {
-        "model": str(args.model), "device": args.device, "api_key": api_key,
-        "max_upload_bytes": int(args.max_upload_mb * MIB), "max_pixels": args.max_pixels, "db": db,
-        "image_store": args.store_images, "part_from": args.part_from, "time_from": args.time_from,
-        "alert_area": args.alert_area, "alert_growth": args.alert_growth,
-        "alert_window_days": args.alert_window_days, "webhook": args.webhook,
+        "model": str(args.model),
+        "device": args.device,
+        "api_key": api_key,
+        "max_upload_bytes": int(args.max_upload_mb * MIB),
+        "max_pixels": args.max_pixels,
+        "db": db,
+        "image_store": args.store_images,
+        "part_from": args.part_from,
+        "time_from": args.time_from,
+        "alert_area": args.alert_area,
+        "alert_growth": args.alert_growth,
+        "alert_window_days": args.alert_window_days,
+        "webhook": args.webhook,
     }
     run_service(settings, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
     return 0
@@ -45,7 +53,11 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--device", default="cpu", help="torch device for the model, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    p.add_argument("--workers", type=int, default=1,
-                   help="worker processes, each with its own copy of the model (default: 1; above 1 needs --db)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes, each with its own copy of the model (default: 1; above 1 needs --db)",
+    )
     add_history_args(p, source="service")
     p.set_defaults(func=cmd_serve)

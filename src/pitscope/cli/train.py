@@ -34,8 +34,9 @@ def _train_and_fit(cfg: Config, resume: bool, progress: bool):
     return detector, path
 
 
-def _evaluate_and_print(detector, cfg: Config, out_dir: Path, progress: bool, report_run_dir: Path | None = None,
-                        split: str = "test") -> dict:
+def _evaluate_and_print(
+    detector, cfg: Config, out_dir: Path, progress: bool, report_run_dir: Path | None = None, split: str = "test"
+) -> dict:
     from pitscope.data import build_dataset, prepare_split_file
     from pitscope.evaluation import evaluate, format_table
 
@@ -82,20 +83,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _refuse_trained_changes(cfg, detector.cfg, "evaluate", f"data.* and score.{{{', '.join(sorted(post_hoc))}}}")
     changed = [k for k, v in to_dict(cfg)["score"].items() if v != to_dict(detector.cfg)["score"][k]]
     if set(changed) - post_hoc:
-        raise ConfigError(f"evaluate: score.{', score.'.join(sorted(set(changed) - post_hoc))} cannot change after fitting "
-                          f"(pitscope refit fits the scorers again); only score.{', score.'.join(sorted(post_hoc))}")
+        raise ConfigError(
+            f"evaluate: score.{', score.'.join(sorted(set(changed) - post_hoc))} cannot change after fitting "
+            f"(pitscope refit fits the scorers again); only score.{', score.'.join(sorted(post_hoc))}"
+        )
     if cfg.score.image_method != "map_max" and not detector.image_scorer.is_fitted:
-        raise ConfigError("evaluate: this model scores images by its map's maximum and has no fitted image "
-                          "embedding scorer; score.image_method=embedding needs pitscope refit on its training "
-                          "checkpoint")
+        raise ConfigError(
+            "evaluate: this model scores images by its map's maximum and has no fitted image "
+            "embedding scorer; score.image_method=embedding needs pitscope refit on its training "
+            "checkpoint"
+        )
     if set(changed) & {"map_normalisation", "smoothing_sigma"}:
-        print("evaluate: the stored pixel threshold was calibrated on the model's own maps; the region numbers "
-              "at it do not describe these maps (pitscope refit calibrates it for them)", file=sys.stderr)
+        print(
+            "evaluate: the stored pixel threshold was calibrated on the model's own maps; the region numbers "
+            "at it do not describe these maps (pitscope refit calibrates it for them)",
+            file=sys.stderr,
+        )
     detector.cfg = cfg
     out_dir = Path(args.output_dir) if args.output_dir else Path(args.model).parent / "eval"
     save_config(cfg, out_dir / "config.yaml")
     report_run_dir = Path(args.model).parent if args.report else None
-    _evaluate_and_print(detector, cfg, out_dir, progress=not args.quiet, report_run_dir=report_run_dir, split=args.split)
+    _evaluate_and_print(
+        detector, cfg, out_dir, progress=not args.quiet, report_run_dir=report_run_dir, split=args.split
+    )
     return 0
 
 
@@ -141,7 +151,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         return 0
     path = Path(args.output_dir) / "model.pt"
     _print_calibration(detector, path)
-    print(f"trained with {len(detector.metadata.get('labelled_defects', []))} labelled photos; evaluate leaves them out")
+    print(
+        f"trained with {len(detector.metadata.get('labelled_defects', []))} labelled photos; evaluate leaves them out"
+    )
     if args.evaluate:
         _evaluate_and_print(detector, detector.cfg, Path(args.output_dir) / "eval", progress=not args.quiet)
     return 0
@@ -166,9 +178,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _evaluate_and_print(detector, detector.cfg, out / "eval", progress, report_run_dir=out)
     test = build_dataset(detector.cfg.data, "test", detector.cfg.seed)
     pictures = overlay_pictures(detector, test, out / "pictures")
-    print(f"pictures of the first {sum(p.label for p in pictures)} defective and "
-          f"{sum(1 - p.label for p in pictures)} defect-free test images (left: the image; right: the predicted "
-          f"region in red, the true defect outlined in green) written to {out / 'pictures'}:")
+    print(
+        f"pictures of the first {sum(p.label for p in pictures)} defective and "
+        f"{sum(1 - p.label for p in pictures)} defect-free test images (left: the image; right: the predicted "
+        f"region in red, the true defect outlined in green) written to {out / 'pictures'}:"
+    )
     for p in pictures:
         truth = "defective" if p.label else "defect-free"
         decision = "flagged" if p.is_defective else "passed"
@@ -190,34 +204,64 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("evaluate", help="measure a trained model on its test split", description=cmd_evaluate.__doc__)
     p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt)")
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override the model's data config (data.*), or score.map_normalisation / smoothing_sigma / "
         "image_method / min_region_fraction / regions_on",
     )
     p.add_argument("--output-dir", help="where metrics.json and scores.csv go (default: beside the model, eval/)")
     p.add_argument("--report", action="store_true", help="also write an HTML report to OUTPUT_DIR/report/report.html")
-    p.add_argument("--split", choices=("test", "val"), default="test",
-                   help="test, or val: the images that choose settings (synthetic; bsdata with data.holdout=positions)")
+    p.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="test, or val: the images that choose settings (synthetic; bsdata with data.holdout=positions)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("refit", help="fit a model's scorers again with other score.* settings", description=cmd_refit.__doc__)
-    p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt), or a training checkpoint "
-                                 "(OUTPUT_DIR/checkpoint_last.pt, OUTPUT_DIR/snapshots/epoch_NNNN.pt)")
+    p = sub.add_parser(
+        "refit", help="fit a model's scorers again with other score.* settings", description=cmd_refit.__doc__
+    )
+    p.add_argument(
+        "model",
+        help="model file written by train (OUTPUT_DIR/model.pt), or a training checkpoint "
+        "(OUTPUT_DIR/checkpoint_last.pt, OUTPUT_DIR/snapshots/epoch_NNNN.pt)",
+    )
     p.add_argument("--output", required=True, help="where the refitted model goes (a new file; MODEL is left as it is)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a scoring (score.*) or data (data.*) setting, e.g. --set score.pixel_channels=null")
-    p.add_argument("--evaluate", action="store_true", help="evaluate on the test split afterwards (OUTPUT's stem + _eval/)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a scoring (score.*) or data (data.*) setting, e.g. --set score.pixel_channels=null",
+    )
+    p.add_argument(
+        "--evaluate", action="store_true", help="evaluate on the test split afterwards (OUTPUT's stem + _eval/)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_refit)
 
-    p = sub.add_parser("finetune", help="train a model further with a few photos whose defects are marked",
-                       description=cmd_finetune.__doc__)
+    p = sub.add_parser(
+        "finetune",
+        help="train a model further with a few photos whose defects are marked",
+        description=cmd_finetune.__doc__,
+    )
     p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt)")
     p.add_argument("--defects", required=True, metavar="DIR", help="the labelled defective photos and their masks")
     p.add_argument("--output-dir", required=True, help="where the new model.pt goes (not MODEL's folder)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a setting over the model's and finetune's own, e.g. --set train.epochs=3")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting over the model's and finetune's own, e.g. --set train.epochs=3",
+    )
     p.add_argument("--evaluate", action="store_true", help="evaluate on the test split afterwards (OUTPUT_DIR/eval)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_finetune)
@@ -225,7 +269,11 @@ def add_parsers(sub) -> None:
 
 def add_demo_parser(sub) -> None:
     """Register `demo`."""
-    p = sub.add_parser("demo", help="train, evaluate and report a small model on built-in synthetic data (about 2 minutes)", description=cmd_demo.__doc__)
+    p = sub.add_parser(
+        "demo",
+        help="train, evaluate and report a small model on built-in synthetic data (about 2 minutes)",
+        description=cmd_demo.__doc__,
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_args(p, "demo")
     p.set_defaults(func=cmd_demo)

@@ -71,9 +71,14 @@ def fewer_training_images(dataset, n: int, seed: int) -> AnomalyDataset:
     if not 1 <= n <= len(dataset):
         raise ValueError(f"data.train_images: {n} is not in 1..{len(dataset)} (the training images there are)")
     order = np.random.default_rng(seed).permutation(len(dataset))[:n]
-    return AnomalyDataset([dataset.records[i] for i in sorted(order)], size=dataset.size,
-                          on_bad_file=dataset.on_bad_file, cache=dataset.cache, name=dataset.name,
-                          has_masks=dataset.has_masks)
+    return AnomalyDataset(
+        [dataset.records[i] for i in sorted(order)],
+        size=dataset.size,
+        on_bad_file=dataset.on_bad_file,
+        cache=dataset.cache,
+        name=dataset.name,
+        has_masks=dataset.has_masks,
+    )
 
 
 def without_files(dataset: SampleSet, sha256s: set[str]) -> tuple[SampleSet, list[str]]:
@@ -87,8 +92,14 @@ def without_files(dataset: SampleSet, sha256s: set[str]) -> tuple[SampleSet, lis
         (left_out if file_sha256(record.path) in sha256s else keep).append(record)
     if not left_out:
         return dataset, []
-    subset = AnomalyDataset(keep, size=dataset.size, on_bad_file=dataset.on_bad_file, cache=dataset.cache,
-                            name=dataset.name, has_masks=dataset.has_masks)
+    subset = AnomalyDataset(
+        keep,
+        size=dataset.size,
+        on_bad_file=dataset.on_bad_file,
+        cache=dataset.cache,
+        name=dataset.name,
+        has_masks=dataset.has_masks,
+    )
     return subset, [str(r.path) for r in left_out]
 
 

@@ -52,8 +52,10 @@ def bsdata_root(root: str | Path | None = None) -> Path:
         candidates, origin = [Path(os.environ[ENV_VAR])], f"${ENV_VAR}"
     else:
         repo = Path(__file__).resolve().parents[3]
-        candidates = [repo.parent / "shared" / "datasets" / "bsdata",
-                      Path.cwd().parent / "shared" / "datasets" / "bsdata"]
+        candidates = [
+            repo.parent / "shared" / "datasets" / "bsdata",
+            Path.cwd().parent / "shared" / "datasets" / "bsdata",
+        ]
         origin = f"the default places (set ${ENV_VAR} or data.root to choose another)"
     for candidate in candidates:
         if _is_bsdata(candidate):
@@ -82,8 +84,9 @@ def bsdata_split(root: str | Path, n_train_normal: int = 631, seed: int = 0) -> 
     defect_set = set(defect)
     normal = [n for n in names if n not in defect_set]
     if not 0 <= n_train_normal <= len(normal):
-        raise ValueError(f"n_train_normal: {n_train_normal} is not in 0..{len(normal)} "
-                         f"(the defect-free images in {root / 'data'})")
+        raise ValueError(
+            f"n_train_normal: {n_train_normal} is not in 0..{len(normal)} (the defect-free images in {root / 'data'})"
+        )
     order = np.random.default_rng(seed).permutation(len(normal))
     train = sorted(normal[i] for i in order[:n_train_normal])
     test_normal = sorted(normal[i] for i in order[n_train_normal:])
@@ -95,10 +98,13 @@ def write_split(split: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = SPLIT_KEYS + (VAL_KEYS if "val_normal" in split else ())
-    content = {"dataset": "bsdata", "seed": split["seed"],
-               **({"positions": split["positions"]} if "positions" in split else {}),
-               "counts": {key: len(split[key]) for key in keys},
-               **{key: list(split[key]) for key in keys}}
+    content = {
+        "dataset": "bsdata",
+        "seed": split["seed"],
+        **({"positions": split["positions"]} if "positions" in split else {}),
+        "counts": {key: len(split[key]) for key in keys},
+        **{key: list(split[key]) for key in keys},
+    }
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # concurrent writers (torchrun) never collide
     tmp.write_text(json.dumps(content, indent=2) + "\n")
     tmp.replace(path)
@@ -165,8 +171,9 @@ def position_files(root: str | Path) -> dict[tuple[str, ...], list[str]]:
         key = tuple(sorted(names))
         for file in sorted(file_set):
             if file in owner:
-                raise DatasetLayoutError(f"{path}: {file} is in sequences {owner[file]} and {key[0]}, "
-                                         "which do not list the same images")
+                raise DatasetLayoutError(
+                    f"{path}: {file} is in sequences {owner[file]} and {key[0]}, which do not list the same images"
+                )
             owner[file] = key[0]
             if not (root / "data" / file).is_file():
                 raise DatasetLayoutError(f"{path}: sequence {key[0]} lists {file}, which is not in {root / 'data'}")
@@ -184,13 +191,18 @@ def deal_positions(root: str | Path, seed: int = 0, n_validation: int = 4, n_lab
     """
     names = [key[0] for key in position_files(root)]
     if n_validation < 1 or n_label < 0 or n_validation + n_label >= len(names):
-        raise ValueError(f"n_validation={n_validation}, n_label={n_label}: need at least one validation "
-                         f"and one test position among {len(names)}")
+        raise ValueError(
+            f"n_validation={n_validation}, n_label={n_label}: need at least one validation "
+            f"and one test position among {len(names)}"
+        )
     order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
-    return {"version": POSITIONS_VERSION, "seed": seed,
-            "validation": sorted(order[:n_validation]),
-            "label": sorted(order[n_validation:n_validation + n_label]),
-            "test": sorted(order[n_validation + n_label:])}
+    return {
+        "version": POSITIONS_VERSION,
+        "seed": seed,
+        "validation": sorted(order[:n_validation]),
+        "label": sorted(order[n_validation : n_validation + n_label]),
+        "test": sorted(order[n_validation + n_label :]),
+    }
 
 
 def read_positions(path: str | Path | None = None) -> dict:
@@ -301,8 +313,10 @@ def read_polygons(label_path: Path) -> tuple[Polygon, ...]:
     polygons = []
     for shape in shapes:
         if shape.get("label") != DEFECT_LABEL or shape.get("shape_type", "polygon") != "polygon":
-            raise DatasetLayoutError(f"{label_path}: unexpected shape {shape.get('label')!r} of type "
-                                     f"{shape.get('shape_type')!r}; expected {DEFECT_LABEL!r} polygons")
+            raise DatasetLayoutError(
+                f"{label_path}: unexpected shape {shape.get('label')!r} of type "
+                f"{shape.get('shape_type')!r}; expected {DEFECT_LABEL!r} polygons"
+            )
         polygons.append(tuple((float(x), float(y)) for x, y in shape["points"]))
     return tuple(polygons)
 
@@ -327,19 +341,29 @@ def _resolve_split(cfg: DataConfig, root: Path, seed: int) -> dict:
     split = read_split(path)
     held = "val_normal" in split
     if held != (cfg.holdout == "positions"):
-        raise ValueError(f"{path}: the stored split {'holds' if held else 'does not hold'} positions apart, "
-                         f"but data.holdout={cfg.holdout}; give another data.split_file or remove this one")
+        raise ValueError(
+            f"{path}: the stored split {'holds' if held else 'does not hold'} positions apart, "
+            f"but data.holdout={cfg.holdout}; give another data.split_file or remove this one"
+        )
     if held and {k: split.get("positions", {}).get(k) for k in POSITION_ROLES} != {
-            k: read_positions(cfg.positions_file)[k] for k in POSITION_ROLES}:
-        raise ValueError(f"{path}: the stored split holds other positions apart than {cfg.positions_file or POSITIONS_FILE}; "
-                         "give another data.split_file or remove this one")
+        k: read_positions(cfg.positions_file)[k] for k in POSITION_ROLES
+    }:
+        raise ValueError(
+            f"{path}: the stored split holds other positions apart than {cfg.positions_file or POSITIONS_FILE}; "
+            "give another data.split_file or remove this one"
+        )
     stored_fold = split.get("positions", {}).get("fold")
     if stored_fold != cfg.position_fold:
-        raise ValueError(f"{path}: the stored split measures position fold {stored_fold}, not data.position_fold="
-                         f"{cfg.position_fold}; give another data.split_file or remove this one")
+        raise ValueError(
+            f"{path}: the stored split measures position fold {stored_fold}, not data.position_fold="
+            f"{cfg.position_fold}; give another data.split_file or remove this one"
+        )
     if cfg.holdout == "none" and len(split["train"]) != cfg.n_train_normal:
-        warnings.warn(f"{path}: the stored split trains on {len(split['train'])} defect-free images, "
-                      f"not data.n_train_normal={cfg.n_train_normal}; using the stored split", stacklevel=3)
+        warnings.warn(
+            f"{path}: the stored split trains on {len(split['train'])} defect-free images, "
+            f"not data.n_train_normal={cfg.n_train_normal}; using the stored split",
+            stacklevel=3,
+        )
     return split
 
 
@@ -366,10 +390,13 @@ def load_bsdata(cfg: DataConfig, split: str, seed: int) -> AnomalyDataset:
     else:
         prefix = "test" if split == "test" else "val"
         records = [Record(data / name, 0) for name in names[f"{prefix}_normal"]]
-        records += [Record(data / name, 1, polygons=read_polygons(root / "label" / f"{Path(name).stem}.json"))
-                    for name in names[f"{prefix}_defect"]]
+        records += [
+            Record(data / name, 1, polygons=read_polygons(root / "label" / f"{Path(name).stem}.json"))
+            for name in names[f"{prefix}_defect"]
+        ]
     for record in records:
         if not record.path.is_file():
             raise DatasetLayoutError(f"{record.path}: listed in the split but not in {data}")
-    return AnomalyDataset(records, size=cfg.image_size, on_bad_file=cfg.on_bad_file, cache=cfg.cache,
-                          name=f"bsdata-{split}")
+    return AnomalyDataset(
+        records, size=cfg.image_size, on_bad_file=cfg.on_bad_file, cache=cfg.cache, name=f"bsdata-{split}"
+    )

@@ -76,8 +76,9 @@ def pair_masks(images: Sequence[Path], masks: Sequence[Path], mask_suffixes: Seq
         owners = by_stem.get(mask.stem, [])
         if not owners:
             stems = [mask.stem.removesuffix(s) for s in mask_suffixes if mask.stem.endswith(s)]
-            raise DatasetLayoutError(f"{mask}: mask belongs to no image "
-                                     f"(no image has the stem {' or '.join(map(repr, stems)) or '-'})")
+            raise DatasetLayoutError(
+                f"{mask}: mask belongs to no image (no image has the stem {' or '.join(map(repr, stems)) or '-'})"
+            )
         if len(owners) > 1:
             raise DatasetLayoutError(f"{mask}: mask fits more than one image: {', '.join(map(str, owners))}")
         pairs[owners[0]].append(mask)
@@ -116,8 +117,15 @@ class AnomalyDataset(SampleSet):
     `check()` once before training or evaluation to find such files up front.
     """
 
-    def __init__(self, records: Iterable[Record], size: int | None = None, on_bad_file: str = "skip",
-                 cache: bool = True, name: str = "", has_masks: bool = True):
+    def __init__(
+        self,
+        records: Iterable[Record],
+        size: int | None = None,
+        on_bad_file: str = "skip",
+        cache: bool = True,
+        name: str = "",
+        has_masks: bool = True,
+    ):
         if on_bad_file not in ON_BAD_FILE:
             raise ValueError(f"on_bad_file: {on_bad_file!r} is not one of {', '.join(ON_BAD_FILE)}")
         if size is not None and size < 1:
@@ -141,8 +149,10 @@ class AnomalyDataset(SampleSet):
 
     def __repr__(self) -> str:
         counts = self.describe()
-        return (f"AnomalyDataset(name={self.name!r}, total={counts['total']}, normal={counts['normal']}, "
-                f"defective={counts['defective']}, size={self.size})")
+        return (
+            f"AnomalyDataset(name={self.name!r}, total={counts['total']}, normal={counts['normal']}, "
+            f"defective={counts['defective']}, size={self.size})"
+        )
 
     def _sample(self, record: Record) -> Sample:
         sample = self._cache.get(record.path)
@@ -160,7 +170,8 @@ class AnomalyDataset(SampleSet):
             if mask.shape != (height, width):
                 raise DatasetLayoutError(
                     f"{record.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
-                    f"{record.path} is {width}x{height}")
+                    f"{record.path} is {width}x{height}"
+                )
         elif record.polygons is not None:
             mask = rasterise_polygons(record.polygons, height, width)
         else:
@@ -180,8 +191,9 @@ class AnomalyDataset(SampleSet):
         """
         bad: list[tuple[str, str]] = []
         bad_paths: set[Path] = set()
-        bar = tqdm(self.records, desc=f"checking {self.name or 'dataset'}", unit="img",
-                   disable=None if progress else True)
+        bar = tqdm(
+            self.records, desc=f"checking {self.name or 'dataset'}", unit="img", disable=None if progress else True
+        )
         for record in bar:
             try:
                 self._sample(record)
@@ -193,8 +205,7 @@ class AnomalyDataset(SampleSet):
         if bad:
             self.records = [r for r in self.records if r.path not in bad_paths]
             lines = "\n".join(f"  {path}: {reason}" for path, reason in bad)
-            warnings.warn(f"{self.name or 'dataset'}: skipped {len(bad)} unreadable file(s):\n{lines}",
-                          stacklevel=2)
+            warnings.warn(f"{self.name or 'dataset'}: skipped {len(bad)} unreadable file(s):\n{lines}", stacklevel=2)
         return bad
 
     @property
@@ -210,5 +221,4 @@ class AnomalyDataset(SampleSet):
     def describe(self) -> dict[str, int]:
         """Counts {"total", "normal", "defective"}."""
         labels = self.labels
-        return {"total": int(labels.size), "normal": int((labels == 0).sum()),
-                "defective": int((labels == 1).sum())}
+        return {"total": int(labels.size), "normal": int((labels == 0).sum()), "defective": int((labels == 1).sum())}

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
+
 class Archive(TypedDict):
     """Where a dataset archive is downloaded from, and its SHA-256 when its bytes are stable."""
 
@@ -63,8 +64,9 @@ def download(url: str, dest: str | Path, sha256: str | None = None, progress: bo
         digest = hashlib.sha256()
         with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             length = response.headers.get("Content-Length")
-            with tqdm(total=int(length) if length else None, unit="B", unit_scale=True, desc=dest.name,
-                      disable=not progress) as bar:
+            with tqdm(
+                total=int(length) if length else None, unit="B", unit_scale=True, desc=dest.name, disable=not progress
+            ) as bar:
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
                     digest.update(chunk)
@@ -97,8 +99,12 @@ def safe_extract(archive: str | Path, dest_dir: str | Path) -> list[str]:
     return names
 
 
-def fetch_bsdata(dest_dir: str | Path, url: str = BSDATA_ARCHIVE["url"], sha256: str | None = BSDATA_ARCHIVE["sha256"],
-                 progress: bool = True) -> Path:
+def fetch_bsdata(
+    dest_dir: str | Path,
+    url: str = BSDATA_ARCHIVE["url"],
+    sha256: str | None = BSDATA_ARCHIVE["sha256"],
+    progress: bool = True,
+) -> Path:
     """Download the BSData archive into `dest_dir`, extract it there, and return the dataset root.
 
     The root is the archive's single top-level folder (GitHub names it `BSData-<commit>`), the
@@ -106,8 +112,7 @@ def fetch_bsdata(dest_dir: str | Path, url: str = BSDATA_ARCHIVE["url"], sha256:
     kept beside it so a second call does not download again.
     """
     dest_dir = Path(dest_dir)
-    archive = download(url, dest_dir / Path(urllib.parse.urlparse(url).path).name, sha256=sha256,
-                       progress=progress)
+    archive = download(url, dest_dir / Path(urllib.parse.urlparse(url).path).name, sha256=sha256, progress=progress)
     tops = sorted({name.split("/", 1)[0] for name in safe_extract(archive, dest_dir)})
     if len(tops) == 1 and (dest_dir / tops[0]).is_dir():
         return dest_dir / tops[0]

@@ -55,5 +55,11 @@ def load_folder(cfg: DataConfig, split: str, seed: int) -> AnomalyDataset:
         else:
             records += [Record(image, 1) for image in defect]
             has_masks = not defect
-    return AnomalyDataset(records, size=cfg.image_size, on_bad_file=cfg.on_bad_file, cache=cfg.cache,
-                          name=f"folder-{split}", has_masks=has_masks)
+    return AnomalyDataset(
+        records,
+        size=cfg.image_size,
+        on_bad_file=cfg.on_bad_file,
+        cache=cfg.cache,
+        name=f"folder-{split}",
+        has_masks=has_masks,
+    )

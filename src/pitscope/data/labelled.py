@@ -80,16 +80,21 @@ def _refuse(message: str, on_bad_file: str) -> None:
 
 def _owners(mask: Path, stems: dict[str, list[Path]]) -> list[Path]:
     """The photos whose stem plus one of MASK_SUFFIXES is the stem of `mask`."""
-    return [photo for suffix in MASK_SUFFIXES if mask.stem.endswith(suffix)
-            for photo in stems.get(mask.stem.removesuffix(suffix), [])]
+    return [
+        photo
+        for suffix in MASK_SUFFIXES
+        if mask.stem.endswith(suffix)
+        for photo in stems.get(mask.stem.removesuffix(suffix), [])
+    ]
 
 
 def _labelme_files(folder: Path) -> list[Path]:
     """The visible `.json` files directly in `folder` (none when it does not exist), sorted."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".json"
-                  and not p.name.startswith("."))
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".json" and not p.name.startswith(".")
+    )
 
 
 def _pair(folder: Path, photos: list[Path]) -> tuple[dict[Path, Path], list[str]]:
@@ -120,8 +125,9 @@ def _pair(folder: Path, photos: list[Path]) -> tuple[dict[Path, Path], list[str]
     for photo in photos:
         stem = photo.stem
         if len(stems[stem]) > 1:
-            problems.append(f"{photo}: {len(stems[stem])} photos share the stem {stem!r}, so their masks "
-                            "cannot be told apart")
+            problems.append(
+                f"{photo}: {len(stems[stem])} photos share the stem {stem!r}, so their masks cannot be told apart"
+            )
             continue
         masks = in_mask_dir.get(photo, [])
         if len(masks) > 1:
@@ -130,8 +136,9 @@ def _pair(folder: Path, photos: list[Path]) -> tuple[dict[Path, Path], list[str]
         found = masks + [p for p in (folder / f"{stem}.json", folder / LABEL_DIR / f"{stem}.json") if p.is_file()]
         if not found:
             looked = [f"{MASK_DIR}/{stem}{s}.<png|jpg|...>" for s in MASK_SUFFIXES]
-            problems.append(f"{photo}: photo has no mask (looked for {', '.join(looked)}, {stem}.json, "
-                            f"{LABEL_DIR}/{stem}.json)")
+            problems.append(
+                f"{photo}: photo has no mask (looked for {', '.join(looked)}, {stem}.json, {LABEL_DIR}/{stem}.json)"
+            )
             continue
         sources[photo] = found[0]
         for unused in found[1:]:
@@ -157,8 +164,10 @@ def _read_binary_mask(path: Path) -> np.ndarray:
     distinct = np.unique(values)
     if distinct.size > 2 or (distinct.size == 2 and 0 not in distinct):
         hint = " (JPEG compression blurs masks: save them as PNG)" if path.suffix.lower() in (".jpg", ".jpeg") else ""
-        raise _BadFile(f"{path}: mask is not binary: it holds {distinct.size} distinct values where 0 and one "
-                       f"other value are expected{hint}")
+        raise _BadFile(
+            f"{path}: mask is not binary: it holds {distinct.size} distinct values where 0 and one "
+            f"other value are expected{hint}"
+        )
     return values != 0
 
 
@@ -186,8 +195,10 @@ def _load(photo: Path, source: Path) -> LabelledDefect:
     else:
         mask = _read_binary_mask(source)
         if mask.shape != (height, width):
-            raise _BadFile(f"{source}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its photo {photo.name} "
-                           f"is {width}x{height}")
+            raise _BadFile(
+                f"{source}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its photo {photo.name} "
+                f"is {width}x{height}"
+            )
     if not mask.any():
         raise _BadFile(f"{source}: marks no defect pixel of {photo.name}")
     return LabelledDefect(path=photo, sha256=digest, image=image, mask=mask)
@@ -219,8 +230,10 @@ def load_labelled_defects(folder: str | Path, on_bad_file: str = "skip") -> list
         except _BadFile as exc:
             _refuse(str(exc), on_bad_file)
     if not defects:
-        raise DatasetLayoutError(f"{folder}: no usable labelled photo among its {len(photos)} photos "
-                                 f"(each needs a mask in {MASK_DIR}/, a <stem>.json or a {LABEL_DIR}/<stem>.json)")
+        raise DatasetLayoutError(
+            f"{folder}: no usable labelled photo among its {len(photos)} photos "
+            f"(each needs a mask in {MASK_DIR}/, a <stem>.json or a {LABEL_DIR}/<stem>.json)"
+        )
     return defects
 
 

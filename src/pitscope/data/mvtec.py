@@ -64,7 +64,9 @@ def _test_records(category: Path) -> list[Record]:
         for folder in sorted(p for p in truth.iterdir() if p.is_dir() and p.name not in (NORMAL_DIR, *defects)):
             orphans = list_images(folder)
             if orphans:
-                raise DatasetLayoutError(f"{orphans[0]}: mask belongs to no image (there is no folder {test / folder.name})")
+                raise DatasetLayoutError(
+                    f"{orphans[0]}: mask belongs to no image (there is no folder {test / folder.name})"
+                )
     return records
 
 
@@ -84,5 +86,10 @@ def load_mvtec(cfg: DataConfig, split: str, seed: int) -> AnomalyDataset:
             raise DatasetLayoutError(f"{category / 'train' / NORMAL_DIR}: no training images")
     else:
         records = _test_records(category)
-    return AnomalyDataset(records, size=cfg.image_size, on_bad_file=cfg.on_bad_file, cache=cfg.cache,
-                          name=f"mvtec-{category.name}-{split}")
+    return AnomalyDataset(
+        records,
+        size=cfg.image_size,
+        on_bad_file=cfg.on_bad_file,
+        cache=cfg.cache,
+        name=f"mvtec-{category.name}-{split}",
+    )

@@ -79,6 +79,5 @@ def read_sequences(root: str | Path | None = None) -> list[WearSequence]:
             label = root / "label" / f"{Path(file).stem}.json"
             polygons = read_polygons(label) if label.is_file() else None
             records.append(Record(root / "data" / file, int(polygons is not None), polygons=polygons))
-        sequences.append(WearSequence(names[0], names, tuple(records),
-                                      tuple(capture_time(f) for f in ordered)))
+        sequences.append(WearSequence(names[0], names, tuple(records), tuple(capture_time(f) for f in ordered)))
     return sorted(sequences, key=lambda s: s.name)

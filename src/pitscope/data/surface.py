@@ -192,8 +192,9 @@ def _environment(rng: np.random.Generator, reflected: Vector, vy: np.ndarray) ->
     return env
 
 
-def _shading(rng: np.random.Generator, g: _Geometry, normal: Vector, env: np.ndarray, mark: np.ndarray,
-             h: int, w: int) -> np.ndarray:
+def _shading(
+    rng: np.random.Generator, g: _Geometry, normal: Vector, env: np.ndarray, mark: np.ndarray, h: int, w: int
+) -> np.ndarray:
     """Mirror light plus a weak diffuse term, times albedo, specks and a slow illumination
     gradient across the frame: (H, W) float."""
     nx, ny, nz = normal

@@ -93,8 +93,9 @@ def add_pitting(
         r = blob.shape[0] // 2
         # Clip the window to the image.
         y0, x0 = cy - r, cx - r
-        sy, sx = slice(max(0, -y0), blob.shape[0] - max(0, y0 + blob.shape[0] - h)), slice(
-            max(0, -x0), blob.shape[1] - max(0, x0 + blob.shape[1] - w)
+        sy, sx = (
+            slice(max(0, -y0), blob.shape[0] - max(0, y0 + blob.shape[0] - h)),
+            slice(max(0, -x0), blob.shape[1] - max(0, x0 + blob.shape[1] - w)),
         )
         blob = blob[sy, sx]
         win = (slice(max(0, y0), max(0, y0) + blob.shape[0]), slice(max(0, x0), max(0, x0) + blob.shape[1]))
@@ -288,13 +289,22 @@ def load_synthetic(cfg: DataConfig, split: str, seed: int) -> SyntheticDataset:
     as `test`, chooses settings so that `test` only measures.
     """
     syn = cfg.synthetic
-    counts = {"train": (syn.n_train, 0), "test": (syn.n_test_normal, syn.n_test_defect),
-              "val": (syn.n_test_normal, syn.n_test_defect)}
+    counts = {
+        "train": (syn.n_train, 0),
+        "test": (syn.n_test_normal, syn.n_test_defect),
+        "val": (syn.n_test_normal, syn.n_test_defect),
+    }
     if split not in counts:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(counts)}")
     n_normal, n_defect = counts[split]
     return SyntheticDataset(
-        n_normal, n_defect, syn.height, syn.width, _split_seed(seed, split), size=cfg.image_size, split_name=split,
+        n_normal,
+        n_defect,
+        syn.height,
+        syn.width,
+        _split_seed(seed, split),
+        size=cfg.image_size,
+        split_name=split,
         defects=tuple(syn.defects),
     )
 

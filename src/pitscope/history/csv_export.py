@@ -7,9 +7,29 @@ from collections.abc import Iterable
 from pathlib import Path
 
 # The columns, in order: every field of an inspection row of `HistoryStore.inspections`.
-COLUMNS = ("id", "recorded_at", "captured_at", "source", "part", "name", "image_sha256", "image_ref", "width",
-           "height", "score", "image_threshold", "is_defective", "defect_px", "defect_fraction",
-           "pixel_threshold", "map_ref", "model_id", "threshold_id", "threshold_version", "duration_ms")
+COLUMNS = (
+    "id",
+    "recorded_at",
+    "captured_at",
+    "source",
+    "part",
+    "name",
+    "image_sha256",
+    "image_ref",
+    "width",
+    "height",
+    "score",
+    "image_threshold",
+    "is_defective",
+    "defect_px",
+    "defect_fraction",
+    "pixel_threshold",
+    "map_ref",
+    "model_id",
+    "threshold_id",
+    "threshold_version",
+    "duration_ms",
+)
 
 
 def write_csv(rows: Iterable[dict], path: str | Path) -> int:
@@ -20,7 +40,11 @@ def write_csv(rows: Iterable[dict], path: str | Path) -> int:
         writer = csv.writer(fh)
         writer.writerow(COLUMNS)
         for row in rows:
-            writer.writerow(["" if row.get(k) is None else row[k].isoformat() if hasattr(row[k], "isoformat")
-                             else row[k] for k in COLUMNS])
+            writer.writerow(
+                [
+                    "" if row.get(k) is None else row[k].isoformat() if hasattr(row[k], "isoformat") else row[k]
+                    for k in COLUMNS
+                ]
+            )
             n += 1
     return n

@@ -80,15 +80,21 @@ class HistoryDatabase:
     """The connection, schema and write transaction of a `HistoryStore` (which documents the
     parameters); the reading queries and the writes build on it."""
 
-    def __init__(self, spec: str | os.PathLike, upgrade: bool = True, image_store: str = "none",
-                 copies_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        spec: str | os.PathLike,
+        upgrade: bool = True,
+        image_store: str = "none",
+        copies_dir: str | os.PathLike | None = None,
+    ):
         if image_store not in IMAGE_STORES:
             raise ValueError(f"image_store: {image_store!r} is not one of {', '.join(IMAGE_STORES)}")
         self.url = sa.make_url(database_url(spec))
         self.backend = self.url.get_backend_name()
         if self.backend not in ("sqlite", "postgresql"):
-            raise HistoryError(f"{self.display_url}: pitscope keeps its history in SQLite or PostgreSQL, "
-                               f"not {self.backend}")
+            raise HistoryError(
+                f"{self.display_url}: pitscope keeps its history in SQLite or PostgreSQL, not {self.backend}"
+            )
         self.path: Path | None = None
         self._identity: tuple[int, int] | None = None
         self.writable = True
@@ -131,8 +137,10 @@ class HistoryDatabase:
             with self.path.open("rb") as fh:
                 head = fh.read(len(SQLITE_MAGIC))
             if head and head != SQLITE_MAGIC:
-                raise HistoryError(f"{self.path} is not an SQLite database (it holds other data): "
-                                   "give a new file name or the path of a pitscope history database")
+                raise HistoryError(
+                    f"{self.path} is not an SQLite database (it holds other data): "
+                    "give a new file name or the path of a pitscope history database"
+                )
             self.writable = os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK)
         elif not os.access(self.path.parent, os.W_OK):
             raise HistoryError(f"{self.path}: cannot create the database, the folder {self.path.parent} is read-only")
@@ -142,8 +150,10 @@ class HistoryDatabase:
             try:
                 return sa.create_engine(self.url, pool_pre_ping=True, pool_size=4, max_overflow=4)
             except ModuleNotFoundError as exc:
-                raise HistoryError(f"{self.display_url}: the PostgreSQL driver is not installed ({exc.name}): "
-                                   "pip install 'pitscope[postgres]'") from None
+                raise HistoryError(
+                    f"{self.display_url}: the PostgreSQL driver is not installed ({exc.name}): "
+                    "pip install 'pitscope[postgres]'"
+                ) from None
         assert self.path is not None  # an SQLite database: _check_sqlite_file set it
         read_only = not self.writable
         url = f"file:{self.path}"
@@ -156,11 +166,13 @@ class HistoryDatabase:
         import sqlite3
 
         def connect():
-            return sqlite3.connect(url, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False,
-                                   isolation_level=None)
+            return sqlite3.connect(
+                url, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False, isolation_level=None
+            )
 
-        engine = sa.create_engine("sqlite://", creator=connect, poolclass=sa.pool.QueuePool, pool_size=4,
-                                  max_overflow=4)
+        engine = sa.create_engine(
+            "sqlite://", creator=connect, poolclass=sa.pool.QueuePool, pool_size=4, max_overflow=4
+        )
 
         @sa.event.listens_for(engine, "connect")
         def pragmas(dbapi_connection, _record) -> None:
@@ -191,17 +203,23 @@ class HistoryDatabase:
         except sa.exc.DatabaseError as exc:
             raise HistoryError(f"{self.display_url}: cannot open the database: {_reason(exc)}") from None
         if current is not None and current not in known:
-            raise HistoryError(f"{self.display_url} is at schema revision {current}, newer than this pitscope "
-                               f"({__version__}) knows (its newest is {head}): upgrade pitscope to use it")
+            raise HistoryError(
+                f"{self.display_url} is at schema revision {current}, newer than this pitscope "
+                f"({__version__}) knows (its newest is {head}): upgrade pitscope to use it"
+            )
         if current is None and tables - {"alembic_version"}:
-            raise HistoryError(f"{self.display_url} already holds tables that are not a pitscope history "
-                               f"({', '.join(sorted(tables)[:5])}): give an empty or a pitscope database")
+            raise HistoryError(
+                f"{self.display_url} already holds tables that are not a pitscope history "
+                f"({', '.join(sorted(tables)[:5])}): give an empty or a pitscope database"
+            )
         if current == head:
             return
         if not upgrade or not self.writable:
-            raise HistoryError(f"{self.display_url} is at schema revision {current or 'none'}, older than "
-                               f"{head}, and {'read-only' if not self.writable else 'not to be upgraded'}: "
-                               "open it once writable to upgrade it")
+            raise HistoryError(
+                f"{self.display_url} is at schema revision {current or 'none'}, older than "
+                f"{head}, and {'read-only' if not self.writable else 'not to be upgraded'}: "
+                "open it once writable to upgrade it"
+            )
         from alembic import command
 
         with self.engine.connect() as connection:
@@ -227,11 +245,15 @@ class HistoryDatabase:
         try:
             identity = _file_identity(self.path)
         except FileNotFoundError:
-            raise HistoryUnavailable(f"the database file {self.path} was deleted while in use: writes are "
-                                     "not recorded; restart with a database path to record again") from None
+            raise HistoryUnavailable(
+                f"the database file {self.path} was deleted while in use: writes are "
+                "not recorded; restart with a database path to record again"
+            ) from None
         if identity != self._identity:
-            raise HistoryUnavailable(f"the database file {self.path} was replaced by another file while in use: "
-                                     "writes are not recorded; restart to use the new file")
+            raise HistoryUnavailable(
+                f"the database file {self.path} was replaced by another file while in use: "
+                "writes are not recorded; restart to use the new file"
+            )
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:

@@ -57,8 +57,9 @@ def parse_time(text: str) -> dt.datetime:
         else:
             value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"{text!r} is not a time: give ISO 8601 (2020-08-28T11:00:14Z), "
-                         "yymmddhhmmss or yyyymmddhhmmss") from None
+        raise ValueError(
+            f"{text!r} is not a time: give ISO 8601 (2020-08-28T11:00:14Z), yymmddhhmmss or yyyymmddhhmmss"
+        ) from None
     return as_utc(value)
 
 

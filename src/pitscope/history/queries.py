@@ -66,15 +66,20 @@ class HistoryQueries(HistoryDatabase):
             conditions.append(i.c.source == source)
         return conditions
 
-    def inspections(self, *, limit: int | None = 100, offset: int = 0, newest_first: bool = True,
-                    **filters) -> list[dict]:
+    def inspections(
+        self, *, limit: int | None = 100, offset: int = 0, newest_first: bool = True, **filters
+    ) -> list[dict]:
         """Inspections matching the filters (part, since, until, decision, model id prefix, source),
         newest recorded first (or oldest first), as dicts of the table's columns plus
         `threshold_version`."""
         i, t = schema.inspections, schema.thresholds
-        query = (sa.select(i, t.c.version.label("threshold_version")).join(t, t.c.id == i.c.threshold_id)
-                 .where(*self._filters(**filters))
-                 .order_by(i.c.id.desc() if newest_first else i.c.id.asc()).offset(offset))
+        query = (
+            sa.select(i, t.c.version.label("threshold_version"))
+            .join(t, t.c.id == i.c.threshold_id)
+            .where(*self._filters(**filters))
+            .order_by(i.c.id.desc() if newest_first else i.c.id.asc())
+            .offset(offset)
+        )
         if limit is not None:
             query = query.limit(limit)
         with self.engine.connect() as connection:
@@ -92,10 +97,25 @@ class HistoryQueries(HistoryDatabase):
         defect_px, defect_fraction, pixel_threshold, model_id."""
         i = schema.inspections
         when = sa.func.coalesce(i.c.captured_at, i.c.recorded_at).label("time")
-        query = (sa.select(i.c.id, when, i.c.captured_at, i.c.name, i.c.width, i.c.height, i.c.score,
-                           i.c.image_threshold, i.c.is_defective, i.c.defect_px, i.c.defect_fraction,
-                           i.c.pixel_threshold, i.c.model_id)
-                 .where(*self._filters(part=part, since=since, until=until)).order_by(when, i.c.id))
+        query = (
+            sa.select(
+                i.c.id,
+                when,
+                i.c.captured_at,
+                i.c.name,
+                i.c.width,
+                i.c.height,
+                i.c.score,
+                i.c.image_threshold,
+                i.c.is_defective,
+                i.c.defect_px,
+                i.c.defect_fraction,
+                i.c.pixel_threshold,
+                i.c.model_id,
+            )
+            .where(*self._filters(part=part, since=since, until=until))
+            .order_by(when, i.c.id)
+        )
         with self.engine.connect() as connection:
             rows = [_row(r._mapping) for r in connection.execute(query)]
         for row in rows:  # SQLite returns coalesce() as text
@@ -107,9 +127,15 @@ class HistoryQueries(HistoryDatabase):
         """Every part with inspections: part, inspections, last time, open alerts."""
         i, a = schema.inspections, schema.alerts
         when = sa.func.max(sa.func.coalesce(i.c.captured_at, i.c.recorded_at))
-        query = sa.select(i.c.part, sa.func.count().label("inspections"), when.label("last")).where(
-            i.c.part.is_not(None)).group_by(i.c.part).order_by(i.c.part)
-        open_alerts = sa.select(a.c.part, sa.func.count().label("n")).where(a.c.acknowledged_at.is_(None)).group_by(a.c.part)
+        query = (
+            sa.select(i.c.part, sa.func.count().label("inspections"), when.label("last"))
+            .where(i.c.part.is_not(None))
+            .group_by(i.c.part)
+            .order_by(i.c.part)
+        )
+        open_alerts = (
+            sa.select(a.c.part, sa.func.count().label("n")).where(a.c.acknowledged_at.is_(None)).group_by(a.c.part)
+        )
         with self.engine.connect() as connection:
             rows = [dict(r._mapping) for r in connection.execute(query)]
             alerts: dict[str, int] = dict(connection.execute(open_alerts).all())

@@ -61,8 +61,9 @@ class WebhookSender:
 
     def _post(self, alert: dict) -> None:
         body = json.dumps({"alert": alert}, default=str).encode()
-        request = urllib.request.Request(self.url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url, data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S) as response:
             if response.status >= 300:
                 raise urllib.error.HTTPError(self.url, response.status, "not 2xx", response.headers, None)
@@ -79,8 +80,13 @@ class WebhookSender:
                 except (OSError, urllib.error.URLError) as exc:
                     if attempt == self.tries:
                         self.failed += 1
-                        logger.error("webhook %s: alert %s not delivered after %d tries: %s",
-                                     self.url, alert.get("id"), self.tries, exc)
+                        logger.error(
+                            "webhook %s: alert %s not delivered after %d tries: %s",
+                            self.url,
+                            alert.get("id"),
+                            self.tries,
+                            exc,
+                        )
                     else:
                         time.sleep(pause)
                         pause *= 2
@@ -114,8 +120,15 @@ class Recorder:
     webhook: URL the raised alerts are POSTed to (None: none).
     """
 
-    def __init__(self, store: HistoryStore, detector, name: str, rule: AlertRule | None = AlertRule(),
-                 webhook: str | None = None, by: str = "pitscope"):
+    def __init__(
+        self,
+        store: HistoryStore,
+        detector,
+        name: str,
+        rule: AlertRule | None = AlertRule(),
+        webhook: str | None = None,
+        by: str = "pitscope",
+    ):
         self.store = store
         self.rule = rule
         self.sender = WebhookSender(webhook) if webhook else None
@@ -123,13 +136,26 @@ class Recorder:
         state = detector.state_dict()
         try:
             self.model_id, self._threshold = store.register_model(
-                state, name, float(detector.threshold), float(detector.pixel_threshold),
-                training=detector.metadata.get("training"), by=by)
+                state,
+                name,
+                float(detector.threshold),
+                float(detector.pixel_threshold),
+                training=detector.metadata.get("training"),
+                by=by,
+            )
         except HistoryUnavailable as exc:  # a read-only database: score on, record nothing
             logger.error("history: the model could not be registered, so no inspection will be recorded: %s", exc)
             self.model_id = model_id(state)
-            self._threshold = ThresholdVersion(0, self.model_id, 0, float(detector.threshold),
-                                               float(detector.pixel_threshold), by, f"not recorded: {exc}", now())
+            self._threshold = ThresholdVersion(
+                0,
+                self.model_id,
+                0,
+                float(detector.threshold),
+                float(detector.pixel_threshold),
+                by,
+                f"not recorded: {exc}",
+                now(),
+            )
 
     def thresholds(self) -> ThresholdVersion:
         """The threshold version in force (read from the database; the last one read if it cannot be)."""
@@ -147,15 +173,31 @@ class Recorder:
         rounded as the model file keeps it, so a reload finds the same version in force."""
         import torch
 
-        image_threshold, pixel_threshold = (torch.tensor(float(v), dtype=self._dtype).item()
-                                            for v in (image_threshold, pixel_threshold))
+        image_threshold, pixel_threshold = (
+            torch.tensor(float(v), dtype=self._dtype).item() for v in (image_threshold, pixel_threshold)
+        )
         self._threshold = self.store.set_threshold(self.model_id, image_threshold, pixel_threshold, by, how)
         return self._threshold
 
-    def record(self, prediction, *, source: str, data: bytes | None = None, image_sha256: str | None = None,
-               width: int, height: int, defect_px: int, duration_ms: float, threshold: ThresholdVersion,
-               part: str | None = None, name: str | None = None, captured_at: dt.datetime | None = None,
-               image_path: str | None = None, suffix: str = ".png", map_png: bytes | None = None) -> Recorded:
+    def record(
+        self,
+        prediction,
+        *,
+        source: str,
+        data: bytes | None = None,
+        image_sha256: str | None = None,
+        width: int,
+        height: int,
+        defect_px: int,
+        duration_ms: float,
+        threshold: ThresholdVersion,
+        part: str | None = None,
+        name: str | None = None,
+        captured_at: dt.datetime | None = None,
+        image_path: str | None = None,
+        suffix: str = ".png",
+        map_png: bytes | None = None,
+    ) -> Recorded:
         """Write one inspection of `prediction` (scored with `threshold`). Never raises for a
         database that cannot take it: the result says so. With image copies on, the photo's bytes
         and `map_png` (its anomaly map as a picture) are kept and referenced by the row."""
@@ -170,11 +212,25 @@ class Recorder:
             elif self.store.image_store == "path":
                 image_ref = image_path
             inspection, alerts = self.store.record_inspection(
-                model=self.model_id, threshold=threshold, source=source, image_sha256=image_sha256, width=width,
-                height=height, score=float(prediction.score), image_threshold=float(prediction.threshold),
-                is_defective=bool(prediction.is_defective), defect_px=int(defect_px),
-                pixel_threshold=float(prediction.pixel_threshold), duration_ms=duration_ms, part=part, name=name,
-                captured_at=captured_at, image_ref=image_ref, map_ref=map_ref, rule=self.rule)
+                model=self.model_id,
+                threshold=threshold,
+                source=source,
+                image_sha256=image_sha256,
+                width=width,
+                height=height,
+                score=float(prediction.score),
+                image_threshold=float(prediction.threshold),
+                is_defective=bool(prediction.is_defective),
+                defect_px=int(defect_px),
+                pixel_threshold=float(prediction.pixel_threshold),
+                duration_ms=duration_ms,
+                part=part,
+                name=name,
+                captured_at=captured_at,
+                image_ref=image_ref,
+                map_ref=map_ref,
+                rule=self.rule,
+            )
         except (HistoryUnavailable, OSError) as exc:
             logger.error("history: inspection not recorded: %s", exc)
             return Recorded(None, str(exc))

@@ -39,7 +39,8 @@ ROW_ID = BigInteger().with_variant(Integer(), "sqlite")
 UTC_TIME = DateTime(timezone=True)
 
 models = Table(
-    "models", metadata,
+    "models",
+    metadata,
     Column("id", String(64), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("pitscope_version", String(40), nullable=False),
@@ -48,7 +49,8 @@ models = Table(
 )
 
 thresholds = Table(
-    "thresholds", metadata,
+    "thresholds",
+    metadata,
     Column("id", ROW_ID, primary_key=True, autoincrement=True),
     Column("model_id", String(64), ForeignKey("models.id"), nullable=False),
     Column("version", Integer, nullable=False),
@@ -61,7 +63,8 @@ thresholds = Table(
 )
 
 inspections = Table(
-    "inspections", metadata,
+    "inspections",
+    metadata,
     Column("id", ROW_ID, primary_key=True, autoincrement=True),
     Column("recorded_at", UTC_TIME, nullable=False),
     Column("captured_at", UTC_TIME),
@@ -88,7 +91,8 @@ inspections = Table(
 )
 
 events = Table(
-    "events", metadata,
+    "events",
+    metadata,
     Column("id", ROW_ID, primary_key=True, autoincrement=True),
     Column("at", UTC_TIME, nullable=False),
     Column("kind", String(40), nullable=False),
@@ -100,7 +104,8 @@ events = Table(
 )
 
 alerts = Table(
-    "alerts", metadata,
+    "alerts",
+    metadata,
     Column("id", ROW_ID, primary_key=True, autoincrement=True),
     Column("part", String(200), nullable=False),
     Column("rule", String(40), nullable=False),

@@ -84,8 +84,16 @@ class HistoryStore(HistoryQueries):
     copies_dir: where copies go (default: `<database file>.images/` beside an SQLite file).
     """
 
-    def register_model(self, state_dict: dict, name: str, image_threshold: float, pixel_threshold: float,
-                       training: dict | None = None, by: str = "pitscope", how: str = "model file") -> tuple[str, ThresholdVersion]:
+    def register_model(
+        self,
+        state_dict: dict,
+        name: str,
+        image_threshold: float,
+        pixel_threshold: float,
+        training: dict | None = None,
+        by: str = "pitscope",
+        how: str = "model file",
+    ) -> tuple[str, ThresholdVersion]:
         """Record a loaded model (once per id) and a `model_load` event; when the thresholds it
         carries differ from its newest threshold version, they become a new version (`how`).
         Returns (model id, the threshold version in force)."""
@@ -93,37 +101,83 @@ class HistoryStore(HistoryQueries):
         with self._write() as connection:
             exists = connection.execute(sa.select(schema.models.c.id).where(schema.models.c.id == mid)).first()
             if exists is None:
-                connection.execute(schema.models.insert().values(
-                    id=mid, name=name, pitscope_version=__version__, training=None if training is None else json.loads(json.dumps(json_safe(training), default=str)),
-                    first_seen=now()))
-            connection.execute(schema.events.insert().values(
-                at=now(), kind="model_load", model_id=mid, by=by,
-                new={"name": name, "image_threshold": image_threshold, "pixel_threshold": pixel_threshold}))
+                connection.execute(
+                    schema.models.insert().values(
+                        id=mid,
+                        name=name,
+                        pitscope_version=__version__,
+                        training=None if training is None else json.loads(json.dumps(json_safe(training), default=str)),
+                        first_seen=now(),
+                    )
+                )
+            connection.execute(
+                schema.events.insert().values(
+                    at=now(),
+                    kind="model_load",
+                    model_id=mid,
+                    by=by,
+                    new={"name": name, "image_threshold": image_threshold, "pixel_threshold": pixel_threshold},
+                )
+            )
             current = self._newest_threshold(connection, mid)
-            if (current is None or current.image_threshold != image_threshold
-                    or current.pixel_threshold != pixel_threshold):
+            if (
+                current is None
+                or current.image_threshold != image_threshold
+                or current.pixel_threshold != pixel_threshold
+            ):
                 current = self._add_threshold(connection, mid, image_threshold, pixel_threshold, by, how, current)
         return mid, current
 
-    def _add_threshold(self, connection: Connection, mid: str, image_threshold: float, pixel_threshold: float,
-                       by: str, how: str, previous: ThresholdVersion | None) -> ThresholdVersion:
+    def _add_threshold(
+        self,
+        connection: Connection,
+        mid: str,
+        image_threshold: float,
+        pixel_threshold: float,
+        by: str,
+        how: str,
+        previous: ThresholdVersion | None,
+    ) -> ThresholdVersion:
         version = 1 if previous is None else previous.version + 1
         at = now()
-        result = connection.execute(schema.thresholds.insert().values(
-            model_id=mid, version=version, image_threshold=float(image_threshold),
-            pixel_threshold=float(pixel_threshold), set_by=by, how=how, set_at=at))
+        result = connection.execute(
+            schema.thresholds.insert().values(
+                model_id=mid,
+                version=version,
+                image_threshold=float(image_threshold),
+                pixel_threshold=float(pixel_threshold),
+                set_by=by,
+                how=how,
+                set_at=at,
+            )
+        )
         if previous is not None:
-            connection.execute(schema.events.insert().values(
-                at=at, kind="threshold_change", model_id=mid, by=by,
-                old={"version": previous.version, "image_threshold": previous.image_threshold,
-                     "pixel_threshold": previous.pixel_threshold},
-                new={"version": version, "image_threshold": float(image_threshold),
-                     "pixel_threshold": float(pixel_threshold), "how": how}))
-        return ThresholdVersion(_inserted_id(result), mid, version, float(image_threshold),
-                                float(pixel_threshold), by, how, at)
+            connection.execute(
+                schema.events.insert().values(
+                    at=at,
+                    kind="threshold_change",
+                    model_id=mid,
+                    by=by,
+                    old={
+                        "version": previous.version,
+                        "image_threshold": previous.image_threshold,
+                        "pixel_threshold": previous.pixel_threshold,
+                    },
+                    new={
+                        "version": version,
+                        "image_threshold": float(image_threshold),
+                        "pixel_threshold": float(pixel_threshold),
+                        "how": how,
+                    },
+                )
+            )
+        return ThresholdVersion(
+            _inserted_id(result), mid, version, float(image_threshold), float(pixel_threshold), by, how, at
+        )
 
-    def set_threshold(self, mid: str, image_threshold: float, pixel_threshold: float, by: str,
-                      how: str) -> ThresholdVersion:
+    def set_threshold(
+        self, mid: str, image_threshold: float, pixel_threshold: float, by: str, how: str
+    ) -> ThresholdVersion:
         """A new threshold version of model `mid` and a `threshold_change` event, in one transaction."""
         with self._write() as connection:
             self._lock(connection, f"thresholds:{mid}")
@@ -153,12 +207,28 @@ class HistoryStore(HistoryQueries):
             os.replace(partial, target)
         return relative.as_posix()
 
-    def record_inspection(self, *, model: str, threshold: ThresholdVersion, source: str, image_sha256: str,
-                          width: int, height: int, score: float, image_threshold: float, is_defective: bool,
-                          defect_px: int, pixel_threshold: float, duration_ms: float, part: str | None = None,
-                          name: str | None = None, captured_at: dt.datetime | None = None,
-                          image_ref: str | None = None, map_ref: str | None = None,
-                          rule: AlertRule | None = None) -> tuple[int, list[dict]]:
+    def record_inspection(
+        self,
+        *,
+        model: str,
+        threshold: ThresholdVersion,
+        source: str,
+        image_sha256: str,
+        width: int,
+        height: int,
+        score: float,
+        image_threshold: float,
+        is_defective: bool,
+        defect_px: int,
+        pixel_threshold: float,
+        duration_ms: float,
+        part: str | None = None,
+        name: str | None = None,
+        captured_at: dt.datetime | None = None,
+        image_ref: str | None = None,
+        map_ref: str | None = None,
+        rule: AlertRule | None = None,
+    ) -> tuple[int, list[dict]]:
         """Insert one inspection and, for a part with a rule, evaluate the wear alert rule on it
         (`evaluate_alerts`), all in one transaction. Returns (inspection id, alerts raised).
         Raises HistoryUnavailable when nothing was recorded."""
@@ -169,13 +239,29 @@ class HistoryStore(HistoryQueries):
         with self._write() as connection:
             if part is not None and rule is not None:
                 self._lock(connection, f"part:{part}")
-            result = connection.execute(schema.inspections.insert().values(
-                recorded_at=now(), captured_at=None if captured_at is None else as_utc(captured_at),
-                source=source, part=part, name=name, image_sha256=image_sha256, image_ref=image_ref,
-                width=int(width), height=int(height), score=float(score), image_threshold=float(image_threshold),
-                is_defective=bool(is_defective), defect_px=int(defect_px),
-                defect_fraction=float(defect_px) / (int(width) * int(height)), pixel_threshold=float(pixel_threshold),
-                map_ref=map_ref, model_id=model, threshold_id=threshold.id, duration_ms=float(duration_ms)))
+            result = connection.execute(
+                schema.inspections.insert().values(
+                    recorded_at=now(),
+                    captured_at=None if captured_at is None else as_utc(captured_at),
+                    source=source,
+                    part=part,
+                    name=name,
+                    image_sha256=image_sha256,
+                    image_ref=image_ref,
+                    width=int(width),
+                    height=int(height),
+                    score=float(score),
+                    image_threshold=float(image_threshold),
+                    is_defective=bool(is_defective),
+                    defect_px=int(defect_px),
+                    defect_fraction=float(defect_px) / (int(width) * int(height)),
+                    pixel_threshold=float(pixel_threshold),
+                    map_ref=map_ref,
+                    model_id=model,
+                    threshold_id=threshold.id,
+                    duration_ms=float(duration_ms),
+                )
+            )
             inspection = _inserted_id(result)
             raised = []
             if part is not None and rule is not None:
@@ -190,7 +276,9 @@ class HistoryStore(HistoryQueries):
             if row is None:
                 return None
             if row.acknowledged_at is None:
-                connection.execute(a.update().where(a.c.id == alert_id).values(acknowledged_at=now(), acknowledged_by=by))
+                connection.execute(
+                    a.update().where(a.c.id == alert_id).values(acknowledged_at=now(), acknowledged_by=by)
+                )
             return _row(connection.execute(sa.select(a).where(a.c.id == alert_id)).one()._mapping)
 
     def prune(self, older_than_days: float) -> dict:
@@ -201,13 +289,22 @@ class HistoryStore(HistoryQueries):
         cutoff = now() - dt.timedelta(days=older_than_days)
         i = schema.inspections
         with self._write() as connection:
-            old_refs = {r for (r,) in connection.execute(
-                sa.select(i.c.image_ref).where(i.c.recorded_at < cutoff, i.c.image_ref.is_not(None)).distinct())}
-            old_refs |= {r for (r,) in connection.execute(
-                sa.select(i.c.map_ref).where(i.c.recorded_at < cutoff, i.c.map_ref.is_not(None)).distinct())}
+            old_refs = {
+                r
+                for (r,) in connection.execute(
+                    sa.select(i.c.image_ref).where(i.c.recorded_at < cutoff, i.c.image_ref.is_not(None)).distinct()
+                )
+            }
+            old_refs |= {
+                r
+                for (r,) in connection.execute(
+                    sa.select(i.c.map_ref).where(i.c.recorded_at < cutoff, i.c.map_ref.is_not(None)).distinct()
+                )
+            }
             old_ids = sa.select(i.c.id).where(i.c.recorded_at < cutoff)
-            connection.execute(schema.alerts.update().where(schema.alerts.c.inspection_id.in_(old_ids))
-                               .values(inspection_id=None))
+            connection.execute(
+                schema.alerts.update().where(schema.alerts.c.inspection_id.in_(old_ids)).values(inspection_id=None)
+            )
             deleted = connection.execute(i.delete().where(i.c.recorded_at < cutoff)).rowcount
             kept = {r for (r,) in connection.execute(sa.select(i.c.image_ref).where(i.c.image_ref.in_(old_refs)))}
             kept |= {r for (r,) in connection.execute(sa.select(i.c.map_ref).where(i.c.map_ref.in_(old_refs)))}
@@ -241,22 +338,32 @@ def evaluate_alerts(connection: Connection, part: str, inspection: int, rule: Al
     time = as_utc(time)
     checks: dict[str, tuple[bool, dict]] = {}
     if rule.area_fraction_above is not None:
-        checks["area"] = (row.defect_fraction > rule.area_fraction_above,
-                          {"defect_fraction": row.defect_fraction, "limit": rule.area_fraction_above})
+        checks["area"] = (
+            row.defect_fraction > rule.area_fraction_above,
+            {"defect_fraction": row.defect_fraction, "limit": rule.area_fraction_above},
+        )
     if rule.growth_per_day_above is not None:
         start = time - dt.timedelta(days=rule.window_days)
         window = connection.execute(
             sa.select(when.label("time"), i.c.defect_fraction)
-            .where(i.c.part == part, when >= start, when <= time).order_by(when, i.c.id)).all()
+            .where(i.c.part == part, when >= start, when <= time)
+            .order_by(when, i.c.id)
+        ).all()
         times = [as_utc(t if isinstance(t, dt.datetime) else dt.datetime.fromisoformat(t)) for t, _ in window]
         days = [(t - times[0]).total_seconds() / SECONDS_PER_DAY for t in times]
         # the window is exactly the points trailing_growth would take for this inspection
         slope = slope_per_day(days, [f for _, f in window])
         growth = float("nan") if slope is None else slope
         holds = growth == growth and growth > rule.growth_per_day_above  # NaN: fewer than 2 distinct days
-        checks["growth"] = (holds, {"growth_per_day": growth if growth == growth else None,
-                                    "limit": rule.growth_per_day_above, "window_days": rule.window_days,
-                                    "points": len(window)})
+        checks["growth"] = (
+            holds,
+            {
+                "growth_per_day": growth if growth == growth else None,
+                "limit": rule.growth_per_day_above,
+                "window_days": rule.window_days,
+                "points": len(window),
+            },
+        )
     raised = []
     at = now()
     for name, (holds, values) in checks.items():
@@ -267,8 +374,17 @@ def evaluate_alerts(connection: Connection, part: str, inspection: int, rule: Al
         if connection.execute(sa.select(a.c.id).where(open_alerts).limit(1)).first() is not None:
             continue
         values = {**values, "rule": rule.describe()}
-        result = connection.execute(a.insert().values(part=part, rule=name, values=values, raised_at=at,
-                                                      inspection_id=inspection))
-        raised.append({"id": _inserted_id(result), "part": part, "rule": name, "values": values,
-                       "raised_at": at.isoformat(timespec="seconds"), "inspection_id": inspection})
+        result = connection.execute(
+            a.insert().values(part=part, rule=name, values=values, raised_at=at, inspection_id=inspection)
+        )
+        raised.append(
+            {
+                "id": _inserted_id(result),
+                "part": part,
+                "rule": name,
+                "values": values,
+                "raised_at": at.isoformat(timespec="seconds"),
+                "inspection_id": inspection,
+            }
+        )
     return raised

@@ -136,4 +136,3 @@ def rgb_target(images: Tensor, size: tuple[int, int] = RGB_SIZE) -> Tensor:
     """
     pooled = F.adaptive_avg_pool2d(images, size)  # (B, 3, size[0], size[1])
     return pooled.flatten(1)
-

@@ -133,7 +133,9 @@ class DoubleSelfSupervisedNet(nn.Module):
             target_pred = self.decoder(masked)  # (B, TARGET_FEATURES[target])
 
         seg_logits = self.segmenter(features) if self.segmenter is not None else None  # (B, h, w)
-        return NetOutput(logits, target_pred, embedding, projection, features, seg_logits, sspcab[0] if sspcab else None)
+        return NetOutput(
+            logits, target_pred, embedding, projection, features, seg_logits, sspcab[0] if sspcab else None
+        )
 
 
 class ScoringNetwork(nn.Module):

@@ -42,7 +42,10 @@ class SegmentationHead(nn.Module):
         maps = [features[s] for s in self.stages]
         size = maps[0].shape[-2:]
         x = torch.cat(
-            [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps],
+            [
+                m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                for m in maps
+            ],
             dim=1,
         )  # (B, sum C_i, h, w)
         return self.body(x)[:, 0]  # (B, h, w)

@@ -35,7 +35,9 @@ REDUCTION = 8  # SSPCAB's squeeze-and-excitation ratio r
 class SSPCAB(nn.Module):
     """Masked convolution (centre hidden, ReLU) then channel attention: (B, C, H, W) -> (B, C, H, W)."""
 
-    def __init__(self, channels: int, kernel_size: int = KERNEL_SIZE, dilation: int = DILATION, reduction: int = REDUCTION):
+    def __init__(
+        self, channels: int, kernel_size: int = KERNEL_SIZE, dilation: int = DILATION, reduction: int = REDUCTION
+    ):
         super().__init__()
         if dilation < 0:
             raise ValueError(f"dilation must be at least 0, got {dilation}")

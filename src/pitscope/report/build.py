@@ -84,35 +84,47 @@ def _analyse(
         masks = np.stack([dataset[i].mask for i in range(len(dataset))])  # (N, H, W)
 
     flagged = scores > threshold
-    region = predicted_regions(maps, flagged, pixel_threshold, detector.cfg.score.min_region_fraction,
-                               detector.cfg.score.regions_on)  # (N, H, W) bool, as the pages draw them
+    region = predicted_regions(
+        maps, flagged, pixel_threshold, detector.cfg.score.min_region_fraction, detector.cfg.score.regions_on
+    )  # (N, H, W) bool, as the pages draw them
     curves, pixel_at_threshold = _curves(labels, scores, masks, maps, region)
     picks = pick_gallery(labels, scores, threshold, gallery_size)
     paths = list(dataset.paths)
     log_path = run_dir / TRAIN_LOG if run_dir is not None else None
     log = read_train_log(log_path) if log_path is not None else None
-    record = json_safe({
-        "dataset": {"format": detector.cfg.data.format, "name": getattr(dataset, "name", ""),
-                    "root": detector.cfg.data.root, "category": detector.cfg.data.category,
-                    "image_size": detector.cfg.data.image_size},
-        "metrics": result["metrics"],
-        "subsets": result.get("subsets", {}),
-        "image_auroc_interval": result["image_auroc_interval"],
-        "paper": dict(PAPER_BSDATA) if detector.cfg.data.format == "bsdata" else None,
-        "counts": result["counts"],
-        "threshold": threshold,
-        "pixel_threshold": pixel_threshold,
-        "at_threshold": result["at_threshold"],
-        "pixel_at_threshold": pixel_at_threshold,
-        "confusion": _confusion(labels, flagged),
-        "seconds": result["seconds"],
-        "curves": curves,
-        "histogram": _histogram(labels, scores),
-        "images": [{"path": p, "label": int(lab), "score": float(s), "is_defective": bool(f)}
-                   for p, lab, s, f in zip(paths, labels, scores, flagged)],
-        "gallery": {group: [paths[i] for i in index] for group, index in picks.items()},
-        "training": {"log": str(log_path) if log is not None else None, "metadata": detector.metadata.get("training")},
-    })
+    record = json_safe(
+        {
+            "dataset": {
+                "format": detector.cfg.data.format,
+                "name": getattr(dataset, "name", ""),
+                "root": detector.cfg.data.root,
+                "category": detector.cfg.data.category,
+                "image_size": detector.cfg.data.image_size,
+            },
+            "metrics": result["metrics"],
+            "subsets": result.get("subsets", {}),
+            "image_auroc_interval": result["image_auroc_interval"],
+            "paper": dict(PAPER_BSDATA) if detector.cfg.data.format == "bsdata" else None,
+            "counts": result["counts"],
+            "threshold": threshold,
+            "pixel_threshold": pixel_threshold,
+            "at_threshold": result["at_threshold"],
+            "pixel_at_threshold": pixel_at_threshold,
+            "confusion": _confusion(labels, flagged),
+            "seconds": result["seconds"],
+            "curves": curves,
+            "histogram": _histogram(labels, scores),
+            "images": [
+                {"path": p, "label": int(lab), "score": float(s), "is_defective": bool(f)}
+                for p, lab, s, f in zip(paths, labels, scores, flagged)
+            ],
+            "gallery": {group: [paths[i] for i in index] for group, index in picks.items()},
+            "training": {
+                "log": str(log_path) if log is not None else None,
+                "metadata": detector.metadata.get("training"),
+            },
+        }
+    )
 
     scale = heatmap_scale(maps, pixel_threshold)
     tiles = _gallery_tiles(dataset, picks, maps, region, scores, threshold, pixel_threshold, scale)
@@ -121,8 +133,9 @@ def _analyse(
         + _curves_section(record, key)
         + _histogram_section(record, key)
         + _gallery_section(tiles, scale, key)
-        + _training_section(log_path, log, detector.metadata.get("training"), key,
-                            detector.metadata.get("labelled_defects"))
+        + _training_section(
+            log_path, log, detector.metadata.get("training"), key, detector.metadata.get("labelled_defects")
+        )
     )
     return record, body, result
 
@@ -137,19 +150,26 @@ def _confusion(labels: np.ndarray, flagged: np.ndarray) -> dict[str, int]:
     }
 
 
-def _curves(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, maps: np.ndarray,
-            region: np.ndarray) -> tuple[dict, dict | None]:
+def _curves(
+    labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, maps: np.ndarray, region: np.ndarray
+) -> tuple[dict, dict | None]:
     """(the image ROC and PR curves, and with masks (N, H, W) the pixel ROC, PR and PRO curves;
     with masks, the true and false positive rates of the predicted region (N, H, W) bool)."""
     curves = {"image_roc": _roc(labels, scores), "image_pr": _pr(labels, scores)}
     if masks is None:
         return curves, None
     truth, values, weights, counts = pixel_sample(masks, maps)
-    curves.update(pixel_roc=_roc(truth, values, weights), pixel_pr=_pr(truth, values, weights),
-                  pixel_sampling=counts, pro=_pro(masks, maps))
+    curves.update(
+        pixel_roc=_roc(truth, values, weights),
+        pixel_pr=_pr(truth, values, weights),
+        pixel_sampling=counts,
+        pro=_pro(masks, maps),
+    )
     defect = masks > 0
-    pixel_at_threshold = {"true_positive_rate": float(region[defect].mean()),
-                          "false_positive_rate": float(region[~defect].mean())}
+    pixel_at_threshold = {
+        "true_positive_rate": float(region[defect].mean()),
+        "false_positive_rate": float(region[~defect].mean()),
+    }
     return curves, pixel_at_threshold
 
 
@@ -163,8 +183,16 @@ def _histogram(labels: np.ndarray, scores: np.ndarray) -> dict[str, list]:
     }
 
 
-def _gallery_tiles(dataset: SampleSet, picks: dict, maps: np.ndarray, region: np.ndarray, scores: np.ndarray,
-                   threshold: float, pixel_threshold: float, scale: tuple[float, float]) -> dict[str, list[str]]:
+def _gallery_tiles(
+    dataset: SampleSet,
+    picks: dict,
+    maps: np.ndarray,
+    region: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    pixel_threshold: float,
+    scale: tuple[float, float],
+) -> dict[str, list[str]]:
     """{group: the HTML tiles of its picked images}, each drawn with its map (H, W) and region."""
     labels, paths = dataset.labels, list(dataset.paths)
     tiles: dict[str, list[str]] = {}
@@ -192,8 +220,9 @@ def _one_run(
     detector, dataset, out_dir, run_dir, progress, gallery_size, eval_dir=None, wear_dir=None
 ) -> tuple[dict, Path]:
     wear = read_wear(wear_dir, detector.cfg.data.format) if wear_dir is not None else None
-    record, body, result = _analyse(detector, dataset, Path(run_dir) if run_dir else None, progress, gallery_size,
-                                    eval_dir=eval_dir)
+    record, body, result = _analyse(
+        detector, dataset, Path(run_dir) if run_dir else None, progress, gallery_size, eval_dir=eval_dir
+    )
     sections = list(SECTIONS)
     if wear is not None:
         body += _wear_section(wear, Path(wear_dir))
@@ -286,13 +315,14 @@ def build_category_report(
         if run.name in records:
             raise ValueError(f"category {run.name!r} given twice")
         key = f"-{_slug(run.name)}"
-        record, body, _ = _analyse(run.detector, run.dataset, Path(run.run_dir) if run.run_dir else None,
-                                progress, gallery_size, key=key)
+        record, body, _ = _analyse(
+            run.detector, run.dataset, Path(run.run_dir) if run.run_dir else None, progress, gallery_size, key=key
+        )
         records[run.name] = record
         c, m = record["counts"], record["metrics"]
         bodies.append(
             f'<details id="category{key}"><summary>{_e(run.name)}: image AUROC {_pct(m["image_auroc"])}, '
-            f'pixel AUROC {_pct(m["pixel_auroc"])} ({c["normal"]} defect-free + {c["defective"]} '
+            f"pixel AUROC {_pct(m['pixel_auroc'])} ({c['normal']} defect-free + {c['defective']} "
             f"defective images)</summary>{body}</details>"
         )
     if not records:
@@ -301,8 +331,12 @@ def build_category_report(
     table = category_table(metrics, {name: r["counts"]["images"] for name, r in records.items()})
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     title = f"pitscope report: {len(records)} categories"
-    page = _page(title, _e(f"pitscope {__version__} · {generated}"), [("categories", "per category")],
-                 table + '<h2 style="margin-top:22px">Each category (click to open)</h2>' + "".join(bodies))
+    page = _page(
+        title,
+        _e(f"pitscope {__version__} · {generated}"),
+        [("categories", "per category")],
+        table + '<h2 style="margin-top:22px">Each category (click to open)</h2>' + "".join(bodies),
+    )
     means = json_safe(category_means(metrics))
     record = {"title": title, "version": __version__, "categories": records, "means": means}
     return _write(Path(out_dir), page, record)

@@ -40,25 +40,51 @@ def _plot_curves(curves: dict, metrics: dict, at_threshold: dict, pixel_at_thres
     axes = fig.subplots(1, n)
     ax = axes[0]
     ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
-    ax.plot(curves["image_roc"]["fpr"], curves["image_roc"]["tpr"], c=NORMAL_COLOUR,
-            label=f"image (AUROC {_pct(metrics['image_auroc'])})")
+    ax.plot(
+        curves["image_roc"]["fpr"],
+        curves["image_roc"]["tpr"],
+        c=NORMAL_COLOUR,
+        label=f"image (AUROC {_pct(metrics['image_auroc'])})",
+    )
     ax.plot(at_threshold["false_positive_rate"], at_threshold["true_positive_rate"], "o", c=NORMAL_COLOUR, ms=6)
     if "pixel_roc" in curves:
-        ax.plot(curves["pixel_roc"]["fpr"], curves["pixel_roc"]["tpr"], c=PIXEL_COLOUR,
-                label=f"pixel (AUROC {_pct(metrics['pixel_auroc'])})")
+        ax.plot(
+            curves["pixel_roc"]["fpr"],
+            curves["pixel_roc"]["tpr"],
+            c=PIXEL_COLOUR,
+            label=f"pixel (AUROC {_pct(metrics['pixel_auroc'])})",
+        )
         if pixel_at_threshold is not None:
-            ax.plot(pixel_at_threshold["false_positive_rate"], pixel_at_threshold["true_positive_rate"], "o",
-                    c=PIXEL_COLOUR, ms=6)
-    ax.set(title="ROC (dots: the thresholds)", xlabel="false positive rate", ylabel="true positive rate",
-           xlim=(0, 1), ylim=(0, 1.01))
+            ax.plot(
+                pixel_at_threshold["false_positive_rate"],
+                pixel_at_threshold["true_positive_rate"],
+                "o",
+                c=PIXEL_COLOUR,
+                ms=6,
+            )
+    ax.set(
+        title="ROC (dots: the thresholds)",
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
     ax.legend(loc="lower right", fontsize=9)
 
     ax = axes[1]
-    ax.plot(curves["image_pr"]["recall"], curves["image_pr"]["precision"], c=NORMAL_COLOUR,
-            label=f"image (AP {_pct(metrics['image_ap'])})")
+    ax.plot(
+        curves["image_pr"]["recall"],
+        curves["image_pr"]["precision"],
+        c=NORMAL_COLOUR,
+        label=f"image (AP {_pct(metrics['image_ap'])})",
+    )
     if "pixel_pr" in curves:
-        ax.plot(curves["pixel_pr"]["recall"], curves["pixel_pr"]["precision"], c=PIXEL_COLOUR,
-                label=f"pixel (AP {_pct(metrics['pixel_ap'])})")
+        ax.plot(
+            curves["pixel_pr"]["recall"],
+            curves["pixel_pr"]["precision"],
+            c=PIXEL_COLOUR,
+            label=f"pixel (AP {_pct(metrics['pixel_ap'])})",
+        )
     ax.set(title="precision-recall", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower left", fontsize=9)
 
@@ -67,8 +93,13 @@ def _plot_curves(curves: dict, metrics: dict, at_threshold: dict, pixel_at_thres
         fpr, pro = curves["pro"]["fpr"], curves["pro"]["pro"]
         ax.plot(fpr, pro, c=PIXEL_COLOUR, label=f"AUPRO {_pct(metrics['aupro'])}")
         ax.fill_between(fpr, pro, color=PIXEL_COLOUR, alpha=0.15)
-        ax.set(title="per-region overlap", xlabel="false positive rate (pixels)", ylabel="mean region overlap",
-               xlim=(0, MAX_FPR), ylim=(0, 1.01))
+        ax.set(
+            title="per-region overlap",
+            xlabel="false positive rate (pixels)",
+            ylabel="mean region overlap",
+            xlim=(0, MAX_FPR),
+            ylim=(0, 1.01),
+        )
         ax.legend(loc="lower right", fontsize=9)
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -128,7 +159,12 @@ def heatmap_scale(maps: np.ndarray, pixel_threshold: float) -> tuple[float, floa
 
 
 def gallery_tile(
-    image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray, pixel_threshold: float, vmin: float, vmax: float,
+    image: np.ndarray,
+    mask: np.ndarray,
+    anomaly_map: np.ndarray,
+    pixel_threshold: float,
+    vmin: float,
+    vmax: float,
     region: np.ndarray | None = None,
 ) -> np.ndarray:
     """One gallery row as (H, 4W + 3*gap, 3) uint8: the input, the ground truth (green fill and
@@ -139,6 +175,11 @@ def gallery_tile(
     if region.any():
         truth[region] = np.round(0.65 * image[region] + 0.35 * np.array(GREEN, np.float32)).astype(np.uint8)
         truth[boundary(region)] = GREEN
-    panels = [image, truth, overlay(image, anomaly_map, pixel_threshold, mask, region=region), heatmap(anomaly_map, vmin, vmax)]
+    panels = [
+        image,
+        truth,
+        overlay(image, anomaly_map, pixel_threshold, mask, region=region),
+        heatmap(anomaly_map, vmin, vmax),
+    ]
     gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
     return np.concatenate([panels[0], gap, panels[1], gap, panels[2], gap, panels[3]], axis=1)

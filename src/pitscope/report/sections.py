@@ -34,7 +34,10 @@ REGION_LABELS = {  # the predicted regions at the stored thresholds (evaluation.
     "normal_area_p99": ("predicted area on defect-free images: 99th percentile (%)", "pct"),
     "area_within_2x": ("defective images whose predicted area is within 2x the true area (%)", "pct"),
 }
-SUBSET_LABELS = {"positions": "BSData's monitored positions only", "other_type": "BSData's other ball-screw type (KGT*) only"}
+SUBSET_LABELS = {
+    "positions": "BSData's monitored positions only",
+    "other_type": "BSData's other ball-screw type (KGT*) only",
+}
 GALLERY_GROUPS = {
     "false_positives": "Worst false positives: defect-free images flagged, highest score first",
     "false_negatives": "Worst false negatives: defective images missed, lowest score first",
@@ -95,12 +98,18 @@ def _metrics_section(record: dict, key: str) -> str:
         rows.append(f"<tr><td>{_e(METRIC_LABELS[name])}</td>{_cell(name, metrics[name], 'pct')}{paper_cell}</tr>")
     for name, (label, kind) in REGION_LABELS.items():
         if metrics.get(name) is not None:
-            rows.append(f"<tr><td>{_e(label)}</td>{_cell(name, metrics[name], kind)}"
-                        + ("<td>–</td>" if paper else "") + "</tr>")
+            rows.append(
+                f"<tr><td>{_e(label)}</td>{_cell(name, metrics[name], kind)}"
+                + ("<td>–</td>" if paper else "")
+                + "</tr>"
+            )
     for group, subset in (record.get("subsets") or {}).items():
         m = subset["metrics"]
-        text = ", ".join(f"{METRIC_LABELS[k]} {100 * m[k]:.2f}" for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
-                         if m.get(k) is not None)
+        text = ", ".join(
+            f"{METRIC_LABELS[k]} {100 * m[k]:.2f}"
+            for k in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
+            if m.get(k) is not None
+        )
         label = f"{SUBSET_LABELS.get(group, group)} ({subset['counts']['defective']} defective)"
         rows.append(f'<tr><td>{_e(label)}</td><td colspan="{2 if paper else 1}">{_e(text)}</td></tr>')
     c, at, pix = record["counts"], record["at_threshold"], record["pixel_at_threshold"]
@@ -116,16 +125,26 @@ def _metrics_section(record: dict, key: str) -> str:
     ]
     if pix is not None:
         decisions += [
-            ("defect pixels inside the predicted region (%)",
-             _cell("pixel_true_positive_rate", pix["true_positive_rate"], "pct")),
+            (
+                "defect pixels inside the predicted region (%)",
+                _cell("pixel_true_positive_rate", pix["true_positive_rate"], "pct"),
+            ),
             ("defect-free pixels inside it (%)", _cell("pixel_false_positive_rate", pix["false_positive_rate"], "pct")),
         ]
-    counts = [("test images", _cell("images", c["images"], "int")),
-              ("defect-free", _cell("normal", c["normal"], "int")),
-              ("defective", _cell("defective", c["defective"], "int"))]
-    counts += [(label, _cell(name, confusion[name], "int")) for name, label in (
-        ("true_positives", "defective, flagged"), ("false_negatives", "defective, missed"),
-        ("false_positives", "defect-free, flagged"), ("true_negatives", "defect-free, passed"))]
+    counts = [
+        ("test images", _cell("images", c["images"], "int")),
+        ("defect-free", _cell("normal", c["normal"], "int")),
+        ("defective", _cell("defective", c["defective"], "int")),
+    ]
+    counts += [
+        (label, _cell(name, confusion[name], "int"))
+        for name, label in (
+            ("true_positives", "defective, flagged"),
+            ("false_negatives", "defective, missed"),
+            ("false_positives", "defect-free, flagged"),
+            ("true_negatives", "defect-free, passed"),
+        )
+    ]
 
     def table(cls, rows_):
         body = "".join(f"<tr><td>{_e(a)}</td>{b}</tr>" for a, b in rows_)
@@ -134,12 +153,13 @@ def _metrics_section(record: dict, key: str) -> str:
     paper_note = (
         '<p class="note">paper: Wang et al., IEEE Access 2024, table 3 (BSData); '
         "it gives image and pixel AUROC only.</p>"
-        if paper else ""
+        if paper
+        else ""
     )
     return (
         f'<section id="metrics{key}"><h2>Headline metrics</h2><div class="row">'
         f'<div><table class="metrics"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></div>'
-        f'<div>{table("decisions", decisions)}</div><div>{table("counts", counts)}</div></div>{paper_note}'
+        f"<div>{table('decisions', decisions)}</div><div>{table('counts', counts)}</div></div>{paper_note}"
         '<p class="note">Metrics are exact over every image and every pixel (those of <code>pitscope evaluate</code>). '
         "The image AUROC's interval (DeLong's standard error) is how far it could move by chance on this many "
         "test images. "
@@ -186,9 +206,11 @@ def _gallery_section(tiles: dict[str, list[str]], scale: tuple[float, float], ke
         if tiles[group]:
             parts.append('<div class="gallery">' + "".join(tiles[group]) + "</div>")
         else:
-            empty = {"false_positives": "None: no defect-free image scored above the threshold.",
-                     "false_negatives": "None: every defective image scored above the threshold.",
-                     "correct": "None."}[group]
+            empty = {
+                "false_positives": "None: no defect-free image scored above the threshold.",
+                "false_negatives": "None: every defective image scored above the threshold.",
+                "correct": "None.",
+            }[group]
             parts.append(f'<p class="note">{empty}</p>')
     return "".join(parts) + "</section>"
 
@@ -207,27 +229,32 @@ def _tile_html(uri: str, path: str, label: int, score: float, threshold: float) 
     )
 
 
-def _training_section(log_path: Path | None, log: dict | None, training: dict | None, key: str,
-                      labelled: list[dict] | None = None) -> str:
+def _training_section(
+    log_path: Path | None, log: dict | None, training: dict | None, key: str, labelled: list[dict] | None = None
+) -> str:
     parts = [f'<section id="training{key}"><h2>Training</h2>']
     if training:
         budget = " (stopped by its time budget)" if training.get("stopped_by_budget") else ""
         parts.append(
             f'<p class="sub">{training.get("epochs", "?")} epochs, {training.get("steps", "?")} steps, '
-            f'{training.get("minutes", "?")} minutes on {training.get("images", "?")} defect-free images{budget}.</p>'
+            f"{training.get('minutes', '?')} minutes on {training.get('images', '?')} defect-free images{budget}.</p>"
         )
     if labelled:
         names = ", ".join(_e(d["name"]) for d in labelled[:10]) + (", ..." if len(labelled) > 10 else "")
-        parts.append(f'<p class="sub">Also trained with {len(labelled)} photos with marked defects (left out of '
-                     f'the measurement): {names}.</p>')
+        parts.append(
+            f'<p class="sub">Also trained with {len(labelled)} photos with marked defects (left out of '
+            f"the measurement): {names}.</p>"
+        )
     else:
         parts.append('<p class="sub">No photo with marked defects trained it: defect-free photos only.</p>')
     if log is None:
         where = f"at {_e(log_path)}" if log_path is not None else "(no run folder given)"
         parts.append(f'<p class="note">No training log {where}.</p>')
     else:
-        parts.append(f'<img class="plot" src="{_plot_training(log)}" alt="training curves">'
-                     f'<p class="note">From {_e(log_path)} ({len(log["step"])} logged steps).</p>')
+        parts.append(
+            f'<img class="plot" src="{_plot_training(log)}" alt="training curves">'
+            f'<p class="note">From {_e(log_path)} ({len(log["step"])} logged steps).</p>'
+        )
     return "".join(parts) + "</section>"
 
 
@@ -247,6 +274,10 @@ def _subtitle(detector: Detector, dataset: Sequence[Sample]) -> str:
     parts = [f"{data.format} test split {getattr(dataset, 'name', '')}".strip()]
     parts += [f"root {data.root}"] if data.root else []
     parts += [f"category {data.category}"] if data.category else []
-    parts += [f"{data.image_size} px", f"maps: {detector.cfg.score.pixel_method}", f"pitscope {__version__}",
-              datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")]
+    parts += [
+        f"{data.image_size} px",
+        f"maps: {detector.cfg.score.pixel_method}",
+        f"pitscope {__version__}",
+        datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    ]
     return _e(" · ".join(parts))

@@ -30,36 +30,53 @@ def _wear_section(wear: dict, wear_dir: Path) -> str:
     """Wear curves (id="wear"): the split, the alert rule, the overall figures, one row per
     sequence and each sequence's plot (the PNGs of wear_dir/sequences/, inlined)."""
     o, a = wear["overall"], wear["overall"]["alert"]
-    models = "; ".join(f"{_e(Path(m['model']).parent.name or m['model'])} ({m['training_images']} training images) "
-                       f"measured {len(m['sequences'])}" for m in wear["split"]["models"])
-    overlap = (f' <span class="bad">{o["trained_on_measured_images"]} measured images were training images.</span>'
-               if o["trained_on_measured_images"] else " No model measured an image it trained on.")
+    models = "; ".join(
+        f"{_e(Path(m['model']).parent.name or m['model'])} ({m['training_images']} training images) "
+        f"measured {len(m['sequences'])}"
+        for m in wear["split"]["models"]
+    )
+    overlap = (
+        f' <span class="bad">{o["trained_on_measured_images"]} measured images were training images.</span>'
+        if o["trained_on_measured_images"]
+        else " No model measured an image it trained on."
+    )
     overall_rows = [
         ("sequences (with pitting)", f"{o['sequences']} ({o['with_pitting']})"),
         ("images", str(o["images"])),
-        ("Spearman, mean over sequences (median; pooled over images)",
-         "{} ({}; {})".format(*("n/a" if o["spearman"][k] is None else f"{o['spearman'][k]:.3f}"
-                                for k in ("mean", "median", "pooled")))),
+        (
+            "Spearman, mean over sequences (median; pooled over images)",
+            "{} ({}; {})".format(
+                *(
+                    "n/a" if o["spearman"][k] is None else f"{o['spearman'][k]:.3f}"
+                    for k in ("mean", "median", "pooled")
+                )
+            ),
+        ),
         ("mean absolute error (% of the surface)", "n/a" if o["mae"] is None else f"{100 * o['mae']:.3f}"),
-        ("alerted sequences with pitting", f"{a['alerted']} of {o['with_pitting']} ({a['early']} early, "
-                                           f"{a['late']} late)"),
+        (
+            "alerted sequences with pitting",
+            f"{a['alerted']} of {o['with_pitting']} ({a['early']} early, {a['late']} late)",
+        ),
         ("median alert lead (days)", _days(a["lead_days"]["median"])),
         ("false alerts / clean images", f"{a['false_alerts']} / {a['clean_images']}"),
         ("sequences without pitting alerted", f"{a['clean_sequences_alerted']} of {o['without_pitting']}"),
     ]
-    head = ("<tr><th>sequence</th><th>images</th><th>first flagged (day)</th><th>first true pitting (day)</th>"
-            "<th>growth, predicted / true (%-points a day)</th><th>Spearman</th><th>MAE (%)</th>"
-            "<th>first alert (day)</th><th>lead (days)</th><th>false alerts</th></tr>")
+    head = (
+        "<tr><th>sequence</th><th>images</th><th>first flagged (day)</th><th>first true pitting (day)</th>"
+        "<th>growth, predicted / true (%-points a day)</th><th>Spearman</th><th>MAE (%)</th>"
+        "<th>first alert (day)</th><th>lead (days)</th><th>false alerts</th></tr>"
+    )
     rows, plots = [], []
     for s in wear["sequences"]:
-        growth = " / ".join("–" if g is None else f"{100 * g:.3f}"
-                            for g in (s["growth_predicted_per_day"], s["growth_true_per_day"]))
+        growth = " / ".join(
+            "–" if g is None else f"{100 * g:.3f}" for g in (s["growth_predicted_per_day"], s["growth_true_per_day"])
+        )
         rows.append(
             f'<tr data-sequence="{_e(s["sequence"])}"><td>{_e(s["sequence"])}</td><td>{s["images"]}</td>'
-            f'<td>{_days(s["first_flagged_days"])}</td><td>{_days(s["first_true_days"])}</td><td>{growth}</td>'
-            f'{_cell("spearman", s["spearman"], "num")}<td>{100 * s["mae"]:.3f}</td>'
-            f'<td>{_days(s["alert"]["first_alert_days"])}</td><td>{_days(s["alert"]["lead_days"])}</td>'
-            f'<td>{s["alert"]["false_alerts"]} / {s["alert"]["clean_images"]}</td></tr>'
+            f"<td>{_days(s['first_flagged_days'])}</td><td>{_days(s['first_true_days'])}</td><td>{growth}</td>"
+            f"{_cell('spearman', s['spearman'], 'num')}<td>{100 * s['mae']:.3f}</td>"
+            f"<td>{_days(s['alert']['first_alert_days'])}</td><td>{_days(s['alert']['lead_days'])}</td>"
+            f"<td>{s['alert']['false_alerts']} / {s['alert']['clean_images']}</td></tr>"
         )
         png = wear_dir / "sequences" / f"{s['sequence']}.png"
         if png.is_file():

@@ -37,7 +37,23 @@ from pitscope.serve.service import SETTINGS_ENV, app_from_environment, build_app
 from pitscope.serve.uploads import ACCEPTED_FORMATS, FORM_OVERHEAD_BYTES, MIB, MIN_SIDE, RejectedImage, decode_image
 
 __all__ = [
-    "ACCEPTED_FORMATS", "API_KEY_HEADER", "FORM_OVERHEAD_BYTES", "MAX_REGIONS", "MIB", "MIN_SIDE", "PAGE_POLICY",
-    "SETTINGS_ENV", "WEB_DIR", "RejectedImage", "add_history_routes", "app_from_environment", "build_app",
-    "create_app", "decode_image", "heatmap_image", "run_service", "serve_in_thread", "stored_evaluation",
+    "ACCEPTED_FORMATS",
+    "API_KEY_HEADER",
+    "FORM_OVERHEAD_BYTES",
+    "MAX_REGIONS",
+    "MIB",
+    "MIN_SIDE",
+    "PAGE_POLICY",
+    "SETTINGS_ENV",
+    "WEB_DIR",
+    "RejectedImage",
+    "add_history_routes",
+    "app_from_environment",
+    "build_app",
+    "create_app",
+    "decode_image",
+    "heatmap_image",
+    "run_service",
+    "serve_in_thread",
+    "stored_evaluation",
 ]

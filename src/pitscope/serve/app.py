@@ -101,8 +101,9 @@ class Served:
     recorder: "Recorder | None"
 
 
-def score_upload(served: Served, data: bytes, threshold: float | None, pictures: str | None,
-                 meta: dict | None = None) -> tuple[dict, dict[str, bytes]]:
+def score_upload(
+    served: Served, data: bytes, threshold: float | None, pictures: str | None, meta: dict | None = None
+) -> tuple[dict, dict[str, bytes]]:
     """Decode, score under the lock, describe and record one upload (runs in the threadpool).
 
     pictures: None, "overlay", "heatmap" or "both": which PNGs to draw.
@@ -144,12 +145,27 @@ def score_upload(served: Served, data: bytes, threshold: float | None, pictures:
         keep_map = recorder.store.image_store == "copy"
         map_png = _png(heatmap_image(prediction.anomaly_map, prediction.pixel_threshold)) if keep_map else None
         done = recorder.record(
-            prediction, source=meta["source"], data=data, width=image.shape[1], height=image.shape[0],
-            defect_px=int(region.sum()), duration_ms=1000 * (time.perf_counter() - started), threshold=version,
-            part=meta.get("part"), name=meta.get("name"), captured_at=meta.get("captured_at"),
-            suffix=Path(meta.get("name") or "upload.png").suffix or ".png", map_png=map_png)
-        result.update(recorded=done.recorded, inspection_id=done.inspection_id, part=meta.get("part"),
-                      threshold_version=version.version, alerts=list(done.alerts))
+            prediction,
+            source=meta["source"],
+            data=data,
+            width=image.shape[1],
+            height=image.shape[0],
+            defect_px=int(region.sum()),
+            duration_ms=1000 * (time.perf_counter() - started),
+            threshold=version,
+            part=meta.get("part"),
+            name=meta.get("name"),
+            captured_at=meta.get("captured_at"),
+            suffix=Path(meta.get("name") or "upload.png").suffix or ".png",
+            map_png=map_png,
+        )
+        result.update(
+            recorded=done.recorded,
+            inspection_id=done.inspection_id,
+            part=meta.get("part"),
+            threshold_version=version.version,
+            alerts=list(done.alerts),
+        )
         if not done.recorded:
             result["not_recorded_because"] = done.reason
     pngs = {}
@@ -187,9 +203,13 @@ def describe_model(served: Served) -> dict:
     if recorder is not None:
         version = recorder.thresholds()
         info["threshold"] = version.image_threshold
-        info["history"] = {"database": recorder.store.display_name, "model_id": recorder.model_id,
-                           "threshold_version": version.version, "writable": recorder.store.writable,
-                           "rule": None if recorder.rule is None else recorder.rule.describe()}
+        info["history"] = {
+            "database": recorder.store.display_name,
+            "model_id": recorder.model_id,
+            "threshold_version": version.version,
+            "writable": recorder.store.writable,
+            "rule": None if recorder.rule is None else recorder.rule.describe(),
+        }
     return info
 
 
@@ -245,10 +265,16 @@ def add_predict_route(app, served: Served, guarded: list, part_from=None, time_f
             description="png: the image with the predicted region in red instead of JSON; heatmap: the "
             "anomaly map in colour (0 to 2 x pixel_threshold); embed: JSON with both as PNG data: URLs",
         ),
-        part: str | None = Query(None, description="the part or position inspected (else the form field "
-                                 "`part`, else read from the file name when the service has --part-from)"),
-        captured_at: str | None = Query(None, description="when the photo was taken, ISO 8601 (else the form "
-                                        "field `captured_at`, else the file name with --time-from)"),
+        part: str | None = Query(
+            None,
+            description="the part or position inspected (else the form field "
+            "`part`, else read from the file name when the service has --part-from)",
+        ),
+        captured_at: str | None = Query(
+            None,
+            description="when the photo was taken, ISO 8601 (else the form "
+            "field `captured_at`, else the file name with --time-from)",
+        ),
         source: Literal["http", "page"] = Query("http", description="who sends it: a client, or the page"),
     ):
         """Score one uploaded image (multipart field `file`).

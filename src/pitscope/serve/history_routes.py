@@ -60,11 +60,21 @@ def add_history_routes(app, recorder: "Recorder", guarded: list, lock: threading
         offset: int = Query(0, ge=0),
     ) -> dict:
         """Recorded inspections, newest first, a page at a time: {"total", "limit", "offset", "items"}."""
-        filters = dict(part=part, since=time_or_422("since", since), until=time_or_422("until", until),
-                       decision=decision, model=model, source=source)
+        filters = dict(
+            part=part,
+            since=time_or_422("since", since),
+            until=time_or_422("until", until),
+            decision=decision,
+            model=model,
+            source=source,
+        )
         items = store.inspections(limit=limit, offset=offset, **filters)
-        return {"total": store.count(**filters), "limit": limit, "offset": offset,
-                "items": [_jsonable(r) for r in items]}
+        return {
+            "total": store.count(**filters),
+            "limit": limit,
+            "offset": offset,
+            "items": [_jsonable(r) for r in items],
+        }
 
     @app.get("/parts", dependencies=guarded)
     def parts() -> dict:
@@ -79,12 +89,19 @@ def add_history_routes(app, recorder: "Recorder", guarded: list, lock: threading
         points = store.trend(part, time_or_422("since", since), time_or_422("until", until))
         if not points and store.count(part=part) == 0:
             raise HTTPException(404, f"no inspection of part {part!r} is recorded")
-        return {"part": part, "points": [_jsonable(p) for p in points],
-                "alerts": [_jsonable(a) for a in store.alerts(part=part)],
-                "rule": None if recorder.rule is None else {
-                    "area_fraction_above": recorder.rule.area_fraction_above,
-                    "growth_per_day_above": recorder.rule.growth_per_day_above,
-                    "window_days": recorder.rule.window_days, "text": recorder.rule.describe()}}
+        return {
+            "part": part,
+            "points": [_jsonable(p) for p in points],
+            "alerts": [_jsonable(a) for a in store.alerts(part=part)],
+            "rule": None
+            if recorder.rule is None
+            else {
+                "area_fraction_above": recorder.rule.area_fraction_above,
+                "growth_per_day_above": recorder.rule.growth_per_day_above,
+                "window_days": recorder.rule.window_days,
+                "text": recorder.rule.describe(),
+            },
+        }
 
     @app.get("/alerts", dependencies=guarded)
     def alerts(part: str | None = None, open: bool = Query(False, description="only those not acknowledged")) -> dict:
@@ -92,8 +109,11 @@ def add_history_routes(app, recorder: "Recorder", guarded: list, lock: threading
         return {"alerts": [_jsonable(a) for a in store.alerts(part=part, unacknowledged=open)]}
 
     @app.post("/alerts/{alert_id}/ack", dependencies=guarded)
-    def acknowledge(alert_id: int, given_key: str | None = Depends(header),
-                    by: str | None = Query(None, max_length=200, description="who acknowledges (a name)")) -> dict:
+    def acknowledge(
+        alert_id: int,
+        given_key: str | None = Depends(header),
+        by: str | None = Query(None, max_length=200, description="who acknowledges (a name)"),
+    ) -> dict:
         """Acknowledge an alert (a second call keeps the first acknowledgement); 404 if there is none."""
         who = key_fingerprint(given_key) + (f" ({by})" if by else "")
         try:

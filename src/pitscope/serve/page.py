@@ -27,8 +27,11 @@ def add_page_routes(app) -> None:
         return Response(
             (WEB_DIR / "index.html").read_bytes(),
             media_type="text/html; charset=utf-8",
-            headers={"Content-Security-Policy": PAGE_POLICY, "X-Content-Type-Options": "nosniff",
-                     "Cache-Control": "no-cache"},
+            headers={
+                "Content-Security-Policy": PAGE_POLICY,
+                "X-Content-Type-Options": "nosniff",
+                "Cache-Control": "no-cache",
+            },
         )
 
     app.mount("/static", StaticFiles(directory=str(WEB_DIR)), name="static")

@@ -64,18 +64,28 @@ def build_app(settings: dict) -> "FastAPI":
 
         store = HistoryStore(settings["db"], image_store=settings.get("image_store", "none"))
         area, growth = settings.get("alert_area", 0.005), settings.get("alert_growth", 0.001)
-        rule = None if area is None and growth is None else AlertRule(area, growth, settings.get("alert_window_days", 1.0))
-        recorder = Recorder(store, detector, _model_name(detector), rule=rule, webhook=settings.get("webhook"),
-                            by="pitscope serve")
+        rule = (
+            None if area is None and growth is None else AlertRule(area, growth, settings.get("alert_window_days", 1.0))
+        )
+        recorder = Recorder(
+            store, detector, _model_name(detector), rule=rule, webhook=settings.get("webhook"), by="pitscope serve"
+        )
         part_from = compile_pattern(settings.get("part_from"), "--part-from")
         time_from = compile_pattern(settings.get("time_from"), "--time-from")
         if not store.writable:
-            logger.error("%s is read-only: predictions are answered but not recorded (recorded: false)",
-                         store.display_url)
-    return create_app(detector, api_key=settings.get("api_key"),
-                      max_upload_bytes=int(settings.get("max_upload_bytes", 20 * MIB)),
-                      max_pixels=int(settings.get("max_pixels", 50_000_000)), model_path=settings["model"],
-                      recorder=recorder, part_from=part_from, time_from=time_from)
+            logger.error(
+                "%s is read-only: predictions are answered but not recorded (recorded: false)", store.display_url
+            )
+    return create_app(
+        detector,
+        api_key=settings.get("api_key"),
+        max_upload_bytes=int(settings.get("max_upload_bytes", 20 * MIB)),
+        max_pixels=int(settings.get("max_pixels", 50_000_000)),
+        model_path=settings["model"],
+        recorder=recorder,
+        part_from=part_from,
+        time_from=time_from,
+    )
 
 
 def app_from_environment() -> "FastAPI":
@@ -85,8 +95,9 @@ def app_from_environment() -> "FastAPI":
     return build_app(json.loads(os.environ[SETTINGS_ENV]))
 
 
-def run_service(settings: dict, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-                log_level: str = "info") -> None:
+def run_service(
+    settings: dict, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, log_level: str = "info"
+) -> None:
     """Serve `build_app(settings)` with uvicorn on host:port until interrupted.
 
     The app is built (the model loaded and checked) once in this process before any worker starts;
@@ -107,5 +118,11 @@ def run_service(settings: dict, host: str = "127.0.0.1", port: int = 8000, worke
         return
     del app
     os.environ[SETTINGS_ENV] = json.dumps(settings)
-    uvicorn.run("pitscope.serve.service:app_from_environment", factory=True, workers=workers, host=host, port=port,
-                log_level=log_level)
+    uvicorn.run(
+        "pitscope.serve.service:app_from_environment",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level=log_level,
+    )

@@ -24,8 +24,13 @@ NO_KEY = (
 )
 
 
-def store_threshold(detector: "Detector", threshold: float, model_path: str | Path | None,
-                    recorder: "Recorder | None", given_key: str | None) -> dict:
+def store_threshold(
+    detector: "Detector",
+    threshold: float,
+    model_path: str | Path | None,
+    recorder: "Recorder | None",
+    given_key: str | None,
+) -> dict:
     """Set `detector`'s image threshold, record it in the history and write the model file; the
     caller holds the detector's lock. The history records who by `given_key`'s fingerprint. The previous calibration record is kept under
     metadata["calibration"]["replaces"]. A failed write leaves everything as it was (HTTPException
@@ -38,11 +43,13 @@ def store_threshold(detector: "Detector", threshold: float, model_path: str | Pa
         from pitscope.history.store import HistoryUnavailable
 
         try:
-            version = recorder.set_threshold(threshold, float(detector.pixel_threshold),
-                                             by=key_fingerprint(given_key), how="PUT /threshold")
+            version = recorder.set_threshold(
+                threshold, float(detector.pixel_threshold), by=key_fingerprint(given_key), how="PUT /threshold"
+            )
         except HistoryUnavailable as exc:
-            raise HTTPException(503, f"the threshold was not changed: the history cannot record the "
-                                     f"change ({exc})") from None
+            raise HTTPException(
+                503, f"the threshold was not changed: the history cannot record the change ({exc})"
+            ) from None
     previous = float(detector.threshold)
     calibration = detector.metadata.get("calibration")
     if isinstance(calibration, dict):
@@ -63,8 +70,12 @@ def store_threshold(detector: "Detector", threshold: float, model_path: str | Pa
             detector.threshold.fill_(previous)
             detector.metadata["calibration"] = calibration
             if recorder is not None and version is not None:  # the history: the previous one in force again
-                recorder.set_threshold(previous, float(detector.pixel_threshold), by="pitscope",
-                                       how="restored: the model file could not be written")
+                recorder.set_threshold(
+                    previous,
+                    float(detector.pixel_threshold),
+                    by="pitscope",
+                    how="restored: the model file could not be written",
+                )
             logger.exception("could not write %s", model_path)
             reason = exc.strerror or str(exc)
             raise HTTPException(
@@ -76,8 +87,15 @@ def store_threshold(detector: "Detector", threshold: float, model_path: str | Pa
     return answer
 
 
-def add_threshold_route(app, detector: "Detector", lock: threading.Lock, api_key: str | None,
-                        model_path: str | Path | None, recorder: "Recorder | None", guarded: list) -> None:
+def add_threshold_route(
+    app,
+    detector: "Detector",
+    lock: threading.Lock,
+    api_key: str | None,
+    model_path: str | Path | None,
+    recorder: "Recorder | None",
+    guarded: list,
+) -> None:
     """PUT /threshold on `app`: needs the API key, refused (403) when the service has none."""
     from fastapi import Depends, HTTPException
     from pydantic import BaseModel, Field

@@ -42,15 +42,18 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise RejectedImage(415, f"not an image in a supported format ({', '.join(ACCEPTED_FORMATS)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         # Pillow's own guard (about 179 megapixels) fired first: say the service's limit
-        raise RejectedImage(422, f"image dimensions too large: over the limit of {max_pixels} pixels "
-                                 f"({max_pixels / 1e6:g} megapixels)") from None
+        raise RejectedImage(
+            422, f"image dimensions too large: over the limit of {max_pixels} pixels ({max_pixels / 1e6:g} megapixels)"
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise RejectedImage(422, f"truncated or corrupt image header: {exc}") from None
     with image:
         width, height = image.size
         if min(width, height) < MIN_SIDE:
-            raise RejectedImage(422, f"image is {width}x{height} pixels: too small to inspect "
-                                     f"(each side needs at least {MIN_SIDE} pixels)")
+            raise RejectedImage(
+                422,
+                f"image is {width}x{height} pixels: too small to inspect (each side needs at least {MIN_SIDE} pixels)",
+            )
         if width * height > max_pixels:
             raise RejectedImage(
                 422,
@@ -109,8 +112,16 @@ async def read_upload(request, max_upload_bytes: int) -> tuple[bytes, str | None
     return data, filename, fields
 
 
-def upload_meta(source: str, part: str | None, captured: str | None, filename: str | None,
-                fields: dict[str, str], data: bytes, part_from=None, time_from=None) -> dict:
+def upload_meta(
+    source: str,
+    part: str | None,
+    captured: str | None,
+    filename: str | None,
+    fields: dict[str, str],
+    data: bytes,
+    part_from=None,
+    time_from=None,
+) -> dict:
     """Source, part id, file name and capture time of an upload: from the query, else the form,
     else the file name (the patterns part_from, time_from), else (the time) the photo's EXIF;
     HTTPException 422 for a capture time that is not one."""

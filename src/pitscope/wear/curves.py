@@ -41,9 +41,18 @@ def area_point(record: Record, time: datetime, days: float, prediction) -> AreaP
     height, width = prediction.anomaly_map.shape
     region = prediction.defect_region  # (H, W) bool
     truth = rasterise_polygons(record.polygons or (), height, width)  # (H, W) uint8 {0, 1}
-    return AreaPoint(str(record.path), time, float(days), int(width), int(height), int(region.sum()),
-                     int(truth.sum()), float(prediction.score), float(prediction.threshold),
-                     bool(prediction.is_defective))
+    return AreaPoint(
+        str(record.path),
+        time,
+        float(days),
+        int(width),
+        int(height),
+        int(region.sum()),
+        int(truth.sum()),
+        float(prediction.score),
+        float(prediction.threshold),
+        bool(prediction.is_defective),
+    )
 
 
 @dataclass(frozen=True)

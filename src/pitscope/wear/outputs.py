@@ -18,11 +18,39 @@ from pitscope.growth import AlertRule, trailing_growth
 from pitscope.wear.curves import WearCurve
 from pitscope.wear.summary import first_day, overall, summarise
 
-CURVE_FIELDS = ("file", "time", "days", "width", "height", "predicted_px", "predicted_fraction", "true_px",
-                "true_fraction", "score", "threshold", "is_defective", "growth_per_day", "alert")
-SUMMARY_FIELDS = ("sequence", "model", "overlap", "images", "first_flagged_days", "first_true_days",
-                  "flag_lead_days", "growth_predicted_per_day", "growth_true_per_day", "spearman", "mae",
-                  "first_alert_days", "alert_lead_days", "false_alerts", "clean_images")
+CURVE_FIELDS = (
+    "file",
+    "time",
+    "days",
+    "width",
+    "height",
+    "predicted_px",
+    "predicted_fraction",
+    "true_px",
+    "true_fraction",
+    "score",
+    "threshold",
+    "is_defective",
+    "growth_per_day",
+    "alert",
+)
+SUMMARY_FIELDS = (
+    "sequence",
+    "model",
+    "overlap",
+    "images",
+    "first_flagged_days",
+    "first_true_days",
+    "flag_lead_days",
+    "growth_predicted_per_day",
+    "growth_true_per_day",
+    "spearman",
+    "mae",
+    "first_alert_days",
+    "alert_lead_days",
+    "false_alerts",
+    "clean_images",
+)
 
 
 # -- outputs ---------------------------------------------------------------------------------
@@ -44,9 +72,11 @@ def plot_curve(curve: WearCurve, rule: AlertRule) -> Figure:
         ax_area.axvline(first_true, c="#2ca02c", ls=":", lw=1.5, label=f"first true pitting (day {first_true:.1f})")
     if first_alert is not None:
         ax_area.axvline(first_alert, c="black", ls=":", lw=1.5, label=f"first alert (day {first_alert:.1f})")
-    ax_area.set(ylabel="area (% of the surface)",
-                title=f"{curve.sequence}: {len(curve.points)} images, measured by {Path(curve.model).parent.name}"
-                + (f" (trained on {curve.overlap} of them)" if curve.overlap else ""))
+    ax_area.set(
+        ylabel="area (% of the surface)",
+        title=f"{curve.sequence}: {len(curve.points)} images, measured by {Path(curve.model).parent.name}"
+        + (f" (trained on {curve.overlap} of them)" if curve.overlap else ""),
+    )
     ax_area.set_ylim(bottom=0)
     ax_area.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax_score.plot(days, scores, c="#1f77b4", lw=1)
@@ -74,14 +104,33 @@ def write_curve_csv(curve: WearCurve, rule: AlertRule, path: Path) -> Path:
         writer = csv.writer(fh)
         writer.writerow(CURVE_FIELDS)
         for p, g, alert in zip(curve.points, growth, alerts):
-            writer.writerow([Path(p.path).name, p.time.isoformat(), p.days, p.width, p.height, p.predicted_px,
-                             p.predicted_fraction, p.true_px, p.true_fraction, p.score, p.threshold,
-                             int(p.is_defective), _number(float(g)), int(alert)])
+            writer.writerow(
+                [
+                    Path(p.path).name,
+                    p.time.isoformat(),
+                    p.days,
+                    p.width,
+                    p.height,
+                    p.predicted_px,
+                    p.predicted_fraction,
+                    p.true_px,
+                    p.true_fraction,
+                    p.score,
+                    p.threshold,
+                    int(p.is_defective),
+                    _number(float(g)),
+                    int(alert),
+                ]
+            )
     return path
 
 
 def write_wear(
-    out_dir: str | Path, curves: Sequence[WearCurve], rule: AlertRule, split: dict, root: Path,
+    out_dir: str | Path,
+    curves: Sequence[WearCurve],
+    rule: AlertRule,
+    split: dict,
+    root: Path,
     unmeasured: Sequence[dict] = (),
 ) -> Path:
     """Write the outputs of a wear run under out_dir; returns out_dir/wear.json.
@@ -103,8 +152,12 @@ def write_wear(
         for s in summaries:
             row = dataclasses.asdict(s)
             alert = row.pop("alert")
-            row.update(first_alert_days=alert["first_alert_days"], alert_lead_days=alert["lead_days"],
-                       false_alerts=alert["false_alerts"], clean_images=alert["clean_images"])
+            row.update(
+                first_alert_days=alert["first_alert_days"],
+                alert_lead_days=alert["lead_days"],
+                false_alerts=alert["false_alerts"],
+                clean_images=alert["clean_images"],
+            )
             writer.writerow([_number(row[f]) for f in SUMMARY_FIELDS])
     record = {
         "version": __version__,
@@ -114,9 +167,16 @@ def write_wear(
         "split": split,
         "overall": overall(curves, summaries),
         "sequences": [dataclasses.asdict(s) for s in summaries],
-        "curves": {c.sequence: {"days": c.days.tolist(), "predicted_fraction": c.predicted.tolist(),
-                                "true_fraction": c.truth.tolist(), "score": [p.score for p in c.points],
-                                "alert": rule.fires(c.days, c.predicted).tolist()} for c in curves},
+        "curves": {
+            c.sequence: {
+                "days": c.days.tolist(),
+                "predicted_fraction": c.predicted.tolist(),
+                "true_fraction": c.truth.tolist(),
+                "score": [p.score for p in c.points],
+                "alert": rule.fires(c.days, c.predicted).tolist(),
+            }
+            for c in curves
+        },
         "unmeasured": list(unmeasured),
     }
     path = out / "wear.json"

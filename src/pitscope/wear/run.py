@@ -47,21 +47,27 @@ def run_wear(
     sequences = read_sequences(root)
     trained = [training_images(cfg, model, root) for cfg, model in zip(configs, models)]
     assigned = assign_models(sequences, trained, allow_overlap)
-    unmeasured = [{"sequence": s.name, "reason": "every model trained on some of its images"}
-                  for s in sequences if s.name not in assigned]
+    unmeasured = [
+        {"sequence": s.name, "reason": "every model trained on some of its images"}
+        for s in sequences
+        if s.name not in assigned
+    ]
     for item in unmeasured:
         echo(f"not measured: {item['sequence']}: {item['reason']} (give a model of its fold, or allow overlap)")
     if not assigned:
-        raise ValueError(f"no sequence of {root} can be measured honestly: every model trained on images of every "
-                         "sequence (train one model per fold of a split over sequences, or allow overlap)")
+        raise ValueError(
+            f"no sequence of {root} can be measured honestly: every model trained on images of every "
+            "sequence (train one model per fold of a split over sequences, or allow overlap)"
+        )
     split_models: list[dict] = []  # per model: its file, its training images and its sequences
     split = {"models": split_models, "allow_overlap": allow_overlap}
     curves = []
     bar = tqdm(total=len(assigned), desc="sequences", disable=not progress)
     for index, model in enumerate(models):
         mine = [s for s in sequences if assigned.get(s.name, (None,))[0] == index]
-        split_models.append({"model": str(model), "training_images": len(trained[index]),
-                             "sequences": [s.name for s in mine]})
+        split_models.append(
+            {"model": str(model), "training_images": len(trained[index]), "sequences": [s.name for s in mine]}
+        )
         if not mine:
             continue
         detector = Detector.load(model)
@@ -95,17 +101,32 @@ def curves_from_history(store, parts: Sequence[str], root: str | Path | None = N
                 if label.is_file():
                     true_px = int(rasterise_polygons(read_polygons(label), height, width).sum())
             days = (row["time"] - first).total_seconds() / SECONDS_PER_DAY
-            points.append(AreaPoint(row["name"] or f"inspection {row['id']}", row["time"], days, width, height,
-                                    int(row["defect_px"]), true_px, float(row["score"]), float(threshold),
-                                    bool(row["is_defective"])))
+            points.append(
+                AreaPoint(
+                    row["name"] or f"inspection {row['id']}",
+                    row["time"],
+                    days,
+                    width,
+                    height,
+                    int(row["defect_px"]),
+                    true_px,
+                    float(row["score"]),
+                    float(threshold),
+                    bool(row["is_defective"]),
+                )
+            )
         models = sorted({row["model_id"][:12] for row in rows})
-        curves.append(WearCurve(part, (part,), tuple(points), ", ".join(models), 0,
-                                float(rows[-1]["pixel_threshold"])))
+        curves.append(WearCurve(part, (part,), tuple(points), ", ".join(models), 0, float(rows[-1]["pixel_threshold"])))
     return curves
 
 
-def run_wear_history(db: str, parts: Sequence[str] | None, out_dir: str | Path, root: str | Path | None = None,
-                     rule: AlertRule = AlertRule()) -> dict:
+def run_wear_history(
+    db: str,
+    parts: Sequence[str] | None,
+    out_dir: str | Path,
+    root: str | Path | None = None,
+    rule: AlertRule = AlertRule(),
+) -> dict:
     """`run_wear` on the series an inspection history recorded: one curve per part (every part
     with inspections when `parts` is None), written by `write_wear`. Returns wear.json's content."""
     from pitscope.history.store import HistoryStore

@@ -36,8 +36,12 @@ def fold_split(root: str | Path, sequences: Sequence[WearSequence], held_out: It
     measured = {r.path.name for s in sequences if s.name in held_out for r in s.records}
     split = bsdata_split(root, n_train_normal=0, seed=seed)  # every defect-free image in test_normal
     normal = split["test_normal"]
-    return {"seed": seed, "train": [n for n in normal if n not in measured],
-            "test_normal": [n for n in normal if n in measured], "test_defect": split["test_defect"]}
+    return {
+        "seed": seed,
+        "train": [n for n in normal if n not in measured],
+        "test_normal": [n for n in normal if n in measured],
+        "test_defect": split["test_defect"],
+    }
 
 
 def _split_path(cfg: Config, model_path: Path) -> Path | None:
@@ -62,8 +66,10 @@ def training_images(cfg: Config, model_path: str | Path, root: str | Path) -> fr
     if cfg.data.format == "bsdata":
         split_file = _split_path(cfg, model_path)
         if split_file is None or not split_file.is_file():
-            raise ValueError(f"{model_path}: its split file ({cfg.data.split_file}) is missing, so which images "
-                             "trained it is unknown; measure with a model whose split file is at hand")
+            raise ValueError(
+                f"{model_path}: its split file ({cfg.data.split_file}) is missing, so which images "
+                "trained it is unknown; measure with a model whose split file is at hand"
+            )
         data = Path(root) / "data"
         return frozenset((data / name).resolve() for name in read_split(split_file)["train"])
     from pitscope.data import build_dataset

@@ -128,8 +128,11 @@ def summarise(curve: WearCurve, rule: AlertRule) -> SequenceSummary:
 
 def _stats(values: Iterable[float | None]) -> dict:
     kept = [v for v in values if v is not None]
-    return {"n": len(kept), "mean": float(np.mean(kept)) if kept else None,
-            "median": float(np.median(kept)) if kept else None}
+    return {
+        "n": len(kept),
+        "mean": float(np.mean(kept)) if kept else None,
+        "median": float(np.median(kept)) if kept else None,
+    }
 
 
 def overall(curves: Sequence[WearCurve], summaries: Sequence[SequenceSummary]) -> dict:
@@ -177,15 +180,19 @@ def format_summary(record: dict) -> str:
     def num(value, scale=1.0, digits=2):
         return "n/a" if value is None else f"{scale * value:.{digits}f}"
 
-    lines = [f"{'sequence':<34} {'images':>6} {'flag day':>8} {'pit day':>7} {'alert day':>9} {'lead':>6} "
-             f"{'false':>5} {'spearman':>8} {'MAE %':>6} {'growth %/d pred/true':>20}"]
+    lines = [
+        f"{'sequence':<34} {'images':>6} {'flag day':>8} {'pit day':>7} {'alert day':>9} {'lead':>6} "
+        f"{'false':>5} {'spearman':>8} {'MAE %':>6} {'growth %/d pred/true':>20}"
+    ]
     for s in record["sequences"]:
         a = s["alert"]
         growth = f"{num(s['growth_predicted_per_day'], 100, 3)}/{num(s['growth_true_per_day'], 100, 3)}"
-        lines.append(f"{s['sequence']:<34} {s['images']:>6} {num(s['first_flagged_days'], digits=1):>8} "
-                     f"{num(s['first_true_days'], digits=1):>7} {num(a['first_alert_days'], digits=1):>9} "
-                     f"{num(a['lead_days'], digits=1):>6} {a['false_alerts']:>5} {num(s['spearman']):>8} "
-                     f"{num(s['mae'], 100, 3):>6} {growth:>20}")
+        lines.append(
+            f"{s['sequence']:<34} {s['images']:>6} {num(s['first_flagged_days'], digits=1):>8} "
+            f"{num(s['first_true_days'], digits=1):>7} {num(a['first_alert_days'], digits=1):>9} "
+            f"{num(a['lead_days'], digits=1):>6} {a['false_alerts']:>5} {num(s['spearman']):>8} "
+            f"{num(s['mae'], 100, 3):>6} {growth:>20}"
+        )
     o, a = record["overall"], record["overall"]["alert"]
     lines += [
         f"{o['sequences']} sequences ({o['with_pitting']} with pitting), {o['images']} images; "
