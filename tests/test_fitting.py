@@ -1,6 +1,7 @@
 """The public API: `fit` trains, fits and saves in one call; the saved model predicts the same."""
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,3 +61,20 @@ def test_scorers_fitted_at_a_scoring_size_apart_from_the_training_size(tmp_path,
     assert prediction.anomaly_map.shape == (80, 120) and np.isfinite(prediction.score)
     training_config = (tmp_path / "config.yaml").read_text()
     assert "image_size: 64" in training_config  # the network trained at the data size
+
+
+def test_a_fixed_step_tiny_training_scores_as_recorded(tmp_path):
+    """Training, fitting and scoring give the numbers recorded in tests/fixtures (regenerated only
+    when a change of the numbers is intended): a change of the code's shape leaves them as they are."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).parent / "fixtures" / "tiny_training_scores.py"
+    spec = importlib.util.spec_from_file_location("tiny_training_scores", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    recorded = json.loads(module.FILE.read_text())
+    measured = module.measure(tmp_path)
+    assert measured.keys() == recorded.keys()
+    for key, value in recorded.items():
+        assert measured[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key

@@ -23,7 +23,7 @@ _PUBLIC = {
     "fit": "pitscope.fitting",
     "finetune": "pitscope.fitting",
     "Detector": "pitscope.inference",
-    "Prediction": "pitscope.inference",
+    "Prediction": "pitscope.prediction",
 }
 
 __all__ = ["__version__", *_PUBLIC]

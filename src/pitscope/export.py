@@ -38,7 +38,8 @@ import torch
 from torch import nn
 
 from pitscope import __version__
-from pitscope.inference import Detector, Prediction
+from pitscope.inference import Detector
+from pitscope.prediction import Prediction
 from pitscope.tensors import IMAGENET_MEAN, IMAGENET_STD, resize_image
 
 INPUT_NAME = "image"

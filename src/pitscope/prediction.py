@@ -1,0 +1,54 @@
+"""What the detector says about one image: its score, its map, its decision and its regions."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from pitscope.defect_regions import Region, describe_regions, region_mask
+
+
+class Prediction(NamedTuple):
+    """What the detector says about one image (`Detector.predict` returns a list for a batch).
+
+    score: the image's anomaly score (Mahalanobis distance; higher = more anomalous).
+    anomaly_map: (H, W) float32 per-pixel anomaly scores.
+    is_defective: score > threshold.
+    threshold: the image threshold used.
+    pixel_threshold: map values above it form candidate defect regions.
+    min_region_fraction: candidate regions smaller than this share of the image are dropped.
+    regions_on: "all": every image shows its regions; "defective": only images decided defective.
+    """
+
+    score: float
+    anomaly_map: np.ndarray
+    is_defective: bool
+    threshold: float
+    pixel_threshold: float
+    min_region_fraction: float = 0.0
+    regions_on: str = "all"
+
+    @property
+    def _shows_regions(self) -> bool:
+        return self.regions_on == "all" or bool(self.is_defective)
+
+    @property
+    def defect_region(self) -> np.ndarray:
+        """(H, W) bool: the predicted defect region that overlays, the service and wear curves show
+        (the connected components of anomaly_map > pixel_threshold of at least min_region_fraction
+        of the image; none on an image passed as defect-free when regions_on is "defective")."""
+        if not self._shows_regions:
+            return np.zeros(np.shape(self.anomaly_map), dtype=bool)
+        return region_mask(self.anomaly_map, self.pixel_threshold, self.min_region_fraction)
+
+    @property
+    def regions(self) -> list[Region]:
+        """The predicted defect regions, largest first (`pitscope.defect_regions.Region`)."""
+        return self.outline()[1]
+
+    def outline(self) -> tuple[np.ndarray, list[Region]]:
+        """(defect_region, regions) from one labelling of the map."""
+        if not self._shows_regions:
+            return np.zeros(np.shape(self.anomaly_map), dtype=bool), []
+        return describe_regions(self.anomaly_map, self.pixel_threshold, self.min_region_fraction)
