@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -161,7 +162,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser(
         "history",
         help="the recorded inspections: list, export, prune",
-        description=cmd_history.__doc__,
+        description=inspect.cleandoc(cmd_history.__doc__ or ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--db", help="the history database: SQLite file or PostgreSQL URL (default: $PITSCOPE_DB)")
