@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from bsdata_cpu import provenance  # this folder is on sys.path when run as a script
-from bsdata_localisation import LOOKS, config_hash
+from bsdata_localisation import log_look
 
 from pitscope.benchmark import commit, machine
 from pitscope.data import build_dataset
@@ -84,20 +84,7 @@ def measure(detector: Detector, model_path: Path, label: str, out_dir: Path, ove
     cfg = detector.cfg
     test = build_dataset(cfg.data, "test", cfg.seed)
     result = evaluate(detector, test, out_dir / "eval", progress=True)
-    look = {
-        "commit": commit(),
-        "date": time.strftime("%Y-%m-%d"),
-        "model": str(model_path),
-        "config_hash": config_hash(cfg),
-        "overrides": overrides,
-        "benchmark": f"few_labels {label}",
-        "metrics": result["metrics"],
-        "subsets": {k: v["metrics"] for k, v in result["subsets"].items()},
-        "counts": result["counts"],
-        "at_threshold": result["at_threshold"],
-    }
-    with LOOKS.open("a") as fh:
-        fh.write(json.dumps(look) + "\n")
+    look = log_look(model_path, cfg, overrides, result, benchmark=f"few_labels {label}")
     return {
         "metrics": result["metrics"],
         "subsets": look["subsets"],

@@ -180,12 +180,18 @@ def measure_test(model: Path, overrides: list[str], out_dir: Path) -> dict:
         detector.save(out_dir / "model.pt")
     test = build_dataset(cfg.data, "test", cfg.seed)
     result = evaluate(detector, test, out_dir / "eval", progress=True)
+    return log_look(model, cfg, overrides, result)
+
+
+def log_look(model: Path, cfg, overrides: list[str], result: dict, **extra) -> dict:
+    """Append one scoring of the test split (an `evaluate` result) to LOOKS; the line written."""
     look = {
         "commit": commit(),
         "date": time.strftime("%Y-%m-%d"),
         "model": str(model),
         "config_hash": config_hash(cfg),
         "overrides": overrides,
+        **extra,
         "metrics": result["metrics"],
         "subsets": {k: v["metrics"] for k, v in result["subsets"].items()},
         "counts": result["counts"],

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pitscope.benchmark import PAPER_EPOCHS, SUITES, VARIANTS, BenchmarkOptions, format_markdown, run_suite
+from pitscope.cli.common import add_set_arg
 from pitscope.peers import CORESET_RATIO
 
 
@@ -74,14 +75,7 @@ def add_parsers(sub) -> None:
         "its greedy selection grows with the square of the patch count: 0.01 on a CPU at 256 px)",
     )
     p.add_argument("--collect", action="store_true", help="train nothing; tabulate the finished runs")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value for every run (repeatable)",
-    )
+    add_set_arg(p, "override a config value for every run (repeatable)")
     p.add_argument(
         "--output", default="benchmarks/results", help="where <suite>.json and .md go (default: benchmarks/results)"
     )

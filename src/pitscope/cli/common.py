@@ -10,6 +10,11 @@ from collections.abc import Iterable, Sequence
 from pitscope.config import Config, load_config, preset_names
 
 
+def add_set_arg(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--set KEY=VALUE`, repeatable, into args.overrides."""
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def add_config_args(parser: argparse.ArgumentParser, default_preset: str | None) -> None:
     """--config PRESET, --set KEY=VALUE (repeatable) and --output-dir."""
     parser.add_argument(
@@ -19,14 +24,7 @@ def add_config_args(parser: argparse.ArgumentParser, default_preset: str | None)
         help=f"preset name ({', '.join(preset_names())}) or path to a YAML file"
         + (f" (default: {default_preset})" if default_preset else ""),
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config value, e.g. --set train.epochs=5 --set data.format=bsdata (repeatable)",
-    )
+    add_set_arg(parser, "override one config value, e.g. --set train.epochs=5 --set data.format=bsdata (repeatable)")
     parser.add_argument("--output-dir", help="where outputs go (overrides output_dir)")
 
 

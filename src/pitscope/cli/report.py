@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pitscope.cli.common import add_set_arg
+
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write an HTML report (report.html, self-contained) and its numbers (report.json) of a
@@ -35,14 +37,7 @@ def add_parsers(sub) -> None:
         help="model file written by train; several (one per MVTec category) give the per-category table",
     )
     p.add_argument("--out", help="output folder (default: beside the first model, report/)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override every model's data config, e.g. --set data.root=/other/copy",
-    )
+    add_set_arg(p, "override every model's data config, e.g. --set data.root=/other/copy")
     p.add_argument("--gallery-size", type=int, default=6, help="most images per gallery group (default: 6)")
     p.add_argument("--wear", metavar="DIR", help="BSData: add the wear curves `pitscope wear` wrote to DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

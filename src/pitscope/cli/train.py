@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pitscope.cli.common import add_config_args, config_from_args, print_skipped
+from pitscope.cli.common import add_config_args, add_set_arg, config_from_args, print_skipped
 from pitscope.config import Config, ConfigError, apply_overrides, save_config, to_dict
 
 
@@ -203,13 +203,9 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("evaluate", help="measure a trained model on its test split", description=cmd_evaluate.__doc__)
     p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override the model's data config (data.*), or score.map_normalisation / smoothing_sigma / "
+    add_set_arg(
+        p,
+        "override the model's data config (data.*), or score.map_normalisation / smoothing_sigma / "
         "image_method / min_region_fraction / regions_on",
     )
     p.add_argument("--output-dir", help="where metrics.json and scores.csv go (default: beside the model, eval/)")
@@ -232,14 +228,7 @@ def add_parsers(sub) -> None:
         "(OUTPUT_DIR/checkpoint_last.pt, OUTPUT_DIR/snapshots/epoch_NNNN.pt)",
     )
     p.add_argument("--output", required=True, help="where the refitted model goes (a new file; MODEL is left as it is)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a scoring (score.*) or data (data.*) setting, e.g. --set score.pixel_channels=null",
-    )
+    add_set_arg(p, "a scoring (score.*) or data (data.*) setting, e.g. --set score.pixel_channels=null")
     p.add_argument(
         "--evaluate", action="store_true", help="evaluate on the test split afterwards (OUTPUT's stem + _eval/)"
     )
@@ -254,14 +243,7 @@ def add_parsers(sub) -> None:
     p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt)")
     p.add_argument("--defects", required=True, metavar="DIR", help="the labelled defective photos and their masks")
     p.add_argument("--output-dir", required=True, help="where the new model.pt goes (not MODEL's folder)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a setting over the model's and finetune's own, e.g. --set train.epochs=3",
-    )
+    add_set_arg(p, "a setting over the model's and finetune's own, e.g. --set train.epochs=3")
     p.add_argument("--evaluate", action="store_true", help="evaluate on the test split afterwards (OUTPUT_DIR/eval)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_finetune)
