@@ -91,8 +91,9 @@ def _recorder(args: argparse.Namespace, detector, by: str):
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Re-derive the model's thresholds from defect-free images (and report F1-optimal ones)."""
+    from pitscope.calibration import calibrate, write_calibration
     from pitscope.inference import Detector
-    from pitscope.predict import calibrate, expand_inputs, write_calibration
+    from pitscope.predict import expand_inputs
 
     detector = Detector.load(args.model)
     good = expand_inputs([args.good])

@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 from sklearn.metrics import precision_score, recall_score
 
+from pitscope.calibration import calibrate
 from pitscope.cli import main
 from pitscope.data import build_dataset
 from pitscope.data.types import DatasetLayoutError
 from pitscope.inference import Detector
 from pitscope.metrics import f1_max
-from pitscope.predict import calibrate
 
 
 @pytest.fixture(scope="module")
