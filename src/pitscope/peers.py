@@ -22,8 +22,8 @@ from torch import nn
 
 from pitscope.config import Config
 from pitscope.data.types import Sample
-from pitscope.inference import iterate_batches
 from pitscope.models.backbone import build_resnet18
+from pitscope.tensors import iterate_batches
 
 INSTALL_HINT = "pip install 'pitscope[bench]'"
 PADIM_LAYERS = ["layer1", "layer2", "layer3"]  # anomalib's PaDiM defaults

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from pitscope.data.types import Sample
 
 # ImageNet statistics (SPEC section 2), used whatever the backbone's initialisation.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -22,6 +29,16 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 def images_to_batch(images: list[np.ndarray]) -> torch.Tensor:
     """A list of same-size (H, W, 3) uint8 images -> (B, 3, H, W) normalised."""
     return torch.stack([image_to_tensor(im) for im in images])
+
+
+def iterate_batches(
+    dataset: Sequence[Sample], indices: Sequence[int], batch_size: int, desc: str, progress: bool
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Yield (indices, normalised images (B, 3, H, W)) over dataset[indices] with a progress bar."""
+    starts = range(0, len(indices), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+        chunk = list(indices[start : start + batch_size])
+        yield chunk, images_to_batch([dataset[i].image for i in chunk])
 
 
 def denormalise(x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from pitscope.config import Config, ConfigError, apply_overrides, save_config, t
 
 def _print_calibration(detector, path: Path) -> None:
     """The fitted threshold, where it came from, and the training images that scored highest."""
-    from pitscope.inference import describe_calibration
+    from pitscope.scorer_fitting import describe_calibration
 
     record = detector.metadata["calibration"]
     print(f"threshold {float(detector.threshold):.4g} ({describe_calibration(record)}); saved {path}")

@@ -101,6 +101,12 @@ def read_image(path: str | Path) -> np.ndarray:
     return _to_rgb(_decode(path))
 
 
+def input_to_rgb(image: str | Path | Image.Image | np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image given as a path (`read_image`), a PIL image or an array
+    (`to_rgb_array`): what `Detector.predict` accepts."""
+    return read_image(image) if isinstance(image, (str, Path)) else to_rgb_array(image)
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a defect mask as (H, W) uint8 in {0, 1}: every nonzero pixel is defective.
 
