@@ -18,6 +18,7 @@ from pitscope.data.dataset import AnomalyDataset, Record, pair_masks
 from pitscope.data.imageio import list_images
 from pitscope.metrics import f1_max
 from pitscope.scoring import pixel_threshold_of
+from pitscope.thresholds import CalibrationRecord, set_thresholds
 
 # Masks of `pitscope calibrate --masks`: `<stem>.<ext>` or `<stem>_mask.<ext>` (as data.folder).
 MASK_SUFFIXES = ("", "_mask")
@@ -154,16 +155,21 @@ def _against_defects(
 
 def _apply(detector, result: dict[str, Any]) -> None:
     """Set the detector's thresholds to the calibrated ones; metadata["calibration"] records how."""
-    detector.threshold.fill_(result["threshold"])
-    detector.pixel_threshold.fill_(result["pixel_threshold"])
-    record: dict[str, Any] = {"source": "pitscope calibrate"}
-    record.update((k, result[k]) for k in ("images", "quantile", "threshold", "pixel_quantile", "pixel_threshold"))
+    record: CalibrationRecord = {
+        "source": "pitscope calibrate",
+        "images": result["images"],
+        "quantile": result["quantile"],
+        "threshold": result["threshold"],
+        "pixel_quantile": result["pixel_quantile"],
+        "pixel_threshold": result["pixel_threshold"],
+    }
     if result["defects"]:
-        record.update(defect_images=result["defects"]["images"], f1_threshold=result["defects"]["f1_threshold"])
+        record["defect_images"] = result["defects"]["images"]
+        record["f1_threshold"] = result["defects"]["f1_threshold"]
     if result["pixel"]:
         record["pixel_f1_threshold"] = result["pixel"]["f1_threshold"]
     record["previous"] = result["previous"]
-    detector.metadata["calibration"] = record
+    set_thresholds(detector, record, image=result["threshold"], pixel=result["pixel_threshold"])
 
 
 def _pair(defects: list[Path], mask_paths) -> dict[Path, Path]:

@@ -33,6 +33,7 @@ from pitscope.data.types import Sample
 from pitscope.scoring import out_of_fold_scores, pixel_threshold_of
 from pitscope.seeding import numpy_rng
 from pitscope.tensors import images_to_batch, iterate_batches
+from pitscope.thresholds import CalibrationRecord, set_thresholds
 
 if TYPE_CHECKING:
     from pitscope.inference import Detector
@@ -165,7 +166,12 @@ def fit_scorers(detector: Detector, dataset: Sequence[Sample], progress: bool = 
         if oof_maps:
             held_moments = pixel_scorer.moments(_padim_features(features), held_moments)
     q = score.threshold_quantile
-    record = {"method": "held_back", "images": len(calibration), "held_back": bool(cal_idx), "quantile": q}
+    record: CalibrationRecord = {
+        "method": "held_back",
+        "images": len(calibration),
+        "held_back": bool(cal_idx),
+        "quantile": q,
+    }
     scores = torch.cat(held_scores).double()
     oof = None
     if folds and score.image_method == "embedding":
@@ -192,20 +198,20 @@ def fit_scorers(detector: Detector, dataset: Sequence[Sample], progress: bool = 
             "pixel_images": len(calibration),
             "held_back": bool(cal_idx),
         }
-    detector.threshold.fill_(float(torch.quantile(scores, q)))
+    record = {
+        **record,
+        "threshold": None,
+        "pixel_quantile": score.pixel_threshold_quantile,
+        "pixel_rule": score.pixel_threshold_from,
+        "pixel_threshold": None,
+    }
+    # the image threshold first: image_mean_score maps are scaled by it before the pixel quantile
+    set_thresholds(detector, record, image=float(torch.quantile(scores, q)))
     held_maps = torch.cat(maps)  # (n, H, W) of the calibration images
     if score.map_normalisation == "image_mean_score" and score.image_method != "map_max":
         held_maps = detector._times_score(held_maps, torch.cat(held_scores))
-    detector.pixel_threshold.fill_(
-        pixel_threshold_of(held_maps.numpy(), score.pixel_threshold_quantile, score.pixel_threshold_from)
-    )
-    detector.metadata["calibration"] = {
-        **record,
-        "threshold": float(detector.threshold),
-        "pixel_quantile": score.pixel_threshold_quantile,
-        "pixel_rule": score.pixel_threshold_from,
-        "pixel_threshold": float(detector.pixel_threshold),
-    }
+    pixel = pixel_threshold_of(held_maps.numpy(), score.pixel_threshold_quantile, score.pixel_threshold_from)
+    set_thresholds(detector, record, pixel=pixel)
     return detector
 
 

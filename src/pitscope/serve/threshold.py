@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pitscope.serve.access import key_header
+from pitscope.thresholds import CalibrationRecord, set_thresholds
 
 if TYPE_CHECKING:
     from pitscope.history.recorder import Recorder
@@ -54,21 +55,21 @@ def store_threshold(
     calibration = detector.metadata.get("calibration")
     if isinstance(calibration, dict):
         calibration = {k: v for k, v in calibration.items() if k != "replaces"}
-    detector.threshold.fill_(threshold)
-    detector.metadata["calibration"] = {
+    record: CalibrationRecord = {
         "source": "set by hand (PUT /threshold)",
         "threshold": threshold,
-        "pixel_threshold": float(detector.pixel_threshold),
+        "pixel_threshold": None,
         "set_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "previous": {"threshold": previous},
         "replaces": calibration,
     }
+    replaced = set_thresholds(detector, record, image=threshold)
     if model_path is not None:
         try:
             detector.save(model_path)
         except OSError as exc:
             detector.threshold.fill_(previous)
-            detector.metadata["calibration"] = calibration
+            detector.metadata["calibration"] = replaced
             if recorder is not None and version is not None:  # the history: the previous one in force again
                 recorder.set_threshold(
                     previous,
