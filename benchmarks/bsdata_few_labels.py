@@ -32,7 +32,7 @@ from pitscope.benchmark import commit, machine
 from pitscope.data import build_dataset
 from pitscope.data.bsdata import bsdata_root, position_files, read_positions
 from pitscope.data.labelled import count_distinct_defects, load_labelled_defects
-from pitscope.evaluation import evaluate
+from pitscope.evaluation import evaluate, write_evaluation
 from pitscope.fitting import FINETUNE, finetune, fit
 from pitscope.inference import Detector
 
@@ -83,7 +83,8 @@ def labelled_folder(root: Path, names: list[str], folder: Path) -> Path:
 def measure(detector: Detector, model_path: Path, label: str, out_dir: Path, overrides: list[str]) -> dict:
     cfg = detector.cfg
     test = build_dataset(cfg.data, "test", cfg.seed)
-    result = evaluate(detector, test, out_dir / "eval", progress=True)
+    result = evaluate(detector, test, progress=True)
+    write_evaluation(result, out_dir / "eval")
     look = log_look(model_path, cfg, overrides, result, benchmark=f"few_labels {label}")
     return {
         "metrics": result["metrics"],

@@ -35,7 +35,7 @@ from bsdata_cpu import provenance  # this folder is on sys.path when run as a sc
 from pitscope.benchmark import commit, machine
 from pitscope.config import apply_overrides, to_dict
 from pitscope.data import build_dataset
-from pitscope.evaluation import evaluate, predicted_regions
+from pitscope.evaluation import evaluate, predicted_regions, write_evaluation
 from pitscope.inference import Detector
 from pitscope.metrics import evaluate_all, region_metrics
 from pitscope.scoring import gaussian_smooth, pixel_threshold_of
@@ -179,7 +179,8 @@ def measure_test(model: Path, overrides: list[str], out_dir: Path) -> dict:
     if not overrides:
         detector.save(out_dir / "model.pt")
     test = build_dataset(cfg.data, "test", cfg.seed)
-    result = evaluate(detector, test, out_dir / "eval", progress=True)
+    result = evaluate(detector, test, progress=True)
+    write_evaluation(result, out_dir / "eval")
     return log_look(model, cfg, overrides, result)
 
 

@@ -12,7 +12,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pitscope.config import apply_overrides, load_config
 from pitscope.data import build_dataset
-from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, REGION_NAMES, evaluate, format_table
+from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, REGION_NAMES, evaluate, format_table, write_evaluation
 from pitscope.inference import Detector
 from pitscope.metrics import auroc_interval
 from pitscope.tensors import images_to_batch
@@ -50,9 +50,12 @@ def read_scores(path):
 
 def test_evaluate_writes_metrics_json_and_one_csv_row_per_image(detector, tmp_path):
     split = load_test_split()
-    result = evaluate(detector, split, tmp_path / "eval", progress=False)
+    result = evaluate(detector, split, progress=False)
+    assert not (tmp_path / "eval").exists()  # evaluate returns; write_evaluation writes
+    write_evaluation(result, tmp_path / "eval")
 
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == json.loads(json.dumps(result))
+    written = {k: v for k, v in result.items() if k != "per_image"}
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == json.loads(json.dumps(written))
     assert set(result["metrics"]) == set(METRIC_NAMES) | set(REGION_NAMES)
     assert result["counts"] == {"images": 8, "normal": 4, "defective": 4, "left_out_trained_on": 0}
     assert result["threshold"] == float(detector.threshold)
@@ -68,7 +71,8 @@ def test_evaluate_writes_metrics_json_and_one_csv_row_per_image(detector, tmp_pa
 
 def test_metrics_agree_with_sklearn(detector, tmp_path):
     split = load_test_split()
-    result = evaluate(detector, split, tmp_path, progress=False)
+    result = evaluate(detector, split, progress=False)
+    write_evaluation(result, tmp_path)
     metrics = result["metrics"]
 
     _, rows = read_scores(tmp_path / "scores.csv")
@@ -96,14 +100,14 @@ def test_metrics_agree_with_sklearn(detector, tmp_path):
 @pytest.mark.parametrize("only", ["data.synthetic.n_test_defect=0", "data.synthetic.n_test_normal=0"])
 def test_a_split_with_one_class_is_refused(detector, tmp_path, only):
     with pytest.raises(ValueError, match="both defect-free and defective"):
-        evaluate(detector, load_test_split(only), tmp_path, progress=False)
+        evaluate(detector, load_test_split(only), progress=False)
     assert not (tmp_path / "metrics.json").exists()
 
 
 def test_an_empty_split_is_refused(detector):
     split = load_test_split("data.synthetic.n_test_defect=0", "data.synthetic.n_test_normal=0")
     with pytest.raises(ValueError, match="no images"):
-        evaluate(detector, split, None, progress=False)
+        evaluate(detector, split, progress=False)
 
 
 class _NoMasks:
@@ -124,7 +128,7 @@ class _NoMasks:
 
 
 def test_without_masks_pixel_metrics_are_none(detector):
-    result = evaluate(detector, _NoMasks(load_test_split()), None, progress=False)
+    result = evaluate(detector, _NoMasks(load_test_split()), progress=False)
     assert result["metrics"]["image_auroc"] is not None
     for name in ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"):
         assert result["metrics"][name] is None
@@ -175,7 +179,7 @@ def test_image_scores_benchmark_agrees_with_evaluate(detector, tmp_path, monkeyp
     assert record["default"] == detector.cfg.score.image_features == "projection"
     assert set(STAGES) | {"projection", "sum of layer1-4", "map maximum", "projection + map maximum"} <= set(rows)
     split = load_test_split()
-    default = evaluate(detector, split, None, progress=False)
+    default = evaluate(detector, split, progress=False)
     assert rows["projection"]["image_auroc"] == round(100 * default["metrics"]["image_auroc"], 2)
     assert rows["projection"]["se"] == round(100 * default["image_auroc_interval"]["se"], 2)
     # the pooled layer4 row is what the detector gives when scoring by it
@@ -184,12 +188,12 @@ def test_image_scores_benchmark_agrees_with_evaluate(detector, tmp_path, monkeyp
     )
     by_layer4.fit(build_dataset(detector.cfg.data, "train", detector.cfg.seed), progress=False)
     assert rows["layer4"]["image_auroc"] == round(
-        100 * evaluate(by_layer4, split, None, progress=False)["metrics"]["image_auroc"], 2
+        100 * evaluate(by_layer4, split, progress=False)["metrics"]["image_auroc"], 2
     )
     assert score_model(tmp_path / "model.pt", ["score.image_features=layer4"])["default"] == "layer4"
     raw_max = copy.deepcopy(detector)
     raw_max.cfg.score.map_normalisation, raw_max.cfg.score.image_method = "none", "map_max"
-    expected = evaluate(raw_max, split, None, progress=False)["metrics"]["image_auroc"]
+    expected = evaluate(raw_max, split, progress=False)["metrics"]["image_auroc"]
     assert rows["map maximum"]["image_auroc"] == round(100 * expected, 2)
     # The classifier row: the network's own forward pass gives the same logits.
     from pitscope.inference import iterate_batches

@@ -75,14 +75,15 @@ def subset_metrics(
 def evaluate(
     detector: DatasetScorer,
     dataset: SampleSet,
-    out_dir: str | Path | None = None,
+    *,
     progress: bool = True,
     groups: dict[str, np.ndarray] | None = None,
 ) -> dict:
-    """Score every test image, compute every metric, and write them under out_dir if given.
+    """Score every test image and compute every metric; `write_evaluation` writes the result.
 
     Returns {"metrics": {...}, "subsets": {...}, "image_auroc_interval": {...} or None,
-    "counts": {...}, "threshold": t, "at_threshold": {...}, "seconds": s}. "metrics" holds
+    "counts": {...}, "threshold": t, "at_threshold": {...}, "seconds": s, "per_image": {"paths",
+    "labels", "scores", "is_defective"}}. "metrics" holds
     METRIC_NAMES and, with masks, REGION_NAMES (the predicted regions at the stored pixel
     threshold, `predicted_regions`). Pixel metrics are None when the dataset has no masks or no
     defect pixel. groups: {name: (N,) bool}; each names a subset of the defective images,
@@ -148,16 +149,28 @@ def evaluate(
         },
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(result, indent=2))
-        with (out / "scores.csv").open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["path", "label", "score", "is_defective"])
-            for path, label, score, flag in zip(dataset.paths, labels, scores, decisions):
-                writer.writerow([path, int(label), f"{score:.6g}", int(flag)])
+    result["per_image"] = {
+        "paths": list(dataset.paths),
+        "labels": [int(v) for v in labels],
+        "scores": [float(v) for v in scores],
+        "is_defective": [bool(v) for v in decisions],
+    }
     return result
+
+
+def write_evaluation(result: dict, out_dir: str | Path) -> Path:
+    """Write `evaluate`'s result under out_dir: metrics.json (all but the per-image rows) and
+    scores.csv (path, label, score, is_defective per image). Returns out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({k: v for k, v in result.items() if k != "per_image"}, indent=2))
+    rows = result["per_image"]
+    with (out / "scores.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "score", "is_defective"])
+        for path, label, score, flag in zip(rows["paths"], rows["labels"], rows["scores"], rows["is_defective"]):
+            writer.writerow([path, label, f"{score:.6g}", int(flag)])
+    return out
 
 
 def format_table(result: dict, dataset_format: str | None = None) -> str:

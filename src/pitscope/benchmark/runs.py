@@ -167,7 +167,7 @@ def run_variant(
     without reading the images; training["minutes"] counts every resumed part. Once the result is
     written the training checkpoint goes (model.pt stays): it only served to resume.
     """
-    from pitscope.evaluation import evaluate
+    from pitscope.evaluation import evaluate, write_evaluation
     from pitscope.metrics import evaluate_all
     from pitscope.training import LAST_CHECKPOINT
 
@@ -178,7 +178,9 @@ def run_variant(
     if variant.peer is None:
         detector, training, minutes = _train_detector(cfg, train_set, progress)
         t0 = time.perf_counter()
-        metrics = evaluate(detector, test_set, out / "eval", progress=progress)["metrics"]
+        result = evaluate(detector, test_set, progress=progress)
+        write_evaluation(result, out / "eval")
+        metrics = result["metrics"]
     else:
         from pitscope.peers import PeerModel
 

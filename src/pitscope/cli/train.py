@@ -38,13 +38,14 @@ def _evaluate_and_print(
     detector, cfg: Config, out_dir: Path, progress: bool, report_run_dir: Path | None = None, split: str = "test"
 ) -> dict:
     from pitscope.data import build_dataset, prepare_split_file
-    from pitscope.evaluation import evaluate, format_table
+    from pitscope.evaluation import evaluate, format_table, write_evaluation
 
     prepare_split_file(cfg)
     dataset = build_dataset(cfg.data, split, cfg.seed)
     print_skipped(dataset.check(progress=progress))
     if report_run_dir is None:
-        result = evaluate(detector, dataset, out_dir, progress=progress)
+        result = evaluate(detector, dataset, progress=progress)
+        write_evaluation(result, out_dir)
     else:
         from pitscope.report import report_from_evaluation
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from pitscope import __version__
 from pitscope.data.types import SampleSet
-from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, evaluate, predicted_regions
+from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, evaluate, predicted_regions, write_evaluation
 from pitscope.files import TRAIN_LOG, json_safe
 from pitscope.inference import Detector
 from pitscope.report.analysis import (
@@ -68,13 +68,15 @@ def _analyse(
     eval_dir: Path | None = None,
     key: str = "",
 ) -> tuple[dict, str, dict]:
-    """Score `dataset` once (through `evaluate`, which writes its files to eval_dir if given) and
+    """Score `dataset` once (through `evaluate`; `write_evaluation` writes its files to eval_dir if given) and
     return (the report's numbers as a JSON-ready dict, its HTML sections with ids ending in `key`,
     evaluate's result)."""
     if gallery_size < 0:
         raise ValueError(f"gallery_size: must be >= 0, got {gallery_size}")
     kept = _ScoresKept(detector)
-    result = evaluate(kept, dataset, eval_dir, progress=progress)
+    result = evaluate(kept, dataset, progress=progress)
+    if eval_dir is not None:
+        write_evaluation(result, eval_dir)
     scores, maps = kept.scores, kept.maps  # (N,), (N, H, W)
     assert scores is not None and maps is not None  # evaluate scored the dataset
     labels = np.asarray(dataset.labels)
