@@ -39,7 +39,8 @@ from pitscope.config import load_config
 from pitscope.data import build_dataset
 from pitscope.inference import Detector
 from pitscope.models.network import DoubleSelfSupervisedNet
-from pitscope.training import PseudoDefectPairs, compute_loss, resolve_precision
+from pitscope.runtime import resolve_precision
+from pitscope.training import PseudoDefectPairs, compute_loss
 
 REPO = Path(__file__).resolve().parents[1]
 PITSCOPE_TRAIN = ("pitscope_step", "pitscope_end_to_end", "pitscope_end_to_end_1_worker")

@@ -32,6 +32,7 @@ from pitscope.config import Config, TrainConfig, from_dict, save_config, to_dict
 from pitscope.data.types import Sample
 from pitscope.files import TRAIN_LOG, atomic_save
 from pitscope.models.network import DoubleSelfSupervisedNet, NetOutput
+from pitscope.runtime import cpu_has_bf16, resolve_device, resolve_precision
 from pitscope.seeding import seed_everything, worker_init_fn
 from pitscope.training_loss import PseudoDefectPairs, compute_loss
 from pitscope.training_loss import pixel_target as pixel_target  # the loop's names, kept importable here
@@ -45,38 +46,6 @@ SNAPSHOT_DIR = "snapshots"
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message says where and what to try."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device=cuda but no CUDA device is available; use auto or cpu")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype train.precision asks for on `device`; None means plain float32.
-
-    "auto" is bf16 (fp16 on GPUs without bf16) on CUDA and float32 on the CPU, where bf16 is
-    asked for explicitly (the cpu preset does): only CPUs with native bfloat16 run it faster.
-    """
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return None
-    if name == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision=fp16 needs CUDA; use bf16 or fp32 on the CPU")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-def cpu_has_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 natively on this CPU (AVX-512 or AMX); elsewhere it is emulated
-    and slower than float32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 @dataclass
