@@ -151,7 +151,8 @@ class Detector(nn.Module):
     def fit(self, dataset: Sequence[Sample], progress: bool = True) -> Detector:
         """Fit both scorers on defect-free images and calibrate both thresholds
         (`pitscope.scorer_fitting.fit_scorers`). Returns self."""
-        return scorer_fitting.fit_scorers(self, dataset, progress)
+        scorer_fitting.fit_scorers(self, dataset, progress)
+        return self
 
     @torch.inference_mode()
     def score_dataset(self, dataset: Sequence[Sample], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:

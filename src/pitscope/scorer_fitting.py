@@ -23,20 +23,52 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pitscope.config import Config
 from pitscope.data.types import Sample
-from pitscope.scoring import out_of_fold_scores, pixel_threshold_of
+from pitscope.scoring import GaussianScorer, PatchGaussianScorer, out_of_fold_scores, pixel_threshold_of
 from pitscope.seeding import numpy_rng
 from pitscope.tensors import images_to_batch, iterate_batches
 from pitscope.thresholds import CalibrationRecord, set_thresholds
 
-if TYPE_CHECKING:
-    from pitscope.inference import Detector
+
+class Detector(Protocol):
+    """What fitting uses of a `pitscope.inference.Detector` (named so, without importing it)."""
+
+    @property
+    def cfg(self) -> Config: ...
+    @property
+    def net(self) -> Any: ...
+    @property
+    def image_scorer(self) -> GaussianScorer: ...
+    @property
+    def pixel_scorer(self) -> Any: ...
+    @property
+    def threshold(self) -> torch.Tensor: ...
+    @property
+    def pixel_threshold(self) -> torch.Tensor: ...
+    @property
+    def metadata(self) -> dict: ...
+
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]: ...
+
+    def _score(
+        self,
+        x: torch.Tensor,
+        embedding: torch.Tensor | None,
+        patches: torch.Tensor | None,
+        seg_logits: torch.Tensor | None,
+        pixel_scorer: PatchGaussianScorer | None = None,
+        by_score: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def _times_score(self, maps: torch.Tensor, scores: torch.Tensor) -> torch.Tensor: ...
+
 
 HIGHEST = 5  # training images with the highest out-of-fold scores, named in the calibration record
 
@@ -119,6 +151,31 @@ def recompute_batchnorm(
         net.eval()
 
 
+def _fit_on(
+    detector: Detector, dataset: Sequence[Sample], fit_idx: list[int], keep_moments: bool, device, progress: bool
+) -> list[torch.Tensor]:
+    """Fit the image scorer and the pixel scorer on dataset[fit_idx]; the image embeddings (float64,
+    on the CPU; none for map_max). keep_moments: the pixel Gaussians keep their sums (`finalize`)."""
+    score = detector.cfg.score
+    pixel_scorer = detector.pixel_scorer
+    embeddings = []
+    pixel_scorer._moments = None
+    for _, x in iterate_batches(dataset, fit_idx, score.batch_size, "fitting scorers", progress):
+        embedding, patches, _ = detector._features(x.to(device))
+        if score.image_method != "map_max":
+            assert embedding is not None, "the features hold an image embedding unless image_method is map_max"
+            embeddings.append(embedding.double().cpu())
+        if patches is not None:
+            pixel_scorer.partial_fit(patches)
+    if embeddings:
+        detector.image_scorer.fit(torch.cat(embeddings))
+    if keep_moments:  # padim: its sums stay for the out-of-fold refits
+        pixel_scorer.finalize(keep_moments=True)
+    elif score.pixel_method in ("padim", "patch"):
+        pixel_scorer.finalize()
+    return embeddings
+
+
 @torch.inference_mode()
 def fit_scorers(detector: Detector, dataset: Sequence[Sample], progress: bool = True) -> Detector:
     """Fit both scorers of `detector` on defect-free images and calibrate both thresholds; writes
@@ -137,22 +194,8 @@ def fit_scorers(detector: Detector, dataset: Sequence[Sample], progress: bool = 
     detector.net.eval()
     device = next(detector.net.parameters()).device
     pixel_scorer = detector.pixel_scorer
-    embeddings = []
-    pixel_scorer._moments = None
     bs = score.batch_size
-    for _, x in iterate_batches(dataset, fit_idx, bs, "fitting scorers", progress):
-        embedding, patches, _ = detector._features(x.to(device))
-        if score.image_method != "map_max":
-            assert embedding is not None, "the features hold an image embedding unless image_method is map_max"
-            embeddings.append(embedding.double().cpu())
-        if patches is not None:
-            pixel_scorer.partial_fit(patches)
-    if embeddings:
-        detector.image_scorer.fit(torch.cat(embeddings))
-    if oof_maps:  # padim: its sums stay for the out-of-fold refits
-        pixel_scorer.finalize(keep_moments=True)
-    elif score.pixel_method in ("padim", "patch"):
-        pixel_scorer.finalize()
+    embeddings = _fit_on(detector, dataset, fit_idx, oof_maps, device, progress)
     calibration = cal_idx if cal_idx else fit_idx
     held_scores, maps, held_embeddings, held_moments = [], [], [], None
     for _, x in iterate_batches(dataset, calibration, bs, "calibrating", progress):

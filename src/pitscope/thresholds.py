@@ -8,10 +8,20 @@ buffers and writes the record, so that a threshold changes in one way only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any, Protocol, TypedDict
 
-if TYPE_CHECKING:
-    from pitscope.inference import Detector
+import torch
+
+
+class Detector(Protocol):
+    """What setting thresholds uses of a `pitscope.inference.Detector` (named so, without importing it)."""
+
+    @property
+    def threshold(self) -> torch.Tensor: ...
+    @property
+    def pixel_threshold(self) -> torch.Tensor: ...
+    @property
+    def metadata(self) -> dict: ...
 
 
 class CalibrationRecord(TypedDict, total=False):
