@@ -72,6 +72,71 @@ def subset_metrics(
     return metrics
 
 
+def _subsets(
+    groups: dict[str, np.ndarray],
+    labels: np.ndarray,
+    scores: np.ndarray,
+    masks: np.ndarray | None,
+    maps: np.ndarray,
+    regions: np.ndarray | None,
+) -> dict:
+    """{name: {"metrics", "counts"}}: each group's defective images measured with every
+    defect-free one; a group left with a single kind of image is left out."""
+    subsets = {}
+    for name, member in groups.items():
+        keep = (labels == 0) | np.asarray(member, dtype=bool)
+        if labels[keep].min() != labels[keep].max():
+            subsets[name] = {
+                "metrics": subset_metrics(
+                    labels[keep],
+                    scores[keep],
+                    None if masks is None else masks[keep],
+                    None if masks is None else maps[keep],
+                    None if regions is None else regions[keep],
+                ),
+                "counts": {"normal": int((labels[keep] == 0).sum()), "defective": int(labels[keep].sum())},
+            }
+    return subsets
+
+
+def _result(
+    metrics: dict,
+    subsets: dict,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    decisions: np.ndarray,
+    threshold: float,
+    paths: list,
+    left_out: int,
+    t0: float,
+) -> dict:
+    """`evaluate`'s result dict (see there); "seconds" counts from `t0` to now."""
+    result = {
+        "metrics": metrics,
+        "subsets": subsets,
+        "image_auroc_interval": auroc_interval(labels, scores) if min(labels.sum(), (labels == 0).sum()) >= 2 else None,
+        "counts": {
+            "images": int(len(labels)),
+            "normal": int((labels == 0).sum()),
+            "defective": int(labels.sum()),
+            "left_out_trained_on": left_out,
+        },
+        "threshold": threshold,
+        "at_threshold": {
+            "true_positive_rate": float(decisions[labels == 1].mean()),
+            "false_positive_rate": float(decisions[labels == 0].mean()),
+        },
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    result["per_image"] = {
+        "paths": paths,
+        "labels": [int(v) for v in labels],
+        "scores": [float(v) for v in scores],
+        "is_defective": [bool(v) for v in decisions],
+    }
+    return result
+
+
 def evaluate(
     detector: DatasetScorer,
     dataset: SampleSet,
@@ -118,44 +183,8 @@ def evaluate(
             maps, decisions, float(detector.pixel_threshold), score_cfg.min_region_fraction, score_cfg.regions_on
         )
     metrics = subset_metrics(labels, scores, masks, maps if has_masks else None, regions)
-    subsets = {}
-    for name, member in (groups or {}).items():  # each group's defective images against every defect-free one
-        keep = (labels == 0) | np.asarray(member, dtype=bool)
-        if labels[keep].min() != labels[keep].max():
-            subsets[name] = {
-                "metrics": subset_metrics(
-                    labels[keep],
-                    scores[keep],
-                    None if masks is None else masks[keep],
-                    None if masks is None else maps[keep],
-                    None if regions is None else regions[keep],
-                ),
-                "counts": {"normal": int((labels[keep] == 0).sum()), "defective": int(labels[keep].sum())},
-            }
-    result = {
-        "metrics": metrics,
-        "subsets": subsets,
-        "image_auroc_interval": auroc_interval(labels, scores) if min(labels.sum(), (labels == 0).sum()) >= 2 else None,
-        "counts": {
-            "images": int(len(labels)),
-            "normal": int((labels == 0).sum()),
-            "defective": int(labels.sum()),
-            "left_out_trained_on": len(left_out),
-        },
-        "threshold": threshold,
-        "at_threshold": {
-            "true_positive_rate": float(decisions[labels == 1].mean()),
-            "false_positive_rate": float(decisions[labels == 0].mean()),
-        },
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
-    result["per_image"] = {
-        "paths": list(dataset.paths),
-        "labels": [int(v) for v in labels],
-        "scores": [float(v) for v in scores],
-        "is_defective": [bool(v) for v in decisions],
-    }
-    return result
+    subsets = _subsets(groups or {}, labels, scores, masks, maps, regions)
+    return _result(metrics, subsets, labels, scores, decisions, threshold, list(dataset.paths), len(left_out), t0)
 
 
 def write_evaluation(result: dict, out_dir: str | Path) -> Path:

@@ -253,6 +253,69 @@ def _categories(options: BenchmarkOptions) -> list[str | None]:
     return list(found)
 
 
+def _run_seeds(
+    options: BenchmarkOptions, name: str, category: str | None, datasets: _Datasets, runnable: bool
+) -> tuple[list[dict], list[dict]]:
+    """Every seed of one variant (and category): results finished earlier are read back, the rest
+    run when `runnable`; returns (runs, failed), a failed run being one whose training diverged."""
+    variant = VARIANTS[name]
+    runs: list[dict] = []
+    failed: list[dict] = []
+    for seed in options.seeds:
+        cfg = variant_config(options, name, seed, category)
+        done = Path(cfg.output_dir) / RESULT_FILE
+        what = f"[{options.suite}] {name}" + (f" {category}" if category else "") + f" seed {seed}"
+        if done.is_file():
+            runs.append(json.loads(done.read_text()))
+            log.info("%s: finished earlier, %s", what, done)
+            continue
+        if not runnable:
+            continue
+        log.info("%s: running in %s", what, cfg.output_dir)
+        try:
+            runs.append(run_variant(cfg, variant, datasets, options.progress, options.coreset_ratio))
+        except Exception as exc:  # one failed run (e.g. a diverged loss) must not end the suite
+            from pitscope.training import TrainingDiverged
+
+            if not isinstance(exc, TrainingDiverged):
+                raise
+            failed.append({"seed": seed, "error": str(exc)})
+            log.warning("%s: failed: %s", what, exc)
+            continue
+        m = runs[-1]["metrics"]
+        log.info(
+            "%s: image %s, pixel %s, AUPRO %s (%.1f min)",
+            what,
+            m["image_auroc"],
+            m["pixel_auroc"],
+            m["aupro"],
+            runs[-1]["minutes"]["wall"],
+        )
+    return runs, failed
+
+
+def _suite_record(options: BenchmarkOptions, skipped: dict[str, str], rows: list[dict]) -> dict:
+    """The suite's record: its rows with the commit, machine, command and shared settings."""
+    shared = load_config(options.preset, common_overrides(options))
+    return {
+        "suite": options.suite,
+        "title": TITLES[options.suite],
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+        "command": options.command,
+        "preset": options.preset,
+        "budget_minutes": options.budget,
+        "image_size": shared.data.image_size,
+        "patch": {"size": shared.score.patch_size, "stride": shared.score.patch_stride},
+        "seeds": list(options.seeds),
+        "overrides": list(options.overrides),
+        "coreset_ratio": options.coreset_ratio,
+        "skipped": skipped,
+        "rows": rows,
+    }
+
+
 def run_suite(options: BenchmarkOptions) -> dict:
     """Run (or reuse) every run of the suite, write OUTPUT/<suite>.json and .md; return the record."""
     if options.suite not in SUITES:
@@ -279,37 +342,7 @@ def run_suite(options: BenchmarkOptions) -> dict:
                 skipped[name] = str(exc)
                 log.info("[%s] %s: skipped, %s", options.suite, name, exc)
         for category in categories:
-            runs, failed = [], []
-            for seed in options.seeds:
-                cfg = variant_config(options, name, seed, category)
-                done = Path(cfg.output_dir) / RESULT_FILE
-                what = f"[{options.suite}] {name}" + (f" {category}" if category else "") + f" seed {seed}"
-                if done.is_file():
-                    runs.append(json.loads(done.read_text()))
-                    log.info("%s: finished earlier, %s", what, done)
-                    continue
-                if name not in to_run or name in skipped:
-                    continue
-                log.info("%s: running in %s", what, cfg.output_dir)
-                try:
-                    runs.append(run_variant(cfg, variant, datasets, options.progress, options.coreset_ratio))
-                except Exception as exc:  # one failed run (e.g. a diverged loss) must not end the suite
-                    from pitscope.training import TrainingDiverged
-
-                    if not isinstance(exc, TrainingDiverged):
-                        raise
-                    failed.append({"seed": seed, "error": str(exc)})
-                    log.warning("%s: failed: %s", what, exc)
-                    continue
-                m = runs[-1]["metrics"]
-                log.info(
-                    "%s: image %s, pixel %s, AUPRO %s (%.1f min)",
-                    what,
-                    m["image_auroc"],
-                    m["pixel_auroc"],
-                    m["aupro"],
-                    runs[-1]["minutes"]["wall"],
-                )
+            runs, failed = _run_seeds(options, name, category, datasets, name in to_run and name not in skipped)
             paper = PAPER.get(options.suite, {}).get(name) if category is None else paper_mvtec(name, category)
             rows.append(
                 {
@@ -324,24 +357,7 @@ def run_suite(options: BenchmarkOptions) -> dict:
                     "failed": failed,
                 }
             )
-    shared = load_config(options.preset, common_overrides(options))
-    record = {
-        "suite": options.suite,
-        "title": TITLES[options.suite],
-        "commit": commit(),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": machine(),
-        "command": options.command,
-        "preset": options.preset,
-        "budget_minutes": options.budget,
-        "image_size": shared.data.image_size,
-        "patch": {"size": shared.score.patch_size, "stride": shared.score.patch_stride},
-        "seeds": list(options.seeds),
-        "overrides": list(options.overrides),
-        "coreset_ratio": options.coreset_ratio,
-        "skipped": skipped,
-        "rows": rows,
-    }
+    record = _suite_record(options, skipped, rows)
     out = Path(options.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{options.suite}.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -96,13 +96,7 @@ def _analyse(
     log = read_train_log(log_path) if log_path is not None else None
     record = json_safe(
         {
-            "dataset": {
-                "format": detector.cfg.data.format,
-                "name": getattr(dataset, "name", ""),
-                "root": detector.cfg.data.root,
-                "category": detector.cfg.data.category,
-                "image_size": detector.cfg.data.image_size,
-            },
+            "dataset": _dataset_info(detector, dataset),
             "metrics": result["metrics"],
             "subsets": result.get("subsets", {}),
             "image_auroc_interval": result["image_auroc_interval"],
@@ -130,7 +124,32 @@ def _analyse(
 
     scale = heatmap_scale(maps, pixel_threshold)
     tiles = _gallery_tiles(dataset, picks, maps, region, scores, threshold, pixel_threshold, scale)
-    body = (
+    body = _body(record, tiles, scale, key, log_path, log, detector)
+    return record, body, result
+
+
+def _dataset_info(detector: Detector, dataset: SampleSet) -> dict:
+    """The report's "dataset" entry: format, name, root, category and image size."""
+    return {
+        "format": detector.cfg.data.format,
+        "name": getattr(dataset, "name", ""),
+        "root": detector.cfg.data.root,
+        "category": detector.cfg.data.category,
+        "image_size": detector.cfg.data.image_size,
+    }
+
+
+def _body(
+    record: dict,
+    tiles: dict[str, list[str]],
+    scale: tuple[float, float],
+    key: str,
+    log_path: Path | None,
+    log: dict[str, list[float]] | None,
+    detector: Detector,
+) -> str:
+    """One run's HTML sections (ids ending in `key`): metrics, curves, histogram, gallery, training."""
+    return (
         _metrics_section(record, key)
         + _curves_section(record, key)
         + _histogram_section(record, key)
@@ -139,7 +158,6 @@ def _analyse(
             log_path, log, detector.metadata.get("training"), key, detector.metadata.get("labelled_defects")
         )
     )
-    return record, body, result
 
 
 def _confusion(labels: np.ndarray, flagged: np.ndarray) -> dict[str, int]:

@@ -27,26 +27,46 @@ def add_no_history_routes(app, guarded: list) -> None:
         raise HTTPException(404, "this service keeps no history: start it with --db PATH_OR_URL")
 
 
-def add_history_routes(app, recorder: "Recorder", guarded: list, lock: threading.Lock) -> None:
-    """GET /inspections, /parts, /parts/{part}/trend, /alerts and POST /alerts/{id}/ack on `app`."""
-    from typing import Literal
-
-    from fastapi import Depends, HTTPException, Query
+def _time_or_422(name: str, text: str | None):
+    """`text` parsed as a time (None stays None); a 422 naming the parameter if it is not one."""
+    from fastapi import HTTPException
 
     from pitscope.history.names import parse_time
-    from pitscope.history.recorder import key_fingerprint
-    from pitscope.history.store import HistoryUnavailable
+
+    if text is None:
+        return None
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise HTTPException(422, f"{name}: {exc}") from None
+
+
+def _rule_json(recorder: "Recorder") -> dict | None:
+    """The recorder's alert rule for JSON, or None when it has none."""
+    rule = recorder.rule
+    if rule is None:
+        return None
+    return {
+        "area_fraction_above": rule.area_fraction_above,
+        "growth_per_day_above": rule.growth_per_day_above,
+        "window_days": rule.window_days,
+        "text": rule.describe(),
+    }
+
+
+def add_history_routes(app, recorder: "Recorder", guarded: list, lock: threading.Lock) -> None:
+    """GET /inspections, /parts, /parts/{part}/trend, /alerts and POST /alerts/{id}/ack on `app`."""
+    _add_inspection_routes(app, recorder, guarded)
+    _add_alert_routes(app, recorder, guarded)
+
+
+def _add_inspection_routes(app, recorder: "Recorder", guarded: list) -> None:
+    """GET /inspections, /parts and /parts/{part}/trend on `app`."""
+    from typing import Literal
+
+    from fastapi import HTTPException, Query
 
     store = recorder.store
-    header = key_header()
-
-    def time_or_422(name: str, text: str | None):
-        if text is None:
-            return None
-        try:
-            return parse_time(text)
-        except ValueError as exc:
-            raise HTTPException(422, f"{name}: {exc}") from None
 
     @app.get("/inspections", dependencies=guarded)
     def inspections(
@@ -62,8 +82,8 @@ def add_history_routes(app, recorder: "Recorder", guarded: list, lock: threading
         """Recorded inspections, newest first, a page at a time: {"total", "limit", "offset", "items"}."""
         filters = dict(
             part=part,
-            since=time_or_422("since", since),
-            until=time_or_422("until", until),
+            since=_time_or_422("since", since),
+            until=_time_or_422("until", until),
             decision=decision,
             model=model,
             source=source,
@@ -86,22 +106,26 @@ def add_history_routes(app, recorder: "Recorder", guarded: list, lock: threading
         """A part's inspections in capture order, the thresholds in force and its alerts:
         {"part", "points": [{id, time, score, image_threshold, is_defective, defect_px,
         defect_fraction, ...}], "alerts": [...], "rule"}; 404 for a part never inspected."""
-        points = store.trend(part, time_or_422("since", since), time_or_422("until", until))
+        points = store.trend(part, _time_or_422("since", since), _time_or_422("until", until))
         if not points and store.count(part=part) == 0:
             raise HTTPException(404, f"no inspection of part {part!r} is recorded")
         return {
             "part": part,
             "points": [_jsonable(p) for p in points],
             "alerts": [_jsonable(a) for a in store.alerts(part=part)],
-            "rule": None
-            if recorder.rule is None
-            else {
-                "area_fraction_above": recorder.rule.area_fraction_above,
-                "growth_per_day_above": recorder.rule.growth_per_day_above,
-                "window_days": recorder.rule.window_days,
-                "text": recorder.rule.describe(),
-            },
+            "rule": _rule_json(recorder),
         }
+
+
+def _add_alert_routes(app, recorder: "Recorder", guarded: list) -> None:
+    """GET /alerts and POST /alerts/{id}/ack on `app`."""
+    from fastapi import Depends, HTTPException, Query
+
+    from pitscope.history.recorder import key_fingerprint
+    from pitscope.history.store import HistoryUnavailable
+
+    store = recorder.store
+    header = key_header()
 
     @app.get("/alerts", dependencies=guarded)
     def alerts(part: str | None = None, open: bool = Query(False, description="only those not acknowledged")) -> dict:
