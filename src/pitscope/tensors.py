@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-if TYPE_CHECKING:
-    from pitscope.data.types import Sample
+
+class HasImage(Protocol):
+    """Anything with an (H, W, 3) uint8 `image`, as a `pitscope.data.types.Sample`."""
+
+    @property
+    def image(self) -> np.ndarray: ...
+
 
 # ImageNet statistics (SPEC section 2), used whatever the backbone's initialisation.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -32,7 +37,7 @@ def images_to_batch(images: list[np.ndarray]) -> torch.Tensor:
 
 
 def iterate_batches(
-    dataset: Sequence[Sample], indices: Sequence[int], batch_size: int, desc: str, progress: bool
+    dataset: Sequence[HasImage], indices: Sequence[int], batch_size: int, desc: str, progress: bool
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Yield (indices, normalised images (B, 3, H, W)) over dataset[indices] with a progress bar."""
     starts = range(0, len(indices), batch_size)
