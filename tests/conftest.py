@@ -29,6 +29,26 @@ TINY_DETECTOR = [
 ]
 
 
+# The demo preset made tiny: 64 px, 8 training images, one epoch of two steps.
+TINY_DEMO = [
+    "data.image_size=64",
+    "data.synthetic.n_train=8",
+    "data.synthetic.n_test_normal=4",
+    "data.synthetic.n_test_defect=4",
+    "train.epochs=1",
+    "train.batch_size=4",
+    "train.device=cpu",
+    "score.pixel_channels=16",
+    "score.batch_size=8",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_overrides() -> list[str]:
+    """The `section.key=value` settings that make the demo preset tiny, for the demo command's tests."""
+    return list(TINY_DEMO)
+
+
 @pytest.fixture(scope="session")
 def tiny_detector_overrides() -> list[str]:
     """The `section.key=value` settings of the tiny detector, for tests that train their own."""

@@ -9,18 +9,6 @@ from pitscope.data import build_dataset
 from pitscope.demo import GAP, MIN_SIDE, overlay_pictures, pick_pictured, picture_name
 from pitscope.visualize import GREEN, RED
 
-TINY_DEMO = [
-    "data.image_size=64",
-    "data.synthetic.n_train=8",
-    "data.synthetic.n_test_normal=4",
-    "data.synthetic.n_test_defect=4",
-    "train.epochs=1",
-    "train.batch_size=4",
-    "train.device=cpu",
-    "score.pixel_channels=16",
-    "score.batch_size=8",
-]
-
 
 def test_pick_pictured_takes_the_first_defective_then_the_first_defect_free():
     labels = [0, 1, 0, 1, 1, 0]
@@ -64,9 +52,9 @@ def test_overlay_pictures_show_the_image_beside_its_predicted_and_true_regions(t
         assert red.any() == bool(prediction.defect_region.any())  # the predicted region's outline, where there is one
 
 
-def test_demo_writes_its_report_and_pictures_and_says_where(tmp_path, capsys):
+def test_demo_writes_its_report_and_pictures_and_says_where(tmp_path, capsys, tiny_demo_overrides):
     out = tmp_path / "demo"
-    flags = [arg for o in TINY_DEMO for arg in ("--set", o)]
+    flags = [arg for o in tiny_demo_overrides for arg in ("--set", o)]
     assert main(["demo", "--quiet", "--output-dir", str(out), *flags]) == 0
     printed = capsys.readouterr().out
 

@@ -19,17 +19,6 @@ TINY = {
     "train": {"epochs": 1, "batch_size": 4, "device": "cpu"},
     "score": {"pixel_channels": 16, "batch_size": 8},
 }
-TINY_SETS = [
-    "data.image_size=64",
-    "data.synthetic.n_train=8",
-    "data.synthetic.n_test_normal=4",
-    "data.synthetic.n_test_defect=4",
-    "train.epochs=1",
-    "train.batch_size=4",
-    "train.device=cpu",
-    "score.pixel_channels=16",
-    "score.batch_size=8",
-]
 
 
 @pytest.fixture
@@ -71,9 +60,9 @@ def test_train_with_evaluate_then_evaluate_the_saved_model(tmp_path, tiny_yaml, 
     assert (other / "config.yaml").is_file()
 
 
-def test_demo_trains_and_evaluates(tmp_path, capsys):
+def test_demo_trains_and_evaluates(tmp_path, capsys, tiny_demo_overrides):
     out = tmp_path / "demo"
-    assert main(["demo", "--quiet", "--output-dir", str(out), *as_flags(TINY_SETS)]) == 0
+    assert main(["demo", "--quiet", "--output-dir", str(out), *as_flags(tiny_demo_overrides)]) == 0
     assert (out / "model.pt").is_file()
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert 0.0 <= metrics["metrics"]["image_auroc"] <= 1.0
