@@ -26,7 +26,7 @@ MASK_SUFFIXES = ("", "_mask")
 
 def _scored(detector, records: list[Record], progress: bool) -> tuple[AnomalyDataset, np.ndarray, np.ndarray, list]:
     """(dataset, scores (N,), maps (N, S, S), [(path, reason) of skipped files]) at the model's size S."""
-    dataset = AnomalyDataset(records, size=detector.cfg.data.image_size, on_bad_file="skip", name="calibration")
+    dataset = AnomalyDataset(records, size=detector.cfg.data.shape, on_bad_file="skip", name="calibration")
     skipped = dataset.check(progress=progress)
     if len(dataset) == 0:
         return dataset, np.zeros(0, np.float32), np.zeros((0, 0, 0), np.float32), skipped

@@ -46,6 +46,9 @@ class DataConfig:
     test_defect_dir: str | None = None  # folder: defective test images
     mask_dir: str | None = None  # folder: masks of the defective images, paired by exact stem
     image_size: int = 256  # images are resized to image_size x image_size
+    # null: square images; set, images are resized to image_size (height) x image_width, which
+    # keeps a photo's aspect ratio when width / height is the photos' own
+    image_width: int | None = None
     n_train_normal: int = 631  # bsdata: defect-free images in the training split
     split_file: str | None = None  # where the split is written (default: beside the outputs)
     split_seed: int = 0  # bsdata: seeds the split, apart from the run seed, so runs share one split
@@ -60,6 +63,17 @@ class DataConfig:
     labelled_defects: str | None = None
     cache: bool = True  # keep decoded, resized images in memory
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The (height, width) images are resized to."""
+        return self.image_size, self.image_width or self.image_size
+
+    def rescale(self, height: int) -> None:
+        """Set the image height to `height`, the width (when set) in the same ratio."""
+        if self.image_width is not None:
+            self.image_width = max(1, round(self.image_width * height / self.image_size))
+        self.image_size = height
 
 
 @dataclass
@@ -150,7 +164,8 @@ class ScoreConfig:
     pixel_stages: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
     pixel_channels: int | None = 100  # random channel subset of the stacked stages (PaDiM), drawn with seed; null = all
     batch_size: int = 16  # images per batch when extracting features and scoring
-    # the side images are scored at once the network is trained (null: data.image_size); the
+    # the height images are scored at once the network is trained (null: data.image_size; the
+    # width follows data.image_width's ratio to data.image_size); the
     # network is convolutional, so one trained at 256 x 256 can be fitted and scored at 512 x 512
     image_size: int | None = None
     patch_size: int = 64  # patch: side of the square crops, in pixels at data.image_size
@@ -369,14 +384,17 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"score.pixel_method={cfg.score.pixel_method} needs model.segment=true")
     if cfg.data.image_size < 32:
         raise ConfigError(f"data.image_size: must be at least 32, got {cfg.data.image_size}")
+    if cfg.data.image_width is not None and cfg.data.image_width < 32:
+        raise ConfigError(f"data.image_width: must be at least 32 or null (square images), got {cfg.data.image_width}")
     if cfg.score.image_size is not None and cfg.score.image_size < 32:
         raise ConfigError(
             f"score.image_size: must be at least 32 or null (data.image_size), got {cfg.score.image_size}"
         )
     if cfg.score.pixel_method == "patch":
-        if not 32 <= cfg.score.patch_size <= cfg.data.image_size:
+        if not 32 <= cfg.score.patch_size <= min(cfg.data.shape):
             raise ConfigError(
-                f"score.patch_size: must lie in 32..data.image_size={cfg.data.image_size}, got {cfg.score.patch_size}"
+                f"score.patch_size: must lie in 32..{min(cfg.data.shape)} (the images' shorter side), "
+                f"got {cfg.score.patch_size}"
             )
         if cfg.score.patch_stride < 1:
             raise ConfigError(f"score.patch_stride: must be at least 1, got {cfg.score.patch_stride}")
@@ -384,9 +402,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"train.snapshot_every: must be 0 (off) or a number of epochs, got {cfg.train.snapshot_every}"
         )
-    if cfg.train.crop_size is not None and not 32 <= cfg.train.crop_size <= cfg.data.image_size:
+    if cfg.train.crop_size is not None and not 32 <= cfg.train.crop_size <= min(cfg.data.shape):
         raise ConfigError(
-            f"train.crop_size: must lie in 32..data.image_size ({cfg.data.image_size}) or be null "
+            f"train.crop_size: must lie in 32..{min(cfg.data.shape)} (the images' shorter side) or be null "
             f"(whole images), got {cfg.train.crop_size}"
         )
     if not 0.0 <= cfg.score.calibration_fraction < 1.0:

@@ -4,16 +4,17 @@ The exported graph holds everything `Detector.forward` computes (network, image 
 scorer or segmentation head, map upsampling and smoothing), the ImageNet normalisation before
 it and the calibrated threshold after it, so another runtime needs nothing else:
 
-    input  "image":        float32 (B, 3, S, S), RGB in [0, 1], S = cfg.data.image_size: an
-                           image resized to S x S (bilinear, as `pitscope.tensors.resize_image`)
+    input  "image":        float32 (B, 3, H, W), RGB in [0, 1], (H, W) = cfg.data.shape: an
+                           image resized to H x W (bilinear, as `pitscope.tensors.resize_image`)
                            and divided by 255. The ImageNet normalisation is inside the graph.
     output "score":        float32 (B,) image scores (Mahalanobis distance).
-    output "anomaly_map":  float32 (B, S, S) smoothed per-pixel scores.
+    output "anomaly_map":  float32 (B, H, W) smoothed per-pixel scores.
     output "is_defective": bool (B,) score > the detector's threshold, baked in as a constant.
 
 The output names are the first fields of `pitscope.inference.Prediction`. B is dynamic.
 The ONNX file's metadata (and the TorchScript file's extra file "pitscope.json") also carry
-the threshold, the pixel threshold that outlines defect regions, and the image size.
+the threshold, the pixel threshold that outlines defect regions, and the image size (height,
+and "image_shape": "H W").
 
 ONNX goes through the TorchScript-based exporter (`torch.onnx.export(dynamo=False)`):
 `torch.export` refuses `PatchGaussianScorer.score_map`, which compares the feature-map size
@@ -40,7 +41,7 @@ from torch import nn
 from pitscope import __version__
 from pitscope.inference import Detector
 from pitscope.prediction import Prediction
-from pitscope.tensors import IMAGENET_MEAN, IMAGENET_STD, resize_image
+from pitscope.tensors import IMAGENET_MEAN, IMAGENET_STD, Shape, as_shape, resize_image
 
 INPUT_NAME = "image"
 OUTPUT_NAMES: tuple[str, str, str] = Prediction._fields[:3]  # ("score", "anomaly_map", "is_defective")
@@ -56,8 +57,8 @@ class ParityError(RuntimeError):
 class ExportModule(nn.Module):
     """A fitted Detector as one graph: image in [0, 1] -> (score, anomaly_map, is_defective).
 
-    image (B, 3, S, S) float32 RGB in [0, 1], S = cfg.data.image_size ->
-        score (B,) float32, anomaly_map (B, S, S) float32, is_defective (B,) bool.
+    image (B, 3, H, W) float32 RGB in [0, 1], (H, W) = cfg.data.shape ->
+        score (B,) float32, anomaly_map (B, H, W) float32, is_defective (B,) bool.
     The ImageNet normalisation of `images_to_batch`, then `Detector.forward` itself (whatever
     its pixel method), then the comparison with the threshold, copied at construction.
     """
@@ -73,42 +74,43 @@ class ExportModule(nn.Module):
         if not torch.isfinite(detector.threshold):
             raise ValueError("the detector has no calibrated threshold")
         self.detector = detector
-        self.image_size = detector.cfg.data.image_size
+        self.image_shape = detector.cfg.data.shape  # (H, W)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.register_buffer("threshold", detector.threshold.detach().clone())
         self.to(detector.threshold.device)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = (image - self.mean) / self.std  # (B, 3, S, S), as images_to_batch
-        score, maps = self.detector(x)  # (B,), (B, S, S)
+        x = (image - self.mean) / self.std  # (B, 3, H, W), as images_to_batch
+        score, maps = self.detector(x)  # (B,), (B, H, W)
         return score, maps, score > self.threshold
 
     def metadata(self) -> dict[str, str]:
         """What a runtime needs beside the graph, as strings (ONNX metadata_props)."""
         return {
             "pitscope_version": str(__version__),
-            "image_size": str(self.image_size),
-            "input": f"{INPUT_NAME}: float32 (B, 3, {self.image_size}, {self.image_size}) RGB in [0, 1]",
+            "image_size": str(self.image_shape[0]),
+            "image_shape": "{} {}".format(*self.image_shape),
+            "input": f"{INPUT_NAME}: float32 (B, 3, {self.image_shape[0]}, {self.image_shape[1]}) RGB in [0, 1]",
             "threshold": repr(float(self.threshold)),
             "pixel_threshold": repr(float(self.detector.pixel_threshold)),
         }
 
 
 # -- images for the parity check ------------------------------------------------------------------
-def to_export_input(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
-    """(H, W, 3) uint8 images -> the graph input (B, 3, size, size) float32 in [0, 1]."""
-    batch = np.stack([resize_image(im, size) for im in images])  # (B, S, S, 3) uint8
+def to_export_input(images: Sequence[np.ndarray], size: Shape) -> torch.Tensor:
+    """Images (h, w, 3) uint8 -> the graph input (B, 3, H, W) float32 in [0, 1], (H, W) = size."""
+    batch = np.stack([resize_image(im, size) for im in images])  # (B, H, W, 3) uint8
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def random_images(size: int, n: int = 3, seed: int = 0) -> torch.Tensor:
-    """n seeded uniform-noise images (n, 3, size, size) in [0, 1], the check's default input."""
-    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+def random_images(size: Shape, n: int = 3, seed: int = 0) -> torch.Tensor:
+    """n seeded uniform-noise images (n, 3, H, W) in [0, 1], (H, W) = size, the check's default input."""
+    return torch.rand(n, 3, *as_shape(size), generator=torch.Generator().manual_seed(seed))
 
 
-def read_check_images(sources: Sequence[str | Path], size: int, limit: int | None = None) -> torch.Tensor:
-    """Read image files, or every image of folders (sorted), as the graph input (B, 3, S, S).
+def read_check_images(sources: Sequence[str | Path], size: Shape, limit: int | None = None) -> torch.Tensor:
+    """Read image files, or every image of folders (sorted), as the graph input (B, 3, H, W).
 
     At most `limit` images (the first ones, in the order given). FileNotFoundError when there
     are none; pitscope.data.types.BadImageError for an unreadable file.
@@ -127,9 +129,9 @@ def read_check_images(sources: Sequence[str | Path], size: int, limit: int | Non
 
 def _check_input(module: ExportModule, images: torch.Tensor | np.ndarray | None) -> torch.Tensor:
     if images is None:
-        return random_images(module.image_size)
+        return random_images(module.image_shape)
     x = torch.as_tensor(np.asarray(images, dtype=np.float32) if isinstance(images, np.ndarray) else images)
-    expected = (3, module.image_size, module.image_size)
+    expected = (3, *module.image_shape)
     if x.ndim != 4 or tuple(x.shape[1:]) != expected:
         raise ValueError(f"check images must be (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
     return x.float().cpu()
@@ -221,8 +223,7 @@ def export_onnx(
     module = ExportModule(detector).eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    s = module.image_size
-    example = random_images(s, n=2).to(module.threshold.device)
+    example = random_images(module.image_shape, n=2).to(module.threshold.device)
     batch = {0: "batch"}
     with torch.no_grad(), warnings.catch_warnings():
         # Shape checks and fitted-state tests become constants of the trace: expected, since
@@ -240,11 +241,11 @@ def export_onnx(
             dynamo=False,
         )
     model = onnx.load(str(path))
-    for output in model.graph.output:  # the exporter leaves the map's S x S symbolic
+    for output in model.graph.output:  # the exporter leaves the map's H x W symbolic
         if output.name == "anomaly_map":
-            for dim in output.type.tensor_type.shape.dim[1:]:
+            for dim, side in zip(output.type.tensor_type.shape.dim[1:], module.image_shape):
                 dim.ClearField("dim_param")
-                dim.dim_value = s
+                dim.dim_value = side
     onnx.helper.set_model_props(model, module.metadata())
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
@@ -292,7 +293,7 @@ def export_torchscript(
     module = ExportModule(detector).eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = random_images(module.image_size, n=2).to(module.threshold.device)
+    example = random_images(module.image_shape, n=2).to(module.threshold.device)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="`torch.jit", category=FutureWarning)  # deprecated, still asked for

@@ -26,13 +26,11 @@ def scoring_config(cfg: Config, dataset):
     if size is None or size == cfg.data.image_size:
         return cfg, dataset
     scored = copy.deepcopy(cfg)
-    scored.data.image_size = size
+    scored.data.rescale(size)
     log.info(
         "scorers fitted at %d x %d (the network trained at %d x %d)",
-        size,
-        size,
-        cfg.data.image_size,
-        cfg.data.image_size,
+        *scored.data.shape,
+        *cfg.data.shape,
     )
     return scored, build_dataset(scored.data, "train", scored.seed)
 

@@ -189,7 +189,7 @@ class Detector(nn.Module):
         if np.isnan(t):
             raise ValueError("the threshold is NaN (an uncalibrated model?): pass threshold= or run pitscope calibrate")
         self.eval()
-        size = self.cfg.data.image_size
+        size = self.cfg.data.shape
         device = next(self.net.parameters()).device
         predictions = []
         for start in range(0, len(items), self.cfg.score.batch_size):

@@ -53,8 +53,29 @@ def denormalise(x: torch.Tensor) -> torch.Tensor:
     return (x * std + mean).clamp_(0.0, 1.0)
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3) uint8, bilinear, as the datasets resize."""
-    if image.shape[:2] == (size, size):
+# An image size: one side (a square) or (height, width).
+Shape = int | tuple[int, int]
+
+
+def as_shape(size: Shape) -> tuple[int, int]:
+    """An image size as (height, width): an int is a square of that side."""
+    if isinstance(size, (tuple, list)):
+        height, width = size
+        return int(height), int(width)
+    return int(size), int(size)
+
+
+def resize_image(image: np.ndarray, size: Shape) -> np.ndarray:
+    """(H, W, 3) uint8 -> (height, width, 3) uint8 of `size`, bilinear, as the datasets resize."""
+    height, width = as_shape(size)
+    if image.shape[:2] == (height, width):
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def resize_mask(mask: np.ndarray, size: Shape) -> np.ndarray:
+    """(H, W) uint8 mask -> (height, width) of `size`, nearest, as the datasets resize masks."""
+    height, width = as_shape(size)
+    if mask.shape[:2] == (height, width):
+        return mask
+    return np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))

@@ -55,5 +55,5 @@ def labelled_cutouts(cfg: Config) -> tuple[list[Cutout], list[dict]]:
     if not cfg.data.labelled_defects:
         return [], []
     defects = load_labelled_defects(cfg.data.labelled_defects, cfg.data.on_bad_file)
-    cutouts = defect_cutouts(defects, cfg.data.image_size)  # at the scale of the training images
+    cutouts = defect_cutouts(defects, cfg.data.shape)  # at the scale of the training images
     return cutouts, [{"name": d.path.name, "sha256": d.sha256} for d in defects]

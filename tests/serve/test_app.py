@@ -127,7 +127,7 @@ def test_health_and_model(fitted, client):
     detector, _ = fitted
     assert client.get("/health").json() == {"status": "ok"}
     info = client.get("/model").json()
-    assert info["image_size"] == 64 and info["data_format"] == "synthetic"
+    assert info["image_size"] == 64 and info["image_shape"] == [64, 64] and info["data_format"] == "synthetic"
     assert info["threshold"] == float(detector.threshold)
     assert info["pixel_threshold"] == float(detector.pixel_threshold)
     assert info["calibration"] == detector.metadata["calibration"]

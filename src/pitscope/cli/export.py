@@ -27,7 +27,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         detector = Detector.load(args.model)
         formats = list(FORMATS) if args.format == "both" else [args.format]
         paths = output_paths(Path(args.model), formats, args.out)
-        size = detector.cfg.data.image_size
+        size = detector.cfg.data.shape
         images = None
         if args.check_images and args.check:
             images = read_check_images(args.check_images, size, args.check_limit)

@@ -124,7 +124,7 @@ def cmd_refit(args: argparse.Namespace) -> int:
     cfg = apply_overrides(old.cfg, args.overrides)
     _refuse_trained_changes(cfg, old.cfg, "refit", "score.* and data.*")
     if cfg.score.image_size is not None:  # fitted and scored at this size
-        cfg.data.image_size = cfg.score.image_size
+        cfg.data.rescale(cfg.score.image_size)
     if to_dict(cfg) == to_dict(old.cfg):
         print("refit: no setting changed; fitting again with the model's own settings", file=sys.stderr)
     progress = not args.quiet

@@ -2,7 +2,7 @@
 
 Every loader has the signature `(cfg: DataConfig, split: "train" | "test", seed: int)` and
 returns a sequence of `Sample`s: (H, W, 3) uint8 RGB image, (H, W) uint8 {0, 1} mask, label,
-path, with H = W = cfg.image_size.
+path, with (H, W) = cfg.shape.
 """
 
 from __future__ import annotations

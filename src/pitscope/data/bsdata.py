@@ -397,6 +397,4 @@ def load_bsdata(cfg: DataConfig, split: str, seed: int) -> AnomalyDataset:
     for record in records:
         if not record.path.is_file():
             raise DatasetLayoutError(f"{record.path}: listed in the split but not in {data}")
-    return AnomalyDataset(
-        records, size=cfg.image_size, on_bad_file=cfg.on_bad_file, cache=cfg.cache, name=f"bsdata-{split}"
-    )
+    return AnomalyDataset(records, size=cfg.shape, on_bad_file=cfg.on_bad_file, cache=cfg.cache, name=f"bsdata-{split}")

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from pitscope.data.imageio import read_image, read_mask
 from pitscope.data.types import BadImageError, DatasetLayoutError, Sample, SampleSet
-from pitscope.tensors import resize_image
+from pitscope.tensors import Shape, as_shape, resize_image, resize_mask
 
 Point = tuple[float, float]
 Polygon = tuple[Point, ...]
@@ -93,11 +93,10 @@ def pair_masks(images: Sequence[Path], masks: Sequence[Path], mask_suffixes: Seq
     return result
 
 
-def _resize(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Squash (H, W, 3) image and (H, W) mask to (size, size): bilinear image, nearest mask."""
-    image = resize_image(image, size)
-    mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
-    return image, mask
+def _resize(image: np.ndarray, mask: np.ndarray, size: Shape) -> tuple[np.ndarray, np.ndarray]:
+    """Resize (H, W, 3) image and (H, W) mask to `size` (a side or (height, width)): bilinear
+    image, nearest mask."""
+    return resize_image(image, size), resize_mask(mask, size)
 
 
 class AnomalyDataset(SampleSet):
@@ -105,7 +104,8 @@ class AnomalyDataset(SampleSet):
 
     records:     where the files are; kept sorted by path so the order never depends on the
                  file system.
-    size:        resize image and mask to (size, size) when set; None keeps the native size.
+    size:        resize image and mask to (size, size), or to (height, width) for a pair, when
+                 set; None keeps the native size.
     on_bad_file: "skip" lets `check()` drop unreadable files (and report them);
                  "error" makes `check()` raise the first BadImageError.
     cache:       keep decoded (and resized) samples in memory after the first access.
@@ -120,7 +120,7 @@ class AnomalyDataset(SampleSet):
     def __init__(
         self,
         records: Iterable[Record],
-        size: int | None = None,
+        size: Shape | None = None,
         on_bad_file: str = "skip",
         cache: bool = True,
         name: str = "",
@@ -128,7 +128,7 @@ class AnomalyDataset(SampleSet):
     ):
         if on_bad_file not in ON_BAD_FILE:
             raise ValueError(f"on_bad_file: {on_bad_file!r} is not one of {', '.join(ON_BAD_FILE)}")
-        if size is not None and size < 1:
+        if size is not None and min(as_shape(size)) < 1:
             raise ValueError(f"size: must be positive or None, got {size}")
         self.records: list[Record] = sorted(records, key=lambda r: str(r.path))
         for first, second in zip(self.records, self.records[1:]):

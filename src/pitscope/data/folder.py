@@ -57,7 +57,7 @@ def load_folder(cfg: DataConfig, split: str, seed: int) -> AnomalyDataset:
             has_masks = not defect
     return AnomalyDataset(
         records,
-        size=cfg.image_size,
+        size=cfg.shape,
         on_bad_file=cfg.on_bad_file,
         cache=cfg.cache,
         name=f"folder-{split}",

@@ -27,7 +27,7 @@ from pitscope.data.dataset import ON_BAD_FILE, rasterise_polygons
 from pitscope.data.folder import MASK_SUFFIXES
 from pitscope.data.imageio import _decode, list_images, read_image
 from pitscope.data.types import BadImageError, DatasetLayoutError
-from pitscope.tensors import resize_image
+from pitscope.tensors import Shape, as_shape, resize_image
 
 logger = logging.getLogger(__name__)
 
@@ -237,43 +237,45 @@ def load_labelled_defects(folder: str | Path, on_bad_file: str = "skip") -> list
     return defects
 
 
-def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """(H, W) bool -> (size, size) bool: bilinear as the photo, then > 0.5.
+def _resize_mask(mask: np.ndarray, size: Shape) -> np.ndarray:
+    """(H, W) bool -> bool of `size` (a side or (height, width)): bilinear as the photo, then > 0.5.
 
     A pixel is defective when more than half of its resampled value comes from defect pixels,
     so the mask follows the resized photo's colours; a defect narrower than about half a pixel
     at the new size vanishes, where nearest sampling would keep or drop it by where it lies.
     """
-    weights = Image.fromarray(mask.astype(np.float32), mode="F").resize((size, size), Image.Resampling.BILINEAR)
+    height, width = as_shape(size)
+    weights = Image.fromarray(mask.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BILINEAR)
     return np.asarray(weights) > 0.5
 
 
-def defect_cutouts(defects: Sequence[LabelledDefect], image_size: int, margin: int = 2) -> list[Cutout]:
+def defect_cutouts(defects: Sequence[LabelledDefect], image_size: Shape, margin: int = 2) -> list[Cutout]:
     """One `Cutout` per 8-connected defect of each photo, resized as training resizes it.
 
-    Each photo is squashed to (image_size, image_size) by `resize_image`, its mask by
+    Each photo is resized to `image_size` (a side or (height, width)) by `resize_image`, its mask by
     `_resize_mask` (bilinear, > 0.5); each connected component of the resized mask is cropped to
     its bounding box plus `margin` pixels on every side (clipped to the image). Defects that
     vanish at this size are dropped, with a warning for a photo that loses all of them;
     DatasetLayoutError naming the photos when none is left.
     """
-    if image_size < 1:
+    height, width = as_shape(image_size)
+    if min(height, width) < 1:
         raise ValueError(f"image_size: must be positive, got {image_size}")
     if margin < 0:
         raise ValueError(f"margin: must be 0 or more, got {margin}")
     cutouts = []
     for index, defect in enumerate(defects):
-        image = resize_image(defect.image, image_size)  # (S, S, 3)
-        labels, count = ndimage.label(_resize_mask(defect.mask, image_size), structure=_EIGHT)  # (S, S)
+        image = resize_image(defect.image, (height, width))  # (H, W, 3)
+        labels, count = ndimage.label(_resize_mask(defect.mask, (height, width)), structure=_EIGHT)  # (H, W)
         if count == 0:
-            logger.warning("%s: every marked defect vanishes at %dx%d", defect.path, image_size, image_size)
+            logger.warning("%s: every marked defect vanishes at %dx%d", defect.path, width, height)
         for component, box in enumerate(ndimage.find_objects(labels), start=1):
-            rows = slice(max(box[0].start - margin, 0), min(box[0].stop + margin, image_size))
-            cols = slice(max(box[1].start - margin, 0), min(box[1].stop + margin, image_size))
+            rows = slice(max(box[0].start - margin, 0), min(box[0].stop + margin, height))
+            cols = slice(max(box[1].start - margin, 0), min(box[1].stop + margin, width))
             cutouts.append(Cutout(image=image[rows, cols].copy(), mask=labels[rows, cols] == component, source=index))
     if not cutouts:
         names = ", ".join(str(d.path) for d in defects) or "none given"
-        raise DatasetLayoutError(f"no marked defect is left at {image_size}x{image_size} in the photos: {names}")
+        raise DatasetLayoutError(f"no marked defect is left at {width}x{height} in the photos: {names}")
     return cutouts
 
 

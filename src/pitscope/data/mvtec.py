@@ -88,7 +88,7 @@ def load_mvtec(cfg: DataConfig, split: str, seed: int) -> AnomalyDataset:
         records = _test_records(category)
     return AnomalyDataset(
         records,
-        size=cfg.image_size,
+        size=cfg.shape,
         on_bad_file=cfg.on_bad_file,
         cache=cfg.cache,
         name=f"mvtec-{category.name}-{split}",

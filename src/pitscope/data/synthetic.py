@@ -21,7 +21,7 @@ from scipy import ndimage
 from pitscope.config import DataConfig
 from pitscope.data.surface import render_surface
 from pitscope.data.types import Sample, SampleSet
-from pitscope.tensors import resize_image
+from pitscope.tensors import Shape, as_shape, resize_image, resize_mask
 
 # Split names and the stream that keeps their seeds apart.
 SPLIT_STREAMS = {"train": 0, "test": 1, "val": 2}
@@ -203,7 +203,7 @@ class SyntheticDataset(SampleSet):
         height: int,
         width: int,
         seed: int,
-        size: int | None = None,
+        size: Shape | None = None,
         split_name: str = "",
         defects: tuple[str, ...] = ("pit",),
     ):
@@ -214,7 +214,7 @@ class SyntheticDataset(SampleSet):
         self.height = int(height)
         self.width = int(width)
         self.seed = int(seed)
-        self.size = None if size is None else int(size)
+        self.size = None if size is None else as_shape(size)
         self.split_name = split_name
         unknown = [d for d in defects if d not in DEFECTS]
         if not defects or unknown:
@@ -252,8 +252,7 @@ class SyntheticDataset(SampleSet):
         else:
             mask = np.zeros(image.shape[:2], dtype=np.uint8)
         if self.size is not None:
-            image = resize_image(image, self.size)
-            mask = np.asarray(Image.fromarray(mask).resize((self.size, self.size), Image.Resampling.NEAREST))
+            image, mask = resize_image(image, self.size), resize_mask(mask, self.size)
         return Sample(image=image, mask=mask, label=label, path=self._path(i))
 
     def _kind(self, i: int) -> str:
@@ -303,7 +302,7 @@ def load_synthetic(cfg: DataConfig, split: str, seed: int) -> SyntheticDataset:
         syn.height,
         syn.width,
         _split_seed(seed, split),
-        size=cfg.image_size,
+        size=cfg.shape,
         split_name=split,
         defects=tuple(syn.defects),
     )

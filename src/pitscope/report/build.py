@@ -136,6 +136,7 @@ def _dataset_info(detector: Detector, dataset: SampleSet) -> dict:
         "root": detector.cfg.data.root,
         "category": detector.cfg.data.category,
         "image_size": detector.cfg.data.image_size,
+        "image_shape": list(detector.cfg.data.shape),
     }
 
 

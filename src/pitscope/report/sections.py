@@ -275,7 +275,7 @@ def _subtitle(detector: Detector, dataset: Sequence[Sample]) -> str:
     parts += [f"root {data.root}"] if data.root else []
     parts += [f"category {data.category}"] if data.category else []
     parts += [
-        f"{data.image_size} px",
+        "{} x {} px".format(*data.shape),
         f"maps: {detector.cfg.score.pixel_method}",
         f"pitscope {__version__}",
         datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -185,6 +185,8 @@ def describe_model(served: Served) -> dict:
     info = {
         **served.model,
         "image_size": detector.cfg.data.image_size,
+        # (height, width) the network sees; image_size is its height
+        "image_shape": list(detector.cfg.data.shape),
         "threshold": float(detector.threshold),
         "pixel_threshold": float(detector.pixel_threshold),
         "calibration": detector.metadata.get("calibration"),

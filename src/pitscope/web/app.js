@@ -141,7 +141,8 @@ function renderModel() {
   };
   add("Name", `${m.name} (version ${m.version})`);
   add("Training data", describeTraining(m));
-  add("Image size", `${m.image_size} × ${m.image_size} px network input (any photo size is accepted)`);
+  const [height, width] = m.image_shape || [m.image_size, m.image_size];
+  add("Image size", `${height} × ${width} px network input, height × width (any photo size is accepted)`);
   add("Threshold", formatNumber(m.threshold));
   add("How it was set", describeCalibration(m.calibration));
   add("Pixel threshold", `${formatNumber(m.pixel_threshold)} (outlines the predicted defect region)`);
