@@ -1,0 +1,122 @@
+"""The `demo` preset's settings compared on the synthetic `val` split (never its `test` split).
+
+    python benchmarks/demo_validation.py --name demo_validation_shape \\
+        --variant "128x128=" --variant "80x200=data.image_size=80,data.image_width=200"
+    python benchmarks/demo_validation.py --name demo_validation_scoring --refit runs/demo/model.pt \\
+        --variant "as trained=" --variant "1024 images=data.synthetic.n_train=1024"
+
+Each --variant is NAME=OVERRIDES (comma-separated `section.key=value`, empty for the preset as
+it is). Without --refit every variant trains a network with `pitscope.fitting.fit("demo", ...)`
+(seed 0, the preset's fixed steps); with --refit MODEL every variant fits the scorers and
+thresholds of MODEL's network again (`pitscope.fitting.refit`), for scoring-only settings. Each
+is scored on `val`, drawn from its own random stream, as large as `test`: image AUROC, pixel
+AUROC, AUPRO, pixel AP, and recall and false-positive rate at the stored threshold. Results:
+benchmarks/results/<name>.json and .md with the command, commit and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pitscope.benchmark import commit, machine
+from pitscope.config import apply_overrides
+from pitscope.data import build_dataset
+from pitscope.evaluation import evaluate
+from pitscope.fitting import fit, refit
+from pitscope.inference import Detector
+
+RESULTS = Path(__file__).parent / "results"
+COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, sep, overrides = text.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--variant {text!r}: give NAME=OVERRIDES (OVERRIDES may be empty)")
+    return name, [o for o in overrides.split(",") if o]
+
+
+def run_variant(name: str, overrides: list[str], model: Detector | None, source: str | None, out: Path) -> dict:
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    if model is None:
+        detector = fit("demo", [*overrides, f"output_dir={out / name.replace(' ', '_')}"], progress=False, save=False)
+        assert detector is not None  # one process: fit returns the detector
+    else:
+        detector = refit(model, apply_overrides(model.cfg, overrides), str(source), progress=False)
+    result = evaluate(detector, build_dataset(detector.cfg.data, "val", 0), progress=False)
+    at = result["at_threshold"]
+    return {
+        "variant": name,
+        "overrides": overrides,
+        **{k: round(100 * result["metrics"][k], 2) for k in COLUMNS},
+        "recall": at.get("true_positive_rate"),
+        "false_positive_rate": at.get("false_positive_rate"),
+        "minutes": round((time.perf_counter() - start) / 60, 2),
+    }
+
+
+def markdown(record: dict) -> str:
+    lines = [
+        "# The `demo` preset, compared on the synthetic `val` split",
+        "",
+        f"Commit `{record['commit']}`, {record['date']}, {record['machine']['platform']}, "
+        f"{record['machine']['torch_threads']} threads, torch {record['machine']['torch']}.",
+        "",
+        f"Command: `{record['command']}`",
+        "",
+        "Networks: "
+        + (f"`{record['refit']}`, scorers fitted again per row." if record["refit"] else "one per row, seed 0."),
+        "",
+        "| variant | overrides | image AUROC | pixel AUROC | AUPRO | pixel AP | recall | false-positive rate | minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in record["rows"]:
+        overrides = " ".join(f"`{o}`" for o in row["overrides"]) or "the preset"
+        numbers = " | ".join(str(row[k]) for k in (*COLUMNS, "recall", "false_positive_rate", "minutes"))
+        lines.append(f"| {row['variant']} | {overrides} | {numbers} |")
+    lines += [
+        "",
+        "Minutes are wall time on a machine that may have run other work beside; they are not a speed measurement.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", action="append", required=True, metavar="NAME=OVERRIDES")
+    parser.add_argument("--refit", help="a demo model file whose network every variant reuses")
+    parser.add_argument("--name", required=True, help="results file name under benchmarks/results/")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo_validation"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    model = Detector.load(args.refit) if args.refit else None
+    rows = []
+    for text in args.variant:
+        name, overrides = parse_variant(text)
+        rows.append(run_variant(name, overrides, model, args.refit, args.out))
+        print(json.dumps(rows[-1]), flush=True)
+    record = {
+        "benchmark": "demo_validation",
+        "command": "python benchmarks/demo_validation.py "
+        + " ".join(f"'{a}'" if " " in a else a for a in sys.argv[1:]),
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "refit": args.refit,
+        "rows": rows,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(markdown(record))
+    print(f"wrote {RESULTS / args.name}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
