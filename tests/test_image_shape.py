@@ -115,3 +115,34 @@ def test_a_wide_detector_exports_to_onnx_with_parity(wide, tmp_path):
     assert amap.shape == (len(images), 64, 160)
     assert np.abs(score - ref_score).max() <= 1e-4 * np.abs(ref_score).max()
     assert np.abs(amap - ref_map).max() <= 1e-3 * np.abs(ref_map).max()
+
+
+def test_training_on_square_crops_of_wide_images_feeds_the_network_crops(
+    tmp_path, tiny_detector_overrides, monkeypatch
+):
+    from pitscope.models.network import DoubleSelfSupervisedNet
+    from pitscope.training import train
+
+    seen = []
+    forward = DoubleSelfSupervisedNet.forward
+
+    def spy(self, x, *args, **kwargs):
+        seen.append(tuple(x.shape[-2:]))
+        return forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(DoubleSelfSupervisedNet, "forward", spy)
+    cfg = load_config(
+        None,
+        [
+            *tiny_detector_overrides,
+            "data.image_width=160",
+            "train.crop_size=64",
+            "train.epochs=1",
+            "train.batch_size=4",
+            f"output_dir={tmp_path}",
+        ],
+    )
+    images = build_dataset(cfg.data, "train", cfg.seed)
+    assert images[0].image.shape == (64, 160, 3)
+    result = train(cfg, images, progress=False, echo=lambda _message: None)
+    assert result.epochs_done == 1 and seen and set(seen) == {(64, 64)}
