@@ -47,12 +47,12 @@ PITSCOPE_TRAIN = ("pitscope_step", "pitscope_end_to_end", "pitscope_end_to_end_1
 
 
 def synthetic_config(size: int, batch: int, n_train: int):
-    """The built-in synthetic data at `size` px: no download, same cost per image as any data."""
-    return load_config(
+    """The `cpu` preset on the built-in synthetic data (no download, same cost per image as any
+    data), `size` px high: the width and the training crops in the preset's ratio to its height."""
+    cfg = load_config(
         "cpu",
         [
             "data.format=synthetic",
-            f"data.image_size={size}",
             f"data.synthetic.n_train={n_train}",
             "data.synthetic.n_test_normal=2",
             "data.synthetic.n_test_defect=2",
@@ -60,19 +60,29 @@ def synthetic_config(size: int, batch: int, n_train: int):
             "train.device=cpu",
         ],
     )
+    if cfg.train.crop_size is not None:
+        cfg.train.crop_size = round(cfg.train.crop_size * size / cfg.data.image_size)
+    cfg.data.rescale(size)
+    return cfg
+
+
+def training_shape(cfg) -> tuple[int, int]:
+    """What one training image is: a crop, or the whole image."""
+    crop = cfg.train.crop_size
+    return (crop, crop) if crop is not None else cfg.data.shape
 
 
 def _autocast(dtype):
     return torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def bare_train_step(n_images: int, size: int, dtype, channels_last: bool):
+def bare_train_step(n_images: int, shape: tuple[int, int], dtype, channels_last: bool):
     """One SGD step of torchvision's ResNet-18 on n_images random images, BCE on one logit."""
     model = torchvision.models.resnet18(num_classes=1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    x = torch.randn(n_images, 3, size, size).contiguous(memory_format=fmt)
+    x = torch.randn(n_images, 3, *shape).contiguous(memory_format=fmt)
     y = torch.randint(0, 2, (n_images,)).float()
 
     def step():
@@ -94,7 +104,7 @@ def pitscope_train_step(cfg, dataset, end_to_end: bool, num_workers: int = 0):
     model = model.to(memory_format=fmt).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum)
     dtype = resolve_precision(cfg.train.precision, torch.device("cpu"))
-    pairs = PseudoDefectPairs(dataset, maker, cfg.seed)
+    pairs = PseudoDefectPairs(dataset, maker, cfg.seed, cfg.train.crop_size)
     loader = DataLoader(
         pairs,
         batch_size=cfg.train.batch_size,
@@ -129,10 +139,10 @@ def pitscope_train_step(cfg, dataset, end_to_end: bool, num_workers: int = 0):
     return step
 
 
-def bare_forward(batch: int, size: int, channels_last: bool = False):
+def bare_forward(batch: int, shape: tuple[int, int], channels_last: bool = False):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = torchvision.models.resnet18().eval().to(memory_format=fmt)
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
+    x = torch.randn(batch, 3, *shape).contiguous(memory_format=fmt)
 
     def step():
         with torch.inference_mode():
@@ -141,8 +151,8 @@ def bare_forward(batch: int, size: int, channels_last: bool = False):
     return step
 
 
-def detector_forward(detector: Detector, batch: int, size: int):
-    x = torch.randn(batch, 3, size, size)
+def detector_forward(detector: Detector, batch: int):
+    x = torch.randn(batch, 3, *detector.cfg.data.shape)
 
     def step():
         detector(x)  # (scores (B,), maps (B, H, W)), inference mode inside
@@ -221,8 +231,8 @@ def main() -> int:
     n = 2 * args.batch
     train_times = time_round_robin(
         {
-            "bare_resnet18_fp32": bare_train_step(n, args.size, None, False),
-            "bare_resnet18_same_settings": bare_train_step(n, args.size, dtype, cfg.train.channels_last),
+            "bare_resnet18_fp32": bare_train_step(n, training_shape(cfg), None, False),
+            "bare_resnet18_same_settings": bare_train_step(n, training_shape(cfg), dtype, cfg.train.channels_last),
             "pitscope_step": pitscope_train_step(cfg, dataset, end_to_end=False),
             "pitscope_end_to_end": pitscope_train_step(cfg, dataset, end_to_end=True),
             "pitscope_end_to_end_1_worker": pitscope_train_step(cfg, dataset, end_to_end=True, num_workers=1),
@@ -235,17 +245,17 @@ def main() -> int:
     detector = Detector(cfg, n_kinds=PseudoDefects(cfg.augment).n_kinds).fit(dataset, progress=False)
     infer_times = time_round_robin(
         {
-            "bare_resnet18_forward": bare_forward(args.infer_batch, args.size),
-            "bare_resnet18_forward_channels_last": bare_forward(args.infer_batch, args.size, channels_last=True),
-            "detector_score_and_map": detector_forward(detector, args.infer_batch, args.size),
+            "bare_resnet18_forward": bare_forward(args.infer_batch, cfg.data.shape),
+            "bare_resnet18_forward_channels_last": bare_forward(args.infer_batch, cfg.data.shape, channels_last=True),
+            "detector_score_and_map": detector_forward(detector, args.infer_batch),
         },
         args.steps,
         args.repeats,
     )
     latency = time_round_robin(
         {
-            "bare_resnet18_forward": bare_forward(1, args.size),
-            "detector_score_and_map": detector_forward(detector, 1, args.size),
+            "bare_resnet18_forward": bare_forward(1, cfg.data.shape),
+            "detector_score_and_map": detector_forward(detector, 1),
         },
         5 * args.steps,
         args.repeats,
@@ -288,6 +298,8 @@ def main() -> int:
         "invocation": shlex.join(["python", "benchmarks/speed.py", *sys.argv[1:]]),
         "settings": {
             "size": args.size,
+            "training_shape": list(training_shape(cfg)),
+            "scoring_shape": list(cfg.data.shape),
             "batch": args.batch,
             "images_per_step": n,
             "infer_batch": args.infer_batch,
@@ -334,6 +346,10 @@ def markdown(r: dict) -> str:
     return "\n".join(
         [
             "# Speed at {size} px on the CPU".format(**s),
+            "",
+            "Training on {} x {} images, scoring {} x {} images (height x width), as the `cpu` preset at this height.".format(
+                *s.get("training_shape", [s["size"]] * 2), *s.get("scoring_shape", [s["size"]] * 2)
+            ),
             "",
             f"Commit `{r['commit']}`, {r['date']}, {r['machine']['cpu']} ({r['machine']['cpu_count']} cores), {s['threads']} threads, "
             f"torch {r['machine']['torch']}. Training precision `{s['precision']}`, channels-last {s['channels_last']}; "

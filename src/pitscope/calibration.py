@@ -25,7 +25,7 @@ MASK_SUFFIXES = ("", "_mask")
 
 
 def _scored(detector, records: list[Record], progress: bool) -> tuple[AnomalyDataset, np.ndarray, np.ndarray, list]:
-    """(dataset, scores (N,), maps (N, S, S), [(path, reason) of skipped files]) at the model's size S."""
+    """(dataset, scores (N,), maps (N, H, W), [(path, reason) of skipped files]) at the model's shape (H, W)."""
     dataset = AnomalyDataset(records, size=detector.cfg.data.shape, on_bad_file="skip", name="calibration")
     skipped = dataset.check(progress=progress)
     if len(dataset) == 0:
@@ -127,7 +127,7 @@ def _against_defects(
 ) -> list:
     """Fill result["defects"] (the F1-optimal image threshold, and precision / recall / F1 at both
     thresholds) and, with masks, result["pixel"] (the F1-optimal pixel threshold over good_maps
-    (N, S, S) and the defects' maps). Returns the skipped defective files, as (path, reason)."""
+    (N, H, W) and the defects' maps). Returns the skipped defective files, as (path, reason)."""
     records = [Record(p, 1, mask_path=masks[p] if masks else None) for p in defects]
     defect_set, defect_scores, defect_maps, skipped = _scored(detector, records, progress)
     defect_maps = defect_maps * rescale

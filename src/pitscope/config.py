@@ -390,6 +390,13 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"score.image_size: must be at least 32 or null (data.image_size), got {cfg.score.image_size}"
         )
+    if cfg.score.image_size is not None and cfg.data.image_width is not None:
+        width = round(cfg.data.image_width * cfg.score.image_size / cfg.data.image_size)
+        if width < 32:
+            raise ConfigError(
+                f"score.image_size: {cfg.score.image_size} makes the scored images {width} wide "
+                f"(data.image_width in its ratio to data.image_size); they must be at least 32"
+            )
     if cfg.score.pixel_method == "patch":
         if not 32 <= cfg.score.patch_size <= min(cfg.data.shape):
             raise ConfigError(

@@ -186,7 +186,7 @@ def _merge(first: dict, second: dict) -> dict:
 
 
 def _check(module: ExportModule, run, images) -> dict:
-    """Run the export (`run`: (B, 3, S, S) tensor -> 3 arrays) and torch on the same images.
+    """Run the export (`run`: (B, 3, H, W) tensor -> 3 arrays) and torch on the same images.
 
     The whole batch is compared, and its first image alone too (the dynamic batch axis).
     """
@@ -212,7 +212,7 @@ def export_onnx(
 ) -> dict:
     """Write the detector as one ONNX graph (dynamic batch) and check it with onnxruntime.
 
-    images: (B, 3, S, S) float in [0, 1] for the check (default: `random_images`).
+    images: (B, 3, H, W) float in [0, 1] for the check (default: `random_images`).
     Returns {"path", "opset", "max_abs_diff_score", "max_abs_diff_map", "decisions_equal",
     "tolerance_score", "tolerance_map", "n_images"} (differences None without a check).
     Raises ParityError when the check fails; the file is written either way.

@@ -413,3 +413,13 @@ def test_task_ablations_score_every_row_by_the_pooled_layer4(tmp_path):
     assert ours.score.image_features == "projection"
     user = BenchmarkOptions(suite="table7", runs_dir=str(tmp_path), overrides=("score.image_features=projection",))
     assert variant_config(user, "ours", seed=0).score.image_features == "projection"  # the user's word last
+
+
+def test_a_suite_image_size_keeps_the_presets_ratio_and_mvtec_stays_square():
+    from pitscope.benchmark.runs import BenchmarkOptions, common_overrides
+    from pitscope.config import load_config
+
+    bsdata = load_config("cpu", common_overrides(BenchmarkOptions(suite="table3", image_size=128)))
+    assert bsdata.data.shape == (128, 320) and bsdata.train.crop_size == 128
+    mvtec = load_config("cpu", common_overrides(BenchmarkOptions(suite="mvtec")))
+    assert mvtec.data.shape == (256, 256) and mvtec.train.crop_size is None

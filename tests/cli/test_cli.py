@@ -57,3 +57,23 @@ def test_augment_preview_writes_a_png(tmp_path):
     with Image.open(out) as im:
         assert im.width > 64 and im.height > 64
     assert (tmp_path / "grid.config.yaml").exists()
+
+
+def test_augment_preview_of_wide_images_keeps_their_ratio_and_shows_training_crops(tmp_path):
+    out = tmp_path / "grid.png"
+    wide = ["--set", "data.image_size=128", "--set", "data.image_width=320", "--set", "train.crop_size=128"]
+    args = [
+        "augment-preview",
+        "--out",
+        str(out),
+        "--n",
+        "1",
+        "--size",
+        "64",
+        "--set",
+        "data.synthetic.n_train=2",
+        *wide,
+    ]
+    assert main(args) == 0
+    saved = (tmp_path / "grid.config.yaml").read_text()
+    assert "image_size: 64" in saved and "image_width: 160" in saved and "crop_size: 64" in saved

@@ -85,7 +85,9 @@ def preview_grid(
 
 def preview_training_images(cfg: Config, path: str | Path, n_images: int = 4, n_variants: int = 2) -> Path:
     """`preview_grid` of `n_images` training images of cfg's data (a seeded pick, in file order)
-    with cfg's pseudo-defects; cfg is saved beside the PNG (`<name>.config.yaml`). Returns the PNG path."""
+    with cfg's pseudo-defects; cfg is saved beside the PNG (`<name>.config.yaml`). With
+    train.crop_size set, each image is a seeded crop of that size, as training sees it (the
+    pseudo-defects' size follows the image they are pasted on). Returns the PNG path."""
     from pitscope.data import build_dataset
 
     dataset = build_dataset(cfg.data, "train", cfg.seed)
@@ -94,6 +96,13 @@ def preview_training_images(cfg: Config, path: str | Path, n_images: int = 4, n_
     rng = np.random.default_rng(cfg.seed)
     picks = sorted(rng.choice(len(dataset), size=min(n_images, len(dataset)), replace=False).tolist())
     images = [dataset[i].image for i in picks]
+    crop = cfg.train.crop_size
+    if crop is not None:
+        corners = [
+            (int(rng.integers(0, im.shape[0] - crop + 1)), int(rng.integers(0, im.shape[1] - crop + 1)))
+            for im in images
+        ]
+        images = [im[top : top + crop, left : left + crop] for im, (top, left) in zip(images, corners)]
     path = preview_grid(images, PseudoDefects(cfg.augment), rng, path, n_variants=n_variants)
     save_config(cfg, path.with_suffix(".config.yaml"))
     return path

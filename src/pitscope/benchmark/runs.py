@@ -59,17 +59,22 @@ class BenchmarkOptions:
 def common_overrides(options: BenchmarkOptions) -> list[str]:
     """Overrides every run of a suite shares: data, image size, budget, then the user's."""
     common = []
-    if options.suite == "mvtec":
-        common.append("data.format=mvtec")
+    if options.suite == "mvtec":  # square images, trained whole
+        common += ["data.format=mvtec", "data.image_width=null", "train.crop_size=null"]
     if options.suite in TASK_ABLATIONS:  # rows without the classifier have no projector to score by
         common.append("score.image_features=layer4")
     if options.data is not None:
         common.append(f"data.root={options.data}")
     if options.image_size is not None:
         size = options.image_size
+        preset = load_config(options.preset, common)
+        height, crop = preset.data.image_size, preset.train.crop_size
+        preset.data.rescale(size)  # the width, and the training crops, in the preset's ratio
         # CutPaste's crops keep their share of the image: 64 px every 16 px at 256 px
         common += [
             f"data.image_size={size}",
+            f"data.image_width={preset.data.image_width if preset.data.image_width else 'null'}",
+            f"train.crop_size={round(crop * size / height) if crop else 'null'}",
             f"score.patch_size={max(32, size // 4)}",
             f"score.patch_stride={max(4, size // 16)}",
         ]

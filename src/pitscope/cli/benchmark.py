@@ -58,7 +58,11 @@ def add_parsers(sub) -> None:
         metavar="MINUTES",
         help=f"training minutes per run, the same for every variant (epochs capped at {PAPER_EPOCHS})",
     )
-    p.add_argument("--image-size", type=int, help="images resized to SIZE x SIZE (default: the preset's)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="images resized to SIZE high, the width in the preset's ratio (default: the preset's)",
+    )
     p.add_argument("--data", help="dataset folder: BSData (default: found as for train) or MVTec AD for --suite mvtec")
     p.add_argument("--categories", nargs="+", help="mvtec: only these categories (default: every one under --data)")
     p.add_argument(

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from pitscope.cli.common import add_config_args, config_from_args, print_skipped
+from pitscope.config import validate
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -53,7 +54,10 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
     from pitscope.augment.preview import preview_training_images
 
     cfg = config_from_args(args)
-    cfg.data.image_size = args.size
+    if cfg.train.crop_size is not None:  # crops in the same ratio to the image height
+        cfg.train.crop_size = round(cfg.train.crop_size * args.size / cfg.data.image_size)
+    cfg.data.rescale(args.size)
+    validate(cfg)
     out = Path(args.out) if args.out else Path(cfg.output_dir) / "augment_preview.png"
     path = preview_training_images(cfg, out, n_images=args.n, n_variants=args.variants)
     print(f"wrote {path}")
@@ -96,7 +100,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", help="PNG path (default: OUTPUT_DIR/augment_preview.png)")
     p.add_argument("--n", type=int, default=4, help="number of original images (rows)")
     p.add_argument("--variants", type=int, default=2, help="pseudo-defects per original")
-    p.add_argument("--size", type=int, default=256, help="images are resized to SIZE x SIZE first")
+    p.add_argument(
+        "--size", type=int, default=256, help="images are resized to SIZE high first (the width in the config's ratio)"
+    )
     add_config_args(p, None)
     p.set_defaults(func=cmd_augment_preview)
 

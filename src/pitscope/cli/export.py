@@ -66,7 +66,7 @@ def add_parsers(sub) -> None:
         "export",
         help="export a trained model to ONNX / TorchScript, with a parity check",
         description=(cmd_export.__doc__ or "")
-        + f" Input '{INPUT_NAME}': float32 (B, 3, S, S) RGB in [0, 1] at the model's image size;"
+        + f" Input '{INPUT_NAME}': float32 (B, 3, H, W) RGB in [0, 1] at the model's image size (height H, width W);"
         f" outputs {', '.join(OUTPUT_NAMES)}. Exit status 0 ok, 1 parity failure, 2 error.",
     )
     p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt)")
