@@ -29,9 +29,10 @@ TINY_DETECTOR = [
 ]
 
 
-# The demo preset made tiny: 64 px, 8 training images, one epoch of two steps.
+# The demo preset made tiny: 64 x 160 px, 8 training images, one epoch of two steps.
 TINY_DEMO = [
     "data.image_size=64",
+    "data.image_width=160",
     "data.synthetic.n_train=8",
     "data.synthetic.n_test_normal=4",
     "data.synthetic.n_test_defect=4",

@@ -87,6 +87,7 @@ def test_the_demo_preset_outlines_synthetic_pits_at_64_px(tmp_path):
 
     overrides = [
         "data.image_size=64",
+        "data.image_width=null",
         "data.synthetic.n_train=64",
         "data.synthetic.n_test_normal=8",
         "data.synthetic.n_test_defect=16",
