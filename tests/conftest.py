@@ -73,6 +73,22 @@ def fit_tiny_detector():
 
 
 @pytest.fixture
+def network_input_shapes(monkeypatch):
+    """The (H, W) of every batch the training network is fed, appended as training runs."""
+    from pitscope.models.network import DoubleSelfSupervisedNet
+
+    seen: list[tuple[int, int]] = []
+    forward = DoubleSelfSupervisedNet.forward
+
+    def spy(self, x, *args, **kwargs):
+        seen.append(tuple(x.shape[-2:]))
+        return forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(DoubleSelfSupervisedNet, "forward", spy)
+    return seen
+
+
+@pytest.fixture
 def browser(tmp_path):
     """A headless Chromium (tests/headless.py) for the page tests; skips where there is none."""
     from headless import start_chromium

@@ -118,19 +118,11 @@ def test_a_wide_detector_exports_to_onnx_with_parity(wide, tmp_path):
 
 
 def test_training_on_square_crops_of_wide_images_feeds_the_network_crops(
-    tmp_path, tiny_detector_overrides, monkeypatch
+    tmp_path, tiny_detector_overrides, network_input_shapes
 ):
-    from pitscope.models.network import DoubleSelfSupervisedNet
     from pitscope.training import train
 
-    seen = []
-    forward = DoubleSelfSupervisedNet.forward
-
-    def spy(self, x, *args, **kwargs):
-        seen.append(tuple(x.shape[-2:]))
-        return forward(self, x, *args, **kwargs)
-
-    monkeypatch.setattr(DoubleSelfSupervisedNet, "forward", spy)
+    seen = network_input_shapes
     cfg = load_config(
         None,
         [
