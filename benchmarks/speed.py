@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from pitscope.augment import PseudoDefects
 from pitscope.benchmark import commit, machine
-from pitscope.config import load_config
+from pitscope.config import load_config, rescale_images
 from pitscope.data import build_dataset
 from pitscope.inference import Detector
 from pitscope.models.network import DoubleSelfSupervisedNet
@@ -60,9 +60,7 @@ def synthetic_config(size: int, batch: int, n_train: int):
             "train.device=cpu",
         ],
     )
-    if cfg.train.crop_size is not None:
-        cfg.train.crop_size = round(cfg.train.crop_size * size / cfg.data.image_size)
-    cfg.data.rescale(size)
+    rescale_images(cfg, size)
     return cfg
 
 

@@ -46,6 +46,17 @@ def test_the_config_gives_the_shape_and_rescales_it_in_ratio():
     assert square.shape == (64, 64)
 
 
+def test_rescaling_the_images_keeps_the_width_and_the_crops_in_ratio():
+    from pitscope.config import rescale_images
+
+    cfg = load_config("cpu", [])  # 256 x 640, crops of 256
+    rescale_images(cfg, 128)
+    assert cfg.data.shape == (128, 320) and cfg.train.crop_size == 128
+    square = load_config(None, ["data.image_size=128"])
+    rescale_images(square, 64)
+    assert square.data.shape == (64, 64) and square.train.crop_size is None
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

@@ -354,6 +354,14 @@ def _check_ranges(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be {allowed}, got {value}")
 
 
+def rescale_images(cfg: Config, height: int) -> None:
+    """Set the images' height to `height`, their width (when set) and the training crops (when
+    set) in the same ratio: the same photos at another resolution."""
+    if cfg.train.crop_size is not None:
+        cfg.train.crop_size = round(cfg.train.crop_size * height / cfg.data.image_size)
+    cfg.data.rescale(height)
+
+
 def validate(cfg: Config) -> Config:
     """Check the options with a fixed set of values and the numeric ranges; raise ConfigError
     naming the key and what it allows."""

@@ -26,7 +26,7 @@ from pitscope.benchmark.suites import (
     paper_mvtec,
 )
 from pitscope.benchmark.tables import format_markdown
-from pitscope.config import Config, load_config, to_dict
+from pitscope.config import Config, load_config, rescale_images, to_dict
 from pitscope.peers import CORESET_RATIO
 
 log = logging.getLogger(__name__)
@@ -68,13 +68,12 @@ def common_overrides(options: BenchmarkOptions) -> list[str]:
     if options.image_size is not None:
         size = options.image_size
         preset = load_config(options.preset, common)
-        height, crop = preset.data.image_size, preset.train.crop_size
-        preset.data.rescale(size)  # the width, and the training crops, in the preset's ratio
+        rescale_images(preset, size)  # the width, and the training crops, in the preset's ratio
         # CutPaste's crops keep their share of the image: 64 px every 16 px at 256 px
         common += [
             f"data.image_size={size}",
-            f"data.image_width={preset.data.image_width if preset.data.image_width else 'null'}",
-            f"train.crop_size={round(crop * size / height) if crop else 'null'}",
+            f"data.image_width={preset.data.image_width or 'null'}",
+            f"train.crop_size={preset.train.crop_size or 'null'}",
             f"score.patch_size={max(32, size // 4)}",
             f"score.patch_stride={max(4, size // 16)}",
         ]

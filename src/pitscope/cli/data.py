@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from pitscope.cli.common import add_config_args, config_from_args, print_skipped
-from pitscope.config import validate
+from pitscope.config import rescale_images, validate
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
@@ -54,9 +54,7 @@ def cmd_augment_preview(args: argparse.Namespace) -> int:
     from pitscope.augment.preview import preview_training_images
 
     cfg = config_from_args(args)
-    if cfg.train.crop_size is not None:  # crops in the same ratio to the image height
-        cfg.train.crop_size = round(cfg.train.crop_size * args.size / cfg.data.image_size)
-    cfg.data.rescale(args.size)
+    rescale_images(cfg, args.size)
     validate(cfg)
     out = Path(args.out) if args.out else Path(cfg.output_dir) / "augment_preview.png"
     path = preview_training_images(cfg, out, n_images=args.n, n_variants=args.variants)
