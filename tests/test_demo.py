@@ -101,3 +101,32 @@ def test_the_demo_preset_outlines_synthetic_pits_at_64_px(tmp_path):
     assert first["pixel_auroc"] >= 0.80
     again = evaluate(fit("demo", overrides, progress=False, save=False), val, progress=False)["metrics"]
     assert again["pixel_auroc"] == first["pixel_auroc"] and again["image_auroc"] == first["image_auroc"]
+
+
+def test_training_learns_to_find_synthetic_pits_at_64_px(tmp_path):
+    """The demo's training task, segmenting the pasted pseudo-defects, teaches its segmentation
+    head to find real (synthetic) pits: after 96 steps on 64 x 160 images its map ranks the pit
+    pixels of the validation images at least 10 points of pixel AUROC above the same head
+    untrained. Seeded: the margin is the same every run."""
+    import torch
+
+    from pitscope.evaluation import evaluate
+    from pitscope.fitting import fit
+
+    overrides = [
+        "data.image_size=64",
+        "data.image_width=160",
+        "data.synthetic.n_train=128",
+        "data.synthetic.n_test_normal=8",
+        "data.synthetic.n_test_defect=16",
+        "score.pixel_method=segmentation",  # the map is the segmentation head's own
+        f"output_dir={tmp_path}",
+    ]
+    auroc = {}
+    for epochs in (0, 12):
+        torch.manual_seed(0)
+        detector = fit("demo", [*overrides, f"train.epochs={epochs}"], progress=False, save=False)
+        assert detector.metadata["training"]["steps"] == 8 * epochs
+        val = build_dataset(detector.cfg.data, "val", detector.cfg.seed)
+        auroc[epochs] = evaluate(detector, val, progress=False)["metrics"]["pixel_auroc"]
+    assert auroc[12] >= auroc[0] + 0.10, auroc
