@@ -15,6 +15,7 @@ from sklearn.covariance import LedoitWolf
 from pitscope.config import apply_overrides, from_dict, load_config, to_dict
 from pitscope.data import build_dataset
 from pitscope.inference import Detector
+from pitscope.scorer_fitting import QUANTILE_GRID
 from pitscope.scoring import PatchGaussianScorer
 from pitscope.tensors import images_to_batch
 from pitscope.training import LAST_CHECKPOINT, train
@@ -60,7 +61,7 @@ def test_fit_returns_self_and_a_finite_threshold(fitted):
     assert detector.image_scorer.is_fitted and detector.pixel_scorer.is_fitted
     assert np.isfinite(float(detector.threshold))
     record = dict(detector.metadata["calibration"])
-    highest = record.pop("highest")
+    highest, grid = record.pop("highest"), record.pop("score_quantiles")
     assert record == {
         "method": "out_of_fold",
         "images": 12,
@@ -76,6 +77,7 @@ def test_fit_returns_self_and_a_finite_threshold(fitted):
     assert len(highest) == 5
     assert [h["score"] for h in highest] == sorted((h["score"] for h in highest), reverse=True)
     assert all(h["image"] for h in highest)
+    assert list(grid.values()) == sorted(grid.values()) and grid["0.999"] <= highest[0]["score"] + 1e-6
 
 
 def test_save_load_round_trip_scores_identically(fitted):
@@ -128,6 +130,11 @@ def test_threshold_is_the_quantile_of_out_of_fold_scores(fitted):
     highest = detector.metadata["calibration"]["highest"]
     assert highest[0]["score"] == pytest.approx(scores.max(), rel=1e-3)
     assert highest[0]["image"] == Path(train_split[int(scores.argmax())].path).name
+    grid = detector.metadata["calibration"]["score_quantiles"]  # other quantiles of the same scores
+    assert list(grid) == [f"{p:g}" for p in QUANTILE_GRID]
+    assert [grid[f"{p:g}"] for p in (0.5, 0.9, 0.999)] == pytest.approx(
+        np.quantile(scores, [0.5, 0.9, 0.999]), rel=1e-3
+    )
 
     _, maps = detector(batch_of(train_split, cal_idx))
     assert float(detector.pixel_threshold) == pytest.approx(np.quantile(maps.numpy(), 0.999), rel=1e-5)

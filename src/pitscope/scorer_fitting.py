@@ -71,6 +71,9 @@ class Detector(Protocol):
 
 
 HIGHEST = 5  # training images with the highest out-of-fold scores, named in the calibration record
+# Quantiles of the scores the image threshold is taken of, kept in the calibration record: the
+# threshold another score.threshold_quantile would give, read without fitting again.
+QUANTILE_GRID = (0.5, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 0.999)
 
 
 def _name(sample: Sample, index: int) -> str:
@@ -247,6 +250,7 @@ def fit_scorers(detector: Detector, dataset: Sequence[Sample], progress: bool = 
         "pixel_quantile": score.pixel_threshold_quantile,
         "pixel_rule": score.pixel_threshold_from,
         "pixel_threshold": None,
+        "score_quantiles": {f"{p:g}": float(torch.quantile(scores, p)) for p in QUANTILE_GRID},
     }
     # the image threshold first: image_mean_score maps are scaled by it before the pixel quantile
     set_thresholds(detector, record, image=float(torch.quantile(scores, q)))
