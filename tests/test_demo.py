@@ -108,8 +108,6 @@ def test_training_learns_to_find_synthetic_pits_at_64_px(tmp_path):
     head to find real (synthetic) pits: after 96 steps on 64 x 160 images its map ranks the pit
     pixels of the validation images at least 10 points of pixel AUROC above the same head
     untrained. Seeded: the margin is the same every run."""
-    import torch
-
     from pitscope.evaluation import evaluate
     from pitscope.fitting import fit
 
@@ -124,7 +122,6 @@ def test_training_learns_to_find_synthetic_pits_at_64_px(tmp_path):
     ]
     auroc = {}
     for epochs in (0, 12):
-        torch.manual_seed(0)
         detector = fit("demo", [*overrides, f"train.epochs={epochs}"], progress=False, save=False)
         assert detector.metadata["training"]["steps"] == 8 * epochs
         val = build_dataset(detector.cfg.data, "val", detector.cfg.seed)

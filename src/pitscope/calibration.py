@@ -34,7 +34,7 @@ def _scored(detector, records: list[Record], progress: bool) -> tuple[AnomalyDat
     return dataset, scores, maps, skipped
 
 
-def _at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+def decision_rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     """Precision, recall and F1 of the detector's decision `score > threshold`."""
     precision, recall, f1, _ = precision_recall_fscore_support(
         labels, (scores > threshold).astype(np.int64), average="binary", zero_division=0
@@ -140,8 +140,8 @@ def _against_defects(
         "images": int(defect_scores.size),
         "f1_max": best_f1,
         "f1_threshold": best_threshold,
-        "at_quantile_threshold": _at_threshold(labels, scores, result["threshold"]),
-        "at_f1_threshold": _at_threshold(labels, scores, best_threshold),
+        "at_quantile_threshold": decision_rates(labels, scores, result["threshold"]),
+        "at_f1_threshold": decision_rates(labels, scores, best_threshold),
     }
     if masks:
         truth = np.concatenate(

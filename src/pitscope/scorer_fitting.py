@@ -72,7 +72,8 @@ class Detector(Protocol):
 
 HIGHEST = 5  # training images with the highest out-of-fold scores, named in the calibration record
 # Quantiles of the scores the image threshold is taken of, kept in the calibration record: the
-# threshold another score.threshold_quantile would give, read without fitting again.
+# image threshold another score.threshold_quantile would give, read without fitting again (the
+# pixel threshold, which image_mean_score maps scale by the image threshold, is not).
 QUANTILE_GRID = (0.5, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 0.999)
 
 

@@ -423,3 +423,17 @@ def test_a_suite_image_size_keeps_the_presets_ratio_and_mvtec_stays_square():
     assert bsdata.data.shape == (128, 320) and bsdata.train.crop_size == 128
     mvtec = load_config("cpu", common_overrides(BenchmarkOptions(suite="mvtec")))
     assert mvtec.data.shape == (256, 256) and mvtec.train.crop_size is None
+
+
+def test_bsdata_image_threshold_rates_at_each_quantile_and_the_lowest_within_the_fpr(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from bsdata_image_threshold import at_thresholds, chosen
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([1.0, 2.0, 3.0, 4.0, 2.5, 3.5, 4.5, 5.5])
+    rows = at_thresholds(scores, labels, {"0.5": 1.5, "0.9": 3.2, "0.99": 5.0})
+    assert [(r["recall"], r["false_positive_rate"]) for r in rows] == [(1.0, 0.75), (0.75, 0.25), (0.25, 0.0)]
+    assert rows[1]["precision"] == 0.75 and rows[1]["f1"] == 0.75
+    assert chosen(rows, 0.25)["quantile"] == 0.9
+    assert chosen(rows, 0.0)["quantile"] == 0.99
+    assert chosen(rows[:1], 0.1) is None

@@ -254,7 +254,7 @@ def add_demo_parser(sub) -> None:
     """Register `demo`."""
     p = sub.add_parser(
         "demo",
-        help="train, evaluate and report a small model on built-in synthetic data (about 2 minutes)",
+        help="train, evaluate and report a small model on built-in synthetic data (about 3 minutes on 2 cores)",
         description=cmd_demo.__doc__,
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
