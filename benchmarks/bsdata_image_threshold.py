@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bsdata_localisation import check_model  # this folder is on sys.path when run as a script
+from bsdata_cpu import provenance  # this folder is on sys.path when run as a script
+from bsdata_localisation import check_model
 
 from pitscope.benchmark import commit, machine
 from pitscope.calibration import decision_rates
@@ -80,8 +81,7 @@ def markdown(record: dict) -> str:
     lines = [
         "# The image threshold's quantile on BSData's validation positions",
         "",
-        f"Commit `{record['commit']}`, {record['date']}, {record['machine']['platform']}, "
-        f"{record['machine']['torch_threads']} threads, torch {record['machine']['torch']}.",
+        provenance(record),
         "",
         f"Command: `{record['command']}`",
         "",
