@@ -22,10 +22,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from bsdata_cpu import commit, machine, note, provenance  # benchmarks/ is on sys.path when run as a script
 
-from pitscope.data.bsdata import bsdata_root, write_split
+from pitscope.data.bsdata import bsdata_root, read_positions, write_split
 from pitscope.data.sequences import read_sequences
 from pitscope.wear import fold_split, sequence_folds
 
@@ -82,6 +83,31 @@ def train_fold(fold: int, held_out: tuple[str, ...], sequences, root: Path, runs
     return {**info, **run(cmd, runs / f"fold{fold}.log")}
 
 
+def by_role(sequences: list[dict], positions: dict) -> list[dict]:
+    """The measures per position role of the versioned position split (test, validation, label):
+    sequences, those with pitting, mean Spearman over those that have one, false alerts among
+    clean images. A sequence is named as its position."""
+    rows = []
+    for role in ("test", "validation", "label"):
+        chosen = [s for s in sequences if s["sequence"] in set(positions[role])]
+        rhos = [s["spearman"] for s in chosen if s["spearman"] is not None]
+        false_alerts = sum(s["alert"]["false_alerts"] for s in chosen)
+        clean = sum(s["alert"]["clean_images"] for s in chosen)
+        rows.append(
+            {
+                "role": role,
+                "sequences": len(chosen),
+                "with_pitting": sum(s["first_true_days"] is not None for s in chosen),
+                "spearman_mean": float(np.mean(rhos)) if rhos else None,
+                "spearman_n": len(rhos),
+                "false_alerts": false_alerts,
+                "clean_images": clean,
+                "false_alert_rate": false_alerts / clean if clean else None,
+            }
+        )
+    return rows
+
+
 def write_markdown(record: dict, path: Path) -> None:
     def num(value, scale=1.0, digits=2):
         return "–" if value is None else f"{scale * value:.{digits}f}"
@@ -123,6 +149,17 @@ def write_markdown(record: dict, path: Path) -> None:
         f"- false alerts: {a['false_alerts']} of {a['clean_images']} clean images "
         f"({num(a['false_alert_rate'], 100, 1)} %); {a['clean_sequences_alerted']} of {o['without_pitting']} "
         "sequences without pitting alerted",
+        "",
+        "By the roles of pitscope's position split (`src/pitscope/data/bsdata_positions.json`; a sequence is "
+        "one position):",
+        "",
+        "| positions | sequences | with pitting | mean Spearman (n) | false alerts / clean images |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {r['role']} | {r['sequences']} | {r['with_pitting']} | {num(r['spearman_mean'])} ({r['spearman_n']}) "
+            f"| {r['false_alerts']} / {r['clean_images']} ({num(r['false_alert_rate'], 100, 1)} %) |"
+            for r in record.get("by_role", [])
+        ],
         "",
         "| sequence | fold | first flagged (day) | first true pitting (day) | growth pred / true (%-points a day) "
         "| Spearman | MAE (%) | first alert (day) | lead (days) | false alerts / clean images |",
@@ -227,6 +264,7 @@ def main() -> int:
         "rule": wear["rule"],
         "overall": wear["overall"],
         "sequences": wear["sequences"],
+        "by_role": by_role(wear["sequences"], read_positions()),
         "curves": wear["curves"],
         "unmeasured": wear["unmeasured"],
     }

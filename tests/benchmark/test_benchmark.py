@@ -437,3 +437,26 @@ def test_bsdata_image_threshold_rates_at_each_quantile_and_the_lowest_within_the
     assert chosen(rows, 0.25)["quantile"] == 0.9
     assert chosen(rows, 0.0)["quantile"] == 0.99
     assert chosen(rows[:1], 0.1) is None
+
+
+def test_bsdata_wear_sums_its_measures_by_position_role(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from bsdata_wear import by_role
+
+    def sequence(name, rho, first_true, false_alerts, clean):
+        alert = {"false_alerts": false_alerts, "clean_images": clean}
+        return {"sequence": name, "spearman": rho, "first_true_days": first_true, "alert": alert}
+
+    sequences = [
+        sequence("a", 0.5, 3.0, 1, 10),
+        sequence("b", None, None, 4, 20),
+        sequence("c", 0.9, 1.0, 0, 5),
+        sequence("x", 0.1, 2.0, 9, 9),  # in no role: left out
+    ]
+    rows = by_role(sequences, {"test": ["a", "b"], "validation": ["c"], "label": []})
+    assert [r["role"] for r in rows] == ["test", "validation", "label"]
+    test, validation, label = rows
+    assert (test["sequences"], test["with_pitting"], test["spearman_n"]) == (2, 1, 1)
+    assert test["spearman_mean"] == 0.5 and test["false_alerts"] == 5 and test["false_alert_rate"] == 5 / 30
+    assert validation["spearman_mean"] == 0.9 and validation["false_alert_rate"] == 0.0
+    assert label["sequences"] == 0 and label["spearman_mean"] is None and label["false_alert_rate"] is None
