@@ -460,3 +460,40 @@ def test_bsdata_wear_sums_its_measures_by_position_role(monkeypatch):
     assert test["spearman_mean"] == 0.5 and test["false_alerts"] == 5 and test["false_alert_rate"] == 5 / 30
     assert validation["spearman_mean"] == 0.9 and validation["false_alert_rate"] == 0.0
     assert label["sequences"] == 0 and label["spearman_mean"] is None and label["false_alert_rate"] is None
+
+
+def test_bsdata_wear_rule_replays_a_rule_and_chooses_on_validation(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from bsdata_wear_rule import choose, replay
+
+    from pitscope.growth import AlertRule
+
+    days = [0.0, 1.0, 2.0, 3.0, 4.0]
+    curves = {
+        "early": {
+            "days": days,
+            "predicted_fraction": [0.0, 0.03, 0.03, 0.06, 0.08],
+            "true_fraction": [0, 0, 0, 0.01, 0.02],
+        },
+        "clean": {"days": days, "predicted_fraction": [0.0, 0.01, 0.0, 0.01, 0.0], "true_fraction": [0] * 5},
+    }
+    m = replay(curves, ["early", "clean"], AlertRule(area_fraction_above=0.02, growth_per_day_above=None))
+    assert (m["with_pitting"], m["alerted"], m["median_lead_days"]) == (1, 1, 2.0)  # alerts from day 1, pits on day 3
+    assert (m["false_alerts"], m["clean_images"]) == (2, 8)  # days 1 and 2 of "early"; "clean" stays under 2%
+    late = replay(curves, ["early"], AlertRule(area_fraction_above=0.07, growth_per_day_above=None))
+    assert late["latest_days"] == 1.0  # the first alert on day 4, a day after the first pits
+
+    def row(false_alerts, latest, lead, alerted=1):
+        v = {
+            "alerted": alerted,
+            "with_pitting": 1,
+            "latest_days": latest,
+            "median_lead_days": lead,
+            "false_alerts": false_alerts,
+        }
+        return {"validation": v}
+
+    rows = [row(5, 0.0, 2.0), row(1, 3.0, -3.0), row(1, 1.0, 0.5), row(1, 1.0, -1.0), row(0, None, None, alerted=0)]
+    assert choose(rows, 2.0) is rows[2]  # fewest false alerts within 2 days, then the earliest
+    assert choose(rows, 0.0) is rows[0]
+    assert choose(rows[1:2], 2.0) is None

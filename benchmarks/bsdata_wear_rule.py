@@ -1,0 +1,190 @@
+"""The wear alert rule chosen on the validation positions' sequences, then applied to the test positions'.
+
+    python benchmarks/bsdata_wear_rule.py benchmarks/results/bsdata_wear_crops.json
+
+Reads the per-image curves a `bsdata_wear.py` run stored (predicted and true area fractions over
+days; every image measured by a model that never trained on its sequence) and replays
+`pitscope.growth.AlertRule` over a grid of area and growth limits. Each sequence is one BSData
+position; the versioned position split names the validation and test positions. On the validation
+sequences, a rule is acceptable when it alerts on every sequence with pitting no later than
+--max-late-days after its first true pitting; the rule chosen is the acceptable one with the
+fewest false alerts (alerts on clean images, before the first true pitting), then the earliest
+median alert. It is then applied once to the test sequences. Results:
+benchmarks/results/<name>.json and .md with the command, commit and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from bsdata_cpu import provenance  # this folder is on sys.path when run as a script
+
+from pitscope.benchmark import commit, machine
+from pitscope.data.bsdata import read_positions
+from pitscope.growth import AlertRule
+from pitscope.wear.summary import evaluate_alerts, spearman
+
+RESULTS = Path(__file__).parent / "results"
+AREAS = (None, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)  # fractions of the surface
+GROWTHS = (None, 0.001, 0.005, 0.01, 0.02, 0.05)  # fractions of the surface a day
+
+
+def replay(curves: dict, names: list[str], rule: AlertRule) -> dict:
+    """The rule over the named sequences' curves: sequences with pitting, those alerted and how
+    late at most, false alerts among clean images, the median lead (days before the first true
+    pitting), and the mean Spearman of predicted and true area."""
+    outcomes, rhos = [], []
+    for name in names:
+        c = curves[name]
+        days, predicted, truth = (np.asarray(c[k], np.float64) for k in ("days", "predicted_fraction", "true_fraction"))
+        outcomes.append(evaluate_alerts(days, truth, rule.fires(days, predicted)))
+        rho = spearman(predicted, truth)
+        if rho is not None:
+            rhos.append(rho)
+    pitting = [o for o in outcomes if o.first_true_days is not None]
+    leads = [o.lead_days for o in pitting if o.lead_days is not None]
+    false_alerts, clean = sum(o.false_alerts for o in outcomes), sum(o.clean_images for o in outcomes)
+    return {
+        "sequences": len(outcomes),
+        "with_pitting": len(pitting),
+        "alerted": len(leads),
+        "latest_days": float(-min(leads)) + 0.0 if leads else None,  # + 0.0: no negative zero
+        "median_lead_days": float(np.median(leads)) if leads else None,
+        "false_alerts": false_alerts,
+        "clean_images": clean,
+        "false_alert_rate": false_alerts / clean if clean else None,
+        "spearman_mean": float(np.mean(rhos)) if rhos else None,
+    }
+
+
+def choose(rows: list[dict], max_late_days: float) -> dict | None:
+    """The acceptable row (every pitting sequence alerted, none later than max_late_days) with the
+    fewest false alerts, then the largest median lead; None when no row is acceptable."""
+    ok = [
+        r
+        for r in rows
+        if r["validation"]["alerted"] == r["validation"]["with_pitting"]
+        and (r["validation"]["latest_days"] or 0.0) <= max_late_days
+    ]
+    return (
+        min(ok, key=lambda r: (r["validation"]["false_alerts"], -r["validation"]["median_lead_days"])) if ok else None
+    )
+
+
+def describe(area: float | None, growth: float | None) -> str:
+    parts = [f"area > {100 * area:g}%" if area is not None else None]
+    parts.append(f"growth > {100 * growth:g} points/day" if growth is not None else None)
+    return " or ".join(p for p in parts if p)
+
+
+def markdown(record: dict) -> str:
+    def num(v, scale=1.0, digits=2):
+        return "–" if v is None else f"{scale * v:.{digits}f}"
+
+    def cells(m: dict) -> str:
+        return (
+            f"{m['alerted']} / {m['with_pitting']} | {num(m['latest_days'], digits=1)} | "
+            f"{num(m['median_lead_days'], digits=1)} | {m['false_alerts']} / {m['clean_images']} "
+            f"({num(m['false_alert_rate'], 100, 1)} %)"
+        )
+
+    pick = record["chosen"]
+    lines = [
+        "# The wear alert rule, chosen on the validation positions' sequences",
+        "",
+        provenance(record),
+        "",
+        f"Command: `{record['command']}`",
+        "",
+        f"Curves: `{record['source']}` (run at commit `{record['source_commit']}`). Validation sequences: "
+        f"{len(record['validation'])}; test sequences: {len(record['test'])}. Acceptable: every validation "
+        f"sequence with pitting alerted, none more than {record['max_late_days']:g} days after its first true "
+        "pitting; chosen: the acceptable rule with the fewest validation false alerts, then the earliest alerts.",
+        "",
+        "Validation (every rule of the grid that alerts on all its pitting sequences):",
+        "",
+        "| rule | alerted | latest (days late) | median lead (days) | false alerts / clean images |",
+        "|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        if r["validation"]["alerted"] == r["validation"]["with_pitting"]:
+            lines.append(f"| {r['rule']} | {cells(r['validation'])} |")
+    lines += ["", "Chosen: " + (pick["rule"] if pick else "no rule of the grid") + "."]
+    if pick:
+        default = record["default"]
+        lines += [
+            "",
+            "On the test positions' sequences, scored once:",
+            "",
+            "| rule | alerted | latest (days late) | median lead (days) | false alerts / clean images |",
+            "|---|---|---|---|---|",
+            f"| {pick['rule']} (chosen) | {cells(pick['test'])} |",
+            f"| {default['rule']} (`pitscope wear`'s default) | {cells(default['test'])} |",
+            "",
+            f"Mean Spearman of predicted and true area over the test sequences: "
+            f"{num(pick['test']['spearman_mean'])} (the rule does not change it).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("wear_json", type=Path, help="a bsdata_wear.py result (its curves)")
+    parser.add_argument("--max-late-days", type=float, default=2.0, help="latest alert allowed (default 2 days)")
+    parser.add_argument("--name", default="bsdata_wear_rule")
+    args = parser.parse_args()
+    source = json.loads(args.wear_json.read_text())
+    curves = source["curves"]
+    positions = read_positions()
+    validation = [n for n in positions["validation"] if n in curves]
+    test = [n for n in positions["test"] if n in curves]
+    rows = []
+    for area, growth in itertools.product(AREAS, GROWTHS):
+        if area is None and growth is None:
+            continue
+        rule = AlertRule(area_fraction_above=area, growth_per_day_above=growth)
+        rows.append(
+            {
+                "rule": describe(area, growth),
+                "area": area,
+                "growth": growth,
+                "validation": replay(curves, validation, rule),
+            }
+        )
+    pick = choose(rows, args.max_late_days)
+    default = AlertRule()
+    record = {
+        "command": "python benchmarks/bsdata_wear_rule.py " + " ".join(sys.argv[1:]),
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "source": str(args.wear_json),
+        "source_commit": source.get("commit"),
+        "validation": validation,
+        "test": test,
+        "max_late_days": args.max_late_days,
+        "rows": rows,
+        "chosen": None,
+        "default": {
+            "rule": describe(default.area_fraction_above, default.growth_per_day_above),
+            "test": replay(curves, test, default),
+        },
+    }
+    if pick is not None:
+        rule = AlertRule(area_fraction_above=pick["area"], growth_per_day_above=pick["growth"])
+        record["chosen"] = {**pick, "test": replay(curves, test, rule)}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(markdown(record))
+    print(markdown(record))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
