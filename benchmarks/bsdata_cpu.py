@@ -107,6 +107,14 @@ def provenance(record: dict) -> str:
     )
 
 
+def write_result(name: str, record: dict, markdown: str) -> None:
+    """Write benchmarks/results/<name>.json (the record) and .md (the Markdown), then print the Markdown."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown)
+    print(markdown)
+
+
 def note(record: dict) -> list[str]:
     """The record's note (where a result needs a word on how it was made) as Markdown lines: a blank
     line, then the note; none without one."""

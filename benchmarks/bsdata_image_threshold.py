@@ -18,22 +18,19 @@ command, commit and machine.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from bsdata_cpu import provenance  # this folder is on sys.path when run as a script
+from bsdata_cpu import provenance, write_result  # this folder is on sys.path when run as a script
 from bsdata_localisation import check_model
 
 from pitscope.benchmark import commit, machine
 from pitscope.calibration import decision_rates
 from pitscope.data import build_dataset
 from pitscope.inference import Detector
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def with_quantiles(path: Path) -> tuple[Detector, Path]:
@@ -133,10 +130,7 @@ def main() -> int:
         "rows": rows,
         "chosen": chosen(rows, args.max_fpr),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(markdown(result))
-    print(markdown(result))
+    write_result(args.name, result, markdown(result))
     return 0
 
 

@@ -23,14 +23,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bsdata_cpu import provenance  # this folder is on sys.path when run as a script
+from bsdata_cpu import provenance, write_result  # this folder is on sys.path when run as a script
 
 from pitscope.benchmark import commit, machine
 from pitscope.data.bsdata import read_positions
 from pitscope.growth import AlertRule
 from pitscope.wear.summary import evaluate_alerts, spearman
 
-RESULTS = Path(__file__).parent / "results"
 AREAS = (None, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)  # fractions of the surface
 GROWTHS = (None, 0.001, 0.005, 0.01, 0.02, 0.05)  # fractions of the surface a day
 
@@ -179,10 +178,7 @@ def main() -> int:
     if pick is not None:
         rule = AlertRule(area_fraction_above=pick["area"], growth_per_day_above=pick["growth"])
         record["chosen"] = {**pick, "test": replay(curves, test, rule)}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(markdown(record))
-    print(markdown(record))
+    write_result(args.name, record, markdown(record))
     return 0
 
 
