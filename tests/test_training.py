@@ -205,6 +205,14 @@ def test_resume_refuses_another_model_config_or_seed(tmp_path, images):
             run(tmp_path, images, LIGHT, "train.epochs=2", change, resume=True)
 
 
+def test_resume_names_the_changed_setting_and_takes_a_width_equal_to_the_height_as_square(tmp_path, images):
+    run(tmp_path, images, LIGHT)  # 64 x 64 images, data.image_width null
+    with pytest.raises(ValueError, match=r"another augment config: augment.kinds \['noise', 'scar'\], not \['scar'\]"):
+        run(tmp_path, images, LIGHT, "train.epochs=2", "augment.kinds=[scar]", resume=True)
+    resumed = run(tmp_path, images, LIGHT, "train.epochs=2", "data.image_width=64", resume=True)
+    assert resumed.epochs_done == 2
+
+
 def test_without_checkpoint_no_checkpoint_is_written_and_an_earlier_one_is_removed(tmp_path, images):
     run(tmp_path, images[:4], LIGHT)  # an earlier run leaves its checkpoint
     assert (tmp_path / LAST_CHECKPOINT).is_file()

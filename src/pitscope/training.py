@@ -197,6 +197,15 @@ def _build(cfg: Config, resume: bool, progress: bool, echo: Callable[[str], None
     )
 
 
+def _changed_keys(saved, now) -> list[tuple[str, object, object]]:
+    """(key, saved value, value now) of each setting of a config section that differs; a data
+    section's image width compares as the width it resolves to (null is the height)."""
+    a, b = to_dict(saved), to_dict(now)
+    if "image_width" in a:
+        a["image_width"], b["image_width"] = saved.shape[1], now.shape[1]
+    return [(key, a.get(key), b.get(key)) for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)]
+
+
 def _resume(run: _Run) -> None:
     """Load checkpoint_last.pt into `run` after checking it was trained with the same model,
     augment, data, seed and crop size; the config's optimiser settings win over the saved ones."""
@@ -206,8 +215,10 @@ def _resume(run: _Run) -> None:
     state = upgrade(torch.load(last_path, map_location=run.device, weights_only=True), "checkpoint", str(last_path))
     saved = from_dict(state["config"])
     for section in ("model", "augment", "data"):
-        if to_dict(getattr(saved, section)) != to_dict(getattr(cfg, section)):
-            raise ValueError(f"--resume: {last_path} was trained with another {section} config")
+        changed = _changed_keys(getattr(saved, section), getattr(cfg, section))
+        if changed:
+            said = "; ".join(f"{section}.{key} {before!r}, not {now!r}" for key, before, now in changed)
+            raise ValueError(f"--resume: {last_path} was trained with another {section} config: {said}")
     if saved.seed != cfg.seed:
         raise ValueError(f"--resume: {last_path} was trained with seed {saved.seed}, not {cfg.seed}")
     if saved.train.crop_size != cfg.train.crop_size:
