@@ -138,7 +138,12 @@ def main() -> int:
     parser.add_argument("--max-late-days", type=float, default=2.0, help="latest alert allowed (default 2 days)")
     parser.add_argument("--name", default="bsdata_wear_rule")
     args = parser.parse_args()
-    source = json.loads(args.wear_json.read_text())
+    try:
+        source = json.loads(args.wear_json.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"{args.wear_json}: not a readable JSON file: {exc}") from exc
+    if not isinstance(source, dict) or "curves" not in source:
+        raise SystemExit(f"{args.wear_json}: holds no per-image curves; pass a bsdata_wear.py result")
     curves = source["curves"]
     positions = read_positions()
     validation = [n for n in positions["validation"] if n in curves]
