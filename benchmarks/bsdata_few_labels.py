@@ -33,10 +33,11 @@ from pitscope.data import build_dataset
 from pitscope.data.bsdata import bsdata_root, position_files, read_positions
 from pitscope.data.labelled import count_distinct_defects, load_labelled_defects
 from pitscope.evaluation import evaluate, write_evaluation
-from pitscope.fitting import FINETUNE, finetune, fit
+from pitscope.fitting import FINETUNE, finetune, finetune_probe, fit
 from pitscope.inference import Detector
 
 RESULTS = Path(__file__).parent / "results"
+ROUTES = ("probe", "network")  # finetune_probe, or finetune: the network trained further
 COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "pixel_f1_max", "pixel_f1", "iou_median")
 
 
@@ -80,15 +81,21 @@ def labelled_folder(root: Path, names: list[str], folder: Path) -> Path:
     return folder
 
 
-def measure(detector: Detector, model_path: Path, label: str, out_dir: Path, overrides: list[str]) -> dict:
+def measure(
+    detector: Detector, model_path: Path, label: str, out_dir: Path, overrides: list[str], split: str = "test"
+) -> dict:
+    """Evaluate on `split`: "test" appends a line to the test-look log; "val" (the validation
+    positions' photos) chooses settings and is logged nowhere."""
     cfg = detector.cfg
-    test = build_dataset(cfg.data, "test", cfg.seed)
-    result = evaluate(detector, test, progress=True)
-    write_evaluation(result, out_dir / "eval")
-    look = log_look(model_path, cfg, overrides, result, benchmark=f"few_labels {label}")
+    result = evaluate(detector, build_dataset(cfg.data, split, cfg.seed), progress=True)
+    write_evaluation(result, out_dir / f"eval_{split}")
+    if split == "test":
+        subsets = log_look(model_path, cfg, overrides, result, benchmark=f"few_labels {label}")["subsets"]
+    else:
+        subsets = {"validation positions": result["metrics"]}
     return {
         "metrics": result["metrics"],
-        "subsets": look["subsets"],
+        "subsets": subsets,
         "counts": result["counts"],
         "at_threshold": result["at_threshold"],
     }
@@ -110,7 +117,11 @@ def write_markdown(record: dict, path: Path) -> None:
         + (f", then `{' '.join(record['overrides'])}`" if record["overrides"] else "")
         + ".",
         "",
-        "All test photos (the test positions' and the `KGT*` photos), in %:",
+        (
+            "All test photos (the test positions' and the `KGT*` photos), in %:"
+            if record.get("split", "test") == "test"
+            else "The validation positions' photos (they choose; no test photo is scored), in %:"
+        ),
         "",
         "| run | k | marked regions | minutes | " + " | ".join(COLUMNS) + " |",
         "|---|---|---|---|" + "---|" * len(COLUMNS),
@@ -124,7 +135,7 @@ def write_markdown(record: dict, path: Path) -> None:
         )
     lines += [
         "",
-        "Test positions only (no `KGT*`), in %:",
+        "Test positions only (no `KGT*`), in %:" if record.get("split", "test") == "test" else "The same, again:",
         "",
         "| run | " + " | ".join(COLUMNS) + " |",
         "|---|" + "---|" * len(COLUMNS),
@@ -148,7 +159,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base", type=Path, help="a model trained with data.holdout=positions")
     parser.add_argument("--k", type=int, nargs="+", default=[0, 5, 20])
-    parser.add_argument("--seed", type=int, default=0, help="seeds the draw of the labelled photos")
+    parser.add_argument("--seed", type=int, nargs="+", default=[0], help="seeds of the draw of the labelled photos")
+    parser.add_argument("--route", choices=ROUTES, default="probe", help="how the labelled photos teach the model")
+    parser.add_argument(
+        "--split", choices=("val", "test"), default="val", help="val chooses settings; test is logged as a look"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -171,50 +186,61 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "base": str(args.base),
-        "finetune": list(FINETUNE),
+        "route": args.route,
+        "split": args.split,
+        "finetune": list(FINETUNE) if args.route == "network" else ["score.defect_probe=true"],
         "overrides": args.overrides,
         "label_photos": {name: len(files) for name, files in photos.items()},
         "runs": [],
     }
     record["runs"].append(
-        {"label": "base model, no fine-tune", "k": 0, **measure(base, args.base, "base", args.out / "base", [])}
+        {
+            "label": "base model, no fine-tune",
+            "k": 0,
+            **measure(base, args.base, "base", args.out / "base", [], args.split),
+        }
     )
-    for k in args.k:
-        out = args.out / f"k{k}_seed{args.seed}"
-        t0 = time.perf_counter()
-        if k == 0:  # the control: the same fine-tune, pseudo-defects alone
-            overrides = [
-                *FINETUNE,
-                f"train.init_from={args.base}",
-                "model.weights=none",
-                f"output_dir={out}",
-                *args.overrides,
-            ]
-            detector = fit(base.cfg, overrides)
-            names: list[str] = []
-            regions = 0
-        else:
-            names = draw(photos, k, args.seed)
-            folder = labelled_folder(root, names, out / "labelled")
-            overrides = list(args.overrides)
-            detector = finetune(args.base, folder, out, overrides)
-            regions = count_distinct_defects(load_labelled_defects(folder))
-        assert detector is not None
-        minutes = round((time.perf_counter() - t0) / 60, 1)
-        label = "fine-tuned, pseudo-defects only" if k == 0 else "fine-tuned with k labelled photos"
-        record["runs"].append(
-            {
-                "label": label,
-                "k": k,
-                "photos": names,
-                "regions": regions,
-                "minutes": minutes,
-                **measure(detector, out / "model.pt", f"k={k}", out, overrides),
-            }
-        )
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
-        write_markdown(record, RESULTS / f"{args.name}.md")
+    for seed in args.seed:
+        for k in args.k:
+            if k == 0 and args.route == "probe":
+                continue  # a probe needs marked photos; k = 0 is the base model
+            out = args.out / f"{args.route}_k{k}_seed{seed}"
+            t0 = time.perf_counter()
+            if k == 0:  # the control: the same fine-tune, pseudo-defects alone
+                overrides = [
+                    *FINETUNE,
+                    f"train.init_from={args.base}",
+                    "model.weights=none",
+                    f"output_dir={out}",
+                    *args.overrides,
+                ]
+                detector = fit(base.cfg, overrides)
+                names: list[str] = []
+                regions = 0
+            else:
+                names = draw(photos, k, seed)
+                folder = labelled_folder(root, names, out / "labelled")
+                overrides = list(args.overrides)
+                tune = finetune_probe if args.route == "probe" else finetune
+                detector = tune(args.base, folder, out, overrides)
+                regions = count_distinct_defects(load_labelled_defects(folder))
+            assert detector is not None
+            minutes = round((time.perf_counter() - t0) / 60, 1)
+            label = "fine-tuned, pseudo-defects only" if k == 0 else f"{args.route}, k labelled photos"
+            record["runs"].append(
+                {
+                    "label": label,
+                    "k": k,
+                    "seed": seed,
+                    "photos": names,
+                    "regions": regions,
+                    "minutes": minutes,
+                    **measure(detector, out / "model.pt", f"k={k}", out, overrides, args.split),
+                }
+            )
+            RESULTS.mkdir(exist_ok=True)
+            (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=1) + "\n")
+            write_markdown(record, RESULTS / f"{args.name}.md")
     print((RESULTS / f"{args.name}.md").read_text())
     return 0
 

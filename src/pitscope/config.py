@@ -163,6 +163,9 @@ class ScoreConfig:
     pixel_method: str = "padim"  # padim | segmentation (needs model.segment) | patch (CutPaste)
     pixel_stages: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
     pixel_channels: int | None = 100  # random channel subset of the stacked stages (PaDiM), drawn with seed; null = all
+    # padim: each position's Gaussian is also fitted on the positions up to this many feature-map
+    # cells away, so an edge that moves a little from photo to photo is normal there (0: its own only)
+    pixel_neighbours: int = 0
     batch_size: int = 16  # images per batch when extracting features and scoring
     # the height images are scored at once the network is trained (null: data.image_size; the
     # width follows data.image_width's ratio to data.image_size); the
@@ -171,6 +174,9 @@ class ScoreConfig:
     patch_size: int = 64  # patch: side of the square crops, in pixels at data.image_size
     patch_stride: int = 16  # patch: step between crops, in pixels
     smoothing_sigma: float = 4.0
+    # padim: the maps are a classifier's P(defect), fitted on data.labelled_defects' marked photos
+    # over the stage features and the Gaussians' distances (`pitscope finetune`)
+    defect_probe: bool = False
     # none | image_mean: each map divided by its own mean | image_mean_score: that, times the
     # image score over the image threshold (needs image_method embedding)
     map_normalisation: str = "image_mean"
@@ -337,6 +343,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "augment.randaugment_ops": (0, None, True),
     "score.ridge": (0, None, True),
     "score.pixel_channels": (1, None, True),
+    "score.pixel_neighbours": (0, None, True),
     "score.batch_size": (1, None, True),
     "score.smoothing_sigma": (0, None, True),
 }
@@ -440,6 +447,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             "score.map_normalisation=image_mean_score needs score.image_method=embedding "
             "(with map_max the image score is read from the map itself)"
+        )
+    if cfg.score.defect_probe and (cfg.score.pixel_method != "padim" or not cfg.data.labelled_defects):
+        raise ConfigError(
+            "score.defect_probe=true needs score.pixel_method=padim (it reads the Gaussians' distances) and "
+            "data.labelled_defects (the photos with marked defects it learns from)"
         )
     if not 0.0 <= cfg.score.min_region_fraction < 1.0:
         raise ConfigError(f"score.min_region_fraction: must lie in [0, 1), got {cfg.score.min_region_fraction}")

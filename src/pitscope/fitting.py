@@ -1,6 +1,6 @@
-"""Train and fit in one call: the network, its scorers and its thresholds, from a config; train a
-model's network further with labelled defects (`finetune`); or fit a trained network's scorers
-again (`refit`)."""
+"""Train and fit in one call: the network, its scorers and its thresholds, from a config; teach a
+model the look of labelled defects (`finetune`: a defect probe on its maps, or its network
+trained further); or fit a trained network's scorers again (`refit`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from pitscope import distributed
 from pitscope.config import Config, apply_overrides, from_dict, load_config
 from pitscope.data import build_dataset, prepare_split_file
 from pitscope.inference import Detector
+from pitscope.data.labelled import load_labelled_defects
 from pitscope.model_file import read_model_file
+from pitscope.probe_fitting import fit_defect_probe
 from pitscope.training import train
 
 log = logging.getLogger(__name__)
@@ -80,12 +82,68 @@ def fit(
         "minutes": round(result.elapsed_s / 60, 2),
         "stopped_by_budget": result.stopped_by_budget,
     }
-    if result.labelled:  # the labelled photos pasted from: never to be scored as test images
-        detector.metadata["labelled_defects"] = result.labelled
+    labelled = list(result.labelled)  # the labelled photos pasted from: never to be scored as test images
+    if cfg.score.defect_probe:
+        defects = load_labelled_defects(str(cfg.data.labelled_defects), cfg.data.on_bad_file)
+        fit_defect_probe(detector, defects, dataset, progress=progress)
+        labelled = labelled or [{"name": d.path.name, "sha256": d.sha256} for d in defects]
+    if labelled:
+        detector.metadata["labelled_defects"] = labelled
     if cfg.train.init_from:
         detector.metadata["training"]["init_from"] = str(cfg.train.init_from)
     if save:
         detector.save(Path(cfg.output_dir) / "model.pt")
+    return detector
+
+
+# The settings of the model's config that `finetune`'s probe route may change: all else stays as
+# the model was fitted, since its Gaussians and image threshold are kept.
+PROBE_KEYS = ("seed", "data.on_bad_file", "score.batch_size", "score.pixel_threshold_quantile", "score.pixel_threshold_from")
+
+
+def finetune_probe(
+    model: str | Path,
+    labelled_defects: str | Path,
+    output_dir: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    progress: bool = True,
+) -> Detector:
+    """`model` with a defect probe fitted on the marked photos in `labelled_defects`
+    (`pitscope.probe_fitting`): its network, Gaussians and image threshold stay, its maps become
+    the probe's P(defect) and its pixel threshold is set again. Writes OUTPUT_DIR/model.pt, never
+    over `model`; the new model names the labelled photos (SHA-256), so `evaluate` leaves them out.
+    overrides: only the keys of PROBE_KEYS.
+
+    >>> detector = finetune_probe("runs/cpu/model.pt", "marked/", "runs/probe")  # doctest: +SKIP
+    """
+    model, out = Path(model), Path(output_dir)
+    if (out / "model.pt").resolve() == model.resolve():
+        raise ValueError(f"finetune: the output folder {out} holds the model itself; pick another")
+    other = [o for o in overrides if o.partition("=")[0] not in PROBE_KEYS]
+    if other:
+        raise ValueError(
+            f"finetune --route probe keeps the model's network and Gaussians, so it takes only "
+            f"{', '.join(PROBE_KEYS)}; got {other[0]}"
+        )
+    base = Detector.load(model)
+    if base.cfg.score.pixel_method != "padim":
+        raise ValueError(f"finetune --route probe reads PaDiM maps; {model} has score.pixel_method={base.cfg.score.pixel_method}")
+    cfg = apply_overrides(
+        base.cfg,
+        [f"data.labelled_defects={labelled_defects}", "score.defect_probe=true", f"output_dir={out}", *overrides],
+    )
+    detector = Detector(cfg, base.n_kinds, net=base.net)
+    missing, unexpected = detector.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("defect_probe.") for k in missing), (missing, unexpected)
+    detector.metadata = copy.deepcopy(base.metadata)
+    detector.metadata["finetune"] = {"route": "probe", "from": str(model)}
+    defects = load_labelled_defects(str(labelled_defects), cfg.data.on_bad_file)
+    dataset = build_dataset(cfg.data, "train", cfg.seed)  # the model's config is at its scoring size
+    for path, reason in dataset.check(progress=progress):
+        log.warning("skipped bad file: %s: %s", path, reason)
+    fit_defect_probe(detector, defects, dataset, progress=progress)
+    detector.metadata["labelled_defects"] = [{"name": d.path.name, "sha256": d.sha256} for d in defects]
+    detector.save(out / "model.pt")
     return detector
 
 

@@ -20,9 +20,11 @@ above the pits of other photos. `image_mean_score` multiplies that by the image 
 image threshold. The predicted regions are the connected parts of the map above the pixel
 threshold (`pitscope.defect_regions`, `Prediction.regions`).
 Threshold: the `score.threshold_quantile` quantile of image scores of defect-free training images
-that the scoring Gaussians did not see; the pixel threshold, a quantile of the held-back maps. The
-features come from `pitscope.features.scoring_features`; fitting the scorers and calibrating the
-thresholds, from `pitscope.scorer_fitting` (`Detector.fit`).
+that the scoring Gaussians did not see; the pixel threshold, a quantile of the held-back maps. With
+`score.defect_probe` a classifier fitted on photos with marked defects turns each position's
+features and distance into the probability of a defect, and that is the map
+(`pitscope.defect_probe`). The features come from `pitscope.features.scoring_features`; fitting
+the scorers and calibrating the thresholds, from `pitscope.scorer_fitting` (`Detector.fit`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from pitscope import scorer_fitting
 from pitscope.config import Config, from_dict
 from pitscope.data.imageio import input_to_rgb
 from pitscope.data.types import Sample
+from pitscope.defect_probe import DefectProbe
 from pitscope.features import scoring_features
 from pitscope.model_file import read_model_file, save_model_file, scored_stage
 from pitscope.models.backbone import STAGES
@@ -77,9 +80,16 @@ class Detector(nn.Module):
             SharedGaussianScorer(cfg.score.shrinkage, cfg.score.ridge)
             if cfg.score.pixel_method == "patch"
             else PatchGaussianScorer(
-                cfg.score.shrinkage, cfg.score.ridge, n_channels=cfg.score.pixel_channels, seed=cfg.seed
+                cfg.score.shrinkage,
+                cfg.score.ridge,
+                n_channels=cfg.score.pixel_channels,
+                seed=cfg.seed,
+                neighbours=cfg.score.pixel_neighbours,
             )
         )
+        # score.defect_probe: a classifier fitted on marked defects draws the maps from the
+        # Gaussians' distances and the features (`pitscope.probe_fitting`)
+        self.defect_probe = DefectProbe() if cfg.score.defect_probe else None
         self.register_buffer("threshold", torch.tensor(float("nan")))
         self.register_buffer("pixel_threshold", torch.tensor(float("nan")))
         self.metadata: dict = {}
@@ -112,6 +122,8 @@ class Detector(nn.Module):
             scores = self.image_scorer.score(embedding)  # (B,)
         if patches is not None:
             maps = (pixel_scorer or self.pixel_scorer).score_map(patches)  # (B, h, w) Mahalanobis distances
+            if self.defect_probe is not None and self.defect_probe.is_fitted:
+                maps = self.defect_probe(patches, maps)  # (B, h, w) P(defect)
             if self.cfg.score.pixel_method == "patch":
                 size = (x.shape[-2], x.shape[-1])
                 maps = patch_map(maps, size, self.cfg.score.patch_size, self.cfg.score.patch_stride)

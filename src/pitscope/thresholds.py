@@ -40,6 +40,7 @@ class CalibrationRecord(TypedDict, total=False):
     pixel_images: int  # out_of_fold: images whose maps set the pixel threshold
     pixel_rule: str  # score.pixel_threshold_from: which map values the pixel quantile is taken of
     score_quantiles: dict[str, float]  # {"0.95": s, ...}: quantiles of those scores (`QUANTILE_GRID`)
+    probe: dict[str, int]  # score.defect_probe: {"photos", "marked_positions", "defect_free_images"} it was fitted on
     # every writer; None given to `set_thresholds`: the detector's value after the fill
     threshold: float | None  # the image threshold
     pixel_quantile: float  # the quantile of the maps' values that is the pixel threshold

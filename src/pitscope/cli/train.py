@@ -139,15 +139,23 @@ def cmd_refit(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    """Train a model's network further with photos whose defects are marked: each marked defect is
-    cut out and pasted onto the defect-free training photos as one more pseudo-defect kind, and a
-    segmentation head learns to outline them; then fit and calibrate as train does. Writes
-    OUTPUT_DIR/model.pt (MODEL stays as it is). DEFECTS: a folder of photos, each with its mask in
-    DEFECTS/masks/<stem>.png (or <stem>_mask.png) or a labelme file <stem>.json or label/<stem>.json."""
-    from pitscope.fitting import FINETUNE, finetune
+    """Teach a model what its marked defects look like, from a few photos whose defects are marked.
+    --route probe (the default): a classifier fitted on the marked photos turns the model's
+    features and distances into the probability of a defect, which becomes its map; its network,
+    Gaussians and image threshold stay, and the pixel threshold is set again (a few minutes).
+    --route network: each marked defect is cut out and pasted onto the defect-free training photos
+    as one more pseudo-defect kind, the network trains further and a segmentation head learns to
+    outline them; then fit and calibrate as train does. Writes OUTPUT_DIR/model.pt (MODEL stays as
+    it is). DEFECTS: a folder of photos, each with its mask in DEFECTS/masks/<stem>.png (or
+    <stem>_mask.png) or a labelme file <stem>.json or label/<stem>.json."""
+    from pitscope.fitting import FINETUNE, PROBE_KEYS, finetune, finetune_probe
 
-    print(f"finetune: starting from {args.model} with {' '.join('--set ' + o for o in FINETUNE)}", file=sys.stderr)
-    detector = finetune(args.model, args.defects, args.output_dir, args.overrides, progress=not args.quiet)
+    if args.route == "probe":
+        print(f"finetune: a defect probe on the maps of {args.model} (settings it takes: {', '.join(PROBE_KEYS)})", file=sys.stderr)
+        detector = finetune_probe(args.model, args.defects, args.output_dir, args.overrides, progress=not args.quiet)
+    else:
+        print(f"finetune: starting from {args.model} with {' '.join('--set ' + o for o in FINETUNE)}", file=sys.stderr)
+        detector = finetune(args.model, args.defects, args.output_dir, args.overrides, progress=not args.quiet)
     if detector is None:
         return 0
     path = Path(args.output_dir) / "model.pt"
@@ -244,6 +252,12 @@ def add_parsers(sub) -> None:
     p.add_argument("model", help="model file written by train (OUTPUT_DIR/model.pt)")
     p.add_argument("--defects", required=True, metavar="DIR", help="the labelled defective photos and their masks")
     p.add_argument("--output-dir", required=True, help="where the new model.pt goes (not MODEL's folder)")
+    p.add_argument(
+        "--route",
+        choices=("probe", "network"),
+        default="probe",
+        help="probe: a classifier on the model's maps (minutes); network: the network trained further (default: probe)",
+    )
     add_set_arg(p, "a setting over the model's and finetune's own, e.g. --set train.epochs=3")
     p.add_argument("--evaluate", action="store_true", help="evaluate on the test split afterwards (OUTPUT_DIR/eval)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

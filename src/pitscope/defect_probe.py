@@ -1,0 +1,103 @@
+"""A pixel classifier fitted on photos whose defects are marked, drawing the maps in place of the
+defect-free Gaussian's distances.
+
+At every map position it reads the stacked stage features the pixel Gaussians read and the log of
+their Mahalanobis distance there, and gives the probability that the position is defective
+(logistic regression). The distance carries what is unusual for that place on defect-free photos;
+the features carry what marked defects look like, so a few marked pits teach it which unusual
+things are pits and which are silhouettes, glints or the frame.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pitscope.scoring import _FittedBuffers
+
+
+def probe_inputs(patches: Tensor, distances: Tensor) -> Tensor:
+    """Stacked stage features (B, C, h, w) and Mahalanobis distances (B, h, w) -> the probe's
+    inputs per position (B, h, w, C + 1): the features, then log(1 + distance)."""
+    return torch.cat([patches, torch.log1p(distances.clamp_min(0))[:, None]], dim=1).permute(0, 2, 3, 1)
+
+
+class DefectProbe(_FittedBuffers):
+    """Logistic regression from a position's inputs (`probe_inputs`) to P(defect).
+
+    weight_decay: L2 penalty on the weights of the standardised inputs, per sample.
+    max_iter: L-BFGS iterations.
+
+    Fitted state (buffers): location_ (D,) and scale_ (D,) standardise the inputs; weight_ (D,) and
+    bias_ () the regression; positive_weight_ () the weight the positives had against the
+    negatives (their counts' ratio), kept to describe the fit.
+    """
+
+    _state = ("location_", "scale_", "weight_", "bias_", "positive_weight_")
+    location_: Tensor
+    scale_: Tensor
+    weight_: Tensor
+    bias_: Tensor
+    positive_weight_: Tensor
+
+    def __init__(self, weight_decay: float = 1e-3, max_iter: int = 200):
+        super().__init__()
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        self.weight_decay = weight_decay
+        self.max_iter = max_iter
+        self._register_empty({})
+
+    def fit(self, inputs: Tensor, targets: Tensor) -> DefectProbe:
+        """inputs (N, D); targets (N,) in [0, 1], the share of each position's cell that is marked
+        defective. Positives (target > 0) and negatives weigh the same in total. Returns self."""
+        if inputs.ndim != 2 or targets.shape != inputs.shape[:1]:
+            raise ValueError(
+                f"expected inputs (N, D) and targets (N,), got {tuple(inputs.shape)}, {tuple(targets.shape)}"
+            )
+        if not bool((targets > 0).any()) or not bool((targets < 1).any()):
+            raise ValueError("the probe needs both marked and unmarked positions")
+        with torch.inference_mode(False), torch.enable_grad():  # callers may score in inference mode
+            x, y = inputs.double(), targets.double().clamp(0, 1)
+            location = x.mean(0)
+            scale = x.std(0).clamp_min(1e-6)
+            z = (x - location) / scale
+            n_pos = float((y > 0).sum())
+            positive_weight = (len(y) - n_pos) / n_pos
+            sample_weight = torch.where(y > 0, positive_weight, 1.0)
+            sample_weight = sample_weight / sample_weight.sum()
+            weight = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+            bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
+            optimiser = torch.optim.LBFGS(
+                [weight, bias], max_iter=self.max_iter, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
+            )
+
+            def closure() -> Tensor:
+                optimiser.zero_grad()
+                losses = F.binary_cross_entropy_with_logits(z @ weight + bias, y, reduction="none")
+                loss = (losses * sample_weight).sum() + 0.5 * self.weight_decay * (weight**2).sum()
+                loss.backward()
+                return loss
+
+            optimiser.step(closure)
+        self._set("location_", location.detach())
+        self._set("scale_", scale.detach())
+        self._set("weight_", weight.detach())
+        self._set("bias_", bias.detach())
+        self._set("positive_weight_", torch.tensor(positive_weight))
+        return self
+
+    @torch.no_grad()
+    def logits(self, inputs: Tensor) -> Tensor:
+        """inputs (..., D) -> logits (...) of P(defect)."""
+        self._check_fitted()
+        z = (inputs.to(self.location_.dtype) - self.location_) / self.scale_
+        return z @ self.weight_ + self.bias_
+
+    def probability_map(self, patches: Tensor, distances: Tensor) -> Tensor:
+        """Stacked stage features (B, C, h, w) and their distances (B, h, w) -> P(defect) (B, h, w)."""
+        return torch.sigmoid(self.logits(probe_inputs(patches, distances)))
+
+    def forward(self, patches: Tensor, distances: Tensor) -> Tensor:
+        return self.probability_map(patches, distances)
