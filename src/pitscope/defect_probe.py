@@ -24,29 +24,37 @@ def probe_inputs(patches: Tensor, distances: Tensor) -> Tensor:
 
 
 class DefectProbe(_FittedBuffers):
-    """Logistic regression from a position's inputs (`probe_inputs`) to P(defect).
+    """A classifier from a position's inputs (`probe_inputs`) to P(defect): logistic regression, or
+    with `hidden` units one hidden ReLU layer before it.
 
-    weight_decay: L2 penalty on the weights of the standardised inputs, per sample.
+    weight_decay: L2 penalty on the weights (of the standardised inputs), per sample.
+    hidden: units of the hidden layer; 0 for none (logistic regression).
     max_iter: L-BFGS iterations.
+    seed: seeds the hidden layer's initial weights.
 
-    Fitted state (buffers): location_ (D,) and scale_ (D,) standardise the inputs; weight_ (D,) and
-    bias_ () the regression; positive_weight_ () the weight the positives had against the
+    Fitted state (buffers): location_ (D,) and scale_ (D,) standardise the inputs; hidden_weight_
+    (D, hidden) and hidden_bias_ (hidden,), empty without a hidden layer; weight_ (D or hidden,)
+    and bias_ () the regression; positive_weight_ () the weight the positives had against the
     negatives (their counts' ratio), kept to describe the fit.
     """
 
-    _state = ("location_", "scale_", "weight_", "bias_", "positive_weight_")
+    _state = ("location_", "scale_", "hidden_weight_", "hidden_bias_", "weight_", "bias_", "positive_weight_")
     location_: Tensor
     scale_: Tensor
+    hidden_weight_: Tensor
+    hidden_bias_: Tensor
     weight_: Tensor
     bias_: Tensor
     positive_weight_: Tensor
 
-    def __init__(self, weight_decay: float = 1e-3, max_iter: int = 200):
+    def __init__(self, weight_decay: float = 1e-3, hidden: int = 0, max_iter: int = 200, seed: int = 0):
         super().__init__()
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if weight_decay < 0 or hidden < 0:
+            raise ValueError(f"weight_decay and hidden must be >= 0, got {weight_decay} and {hidden}")
         self.weight_decay = weight_decay
+        self.hidden = hidden
         self.max_iter = max_iter
+        self.seed = seed
         self._register_empty({})
 
     def fit(self, inputs: Tensor, targets: Tensor) -> DefectProbe:
@@ -58,31 +66,46 @@ class DefectProbe(_FittedBuffers):
             )
         if not bool((targets > 0).any()) or not bool((targets < 1).any()):
             raise ValueError("the probe needs both marked and unmarked positions")
+        # a hidden layer fits in float32 (it is the costly one), the regression alone in float64
+        dtype = torch.float32 if self.hidden else torch.float64
         with torch.inference_mode(False), torch.enable_grad():  # callers may score in inference mode
-            x, y = inputs.double(), targets.double().clamp(0, 1)
+            x, y = inputs.to(dtype), targets.to(dtype).clamp(0, 1)
             location = x.mean(0)
             scale = x.std(0).clamp_min(1e-6)
             z = (x - location) / scale
             n_pos = float((y > 0).sum())
             positive_weight = (len(y) - n_pos) / n_pos
-            sample_weight = torch.where(y > 0, positive_weight, 1.0)
+            sample_weight = torch.where(y > 0, positive_weight, 1.0).to(dtype)
             sample_weight = sample_weight / sample_weight.sum()
-            weight = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
-            bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
+            generator = torch.Generator().manual_seed(self.seed)
+            width = self.hidden or z.shape[1]
+            hidden_weight = torch.randn(z.shape[1], self.hidden, generator=generator, dtype=dtype) / z.shape[1] ** 0.5
+            hidden_bias = torch.zeros(self.hidden, dtype=dtype)
+            weight = torch.zeros(width, dtype=dtype)
+            if self.hidden:  # a zero output layer would leave the hidden layer without gradient
+                weight = torch.randn(width, generator=generator, dtype=dtype) / width**0.5
+            bias = torch.zeros((), dtype=dtype)
+            params = [weight, bias] + ([hidden_weight, hidden_bias] if self.hidden else [])
+            for p in params:
+                p.requires_grad_(True)
             optimiser = torch.optim.LBFGS(
-                [weight, bias], max_iter=self.max_iter, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
+                params, max_iter=self.max_iter, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
             )
 
             def closure() -> Tensor:
                 optimiser.zero_grad()
-                losses = F.binary_cross_entropy_with_logits(z @ weight + bias, y, reduction="none")
-                loss = (losses * sample_weight).sum() + 0.5 * self.weight_decay * (weight**2).sum()
+                h = torch.relu(z @ hidden_weight + hidden_bias) if self.hidden else z
+                losses = F.binary_cross_entropy_with_logits(h @ weight + bias, y, reduction="none")
+                penalty = (weight**2).sum() + ((hidden_weight**2).sum() if self.hidden else 0.0)
+                loss = (losses * sample_weight).sum() + 0.5 * self.weight_decay * penalty
                 loss.backward()
                 return loss
 
             optimiser.step(closure)
         self._set("location_", location.detach())
         self._set("scale_", scale.detach())
+        self._set("hidden_weight_", hidden_weight.detach())
+        self._set("hidden_bias_", hidden_bias.detach())
         self._set("weight_", weight.detach())
         self._set("bias_", bias.detach())
         self._set("positive_weight_", torch.tensor(positive_weight))
@@ -93,6 +116,8 @@ class DefectProbe(_FittedBuffers):
         """inputs (..., D) -> logits (...) of P(defect)."""
         self._check_fitted()
         z = (inputs.to(self.location_.dtype) - self.location_) / self.scale_
+        if self.hidden_weight_.numel():
+            z = torch.relu(z @ self.hidden_weight_ + self.hidden_bias_)
         return z @ self.weight_ + self.bias_
 
     def probability_map(self, patches: Tensor, distances: Tensor) -> Tensor:

@@ -98,7 +98,13 @@ def fit(
 
 # The settings of the model's config that `finetune`'s probe route may change: all else stays as
 # the model was fitted, since its Gaussians and image threshold are kept.
-PROBE_KEYS = ("seed", "data.on_bad_file", "score.batch_size", "score.pixel_threshold_quantile", "score.pixel_threshold_from")
+PROBE_KEYS = (
+    "seed",
+    "data.on_bad_file",
+    "score.batch_size",
+    "score.pixel_threshold_quantile",
+    "score.pixel_threshold_from",
+)
 
 
 def finetune_probe(
@@ -127,7 +133,9 @@ def finetune_probe(
         )
     base = Detector.load(model)
     if base.cfg.score.pixel_method != "padim":
-        raise ValueError(f"finetune --route probe reads PaDiM maps; {model} has score.pixel_method={base.cfg.score.pixel_method}")
+        raise ValueError(
+            f"finetune --route probe reads PaDiM maps; {model} has score.pixel_method={base.cfg.score.pixel_method}"
+        )
     cfg = apply_overrides(
         base.cfg,
         [f"data.labelled_defects={labelled_defects}", "score.defect_probe=true", f"output_dir={out}", *overrides],

@@ -46,6 +46,45 @@ def _draw(n: int, k: int, rng: np.random.Generator) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def marked_samples(
+    detector: Detector, defects: Sequence[LabelledDefect], size: tuple[int, int], rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe's samples from marked photos resized to `size` (height, width): every position
+    the mask touches and NEGATIVES_PER_IMAGE others of each photo. (inputs (N, D), targets (N,):
+    the marked share of each position's cell), on the CPU."""
+    device = next(detector.net.parameters()).device
+    inputs, targets = [], []
+    for defect in defects:
+        x = images_to_batch([resize_image(defect.image, size)]).to(device)
+        features, (h, w) = _inputs(detector, x)
+        mask = torch.as_tensor(defect.mask, dtype=torch.float32)[None, None]
+        share = F.adaptive_avg_pool2d(F.interpolate(mask, size=size, mode="area"), (h, w))
+        share = share.flatten().to(device)  # (h*w,) the marked share of each position's cell
+        marked = torch.nonzero(share > 0).flatten()
+        unmarked = torch.nonzero(share == 0).flatten()
+        unmarked = unmarked[_draw(len(unmarked), NEGATIVES_PER_IMAGE, rng).to(unmarked.device)]
+        keep = torch.cat([marked, unmarked])
+        inputs.append(features.reshape(h * w, -1)[keep].cpu())
+        targets.append(share[keep].cpu())
+    return torch.cat(inputs), torch.cat(targets)
+
+
+@torch.inference_mode()
+def unmarked_samples(
+    detector: Detector, dataset: Sequence[Sample], indices: Sequence[int], rng: np.random.Generator, progress: bool
+) -> torch.Tensor:
+    """NEGATIVES_PER_IMAGE random positions' probe inputs of each defect-free image
+    dataset[indices]: (N, D) on the CPU."""
+    device = next(detector.net.parameters()).device
+    inputs = []
+    for _, x in iterate_batches(dataset, indices, detector.cfg.score.batch_size, "probe negatives", progress):
+        features, (h, w) = _inputs(detector, x.to(device))
+        for flat in features.reshape(len(x), h * w, -1):
+            inputs.append(flat[_draw(h * w, NEGATIVES_PER_IMAGE, rng).to(flat.device)].cpu())
+    return torch.cat(inputs)
+
+
+@torch.inference_mode()
 def fit_defect_probe(
     detector: Detector, defects: Sequence[LabelledDefect], dataset: Sequence[Sample], progress: bool = True
 ) -> DefectProbe:
@@ -57,36 +96,23 @@ def fit_defect_probe(
         raise ValueError("this detector has no defect probe: set score.defect_probe=true")
     if not defects:
         raise ValueError("the defect probe needs at least one photo with marked defects")
-    device = next(detector.net.parameters()).device
-    rng = numpy_rng(detector.cfg.seed, 11)
-    height, width = dataset[0].image.shape[:2]
-    inputs, targets = [], []
-    for defect in defects:
-        x = images_to_batch([resize_image(defect.image, (height, width))]).to(device)
-        features, (h, w) = _inputs(detector, x)
-        mask = torch.as_tensor(defect.mask, dtype=torch.float32)[None, None]
-        share = F.adaptive_avg_pool2d(F.interpolate(mask, size=(height, width), mode="area"), (h, w))
-        share = share.flatten().to(device)  # (h*w,) the marked share of each position's cell
-        flat = features.reshape(h * w, -1)
-        marked = torch.nonzero(share > 0).flatten()
-        unmarked = torch.nonzero(share == 0).flatten()
-        unmarked = unmarked[_draw(len(unmarked), NEGATIVES_PER_IMAGE, rng).to(unmarked.device)]
-        keep = torch.cat([marked, unmarked])
-        inputs.append(flat[keep].cpu())
-        targets.append(share[keep].cpu())
     _, held = split_calibration(detector, len(dataset))
     if len(held) < 2:
         raise ValueError(f"the defect probe needs held-back training images; {len(dataset)} hold back {len(held)}")
     negatives, calibration = held[0::2], held[1::2]
-    for _, x in iterate_batches(dataset, negatives, detector.cfg.score.batch_size, "probe negatives", progress):
-        features, (h, w) = _inputs(detector, x.to(device))
-        for flat in features.reshape(len(x), h * w, -1):
-            inputs.append(flat[_draw(h * w, NEGATIVES_PER_IMAGE, rng).to(flat.device)].cpu())
-            targets.append(torch.zeros(min(NEGATIVES_PER_IMAGE, h * w)))
-    x_all, y_all = torch.cat(inputs), torch.cat(targets)
+    rng = numpy_rng(detector.cfg.seed, 11)
+    height, width = dataset[0].image.shape[:2]
+    marked_x, marked_y = marked_samples(detector, defects, (height, width), rng)
+    free_x = unmarked_samples(detector, dataset, negatives, rng, progress)
+    x_all, y_all = torch.cat([marked_x, free_x]), torch.cat([marked_y, torch.zeros(len(free_x))])
     probe.fit(x_all, y_all)
-    fitted_on = {"photos": len(defects), "marked_positions": int((y_all > 0).sum()), "defect_free_images": len(negatives)}
+    fitted_on = {
+        "photos": len(defects),
+        "marked_positions": int((y_all > 0).sum()),
+        "defect_free_images": len(negatives),
+    }
     log.info("defect probe fitted: %s", fitted_on)
+    device = next(detector.net.parameters()).device
     maps = []
     for _, x in iterate_batches(dataset, calibration, detector.cfg.score.batch_size, "pixel threshold", progress):
         x = x.to(device)

@@ -429,9 +429,7 @@ class PatchGaussianScorer(_FittedBuffers):
         self._check_fitted()
         if moments.n < 2:
             raise ValueError(f"a refit needs at least 2 samples, got {moments.n}")
-        other = PatchGaussianScorer(
-            self.shrinkage, self.ridge, self.n_channels, self.seed, self.chunk, self.neighbours
-        )
+        other = PatchGaussianScorer(self.shrinkage, self.ridge, self.n_channels, self.seed, self.chunk, self.neighbours)
         other = other.to(dtype=self.location_.dtype, device=self.location_.device)
         other._set("channel_index_", self.channel_index_)
         other._set("map_size_", self.map_size_)

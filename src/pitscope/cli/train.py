@@ -151,7 +151,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from pitscope.fitting import FINETUNE, PROBE_KEYS, finetune, finetune_probe
 
     if args.route == "probe":
-        print(f"finetune: a defect probe on the maps of {args.model} (settings it takes: {', '.join(PROBE_KEYS)})", file=sys.stderr)
+        print(
+            f"finetune: a defect probe on the maps of {args.model} (settings it takes: {', '.join(PROBE_KEYS)})",
+            file=sys.stderr,
+        )
         detector = finetune_probe(args.model, args.defects, args.output_dir, args.overrides, progress=not args.quiet)
     else:
         print(f"finetune: starting from {args.model} with {' '.join('--set ' + o for o in FINETUNE)}", file=sys.stderr)
