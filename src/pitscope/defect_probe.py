@@ -31,6 +31,8 @@ class DefectProbe(_FittedBuffers):
     hidden: units of the hidden layer; 0 for none (logistic regression).
     max_iter: L-BFGS iterations.
     seed: seeds the hidden layer's initial weights.
+    inputs: "both" reads the features and the distance; "features" the features alone (a probe
+        that knows nothing of the defect-free Gaussians; not kept in a model file).
 
     Fitted state (buffers): location_ (D,) and scale_ (D,) standardise the inputs; hidden_weight_
     (D, hidden) and hidden_bias_ (hidden,), empty without a hidden layer; weight_ (D or hidden,)
@@ -47,10 +49,15 @@ class DefectProbe(_FittedBuffers):
     bias_: Tensor
     positive_weight_: Tensor
 
-    def __init__(self, weight_decay: float = 1e-3, hidden: int = 0, max_iter: int = 200, seed: int = 0):
+    def __init__(
+        self, weight_decay: float = 1e-3, hidden: int = 0, max_iter: int = 200, seed: int = 0, inputs: str = "both"
+    ):
         super().__init__()
         if weight_decay < 0 or hidden < 0:
             raise ValueError(f"weight_decay and hidden must be >= 0, got {weight_decay} and {hidden}")
+        if inputs not in ("both", "features"):
+            raise ValueError(f"inputs must be 'both' or 'features', got {inputs!r}")
+        self.inputs = inputs
         self.weight_decay = weight_decay
         self.hidden = hidden
         self.max_iter = max_iter
@@ -122,7 +129,8 @@ class DefectProbe(_FittedBuffers):
 
     def probability_map(self, patches: Tensor, distances: Tensor) -> Tensor:
         """Stacked stage features (B, C, h, w) and their distances (B, h, w) -> P(defect) (B, h, w)."""
-        return torch.sigmoid(self.logits(probe_inputs(patches, distances)))
+        x = probe_inputs(patches, distances)
+        return torch.sigmoid(self.logits(x if self.inputs == "both" else x[..., :-1]))
 
     def forward(self, patches: Tensor, distances: Tensor) -> Tensor:
         return self.probability_map(patches, distances)

@@ -11,10 +11,12 @@ from pathlib import Path
 from pitscope import distributed
 from pitscope.config import Config, apply_overrides, from_dict, load_config
 from pitscope.data import build_dataset, prepare_split_file
-from pitscope.inference import Detector
 from pitscope.data.labelled import load_labelled_defects
+from pitscope.defect_probe import DefectProbe
+from pitscope.inference import Detector
 from pitscope.model_file import read_model_file
-from pitscope.probe_fitting import fit_defect_probe
+from pitscope.probe_fitting import fit_defect_probe, marked_samples, set_pixel_threshold
+from pitscope.seeding import numpy_rng
 from pitscope.training import train
 
 log = logging.getLogger(__name__)
@@ -152,6 +154,27 @@ def finetune_probe(
     fit_defect_probe(detector, defects, dataset, progress=progress)
     detector.metadata["labelled_defects"] = [{"name": d.path.name, "sha256": d.sha256} for d in defects]
     detector.save(out / "model.pt")
+    return detector
+
+
+def anchor_probe(model: str | Path, labelled_defects: str | Path, progress: bool = True) -> Detector:
+    """The supervised-only anchor of the few-labels benchmark: `model` with a probe over its stage
+    features alone, fitted on the marked photos in `labelled_defects` alone (their marked and
+    unmarked positions; no defect-free photo, no Gaussian distance). Its maps are that probe's;
+    its image side and thresholds are `model`'s (the pixel threshold is set again on held-back
+    maps, as `finetune_probe` does). Not saved: it exists to be measured."""
+    base = Detector.load(model)
+    cfg = apply_overrides(base.cfg, [f"data.labelled_defects={labelled_defects}", "score.defect_probe=true"])
+    detector = Detector(cfg, base.n_kinds, net=base.net)
+    detector.load_state_dict(base.state_dict(), strict=False)
+    detector.metadata = copy.deepcopy(base.metadata)
+    detector.defect_probe = DefectProbe(inputs="features")
+    defects = load_labelled_defects(str(labelled_defects), cfg.data.on_bad_file)
+    dataset = build_dataset(cfg.data, "train", cfg.seed)
+    x, y = marked_samples(detector, defects, dataset[0].image.shape[:2], numpy_rng(cfg.seed, 11))
+    detector.defect_probe.fit(x[:, :-1], y)
+    set_pixel_threshold(detector, dataset, progress)
+    detector.metadata["labelled_defects"] = [{"name": d.path.name, "sha256": d.sha256} for d in defects]
     return detector
 
 

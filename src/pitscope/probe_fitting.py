@@ -99,7 +99,7 @@ def fit_defect_probe(
     _, held = split_calibration(detector, len(dataset))
     if len(held) < 2:
         raise ValueError(f"the defect probe needs held-back training images; {len(dataset)} hold back {len(held)}")
-    negatives, calibration = held[0::2], held[1::2]
+    negatives = held[0::2]  # the odd ones set the pixel threshold (`set_pixel_threshold`)
     rng = numpy_rng(detector.cfg.seed, 11)
     height, width = dataset[0].image.shape[:2]
     marked_x, marked_y = marked_samples(detector, defects, (height, width), rng)
@@ -112,6 +112,18 @@ def fit_defect_probe(
         "defect_free_images": len(negatives),
     }
     log.info("defect probe fitted: %s", fitted_on)
+    set_pixel_threshold(detector, dataset, progress, probe=fitted_on)
+    return probe
+
+
+@torch.inference_mode()
+def set_pixel_threshold(
+    detector: Detector, dataset: Sequence[Sample], progress: bool = True, probe: dict | None = None
+) -> None:
+    """Set the detector's pixel threshold by its own rule on its maps of the odd held-back images
+    of `dataset` (those the probe's negatives leave out), recording `probe` (what it was fitted on)."""
+    _, held = split_calibration(detector, len(dataset))
+    calibration = held[1::2]
     device = next(detector.net.parameters()).device
     maps = []
     for _, x in iterate_batches(dataset, calibration, detector.cfg.score.batch_size, "pixel threshold", progress):
@@ -122,8 +134,8 @@ def fit_defect_probe(
         **detector.metadata["calibration"],
         "pixel_images": len(calibration),
         "pixel_threshold": None,
-        "probe": fitted_on,
     }
+    if probe is not None:
+        record["probe"] = probe
     pixel = pixel_threshold_of(torch.cat(maps).numpy(), score.pixel_threshold_quantile, score.pixel_threshold_from)
     set_thresholds(detector, record, pixel=pixel)
-    return probe

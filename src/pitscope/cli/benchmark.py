@@ -14,6 +14,10 @@ from pitscope.peers import CORESET_RATIO
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     """Run a benchmark suite and write its table (JSON and Markdown) with the paper's numbers beside ours."""
+    if args.suite == "few_labels":
+        return _few_labels(args)
+    if args.base or args.k:
+        raise SystemExit("pitscope benchmark: --base and --k belong to --suite few_labels")
     options = BenchmarkOptions(
         suite=args.suite,
         seeds=args.seeds,
@@ -37,6 +41,30 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _few_labels(args: argparse.Namespace) -> int:
+    """The few_labels suite: a defect probe per k and seed on a position-split model (`--base`)."""
+    from pitscope.benchmark.few_labels import FewLabelsOptions, format_few_labels, run_few_labels
+
+    if not args.base:
+        raise SystemExit(
+            "pitscope benchmark --suite few_labels needs --base MODEL: a model trained with data.holdout=positions, "
+            "e.g. pitscope train --config cpu --set data.holdout=positions"
+        )
+    options = FewLabelsOptions(
+        base=args.base,
+        ks=args.k or [0, 5, 20],
+        seeds=args.seeds,
+        output=args.output,
+        runs_dir=str(Path(args.runs_dir) / "few_labels"),
+        progress=not args.quiet,
+        command=shlex.join(["pitscope", *sys.argv[1:]]),
+    )
+    record = run_few_labels(options)
+    print(format_few_labels(record))
+    print(f"written to {Path(options.output) / 'few_labels'}.json and .md")
+    return 0
+
+
 def add_parsers(sub) -> None:
     """Register `benchmark --suite NAME ...`."""
     p = sub.add_parser(
@@ -45,9 +73,11 @@ def add_parsers(sub) -> None:
         description=(cmd_benchmark.__doc__ or "")
         + " Suites: "
         + "; ".join(f"{k}: {', '.join(v)}" for k, v in SUITES.items())
-        + ".",
+        + "; few_labels: a defect probe fitted on k labelled BSData photos, against k (--base, --k).",
     )
-    p.add_argument("--suite", required=True, choices=list(SUITES))
+    p.add_argument("--suite", required=True, choices=[*SUITES, "few_labels"])
+    p.add_argument("--base", metavar="MODEL", help="few_labels: the model trained with data.holdout=positions")
+    p.add_argument("--k", type=int, nargs="+", help="few_labels: numbers of labelled photos (default: 0 5 20)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="default: 0 1")
     p.add_argument(
         "--preset", default="cpu", help="config preset every variant starts from (default: cpu; paper: a GPU job)"

@@ -1,0 +1,203 @@
+"""The `few_labels` suite: BSData's test numbers against k, the number of photos with marked pits.
+
+    pitscope benchmark --suite few_labels --base runs/cpu_positions/model.pt --k 0 5 20 --seeds 0 1 2
+
+The base model is a `cpu`-preset network trained with `data.holdout=positions`; k = 0 is that model
+as it is. For each k and seed the k labelled photos come from the label positions of the position
+split (neither validation nor test; `draw_labelled`), and `finetune_probe` fits a defect probe on
+them. Beside each, the supervised-only anchor: the same network's stage features and a probe
+fitted on the k labelled photos alone (their marked and unmarked positions; no defect-free
+photos, no Gaussian distances). Every model is scored on the test split (the test positions'
+photos, and the `KGT*` photos as their own subset); the table reads the test positions' subset.
+Results: OUTPUT/few_labels.json and .md with the command, commit and machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pitscope.benchmark.provenance import commit, machine
+from pitscope.data import build_dataset
+from pitscope.data.bsdata import bsdata_root, position_files, read_positions
+from pitscope.data.labelled import count_distinct_defects, load_labelled_defects
+from pitscope.evaluation import evaluate, write_evaluation
+from pitscope.inference import Detector
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("image_auroc", "pixel_ap", "aupro", "pixel_f1_max", "pixel_f1", "iou_median")
+
+
+@dataclass
+class FewLabelsOptions:
+    """What `run_few_labels` runs: a base model, the k values and the seeds of the draw."""
+
+    base: str
+    ks: list[int] = field(default_factory=lambda: [0, 5, 20])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    anchor: bool = True  # the supervised-only anchor beside every k > 0
+    output: str = "benchmarks/results"
+    runs_dir: str = "runs/few_labels"
+    progress: bool = True
+    command: str = ""
+
+
+def label_position_photos(root: Path, positions: dict) -> dict[str, list[str]]:
+    """{label position: its pitting photos (those with a label file), sorted by name (= time)}."""
+    by_name = {key[0]: files for key, files in position_files(root).items()}
+    return {
+        name: sorted(f for f in by_name[name] if (root / "label" / f"{Path(f).stem}.json").is_file())
+        for name in positions["label"]
+    }
+
+
+def draw_labelled(photos: dict[str, list[str]], k: int, seed: int) -> list[str]:
+    """k photos, position after position in turn, each uniformly among that position's photos not
+    drawn yet. The same seed gives the same photos, and a smaller k the first of a larger k's."""
+    rng = np.random.default_rng(seed)
+    left = {name: list(files) for name, files in photos.items()}
+    order = sorted(left)
+    chosen: list[str] = []
+    while len(chosen) < k:
+        name = order[len(chosen) % len(order)]
+        if not left[name]:
+            if not any(left.values()):
+                raise ValueError(f"the label positions hold only {len(chosen)} pitting photos, fewer than k = {k}")
+            order.remove(name)
+            continue
+        chosen.append(left[name].pop(int(rng.integers(len(left[name])))))
+    return chosen
+
+
+def labelled_folder(root: Path, names: list[str], folder: Path) -> Path:
+    """A folder with the photos and their labelme files (label/<stem>.json), as finetune reads."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    (folder / "label").mkdir(parents=True)
+    for name in names:
+        (folder / name).symlink_to((root / "data" / name).resolve())
+        (folder / "label" / f"{Path(name).stem}.json").symlink_to(
+            (root / "label" / f"{Path(name).stem}.json").resolve()
+        )
+    return folder
+
+
+def _row(label: str, k: int, seed: int | None, detector: Detector, out: Path, progress: bool, **extra) -> dict:
+    result = evaluate(detector, build_dataset(detector.cfg.data, "test", detector.cfg.seed), progress=progress)
+    write_evaluation(result, out / "eval")
+    subsets = {name: value["metrics"] for name, value in result["subsets"].items()}
+    return {"run": label, "k": k, "seed": seed, **extra, "metrics": result["metrics"], "subsets": subsets}
+
+
+def test_positions(row: dict) -> dict:
+    """The metrics of a row's test positions (the subset without the `KGT*` photos)."""
+    return next((v for name, v in row["subsets"].items() if "KGT" not in name), row["metrics"])
+
+
+def run_few_labels(options: FewLabelsOptions) -> dict:
+    """Run the suite; writes OUTPUT/few_labels.json and .md after every row. Returns the record."""
+    from pitscope.fitting import anchor_probe, finetune_probe
+
+    base = Detector.load(options.base)
+    if base.cfg.data.holdout != "positions":
+        raise ValueError(f"{options.base}: trained without data.holdout=positions; the suite needs the position split")
+    root = bsdata_root(base.cfg.data.root)
+    photos = label_position_photos(root, read_positions(base.cfg.data.positions_file))
+    runs = Path(options.runs_dir)
+    record: dict = {
+        "suite": "few_labels",
+        "command": options.command,
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "base": options.base,
+        "label_photos": {name: len(files) for name, files in photos.items()},
+        "rows": [],
+    }
+    if 0 in options.ks:
+        record["rows"].append(_row("unsupervised (the base model)", 0, None, base, runs / "base", options.progress))
+        _write(record, Path(options.output))
+    for seed in options.seeds:
+        for k in sorted(k for k in options.ks if k > 0):
+            names = draw_labelled(photos, k, seed)
+            out = runs / f"k{k}_seed{seed}"
+            folder = labelled_folder(root, names, out / "labelled")
+            regions = count_distinct_defects(load_labelled_defects(folder))
+            start = time.perf_counter()
+            tuned = finetune_probe(options.base, folder, out, progress=options.progress)
+            minutes = round((time.perf_counter() - start) / 60, 1)
+            extra = {"photos": names, "regions": regions, "minutes": minutes}
+            record["rows"].append(_row("defect probe", k, seed, tuned, out, options.progress, **extra))
+            _write(record, Path(options.output))
+            if options.anchor:
+                anchor = anchor_probe(options.base, folder, progress=options.progress)
+                record["rows"].append(
+                    _row("supervised only", k, seed, anchor, out / "anchor", options.progress, photos=names)
+                )
+                _write(record, Path(options.output))
+    return record
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def format_few_labels(record: dict) -> str:
+    """The curve: per run kind and k, the test positions' metrics (mean ± sd over seeds), in %."""
+    lines = [
+        "# A few labelled defects on BSData (`pitscope benchmark --suite few_labels`)",
+        "",
+        f"Commit `{record['commit']}`, {record['date']}, {record['machine'].get('platform')}, "
+        f"{record['machine'].get('torch_threads')} threads, torch {record['machine'].get('torch')}.",
+        "",
+        f"Command: `{record['command']}`",
+        "",
+        f"Base model: `{record['base']}`. Label positions' pitting photos: "
+        + ", ".join(f"{n} {c}" for n, c in record["label_photos"].items())
+        + ".",
+        "",
+        "The test positions' photos (no `KGT*`), in %; mean ± standard deviation over the seeds of the draw:",
+        "",
+        "| run | k | seeds | marked regions | " + " | ".join(COLUMNS) + " |",
+        "|---|---|---|---|" + "---|" * len(COLUMNS),
+    ]
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for row in record["rows"]:
+        groups.setdefault((row["run"], row["k"]), []).append(row)
+    for (run, k), rows in sorted(groups.items(), key=lambda item: (item[0][1], item[0][0])):
+        cells = []
+        for column in COLUMNS:
+            values = [test_positions(r).get(column) for r in rows]
+            cells.append("–" if any(v is None for v in values) else _mean_sd(values))
+        regions = ", ".join(str(r["regions"]) for r in rows if "regions" in r) or "–"
+        lines.append(f"| {run} | {k} | {len(rows)} | {regions} | " + " | ".join(cells) + " |")
+    lines += ["", "Labelled photos per k and seed:", ""]
+    for row in record["rows"]:
+        if row.get("photos") and row["run"] == "defect probe":
+            lines.append(f"- k = {row['k']}, seed {row['seed']}: {', '.join(row['photos'])}")
+    return "\n".join(lines) + "\n"
+
+
+def _write(record: dict, output: Path) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "few_labels.json").write_text(json.dumps(record, indent=1, default=_jsonable) + "\n")
+    (output / "few_labels.md").write_text(format_few_labels(record))
+
+
+def _jsonable(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")

@@ -1,0 +1,79 @@
+"""The few_labels suite: the seeded draw of labelled photos, their folder, the curve's table, and the
+command's refusals."""
+
+import pytest
+
+from pitscope.benchmark.few_labels import (
+    draw_labelled,
+    format_few_labels,
+    label_position_photos,
+    labelled_folder,
+)
+from pitscope.cli import main
+from pitscope.data.bsdata import read_positions
+from pitscope.data.labelled import load_labelled_defects
+
+PHOTOS = {"a": ["a1", "a2", "a3"], "b": ["b1"], "c": ["c1", "c2"]}
+
+
+def test_the_draw_takes_positions_in_turn_and_grows_with_k():
+    five = draw_labelled(PHOTOS, 5, seed=3)
+    assert [n[0] for n in five[:3]] == ["a", "b", "c"]  # one photo of each position in turn
+    assert len(set(five)) == 5
+    assert draw_labelled(PHOTOS, 2, seed=3) == five[:2]  # a smaller k: the first of a larger k's
+    assert draw_labelled(PHOTOS, 5, seed=3) == five
+    assert sorted(draw_labelled(PHOTOS, 6, seed=0)) == sorted(n for v in PHOTOS.values() for n in v)
+    with pytest.raises(ValueError, match="only 6 pitting photos"):
+        draw_labelled(PHOTOS, 7, seed=0)
+
+
+def test_label_positions_hold_labelled_photos_and_the_folder_reads_back(real_bsdata, tmp_path):
+    photos = label_position_photos(real_bsdata, read_positions())
+    assert sorted(photos) == sorted(read_positions()["label"])
+    assert all(len(files) >= 20 for files in photos.values())
+    names = draw_labelled(photos, 3, seed=0)
+    defects = load_labelled_defects(labelled_folder(real_bsdata, names, tmp_path / "marked"))
+    assert sorted(d.path.name for d in defects) == sorted(names)
+    assert all(d.mask.any() for d in defects)
+
+
+def _row(run, k, seed, ap):
+    metrics = {
+        "image_auroc": 0.9,
+        "pixel_ap": ap,
+        "aupro": 0.8,
+        "pixel_f1_max": 0.3,
+        "pixel_f1": 0.2,
+        "iou_median": 0.1,
+    }
+    return {
+        "run": run,
+        "k": k,
+        "seed": seed,
+        "regions": 5,
+        "photos": ["x.jpg"],
+        "metrics": metrics,
+        "subsets": {"test positions": metrics, "KGT photos": {**metrics, "pixel_ap": 0.99}},
+    }
+
+
+def test_the_table_gives_the_test_positions_mean_and_spread_over_seeds():
+    record = {
+        "commit": "abc",
+        "date": "2026-12-01",
+        "machine": {"platform": "x", "torch_threads": 2, "torch": "2"},
+        "command": "pitscope benchmark --suite few_labels",
+        "base": "m.pt",
+        "label_photos": {"p": 25},
+        "rows": [_row("defect probe", 5, 0, 0.2), _row("defect probe", 5, 1, 0.4)],
+    }
+    table = format_few_labels(record)
+    assert "| defect probe | 5 | 2 | 5, 5 | 90.00 ± 0.00 | 30.00 ± 14.14 |" in table
+    assert "99.00" not in table  # the KGT subset is not the curve
+
+
+def test_few_labels_needs_a_base_model_and_the_other_suites_refuse_its_options(capsys):
+    with pytest.raises(SystemExit, match="needs --base MODEL"):
+        main(["benchmark", "--suite", "few_labels"])
+    with pytest.raises(SystemExit, match="belong to --suite few_labels"):
+        main(["benchmark", "--suite", "table3", "--k", "5"])
