@@ -125,3 +125,19 @@ def test_finetune_command_fits_a_probe_by_default(tuned, tmp_path: Path, capsys)
     assert code == 0
     assert "trained with 3 labelled photos" in capsys.readouterr().out
     assert Detector.load(tmp_path / "model.pt").defect_probe is not None
+
+
+def test_the_report_and_the_service_say_a_probe_draws_the_maps(tuned, tmp_path: Path):
+    from fastapi.testclient import TestClient
+
+    from pitscope.data import build_dataset
+    from pitscope.report import build_report
+    from pitscope.serve import create_app
+
+    _, _, _, probed, _ = tuned
+    split = build_dataset(probed.cfg.data, "test", 0)
+    html = build_report(probed, split, tmp_path / "report", progress=False, gallery_size=0).read_text()
+    assert "maps come from a defect probe fitted on 3 photos with marked defects" in html
+    with TestClient(create_app(probed)) as client:
+        info = client.get("/model").json()
+    assert info["defect_probe"] is True and info["labelled_defects"] == ["pit0.png", "pit1.png", "pit2.png"]

@@ -156,7 +156,12 @@ def _body(
         + _histogram_section(record, key)
         + _gallery_section(tiles, scale, key)
         + _training_section(
-            log_path, log, detector.metadata.get("training"), key, detector.metadata.get("labelled_defects")
+            log_path,
+            log,
+            detector.metadata.get("training"),
+            key,
+            detector.metadata.get("labelled_defects"),
+            probe=detector.cfg.score.defect_probe,
         )
     )
 

@@ -230,8 +230,15 @@ def _tile_html(uri: str, path: str, label: int, score: float, threshold: float) 
 
 
 def _training_section(
-    log_path: Path | None, log: dict | None, training: dict | None, key: str, labelled: list[dict] | None = None
+    log_path: Path | None,
+    log: dict | None,
+    training: dict | None,
+    key: str,
+    labelled: list[dict] | None = None,
+    probe: bool = False,
 ) -> str:
+    """The training run; `labelled`: the marked photos that taught the model, pasted into its training
+    or (`probe`) fitting the defect probe that draws its maps."""
     parts = [f'<section id="training{key}"><h2>Training</h2>']
     if training:
         budget = " (stopped by its time budget)" if training.get("stopped_by_budget") else ""
@@ -241,10 +248,12 @@ def _training_section(
         )
     if labelled:
         names = ", ".join(_e(d["name"]) for d in labelled[:10]) + (", ..." if len(labelled) > 10 else "")
-        parts.append(
-            f'<p class="sub">Also trained with {len(labelled)} photos with marked defects (left out of '
-            f"the measurement): {names}.</p>"
+        how = (
+            f"Its maps come from a defect probe fitted on {len(labelled)} photos with marked defects"
+            if probe
+            else f"Also trained with {len(labelled)} photos with marked defects"
         )
+        parts.append(f'<p class="sub">{how} (left out of the measurement): {names}.</p>')
     else:
         parts.append('<p class="sub">No photo with marked defects trained it: defect-free photos only.</p>')
     if log is None:

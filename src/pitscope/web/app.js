@@ -123,7 +123,9 @@ function describeTraining(m) {
   if (t && t.epochs !== undefined) parts.push(`${t.epochs} epochs`);
   if (t && t.minutes !== undefined) parts.push(`${formatNumber(t.minutes)} min`);
   const n = (m.labelled_defects || []).length;
-  parts.push(n ? `and ${n} photo${n === 1 ? "" : "s"} with marked defects` : "no marked defect");
+  const marked = `${n} photo${n === 1 ? "" : "s"} with marked defects`;
+  if (!n) parts.push("no marked defect");
+  else parts.push(m.defect_probe ? `maps from a defect probe fitted on ${marked}` : `and ${marked}`);
   return parts.join(", ");
 }
 
