@@ -163,9 +163,6 @@ class ScoreConfig:
     pixel_method: str = "padim"  # padim | segmentation (needs model.segment) | patch (CutPaste)
     pixel_stages: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
     pixel_channels: int | None = 100  # random channel subset of the stacked stages (PaDiM), drawn with seed; null = all
-    # padim: each position's Gaussian is also fitted on the positions up to this many feature-map
-    # cells away, so an edge that moves a little from photo to photo is normal there (0: its own only)
-    pixel_neighbours: int = 0
     batch_size: int = 16  # images per batch when extracting features and scoring
     # the height images are scored at once the network is trained (null: data.image_size; the
     # width follows data.image_width's ratio to data.image_size); the
@@ -343,7 +340,6 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "augment.randaugment_ops": (0, None, True),
     "score.ridge": (0, None, True),
     "score.pixel_channels": (1, None, True),
-    "score.pixel_neighbours": (0, None, True),
     "score.batch_size": (1, None, True),
     "score.smoothing_sigma": (0, None, True),
 }

@@ -84,7 +84,6 @@ class Detector(nn.Module):
                 cfg.score.ridge,
                 n_channels=cfg.score.pixel_channels,
                 seed=cfg.seed,
-                neighbours=cfg.score.pixel_neighbours,
             )
         )
         # score.defect_probe: a classifier fitted on marked defects draws the maps from the

@@ -306,10 +306,6 @@ class PatchGaussianScorer(_FittedBuffers):
     seed: seeds the torch Generator that draws the subset.
     chunk: positions processed at a time, bounding the float64 temporaries to
         chunk x C x C values.
-    neighbours: each position's Gaussian is also fitted on the features of the positions up to
-        this many cells away across and down (the map's edge cells repeated beyond it), so an
-        edge or silhouette that lies a cell further from photo to photo is part of what is
-        normal there. 0 fits each position on its own features only (PaDiM).
 
     Fitted state (buffers): channel_index_ (C',) the kept channels, sorted; location_ (H*W, C');
     precision_ (H*W, C', C'); shrinkage_ (H*W,); map_size_ (2,) = (H, W). No covariance is
@@ -330,18 +326,14 @@ class PatchGaussianScorer(_FittedBuffers):
         n_channels: int | None = None,
         seed: int = 0,
         chunk: int = 512,
-        neighbours: int = 0,
     ):
         super().__init__()
         _check_shrinkage(shrinkage)
-        if neighbours < 0:
-            raise ValueError(f"neighbours must be >= 0, got {neighbours}")
         self.shrinkage = shrinkage
         self.ridge = ridge
         self.n_channels = n_channels
         self.seed = seed
         self.chunk = chunk
-        self.neighbours = neighbours
         self._register_empty({"channel_index_": torch.long, "map_size_": torch.long})
         self._moments: _Moments | None = None
 
@@ -349,17 +341,6 @@ class PatchGaussianScorer(_FittedBuffers):
         """(N, C, H, W) -> (H*W, N, C') with the kept channels."""
         x = features.index_select(1, self.channel_index_.to(features.device))
         return x.flatten(2).permute(2, 0, 1)
-
-    def _samples(self, features: Tensor) -> Tensor:
-        """(N, C, H, W) -> the fitting samples (H*W, N * (2 neighbours + 1)^2, C'): every
-        position's own features and, with `neighbours`, those of the cells around it."""
-        r = self.neighbours
-        if r == 0:
-            return self._select(features)
-        h, w = features.shape[-2:]
-        padded = F.pad(features, (r, r, r, r), mode="replicate")
-        shifted = [padded[..., dy : dy + h, dx : dx + w] for dy in range(2 * r + 1) for dx in range(2 * r + 1)]
-        return self._select(torch.cat(shifted))
 
     @torch.no_grad()
     def partial_fit(self, features: Tensor) -> PatchGaussianScorer:
@@ -384,7 +365,7 @@ class PatchGaussianScorer(_FittedBuffers):
             raise ValueError(
                 f"feature maps are {tuple(features.shape[-2:])}, expected {tuple(self.map_size_.tolist())}"
             )
-        self._moments.update(self._samples(features))
+        self._moments.update(self._select(features))
         return self
 
     @torch.no_grad()
@@ -419,7 +400,7 @@ class PatchGaussianScorer(_FittedBuffers):
             raise ValueError(
                 f"feature maps are {tuple(features.shape[-2:])}, expected {tuple(self.map_size_.tolist())}"
             )
-        into.update(self._samples(features))
+        into.update(self._select(features))
         return into
 
     @torch.no_grad()
@@ -429,7 +410,7 @@ class PatchGaussianScorer(_FittedBuffers):
         self._check_fitted()
         if moments.n < 2:
             raise ValueError(f"a refit needs at least 2 samples, got {moments.n}")
-        other = PatchGaussianScorer(self.shrinkage, self.ridge, self.n_channels, self.seed, self.chunk, self.neighbours)
+        other = PatchGaussianScorer(self.shrinkage, self.ridge, self.n_channels, self.seed, self.chunk)
         other = other.to(dtype=self.location_.dtype, device=self.location_.device)
         other._set("channel_index_", self.channel_index_)
         other._set("map_size_", self.map_size_)
