@@ -77,3 +77,60 @@ def test_few_labels_needs_a_base_model_and_the_other_suites_refuse_its_options(c
         main(["benchmark", "--suite", "few_labels"])
     with pytest.raises(SystemExit, match="belong to --suite few_labels"):
         main(["benchmark", "--suite", "table3", "--k", "5"])
+
+
+@pytest.fixture(scope="module")
+def tiny_base(real_bsdata, tmp_path_factory):
+    """An untrained network's model on BSData's position split at 32 x 80 px (fast, not good)."""
+    from pitscope.fitting import fit
+
+    out = tmp_path_factory.mktemp("base")
+    overrides = [
+        "data.format=bsdata",
+        f"data.root={real_bsdata}",
+        "data.holdout=positions",
+        "data.image_size=32",
+        "data.image_width=80",
+        "train.epochs=0",
+        "train.device=cpu",
+        "score.pixel_channels=16",
+        "score.pixel_stages=[layer1]",
+        "score.image_features=layer4",
+        "model.classify=false",
+        "model.target=none",
+        f"output_dir={out}",
+    ]
+    fit(None, overrides, progress=False)
+    return out / "model.pt"
+
+
+def test_the_suite_writes_its_curve_and_a_rerun_adds_only_what_is_missing(tiny_base, tmp_path):
+    import json
+
+    from pitscope.benchmark.few_labels import FewLabelsOptions, run_few_labels
+
+    options = FewLabelsOptions(
+        base=str(tiny_base), ks=[0, 1], seeds=[0], output=str(tmp_path), runs_dir=str(tmp_path / "runs"), progress=False
+    )
+    record = run_few_labels(options)
+    assert [(r["run"], r["k"], r["seed"]) for r in record["rows"]] == [
+        ("unsupervised (the base model)", 0, None),
+        ("defect probe", 1, 0),
+        ("supervised only", 1, 0),
+    ]
+    probe, anchor = record["rows"][1], record["rows"][2]
+    assert probe["photos"] == anchor["photos"] and len(probe["photos"]) == 1
+    assert probe["metrics"]["pixel_ap"] != anchor["metrics"]["pixel_ap"]  # two different probes
+    assert any("KGT" in name for name in probe["subsets"])  # the other screw type, as its own subset
+    written = json.loads((tmp_path / "few_labels.json").read_text())
+    assert len(written["rows"]) == 3 and "| defect probe | 1 | 1 |" in (tmp_path / "few_labels.md").read_text()
+    first = (tmp_path / "runs" / "k1_seed0" / "model.pt").stat().st_mtime_ns
+    options.ks, options.seeds = [0, 1, 2], [0, 1]  # k = 2, and seed 1 without its anchor, are new
+    record = run_few_labels(options)
+    assert [(r["run"], r["k"], r["seed"]) for r in record["rows"][3:]] == [
+        ("defect probe", 2, 0),
+        ("supervised only", 2, 0),
+        ("defect probe", 1, 1),
+        ("defect probe", 2, 1),
+    ]
+    assert (tmp_path / "runs" / "k1_seed0" / "model.pt").stat().st_mtime_ns == first  # not run again

@@ -5,11 +5,13 @@
 The base model is a `cpu`-preset network trained with `data.holdout=positions`; k = 0 is that model
 as it is. For each k and seed the k labelled photos come from the label positions of the position
 split (neither validation nor test; `draw_labelled`), and `finetune_probe` fits a defect probe on
-them. Beside each, the supervised-only anchor: the same network's stage features and a probe
+them. Beside it, the supervised-only anchor: the same network's stage features and a probe
 fitted on the k labelled photos alone (their marked and unmarked positions; no defect-free
 photos, no Gaussian distances). Every model is scored on the test split (the test positions'
 photos, and the `KGT*` photos as their own subset); the table reads the test positions' subset.
-Results: OUTPUT/few_labels.json and .md with the command, commit and machine.
+The anchor runs for the seeds of `anchor_seeds` only. Results: OUTPUT/few_labels.json and .md
+with the command, commit and machine, written after every row; a rerun with the same base keeps
+the rows already there and runs only the others (another k or seed, or what a crash left).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pitscope.inference import Detector
 
 log = logging.getLogger(__name__)
 
+BASE_RUN, PROBE_RUN, ANCHOR_RUN = "unsupervised (the base model)", "defect probe", "supervised only"
 COLUMNS = ("image_auroc", "pixel_ap", "aupro", "pixel_f1_max", "pixel_f1", "iou_median")
 
 
@@ -44,7 +47,7 @@ class FewLabelsOptions:
     base: str
     ks: list[int] = field(default_factory=lambda: [0, 5, 20])
     seeds: list[int] = field(default_factory=lambda: [0])
-    anchor: bool = True  # the supervised-only anchor beside every k > 0
+    anchor_seeds: list[int] = field(default_factory=lambda: [0])  # seeds whose k > 0 get the anchor too
     output: str = "benchmarks/results"
     runs_dir: str = "runs/few_labels"
     progress: bool = True
@@ -123,27 +126,38 @@ def run_few_labels(options: FewLabelsOptions) -> dict:
         "label_photos": {name: len(files) for name, files in photos.items()},
         "rows": [],
     }
-    if 0 in options.ks:
-        record["rows"].append(_row("unsupervised (the base model)", 0, None, base, runs / "base", options.progress))
-        _write(record, Path(options.output))
+    output = Path(options.output)
+    done: set[tuple[str, int, int | None]] = set()
+    previous = output / "few_labels.json"
+    if previous.is_file():  # an earlier run of the same base: its rows stay, and are not run again
+        earlier = json.loads(previous.read_text())
+        if earlier.get("base") == options.base:
+            record["rows"] = earlier["rows"]
+            done = {(r["run"], r["k"], r["seed"]) for r in record["rows"]}
+            log.info("%d rows of %s kept from the earlier run", len(done), previous)
+    if 0 in options.ks and (BASE_RUN, 0, None) not in done:
+        record["rows"].append(_row(BASE_RUN, 0, None, base, runs / "base", options.progress))
+        _write(record, output)
     for seed in options.seeds:
         for k in sorted(k for k in options.ks if k > 0):
+            if (PROBE_RUN, k, seed) in done and ((ANCHOR_RUN, k, seed) in done or seed not in options.anchor_seeds):
+                continue
             names = draw_labelled(photos, k, seed)
             out = runs / f"k{k}_seed{seed}"
             folder = labelled_folder(root, names, out / "labelled")
             regions = count_distinct_defects(load_labelled_defects(folder))
-            start = time.perf_counter()
-            tuned = finetune_probe(options.base, folder, out, progress=options.progress)
-            minutes = round((time.perf_counter() - start) / 60, 1)
-            extra = {"photos": names, "regions": regions, "minutes": minutes}
-            record["rows"].append(_row("defect probe", k, seed, tuned, out, options.progress, **extra))
-            _write(record, Path(options.output))
-            if options.anchor:
+            if (PROBE_RUN, k, seed) not in done:
+                start = time.perf_counter()
+                tuned = finetune_probe(options.base, folder, out, progress=options.progress)
+                minutes = round((time.perf_counter() - start) / 60, 1)
+                extra = {"photos": names, "regions": regions, "minutes": minutes}
+                record["rows"].append(_row(PROBE_RUN, k, seed, tuned, out, options.progress, **extra))
+                _write(record, output)
+            if seed in options.anchor_seeds and (ANCHOR_RUN, k, seed) not in done:
                 anchor = anchor_probe(options.base, folder, progress=options.progress)
-                record["rows"].append(
-                    _row("supervised only", k, seed, anchor, out / "anchor", options.progress, photos=names)
-                )
-                _write(record, Path(options.output))
+                extra = {"photos": names, "regions": regions}
+                record["rows"].append(_row(ANCHOR_RUN, k, seed, anchor, out / "anchor", options.progress, **extra))
+                _write(record, output)
     return record
 
 
@@ -184,7 +198,7 @@ def format_few_labels(record: dict) -> str:
         lines.append(f"| {run} | {k} | {len(rows)} | {regions} | " + " | ".join(cells) + " |")
     lines += ["", "Labelled photos per k and seed:", ""]
     for row in record["rows"]:
-        if row.get("photos") and row["run"] == "defect probe":
+        if row.get("photos") and row["run"] == PROBE_RUN:
             lines.append(f"- k = {row['k']}, seed {row['seed']}: {', '.join(row['photos'])}")
     return "\n".join(lines) + "\n"
 
