@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from bsdata_cpu import provenance  # this folder is on sys.path when run as a script
 from bsdata_localisation import log_look
 
 from pitscope.benchmark import commit, machine
+from pitscope.benchmark.few_labels import draw_labelled as draw
+from pitscope.benchmark.few_labels import label_position_photos as label_photos
+from pitscope.benchmark.few_labels import labelled_folder
 from pitscope.data import build_dataset
-from pitscope.data.bsdata import bsdata_root, position_files, read_positions
+from pitscope.data.bsdata import bsdata_root, read_positions
 from pitscope.data.labelled import count_distinct_defects, load_labelled_defects
 from pitscope.evaluation import evaluate, write_evaluation
 from pitscope.fitting import FINETUNE, finetune, finetune_probe, fit
@@ -39,46 +40,6 @@ from pitscope.inference import Detector
 RESULTS = Path(__file__).parent / "results"
 ROUTES = ("probe", "network")  # finetune_probe, or finetune: the network trained further
 COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "pixel_f1_max", "pixel_f1", "iou_median")
-
-
-def label_photos(root: Path, positions: dict) -> dict[str, list[str]]:
-    """{label position: its pitting photos (those with a label file), sorted by name (= time)}."""
-    by_name = {key[0]: files for key, files in position_files(root).items()}
-    return {
-        name: sorted(f for f in by_name[name] if (root / "label" / f"{Path(f).stem}.json").is_file())
-        for name in positions["label"]
-    }
-
-
-def draw(photos: dict[str, list[str]], k: int, seed: int) -> list[str]:
-    """k photos, position after position in turn, each uniformly among that position's photos not
-    drawn yet. The same seed gives the same photos, and a smaller k the first of a larger k's."""
-    rng = np.random.default_rng(seed)
-    left = {name: list(files) for name, files in photos.items()}
-    order = sorted(left)
-    chosen: list[str] = []
-    while len(chosen) < k:
-        name = order[len(chosen) % len(order)]
-        if not left[name]:
-            if not any(left.values()):
-                raise ValueError(f"the label positions hold only {len(chosen)} pitting photos, fewer than k = {k}")
-            order.remove(name)
-            continue
-        chosen.append(left[name].pop(int(rng.integers(len(left[name])))))
-    return chosen
-
-
-def labelled_folder(root: Path, names: list[str], folder: Path) -> Path:
-    """A folder with the photos and their labelme files (label/<stem>.json), as finetune reads."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    (folder / "label").mkdir(parents=True)
-    for name in names:
-        (folder / name).symlink_to((root / "data" / name).resolve())
-        (folder / "label" / f"{Path(name).stem}.json").symlink_to(
-            (root / "label" / f"{Path(name).stem}.json").resolve()
-        )
-    return folder
 
 
 def measure(

@@ -22,7 +22,6 @@ the commit, the config hash and the numbers is appended to benchmarks/results/bs
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -33,6 +32,7 @@ import torch
 from bsdata_cpu import provenance  # this folder is on sys.path when run as a script
 
 from pitscope.benchmark import commit, machine
+from pitscope.benchmark.provenance import TEST_LOOKS, append_test_look
 from pitscope.config import apply_overrides, to_dict
 from pitscope.data import build_dataset
 from pitscope.evaluation import evaluate, predicted_regions, write_evaluation
@@ -41,7 +41,7 @@ from pitscope.metrics import evaluate_all, region_metrics
 from pitscope.scoring import gaussian_smooth, pixel_threshold_of
 
 RESULTS = Path(__file__).parent / "results"
-LOOKS = RESULTS / "bsdata_test_looks.jsonl"
+LOOKS = RESULTS / TEST_LOOKS
 NORMALISATIONS = ("none", "image_mean", "image_mean_score")
 SIGMAS = (2.0, 4.0, 8.0)
 THRESHOLDS = (
@@ -146,10 +146,6 @@ def check_model(detector: Detector, path: Path) -> None:
         raise SystemExit(f"{path}: score.image_method={detector.cfg.score.image_method}; this study needs embedding")
 
 
-def config_hash(cfg) -> str:
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
-
-
 def refitted(model: Path, overrides: list[str], out_dir: Path | None = None) -> Detector:
     """The model's network with its scorers fitted again under `overrides` (score.* only); saved
     to out_dir/model.pt when out_dir is given. Without overrides, the model as saved."""
@@ -186,21 +182,7 @@ def measure_test(model: Path, overrides: list[str], out_dir: Path) -> dict:
 
 def log_look(model: Path, cfg, overrides: list[str], result: dict, **extra) -> dict:
     """Append one scoring of the test split (an `evaluate` result) to LOOKS; the line written."""
-    look = {
-        "commit": commit(),
-        "date": time.strftime("%Y-%m-%d"),
-        "model": str(model),
-        "config_hash": config_hash(cfg),
-        "overrides": overrides,
-        **extra,
-        "metrics": result["metrics"],
-        "subsets": {k: v["metrics"] for k, v in result["subsets"].items()},
-        "counts": result["counts"],
-        "at_threshold": result["at_threshold"],
-    }
-    with LOOKS.open("a") as fh:
-        fh.write(json.dumps(look) + "\n")
-    return look
+    return append_test_look(LOOKS, model, cfg, overrides, result, **extra)
 
 
 def pct(value) -> str:

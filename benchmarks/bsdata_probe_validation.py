@@ -26,10 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from bsdata_cpu import provenance  # this folder is on sys.path when run as a script
-from bsdata_few_labels import draw, label_photos, labelled_folder
 from scipy.stats import rankdata
 
 from pitscope.benchmark import commit, machine
+from pitscope.benchmark.few_labels import draw_labelled as draw
+from pitscope.benchmark.few_labels import label_position_photos as label_photos
+from pitscope.benchmark.few_labels import labelled_folder
 from pitscope.data import build_dataset
 from pitscope.data.bsdata import bsdata_root, read_positions
 from pitscope.data.labelled import load_labelled_defects

@@ -13,7 +13,7 @@ from pitscope.cli import main
 from pitscope.config import ConfigError, load_config
 from pitscope.data.labelled import load_labelled_defects
 from pitscope.defect_probe import DefectProbe, probe_inputs
-from pitscope.fitting import fit, finetune_probe
+from pitscope.fitting import finetune_probe, fit
 from pitscope.inference import Detector
 from pitscope.tensors import images_to_batch, resize_image
 
@@ -59,6 +59,10 @@ def test_a_defect_probe_needs_labelled_photos_and_padim():
         load_config(None, ["score.defect_probe=true"])
     with pytest.raises(ConfigError, match="pixel_method=padim"):
         load_config(None, ["score.defect_probe=true", "data.labelled_defects=x", "score.pixel_method=patch"])
+    with pytest.raises(ConfigError, match="image_method=embedding"):
+        load_config(None, ["score.defect_probe=true", "data.labelled_defects=x", "score.image_method=map_max"])
+    with pytest.raises(ConfigError, match="calibration_fraction > 0"):
+        load_config(None, ["score.defect_probe=true", "data.labelled_defects=x", "score.calibration_fraction=0"])
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +79,6 @@ def tuned(tmp_path_factory):
         "score.pixel_channels=16",
         "score.batch_size=8",
         "score.calibration_fraction=0.5",
-        "score.map_normalisation=none",
         "model.projector_hidden=32",
         f"output_dir={out / 'base'}",
     ]
@@ -92,7 +95,8 @@ def test_finetune_probe_keeps_the_image_side_and_draws_probability_maps(tuned):
     scores, maps = probed(x)
     assert torch.equal(scores, base_scores)  # network, image Gaussian and image threshold stay
     assert float(probed.threshold) == float(base.threshold)
-    assert maps.min() >= 0 and maps.max() <= 1  # P(defect), smoothed
+    assert probed.cfg.score.map_normalisation == "none" and base.cfg.score.map_normalisation == "image_mean"
+    assert maps.min() >= 0 and maps.max() <= 1  # P(defect), smoothed, not divided by its mean
     record = probed.metadata["calibration"]
     assert record["probe"]["photos"] == 3 and record["probe"]["marked_positions"] > 0
     assert record["pixel_threshold"] == pytest.approx(float(probed.pixel_threshold))
@@ -113,8 +117,9 @@ def test_the_probe_marks_what_was_marked(tuned):
 
 def test_finetune_probe_refuses_settings_it_cannot_change_and_its_own_folder(tuned):
     _, base_path, folder, _, _ = tuned
-    with pytest.raises(ValueError, match="takes only"):
-        finetune_probe(base_path, folder, base_path.parent / "other", ["score.smoothing_sigma=1"], progress=False)
+    for setting in ("score.smoothing_sigma=1", "seed=3"):  # the seed drew the photos the Gaussians never saw
+        with pytest.raises(ValueError, match="takes only"):
+            finetune_probe(base_path, folder, base_path.parent / "other", [setting], progress=False)
     with pytest.raises(ValueError, match="holds the model itself"):
         finetune_probe(base_path, folder, base_path.parent, progress=False)
 
@@ -124,7 +129,8 @@ def test_finetune_command_fits_a_probe_by_default(tuned, tmp_path: Path, capsys)
     code = main(["finetune", str(base_path), "--defects", str(folder), "--output-dir", str(tmp_path), "--quiet"])
     assert code == 0
     assert "trained with 3 labelled photos" in capsys.readouterr().out
-    assert Detector.load(tmp_path / "model.pt").defect_probe is not None
+    probe = Detector.load(tmp_path / "model.pt").defect_probe
+    assert probe is not None and probe.is_fitted
 
 
 def test_the_report_and_the_service_say_a_probe_draws_the_maps(tuned, tmp_path: Path):
@@ -141,3 +147,28 @@ def test_the_report_and_the_service_say_a_probe_draws_the_maps(tuned, tmp_path: 
     with TestClient(create_app(probed)) as client:
         info = client.get("/model").json()
     assert info["defect_probe"] is True and info["labelled_defects"] == ["pit0.png", "pit1.png", "pit2.png"]
+
+
+def test_the_anchor_reads_the_features_alone_and_is_not_saved(tuned, tmp_path: Path):
+    from pitscope.fitting import anchor_probe
+
+    base, base_path, folder, probed, _ = tuned
+    anchor = anchor_probe(base_path, folder, progress=False)
+    assert anchor.defect_probe.inputs == "features"
+    assert anchor.defect_probe.weight_.shape[0] == probed.defect_probe.weight_.shape[0] - 1  # no distance
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(anchor(x)[0], base(x)[0])
+    assert not torch.equal(anchor(x)[1], probed(x)[1])
+    with pytest.raises(ValueError, match="not saved"):
+        anchor.save(tmp_path / "anchor.pt")
+
+
+def test_refit_fits_the_probe_again_on_the_new_gaussians(tuned):
+    from pitscope.config import apply_overrides
+    from pitscope.fitting import refit
+
+    _, _, _, probed, path = tuned
+    again = refit(probed, apply_overrides(probed.cfg, ["score.pixel_channels=8"]), path, progress=False)
+    assert again.defect_probe.is_fitted and again.pixel_scorer.channel_index_.numel() == 8
+    assert again.metadata["labelled_defects"] == probed.metadata["labelled_defects"]
+    assert again.metadata["calibration"]["probe"]["photos"] == 3

@@ -449,6 +449,11 @@ def validate(cfg: Config) -> Config:
             "score.defect_probe=true needs score.pixel_method=padim (it reads the Gaussians' distances) and "
             "data.labelled_defects (the photos with marked defects it learns from)"
         )
+    if cfg.score.defect_probe and (cfg.score.image_method != "embedding" or cfg.score.calibration_fraction == 0):
+        raise ConfigError(
+            "score.defect_probe=true needs score.image_method=embedding (the image threshold is not set on the "
+            "probe's maps) and score.calibration_fraction > 0 (held-back photos fit and calibrate it)"
+        )
     if not 0.0 <= cfg.score.min_region_fraction < 1.0:
         raise ConfigError(f"score.min_region_fraction: must lie in [0, 1), got {cfg.score.min_region_fraction}")
     for key in ("threshold_quantile", "pixel_threshold_quantile"):

@@ -66,7 +66,10 @@ class DefectProbe(_FittedBuffers):
 
     def fit(self, inputs: Tensor, targets: Tensor) -> DefectProbe:
         """inputs (N, D); targets (N,) in [0, 1], the share of each position's cell that is marked
-        defective. Positives (target > 0) and negatives weigh the same in total. Returns self."""
+        defective. Every position the mask touches (target > 0) is a positive, its loss weighted by
+        the ratio of negatives to positives, so the two sets weigh the same in count; a position's
+        target is still its share, so a cell the mask barely touches pulls its probability only
+        a little up. Returns self."""
         if inputs.ndim != 2 or targets.shape != inputs.shape[:1]:
             raise ValueError(
                 f"expected inputs (N, D) and targets (N,), got {tuple(inputs.shape)}, {tuple(targets.shape)}"

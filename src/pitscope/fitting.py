@@ -99,14 +99,44 @@ def fit(
 
 
 # The settings of the model's config that `finetune`'s probe route may change: all else stays as
-# the model was fitted, since its Gaussians and image threshold are kept.
-PROBE_KEYS = (
-    "seed",
-    "data.on_bad_file",
-    "score.batch_size",
-    "score.pixel_threshold_quantile",
-    "score.pixel_threshold_from",
-)
+# the model was fitted, since its Gaussians and image threshold are kept (and the seed draws which
+# training photos were held back from them).
+PROBE_KEYS = ("data.on_bad_file", "score.batch_size", "score.pixel_threshold_quantile", "score.pixel_threshold_from")
+
+
+def _with_probe(model: Path, labelled_defects: str | Path, overrides: list[str], progress: bool):
+    """(`model` rebuilt with an unfitted defect probe and maps taken as they are, the marked photos,
+    its defect-free training photos): the setting-up that `finetune_probe` and `anchor_probe` share.
+    Refuses a model whose training photos are no longer the ones it was fitted on."""
+    base = Detector.load(model)
+    if base.cfg.score.pixel_method != "padim":
+        raise ValueError(
+            f"finetune --route probe reads PaDiM maps; {model} has score.pixel_method={base.cfg.score.pixel_method}"
+        )
+    settings = [f"data.labelled_defects={labelled_defects}", "score.defect_probe=true", "score.map_normalisation=none"]
+    cfg = apply_overrides(base.cfg, [*settings, *overrides])
+    detector = Detector(cfg, base.n_kinds, net=base.net)
+    missing, unexpected = detector.load_state_dict(base.state_dict(), strict=False)
+    if unexpected or not all(k.startswith("defect_probe.") for k in missing):
+        raise ValueError(
+            f"{model}: its state does not fit a detector with a defect probe ({(unexpected or missing)[0]})"
+        )
+    detector.metadata = {k: copy.deepcopy(v) for k, v in base.metadata.items() if k != "version"}
+    defects = load_labelled_defects(str(labelled_defects), cfg.data.on_bad_file)
+    dataset = build_dataset(cfg.data, "train", cfg.seed)  # the model's config is at its scoring size
+    for path, reason in dataset.check(progress=progress):
+        log.warning("skipped bad file: %s: %s", path, reason)
+    fitted_on = base.metadata.get("training", {}).get("images")
+    if fitted_on is not None and fitted_on != len(dataset):
+        raise ValueError(
+            f"{model} was fitted on {fitted_on} training photos and {len(dataset)} are there now: the photos its "
+            "Gaussians never saw are not known; refit it first (pitscope refit)"
+        )
+    labelled = detector.metadata.get("labelled_defects", [])  # those that trained its network, if any
+    known = {d["sha256"] for d in labelled}
+    labelled += [{"name": d.path.name, "sha256": d.sha256} for d in defects if d.sha256 not in known]
+    detector.metadata["labelled_defects"] = labelled
+    return detector, defects, dataset
 
 
 def finetune_probe(
@@ -118,9 +148,9 @@ def finetune_probe(
 ) -> Detector:
     """`model` with a defect probe fitted on the marked photos in `labelled_defects`
     (`pitscope.probe_fitting`): its network, Gaussians and image threshold stay, its maps become
-    the probe's P(defect) and its pixel threshold is set again. Writes OUTPUT_DIR/model.pt, never
-    over `model`; the new model names the labelled photos (SHA-256), so `evaluate` leaves them out.
-    overrides: only the keys of PROBE_KEYS.
+    the probe's P(defect), taken as they are (score.map_normalisation none), and its pixel
+    threshold is set again. Writes OUTPUT_DIR/model.pt, never over `model`; the new model names the
+    labelled photos (SHA-256), so `evaluate` leaves them out. overrides: only the keys of PROBE_KEYS.
 
     >>> detector = finetune_probe("runs/cpu/model.pt", "marked/", "runs/probe")  # doctest: +SKIP
     """
@@ -133,26 +163,9 @@ def finetune_probe(
             f"finetune --route probe keeps the model's network and Gaussians, so it takes only "
             f"{', '.join(PROBE_KEYS)}; got {other[0]}"
         )
-    base = Detector.load(model)
-    if base.cfg.score.pixel_method != "padim":
-        raise ValueError(
-            f"finetune --route probe reads PaDiM maps; {model} has score.pixel_method={base.cfg.score.pixel_method}"
-        )
-    cfg = apply_overrides(
-        base.cfg,
-        [f"data.labelled_defects={labelled_defects}", "score.defect_probe=true", f"output_dir={out}", *overrides],
-    )
-    detector = Detector(cfg, base.n_kinds, net=base.net)
-    missing, unexpected = detector.load_state_dict(base.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("defect_probe.") for k in missing), (missing, unexpected)
-    detector.metadata = copy.deepcopy(base.metadata)
-    detector.metadata["finetune"] = {"route": "probe", "from": str(model)}
-    defects = load_labelled_defects(str(labelled_defects), cfg.data.on_bad_file)
-    dataset = build_dataset(cfg.data, "train", cfg.seed)  # the model's config is at its scoring size
-    for path, reason in dataset.check(progress=progress):
-        log.warning("skipped bad file: %s: %s", path, reason)
+    detector, defects, dataset = _with_probe(model, labelled_defects, [f"output_dir={out}", *overrides], progress)
+    detector.metadata["probe_from"] = str(model)
     fit_defect_probe(detector, defects, dataset, progress=progress)
-    detector.metadata["labelled_defects"] = [{"name": d.path.name, "sha256": d.sha256} for d in defects]
     detector.save(out / "model.pt")
     return detector
 
@@ -161,20 +174,13 @@ def anchor_probe(model: str | Path, labelled_defects: str | Path, progress: bool
     """The supervised-only anchor of the few-labels benchmark: `model` with a probe over its stage
     features alone, fitted on the marked photos in `labelled_defects` alone (their marked and
     unmarked positions; no defect-free photo, no Gaussian distance). Its maps are that probe's;
-    its image side and thresholds are `model`'s (the pixel threshold is set again on held-back
-    maps, as `finetune_probe` does). Not saved: it exists to be measured."""
-    base = Detector.load(model)
-    cfg = apply_overrides(base.cfg, [f"data.labelled_defects={labelled_defects}", "score.defect_probe=true"])
-    detector = Detector(cfg, base.n_kinds, net=base.net)
-    detector.load_state_dict(base.state_dict(), strict=False)
-    detector.metadata = copy.deepcopy(base.metadata)
+    its image side and image threshold are `model`'s, its pixel threshold is set again on
+    held-back maps as `finetune_probe` sets it. Not saved: it exists to be measured."""
+    detector, defects, dataset = _with_probe(Path(model), labelled_defects, [], progress)
     detector.defect_probe = DefectProbe(inputs="features")
-    defects = load_labelled_defects(str(labelled_defects), cfg.data.on_bad_file)
-    dataset = build_dataset(cfg.data, "train", cfg.seed)
-    x, y = marked_samples(detector, defects, dataset[0].image.shape[:2], numpy_rng(cfg.seed, 11))
+    x, y = marked_samples(detector, defects, dataset[0].image.shape[:2], numpy_rng(detector.cfg.seed, 11))
     detector.defect_probe.fit(x[:, :-1], y)
     set_pixel_threshold(detector, dataset, progress)
-    detector.metadata["labelled_defects"] = [{"name": d.path.name, "sha256": d.sha256} for d in defects]
     return detector
 
 
@@ -248,4 +254,8 @@ def refit(model: Detector, cfg: Config, source: str | Path, progress: bool = Tru
     for path, reason in dataset.check(progress=progress):
         log.warning("skipped bad file: %s: %s", path, reason)
     detector.fit(dataset, progress=progress)
+    if cfg.score.defect_probe:  # the probe reads the new Gaussians' distances: fitted again on them
+        defects = load_labelled_defects(str(cfg.data.labelled_defects), cfg.data.on_bad_file)
+        fit_defect_probe(detector, defects, dataset, progress=progress)
+        detector.metadata["labelled_defects"] = model.metadata.get("labelled_defects", [])
     return detector

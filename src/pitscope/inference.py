@@ -228,6 +228,8 @@ class Detector(nn.Module):
     def save(self, path: str | Path) -> Path:
         """Write config, weights, scorers, threshold, metadata and version to one file, atomically
         (the layout: `pitscope.model_file`)."""
+        if self.defect_probe is not None and self.defect_probe.inputs != "both":
+            raise ValueError("a defect probe over the features alone is for measuring; it is not saved")
         return save_model_file(self, Path(path))
 
     @classmethod

@@ -128,13 +128,16 @@ def set_pixel_threshold(
     maps = []
     for _, x in iterate_batches(dataset, calibration, detector.cfg.score.batch_size, "pixel threshold", progress):
         x = x.to(device)
-        maps.append(detector._score(x, *detector._features(x), by_score=False)[1].cpu().float())
+        maps.append(detector._score(x, *detector._features(x))[1].cpu().float())  # as served
     score = detector.cfg.score
     record: CalibrationRecord = {
         **detector.metadata["calibration"],
         "pixel_images": len(calibration),
+        "pixel_quantile": score.pixel_threshold_quantile,
+        "pixel_rule": score.pixel_threshold_from,
         "pixel_threshold": None,
     }
+    record.pop("probe", None)
     if probe is not None:
         record["probe"] = probe
     pixel = pixel_threshold_of(torch.cat(maps).numpy(), score.pixel_threshold_quantile, score.pixel_threshold_from)

@@ -53,7 +53,7 @@ def _row(run, k, seed, ap):
         "regions": 5,
         "photos": ["x.jpg"],
         "metrics": metrics,
-        "subsets": {"test positions": metrics, "KGT photos": {**metrics, "pixel_ap": 0.99}},
+        "subsets": {"positions": metrics, "other_type": {**metrics, "pixel_ap": 0.99}},
     }
 
 
@@ -69,7 +69,7 @@ def test_the_table_gives_the_test_positions_mean_and_spread_over_seeds():
     }
     table = format_few_labels(record)
     assert "| defect probe | 5 | 2 | 5, 5 | 90.00 ± 0.00 | 30.00 ± 14.14 |" in table
-    assert "99.00" not in table  # the KGT subset is not the curve
+    assert "99.00" not in table  # the other screw type's subset is not the curve
 
 
 def test_few_labels_needs_a_base_model_and_the_other_suites_refuse_its_options(capsys):
@@ -96,8 +96,8 @@ def tiny_base(real_bsdata, tmp_path_factory):
         "score.pixel_channels=16",
         "score.pixel_stages=[layer1]",
         "score.image_features=layer4",
-        "model.classify=false",
         "model.target=none",
+        "model.projector_hidden=32",
         f"output_dir={out}",
     ]
     fit(None, overrides, progress=False)
@@ -121,7 +121,7 @@ def test_the_suite_writes_its_curve_and_a_rerun_adds_only_what_is_missing(tiny_b
     probe, anchor = record["rows"][1], record["rows"][2]
     assert probe["photos"] == anchor["photos"] and len(probe["photos"]) == 1
     assert probe["metrics"]["pixel_ap"] != anchor["metrics"]["pixel_ap"]  # two different probes
-    assert any("KGT" in name for name in probe["subsets"])  # the other screw type, as its own subset
+    assert set(probe["subsets"]) == {"positions", "other_type"}  # the KGT photos: the other screw type
     written = json.loads((tmp_path / "few_labels.json").read_text())
     assert len(written["rows"]) == 3 and "| defect probe | 1 | 1 |" in (tmp_path / "few_labels.md").read_text()
     first = (tmp_path / "runs" / "k1_seed0" / "model.pt").stat().st_mtime_ns

@@ -8,7 +8,8 @@ split (neither validation nor test; `draw_labelled`), and `finetune_probe` fits 
 them. Beside it, the supervised-only anchor: the same network's stage features and a probe
 fitted on the k labelled photos alone (their marked and unmarked positions; no defect-free
 photos, no Gaussian distances). Every model is scored on the test split (the test positions'
-photos, and the `KGT*` photos as their own subset); the table reads the test positions' subset.
+photos, and the `KGT*` photos as their own subset), each scoring appended to OUTPUT/TEST_LOOKS;
+the table reads the test positions' subset.
 The anchor runs for the seeds of `anchor_seeds` only. Results: OUTPUT/few_labels.json and .md
 with the command, commit and machine, written after every row; a rerun with the same base keeps
 the rows already there and runs only the others (another k or seed, or what a crash left).
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pitscope.benchmark.provenance import commit, machine
+from pitscope.benchmark.provenance import TEST_LOOKS, append_test_look, commit, machine
 from pitscope.data import build_dataset
 from pitscope.data.bsdata import bsdata_root, position_files, read_positions
 from pitscope.data.labelled import count_distinct_defects, load_labelled_defects
@@ -94,16 +95,28 @@ def labelled_folder(root: Path, names: list[str], folder: Path) -> Path:
     return folder
 
 
-def _row(label: str, k: int, seed: int | None, detector: Detector, out: Path, progress: bool, **extra) -> dict:
+def _row(
+    label: str, k: int, seed: int | None, detector: Detector, out: Path, looks: Path, progress: bool, **extra
+) -> dict:
+    """Score `detector` on the test split once, logged as a look in `looks`; the table's row."""
     result = evaluate(detector, build_dataset(detector.cfg.data, "test", detector.cfg.seed), progress=progress)
     write_evaluation(result, out / "eval")
-    subsets = {name: value["metrics"] for name, value in result["subsets"].items()}
-    return {"run": label, "k": k, "seed": seed, **extra, "metrics": result["metrics"], "subsets": subsets}
+    look = append_test_look(looks, out / "model.pt", detector.cfg, [], result, benchmark=f"few_labels {label} k={k}")
+    return {
+        "run": label,
+        "k": k,
+        "seed": seed,
+        "commit": look["commit"],
+        **extra,
+        "metrics": result["metrics"],
+        "subsets": look["subsets"],
+    }
 
 
 def test_positions(row: dict) -> dict:
-    """The metrics of a row's test positions (the subset without the `KGT*` photos)."""
-    return next((v for name, v in row["subsets"].items() if "KGT" not in name), row["metrics"])
+    """The metrics of a row's test positions: `evaluate`'s "positions" subset (the `KGT*` photos
+    of the other screw type are "other_type")."""
+    return row["subsets"]["positions"]
 
 
 def run_few_labels(options: FewLabelsOptions) -> dict:
@@ -127,6 +140,7 @@ def run_few_labels(options: FewLabelsOptions) -> dict:
         "rows": [],
     }
     output = Path(options.output)
+    looks = output / TEST_LOOKS
     done: set[tuple[str, int, int | None]] = set()
     previous = output / "few_labels.json"
     if previous.is_file():  # an earlier run of the same base: its rows stay, and are not run again
@@ -135,8 +149,10 @@ def run_few_labels(options: FewLabelsOptions) -> dict:
             record["rows"] = earlier["rows"]
             done = {(r["run"], r["k"], r["seed"]) for r in record["rows"]}
             log.info("%d rows of %s kept from the earlier run", len(done), previous)
+        else:
+            log.warning("%s holds the suite of another base model (%s): it is replaced", previous, earlier.get("base"))
     if 0 in options.ks and (BASE_RUN, 0, None) not in done:
-        record["rows"].append(_row(BASE_RUN, 0, None, base, runs / "base", options.progress))
+        record["rows"].append(_row(BASE_RUN, 0, None, base, runs / "base", looks, options.progress))
         _write(record, output)
     for seed in options.seeds:
         for k in sorted(k for k in options.ks if k > 0):
@@ -151,12 +167,13 @@ def run_few_labels(options: FewLabelsOptions) -> dict:
                 tuned = finetune_probe(options.base, folder, out, progress=options.progress)
                 minutes = round((time.perf_counter() - start) / 60, 1)
                 extra = {"photos": names, "regions": regions, "minutes": minutes}
-                record["rows"].append(_row(PROBE_RUN, k, seed, tuned, out, options.progress, **extra))
+                record["rows"].append(_row(PROBE_RUN, k, seed, tuned, out, looks, options.progress, **extra))
                 _write(record, output)
             if seed in options.anchor_seeds and (ANCHOR_RUN, k, seed) not in done:
                 anchor = anchor_probe(options.base, folder, progress=options.progress)
                 extra = {"photos": names, "regions": regions}
-                record["rows"].append(_row(ANCHOR_RUN, k, seed, anchor, out / "anchor", options.progress, **extra))
+                row = _row(ANCHOR_RUN, k, seed, anchor, out / "anchor", looks, options.progress, **extra)
+                record["rows"].append(row)
                 _write(record, output)
     return record
 

@@ -1,10 +1,14 @@
-"""What a benchmark result was measured on and with: the machine and the commit."""
+"""What a benchmark result was measured on and with: the machine and the commit; and the log of
+every scoring of a test split (`append_test_look`)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -51,3 +55,36 @@ def commit(here: Path | None = None) -> str:
     if head.returncode != 0:
         return "unknown"
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+# The append-only log of test-split scorings, beside the results: how many looks each number had.
+TEST_LOOKS = "bsdata_test_looks.jsonl"
+
+
+def config_hash(cfg) -> str:
+    """12 hex digits naming a Config's every value."""
+    from pitscope.config import to_dict
+
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def append_test_look(log: Path, model: Path | str, cfg, overrides: list[str], result: dict, **extra) -> dict:
+    """Append one scoring of a test split (an `evaluate` result) to the log file `log`, as one JSON
+    line: commit, date, model, config hash, overrides, `extra`, the metrics, subsets and counts.
+    Returns the line's record."""
+    look = {
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d"),
+        "model": str(model),
+        "config_hash": config_hash(cfg),
+        "overrides": overrides,
+        **extra,
+        "metrics": result["metrics"],
+        "subsets": {k: v["metrics"] for k, v in result["subsets"].items()},
+        "counts": result["counts"],
+        "at_threshold": result["at_threshold"],
+    }
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as fh:
+        fh.write(json.dumps(look) + "\n")
+    return look

@@ -16,7 +16,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     """Run a benchmark suite and write its table (JSON and Markdown) with the paper's numbers beside ours."""
     if args.suite == "few_labels":
         return _few_labels(args)
-    if args.base or args.k:
+    if args.base or args.k or args.anchor_seeds != [0]:
         raise SystemExit("pitscope benchmark: --base and --k belong to --suite few_labels")
     options = BenchmarkOptions(
         suite=args.suite,
@@ -54,6 +54,7 @@ def _few_labels(args: argparse.Namespace) -> int:
         base=args.base,
         ks=args.k or [0, 5, 20],
         seeds=args.seeds,
+        anchor_seeds=args.anchor_seeds,
         output=args.output,
         runs_dir=str(Path(args.runs_dir) / "few_labels"),
         progress=not args.quiet,
@@ -78,6 +79,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--suite", required=True, choices=[*SUITES, "few_labels"])
     p.add_argument("--base", metavar="MODEL", help="few_labels: the model trained with data.holdout=positions")
     p.add_argument("--k", type=int, nargs="+", help="few_labels: numbers of labelled photos (default: 0 5 20)")
+    p.add_argument(
+        "--anchor-seeds",
+        type=int,
+        nargs="*",
+        default=[0],
+        help="few_labels: the seeds whose k get the supervised-only anchor too (default: 0)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="default: 0 1")
     p.add_argument(
         "--preset", default="cpu", help="config preset every variant starts from (default: cpu; paper: a GPU job)"

@@ -161,7 +161,7 @@ def _body(
             detector.metadata.get("training"),
             key,
             detector.metadata.get("labelled_defects"),
-            probe=detector.cfg.score.defect_probe,
+            probe=detector.defect_probe is not None and detector.defect_probe.is_fitted,
         )
     )
 

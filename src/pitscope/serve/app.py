@@ -194,7 +194,7 @@ def describe_model(served: Served) -> dict:
         # the photos with marked defects that trained the model (none: defect-free photos only)
         "labelled_defects": [d["name"] for d in detector.metadata.get("labelled_defects", [])],
         # true: those photos fitted the defect probe that draws the maps (`pitscope finetune`)
-        "defect_probe": bool(detector.cfg.score.defect_probe),
+        "defect_probe": detector.defect_probe is not None and detector.defect_probe.is_fitted,
         "data_format": detector.cfg.data.format,
         "limits": {"max_upload_bytes": served.max_upload_bytes, "max_pixels": served.max_pixels},
         # PUT /threshold: allowed only with an API key; saved to the model file if it is known.
