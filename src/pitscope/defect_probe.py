@@ -50,7 +50,7 @@ class DefectProbe(_FittedBuffers):
     positive_weight_: Tensor
 
     def __init__(
-        self, weight_decay: float = 1e-3, hidden: int = 0, max_iter: int = 200, seed: int = 0, inputs: str = "both"
+        self, weight_decay: float = 0.1, hidden: int = 0, max_iter: int = 200, seed: int = 0, inputs: str = "both"
     ):
         super().__init__()
         if weight_decay < 0 or hidden < 0:
