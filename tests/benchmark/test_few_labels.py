@@ -1,6 +1,8 @@
 """The few_labels suite: the seeded draw of labelled photos, their folder, the curve's table, and the
 command's refusals."""
 
+from pathlib import Path
+
 import pytest
 
 from pitscope.benchmark.few_labels import (
@@ -51,6 +53,7 @@ def _row(run, k, seed, ap):
         "k": k,
         "seed": seed,
         "regions": 5,
+        "pits": 3,
         "photos": ["x.jpg"],
         "metrics": metrics,
         "subsets": {"positions": metrics, "other_type": {**metrics, "pixel_ap": 0.99}},
@@ -68,7 +71,7 @@ def test_the_table_gives_the_test_positions_mean_and_spread_over_seeds():
         "rows": [_row("defect probe", 5, 0, 0.2), _row("defect probe", 5, 1, 0.4)],
     }
     table = format_few_labels(record)
-    assert "| defect probe | 5 | 2 | 5, 5 | 90.00 ± 0.00 | 30.00 ± 14.14 |" in table
+    assert "| defect probe | 5 | 2 | 5, 5 | 3, 3 | 90.00 ± 0.00 | 30.00 ± 14.14 |" in table
     assert "99.00" not in table  # the other screw type's subset is not the curve
 
 
@@ -134,3 +137,25 @@ def test_the_suite_writes_its_curve_and_a_rerun_adds_only_what_is_missing(tiny_b
         ("defect probe", 2, 1),
     ]
     assert (tmp_path / "runs" / "k1_seed0" / "model.pt").stat().st_mtime_ns == first  # not run again
+
+
+def test_distinct_pits_joins_one_positions_masks_and_keeps_crops_and_positions_apart():
+    import numpy as np
+
+    from pitscope.benchmark.few_labels import distinct_pits
+    from pitscope.data.labelled import LabelledDefect
+
+    def photo(name, *boxes):
+        mask = np.zeros((20, 20), bool)
+        for y, x in boxes:
+            mask[y : y + 3, x : x + 3] = True
+        return LabelledDefect(Path(name), "", np.zeros((20, 20, 3), np.uint8), mask)
+
+    position_of = {"a_t1_crop_1.jpg": "A", "a_t2_crop_1.jpg": "A", "a_t2_crop_2.jpg": "A", "b_t1_crop_1.jpg": "B"}
+    defects = [
+        photo("a_t1_crop_1.jpg", (2, 2)),
+        photo("a_t2_crop_1.jpg", (3, 3), (12, 12)),  # the first pit again, grown a little, and a new one
+        photo("a_t2_crop_2.jpg", (2, 2)),  # the other crop: other pits
+        photo("b_t1_crop_1.jpg", (2, 2)),  # another position
+    ]
+    assert distinct_pits(defects, position_of) == 4

@@ -31,7 +31,7 @@ import torch
 from pitscope.benchmark.provenance import TEST_LOOKS, append_test_look, commit, machine
 from pitscope.data import build_dataset
 from pitscope.data.bsdata import bsdata_root, position_files, read_positions
-from pitscope.data.labelled import count_distinct_defects, load_labelled_defects
+from pitscope.data.labelled import LabelledDefect, count_distinct_defects, load_labelled_defects
 from pitscope.evaluation import evaluate, write_evaluation
 from pitscope.inference import Detector
 
@@ -95,6 +95,21 @@ def labelled_folder(root: Path, names: list[str], folder: Path) -> Path:
     return folder
 
 
+def distinct_pits(defects: list[LabelledDefect], position_of: dict[str, str]) -> int:
+    """An estimate of how many distinct pits the marked photos hold: consecutive photos of one
+    position show the same pits at the same place, so the masks of one position and crop (the
+    `_1` / `_2` at the end of BSData's names) are joined (logical or, when of one size) and the
+    8-connected regions of the union counted."""
+    unions: dict[tuple, np.ndarray] = {}
+    for defect in defects:
+        name = defect.path.name
+        key = (position_of.get(name, name), Path(name).stem.rsplit("_", 1)[-1], defect.mask.shape)
+        unions[key] = unions[key] | defect.mask if key in unions else defect.mask.copy()
+    return count_distinct_defects(
+        [LabelledDefect(Path(str(k)), "", np.zeros((*m.shape, 3), np.uint8), m) for k, m in unions.items()]
+    )
+
+
 def _row(
     label: str, k: int, seed: int | None, detector: Detector, out: Path, looks: Path, progress: bool, **extra
 ) -> dict:
@@ -128,6 +143,7 @@ def run_few_labels(options: FewLabelsOptions) -> dict:
         raise ValueError(f"{options.base}: trained without data.holdout=positions; the suite needs the position split")
     root = bsdata_root(base.cfg.data.root)
     photos = label_position_photos(root, read_positions(base.cfg.data.positions_file))
+    position_of = {name: position for position, names in photos.items() for name in names}
     runs = Path(options.runs_dir)
     record: dict = {
         "suite": "few_labels",
@@ -161,17 +177,18 @@ def run_few_labels(options: FewLabelsOptions) -> dict:
             names = draw_labelled(photos, k, seed)
             out = runs / f"k{k}_seed{seed}"
             folder = labelled_folder(root, names, out / "labelled")
-            regions = count_distinct_defects(load_labelled_defects(folder))
+            marked = load_labelled_defects(folder)
+            regions = {"regions": count_distinct_defects(marked), "pits": distinct_pits(marked, position_of)}
             if (PROBE_RUN, k, seed) not in done:
                 start = time.perf_counter()
                 tuned = finetune_probe(options.base, folder, out, progress=options.progress)
                 minutes = round((time.perf_counter() - start) / 60, 1)
-                extra = {"photos": names, "regions": regions, "minutes": minutes}
+                extra = {"photos": names, **regions, "minutes": minutes}
                 record["rows"].append(_row(PROBE_RUN, k, seed, tuned, out, looks, options.progress, **extra))
                 _write(record, output)
             if seed in options.anchor_seeds and (ANCHOR_RUN, k, seed) not in done:
                 anchor = anchor_probe(options.base, folder, progress=options.progress)
-                extra = {"photos": names, "regions": regions}
+                extra = {"photos": names, **regions}
                 row = _row(ANCHOR_RUN, k, seed, anchor, out / "anchor", looks, options.progress, **extra)
                 record["rows"].append(row)
                 _write(record, output)
@@ -200,8 +217,8 @@ def format_few_labels(record: dict) -> str:
         "",
         "The test positions' photos (no `KGT*`), in %; mean ± standard deviation over the seeds of the draw:",
         "",
-        "| run | k | seeds | marked regions | " + " | ".join(COLUMNS) + " |",
-        "|---|---|---|---|" + "---|" * len(COLUMNS),
+        "| run | k | seeds | marked regions | distinct pits | " + " | ".join(COLUMNS) + " |",
+        "|---|---|---|---|---|" + "---|" * len(COLUMNS),
     ]
     groups: dict[tuple[str, int], list[dict]] = {}
     for row in record["rows"]:
@@ -212,8 +229,16 @@ def format_few_labels(record: dict) -> str:
             values = [test_positions(r).get(column) for r in rows]
             cells.append("–" if any(v is None for v in values) else _mean_sd(values))
         regions = ", ".join(str(r["regions"]) for r in rows if "regions" in r) or "–"
-        lines.append(f"| {run} | {k} | {len(rows)} | {regions} | " + " | ".join(cells) + " |")
-    lines += ["", "Labelled photos per k and seed:", ""]
+        pits = ", ".join(str(r["pits"]) for r in rows if "pits" in r) or "–"
+        lines.append(f"| {run} | {k} | {len(rows)} | {regions} | {pits} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Marked regions: the 8-connected regions of the k masks, a pit seen in two photos counted in each; "
+        "distinct pits: the regions of the union of each position's masks (`distinct_pits`), per seed.",
+        "",
+        "Labelled photos per k and seed:",
+        "",
+    ]
     for row in record["rows"]:
         if row.get("photos") and row["run"] == PROBE_RUN:
             lines.append(f"- k = {row['k']}, seed {row['seed']}: {', '.join(row['photos'])}")

@@ -261,7 +261,11 @@ def add_parsers(sub) -> None:
         default="probe",
         help="probe: a classifier on the model's maps (minutes); network: the network trained further (default: probe)",
     )
-    add_set_arg(p, "a setting over the model's and finetune's own, e.g. --set train.epochs=3")
+    add_set_arg(
+        p,
+        "a setting over the model's: --route probe takes only pitscope.fitting.PROBE_KEYS "
+        "(e.g. --set score.pixel_threshold_quantile=0.99); --route network any (e.g. --set train.epochs=3)",
+    )
     p.add_argument("--evaluate", action="store_true", help="evaluate on the test split afterwards (OUTPUT_DIR/eval)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_finetune)
