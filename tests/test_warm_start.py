@@ -126,6 +126,8 @@ def test_finetune_command_and_a_folder_without_labels(base, tmp_path, capsys):
             str(folder),
             "--output-dir",
             str(tmp_path / "tuned"),
+            "--route",
+            "network",
             "--set",
             "train.epochs=1",
             "--set",
