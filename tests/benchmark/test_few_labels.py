@@ -137,6 +137,7 @@ def test_the_suite_writes_its_curve_and_a_rerun_adds_only_what_is_missing(tiny_b
         ("defect probe", 2, 1),
     ]
     assert (tmp_path / "runs" / "k1_seed0" / "model.pt").stat().st_mtime_ns == first  # not run again
+    assert record["earlier_commands"] == [""]  # the first run's command, kept beside the second's
 
 
 def test_distinct_pits_joins_one_positions_masks_and_keeps_crops_and_positions_apart():

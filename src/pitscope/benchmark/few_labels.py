@@ -163,6 +163,7 @@ def run_few_labels(options: FewLabelsOptions) -> dict:
         earlier = json.loads(previous.read_text())
         if earlier.get("base") == options.base:
             record["rows"] = earlier["rows"]
+            record["earlier_commands"] = [*earlier.get("earlier_commands", []), earlier["command"]]
             done = {(r["run"], r["k"], r["seed"]) for r in record["rows"]}
             log.info("%d rows of %s kept from the earlier run", len(done), previous)
         else:
@@ -209,7 +210,9 @@ def format_few_labels(record: dict) -> str:
         f"Commit `{record['commit']}`, {record['date']}, {record['machine'].get('platform')}, "
         f"{record['machine'].get('torch_threads')} threads, torch {record['machine'].get('torch')}.",
         "",
-        f"Command: `{record['command']}`",
+        f"Command: `{record['command']}`"
+        + "".join(f", after `{c}`" for c in reversed(record.get("earlier_commands", [])))
+        + " (each row's commit is in the JSON)",
         "",
         f"Base model: `{record['base']}`. Label positions' pitting photos: "
         + ", ".join(f"{n} {c}" for n, c in record["label_photos"].items())
