@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pitscope.cli.common import add_config_args, add_set_arg, config_from_args, print_skipped
 from pitscope.config import Config, ConfigError, apply_overrides, save_config, to_dict
+
+if TYPE_CHECKING:
+    from pitscope.inference import Detector
 
 
 def _print_calibration(detector, path: Path) -> None:
@@ -150,6 +154,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     <stem>_mask.png) or a labelme file <stem>.json or label/<stem>.json."""
     from pitscope.fitting import FINETUNE, PROBE_KEYS, finetune, finetune_probe
 
+    detector: Detector | None
     if args.route == "probe":
         print(
             f"finetune: a defect probe on the maps of {args.model} (settings it takes: {', '.join(PROBE_KEYS)})",
