@@ -230,7 +230,8 @@ def format_few_labels(record: dict) -> str:
         cells = []
         for column in COLUMNS:
             values = [test_positions(r).get(column) for r in rows]
-            cells.append("–" if any(v is None for v in values) else _mean_sd([float(v) for v in values]))
+            present = [float(v) for v in values if v is not None]
+            cells.append(_mean_sd(present) if len(present) == len(values) else "–")
         regions = ", ".join(str(r["regions"]) for r in rows if "regions" in r) or "–"
         pits = ", ".join(str(r["pits"]) for r in rows if "pits" in r) or "–"
         lines.append(f"| {run} | {k} | {len(rows)} | {regions} | {pits} | " + " | ".join(cells) + " |")
