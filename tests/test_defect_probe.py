@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
-from test_warm_start import labelled_folder
+from test_warm_start import labelled_folder, tiny_overrides
 
 from pitscope.cli import main
 from pitscope.config import ConfigError, load_config
@@ -69,19 +69,7 @@ def test_a_defect_probe_needs_labelled_photos_and_padim():
 def tuned(tmp_path_factory):
     """(base detector, its path, the labelled folder, the probed detector, its path)."""
     out = tmp_path_factory.mktemp("probe")
-    overrides = [
-        "data.format=synthetic",
-        "data.image_size=64",
-        "data.synthetic.n_train=12",
-        "train.device=cpu",
-        "train.epochs=1",
-        "train.batch_size=4",
-        "score.pixel_channels=16",
-        "score.batch_size=8",
-        "score.calibration_fraction=0.5",
-        "model.projector_hidden=32",
-        f"output_dir={out / 'base'}",
-    ]
+    overrides = tiny_overrides(out / "base", n_train=12)
     base = fit(None, overrides, progress=False)
     folder = labelled_folder(out / "marked", n=3)
     probed = finetune_probe(out / "base" / "model.pt", folder, out / "probe", progress=False)

@@ -35,14 +35,12 @@ def labelled_folder(folder: Path, n: int = 2, size: int = 64) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """(a tiny model trained one epoch, its path, its training overrides)."""
-    out = tmp_path_factory.mktemp("base")
-    overrides = [
+def tiny_overrides(out: Path, n_train: int = 8) -> list[str]:
+    """A synthetic 64 px model trained one epoch on n_train images, half of them held back, into out."""
+    return [
         "data.format=synthetic",
         "data.image_size=64",
-        "data.synthetic.n_train=8",
+        f"data.synthetic.n_train={n_train}",
         "data.synthetic.n_test_normal=2",
         "data.synthetic.n_test_defect=2",
         "train.device=cpu",
@@ -54,6 +52,13 @@ def base(tmp_path_factory):
         "model.projector_hidden=32",
         f"output_dir={out}",
     ]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """(a tiny model trained one epoch, its path, its training overrides)."""
+    out = tmp_path_factory.mktemp("base")
+    overrides = tiny_overrides(out)
     detector = fit(None, overrides, progress=False)
     return detector, out / "model.pt", overrides
 
