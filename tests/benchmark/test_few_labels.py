@@ -42,6 +42,7 @@ def test_label_positions_hold_labelled_photos_and_the_folder_reads_back(real_bsd
 def _row(run, k, seed, ap):
     metrics = {
         "image_auroc": 0.9,
+        "pixel_auroc": 0.95,
         "pixel_ap": ap,
         "aupro": 0.8,
         "pixel_f1_max": 0.3,
@@ -71,7 +72,7 @@ def test_the_table_gives_the_test_positions_mean_and_spread_over_seeds():
         "rows": [_row("defect probe", 5, 0, 0.2), _row("defect probe", 5, 1, 0.4)],
     }
     table = format_few_labels(record)
-    assert "| defect probe | 5 | 2 | 5, 5 | 3, 3 | 90.00 ± 0.00 | 30.00 ± 14.14 |" in table
+    assert "| defect probe | 5 | 2 | 5, 5 | 3, 3 | 90.00 ± 0.00 | 95.00 ± 0.00 | 30.00 ± 14.14 |" in table
     assert "99.00" not in table  # the other screw type's subset is not the curve
 
 

@@ -38,7 +38,7 @@ from pitscope.inference import Detector
 log = logging.getLogger(__name__)
 
 BASE_RUN, PROBE_RUN, ANCHOR_RUN = "unsupervised (the base model)", "defect probe", "supervised only"
-COLUMNS = ("image_auroc", "pixel_ap", "aupro", "pixel_f1_max", "pixel_f1", "iou_median")
+COLUMNS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "pixel_f1_max", "pixel_f1", "iou_median")
 
 
 @dataclass
