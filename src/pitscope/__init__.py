@@ -5,7 +5,7 @@
     detector = Detector.load("runs/try/model.pt")
     prediction = detector.predict("photo.jpg")               # a Prediction
     prediction.score, prediction.is_defective, prediction.regions
-    detector = finetune("runs/try/model.pt", "marked/", "runs/marked")   # + photos with marked defects
+    detector = finetune_probe("runs/try/model.pt", "marked/", "runs/marked")   # + photos with marked defects
 
 The names below are imported when first used, so that `import pitscope.serve` (deploy code)
 loads nothing of training.
@@ -22,6 +22,7 @@ _PUBLIC = {
     "Region": "pitscope.defect_regions",
     "fit": "pitscope.fitting",
     "finetune": "pitscope.fitting",
+    "finetune_probe": "pitscope.fitting",
     "Detector": "pitscope.inference",
     "Prediction": "pitscope.prediction",
 }
