@@ -38,7 +38,7 @@ from pitscope.data.labelled import load_labelled_defects
 from pitscope.defect_probe import DefectProbe
 from pitscope.inference import Detector
 from pitscope.metrics import evaluate_all, image_auroc
-from pitscope.probe_fitting import _inputs, marked_samples, unmarked_samples
+from pitscope.probe_fitting import marked_samples, probe_inputs_of, unmarked_samples
 from pitscope.scorer_fitting import split_calibration
 from pitscope.scoring import gaussian_smooth
 from pitscope.seeding import numpy_rng
@@ -66,7 +66,7 @@ def validation_inputs(detector: Detector, dataset) -> tuple[torch.Tensor, np.nda
     for _, x in iterate_batches(dataset, range(len(dataset)), 8, "validation features", True):
         features = detector._features(x)
         scores.append(detector._score(x, *features)[0].double().numpy())
-        inputs.append(_inputs(detector, x)[0].half())
+        inputs.append(probe_inputs_of(detector, x)[0].half())
     masks = np.stack([dataset[i].mask for i in range(len(dataset))])
     return torch.cat(inputs), np.concatenate(scores), dataset.labels, masks
 

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 NEGATIVES_PER_IMAGE = 4096
 
 
-def _inputs(detector: Detector, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+def probe_inputs_of(detector: Detector, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     """Normalised images (B, 3, H, W) -> the probe's inputs (B, h, w, D) and the map size (h, w)."""
     _, patches, _ = detector._features(x)
     assert patches is not None, "the defect probe reads the PaDiM stage features"
@@ -56,7 +56,7 @@ def marked_samples(
     inputs, targets = [], []
     for defect in defects:
         x = images_to_batch([resize_image(defect.image, size)]).to(device)
-        features, (h, w) = _inputs(detector, x)
+        features, (h, w) = probe_inputs_of(detector, x)
         mask = torch.as_tensor(defect.mask, dtype=torch.float32)[None, None]
         share = F.adaptive_avg_pool2d(F.interpolate(mask, size=size, mode="area"), (h, w))
         share = share.flatten().to(device)  # (h*w,) the marked share of each position's cell
@@ -78,7 +78,7 @@ def unmarked_samples(
     device = next(detector.net.parameters()).device
     inputs = []
     for _, x in iterate_batches(dataset, indices, detector.cfg.score.batch_size, "probe negatives", progress):
-        features, (h, w) = _inputs(detector, x.to(device))
+        features, (h, w) = probe_inputs_of(detector, x.to(device))
         for flat in features.reshape(len(x), h * w, -1):
             inputs.append(flat[_draw(h * w, NEGATIVES_PER_IMAGE, rng).to(flat.device)].cpu())
     return torch.cat(inputs)
