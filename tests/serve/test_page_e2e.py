@@ -160,3 +160,31 @@ def test_key_prompt_and_saving_a_threshold(files, browser, tmp_path):
         assert page_errors(browser) == []
     finally:
         stop()
+
+
+def test_the_model_panel_says_a_defect_probe_fitted_on_marked_photos_draws_the_maps(files, browser, tmp_path):
+    from test_warm_start import labelled_folder
+
+    from pitscope.fitting import finetune_probe
+
+    probed = finetune_probe(files["model"], labelled_folder(tmp_path / "marked", n=3), tmp_path, progress=False)
+    url, stop = serve(create_app(probed))
+    try:
+        browser.get(url + "/")
+        wait_for(
+            browser, lambda d: d.find_element(By.ID, "service-status").text.startswith("Connected"), "the model to load"
+        )
+        model_panel = browser.find_element(By.ID, "model-info").text
+        assert "maps from a defect probe fitted on 3 photos with marked defects" in model_panel
+        assert page_errors(browser) == []
+    finally:
+        stop()
+    url, stop = serve(create_app(Detector.load(files["model"])))
+    try:
+        browser.get(url + "/")
+        wait_for(
+            browser, lambda d: d.find_element(By.ID, "service-status").text.startswith("Connected"), "the model to load"
+        )
+        assert "no marked defect" in browser.find_element(By.ID, "model-info").text
+    finally:
+        stop()
