@@ -200,7 +200,7 @@ def write_markdown(record: dict, path: Path) -> None:
     ]
     for run in record["runs"]:
         c = run["counts"]
-        refit = f", scorers fitted with `{' '.join(run['overrides'])}`" if run.get("overrides") else ""
+        refit = f", scored with `{' '.join(run['overrides'])}`" if run.get("overrides") else ""
         lines += [
             f"## {run['model']}{refit}",
             "",
@@ -329,7 +329,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/localisation"))
     parser.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS), help="smoothing sigmas compared")
     parser.add_argument("--normalisations", nargs="+", default=list(NORMALISATIONS), choices=NORMALISATIONS)
+    parser.add_argument(
+        "--neighbourhoods",
+        type=int,
+        nargs="+",
+        help="score.neighbourhood values compared on the same fitted Gaussians (choosing only; default: the model's)",
+    )
     args = parser.parse_args()
+    if args.neighbourhoods and args.test:
+        parser.error("--neighbourhoods compares settings on validation; with --test give --set score.neighbourhood=N")
     command = "python benchmarks/bsdata_localisation.py " + " ".join(sys.argv[1:])
     if args.test:
         looks = []
@@ -350,8 +358,12 @@ def main() -> int:
     runs = []
     for model in args.models:
         detector = refitted(model, args.overrides)
-        run = choose(detector, args.sigmas, args.normalisations)
-        runs.append({"model": str(model), "overrides": args.overrides, **run, "chosen": best(run["rows"])})
+        for radius in args.neighbourhoods or [detector.cfg.score.neighbourhood]:
+            # the Gaussians and the image threshold do not depend on it; `choose` sets the pixel thresholds
+            detector.cfg.score.neighbourhood = detector.pixel_scorer.radius = radius
+            run = choose(detector, args.sigmas, args.normalisations)
+            overrides = [*args.overrides, f"score.neighbourhood={radius}"] if args.neighbourhoods else args.overrides
+            runs.append({"model": str(model), "overrides": overrides, **run, "chosen": best(run["rows"])})
     record = {
         "command": command,
         "commit": commit(),

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pitscope.benchmark import commit, machine
@@ -42,7 +43,29 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [o for o in overrides.split(",") if o]
 
 
-def run_variant(name: str, overrides: list[str], model: Detector | None, source: str | None, out: Path) -> dict:
+def at_quantiles(detector: Detector, result: dict, quantiles: list[float]) -> dict[str, dict]:
+    """Recall and false-positive rate on the scored split had the image threshold been set at each
+    of `quantiles` of the same out-of-fold training scores (read from the fit's calibration record,
+    which keeps the quantiles of `pitscope.scorer_fitting.QUANTILE_GRID`): no refit per quantile."""
+    kept = detector.metadata["calibration"]["score_quantiles"]
+    rows = result["per_image"]
+    labels = np.asarray(rows["labels"])
+    scores = np.asarray(rows["scores"])
+    out = {}
+    for q in quantiles:
+        if f"{q:g}" not in kept:
+            raise SystemExit(f"--quantiles {q:g}: the calibration record keeps only {', '.join(kept)}")
+        flagged = scores > kept[f"{q:g}"]
+        out[f"{q:g}"] = {
+            "recall": float(flagged[labels == 1].mean()),
+            "false_positive_rate": float(flagged[labels == 0].mean()),
+        }
+    return out
+
+
+def run_variant(
+    name: str, overrides: list[str], model: Detector | None, source: str | None, out: Path, quantiles: list[float]
+) -> dict:
     start = time.perf_counter()
     torch.manual_seed(0)
     if model is None:
@@ -59,6 +82,7 @@ def run_variant(name: str, overrides: list[str], model: Detector | None, source:
         "recall": at.get("true_positive_rate"),
         "false_positive_rate": at.get("false_positive_rate"),
         "minutes": round((time.perf_counter() - start) / 60, 2),
+        **({"at_quantiles": at_quantiles(detector, result, quantiles)} if quantiles else {}),
     }
 
 
@@ -81,6 +105,19 @@ def markdown(record: dict) -> str:
         overrides = " ".join(f"`{o}`" for o in row["overrides"]) or "the preset"
         numbers = " | ".join(str(row[k]) for k in (*COLUMNS, "recall", "false_positive_rate", "minutes"))
         lines.append(f"| {row['variant']} | {overrides} | {numbers} |")
+    quantiled = [row for row in record["rows"] if row.get("at_quantiles")]
+    if quantiled:
+        lines += [
+            "",
+            "Recall and false-positive rate with the image threshold at other quantiles of the same "
+            "out-of-fold training scores (no refit):",
+            "",
+            "| variant | " + " | ".join(quantiled[0]["at_quantiles"]) + " |",
+            "|---|" + "---|" * len(quantiled[0]["at_quantiles"]),
+        ]
+        for row in quantiled:
+            cells = [f"{v['recall']:.3f} at {v['false_positive_rate']:.3f}" for v in row["at_quantiles"].values()]
+            lines.append(f"| {row['variant']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Minutes are wall time on a machine that may have run other work beside; they are not a speed measurement.",
@@ -94,13 +131,16 @@ def main() -> None:
     parser.add_argument("--refit", help="a demo model file whose network every variant reuses")
     parser.add_argument("--name", required=True, help="results file name under benchmarks/results/")
     parser.add_argument("--out", type=Path, default=Path("runs/demo_validation"))
+    parser.add_argument(
+        "--quantiles", type=float, nargs="+", default=[], help="image-threshold quantiles also read off each fit"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     model = Detector.load(args.refit) if args.refit else None
     rows = []
     for text in args.variant:
         name, overrides = parse_variant(text)
-        rows.append(run_variant(name, overrides, model, args.refit, args.out))
+        rows.append(run_variant(name, overrides, model, args.refit, args.out, args.quantiles))
         print(json.dumps(rows[-1]), flush=True)
     record = {
         "benchmark": "demo_validation",

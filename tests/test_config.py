@@ -131,6 +131,7 @@ def test_a_removed_option_is_refused_with_what_to_do_instead(tmp_path, key, inst
         ("train.momentum=1.5", "train.momentum: must be >= 0 and <= 1"),
         ("augment.perlin_threshold=1.2", "augment.perlin_threshold: must be > 0 and <= 1"),
         ("score.smoothing_sigma=-1", "score.smoothing_sigma: must be >= 0"),
+        ("score.neighbourhood=-1", "score.neighbourhood: must be >= 0"),
         ("data.synthetic.n_train=0", "data.synthetic.n_train: must be >= 1"),
         ("train.budget_minutes=0", "train.budget_minutes: must be > 0"),
     ],

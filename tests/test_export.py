@@ -5,6 +5,7 @@ whatever it computes. Synthetic dataset images are the real images of these test
 photograph is used too when the dataset is present.
 """
 
+import copy
 import json
 
 import numpy as np
@@ -60,6 +61,20 @@ def test_onnx_matches_the_detector_on_synthetic_images(fitted, onnx_file):
     assert np.abs(score - ref_score).max() <= 1e-4 * np.abs(ref_score).max()
     assert np.abs(amap - ref_map).max() <= 1e-4 * np.abs(ref_map).max()
     assert np.array_equal(defective, ref_score > float(detector.threshold))
+
+
+def test_onnx_carries_the_neighbourhood_scoring(fitted, tmp_path):
+    detector, _, test_split = fitted
+    near = copy.deepcopy(detector)
+    near.cfg.score.neighbourhood = near.pixel_scorer.radius = 1
+    images = [sample.image for sample in test_split]
+    path = export_onnx(near, tmp_path / "near.onnx")["path"]
+    score, amap, _ = onnx_session(path).run(None, {"image": to_export_input(images, 64).numpy()})
+    ref_score, ref_map = torch_reference(near, images)
+    _, own_map = torch_reference(detector, images)
+    assert np.abs(score - ref_score).max() <= 1e-4 * np.abs(ref_score).max()
+    assert np.abs(amap - ref_map).max() <= 1e-4 * np.abs(ref_map).max()
+    assert (ref_map < own_map - 1e-3).any()  # the neighbourhood lowered the maps that were exported
 
 
 def test_export_check_reports_small_differences_on_given_images(fitted, tmp_path):

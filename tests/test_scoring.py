@@ -132,6 +132,44 @@ def test_patch_channel_subset_is_seeded_and_round_trips():
         fresh.score_map(train[:, :, :1])
 
 
+def test_neighbourhood_keeps_the_nearest_gaussian_within_the_square():
+    train, test = _feature_maps(30, 4, 4, 5, seed=21), _feature_maps(3, 4, 4, 5, seed=22)
+    own = PatchGaussianScorer(chunk=7).double().fit(train)  # chunk does not divide 20 positions
+    near = PatchGaussianScorer(chunk=7, radius=1).double().fit(train)
+    got = near.score_map(test)
+    for i, j in [(0, 0), (1, 2), (3, 4), (2, 0)]:
+        distances = []
+        for a in range(max(0, i - 1), min(4, i + 2)):
+            for b in range(max(0, j - 1), min(5, j + 2)):
+                reference = LedoitWolf().fit(train[:, :, a, b].numpy())
+                distances.append(np.sqrt(reference.mahalanobis(test[:, :, i, j].numpy())))
+        np.testing.assert_allclose(got[:, i, j].numpy(), np.min(distances, axis=0), rtol=1e-6)
+    assert bool((got <= own.score_map(test) + 1e-12).all())
+
+
+def test_neighbourhood_makes_a_shifted_edge_normal_but_not_a_new_spot():
+    """Photos whose bright edge falls on column 3 or 4: scored against each position's own
+    Gaussian, an edge on column 5 is far off; against the Gaussians one column away it is normal,
+    while a bright spot where no photo had one stays far off either way."""
+    g = torch.Generator().manual_seed(3)
+    train = 0.05 * torch.randn(40, 2, 6, 8, generator=g, dtype=torch.float64)
+    train[:20, :, :, 3] += 1.0
+    train[20:, :, :, 4] += 1.0
+    shifted = 0.05 * torch.randn(1, 2, 6, 8, generator=g, dtype=torch.float64)
+    shifted[:, :, :, 5] += 1.0
+    spot = 0.05 * torch.randn(1, 2, 6, 8, generator=g, dtype=torch.float64)
+    spot[:, :, :, 3] += 1.0
+    spot[:, :, 2, 0] += 1.0
+    own = PatchGaussianScorer(n_channels=None).double().fit(train)
+    near = PatchGaussianScorer(n_channels=None, radius=1).double().fit(train)
+    typical = float(near.score_map(train[:5]).amax())
+    assert float(own.score_map(shifted)[0, :, 5].amin()) > 5 * typical
+    assert float(near.score_map(shifted).amax()) < 2 * typical
+    assert float(near.score_map(spot)[0, 2, 0]) > 5 * typical
+    with pytest.raises(ValueError, match="radius"):
+        PatchGaussianScorer(radius=-1)
+
+
 def test_patch_scorer_unfitted_fails():
     with pytest.raises(RuntimeError, match="not fitted"):
         PatchGaussianScorer().score_map(torch.zeros(1, 2, 2, 2))

@@ -171,6 +171,10 @@ class ScoreConfig:
     patch_size: int = 64  # patch: side of the square crops, in pixels at data.image_size
     patch_stride: int = 16  # patch: step between crops, in pixels
     smoothing_sigma: float = 4.0
+    # padim: each map position is scored against the Gaussians of the positions within this many
+    # map cells of it and keeps the smallest distance (0: its own Gaussian only), so what shifts by
+    # a cell or two from photo to photo (an edge, a silhouette) is normal
+    neighbourhood: int = 0
     # padim: the maps are a classifier's P(defect), fitted on data.labelled_defects' marked photos
     # over the stage features and the Gaussians' distances (`pitscope finetune`)
     defect_probe: bool = False
@@ -342,6 +346,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "score.pixel_channels": (1, None, True),
     "score.batch_size": (1, None, True),
     "score.smoothing_sigma": (0, None, True),
+    "score.neighbourhood": (0, None, True),
 }
 
 

@@ -84,6 +84,7 @@ class Detector(nn.Module):
                 cfg.score.ridge,
                 n_channels=cfg.score.pixel_channels,
                 seed=cfg.seed,
+                radius=cfg.score.neighbourhood,
             )
         )
         # score.defect_probe: a classifier fitted on marked defects draws the maps from the

@@ -306,6 +306,11 @@ class PatchGaussianScorer(_FittedBuffers):
     seed: seeds the torch Generator that draws the subset.
     chunk: positions processed at a time, bounding the float64 temporaries to
         chunk x C x C values.
+    radius: `score_map` scores each position against the Gaussians within this many positions of
+        it (a (2 radius + 1)^2 square, clamped at the borders) and keeps the smallest distance, so
+        a feature that a neighbouring position's Gaussian explains (an edge that shifts by a cell
+        or two between photos) is normal; 0 scores each position against its own Gaussian only.
+        Fitting does not depend on it.
 
     Fitted state (buffers): channel_index_ (C',) the kept channels, sorted; location_ (H*W, C');
     precision_ (H*W, C', C'); shrinkage_ (H*W,); map_size_ (2,) = (H, W). No covariance is
@@ -326,14 +331,18 @@ class PatchGaussianScorer(_FittedBuffers):
         n_channels: int | None = None,
         seed: int = 0,
         chunk: int = 512,
+        radius: int = 0,
     ):
         super().__init__()
         _check_shrinkage(shrinkage)
+        if radius < 0:
+            raise ValueError(f"radius must be >= 0, got {radius}")
         self.shrinkage = shrinkage
         self.ridge = ridge
         self.n_channels = n_channels
         self.seed = seed
         self.chunk = chunk
+        self.radius = radius
         self._register_empty({"channel_index_": torch.long, "map_size_": torch.long})
         self._moments: _Moments | None = None
 
@@ -410,7 +419,7 @@ class PatchGaussianScorer(_FittedBuffers):
         self._check_fitted()
         if moments.n < 2:
             raise ValueError(f"a refit needs at least 2 samples, got {moments.n}")
-        other = PatchGaussianScorer(self.shrinkage, self.ridge, self.n_channels, self.seed, self.chunk)
+        other = PatchGaussianScorer(self.shrinkage, self.ridge, self.n_channels, self.seed, self.chunk, self.radius)
         other = other.to(dtype=self.location_.dtype, device=self.location_.device)
         other._set("channel_index_", self.channel_index_)
         other._set("map_size_", self.map_size_)
@@ -451,16 +460,41 @@ class PatchGaussianScorer(_FittedBuffers):
         if (h, w) != tuple(self.map_size_.tolist()):
             raise ValueError(f"feature maps are {(h, w)}, expected {tuple(self.map_size_.tolist())}")
         x = self._select(features.to(self.location_.dtype))  # (H*W, N, C')
-        dist2 = torch.empty(h * w, n, dtype=x.dtype, device=x.device)
-        for start in range(0, h * w, self.chunk):
-            sl = slice(start, start + self.chunk)
-            diff = x[sl] - self.location_[sl, None]  # (p, N, C')
-            dist2[sl] = (torch.bmm(diff, self.precision_[sl]) * diff).sum(-1)
+        dist2 = self._own_distances(x)
+        for dy in range(-self.radius, self.radius + 1):
+            for dx in range(-self.radius, self.radius + 1):
+                if dy == dx == 0:
+                    continue
+                # the feature at p against the Gaussian at p + (dy, dx): the features moved by
+                # (dy, dx), scored against each position's own Gaussian, then moved back
+                moved = self._own_distances(x[_shifted_positions(h, w, -dy, -dx, x.device)])
+                back = moved[_shifted_positions(h, w, dy, dx, x.device)]
+                rows = torch.arange(h, device=x.device) + dy
+                cols = torch.arange(w, device=x.device) + dx
+                inside = (((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]).flatten()
+                dist2 = torch.where(inside[:, None], torch.minimum(dist2, back), dist2)
         dist2 = dist2.clamp_min(0).T.reshape(n, h, w)
         return dist2 if squared else dist2.sqrt()
 
+    def _own_distances(self, x: Tensor) -> Tensor:
+        """Squared distances (H*W, N) of x (H*W, N, C') to each position's own Gaussian."""
+        dist2 = torch.empty(x.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
+        for start in range(0, x.shape[0], self.chunk):
+            sl = slice(start, start + self.chunk)
+            diff = x[sl] - self.location_[sl, None]  # (p, N, C')
+            dist2[sl] = (torch.bmm(diff, self.precision_[sl]) * diff).sum(-1)
+        return dist2
+
     def forward(self, features: Tensor) -> Tensor:
         return self.score_map(features)
+
+
+def _shifted_positions(h: int, w: int, dy: int, dx: int, device: torch.device | None = None) -> Tensor:
+    """(H*W,) the flat index of position (row + dy, column + dx) for each position of an H x W
+    map, rows and columns clamped to the map."""
+    rows = (torch.arange(h, device=device) + dy).clamp(0, h - 1)
+    cols = (torch.arange(w, device=device) + dx).clamp(0, w - 1)
+    return (rows[:, None] * w + cols[None, :]).flatten()
 
 
 PIXEL_THRESHOLD_RULES = ("pixels", "image_max")
