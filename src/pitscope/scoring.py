@@ -460,29 +460,36 @@ class PatchGaussianScorer(_FittedBuffers):
         if (h, w) != tuple(self.map_size_.tolist()):
             raise ValueError(f"feature maps are {(h, w)}, expected {tuple(self.map_size_.tolist())}")
         x = self._select(features.to(self.location_.dtype))  # (H*W, N, C')
-        dist2 = self._own_distances(x)
-        for dy in range(-self.radius, self.radius + 1):
-            for dx in range(-self.radius, self.radius + 1):
-                if dy == dx == 0:
-                    continue
-                # the feature at p against the Gaussian at p + (dy, dx): the features moved by
-                # (dy, dx), scored against each position's own Gaussian, then moved back
-                moved = self._own_distances(x[_shifted_positions(h, w, -dy, -dx, x.device)])
-                back = moved[_shifted_positions(h, w, dy, dx, x.device)]
-                rows = torch.arange(h, device=x.device) + dy
-                cols = torch.arange(w, device=x.device) + dx
-                inside = (((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]).flatten()
-                dist2 = torch.where(inside[:, None], torch.minimum(dist2, back), dist2)
+        offsets = [(dy, dx) for dy in range(-self.radius, self.radius + 1) for dx in range(-self.radius, self.radius + 1)]
+        # moved[k, q]: the feature at q - offsets[k] against the Gaussian at q (the features moved
+        # by each offset, all scored at once against each position's own Gaussian)
+        moved = self._own_distances(
+            x, torch.stack([_shifted_positions(h, w, -dy, -dx, x.device) for dy, dx in offsets], 1)
+        )
+        dist2 = moved[:, offsets.index((0, 0))]
+        for k, (dy, dx) in enumerate(offsets):
+            if dy == dx == 0:
+                continue
+            # moved back: the feature at p against the Gaussian at p + (dy, dx), where that is on the map
+            back = moved[_shifted_positions(h, w, dy, dx, x.device), k]
+            rows = torch.arange(h, device=x.device) + dy
+            cols = torch.arange(w, device=x.device) + dx
+            inside = (((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]).flatten()
+            dist2 = torch.where(inside[:, None], torch.minimum(dist2, back), dist2)
         dist2 = dist2.clamp_min(0).T.reshape(n, h, w)
         return dist2 if squared else dist2.sqrt()
 
-    def _own_distances(self, x: Tensor) -> Tensor:
-        """Squared distances (H*W, N) of x (H*W, N, C') to each position's own Gaussian."""
-        dist2 = torch.empty(x.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
-        for start in range(0, x.shape[0], self.chunk):
-            sl = slice(start, start + self.chunk)
-            diff = x[sl] - self.location_[sl, None]  # (p, N, C')
-            dist2[sl] = (torch.bmm(diff, self.precision_[sl]) * diff).sum(-1)
+    def _own_distances(self, x: Tensor, sources: Tensor) -> Tensor:
+        """Squared distances (H*W, K, N): for each position q and each k, the N feature vectors
+        x[sources[q, k]] (x: (H*W, N, C'), sources: (H*W, K) positions) against q's own Gaussian,
+        in one matrix product per position."""
+        k, n, c = sources.shape[1], x.shape[1], x.shape[2]
+        dist2 = torch.empty(x.shape[0], k, n, dtype=x.dtype, device=x.device)
+        step = max(1, self.chunk // k)  # positions at a time: chunk x N x C' values of differences
+        for start in range(0, x.shape[0], step):
+            sl = slice(start, start + step)
+            diff = (x[sources[sl]] - self.location_[sl, None, None]).reshape(-1, k * n, c)  # (p, K*N, C')
+            dist2[sl] = (torch.bmm(diff, self.precision_[sl]) * diff).sum(-1).reshape(-1, k, n)
         return dist2
 
     def forward(self, features: Tensor) -> Tensor:
