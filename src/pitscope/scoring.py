@@ -71,7 +71,9 @@ class _Moments:
 
     def update(self, x: Tensor) -> None:
         """Add samples x: (P, B, D)."""
-        x = x.to(torch.float64)
+        # contiguous: feature maps arrive as a (P, B, D) view of (B, D, P), and the strided
+        # products are several times slower
+        x = x.to(torch.float64).contiguous()
         p, _, d = x.shape
         shift = self.shift
         if shift is None:

@@ -37,6 +37,17 @@ def test_item_depends_only_on_seed_and_index():
     assert alone[2] is last  # cached
 
 
+def test_check_renders_every_image_on_threads_as_one_by_one():
+    threaded = SyntheticDataset(5, 4, H, W, seed=7)
+    first = threaded[2]  # rendered before: kept, not drawn again
+    assert threaded.check(progress=False) == []
+    assert sorted(threaded._cache) == list(range(9)) and threaded[2] is first
+    serial = SyntheticDataset(5, 4, H, W, seed=7)
+    for i in range(9):
+        np.testing.assert_array_equal(threaded[i].image, serial._make(i).image)
+        np.testing.assert_array_equal(threaded[i].mask, serial._make(i).mask)
+
+
 def test_render_surface_does_not_touch_global_rng():
     np.random.seed(0)
     before = np.random.random()

@@ -11,17 +11,21 @@ Every image is a pure function of (seed, index): the dataset never touches the g
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import overload
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from tqdm import tqdm
 
 from pitscope.config import DataConfig
 from pitscope.data.surface import render_surface
 from pitscope.data.types import Sample, SampleSet
 from pitscope.tensors import Shape, as_shape, resize_image, resize_mask
+
+RENDER_THREADS = 2  # `SyntheticDataset.check` renders on this many threads
 
 # Split names and the stream that keeps their seeds apart.
 SPLIT_STREAMS = {"train": 0, "test": 1, "val": 2}
@@ -277,7 +281,23 @@ class SyntheticDataset(SampleSet):
         return {"total": len(self), "normal": self.n_normal, "defective": self.n_defect}
 
     def check(self, progress: bool = True) -> list[tuple[str, str]]:
-        """No bad files can exist here; returns [] like the file datasets' report of bad files."""
+        """Render every image not yet rendered, on RENDER_THREADS threads (numpy releases the GIL
+        in its array operations), and keep them, so that training and fitting read them from
+        memory. Each image is drawn from its own seeded generator: the same images as one by one.
+        No bad files can exist here; returns [] like the file datasets' report of bad files."""
+        missing = [i for i in range(len(self)) if i not in self._cache]
+        if len(missing) > 1:
+            with ThreadPoolExecutor(RENDER_THREADS) as pool:
+                rendered = pool.map(self._make, missing)
+                bar = tqdm(
+                    rendered,
+                    total=len(missing),
+                    desc="rendering synthetic images",
+                    unit="img",
+                    disable=not progress,
+                )
+                for i, sample in zip(missing, bar):
+                    self._cache[i] = sample
         return []
 
 
