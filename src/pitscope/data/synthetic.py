@@ -288,15 +288,11 @@ class SyntheticDataset(SampleSet):
         missing = [i for i in range(len(self)) if i not in self._cache]
         if len(missing) > 1:
             with ThreadPoolExecutor(RENDER_THREADS) as pool:
-                rendered = pool.map(self._make, missing)
+                rendered = zip(missing, pool.map(self._make, missing))
                 bar = tqdm(
-                    rendered,
-                    total=len(missing),
-                    desc="rendering synthetic images",
-                    unit="img",
-                    disable=not progress,
+                    rendered, total=len(missing), desc="rendering synthetic images", unit="img", disable=not progress
                 )
-                for i, sample in zip(missing, bar):
+                for i, sample in bar:
                     self._cache[i] = sample
         return []
 
