@@ -449,6 +449,11 @@ def validate(cfg: Config) -> Config:
             "score.map_normalisation=image_mean_score needs score.image_method=embedding "
             "(with map_max the image score is read from the map itself)"
         )
+    if cfg.score.neighbourhood and cfg.score.pixel_method != "padim":
+        raise ConfigError(
+            f"score.neighbourhood={cfg.score.neighbourhood} needs score.pixel_method=padim (a Gaussian per map "
+            f"position); with {cfg.score.pixel_method} set it to 0"
+        )
     if cfg.score.defect_probe and (cfg.score.pixel_method != "padim" or not cfg.data.labelled_defects):
         raise ConfigError(
             "score.defect_probe=true needs score.pixel_method=padim (it reads the Gaussians' distances) and "

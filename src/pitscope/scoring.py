@@ -462,8 +462,10 @@ class PatchGaussianScorer(_FittedBuffers):
         if (h, w) != tuple(self.map_size_.tolist()):
             raise ValueError(f"feature maps are {(h, w)}, expected {tuple(self.map_size_.tolist())}")
         x = self._select(features.to(self.location_.dtype))  # (H*W, N, C')
-        offsets = [(dy, dx) for dy in range(-self.radius, self.radius + 1) for dx in range(-self.radius, self.radius + 1)]
-        # moved[k, q]: the feature at q - offsets[k] against the Gaussian at q (the features moved
+        offsets = [
+            (dy, dx) for dy in range(-self.radius, self.radius + 1) for dx in range(-self.radius, self.radius + 1)
+        ]
+        # moved[q, k]: the feature at q - offsets[k] against the Gaussian at q (the features moved
         # by each offset, all scored at once against each position's own Gaussian)
         moved = self._own_distances(
             x, torch.stack([_shifted_positions(h, w, -dy, -dx, x.device) for dy, dx in offsets], 1)
