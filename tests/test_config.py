@@ -141,12 +141,6 @@ def test_numbers_out_of_range_are_refused_with_the_key_and_the_range(override, m
         load_config(None, [override])
 
 
-def test_neighbourhood_needs_a_gaussian_per_position():
-    with pytest.raises(ConfigError, match=re.escape("score.neighbourhood=1 needs score.pixel_method=padim")):
-        load_config(None, ["score.neighbourhood=1", "score.pixel_method=patch"])
-    assert load_config(None, ["score.neighbourhood=1"]).score.neighbourhood == 1
-
-
 def test_edges_of_the_ranges_and_null_are_accepted():
     cfg = load_config(
         None, ["train.epochs=0", "train.budget_minutes=null", "score.pixel_channels=null", "train.momentum=0"]

@@ -173,7 +173,8 @@ class ScoreConfig:
     smoothing_sigma: float = 4.0
     # padim: each map position is scored against the Gaussians of the positions within this many
     # map cells of it and keeps the smallest distance (0: its own Gaussian only), so what shifts by
-    # a cell or two from photo to photo (an edge, a silhouette) is normal
+    # a cell or two from photo to photo (an edge, a silhouette) is normal; the other pixel methods
+    # have no Gaussian per position and do not read it
     neighbourhood: int = 0
     # padim: the maps are a classifier's P(defect), fitted on data.labelled_defects' marked photos
     # over the stage features and the Gaussians' distances (`pitscope finetune`)
@@ -448,11 +449,6 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             "score.map_normalisation=image_mean_score needs score.image_method=embedding "
             "(with map_max the image score is read from the map itself)"
-        )
-    if cfg.score.neighbourhood and cfg.score.pixel_method != "padim":
-        raise ConfigError(
-            f"score.neighbourhood={cfg.score.neighbourhood} needs score.pixel_method=padim (a Gaussian per map "
-            f"position); with {cfg.score.pixel_method} set it to 0"
         )
     if cfg.score.defect_probe and (cfg.score.pixel_method != "padim" or not cfg.data.labelled_defects):
         raise ConfigError(
