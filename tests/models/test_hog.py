@@ -81,3 +81,14 @@ def test_cuda_matches_cpu():
     on_gpu = hog_features(images.cuda())
     assert on_gpu.device.type == "cuda"
     torch.testing.assert_close(on_gpu.cpu(), hog_features(images), rtol=0, atol=1e-6)
+
+
+def test_float32_images_match_skimage_on_their_float32_window():
+    """Training passes float32 images: the window stays float32, the histograms run in float64."""
+    rgb = torch.rand(2, 3, 200, 150, generator=torch.Generator().manual_seed(6))
+    window = hog_window(rgb)
+    assert window.dtype == torch.float32
+    ours = hog_features(rgb)
+    for i in range(2):
+        expected = skimage_hog(window[i].double().numpy())
+        np.testing.assert_allclose(ours[i].double().numpy(), expected, rtol=0, atol=TOL)

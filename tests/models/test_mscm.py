@@ -127,3 +127,20 @@ def test_rectangle_mask_zeroes_one_rectangle_of_half_the_area():
     assert torch.equal(y, again)
     assert torch.equal(RectangleMask(0.0).train()(x), x)
     assert not RectangleMask(1.0).train()(x).any()
+
+
+def test_mscm_dilated_convolution_equals_the_four_windows_with_their_gradients():
+    """k = 1 runs as one dilated 2 x 2 convolution; it must give the windows' sum and gradients."""
+    torch.manual_seed(5)
+    module = MaskedSplitConv(3, dilation=2).double()
+    x = torch.randn(2, 3, 9, 11, dtype=torch.float64)
+    grads = []
+    for path in (module._dilated, module._windows):
+        module.zero_grad()
+        out = path(x)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).reshape(out.shape)).sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in module.parameters()]))
+    (dilated, dilated_grads), (windows, windows_grads) = grads
+    torch.testing.assert_close(dilated, windows)
+    for a, b in zip(dilated_grads, windows_grads, strict=True):
+        torch.testing.assert_close(a, b)

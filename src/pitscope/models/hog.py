@@ -72,10 +72,15 @@ def _cell_histograms(grey: Tensor) -> Tensor:
     # half-open bins drop, and so do we.
     edges = torch.arange(1, ORIENTATIONS, dtype=grey.dtype, device=grey.device) * (180.0 / ORIENTATIONS)
     bins = (orientation.unsqueeze(-1) >= edges).sum(-1)  # (B, H, W) in 0..8
-    votes = F.one_hot(bins, ORIENTATIONS).to(grey.dtype) * (magnitude * (orientation < 180.0)).unsqueeze(-1)
-    b, h, w, _ = votes.shape
-    votes = votes.reshape(b, h // CELL, CELL, w // CELL, CELL, ORIENTATIONS)
-    return votes.sum(dim=(2, 4)) / (CELL * CELL)  # (B, H/8, W/8, 9)
+    votes = magnitude * (orientation < 180.0)  # (B, H, W)
+    b, h, w = grey.shape
+    hc, wc = h // CELL, w // CELL
+    rows = torch.arange(h, device=grey.device) // CELL
+    cols = torch.arange(w, device=grey.device) // CELL
+    cell = (torch.arange(b, device=grey.device)[:, None, None] * hc + rows[:, None]) * wc + cols  # (B, H, W)
+    hist = grey.new_zeros(b * hc * wc * ORIENTATIONS)
+    hist.index_add_(0, (cell * ORIENTATIONS + bins).reshape(-1), votes.reshape(-1))
+    return hist.reshape(b, hc, wc, ORIENTATIONS) / (CELL * CELL)  # (B, H/8, W/8, 9)
 
 
 def _normalised_blocks(hist: Tensor) -> Tensor:
@@ -98,14 +103,14 @@ def hog_features(images: Tensor, compute_dtype: torch.dtype = torch.float64) -> 
 
     images: (B, 3, H, W) RGB or (B, 1, H, W) grey in [0, 1] (for ImageNet-normalised input use
     `hog_target`). Returns (B, 3780) in the input dtype, equal (to rounding) to
-    `skimage.feature.hog(hog_window(images)[i], orientations=9, pixels_per_cell=(8, 8),
+    `skimage.feature.hog(hog_window(images)[i] in float64, orientations=9, pixels_per_cell=(8, 8),
     cells_per_block=(2, 2), block_norm='L2-Hys')` for every image i.
-    Everything from the grey conversion on runs in `compute_dtype` (float64 by default, as
-    skimage does for a float64 image): in float32 a pixel whose angle lies within rounding of a
-    bin edge may change bin between devices or libraries, which is harmless for training but
-    breaks exact agreement.
+    The window (grey conversion and resize) is computed in the images' own dtype; everything
+    from the gradients on runs in `compute_dtype` (float64 by default, as skimage does for a
+    float64 image): in float32 a pixel whose angle lies within rounding of a bin edge may change
+    bin between devices or libraries, which is harmless for training but breaks exact agreement.
     """
-    grey = hog_window(images.to(compute_dtype))
+    grey = hog_window(images).to(compute_dtype)
     return _normalised_blocks(_cell_histograms(grey)).to(images.dtype)
 
 

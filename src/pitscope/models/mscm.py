@@ -30,7 +30,8 @@ class MaskedSplitConv(nn.Module):
     at (i, j) reads only the input at row offsets +-[d, d+k-1] and column offsets +-[d, d+k-1]:
     the centre pixel and the cross |di| < d or |dj| < d around it are never seen, and the
     module must predict a masked feature from its context. With k = 1 (the default) this is the
-    paper's module literally: pad by d, four h x w windows, 1x1 convolutions. With k > 1 the
+    paper's module: pad by d, four h x w windows, 1x1 convolutions, computed as one 2 x 2
+    convolution with dilation 2d that sums the same four products. With k > 1 the
     four k x k sub-kernels sit at the corners of a (2d + 2k - 1)-wide kernel, as in SSPCAB
     (Ristea et al. 2022; their default k=1, dilation=1 is this module with d=2).
 
@@ -58,6 +59,21 @@ class MaskedSplitConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W) -> (B, C, H, W)."""
+        if self.kernel_size == 1:
+            return self.gate(self._dilated(x))
+        return self.gate(self._windows(x))
+
+    def _dilated(self, x: torch.Tensor) -> torch.Tensor:
+        """The four 1 x 1 corner kernels as one 2 x 2 kernel with dilation 2d: the same sum in one
+        convolution, without cutting (and, in the backward pass, re-assembling) four windows."""
+        d = self.dilation
+        weight = torch.stack([conv.weight[:, :, 0, 0] for conv in self.convs], dim=-1)  # (C, C, 4)
+        weight = weight.reshape(*weight.shape[:2], 2, 2)  # [[top-left, top-right], [bottom-left, bottom-right]]
+        bias = sum(conv.bias for conv in self.convs)
+        return nn.functional.conv2d(x, weight, bias, padding=d, dilation=2 * d)
+
+    def _windows(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of the four corner-window convolutions, before the gate."""
         k, d = self.kernel_size, self.dilation
         pad = d + k - 1
         padded = nn.functional.pad(x, (pad, pad, pad, pad))  # (B, C, H + 2pad, W + 2pad)
@@ -69,7 +85,7 @@ class MaskedSplitConv(nn.Module):
             padded[..., far:, :w],  # bottom-left
             padded[..., far:, far:],  # bottom-right: offsets (d..d+k-1, d..d+k-1)
         )
-        return self.gate(sum(conv(window) for conv, window in zip(self.convs, windows)))  # (B, C, H, W)
+        return sum(conv(window) for conv, window in zip(self.convs, windows))  # (B, C, H, W)
 
 
 class ChannelAttention(nn.Module):
