@@ -3,6 +3,8 @@
     python benchmarks/bsdata_localisation.py runs/hold/cpu_seed0/model.pt            # choose (validation only)
     python benchmarks/bsdata_localisation.py runs/hold/cpu_seed0/model.pt --test \\
         --set score.map_normalisation=... --set score.min_region_fraction=...       # measure the adopted settings
+    python benchmarks/bsdata_localisation.py --merge benchmarks/results/A.json B.json --test-name C
+                                                                                  # seeds side by side, and their mean
 
 The models are trained with `data.holdout=positions`: the validation positions' photos never
 train them. Without --test, every compared setting is scored on those photos only:
@@ -14,6 +16,8 @@ train them. Without --test, every compared setting is scored on those photos onl
   only on images decided defective.
 The maps' pixel metrics (AUROC, AP, AUPRO, F1-max) and the regions' metrics (pixel F1, IoU, the
 area on defect-free photos, the area within 2x) go to benchmarks/results/<name>.json and .md.
+--merge reads --test results (one network a seed) and writes their looks side by side with the
+mean, standard deviation and range over the networks of each photo subset; it scores nothing.
 With --test, the model is fitted again with the given settings (`refit`), scored once on the
 test split (the test positions and, as their own row, the type-1 KGT* photos), and a line with
 the commit, the config hash and the numbers is appended to benchmarks/results/bsdata_test_looks.jsonl.
@@ -312,9 +316,77 @@ def write_test_markdown(record: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def merged(records: list[dict], command: str) -> dict:
+    """--test records (each a network's looks) as one record, with per-subset summaries over the looks."""
+    looks = [look for record in records for look in record["looks"]]
+    if len(looks) < 2:
+        raise SystemExit("--merge needs at least two looks")
+    models = [look["model"] for look in looks]
+    if len(set(models)) < len(models):
+        raise SystemExit(f"--merge: a network appears twice: {sorted(models)}")
+    settings = {tuple(look["overrides"]) for look in looks}
+    if len(settings) > 1:
+        raise SystemExit(f"--merge: the looks were scored with different settings: {sorted(settings)}")
+    subsets = {"all": [look["metrics"] for look in looks]}
+    for look in looks:
+        for name, metrics in look["subsets"].items():
+            subsets.setdefault(name, []).append(metrics)
+    summary = {}
+    for name, rows in subsets.items():
+        summary[name] = {}
+        for key in TEST_COLUMNS:
+            values = [row[key] for row in rows if row.get(key) is not None]
+            if len(values) == len(rows):
+                summary[name][key] = {
+                    "mean": float(np.mean(values)),
+                    "sd": float(np.std(values, ddof=1)),
+                    "min": float(np.min(values)),
+                    "max": float(np.max(values)),
+                    "n": len(values),
+                }
+    return {
+        "command": command,
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "merged_from": [{k: r[k] for k in ("command", "commit", "date")} for r in records],
+        "looks": looks,
+        "summary": summary,
+    }
+
+
+def write_merged_markdown(record: dict, path: Path) -> None:
+    """Per-network rows as --test writes them, then mean (sd) and range over the networks."""
+    write_test_markdown(record, path)
+    lines = [
+        "",
+        f"## Over the {len(record['looks'])} networks: mean (standard deviation), then range",
+        "",
+        "| photos | " + " | ".join(TEST_COLUMNS) + " |",
+        "|---|" + "---|" * len(TEST_COLUMNS),
+    ]
+    for name, summary in record["summary"].items():
+        cells = []
+        for key in TEST_COLUMNS:
+            m = summary.get(key)
+            cells.append(
+                "–"
+                if m is None
+                else f"{100 * m['mean']:.2f} ({100 * m['sd']:.2f}), {100 * m['min']:.2f}-{100 * m['max']:.2f}"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Merged from:", ""]
+    lines += [f"- `{r['command']}` (commit `{r['commit']}`, {r['date']})" for r in record["merged_from"]]
+    with path.open("a") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("models", nargs="*", type=Path)
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, metavar="RESULT_JSON", help="--test results to put side by side"
+    )
     parser.add_argument("--test", action="store_true", help="refit with --set and score the test split once")
     parser.add_argument(
         "--set",
@@ -339,6 +411,16 @@ def main() -> int:
     if args.neighbourhoods and args.test:
         parser.error("--neighbourhoods compares settings on validation; with --test give --set score.neighbourhood=N")
     command = "python benchmarks/bsdata_localisation.py " + " ".join(sys.argv[1:])
+    if args.merge:
+        if args.models or args.test or not args.test_name:
+            parser.error("--merge takes result files and --test-name, no models")
+        record = merged([json.loads(path.read_text()) for path in args.merge], command)
+        (RESULTS / f"{args.test_name}.json").write_text(json.dumps(record, indent=1) + "\n")
+        write_merged_markdown(record, RESULTS / f"{args.test_name}.md")
+        print((RESULTS / f"{args.test_name}.md").read_text())
+        return 0
+    if not args.models:
+        parser.error("give the models to score (or --merge)")
     if args.test:
         looks = []
         for model in args.models:

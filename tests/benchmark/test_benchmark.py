@@ -497,3 +497,32 @@ def test_bsdata_wear_rule_replays_a_rule_and_chooses_on_validation(monkeypatch):
     assert choose(rows, 2.0) is rows[2]  # fewest false alerts within 2 days, then the earliest
     assert choose(rows, 0.0) is rows[0]
     assert choose(rows[1:2], 2.0) is None
+
+
+def test_bsdata_localisation_merges_seeds_with_mean_sd_and_range(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from bsdata_localisation import merged
+
+    def record(model, aupro, ap, kgt_aupro, overrides=("score.neighbourhood=2",)):
+        look = {
+            "model": model,
+            "overrides": list(overrides),
+            "metrics": {"aupro": aupro, "pixel_ap": ap},
+            "subsets": {"positions": {"aupro": aupro + 0.1, "pixel_ap": None}, "other_type": {"aupro": kgt_aupro}},
+        }
+        return {"command": f"look {model}", "commit": "abc", "date": "2026-12-02", "looks": [look]}
+
+    out = merged([record("s0", 0.5, 0.1, 0.3), record("s1", 0.7, 0.3, 0.5)], "merge")
+    assert [look["model"] for look in out["looks"]] == ["s0", "s1"]
+    aupro = out["summary"]["all"]["aupro"]
+    assert aupro["mean"] == pytest.approx(0.6) and aupro["sd"] == pytest.approx(0.1 * 2**0.5)
+    assert (aupro["min"], aupro["max"], aupro["n"]) == (0.5, 0.7, 2)
+    assert out["summary"]["positions"]["aupro"]["mean"] == pytest.approx(0.7)
+    assert "pixel_ap" not in out["summary"]["positions"]  # a network without the number: no mean
+    assert out["summary"]["other_type"]["aupro"]["mean"] == pytest.approx(0.4)
+    with pytest.raises(SystemExit, match="different settings"):
+        merged([record("s0", 0.5, 0.1, 0.3), record("s1", 0.7, 0.3, 0.5, overrides=())], "merge")
+    with pytest.raises(SystemExit, match="twice"):
+        merged([record("s0", 0.5, 0.1, 0.3), record("s0", 0.7, 0.3, 0.5)], "merge")
+    with pytest.raises(SystemExit, match="at least two"):
+        merged([record("s0", 0.5, 0.1, 0.3)], "merge")
