@@ -40,7 +40,7 @@ from pitscope.data import build_dataset
 from pitscope.inference import Detector
 from pitscope.models.network import DoubleSelfSupervisedNet
 from pitscope.runtime import resolve_precision
-from pitscope.training import PseudoDefectPairs, compute_loss
+from pitscope.training import PseudoDefectPairs, compute_loss, sgd
 
 REPO = Path(__file__).resolve().parents[1]
 PITSCOPE_TRAIN = ("pitscope_step", "pitscope_end_to_end", "pitscope_end_to_end_1_worker")
@@ -100,7 +100,7 @@ def pitscope_train_step(cfg, dataset, end_to_end: bool, num_workers: int = 0):
     model = DoubleSelfSupervisedNet(cfg.model, maker.n_kinds)
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum)
+    optimizer = sgd(model, cfg, torch.device("cpu"))
     dtype = resolve_precision(cfg.train.precision, torch.device("cpu"))
     pairs = PseudoDefectPairs(dataset, maker, cfg.seed, cfg.train.crop_size)
     loader = DataLoader(

@@ -27,6 +27,7 @@ from pitscope.training import (
     pixel_target,
     resolve_precision,
     scheduled_lr,
+    sgd,
     train,
 )
 
@@ -487,3 +488,25 @@ def test_a_run_on_crops_feeds_the_network_crops(tmp_path, images, network_input_
     assert seen and set(seen) == {(48, 48)}
     with pytest.raises(ValueError, match="train.crop_size"):
         run(tmp_path, images, "train.epochs=2", resume=True)  # the same run on whole images: refused
+
+
+def test_training_sgd_is_fused_on_cpu_and_steps_as_the_per_parameter_loop():
+    cfg = load_config("demo", [])
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(6, 3), torch.nn.Linear(6, 3)
+    b.load_state_dict(a.state_dict())
+    start = [p.detach().clone() for p in a.parameters()]
+    fused = sgd(a, cfg, torch.device("cpu"))
+    assert fused.defaults["fused"] is True
+    loop = torch.optim.SGD(
+        b.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay
+    )
+    x = torch.randn(8, 6)
+    for _ in range(3):
+        for model, opt in ((a, fused), (b, loop)):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    for p, q, p0 in zip(a.parameters(), b.parameters(), start, strict=True):
+        torch.testing.assert_close(p, q)
+        assert not torch.allclose(p, p0)  # the steps moved the weights

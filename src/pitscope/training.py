@@ -175,9 +175,7 @@ def _build(cfg: Config, resume: bool, progress: bool, echo: Callable[[str], None
     model = model.to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay
-    )
+    optimizer = sgd(model, cfg, device)
     amp_dtype = resolve_precision(cfg.train.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     return _Run(
@@ -299,6 +297,18 @@ def _save_snapshot(run: _Run, epoch: int) -> None:
             "version": __version__,
         },
         run.out_dir / SNAPSHOT_DIR / f"epoch_{epoch:04d}.pt",
+    )
+
+
+def sgd(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.SGD:
+    """The training's optimizer: SGD with momentum and weight decay, as one fused update over all
+    parameters on CPU and CUDA (the same arithmetic as the per-parameter loop, in fewer passes)."""
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.train.lr,
+        momentum=cfg.train.momentum,
+        weight_decay=cfg.train.weight_decay,
+        fused=device.type in ("cpu", "cuda") or None,
     )
 
 
