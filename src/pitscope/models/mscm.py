@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -67,9 +68,10 @@ class MaskedSplitConv(nn.Module):
         """The four 1 x 1 corner kernels as one 2 x 2 kernel with dilation 2d: the same sum in one
         convolution, without cutting (and, in the backward pass, re-assembling) four windows."""
         d = self.dilation
-        weight = torch.stack([conv.weight[:, :, 0, 0] for conv in self.convs], dim=-1)  # (C, C, 4)
+        convs = cast(list[nn.Conv2d], list(self.convs))
+        weight = torch.stack([conv.weight[:, :, 0, 0] for conv in convs], dim=-1)  # (C, C, 4)
         weight = weight.reshape(*weight.shape[:2], 2, 2)  # [[top-left, top-right], [bottom-left, bottom-right]]
-        bias = sum(conv.bias for conv in self.convs)
+        bias = torch.stack([cast(torch.Tensor, conv.bias) for conv in convs]).sum(0)  # (C,)
         return nn.functional.conv2d(x, weight, bias, padding=d, dilation=2 * d)
 
     def _windows(self, x: torch.Tensor) -> torch.Tensor:
