@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from pitscope import distributed
 from pitscope.config import Config, apply_overrides, from_dict, load_config
 from pitscope.data import build_dataset, prepare_split_file
+from pitscope.data.dataset import AnomalyDataset, JoinedSampleSet, Record
+from pitscope.data.imageio import IMAGE_SUFFIXES, is_image_file, list_images
 from pitscope.data.labelled import load_labelled_defects
+from pitscope.data.types import DatasetLayoutError, SampleSet
 from pitscope.defect_probe import DefectProbe
 from pitscope.inference import Detector
 from pitscope.model_file import read_model_file
@@ -243,16 +247,67 @@ def load_model_or_checkpoint(path: str | Path) -> Detector:
     return Detector.from_checkpoint(path) if "model" in keys and "state_dict" not in keys else Detector.load(path)
 
 
-def refit(model: Detector, cfg: Config, source: str | Path, progress: bool = True) -> Detector:
+def reference_records(paths: Sequence[str | Path]) -> list[Record]:
+    """Defect-free reference photos as records: each path an image file or a folder of them (its
+    images directly inside). Raises FileNotFoundError for a missing path and DatasetLayoutError
+    for a folder without images or a file that is not an image."""
+    records: list[Record] = []
+    for entry in map(Path, paths):
+        if entry.is_dir():
+            images = list_images(entry)
+            if not images:
+                raise DatasetLayoutError(f"{entry}: no reference images (looked for {' '.join(IMAGE_SUFFIXES)})")
+        elif entry.is_file():
+            if not is_image_file(entry):
+                raise DatasetLayoutError(f"{entry}: not an image file ({' '.join(IMAGE_SUFFIXES)})")
+            images = [entry]
+        else:
+            raise FileNotFoundError(f"reference photos: no such file or folder: {entry}")
+        records += [Record(image, 0) for image in images]
+    return records
+
+
+def with_references(dataset: SampleSet, references: Sequence[str | Path], cfg: Config) -> JoinedSampleSet:
+    """The training photos, then the reference photos, as one defect-free sample set (the
+    references read as cfg.data reads images: its shape, its on_bad_file). A reference that is already a training photo, or
+    named twice, is refused by name."""
+    extra = reference_records(references)
+    seen = {Path(p).resolve() for p in dataset.paths}
+    for record in extra:
+        path = record.path.resolve()
+        if path in seen:
+            raise DatasetLayoutError(f"{record.path}: a reference photo named twice, or already a training photo")
+        seen.add(path)
+    refs = AnomalyDataset(extra, size=cfg.data.shape, on_bad_file=cfg.data.on_bad_file, name="references")
+    return JoinedSampleSet([dataset, refs], name=f"{getattr(dataset, 'name', 'training')}+references")
+
+
+def refit(
+    model: Detector,
+    cfg: Config,
+    source: str | Path,
+    progress: bool = True,
+    references: Sequence[str | Path] = (),
+) -> Detector:
     """A new Detector with `model`'s network, its scorers and thresholds fitted again on cfg's
     training split under cfg's score.* settings. Of `model`'s metadata it keeps "training";
-    "refit_from" records `source`. Unreadable training files are skipped (logged)."""
+    "refit_from" records `source`. Unreadable training files are skipped (logged).
+
+    references: defect-free photos fitted beside the training split (image files or folders of
+    them), e.g. a new camera position's first good photos: the Gaussians learn their look without
+    training the network again. metadata["references"] names them."""
     detector = Detector(cfg, model.n_kinds, net=model.net)
     detector.metadata = {k: v for k, v in model.metadata.items() if k in ("training",)}
     detector.metadata["refit_from"] = str(source)
     dataset = build_dataset(cfg.data, "train", cfg.seed)
+    if references:
+        dataset = with_references(dataset, references, cfg)
+        added = [str(r.path) for r in reference_records(references)]
     for path, reason in dataset.check(progress=progress):
         log.warning("skipped bad file: %s: %s", path, reason)
+    if references:
+        kept = set(dataset.paths)
+        detector.metadata["references"] = [name for name in added if name in kept]
     detector.fit(dataset, progress=progress)
     if cfg.score.defect_probe:  # the probe reads the new Gaussians' distances: fitted again on them
         defects = load_labelled_defects(str(cfg.data.labelled_defects), cfg.data.on_bad_file)

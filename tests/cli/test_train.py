@@ -1,6 +1,7 @@
 """The train, evaluate and demo commands, run through `main` with tiny synthetic settings."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -209,3 +210,55 @@ def test_refit_refuses_what_it_cannot_do(tmp_path, tiny_yaml, capsys):
         main(["train", "--config", str(tiny_yaml), "--output-dir", str(run), "--set", "train.snapshot_every=-1"]) == 2
     )
     assert "train.snapshot_every" in capsys.readouterr().err
+
+
+def test_refit_with_reference_photos(tmp_path, tiny_yaml, capsys):
+    """Reference photos join the training photos in the fit: a look the training photos never
+    showed scores far lower once a few photos of it are references, and the model names them."""
+    import numpy as np
+    from PIL import Image
+
+    from pitscope.inference import Detector
+
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(tiny_yaml), "--output-dir", str(run), "--quiet"]) == 0
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64]
+
+    def stripes(phase: float) -> np.ndarray:  # a striped look unlike the synthetic surface
+        base = 127 + 100 * np.sin(xx / 3.0 + phase) * np.cos(yy / 7.0)
+        return np.clip(base[..., None] + rng.normal(0, 4, (64, 64, 3)), 0, 255).astype(np.uint8)
+
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for i in range(6):
+        Image.fromarray(stripes(0.3 * i)).save(refs / f"ref_{i}.png")
+    probe = stripes(0.45)  # the same look, not a reference
+
+    model = Detector.load(run / "model.pt")
+    before = model.predict(probe).score
+    out = tmp_path / "with_refs.pt"
+    assert main(["refit", str(run / "model.pt"), "--output", str(out), "--quiet", "--references", str(refs)]) == 0
+    assert "6 reference photo(s) fitted beside the training photos" in capsys.readouterr().out
+    refitted = Detector.load(out)
+    assert sorted(Path(p).name for p in refitted.metadata["references"]) == [f"ref_{i}.png" for i in range(6)]
+    after = refitted.predict(probe).score
+    assert after < 0.5 * before, (before, after)
+
+    # single files work too; bad references are refused by name, and nothing is written
+    one = tmp_path / "one.pt"
+    assert (
+        main(["refit", str(run / "model.pt"), "--output", str(one), "--quiet", "--references", str(refs / "ref_0.png")])
+        == 0
+    )
+    assert len(Detector.load(one).metadata["references"]) == 1
+    bad = tmp_path / "bad.pt"
+    for args, message in (
+        ([str(tmp_path / "missing")], "no such file or folder"),
+        ([str(tmp_path / "tiny.yaml")], "not an image file"),
+        ([str(run)], "no reference images"),
+        ([str(refs), str(refs / "ref_1.png")], "named twice"),
+    ):
+        assert main(["refit", str(run / "model.pt"), "--output", str(bad), "--quiet", "--references", *args]) == 2
+        assert message in capsys.readouterr().err, args
+        assert not bad.exists()

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pitscope.config import DataConfig
 from pitscope.data import FORMATS, build_dataset
@@ -163,3 +164,29 @@ def test_build_dataset_dispatches_to_the_format(tmp_path, write_image):
     write_image(tmp_path / "good" / "a.png")
     dataset = build_dataset(DataConfig(format="folder", root=str(tmp_path / "good"), image_size=32), "train", 0)
     assert isinstance(dataset, AnomalyDataset) and len(dataset) == 1
+
+
+def test_joined_sample_set_reads_its_parts_in_order(tmp_path):
+    from pitscope.data.dataset import JoinedSampleSet
+    from pitscope.data.synthetic import SyntheticDataset
+
+    first = SyntheticDataset(n_normal=3, n_defect=1, height=32, width=32, seed=1)
+    Image.fromarray(np.full((32, 32, 3), 7, np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((32, 32, 3), 9, np.uint8)).save(tmp_path / "b.png")
+    second = AnomalyDataset([Record(tmp_path / "b.png", 0), Record(tmp_path / "a.png", 0)])
+    joined = JoinedSampleSet([first, second], name="both")
+    assert len(joined) == 6 and joined.has_masks
+    assert joined.labels.tolist() == first.labels.tolist() + [0, 0]
+    assert joined.paths == first.paths + [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    assert joined.describe() == {"total": 6, "normal": 5, "defective": 1}
+    np.testing.assert_array_equal(joined[2].image, first[2].image)
+    assert joined[4].image.max() == 7 and joined[5].image.max() == 9 and joined[-1].image.max() == 9
+    with pytest.raises(IndexError):
+        joined[6]
+    (tmp_path / "a.png").write_bytes(b"not an image")  # unreadable: check() drops it, later indices move up
+    fresh = JoinedSampleSet([first, AnomalyDataset([Record(tmp_path / "a.png", 0), Record(tmp_path / "b.png", 0)])])
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        bad = fresh.check(progress=False)
+    assert [Path(p).name for p, _ in bad] == ["a.png"] and len(fresh) == 5 and fresh[4].image.max() == 9
+    with pytest.raises(ValueError, match="at least one"):
+        JoinedSampleSet([])

@@ -132,7 +132,9 @@ def cmd_refit(args: argparse.Namespace) -> int:
     if to_dict(cfg) == to_dict(old.cfg):
         print("refit: no setting changed; fitting again with the model's own settings", file=sys.stderr)
     progress = not args.quiet
-    detector = refit(old, cfg, args.model, progress=progress)
+    detector = refit(old, cfg, args.model, progress=progress, references=args.references)
+    if args.references:
+        print(f"refit: {len(detector.metadata['references'])} reference photo(s) fitted beside the training photos")
     detector.save(out)
     _print_calibration(detector, out)
     if args.evaluate:
@@ -246,6 +248,15 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--output", required=True, help="where the refitted model goes (a new file; MODEL is left as it is)")
     add_set_arg(p, "a scoring (score.*) or data (data.*) setting, e.g. --set score.pixel_channels=null")
+    p.add_argument(
+        "--references",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="PATH",
+        help="defect-free photos (image files or folders of them) fitted beside the training photos, e.g. a new "
+        "camera position's first good photos: no training, the scorers learn their look",
+    )
     p.add_argument(
         "--evaluate", action="store_true", help="evaluate on the test split afterwards (OUTPUT's stem + _eval/)"
     )

@@ -222,3 +222,48 @@ class AnomalyDataset(SampleSet):
         """Counts {"total", "normal", "defective"}."""
         labels = self.labels
         return {"total": int(labels.size), "normal": int((labels == 0).sum()), "defective": int((labels == 1).sum())}
+
+
+class JoinedSampleSet(SampleSet):
+    """Sample sets one after another, as one: `self[i]` is the first set's samples, then the
+    second's. Indices follow each part's own order (after `check()` drops a part's unreadable
+    files, the later indices move up)."""
+
+    def __init__(self, parts: Sequence[SampleSet], name: str = ""):
+        if not parts:
+            raise ValueError("JoinedSampleSet: needs at least one sample set")
+        self.parts = list(parts)
+        self.name = name
+        self.has_masks = all(part.has_masks for part in self.parts)
+
+    def _locate(self, index: int) -> tuple[SampleSet, int]:
+        index = operator.index(index)
+        if index < 0:
+            index += len(self)
+        for part in self.parts:
+            if 0 <= index < len(part):
+                return part, index
+            index -= len(part)
+        raise IndexError("JoinedSampleSet index out of range")
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self.parts)
+
+    def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
+        part, i = self._locate(index)
+        return part[i]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.concatenate([part.labels for part in self.parts]).astype(np.int64)
+
+    @property
+    def paths(self) -> list[str]:
+        return [path for part in self.parts for path in part.paths]
+
+    def describe(self) -> dict[str, int]:
+        labels = self.labels
+        return {"total": int(labels.size), "normal": int((labels == 0).sum()), "defective": int((labels == 1).sum())}
+
+    def check(self, progress: bool = True) -> list[tuple[str, str]]:
+        return [bad for part in self.parts for bad in part.check(progress)]
