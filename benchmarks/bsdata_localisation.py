@@ -29,17 +29,22 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from bsdata_cpu import provenance  # this folder is on sys.path when run as a script
+from bsdata_reference import reference_names
 
 from pitscope.benchmark import commit, machine
 from pitscope.benchmark.provenance import TEST_LOOKS, append_test_look
 from pitscope.config import apply_overrides, to_dict
 from pitscope.data import build_dataset
+from pitscope.data.bsdata import bsdata_root
+from pitscope.data.dataset import AnomalyDataset
 from pitscope.evaluation import evaluate, predicted_regions, write_evaluation
+from pitscope.fitting import refit, with_references
 from pitscope.inference import Detector
 from pitscope.metrics import evaluate_all, region_metrics
 from pitscope.scoring import gaussian_smooth, pixel_threshold_of
@@ -85,11 +90,26 @@ def transform(maps: np.ndarray, scores: np.ndarray, threshold: float, sigma: flo
     return out
 
 
-def choose(detector: Detector, sigmas=SIGMAS, normalisations=NORMALISATIONS, progress: bool = True) -> dict:
+def choose(
+    detector: Detector,
+    sigmas=SIGMAS,
+    normalisations=NORMALISATIONS,
+    progress: bool = True,
+    references: Sequence[Path] = (),
+) -> dict:
+    """Every map and region setting scored on the validation photos; with `references` (photos
+    the detector was fitted on beside its training photos) those photos are not scored."""
     cfg = detector.cfg
     train = build_dataset(cfg.data, "train", cfg.seed)
+    if references:
+        train = with_references(train, references, cfg)
     train.check(progress=progress)  # as the fit did: the same images, so the same held-back ones
     val = build_dataset(cfg.data, "val", cfg.seed)
+    if references:
+        fitted = {Path(r).resolve() for r in references}
+        val = AnomalyDataset(
+            [r for r in val.records if r.path.resolve() not in fitted], size=val.size, name="bsdata-val-judged"
+        )
     val.check(progress=progress)
     fit_idx, cal_idx = detector.split_calibration(len(train))
     cal_idx = cal_idx or fit_idx  # as the fit: no held-back images, the fitting ones
@@ -132,6 +152,14 @@ def choose(detector: Detector, sigmas=SIGMAS, normalisations=NORMALISATIONS, pro
     }
 
 
+def earliest_references(model: Path, per_position: int) -> list[Path]:
+    """The files of each validation position's `per_position` earliest defect-free photos."""
+    cfg = Detector.load(model).cfg
+    val = build_dataset(cfg.data, "val", cfg.seed)
+    names = reference_names(val, bsdata_root(cfg.data.root), per_position)
+    return [r.path for r in val.records if r.path.name in names]
+
+
 def best(rows: list[dict]) -> dict:
     """The row chosen: the highest pixel F1 of the regions among those whose 99th-percentile area on
     defect-free photos stays within MAX_NORMAL_AREA (ties: the higher median IoU)."""
@@ -150,11 +178,17 @@ def check_model(detector: Detector, path: Path) -> None:
         raise SystemExit(f"{path}: score.image_method={detector.cfg.score.image_method}; this study needs embedding")
 
 
-def refitted(model: Path, overrides: list[str], out_dir: Path | None = None) -> Detector:
-    """The model's network with its scorers fitted again under `overrides` (score.* only); saved
-    to out_dir/model.pt when out_dir is given. Without overrides, the model as saved."""
+def refitted(
+    model: Path, overrides: list[str], out_dir: Path | None = None, references: Sequence[Path] = ()
+) -> Detector:
+    """The model's network with its scorers fitted again under `overrides` (score.* only) and
+    with `references` beside its training photos (`pitscope refit --references`); saved to
+    out_dir/model.pt when out_dir is given. Without either, the model as saved."""
     old = Detector.load(model)
     check_model(old, model)
+    if references:
+        cfg = apply_overrides(old.cfg, overrides)
+        return refit(old, cfg, model, progress=True, references=references)
     if not overrides:
         return old
     cfg = apply_overrides(old.cfg, overrides)
@@ -204,12 +238,18 @@ def write_markdown(record: dict, path: Path) -> None:
     ]
     for run in record["runs"]:
         c = run["counts"]
-        refit = f", scored with `{' '.join(run['overrides'])}`" if run.get("overrides") else ""
+        scored = f", scored with `{' '.join(run['overrides'])}`" if run.get("overrides") else ""
         lines += [
-            f"## {run['model']}{refit}",
+            f"## {run['model']}{scored}",
             "",
-            f"{c['normal']} defect-free and {c['defective']} pitting photos of the validation positions; "
-            f"pixel thresholds from {c['calibration']} held-back training photos. Image AUROC "
+            f"{c['normal']} defect-free and {c['defective']} pitting photos of the validation positions"
+            + (
+                f" (the scorers fitted with {run['references']} of their defect-free photos, each position's "
+                "earliest, beside the training photos; those are not scored); "
+                if run.get("references")
+                else "; "
+            )
+            + f"pixel thresholds from {c['calibration']} held-back training photos. Image AUROC "
             f"{pct(run['image_auroc'])}.",
             "",
             "Maps (best region row of each):",
@@ -402,12 +442,22 @@ def main() -> int:
     parser.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS), help="smoothing sigmas compared")
     parser.add_argument("--normalisations", nargs="+", default=list(NORMALISATIONS), choices=NORMALISATIONS)
     parser.add_argument(
+        "--references",
+        type=int,
+        default=0,
+        metavar="K",
+        help="choosing only: fit the scorers again with each validation position's K earliest defect-free photos "
+        "beside the training photos (`pitscope refit --references`), and score the other validation photos",
+    )
+    parser.add_argument(
         "--neighbourhoods",
         type=int,
         nargs="+",
         help="score.neighbourhood values compared on the same fitted Gaussians (choosing only; default: the model's)",
     )
     args = parser.parse_args()
+    if args.references and args.test:
+        parser.error("--references chooses on validation; the test positions' photos already train the model")
     if args.neighbourhoods and args.test:
         parser.error("--neighbourhoods compares settings on validation; with --test give --set score.neighbourhood=N")
     command = "python benchmarks/bsdata_localisation.py " + " ".join(sys.argv[1:])
@@ -439,11 +489,13 @@ def main() -> int:
         return 0
     runs = []
     for model in args.models:
-        detector = refitted(model, args.overrides)
+        references = earliest_references(model, args.references) if args.references else []
+        detector = refitted(model, args.overrides, references=references)
         for radius in args.neighbourhoods or [detector.cfg.score.neighbourhood]:
             # the Gaussians and the image threshold do not depend on it; `choose` sets the pixel thresholds
             detector.cfg.score.neighbourhood = detector.pixel_scorer.radius = radius
-            run = choose(detector, args.sigmas, args.normalisations)
+            run = choose(detector, args.sigmas, args.normalisations, references=references)
+            run["references"] = len(references)
             overrides = [*args.overrides, f"score.neighbourhood={radius}"] if args.neighbourhoods else args.overrides
             runs.append({"model": str(model), "overrides": overrides, **run, "chosen": best(run["rows"])})
     record = {

@@ -83,6 +83,27 @@ def train_fold(fold: int, held_out: tuple[str, ...], sequences, root: Path, runs
     return {**info, **run(cmd, runs / f"fold{fold}.log")}
 
 
+def with_references(fold: dict, sequences, k: int, runs: Path) -> str:
+    """Fit fold's model again with the first k photos of each of its sequences as references
+    (`pitscope refit --references`); the new model's path. Records in `fold` the command, the
+    minutes and how many references carry marked pitting."""
+    mine = [s for s in sequences if s.name in set(fold["sequences"])]
+    photos = [r for s in mine for r in s.records[:k]]
+    model = runs / f"fold{fold['fold']}" / "model.pt"
+    out = runs / f"fold{fold['fold']}" / f"model_refs{k}.pt"
+    cmd = ["pitscope", "refit", str(model), "--output", str(out), "--quiet", "--references", *map(str, photos)]
+    done = run(cmd, runs / f"fold{fold['fold']}_refs{k}.log")
+    fold["references"] = {
+        "per_sequence": k,
+        "photos": len(photos),
+        "with_pitting": sum(r.label == 1 for r in photos),
+        "command": f"pitscope refit {model.name} --output {out.name} --quiet --references <the first {k} photos of "
+        "each of the fold's sequences>",
+        "wall_minutes": done["wall_minutes"],
+    }
+    return str(out)
+
+
 def by_role(sequences: list[dict], positions: dict) -> list[dict]:
     """The measures per position role of the versioned position split (test, validation, label):
     sequences, those with pitting, mean Spearman over those that have one, false alerts among
@@ -135,7 +156,14 @@ def write_markdown(record: dict, path: Path) -> None:
         f"Alert rule: {record['rule']['text']}.",
         "",
         f"Overall ({o['sequences']} sequences, {o['with_pitting']} with pitting, {o['images']} images; "
-        f"{o['trained_on_measured_images']} measured images were training images):",
+        f"{o['trained_on_measured_images']} measured images were training images"
+        + (
+            f"; {o['reference_images_left_out']} reference photos not measured, "
+            f"{sum(f['references']['with_pitting'] for f in record['folds'])} of them with marked pitting"
+            if o.get("reference_images_left_out")
+            else ""
+        )
+        + "):",
         "",
         f"- Spearman correlation of predicted and true area: mean over sequences {num(o['spearman']['mean'])} "
         f"(median {num(o['spearman']['median'])}, n = {o['spearman']['n']}); pooled over images "
@@ -206,6 +234,14 @@ def main() -> int:
     parser.add_argument("--alert-area", default="0.005", help="pitscope wear --alert-area (default: 0.005)")
     parser.add_argument("--alert-growth", default="0.001", help="pitscope wear --alert-growth (default: 0.001)")
     parser.add_argument("--alert-window-days", default="1", help="pitscope wear --alert-window-days (default: 1)")
+    parser.add_argument(
+        "--references",
+        type=int,
+        default=0,
+        metavar="K",
+        help="fit each fold's scorers again with the first K photos of each of its sequences as references "
+        "(pitscope refit --references) and measure the sequences without them",
+    )
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra --set for every training")
     args = parser.parse_args()
 
@@ -221,6 +257,8 @@ def main() -> int:
     models = [str(runs / f"fold{f['fold']}" / "model.pt") for f in folds]
     for fold, model in zip(folds, models):
         fold["training"] = torch.load(model, map_location="cpu", weights_only=True)["metadata"].get("training")
+    if args.references:
+        models = [with_references(fold, sequences, args.references, runs) for fold in folds]
     wear_cmd = [
         "pitscope",
         "wear",
@@ -253,7 +291,15 @@ def main() -> int:
                 "the defect-free images of the other folds' sequences only, with the cpu preset at "
                 f"{args.image_size} px for at most {args.budget_minutes:g} minutes, and measured only its own "
                 "fold's sequences."
+                + (
+                    f" Each fold's scorers were then fitted again with the first {args.references} photos of each "
+                    "of its own sequences as references (`pitscope refit --references`; the network unchanged); "
+                    "those photos are not measured."
+                    if args.references
+                    else ""
+                )
             ),
+            "references_per_sequence": args.references,
             "folds": args.folds,
             "seed": args.seed,
             "image_size": args.image_size,

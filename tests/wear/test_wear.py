@@ -447,3 +447,37 @@ def test_wear_from_a_history_replayed_over_http_equals_the_offline_curves(tree, 
         ):
             assert mine[key] == theirs[key], key
     assert main(["wear", "--db", str(db), "--part", "nope", "--out", str(out)]) == 2
+
+
+def test_wear_measures_a_sequence_without_its_reference_photos(tree, fold_models, wear_run, tmp_path, capsys):
+    """A fold model refitted with the first two photos of each of its sequences as references
+    measures those sequences from the third photo on, with the days still counted from the first."""
+    folds, models = fold_models
+    refitted = []
+    for f, held_out in enumerate(folds):
+        firsts = [
+            str(tree / "data" / _file(name.split("_", 2)[2].rsplit("_crop", 1)[0], i))
+            for name in held_out
+            for i in (0, 1)
+        ]
+        out = tmp_path / f"fold{f}_refs.pt"
+        assert main(["refit", str(models[f]), "--output", str(out), "--quiet", "--references", *firsts]) == 0
+        refitted.append(out)
+    capsys.readouterr()
+    out = tmp_path / "wear_refs"
+    assert main(["wear", *map(str, refitted), "--root", str(tree), "--out", str(out), "--quiet"]) == 0
+    assert "6 reference photos (fitted on by the models' scorers) not measured" in capsys.readouterr().out
+    record = json.loads((out / "wear.json").read_text())
+    assert record["unmeasured"] == [] and record["overall"]["trained_on_measured_images"] == 0
+    assert record["overall"]["reference_images_left_out"] == 6 and record["overall"]["images"] == 12
+    assert [m["reference_images"] for m in record["split"]["models"]] == [2 * len(fold) for fold in folds]
+    for summary in record["sequences"]:
+        assert summary["references"] == 2 and summary["images"] == 4
+    for position in PITS:
+        name = f"01_{TIMES[5]}_{position}_crop"
+        with (out / "sequences" / f"{name}.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        assert [r["file"] for r in rows] == [_file(position, i) for i in range(2, 6)]
+        assert record["curves"][name]["days"] == [1.0, 1.5, 2.0, 2.5]
+    with (out / "summary.csv").open() as fh:
+        assert [int(r["references"]) for r in csv.DictReader(fh)] == [2, 2, 2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 
@@ -60,7 +61,9 @@ class WearCurve:
     """The areas of one sequence's images, in capture order, as one model measured them.
 
     model: the model file; overlap: how many of the sequence's images that model trained on
-    (0 unless measured with allow_overlap).
+    (0 unless measured with allow_overlap); references: how many of its images the model's
+    scorers were fitted on as reference photos (`pitscope refit --references`), which are left
+    out of the curve.
     """
 
     sequence: str
@@ -69,6 +72,7 @@ class WearCurve:
     model: str
     overlap: int
     pixel_threshold: float
+    references: int = 0
 
     @property
     def days(self) -> np.ndarray:
@@ -86,14 +90,26 @@ class WearCurve:
         return np.array([p.true_fraction for p in self.points])
 
 
-def measure_sequence(detector, sequence: WearSequence, model: str, overlap: int = 0) -> WearCurve:
-    """Predict every image of `sequence` with `detector` (one batch of maps in memory at a time)."""
+def measure_sequence(
+    detector, sequence: WearSequence, model: str, overlap: int = 0, references: frozenset[Path] = frozenset()
+) -> WearCurve:
+    """Predict every image of `sequence` with `detector` (one batch of maps in memory at a time),
+    except the `references` (resolved paths the detector's scorers were fitted on); days still
+    count from the sequence's first image. Raises ValueError when every image is a reference."""
     days = sequence.days
+    measured = [i for i, r in enumerate(sequence.records) if r.path.resolve() not in references]
+    if not measured:
+        raise ValueError(
+            f"sequence {sequence.name}: every image is a reference photo of {model}; none is left to measure"
+        )
     points = []
     batch = detector.cfg.score.batch_size
-    for start in range(0, len(sequence.records), batch):
-        records = sequence.records[start : start + batch]
-        predictions = detector.predict([r.path for r in records])
-        for i, (record, prediction) in enumerate(zip(records, predictions), start):
-            points.append(area_point(record, sequence.times[i], days[i], prediction))
-    return WearCurve(sequence.name, sequence.names, tuple(points), model, overlap, float(detector.pixel_threshold))
+    for start in range(0, len(measured), batch):
+        chunk = measured[start : start + batch]
+        predictions = detector.predict([sequence.records[i].path for i in chunk])
+        for i, prediction in zip(chunk, predictions):
+            points.append(area_point(sequence.records[i], sequence.times[i], days[i], prediction))
+    left_out = len(sequence.records) - len(measured)
+    return WearCurve(
+        sequence.name, sequence.names, tuple(points), model, overlap, float(detector.pixel_threshold), left_out
+    )

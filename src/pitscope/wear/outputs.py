@@ -38,6 +38,7 @@ SUMMARY_FIELDS = (
     "sequence",
     "model",
     "overlap",
+    "references",
     "images",
     "first_flagged_days",
     "first_true_days",

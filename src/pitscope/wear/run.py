@@ -15,7 +15,7 @@ from pitscope.data.sequences import SECONDS_PER_DAY, read_sequences
 from pitscope.growth import AlertRule
 from pitscope.wear.curves import AreaPoint, WearCurve, measure_sequence
 from pitscope.wear.outputs import write_wear
-from pitscope.wear.split import assign_models, training_images
+from pitscope.wear.split import assign_models, reference_images, training_images
 
 
 # -- the whole run ---------------------------------------------------------------------------
@@ -34,15 +34,21 @@ def run_wear(
 
     Every sequence is measured by a model that never trained on its images (`assign_models`;
     give one model per fold of a `sequence_folds` split to cover them all); a sequence no model
-    qualifies for is left out and listed under "unmeasured", unless allow_overlap. Models are
-    loaded one at a time. Returns the content of wear.json. Raises ValueError when no sequence
+    qualifies for is left out and listed under "unmeasured", unless allow_overlap. A model's
+    reference photos (`pitscope refit --references`) do not count as training images: the
+    sequence is measured without them. Models are loaded one at a time. Returns the content of wear.json. Raises ValueError when no sequence
     can be measured.
     """
     from pitscope.inference import Detector
 
     if not models:
         raise ValueError("give at least one model")
-    configs = [Detector.load(model).cfg for model in models]
+    configs, references = [], []
+    for model in models:  # one model in memory at a time
+        detector = Detector.load(model)
+        configs.append(detector.cfg)
+        references.append(reference_images(detector))
+        del detector
     root = bsdata_root(root if root is not None else configs[0].data.root)
     sequences = read_sequences(root)
     trained = [training_images(cfg, model, root) for cfg, model in zip(configs, models)]
@@ -66,13 +72,20 @@ def run_wear(
     for index, model in enumerate(models):
         mine = [s for s in sequences if assigned.get(s.name, (None,))[0] == index]
         split_models.append(
-            {"model": str(model), "training_images": len(trained[index]), "sequences": [s.name for s in mine]}
+            {
+                "model": str(model),
+                "training_images": len(trained[index]),
+                "reference_images": len(references[index]),
+                "sequences": [s.name for s in mine],
+            }
         )
         if not mine:
             continue
         detector = Detector.load(model)
         for sequence in mine:
-            curves.append(measure_sequence(detector, sequence, str(model), assigned[sequence.name][1]))
+            curves.append(
+                measure_sequence(detector, sequence, str(model), assigned[sequence.name][1], references[index])
+            )
             bar.update(1)
         del detector  # one model in memory at a time
     bar.close()

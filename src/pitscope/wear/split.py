@@ -77,6 +77,12 @@ def training_images(cfg: Config, model_path: str | Path, root: str | Path) -> fr
     return frozenset(Path(p).resolve() for p in build_dataset(cfg.data, "train", cfg.seed).paths)
 
 
+def reference_images(detector) -> frozenset[Path]:
+    """The reference photos a model's scorers were fitted on beside its training photos
+    (`pitscope refit --references`, metadata["references"]), as resolved paths."""
+    return frozenset(Path(p).resolve() for p in detector.metadata.get("references", ()))
+
+
 def assign_models(
     sequences: Sequence[WearSequence], trained: Sequence[frozenset[Path]], allow_overlap: bool = False
 ) -> dict[str, tuple[int, int]]:

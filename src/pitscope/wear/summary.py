@@ -82,6 +82,7 @@ class SequenceSummary:
     names: tuple[str, ...]
     model: str
     overlap: int
+    references: int
     images: int
     start: str
     end: str
@@ -109,6 +110,7 @@ def summarise(curve: WearCurve, rule: AlertRule) -> SequenceSummary:
         names=curve.names,
         model=curve.model,
         overlap=curve.overlap,
+        references=curve.references,
         images=len(curve.points),
         start=curve.points[0].time.isoformat(),
         end=curve.points[-1].time.isoformat(),
@@ -157,6 +159,7 @@ def overall(curves: Sequence[WearCurve], summaries: Sequence[SequenceSummary]) -
         "without_pitting": len(clean),
         "images": int(truth.size),
         "trained_on_measured_images": sum(s.overlap for s in summaries),
+        "reference_images_left_out": sum(s.references for s in summaries),
         "spearman": {**_stats(s.spearman for s in summaries), "pooled": spearman(predicted, truth)},
         "mae": float(mean_absolute_error(truth, predicted)) if truth.size else None,
         "flag_lead_days": _stats(s.flag_lead_days for s in pitted),
@@ -203,4 +206,8 @@ def format_summary(record: dict) -> str:
         f"{a['missed']} missed); {a['false_alerts']} false alerts on {a['clean_images']} clean images; "
         f"{a['clean_sequences_alerted']}/{o['without_pitting']} sequences without pitting alerted",
     ]
+    if o.get("reference_images_left_out"):
+        lines.append(
+            f"{o['reference_images_left_out']} reference photos (fitted on by the models' scorers) not measured"
+        )
     return "\n".join(lines)
