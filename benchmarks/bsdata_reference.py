@@ -8,9 +8,10 @@ defect-free photos of every one of them. The validation positions are unseen: no
 photos trains the network or its scorers. This benchmark scores the validation positions both
 ways, on the same photos:
 - unseen: the model as saved;
-- seen: the scorers fitted again (`refit`, the model's own settings) on its training photos plus
-  the earliest `--references` defect-free photos of each validation position, by capture time, as
-  a user adds a new camera position's first good photos without training again.
+- seen: the scorers fitted again with the model's own settings on its training photos plus the
+  earliest `--references` defect-free photos of each validation position, by capture time
+  (`pitscope refit --references`), as a user adds a new camera position's first good photos
+  without training again.
 The reference photos are not scored; every other validation photo is, in both rows. The network
 is the same in both rows: only the Gaussians and the thresholds see the references. For each row:
 the image AUROC of the model's image score and of the map maximum, the maps' pixel AUROC, pixel
@@ -22,6 +23,8 @@ commit and machine. Validation photos only: nothing here scores the test split.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import shlex
 import sys
 import time
@@ -36,6 +39,7 @@ from pitscope.data.bsdata import bsdata_root, position_files, read_positions
 from pitscope.data.dataset import AnomalyDataset
 from pitscope.data.sequences import capture_time
 from pitscope.evaluation import predicted_regions
+from pitscope.fitting import refit
 from pitscope.inference import Detector
 from pitscope.metrics import evaluate_all, region_metrics
 
@@ -77,7 +81,22 @@ def measure(detector: Detector, judged: AnomalyDataset) -> dict:
     }
 
 
-def score_model(path: Path, per_position: int) -> dict:
+SETTINGS = ("neighbourhood", "smoothing_sigma", "map_normalisation", "image_features", "threshold_quantile")
+
+
+def score_model(path: Path, per_position: int, cache: Path | None = None) -> dict:
+    """One model's record; kept in `cache` (keyed by the model file's path, size and time, and
+    per_position) so that a later run with more models scores only the new ones."""
+    if cache is not None:
+        stat = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{per_position}".encode()).hexdigest()
+        hit = cache / f"{key[:16]}.json"
+        if hit.is_file():
+            return json.loads(hit.read_text())
+        record = score_model(path, per_position)
+        cache.mkdir(parents=True, exist_ok=True)
+        hit.write_text(json.dumps(record))
+        return record
     saved = Detector.load(path).eval()
     cfg = saved.cfg
     if cfg.data.holdout != "positions":
@@ -88,13 +107,9 @@ def score_model(path: Path, per_position: int) -> dict:
     kept = [r for r in val.records if Path(r.path).name not in references]
     extra = [r for r in val.records if Path(r.path).name in references]
     judged = AnomalyDataset(kept, size=val.size, on_bad_file=val.on_bad_file, name="bsdata-val-judged")
-    with_references = AnomalyDataset(
-        train.records + extra, size=train.size, on_bad_file=train.on_bad_file, name="bsdata-train+references"
-    )
     t0 = time.perf_counter()
     unseen = measure(saved, judged)
-    seen_detector = Detector(cfg, saved.n_kinds, net=saved.net)
-    seen_detector.fit(with_references, progress=True)
+    seen_detector = refit(saved, cfg, path, progress=True, references=[r.path for r in extra])
     seen = measure(seen_detector.eval(), judged)
     labels = np.asarray(judged.labels)
     return {
@@ -102,6 +117,7 @@ def score_model(path: Path, per_position: int) -> dict:
         "seed": cfg.seed,
         "epochs": saved.metadata.get("training", {}).get("epochs"),
         "precision": cfg.train.precision,
+        "score": {k: getattr(cfg.score, k) for k in SETTINGS},
         "unseen": unseen,
         "seen": seen,
         "counts": {
@@ -146,11 +162,21 @@ def write_markdown(record: dict, path: Path) -> None:
         f"{first['references']} reference photos (each validation position's earliest defect-free photos); the "
         "network is the same. Percent; regions at each model's stored settings.",
         "",
+        *(
+            [
+                "The models' scoring settings differ: "
+                + "; ".join(f"{m['model']}: {m['score']}" for m in record["models"])
+                + ".",
+                "",
+            ]
+            if len({json.dumps(m["score"], sort_keys=True) for m in record["models"]}) > 1
+            else [f"Scoring settings: {record['models'][0]['score']}.", ""]
+        ),
         "| model | positions | " + " | ".join(name for name, _ in COLUMNS) + " |",
         "|---|---|" + "---|" * len(COLUMNS),
     ]
     for m in record["models"]:
-        label = f"{m['model']} (seed {m['seed']}, {m['precision']})"
+        label = f"{m['model']} (seed {m['seed']}, {m['precision']}, {m['epochs']} epochs)"
         for row in ("unseen", "seen"):
             lines.append(f"| {label} | {row} | " + " | ".join(pct(m[row].get(k)) for _, k in COLUMNS) + " |")
     path.write_text("\n".join(lines) + "\n")
@@ -172,7 +198,7 @@ def main() -> int:
     source = commit()
     models = []
     for path in args.models:
-        models.append(score_model(path, args.references))
+        models.append(score_model(path, args.references, args.cache))
         print(f"{path}: {models[-1]['seconds']:.0f} s", file=sys.stderr)
     record = {
         "benchmark": "bsdata_reference",
