@@ -132,7 +132,21 @@ def test_health_and_model(fitted, client):
     assert info["pixel_threshold"] == float(detector.pixel_threshold)
     assert info["calibration"] == detector.metadata["calibration"]
     assert info["limits"] == {"max_upload_bytes": 20 * 1024 * 1024, "max_pixels": 50_000_000}
-    assert "metrics" not in info
+    assert "metrics" not in info and info["reference_photos"] == []
+
+
+def test_model_info_names_the_reference_photos(fitted):
+    detector, _ = fitted
+    saved = detector.metadata.get("references")
+    detector.metadata["references"] = ["/photos/station7/a.png", "/photos/station7/b.png"]
+    try:
+        with TestClient(create_app(detector)) as c:
+            assert c.get("/model").json()["reference_photos"] == ["a.png", "b.png"]
+    finally:
+        if saved is None:
+            del detector.metadata["references"]
+        else:
+            detector.metadata["references"] = saved
 
 
 def test_api_key_guards_everything_but_health(fitted):
