@@ -42,7 +42,7 @@ from pitscope.benchmark.provenance import TEST_LOOKS, append_test_look
 from pitscope.config import apply_overrides, to_dict
 from pitscope.data import build_dataset
 from pitscope.data.bsdata import bsdata_root
-from pitscope.data.dataset import AnomalyDataset
+from pitscope.data.dataset import AnomalyDataset, Record
 from pitscope.evaluation import evaluate, predicted_regions, write_evaluation
 from pitscope.fitting import refit, with_references
 from pitscope.inference import Detector
@@ -102,13 +102,18 @@ def choose(
     cfg = detector.cfg
     train = build_dataset(cfg.data, "train", cfg.seed)
     if references:
-        train = with_references(train, references, cfg)
+        train = with_references(train, [Record(Path(r), 0) for r in references], cfg)
     train.check(progress=progress)  # as the fit did: the same images, so the same held-back ones
     val = build_dataset(cfg.data, "val", cfg.seed)
     if references:
         fitted = {Path(r).resolve() for r in references}
         val = AnomalyDataset(
-            [r for r in val.records if r.path.resolve() not in fitted], size=val.size, name="bsdata-val-judged"
+            [r for r in val.records if r.path.resolve() not in fitted],
+            size=val.size,
+            on_bad_file=val.on_bad_file,
+            cache=val.cache,
+            name="bsdata-val-judged",
+            has_masks=val.has_masks,
         )
     val.check(progress=progress)
     fit_idx, cal_idx = detector.split_calibration(len(train))

@@ -186,6 +186,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", type=Path, help="model.pt files trained with data.holdout=positions")
     parser.add_argument("--references", type=int, default=10, help="reference photos per validation position")
+    parser.add_argument("--cache", type=Path, default=Path("runs/reference_cache"), help="per-model records kept here")
     parser.add_argument(
         "--name", default="bsdata_reference_validation", help="result file name under benchmarks/results/"
     )

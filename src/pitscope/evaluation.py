@@ -156,10 +156,11 @@ def evaluate(
     BSData they default to its two ball-screw types (`bsdata.type_groups`).
     The interval (DeLong's standard error, 95%) needs at least 2 images of each kind.
     """
-    trained_on = {d["sha256"] for d in getattr(detector, "metadata", {}).get("labelled_defects", [])}
-    dataset, left_out = without_files(dataset, trained_on)  # a photo that trained the model measures nothing
+    metadata = getattr(detector, "metadata", {})
+    trained_on = {d["sha256"] for d in (*metadata.get("labelled_defects", []), *metadata.get("references", []))}
+    dataset, left_out = without_files(dataset, trained_on)  # a photo the model learned from measures nothing
     for path in left_out:
-        log.info("left out of the measurement: %s (a labelled photo that trained the model)", path)
+        log.info("left out of the measurement: %s (a labelled or reference photo the model learned from)", path)
     if len(dataset) == 0:
         raise ValueError("the test split holds no images")
     labels = np.asarray(dataset.labels)

@@ -17,6 +17,7 @@ from pitscope.data.imageio import IMAGE_SUFFIXES, is_image_file, list_images
 from pitscope.data.labelled import load_labelled_defects
 from pitscope.data.types import DatasetLayoutError, SampleSet
 from pitscope.defect_probe import DefectProbe
+from pitscope.files import file_sha256
 from pitscope.inference import Detector
 from pitscope.model_file import read_model_file
 from pitscope.probe_fitting import fit_defect_probe, marked_samples, set_pixel_threshold
@@ -267,19 +268,33 @@ def reference_records(paths: Sequence[str | Path]) -> list[Record]:
     return records
 
 
-def with_references(dataset: SampleSet, references: Sequence[str | Path], cfg: Config) -> JoinedSampleSet:
-    """The training photos, then the reference photos, as one defect-free sample set (the
-    references read as cfg.data reads images: its shape, its on_bad_file). A reference that is already a training photo, or
-    named twice, is refused by name."""
-    extra = reference_records(references)
+def with_references(dataset: SampleSet, extra: Sequence[Record], cfg: Config) -> JoinedSampleSet:
+    """The training photos, then the reference photos `extra`, as one defect-free sample set (the
+    references read as cfg.data reads images: its shape, on_bad_file and cache). A reference that
+    is already a training photo, or named twice, is refused by name."""
     seen = {Path(p).resolve() for p in dataset.paths}
     for record in extra:
         path = record.path.resolve()
         if path in seen:
             raise DatasetLayoutError(f"{record.path}: a reference photo named twice, or already a training photo")
         seen.add(path)
-    refs = AnomalyDataset(extra, size=cfg.data.shape, on_bad_file=cfg.data.on_bad_file, name="references")
+    refs = AnomalyDataset(
+        extra, size=cfg.data.shape, on_bad_file=cfg.data.on_bad_file, cache=cfg.data.cache, name="references"
+    )
     return JoinedSampleSet([dataset, refs], name=f"{getattr(dataset, 'name', 'training')}+references")
+
+
+def kept_references(model: Detector, source: str | Path) -> list[Path]:
+    """The reference photos `model` was fitted on (metadata["references"]), which a refit fits
+    again. Raises FileNotFoundError naming the first one that is gone."""
+    paths = [Path(entry["path"]) for entry in model.metadata.get("references", [])]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{source} was fitted on the reference photo {path}, which is gone: a refit fits a model's "
+                "references again (restore it, or refit the model the references were added to)"
+            )
+    return paths
 
 
 def refit(
@@ -295,19 +310,27 @@ def refit(
 
     references: defect-free photos fitted beside the training split (image files or folders of
     them), e.g. a new camera position's first good photos: the Gaussians learn their look without
-    training the network again. metadata["references"] names them."""
+    training the network again. They join the training photos as they are, held-back calibration
+    photos included (`split_calibration` draws over both). The model's own references are fitted
+    again. metadata["references"] lists every one as {"path" (resolved), "sha256"}; `evaluate`
+    leaves them out of a measurement. Raises ValueError when none of the references is readable."""
     detector = Detector(cfg, model.n_kinds, net=model.net)
     detector.metadata = {k: v for k, v in model.metadata.items() if k in ("training",)}
     detector.metadata["refit_from"] = str(source)
     dataset = build_dataset(cfg.data, "train", cfg.seed)
-    if references:
-        dataset = with_references(dataset, references, cfg)
-        added = [str(r.path) for r in reference_records(references)]
+    old = kept_references(model, source)
+    new = [r for r in reference_records(references) if r.path.resolve() not in {p.resolve() for p in old}]
+    extra = [Record(path, 0) for path in old] + new
+    if extra:
+        dataset = with_references(dataset, extra, cfg)
     for path, reason in dataset.check(progress=progress):
         log.warning("skipped bad file: %s: %s", path, reason)
-    if references:
-        kept = set(dataset.paths)
-        detector.metadata["references"] = [name for name in added if name in kept]
+    if extra:
+        kept = {Path(p).resolve() for p in dataset.paths}
+        fitted = [r.path.resolve() for r in extra if r.path.resolve() in kept]
+        if not fitted:
+            raise ValueError(f"none of the {len(extra)} reference photo(s) could be read")
+        detector.metadata["references"] = [{"path": str(p), "sha256": file_sha256(p)} for p in fitted]
     detector.fit(dataset, progress=progress)
     if cfg.score.defect_probe:  # the probe reads the new Gaussians' distances: fitted again on them
         defects = load_labelled_defects(str(cfg.data.labelled_defects), cfg.data.on_bad_file)

@@ -241,9 +241,37 @@ def test_refit_with_reference_photos(tmp_path, tiny_yaml, capsys):
     assert main(["refit", str(run / "model.pt"), "--output", str(out), "--quiet", "--references", str(refs)]) == 0
     assert "6 reference photo(s) fitted beside the training photos" in capsys.readouterr().out
     refitted = Detector.load(out)
-    assert sorted(Path(p).name for p in refitted.metadata["references"]) == [f"ref_{i}.png" for i in range(6)]
+    entries = refitted.metadata["references"]
+    assert sorted(Path(r["path"]).name for r in entries) == [f"ref_{i}.png" for i in range(6)]
+    assert all(Path(r["path"]).is_absolute() and len(r["sha256"]) == 64 for r in entries)
     after = refitted.predict(probe).score
     assert after < 0.5 * before, (before, after)
+
+    # a photo the model was fitted on measures nothing in `evaluate`
+    from pitscope.data.dataset import AnomalyDataset, Record
+    from pitscope.evaluation import evaluate
+
+    dark = stripes(0.9)
+    dark[20:40, 20:40] = 0
+    for name, image in (("probe.png", probe), ("dark.png", dark), ("dark2.png", dark[:, ::-1].copy())):
+        Image.fromarray(image).save(tmp_path / name)
+    records = [Record(refs / "ref_2.png", 0), Record(tmp_path / "probe.png", 0)]
+    records += [Record(tmp_path / "dark.png", 1), Record(tmp_path / "dark2.png", 1)]
+    result = evaluate(refitted, AnomalyDataset(records, size=(64, 64), has_masks=False), progress=False)
+    assert result["counts"]["left_out_trained_on"] == 1 and result["counts"]["images"] == 3
+
+    # a refit of that model fits its references again, beside any new ones
+    (tmp_path / "more").mkdir()
+    Image.fromarray(stripes(2.0)).save(tmp_path / "more" / "ref_6.png")
+    again = tmp_path / "again.pt"
+    args = ["refit", str(out), "--output", str(again), "--quiet", "--references", str(tmp_path / "more")]
+    assert main([*args, str(refs / "ref_0.png")]) == 0  # ref_0 again: already one of the model's references
+    assert "7 reference photo(s) fitted beside the training photos" in capsys.readouterr().out
+    assert len(Detector.load(again).metadata["references"]) == 7
+    (refs / "ref_5.png").rename(tmp_path / "ref_5_moved.png")
+    assert main(["refit", str(out), "--output", str(tmp_path / "gone.pt"), "--quiet"]) == 2
+    assert "ref_5.png, which is gone" in capsys.readouterr().err
+    (tmp_path / "ref_5_moved.png").rename(refs / "ref_5.png")
 
     # single files work too; bad references are refused by name, and nothing is written
     one = tmp_path / "one.pt"
@@ -253,11 +281,14 @@ def test_refit_with_reference_photos(tmp_path, tiny_yaml, capsys):
     )
     assert len(Detector.load(one).metadata["references"]) == 1
     bad = tmp_path / "bad.pt"
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image")
     for args, message in (
         ([str(tmp_path / "missing")], "no such file or folder"),
         ([str(tmp_path / "tiny.yaml")], "not an image file"),
         ([str(run)], "no reference images"),
         ([str(refs), str(refs / "ref_1.png")], "named twice"),
+        ([str(junk)], "none of the 1 reference photo(s) could be read"),
     ):
         assert main(["refit", str(run / "model.pt"), "--output", str(bad), "--quiet", "--references", *args]) == 2
         assert message in capsys.readouterr().err, args

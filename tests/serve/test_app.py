@@ -138,7 +138,10 @@ def test_health_and_model(fitted, client):
 def test_model_info_names_the_reference_photos(fitted):
     detector, _ = fitted
     saved = detector.metadata.get("references")
-    detector.metadata["references"] = ["/photos/station7/a.png", "/photos/station7/b.png"]
+    detector.metadata["references"] = [
+        {"path": "/photos/station7/a.png", "sha256": "0" * 64},
+        {"path": "/photos/station7/b.png", "sha256": "1" * 64},
+    ]
     try:
         with TestClient(create_app(detector)) as c:
             assert c.get("/model").json()["reference_photos"] == ["a.png", "b.png"]

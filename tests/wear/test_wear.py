@@ -481,3 +481,16 @@ def test_wear_measures_a_sequence_without_its_reference_photos(tree, fold_models
         assert record["curves"][name]["days"] == [1.0, 1.5, 2.0, 2.5]
     with (out / "summary.csv").open() as fh:
         assert [int(r["references"]) for r in csv.DictReader(fh)] == [2, 2, 2]
+
+    # a sequence whose every photo is a reference is not measured, and says why
+    first = folds[0][0]
+    position = first.split("_", 2)[2].rsplit("_crop", 1)[0]
+    every = [str(tree / "data" / _file(position, i)) for i in range(6)]
+    whole = tmp_path / "whole.pt"
+    assert main(["refit", str(models[0]), "--output", str(whole), "--quiet", "--references", *every]) == 0
+    capsys.readouterr()
+    out = tmp_path / "wear_whole"
+    assert main(["wear", str(whole), str(refitted[1]), "--root", str(tree), "--out", str(out), "--quiet"]) == 0
+    assert f"not measured: {first}: its model was fitted on all its images as references" in capsys.readouterr().err
+    record = json.loads((out / "wear.json").read_text())
+    assert [u["sequence"] for u in record["unmeasured"]] == [first]

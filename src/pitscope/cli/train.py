@@ -133,7 +133,7 @@ def cmd_refit(args: argparse.Namespace) -> int:
         print("refit: no setting changed; fitting again with the model's own settings", file=sys.stderr)
     progress = not args.quiet
     detector = refit(old, cfg, args.model, progress=progress, references=args.references)
-    if args.references:
+    if "references" in detector.metadata:
         print(f"refit: {len(detector.metadata['references'])} reference photo(s) fitted beside the training photos")
     detector.save(out)
     _print_calibration(detector, out)

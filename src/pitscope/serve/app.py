@@ -196,7 +196,7 @@ def describe_model(served: Served) -> dict:
         # true: those photos fitted the defect probe that draws the maps (`pitscope finetune`)
         "defect_probe": detector.defect_probe is not None and detector.defect_probe.is_fitted,
         # the defect-free photos fitted beside the training photos (`pitscope refit --references`), by file name
-        "reference_photos": [Path(p).name for p in detector.metadata.get("references", [])],
+        "reference_photos": [Path(r["path"]).name for r in detector.metadata.get("references", [])],
         "data_format": detector.cfg.data.format,
         "limits": {"max_upload_bytes": served.max_upload_bytes, "max_pixels": served.max_pixels},
         # PUT /threshold: allowed only with an API key; saved to the model file if it is known.

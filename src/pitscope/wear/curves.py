@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 
@@ -91,13 +90,14 @@ class WearCurve:
 
 
 def measure_sequence(
-    detector, sequence: WearSequence, model: str, overlap: int = 0, references: frozenset[Path] = frozenset()
+    detector, sequence: WearSequence, model: str, overlap: int = 0, references: frozenset[str] = frozenset()
 ) -> WearCurve:
     """Predict every image of `sequence` with `detector` (one batch of maps in memory at a time),
-    except the `references` (resolved paths the detector's scorers were fitted on); days still
-    count from the sequence's first image. Raises ValueError when every image is a reference."""
+    except the `references` (file names of the photos the detector's scorers were fitted on);
+    days still count from the sequence's first image. Raises ValueError when every image is a
+    reference."""
     days = sequence.days
-    measured = [i for i, r in enumerate(sequence.records) if r.path.resolve() not in references]
+    measured = [i for i, r in enumerate(sequence.records) if r.path.name not in references]
     if not measured:
         raise ValueError(
             f"sequence {sequence.name}: every image is a reference photo of {model}; none is left to measure"

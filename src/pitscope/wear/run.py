@@ -58,8 +58,13 @@ def run_wear(
         for s in sequences
         if s.name not in assigned
     ]
+    for s in sequences:
+        if s.name in assigned and all(r.path.name in references[assigned[s.name][0]] for r in s.records):
+            del assigned[s.name]
+            unmeasured.append({"sequence": s.name, "reason": "its model was fitted on all its images as references"})
     for item in unmeasured:
-        echo(f"not measured: {item['sequence']}: {item['reason']} (give a model of its fold, or allow overlap)")
+        hint = "" if "references" in item["reason"] else " (give a model of its fold, or allow overlap)"
+        echo(f"not measured: {item['sequence']}: {item['reason']}{hint}")
     if not assigned:
         raise ValueError(
             f"no sequence of {root} can be measured honestly: every model trained on images of every "

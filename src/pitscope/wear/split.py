@@ -77,10 +77,11 @@ def training_images(cfg: Config, model_path: str | Path, root: str | Path) -> fr
     return frozenset(Path(p).resolve() for p in build_dataset(cfg.data, "train", cfg.seed).paths)
 
 
-def reference_images(detector) -> frozenset[Path]:
-    """The reference photos a model's scorers were fitted on beside its training photos
-    (`pitscope refit --references`, metadata["references"]), as resolved paths."""
-    return frozenset(Path(p).resolve() for p in detector.metadata.get("references", ()))
+def reference_images(detector) -> frozenset[str]:
+    """The file names of the reference photos a model's scorers were fitted on beside its
+    training photos (`pitscope refit --references`, metadata["references"]): BSData names an
+    image by its file name wherever its copy lies, as the split files do."""
+    return frozenset(Path(r["path"]).name for r in detector.metadata.get("references", ()))
 
 
 def assign_models(
