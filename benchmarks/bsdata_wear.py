@@ -91,7 +91,16 @@ def with_references(fold: dict, sequences, k: int, runs: Path) -> str:
     photos = [r for s in mine for r in s.records[:k]]
     model = runs / f"fold{fold['fold']}" / "model.pt"
     out = runs / f"fold{fold['fold']}" / f"model_refs{k}.pt"
-    cmd = ["pitscope", "refit", str(model), "--output", str(out), "--quiet", "--references", *map(str, photos)]
+    cmd = [
+        "pitscope",
+        "refit",
+        str(model),
+        "--output",
+        str(out),
+        "--quiet",
+        "--references",
+        *(str(r.path) for r in photos),
+    ]
     done = run(cmd, runs / f"fold{fold['fold']}_refs{k}.log")
     fold["references"] = {
         "per_sequence": k,
