@@ -157,12 +157,22 @@ def choose(
     }
 
 
-def earliest_references(model: Path, per_position: int) -> list[Path]:
-    """The files of each validation position's `per_position` earliest defect-free photos."""
+def earliest_references(model: Path, per_position: int, split: str = "val") -> list[Path]:
+    """The files of the `per_position` earliest defect-free photos of each validation position
+    (split "val"), or of each position a cross-position model is measured on (split "test")."""
     cfg = Detector.load(model).cfg
-    val = build_dataset(cfg.data, "val", cfg.seed)
-    names = reference_names(val, bsdata_root(cfg.data.root), per_position)
-    return [r.path for r in val.records if r.path.name in names]
+    photos = build_dataset(cfg.data, split, cfg.seed)
+    positions = None
+    if split == "test":
+        if cfg.data.position_fold is None:
+            raise SystemExit(
+                f"{model}: --references with --test needs a cross-position model (data.position_fold): the "
+                "test positions' photos already train a data.holdout=positions model"
+            )
+        split_file = Path(cfg.data.split_file)
+        positions = json.loads(split_file.read_text())["positions"]["measured"]
+    names = reference_names(photos, bsdata_root(cfg.data.root), per_position, positions)
+    return [r.path for r in photos.records if r.path.name in names]
 
 
 def best(rows: list[dict]) -> dict:
@@ -191,10 +201,7 @@ def refitted(
     out_dir/model.pt when out_dir is given. Without either, the model as saved."""
     old = Detector.load(model)
     check_model(old, model)
-    if references:
-        cfg = apply_overrides(old.cfg, overrides)
-        return refit(old, cfg, model, progress=True, references=references)
-    if not overrides:
+    if not overrides and not references:
         return old
     cfg = apply_overrides(old.cfg, overrides)
     if (
@@ -203,24 +210,31 @@ def refitted(
         or to_dict(cfg)["data"] != to_dict(old.cfg)["data"]
     ):
         raise SystemExit("--set may change score.* only: the network and its data stay as trained")
-    detector = Detector(cfg, old.n_kinds, net=old.net)
-    detector.metadata = {k: v for k, v in old.metadata.items() if k == "training"}
-    detector.fit(build_dataset(cfg.data, "train", cfg.seed), progress=True)
+    if references:
+        detector = refit(old, cfg, model, progress=True, references=references)
+    else:
+        detector = Detector(cfg, old.n_kinds, net=old.net)
+        detector.metadata = {k: v for k, v in old.metadata.items() if k == "training"}
+        detector.fit(build_dataset(cfg.data, "train", cfg.seed), progress=True)
     if out_dir is not None:
         detector.save(out_dir / "model.pt")
     return detector
 
 
-def measure_test(model: Path, overrides: list[str], out_dir: Path) -> dict:
-    """Refit the model with `overrides`, score the test split once, append the look to LOOKS."""
-    detector = refitted(model, overrides, out_dir)
+def measure_test(model: Path, overrides: list[str], out_dir: Path, per_position: int = 0) -> dict:
+    """Refit the model with `overrides` (and, for a cross-position model, the `per_position`
+    earliest defect-free photos of each measured position as references, which `evaluate` then
+    leaves out), score the test split once, append the look to LOOKS."""
+    references = earliest_references(model, per_position, "test") if per_position else []
+    detector = refitted(model, overrides, out_dir, references=references)
     cfg = detector.cfg
-    if not overrides:
+    if not overrides and not references:
         detector.save(out_dir / "model.pt")
     test = build_dataset(cfg.data, "test", cfg.seed)
     result = evaluate(detector, test, progress=True)
     write_evaluation(result, out_dir / "eval")
-    return log_look(model, cfg, overrides, result)
+    extra = {"references_per_position": per_position, "references": len(references)} if references else {}
+    return log_look(model, cfg, overrides, result, **extra)
 
 
 def log_look(model: Path, cfg, overrides: list[str], result: dict, **extra) -> dict:
@@ -451,8 +465,9 @@ def main() -> int:
         type=int,
         default=0,
         metavar="K",
-        help="choosing only: fit the scorers again with each validation position's K earliest defect-free photos "
-        "beside the training photos (`pitscope refit --references`), and score the other validation photos",
+        help="fit the scorers again with the K earliest defect-free photos of each validation position (with "
+        "--test: of each position a cross-position model is measured on) beside the training photos (`pitscope "
+        "refit --references`), and score the other photos",
     )
     parser.add_argument(
         "--neighbourhoods",
@@ -461,8 +476,6 @@ def main() -> int:
         help="score.neighbourhood values compared on the same fitted Gaussians (choosing only; default: the model's)",
     )
     args = parser.parse_args()
-    if args.references and args.test:
-        parser.error("--references chooses on validation; the test positions' photos already train the model")
     if args.neighbourhoods and args.test:
         parser.error("--neighbourhoods compares settings on validation; with --test give --set score.neighbourhood=N")
     command = "python benchmarks/bsdata_localisation.py " + " ".join(sys.argv[1:])
@@ -479,7 +492,7 @@ def main() -> int:
     if args.test:
         looks = []
         for model in args.models:
-            looks.append(measure_test(model, args.overrides, args.out / model.parent.name))
+            looks.append(measure_test(model, args.overrides, args.out / model.parent.name, args.references))
             print(json.dumps(looks[-1], indent=1))
         if args.test_name:
             record = {

@@ -44,13 +44,14 @@ from pitscope.inference import Detector
 from pitscope.metrics import evaluate_all, region_metrics
 
 
-def reference_names(val: AnomalyDataset, root: Path, per_position: int) -> set[str]:
-    """The earliest `per_position` defect-free photos of each validation position, by capture time."""
-    positions = read_positions()
+def reference_names(val: AnomalyDataset, root: Path, per_position: int, positions: list[str] | None = None) -> set[str]:
+    """The earliest `per_position` defect-free photos of `val` of each of `positions` (default: the
+    validation positions of the position split), by capture time."""
+    names = read_positions()["validation"] if positions is None else positions
     by_name = {key[0]: set(files) for key, files in position_files(root).items()}
     normal = {Path(r.path).name for r in val.records if r.label == 0}
     chosen: set[str] = set()
-    for name in positions["validation"]:
+    for name in names:
         own = sorted(normal & by_name[name], key=lambda f: (capture_time(f), f))
         if len(own) <= per_position:
             raise SystemExit(f"position {name}: {len(own)} defect-free photos, not more than --references")
