@@ -323,6 +323,7 @@ def main() -> int:
         "curves": wear["curves"],
         "unmeasured": wear["unmeasured"],
     }
+    record = json.loads(json.dumps(record).replace(f"{REPO}/", ""))  # paths as from the repository's root
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=1))
     write_markdown(record, RESULTS / f"{args.name}.md")
