@@ -526,3 +526,29 @@ def test_bsdata_localisation_merges_seeds_with_mean_sd_and_range(monkeypatch):
         merged([record("s0", 0.5, 0.1, 0.3), record("s0", 0.7, 0.3, 0.5)], "merge")
     with pytest.raises(SystemExit, match="at least two"):
         merged([record("s0", 0.5, 0.1, 0.3)], "merge")
+
+
+def test_paired_scores_compares_two_evaluations_on_the_photos_both_scored(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from paired_scores import paired
+
+    def write(folder: Path, rows: list[tuple[str, int, float, int]]) -> Path:
+        folder.mkdir()
+        lines = ["path,label,score,is_defective"] + [f"/data/{p},{y},{s},{d}" for p, y, s, d in rows]
+        (folder / "scores.csv").write_text("\n".join(lines) + "\n")
+        return folder
+
+    first = write(
+        tmp_path / "a", [("n1", 0, 1.0, 0), ("n2", 0, 5.0, 1), ("d1", 1, 4.0, 1), ("d2", 1, 6.0, 1), ("r", 0, 9.0, 1)]
+    )
+    second = write(tmp_path / "b", [("n1", 0, 1.0, 0), ("n2", 0, 2.0, 0), ("d1", 1, 4.0, 1), ("d2", 1, 6.0, 1)])
+    p = paired(first, second)
+    assert (p["normal"], p["defective"], p["only_first"], p["only_second"]) == (2, 2, 1, 0)
+    assert p["first_scores"]["image_auroc"] == pytest.approx(0.75)  # n2 (5.0) above d1 (4.0)
+    assert p["second_scores"]["image_auroc"] == pytest.approx(1.0)
+    assert p["first_scores"]["flagged_defect_free"] == 0.5 and p["second_scores"]["flagged_defect_free"] == 0.0
+    bad = write(tmp_path / "c", [("n1", 1, 1.0, 0)])
+    with pytest.raises(SystemExit, match="differently"):
+        paired(first, bad)
+    with pytest.raises(SystemExit, match="no scores.csv"):
+        paired(first, tmp_path)
