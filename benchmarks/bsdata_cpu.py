@@ -188,11 +188,21 @@ def models_main(doc: str, benchmark: str, score, write_markdown) -> int:
         parser.error(f"no such model: {', '.join(missing)}")
     if any(not o.startswith("score.") for o in args.overrides):
         parser.error("--set takes scoring settings only (score.KEY=VALUE): the networks are trained")
+    save_models(
+        benchmark, args.name, write_markdown, [(path, lambda p=path: score(p, args.overrides)) for path in args.models]
+    )
+    return 0
+
+
+def save_models(benchmark: str, name: str, write_markdown, jobs) -> None:
+    """Run `jobs` ([(path, a call giving that model's record)], timed one by one) and save their
+    records as one result (`save`) with the commit they started from, the date, the machine and
+    the command."""
     source = commit()
     models = []
-    for path in args.models:
+    for path, job in jobs:
         t0 = time.perf_counter()
-        models.append(score(path, args.overrides))
+        models.append(job())
         print(f"{path}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     record = {
         "benchmark": benchmark,
@@ -202,8 +212,7 @@ def models_main(doc: str, benchmark: str, score, write_markdown) -> int:
         "invocation": shlex.join(["python", *sys.argv]),
         "models": models,
     }
-    save(record, args.name, write_markdown)
-    return 0
+    save(record, name, write_markdown)
 
 
 def main() -> int:

@@ -25,15 +25,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from bsdata_cpu import provenance, save  # this folder is on sys.path when run as a script
+from bsdata_cpu import provenance, save_models  # this folder is on sys.path when run as a script
 
-from pitscope.benchmark import commit, machine
 from pitscope.data import build_dataset
 from pitscope.data.bsdata import bsdata_root, position_files, read_positions
 from pitscope.data.dataset import AnomalyDataset
@@ -197,20 +195,8 @@ def main() -> int:
         parser.error(f"no such model: {', '.join(missing)}")
     if args.references < 1:
         parser.error("--references: at least 1")
-    source = commit()
-    models = []
-    for path in args.models:
-        models.append(score_model(path, args.references, args.cache))
-        print(f"{path}: {models[-1]['seconds']:.0f} s", file=sys.stderr)
-    record = {
-        "benchmark": "bsdata_reference",
-        "commit": source,
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": machine(),
-        "invocation": shlex.join(["python", *sys.argv]),
-        "models": models,
-    }
-    save(record, args.name, write_markdown)
+    jobs = [(path, lambda p=path: score_model(p, args.references, args.cache)) for path in args.models]
+    save_models("bsdata_reference", args.name, write_markdown, jobs)
     return 0
 
 
