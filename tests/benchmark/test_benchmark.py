@@ -410,7 +410,7 @@ def test_task_ablations_score_every_row_by_the_pooled_layer4(tmp_path):
             cfg = variant_config(BenchmarkOptions(suite=suite, runs_dir=str(tmp_path)), name, seed=0)
             assert cfg.score.image_features == "layer4", (suite, name)
     ours = variant_config(BenchmarkOptions(suite="table3", runs_dir=str(tmp_path)), "ours", seed=0)
-    assert ours.score.image_features == "projection"
+    assert ours.score.image_features == "layer4"  # the cpu preset's own setting
     user = BenchmarkOptions(suite="table7", runs_dir=str(tmp_path), overrides=("score.image_features=projection",))
     assert variant_config(user, "ours", seed=0).score.image_features == "projection"  # the user's word last
 
