@@ -319,7 +319,8 @@ def refit(
     detector.metadata["refit_from"] = str(source)
     dataset = build_dataset(cfg.data, "train", cfg.seed)
     old = kept_references(model, source)
-    new = [r for r in reference_records(references) if r.path.resolve() not in {p.resolve() for p in old}]
+    fitted_before = {p.resolve() for p in old}
+    new = [r for r in reference_records(references) if r.path.resolve() not in fitted_before]
     extra = [Record(path, 0) for path in old] + new
     if extra:
         dataset = with_references(dataset, extra, cfg)

@@ -218,11 +218,6 @@ class AnomalyDataset(SampleSet):
         """The image paths, in dataset order."""
         return [str(r.path) for r in self.records]
 
-    def describe(self) -> dict[str, int]:
-        """Counts {"total", "normal", "defective"}."""
-        labels = self.labels
-        return {"total": int(labels.size), "normal": int((labels == 0).sum()), "defective": int((labels == 1).sum())}
-
 
 class JoinedSampleSet(SampleSet):
     """Sample sets one after another, as one: `self[i]` is the first set's samples, then the
@@ -260,10 +255,6 @@ class JoinedSampleSet(SampleSet):
     @property
     def paths(self) -> list[str]:
         return [path for part in self.parts for path in part.paths]
-
-    def describe(self) -> dict[str, int]:
-        labels = self.labels
-        return {"total": int(labels.size), "normal": int((labels == 0).sum()), "defective": int((labels == 1).sum())}
 
     def check(self, progress: bool = True) -> list[tuple[str, str]]:
         return [bad for part in self.parts for bad in part.check(progress)]

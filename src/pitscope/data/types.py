@@ -43,9 +43,10 @@ class SampleSet(Sequence[Sample]):
     def paths(self) -> list[str]:
         """The image paths (or pseudo-paths), in dataset order."""
 
-    @abstractmethod
     def describe(self) -> dict[str, int]:
-        """Counts {"total", "normal", "defective"}."""
+        """Counts {"total", "normal", "defective"}, from the labels."""
+        labels = self.labels
+        return {"total": int(labels.size), "normal": int((labels == 0).sum()), "defective": int((labels == 1).sum())}
 
     @abstractmethod
     def check(self, progress: bool = True) -> list[tuple[str, str]]:
