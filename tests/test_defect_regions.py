@@ -68,3 +68,14 @@ def test_prediction_region_follows_size_filter_and_decision():
     gated = plain._replace(regions_on="defective")  # passed as defect-free: no region shown
     assert not gated.defect_region.any() and gated.regions == []
     assert gated._replace(is_defective=True).defect_region.sum() == 24
+
+
+def test_prediction_peak_is_the_highest_finite_map_value():
+    amap = np.zeros((6, 9), np.float32)
+    amap[4, 7] = 3.0
+    amap[1, 2] = np.nan  # never counts
+    peak = Prediction(1.0, amap, True, 0.5, 5.0).peak()  # no region above 5, the peak still says where
+    assert peak == {"x": 7, "y": 4, "value": 3.0}
+    amap[0, 1] = 3.0  # a tie: the first in row order
+    assert Prediction(1.0, amap, True, 0.5, 5.0).peak() == {"x": 1, "y": 0, "value": 3.0}
+    assert Prediction(1.0, np.full((2, 2), np.nan, np.float32), True, 0.5, 5.0).peak() is None

@@ -268,6 +268,11 @@ def test_run_predict_writes_csv_jsonl_maps_and_overlays(fitted, tmp_path):
         assert [(r["area_px"], r["box"]) for r in obj["regions"]] == [(r.area_px, list(r.box)) for r in regions]
         assert [r["peak"] for r in obj["regions"]] == pytest.approx([r.peak for r in regions], rel=1e-4)
         assert row["regions"] == ";".join(" ".join(map(str, r.box)) for r in regions)
+        peak = expected.peak()
+        assert (obj["peak"]["x"], obj["peak"]["y"]) == (peak["x"], peak["y"])
+        assert obj["peak"]["value"] == pytest.approx(peak["value"], rel=1e-4)
+        x, y, value = row["peak"].split()
+        assert (int(x), int(y), float(value)) == (peak["x"], peak["y"], obj["peak"]["value"])
         n_defective += obj["is_defective"]
         amap = np.load(out / obj["map"])
         with Image.open(path) as im:

@@ -38,6 +38,7 @@ FIELDS = (
     "defect_px",
     "defect_fraction",
     "regions",
+    "peak",
     "reason",
     "map",
     "overlay",
@@ -133,6 +134,8 @@ def _csv_row(row: dict) -> list:
             out.append(int(value))
         elif key == "regions":  # boxes as x0 y0 x1 y1, regions separated by ;
             out.append(";".join(" ".join(map(str, r["box"])) for r in value))
+        elif key == "peak":  # x y value
+            out.append(f"{value['x']} {value['y']} {value['value']!r}")
         else:
             out.append(value)
     return out
@@ -158,7 +161,8 @@ def run_predict(
     of `paths`, with the fields FIELDS: path (as given), status ("ok" or "error"), score,
     threshold, is_defective, region_count, defect_px and defect_fraction (the predicted region at
     the file's own size, `Prediction.regions`), regions (JSON: area_px, fraction, box [x0, y0, x1,
-    y1) and peak of each; CSV: the boxes "x0 y0 x1 y1" joined by ";"), reason (why an "error" file
+    y1) and peak of each; CSV: the boxes "x0 y0 x1 y1" joined by ";"), peak (where the map is
+    highest, in the file's pixels: JSON x, y, value; CSV "x y value"), reason (why an "error" file
     could not be read; its score and is_defective stay empty / null), and map / overlay (file names relative to out_dir, with
     save_maps). With save_maps, out_dir/maps/<name>.npy holds the float32 (H, W) anomaly map at
     the file's own size and out_dir/maps/<name>_overlay.png the image with the predicted region
@@ -318,6 +322,7 @@ def _add_prediction(row: dict[str, Any], p) -> np.ndarray:
         defect_px=area,
         defect_fraction=area / p.anomaly_map.size,
         regions=[r.to_dict() for r in regions],
+        peak=p.peak(),
     )
     return region
 

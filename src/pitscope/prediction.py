@@ -47,6 +47,17 @@ class Prediction(NamedTuple):
         """The predicted defect regions, largest first (`pitscope.defect_regions.Region`)."""
         return self.outline()[1]
 
+    def peak(self) -> dict | None:
+        """Where the map is highest: {"x", "y", "value"}, x across and y down in the map's pixels
+        (the first such pixel in row order); None when the map has no finite value. On a photo
+        decided defective with no region it says where to look."""
+        amap = np.asarray(self.anomaly_map, dtype=np.float32)
+        finite = np.isfinite(amap)
+        if not finite.any():
+            return None
+        y, x = np.unravel_index(int(np.where(finite, amap, -np.inf).argmax()), amap.shape)
+        return {"x": int(x), "y": int(y), "value": float(amap[y, x])}
+
     def outline(self) -> tuple[np.ndarray, list[Region]]:
         """(defect_region, regions) from one labelling of the map."""
         if not self._shows_regions:

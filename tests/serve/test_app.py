@@ -77,6 +77,7 @@ def test_predict_agrees_with_the_detector(fitted, client):
     assert body["region_count"] == len(expected.regions) and len(body["regions"]) == min(len(expected.regions), 50)
     assert body["regions"] == [r.to_dict() for r in expected.regions[:50]]
     assert sum(r["area_px"] for r in body["regions"]) <= body["defect_px"]
+    assert body["peak"] == expected.peak()
     assert body["model"] == {"name": "pitscope-synthetic", "version": __version__}
 
 
@@ -93,6 +94,7 @@ def test_the_answer_lists_each_region_with_its_box(fitted, monkeypatch):
     )
     assert body["region_count"] == 1 and body["defect_px"] == 40
     assert body["regions"] == [{"area_px": 40, "fraction": 40 / 3840, "box": [10, 5, 20, 9], "peak": 10.0}]
+    assert body["peak"] == {"x": 10, "y": 5, "value": 10.0}
 
 
 def test_threshold_override(client):

@@ -92,6 +92,12 @@ def test_verdicts_slider_and_plain_error(files, browser):
             region_text,
         ), region_text
         good = card(browser, "good_part.png")
+        good_text = good.find_element(By.CSS_SELECTOR, ".region").text
+        assert re.fullmatch(
+            r"No defect region predicted on the \d+ × \d+ px photo; the map is highest at x \d+, y \d+ "
+            r"\(.+, regions start above .+\)",
+            good_text,
+        ), good_text
         image = good.find_element(By.TAG_NAME, "img")
         overlay_src = image.get_attribute("src")
         assert overlay_src.startswith("data:image/png;base64,")

@@ -138,6 +138,7 @@ def score_upload(
         "defect_px": int(region.sum()),
         "region_count": len(regions),
         "regions": [r.to_dict() for r in regions[:MAX_REGIONS]],
+        "peak": prediction.peak(),
         "model": served.model,
         "recorded": False,
     }
@@ -288,7 +289,8 @@ def add_predict_route(app, served: Served, guarded: list, part_from=None, time_f
         JSON: score, is_defective, threshold, pixel_threshold, width, height, defect_fraction and
         defect_px (the predicted region: connected areas above pixel_threshold, at least
         min_region_fraction of the photo, as a share and in pixels), region_count, regions (the
-        largest 50: area_px, fraction, box [x0, y0, x1, y1) in the photo's pixels, peak) and model. With
+        largest 50: area_px, fraction, box [x0, y0, x1, y1) in the photo's pixels, peak), peak (where the
+        map is highest: x, y, value) and model. With
         ?map=png (the overlay) or ?map=heatmap the answer is that PNG instead, with the score in
         X-Pitscope-* headers; ?map=embed adds "overlay" and "heatmap" PNG data: URLs to the JSON.
         recorded says whether the inspection is in the history (with a database: also

@@ -391,7 +391,13 @@ function showRecorded(r, b) {
 
 function describeRegions(b) {
   const size = `${b.width} × ${b.height} px photo`;
-  if (!b.region_count) return `No defect region predicted on the ${size}`;
+  if (!b.region_count) {
+    const where = b.peak
+      ? `; the map is highest at x ${b.peak.x}, y ${b.peak.y} (${formatNumber(b.peak.value)}, ` +
+        `regions start above ${formatNumber(b.pixel_threshold)})`
+      : "";
+    return `No defect region predicted on the ${size}${where}`;
+  }
   const shown = b.regions.slice(0, 3).map((g) =>
     `${g.area_px} px at x ${g.box[0]}–${g.box[2]}, y ${g.box[1]}–${g.box[3]}`).join("; ");
   const more = b.region_count > 3 ? `; ${b.region_count - 3} more` : "";
