@@ -12,8 +12,8 @@ train them. Without --test, every compared setting is scored on those photos onl
   and that map multiplied by the image score over the image threshold ("image_mean_score"), at
   each smoothing sigma;
 - the predicted region at each map: the pixel threshold as a quantile of the held-back training
-  images' map values or of their maxima, a minimum region size, and regions on every image or
-  only on images decided defective.
+  images' map values or of their maxima, a minimum region size, regions on every image or
+  only on images decided defective, and (--cores) each region cut to its core.
 The maps' pixel metrics (AUROC, AP, AUPRO, F1-max) and the regions' metrics (pixel F1, IoU, the
 area on defect-free photos, the area within 2x) go to benchmarks/results/<name>.json and .md.
 --merge reads --test results (one network a seed) and writes their looks side by side with the
@@ -26,6 +26,7 @@ the commit, the config hash and the numbers is appended to benchmarks/results/bs
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -96,9 +97,11 @@ def choose(
     normalisations=NORMALISATIONS,
     progress: bool = True,
     references: Sequence[Path] = (),
+    cores: Sequence[float] | None = None,
 ) -> dict:
     """Every map and region setting scored on the validation photos; with `references` (photos
-    the detector was fitted on beside its training photos) those photos are not scored."""
+    the detector was fitted on beside its training photos) those photos are not scored. cores:
+    the score.region_core values compared (default: the detector's)."""
     cfg = detector.cfg
     train = build_dataset(cfg.data, "train", cfg.seed)
     if references:
@@ -132,21 +135,21 @@ def choose(
             pixel = evaluate_all(labels, val_scores, masks, maps)
             for rule, q in THRESHOLDS:
                 pixel_threshold = pixel_threshold_of(cal, q, rule)
-                for floor in MIN_FRACTIONS:
-                    for on in REGIONS_ON:
-                        regions = predicted_regions(maps, val_scores > threshold, pixel_threshold, floor, on)
-                        rows.append(
-                            {
-                                "smoothing_sigma": sigma,
-                                "map_normalisation": norm,
-                                "pixel_rule": rule,
-                                "pixel_quantile": q,
-                                "min_region_fraction": floor,
-                                "regions_on": on,
-                                **{k: pixel[k] for k in ("pixel_auroc", "pixel_ap", "aupro", "pixel_f1_max")},
-                                **region_metrics(labels, masks, regions),
-                            }
-                        )
+                for floor, on, core in itertools.product(MIN_FRACTIONS, REGIONS_ON, cores or [cfg.score.region_core]):
+                    regions = predicted_regions(maps, val_scores > threshold, pixel_threshold, floor, on, core)
+                    rows.append(
+                        {
+                            "smoothing_sigma": sigma,
+                            "map_normalisation": norm,
+                            "pixel_rule": rule,
+                            "pixel_quantile": q,
+                            "min_region_fraction": floor,
+                            "regions_on": on,
+                            "region_core": core,
+                            **{k: pixel[k] for k in ("pixel_auroc", "pixel_ap", "aupro", "pixel_f1_max")},
+                            **region_metrics(labels, masks, regions),
+                        }
+                    )
             print(f"sigma {sigma} {norm}: pixel AP {pixel['pixel_ap']:.4f} AUPRO {pixel['aupro']:.4f}", file=sys.stderr)
     image = evaluate_all(labels, val_scores)
     return {
@@ -290,9 +293,9 @@ def write_markdown(record: dict, path: Path) -> None:
             "",
             "Regions, the best few by the rule (p99 area on defect-free photos <= 1%, then pixel F1):",
             "",
-            "| sigma | maps | pixel threshold | min fraction | regions on | pixel F1 | IoU median (q1-q3) | "
+            "| sigma | maps | pixel threshold | min fraction | regions on | core | pixel F1 | IoU median (q1-q3) | "
             "defect-free area median / p99 (%) | area within 2x |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         ranked = sorted(
             run["rows"],
@@ -305,7 +308,8 @@ def write_markdown(record: dict, path: Path) -> None:
             lines.append(
                 f"| {r['smoothing_sigma']:g} | {r['map_normalisation']} | {r['pixel_quantile']} of "
                 f"{r.get('pixel_rule', 'pixels')} | "
-                f"{r['min_region_fraction']:g} | {r['regions_on']} | {pct(r['pixel_f1'])} | "
+                f"{r['min_region_fraction']:g} | {r['regions_on']} | {r.get('region_core', 0.0):g} | "
+                f"{pct(r['pixel_f1'])} | "
                 f"{pct(r['iou_median'])} ({pct(r['iou_q1'])}-{pct(r['iou_q3'])}) | "
                 f"{pct(r['normal_area_median'])} / {pct(r['normal_area_p99'])} | {pct(r['area_within_2x'])} |"
             )
@@ -322,6 +326,7 @@ def write_markdown(record: dict, path: Path) -> None:
                     "map_normalisation",
                     "min_region_fraction",
                     "regions_on",
+                    "region_core",
                     "pixel_threshold_from",
                 )
             )
@@ -470,6 +475,12 @@ def main() -> int:
         "refit --references`), and score the other photos",
     )
     parser.add_argument(
+        "--cores",
+        type=float,
+        nargs="+",
+        help="score.region_core values compared (choosing only; default: the model's)",
+    )
+    parser.add_argument(
         "--neighbourhoods",
         type=int,
         nargs="+",
@@ -512,7 +523,7 @@ def main() -> int:
         for radius in args.neighbourhoods or [detector.cfg.score.neighbourhood]:
             # the Gaussians and the image threshold do not depend on it; `choose` sets the pixel thresholds
             detector.cfg.score.neighbourhood = detector.pixel_scorer.radius = radius
-            run = choose(detector, args.sigmas, args.normalisations, references=references)
+            run = choose(detector, args.sigmas, args.normalisations, references=references, cores=args.cores)
             run["references"] = len(references)
             overrides = [*args.overrides, f"score.neighbourhood={radius}"] if args.neighbourhoods else args.overrides
             runs.append({"model": str(model), "overrides": overrides, **run, "chosen": best(run["rows"])})

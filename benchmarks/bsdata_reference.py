@@ -66,7 +66,7 @@ def measure(detector: Detector, judged: AnomalyDataset) -> dict:
     score = detector.cfg.score
     decisions = scores > float(detector.threshold)
     regions = predicted_regions(
-        maps, decisions, float(detector.pixel_threshold), score.min_region_fraction, score.regions_on
+        maps, decisions, float(detector.pixel_threshold), score.min_region_fraction, score.regions_on, score.region_core
     )
     map_max = evaluate_all(labels, maps.reshape(len(maps), -1).max(axis=1))
     normal = labels == 0

@@ -79,3 +79,32 @@ def test_prediction_peak_is_the_highest_finite_map_value():
     amap[0, 1] = 3.0  # a tie: the first in row order
     assert Prediction(1.0, amap, True, 0.5, 5.0).peak() == {"x": 1, "y": 0, "value": 3.0}
     assert Prediction(1.0, np.full((2, 2), np.nan, np.float32), True, 0.5, 5.0).peak() is None
+
+
+def test_region_core_keeps_each_region_near_its_own_peak():
+    amap = two_blobs()  # blob A: 2 x 2 at 5 (peak 5); blob B: 4 x 5 at 2 with one pixel at 9
+    amap[3, 4] = 4.0  # blob A's corner pixel sits at 0.8 of its peak
+    whole = region_mask(amap, 1.0)
+    assert whole.sum() == 24
+    cored = label_regions(amap, 1.0, core=0.5)[0]
+    # A keeps its pixels >= 2.5 (all four), B only its peak (2 < 4.5): labels are kept, not renumbered
+    assert (cored > 0).sum() == 5 and cored[11, 22] > 0 and cored[10, 20] == 0
+    assert set(np.unique(cored)) == {0, 1, 2}
+    assert region_mask(amap, 1.0, core=0.9).sum() == 4  # A's three 5s and B's 9; A's 4.0 < 4.5
+    assert region_mask(amap, 1.0, core=1.0).sum() == 4  # every pixel at its region's peak
+    assert region_mask(amap, 4.5, core=0.1).sum() == region_mask(amap, 4.5).sum()  # never below the threshold
+    regions = find_regions(amap, 1.0, core=0.5)
+    assert [(r.area_px, r.box) for r in regions] == [(4, (3, 2, 5, 4)), (1, (22, 11, 23, 12))]
+    assert region_mask(amap, 1.0, min_fraction=5 / 600, core=0.5).sum() == 1  # the size filter acts first
+    with pytest.raises(ValueError, match="core"):
+        region_mask(amap, 1.0, core=1.5)
+
+
+def test_prediction_and_evaluation_cut_regions_to_their_core():
+    from pitscope.evaluation import predicted_regions
+
+    amap = two_blobs()
+    p = Prediction(1.0, amap, True, 0.5, 1.0, 0.0, "all", 0.5)
+    assert p.defect_region.sum() == 5 and [r.area_px for r in p.regions] == [4, 1]
+    drawn = predicted_regions(amap[None], np.array([True]), 1.0, 0.0, "all", 0.5)
+    np.testing.assert_array_equal(drawn[0], p.defect_region)

@@ -190,6 +190,7 @@ class ScoreConfig:
     pixel_threshold_quantile: float = 0.999  # predicted region: this quantile of held-back maps ...
     pixel_threshold_from: str = "pixels"  # ... of all their values (pixels) or of each map's maximum (image_max)
     min_region_fraction: float = 0.0  # predicted regions smaller than this share of the image are dropped
+    region_core: float = 0.0  # each region keeps its pixels at or above this share of its own peak (0: all)
     regions_on: str = "all"  # all | defective: regions shown on every image, or on images decided defective
     calibration_fraction: float = 0.1  # held back from fitting, to calibrate the thresholds on
     # Where the image threshold's defect-free scores come from. out_of_fold: every training image,
@@ -348,6 +349,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "score.batch_size": (1, None, True),
     "score.smoothing_sigma": (0, None, True),
     "score.neighbourhood": (0, None, True),
+    "score.region_core": (0, 1, True),
 }
 
 

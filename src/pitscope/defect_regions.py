@@ -2,8 +2,11 @@
 
 A region is an 8-connected component of `anomaly_map > pixel_threshold`. Components smaller than
 `min_fraction` of the image are dropped: a single hot pixel or a thin rim of an edge says less
-than a pit does, and counting them inflates the predicted area on defect-free photos. Areas are
-given in the map's own pixels and as a fraction of the image, so they compare across sizes.
+than a pit does, and counting them inflates the predicted area on defect-free photos. With a
+`core` above 0 each kept component shrinks to its pixels at or above `core` times its own peak
+(never below the threshold): a map's blob is wider than the defect under it, and its core is
+where the defect is. Areas are given in the map's own pixels and as a fraction of the image, so
+they compare across sizes.
 """
 
 from __future__ import annotations
@@ -35,44 +38,60 @@ class Region:
         return {**asdict(self), "box": list(self.box)}
 
 
-def label_regions(anomaly_map: np.ndarray, pixel_threshold: float, min_fraction: float = 0.0) -> tuple[np.ndarray, int]:
+def label_regions(
+    anomaly_map: np.ndarray, pixel_threshold: float, min_fraction: float = 0.0, core: float = 0.0
+) -> tuple[np.ndarray, int]:
     """(H, W) int32 component labels (0 = background, 1..n the kept regions) and n.
 
     Components of fewer than `min_fraction * H * W` pixels are dropped (a component at least that
-    size is kept). NaN map values never count.
+    size is kept). With `core` in (0, 1], region i keeps only its pixels at or above
+    max(pixel_threshold, core * peak_i) (its peak always stays; a region's core may fall into
+    pieces, which keep its label). NaN map values never count.
     """
     amap = np.asarray(anomaly_map, dtype=np.float32)
     if amap.ndim != 2:
         raise ValueError(f"anomaly_map: expected (H, W), got {amap.shape}")
     if not 0.0 <= min_fraction < 1.0:
         raise ValueError(f"min_fraction: expected a value in [0, 1), got {min_fraction}")
+    if not 0.0 <= core <= 1.0:
+        raise ValueError(f"core: expected a value in [0, 1], got {core}")
     labels, count = ndimage.label(amap > pixel_threshold, structure=EIGHT)  # (H, W)
-    if count == 0 or min_fraction == 0.0:
-        return labels.astype(np.int32), int(count)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)  # sizes[0]: background
-    keep = sizes >= min_fraction * amap.size
-    keep[0] = False
-    new_ids = np.zeros(count + 1, dtype=np.int32)
-    new_ids[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return new_ids[labels], int(keep.sum())
+    labels = labels.astype(np.int32)
+    if count and min_fraction > 0.0:
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)  # sizes[0]: background
+        keep = sizes >= min_fraction * amap.size
+        keep[0] = False
+        new_ids = np.zeros(count + 1, dtype=np.int32)
+        new_ids[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+        labels, count = new_ids[labels], int(keep.sum())
+    if count and core > 0.0:
+        peaks = np.asarray(ndimage.maximum(amap, labels, index=np.arange(1, count + 1)), dtype=np.float32)
+        cut = np.minimum(np.maximum(core * peaks, np.float32(pixel_threshold)), peaks)  # the peak always stays
+        cut = np.concatenate([[np.inf], cut]).astype(np.float32)  # label 0, the background, never passes
+        labels = np.where(amap >= cut[labels], labels, 0).astype(np.int32)
+    return labels, int(count)
 
 
-def region_mask(anomaly_map: np.ndarray, pixel_threshold: float, min_fraction: float = 0.0) -> np.ndarray:
+def region_mask(
+    anomaly_map: np.ndarray, pixel_threshold: float, min_fraction: float = 0.0, core: float = 0.0
+) -> np.ndarray:
     """(H, W) bool: the pixels of the kept regions of `label_regions`."""
-    return label_regions(anomaly_map, pixel_threshold, min_fraction)[0] > 0
+    return label_regions(anomaly_map, pixel_threshold, min_fraction, core)[0] > 0
 
 
-def find_regions(anomaly_map: np.ndarray, pixel_threshold: float, min_fraction: float = 0.0) -> list[Region]:
+def find_regions(
+    anomaly_map: np.ndarray, pixel_threshold: float, min_fraction: float = 0.0, core: float = 0.0
+) -> list[Region]:
     """The kept regions of `label_regions`, largest first (ties by position)."""
-    return describe_regions(anomaly_map, pixel_threshold, min_fraction)[1]
+    return describe_regions(anomaly_map, pixel_threshold, min_fraction, core)[1]
 
 
 def describe_regions(
-    anomaly_map: np.ndarray, pixel_threshold: float, min_fraction: float = 0.0
+    anomaly_map: np.ndarray, pixel_threshold: float, min_fraction: float = 0.0, core: float = 0.0
 ) -> tuple[np.ndarray, list[Region]]:
     """(`region_mask`, `find_regions`) from one labelling of the map."""
     amap = np.asarray(anomaly_map, dtype=np.float32)
-    labels, count = label_regions(amap, pixel_threshold, min_fraction)
+    labels, count = label_regions(amap, pixel_threshold, min_fraction, core)
     regions = []
     for index, box in enumerate(ndimage.find_objects(labels, max_label=count), start=1):
         inside = labels[box] == index

@@ -45,7 +45,12 @@ class DatasetScorer(Protocol):
 
 
 def predicted_regions(
-    maps: np.ndarray, decisions: np.ndarray, pixel_threshold: float, min_fraction: float, regions_on: str
+    maps: np.ndarray,
+    decisions: np.ndarray,
+    pixel_threshold: float,
+    min_fraction: float,
+    regions_on: str,
+    core: float = 0.0,
 ) -> np.ndarray:
     """(N, H, W) bool: the predicted region of each map, as `Prediction.defect_region` draws it.
 
@@ -54,7 +59,7 @@ def predicted_regions(
     regions = np.zeros(np.shape(maps), dtype=bool)
     for i, amap in enumerate(maps):
         if regions_on == "all" or decisions[i]:
-            regions[i] = region_mask(amap, pixel_threshold, min_fraction)
+            regions[i] = region_mask(amap, pixel_threshold, min_fraction, core)
     return regions
 
 
@@ -181,7 +186,12 @@ def evaluate(
     regions = None
     if has_masks:
         regions = predicted_regions(
-            maps, decisions, float(detector.pixel_threshold), score_cfg.min_region_fraction, score_cfg.regions_on
+            maps,
+            decisions,
+            float(detector.pixel_threshold),
+            score_cfg.min_region_fraction,
+            score_cfg.regions_on,
+            score_cfg.region_core,
         )
     metrics = subset_metrics(labels, scores, masks, maps if has_masks else None, regions)
     subsets = _subsets(groups or {}, labels, scores, masks, maps, regions)

@@ -221,6 +221,7 @@ class Detector(nn.Module):
                         float(self.pixel_threshold),
                         self.cfg.score.min_region_fraction,
                         self.cfg.score.regions_on,
+                        self.cfg.score.region_core,
                     )
                 )
         return predictions[0] if single else predictions

@@ -19,6 +19,7 @@ class Prediction(NamedTuple):
     pixel_threshold: map values above it form candidate defect regions.
     min_region_fraction: candidate regions smaller than this share of the image are dropped.
     regions_on: "all": every image shows its regions; "defective": only images decided defective.
+    region_core: each region keeps its pixels at or above this share of its own peak (0: all of it).
     """
 
     score: float
@@ -28,6 +29,7 @@ class Prediction(NamedTuple):
     pixel_threshold: float
     min_region_fraction: float = 0.0
     regions_on: str = "all"
+    region_core: float = 0.0
 
     @property
     def _shows_regions(self) -> bool:
@@ -37,10 +39,11 @@ class Prediction(NamedTuple):
     def defect_region(self) -> np.ndarray:
         """(H, W) bool: the predicted defect region that overlays, the service and wear curves show
         (the connected components of anomaly_map > pixel_threshold of at least min_region_fraction
-        of the image; none on an image passed as defect-free when regions_on is "defective")."""
+        of the image, each cut to its core (region_core); none on an image passed as defect-free
+        when regions_on is "defective")."""
         if not self._shows_regions:
             return np.zeros(np.shape(self.anomaly_map), dtype=bool)
-        return region_mask(self.anomaly_map, self.pixel_threshold, self.min_region_fraction)
+        return region_mask(self.anomaly_map, self.pixel_threshold, self.min_region_fraction, self.region_core)
 
     @property
     def regions(self) -> list[Region]:
@@ -62,4 +65,4 @@ class Prediction(NamedTuple):
         """(defect_region, regions) from one labelling of the map."""
         if not self._shows_regions:
             return np.zeros(np.shape(self.anomaly_map), dtype=bool), []
-        return describe_regions(self.anomaly_map, self.pixel_threshold, self.min_region_fraction)
+        return describe_regions(self.anomaly_map, self.pixel_threshold, self.min_region_fraction, self.region_core)

@@ -84,7 +84,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     detector = Detector.load(args.model)
     cfg = apply_overrides(detector.cfg, args.overrides)
     # the data may change; of the scoring, only what acts after the fitted scorers may
-    post_hoc = {"map_normalisation", "smoothing_sigma", "image_method", "min_region_fraction", "regions_on"}
+    post_hoc = {
+        "map_normalisation",
+        "smoothing_sigma",
+        "image_method",
+        "min_region_fraction",
+        "regions_on",
+        "region_core",
+    }
     _refuse_trained_changes(cfg, detector.cfg, "evaluate", f"data.* and score.{{{', '.join(sorted(post_hoc))}}}")
     changed = [k for k, v in to_dict(cfg)["score"].items() if v != to_dict(detector.cfg)["score"][k]]
     if set(changed) - post_hoc:
@@ -225,7 +232,7 @@ def add_parsers(sub) -> None:
     add_set_arg(
         p,
         "override the model's data config (data.*), or score.map_normalisation / smoothing_sigma / "
-        "image_method / min_region_fraction / regions_on",
+        "image_method / min_region_fraction / regions_on / region_core",
     )
     p.add_argument("--output-dir", help="where metrics.json and scores.csv go (default: beside the model, eval/)")
     p.add_argument("--report", action="store_true", help="also write an HTML report to OUTPUT_DIR/report/report.html")

@@ -87,7 +87,12 @@ def _analyse(
 
     flagged = scores > threshold
     region = predicted_regions(
-        maps, flagged, pixel_threshold, detector.cfg.score.min_region_fraction, detector.cfg.score.regions_on
+        maps,
+        flagged,
+        pixel_threshold,
+        detector.cfg.score.min_region_fraction,
+        detector.cfg.score.regions_on,
+        detector.cfg.score.region_core,
     )  # (N, H, W) bool, as the pages draw them
     curves, pixel_at_threshold = _curves(labels, scores, masks, maps, region)
     picks = pick_gallery(labels, scores, threshold, gallery_size)
