@@ -1,16 +1,23 @@
-"""The `demo` preset's settings compared on the synthetic `val` split (never its `test` split).
+"""A preset's settings compared on the synthetic `val` split (never its `test` split).
 
     python benchmarks/demo_validation.py --name demo_validation_shape \\
         --variant "128x128=" --variant "80x200=data.image_size=80,data.image_width=200"
     python benchmarks/demo_validation.py --name demo_validation_scoring --refit runs/demo/model.pt \\
         --variant "as trained=" --variant "1024 images=data.synthetic.n_train=1024"
 
+    python benchmarks/demo_validation.py --config surface --name surface_validation \\
+        --set data.format=synthetic --set "data.synthetic.defects=[pit,scratch,stain]" \\
+        --variant "as written=" --variant "warm-up=train.warmup_epochs=2"
+
 Each --variant is NAME=OVERRIDES (comma-separated `section.key=value`, empty for the preset as
-it is). Without --refit every variant trains a network with `pitscope.fitting.fit("demo", ...)`
-(seed 0, the preset's fixed steps); with --refit MODEL every variant fits the scorers and
+it is), after the --set overrides every variant shares (one KEY=VALUE each, so a list may hold
+commas). Without --refit every variant trains a network with `pitscope.fitting.fit(PRESET, ...)`
+(--config, default `demo`; seed 0); with --refit MODEL every variant fits the scorers and
 thresholds of MODEL's network again (`pitscope.fitting.refit`), for scoring-only settings. Each
 is scored on `val`, drawn from its own random stream, as large as `test`: image AUROC, pixel
-AUROC, AUPRO, pixel AP, and recall and false-positive rate at the stored threshold. Results:
+AUROC, AUPRO, pixel AP, and recall and false-positive rate at the stored threshold; with more
+than one defect kind, the image AUROC and AUPRO of each kind; for a network with a pseudo-defect
+classifier, its cross-entropy in the last epoch and the first epoch it fell below 0.9 of chance. Results:
 benchmarks/results/<name>.json and .md with the command, commit and machine.
 """
 
@@ -31,6 +38,7 @@ from pitscope.data import build_dataset
 from pitscope.evaluation import evaluate
 from pitscope.fitting import fit, refit
 from pitscope.inference import Detector
+from pitscope.training import chance_cross_entropy
 
 RESULTS = Path(__file__).parent / "results"
 COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
@@ -63,13 +71,30 @@ def at_quantiles(detector: Detector, result: dict, quantiles: list[float]) -> di
     return out
 
 
+def classifier_learning(detector: Detector) -> dict:
+    """The classifier's cross-entropy in the last epoch and the first epoch (1-based) whose mean
+    fell below 0.9 of chance (None: never); {} without a classifier or a training record."""
+    losses = detector.metadata.get("training", {}).get("losses", [])
+    if not losses or "ce" not in losses[-1]:
+        return {}
+    chance = chance_cross_entropy(detector.cfg.model.head, detector.n_kinds)
+    learnt = [int(e["epoch"]) for e in losses if e["ce"] < 0.9 * chance]
+    return {"ce_last": round(losses[-1]["ce"], 4), "ce_below_0.9_chance_at_epoch": learnt[0] if learnt else None}
+
+
 def run_variant(
-    name: str, overrides: list[str], model: Detector | None, source: str | None, out: Path, quantiles: list[float]
+    preset: str,
+    name: str,
+    overrides: list[str],
+    model: Detector | None,
+    source: str | None,
+    out: Path,
+    quantiles: list[float],
 ) -> dict:
     start = time.perf_counter()
     torch.manual_seed(0)
     if model is None:
-        detector = fit("demo", [*overrides, f"output_dir={out / name.replace(' ', '_')}"], progress=False, save=False)
+        detector = fit(preset, [*overrides, f"output_dir={out / name.replace(' ', '_')}"], progress=False, save=False)
         assert detector is not None  # one process: fit returns the detector
     else:
         detector = refit(model, apply_overrides(model.cfg, overrides), str(source), progress=False)
@@ -81,6 +106,12 @@ def run_variant(
         **{k: round(100 * result["metrics"][k], 2) for k in COLUMNS},
         "recall": at.get("true_positive_rate"),
         "false_positive_rate": at.get("false_positive_rate"),
+        "kinds": {
+            group.removeprefix("kind "): {k: round(100 * subset["metrics"][k], 2) for k in ("image_auroc", "aupro")}
+            for group, subset in result["subsets"].items()
+            if group.startswith("kind ")
+        },
+        **classifier_learning(detector),
         "minutes": round((time.perf_counter() - start) / 60, 2),
         **({"at_quantiles": at_quantiles(detector, result, quantiles)} if quantiles else {}),
     }
@@ -88,7 +119,7 @@ def run_variant(
 
 def markdown(record: dict) -> str:
     lines = [
-        "# The `demo` preset, compared on the synthetic `val` split",
+        f"# The `{record.get('config', 'demo')}` preset, compared on the synthetic `val` split",
         "",
         f"Commit `{record['commit']}`, {record['date']}, {record['machine']['platform']}, "
         f"{record['machine']['torch_threads']} threads, torch {record['machine']['torch']}.",
@@ -105,6 +136,23 @@ def markdown(record: dict) -> str:
         overrides = " ".join(f"`{o}`" for o in row["overrides"]) or "the preset"
         numbers = " | ".join(str(row[k]) for k in (*COLUMNS, "recall", "false_positive_rate", "minutes"))
         lines.append(f"| {row['variant']} | {overrides} | {numbers} |")
+    kinds = sorted({kind for row in record["rows"] for kind in row.get("kinds", {})})
+    if kinds:
+        lines += [
+            "",
+            "Each defect kind against every defect-free image (image AUROC / AUPRO), and the pseudo-defect "
+            "classifier's cross-entropy in the last epoch, with the first epoch it fell below 0.9 of chance:",
+            "",
+            "| variant | " + " | ".join(kinds) + " | classifier cross-entropy (epoch) |",
+            "|---|" + "---|" * (len(kinds) + 1),
+        ]
+        for row in record["rows"]:
+            cells = [
+                " / ".join(str(v) for v in row["kinds"][k].values()) if k in row.get("kinds", {}) else "–"
+                for k in kinds
+            ]
+            ce = f"{row['ce_last']} ({row['ce_below_0.9_chance_at_epoch']})" if "ce_last" in row else "–"
+            lines.append(f"| {row['variant']} | " + " | ".join(cells) + f" | {ce} |")
     quantiled = [row for row in record["rows"] if row.get("at_quantiles")]
     if quantiled:
         lines += [
@@ -128,7 +176,9 @@ def markdown(record: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", action="append", required=True, metavar="NAME=OVERRIDES")
-    parser.add_argument("--refit", help="a demo model file whose network every variant reuses")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override of every variant")
+    parser.add_argument("--config", default="demo", help="the preset every variant starts from (default: demo)")
+    parser.add_argument("--refit", help="a model file whose network every variant reuses")
     parser.add_argument("--name", required=True, help="results file name under benchmarks/results/")
     parser.add_argument("--out", type=Path, default=Path("runs/demo_validation"))
     parser.add_argument(
@@ -140,7 +190,8 @@ def main() -> None:
     rows = []
     for text in args.variant:
         name, overrides = parse_variant(text)
-        rows.append(run_variant(name, overrides, model, args.refit, args.out, args.quantiles))
+        overrides = [*args.set, *overrides]
+        rows.append(run_variant(args.config, name, overrides, model, args.refit, args.out, args.quantiles))
         print(json.dumps(rows[-1]), flush=True)
     record = {
         "benchmark": "demo_validation",
@@ -149,6 +200,7 @@ def main() -> None:
         "commit": commit(),
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
+        "config": args.config,
         "refit": args.refit,
         "rows": rows,
     }

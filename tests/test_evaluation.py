@@ -12,7 +12,15 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pitscope.config import apply_overrides, load_config
 from pitscope.data import build_dataset
-from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, REGION_NAMES, evaluate, format_table, write_evaluation
+from pitscope.evaluation import (
+    METRIC_NAMES,
+    PAPER_BSDATA,
+    REGION_NAMES,
+    evaluate,
+    format_table,
+    kind_groups,
+    write_evaluation,
+)
 from pitscope.inference import Detector
 from pitscope.metrics import auroc_interval
 from pitscope.tensors import images_to_batch
@@ -239,3 +247,30 @@ def test_threshold_benchmark_refits_as_training_and_counts_rates(detector, tmp_p
     held_score = float(refit(images_to_batch([train_split[cal_idx[0]].image]))[0][0])
     assert record["held_back"]["threshold"] == round(held_score, 2)  # the quantile of one score is that score
     assert record["held_back"]["largest"] == [round(held_score, 2)]
+
+
+def test_kind_groups_name_the_defective_images_by_their_folder():
+    paths = [
+        "test/good/0.png",
+        "test/crack/1.png",
+        "test/crack/2.png",
+        "test/stain/3.png",
+        "C:\\data\\test\\stain\\4.png",
+    ]
+    labels = np.array([0, 1, 1, 1, 1])
+    groups = kind_groups(paths, labels)
+    assert list(groups) == ["kind crack", "kind stain"]
+    assert groups["kind crack"].tolist() == [False, True, True, False, False]
+    assert groups["kind stain"].tolist() == [False, False, False, True, True]
+    assert kind_groups(paths[:3], labels[:3]) == {}  # one kind: no subsets
+
+
+def test_evaluate_measures_each_synthetic_defect_kind_apart(detector):
+    data = load_test_split("data.synthetic.n_test_defect=6", "data.synthetic.defects=[pit,scratch,stain]")
+    result = evaluate(detector, data, progress=False)
+    assert sorted(result["subsets"]) == ["kind pitting", "kind scratch", "kind stain"]
+    for subset in result["subsets"].values():
+        assert subset["counts"] == {"normal": 4, "defective": 2}
+        assert 0.0 <= subset["metrics"]["image_auroc"] <= 1.0
+    one_kind = evaluate(detector, load_test_split(), progress=False)
+    assert one_kind["subsets"] == {}

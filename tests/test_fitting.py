@@ -8,6 +8,7 @@ import pytest
 
 import pitscope
 from pitscope import Config, Detector, Prediction, fit, load_config
+from pitscope.training import chance_cross_entropy, classifier_near_chance
 
 
 def test_public_names_are_exported():
@@ -23,6 +24,10 @@ def test_fit_trains_saves_and_the_file_predicts_the_same(tmp_path, caplog, tiny_
     assert isinstance(detector, Detector) and np.isfinite(float(detector.threshold))
     assert detector.metadata["training"]["epochs"] == 1 and detector.metadata["training"]["images"] == 12
     assert "training on 12 defect-free images" in caplog.text
+    losses = detector.metadata["training"]["losses"]  # one record per epoch, as the log printed it
+    assert [e["epoch"] for e in losses] == [1] and {"loss", "ce", "mse"} <= set(losses[0])
+    near = classifier_near_chance(losses, detector.cfg.model.head, detector.n_kinds)
+    assert ("classifier ended near chance" in caplog.text) == (near is not None)
     image = np.full((40, 90, 3), 120, np.uint8)
     loaded = Detector.load(tmp_path / "model.pt").predict(image)
     assert isinstance(loaded, Prediction)
@@ -78,3 +83,19 @@ def test_a_fixed_step_tiny_training_scores_as_recorded(tmp_path):
     assert measured.keys() == recorded.keys()
     for key, value in recorded.items():
         assert measured[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_chance_cross_entropy_closed_form():
+    assert chance_cross_entropy("binary", 3) == pytest.approx(np.log(2))
+    # half the batch normal, the other half spread evenly over 4 kinds: -(0.5 ln 0.5 + 4 * 0.125 ln 0.125)
+    assert chance_cross_entropy("multiclass", 4) == pytest.approx(-(0.5 * np.log(0.5) + 4 * 0.125 * np.log(0.125)))
+
+
+def test_classifier_near_chance_reads_the_last_epoch():
+    learnt = [{"epoch": 1, "ce": 0.69}, {"epoch": 2, "ce": 0.40}]
+    stuck = [{"epoch": 1, "ce": 0.50}, {"epoch": 2, "ce": 0.68}]
+    assert classifier_near_chance(learnt, "binary", 3) is None
+    assert classifier_near_chance(stuck, "binary", 3) == pytest.approx(0.68)
+    assert classifier_near_chance(stuck, "multiclass", 3) is None  # chance is ln 2 + ln(3) / 2 there
+    assert classifier_near_chance([], "binary", 3) is None
+    assert classifier_near_chance([{"epoch": 1, "seg": 0.2}], "binary", 3) is None  # no classifier

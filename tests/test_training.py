@@ -287,6 +287,19 @@ def test_scheduled_lr_closed_form():
     assert scheduled_lr(cfg, 0, 10, 90.0, 60.0) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_warm_up_closed_form():
+    cfg = load_config(None, ["train.lr=0.02", "train.epochs=4", "train.warmup_epochs=0.5"]).train
+    # 5 warm-up steps of 10 a epoch: step k runs at (k + 1) / 5 of the rate, then the schedule's
+    assert [scheduled_lr(cfg, k, 10, 0.0, math.inf) for k in range(6)] == pytest.approx(
+        [0.004, 0.008, 0.012, 0.016, 0.02, 0.02]
+    )
+    cfg.lr_schedule = "cosine"
+    assert scheduled_lr(cfg, 1, 10, 0.0, math.inf) == pytest.approx(0.4 * 0.01 * (1 + math.cos(math.pi / 40)))
+    assert scheduled_lr(cfg, 20, 10, 0.0, math.inf) == pytest.approx(0.01)  # past the warm-up: the cosine alone
+    with pytest.raises(ConfigError, match="train.warmup_epochs"):
+        load_config(None, ["train.warmup_epochs=-1"])
+
+
 def test_cosine_schedule_is_logged_applied_and_resumed(tmp_path, images, monkeypatch):
     cosine = (LIGHT, "train.lr_schedule=cosine", "train.lr=0.04")
     whole = run(tmp_path / "whole", images, *cosine, "train.epochs=2")

@@ -126,6 +126,7 @@ class TrainConfig:
     # progress is the larger of the fraction of epochs done and the fraction of the budget spent,
     # so a budgeted run ends at a learning rate near zero wherever the budget stops it
     lr_schedule: str = "constant"  # constant | cosine
+    warmup_epochs: float = 0.0  # the rate rises linearly from near zero over this many epochs (0: from the start)
     # keep the network's weights after every this many epochs in OUTPUT_DIR/snapshots/ (0: off),
     # e.g. to see how the scores develop with training (`pitscope refit` scores a snapshot)
     snapshot_every: int = 0
@@ -337,6 +338,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "train.epochs": (0, None, True),  # 0: no training, the untrained baseline
     "train.batch_size": (1, None, True),
     "train.lr": (0, None, False),
+    "train.warmup_epochs": (0, None, True),
     "train.momentum": (0, 1, True),
     "train.weight_decay": (0, None, True),
     "train.budget_minutes": (0, None, False),

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 import numpy as np
@@ -27,6 +27,16 @@ PAPER_BSDATA = {"image_auroc": 97.42, "pixel_auroc": 94.57}
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1_max", "pixel_f1_max")
 REGION_NAMES = ("pixel_f1", "iou_median", "iou_q1", "iou_q3", "normal_area_median", "normal_area_p99", "area_within_2x")
+
+
+def kind_groups(paths: Sequence[str], labels: np.ndarray) -> dict[str, np.ndarray]:
+    """The defective images of each defect kind, as (N,) bool over `paths`, the kind being the
+    name of the folder that holds the image (MVTec's `test/<kind>/`, the synthetic data's
+    `pitting`, `scratch`, `stain`); {} when the defective images share one folder."""
+    defective = np.asarray(labels) == 1
+    kinds = np.array([PurePosixPath(str(p).replace("\\", "/")).parent.name for p in paths])
+    names = sorted(set(kinds[defective]))
+    return {f"kind {name}": defective & (kinds == name) for name in names} if len(names) > 1 else {}
 
 
 class DatasetScorer(Protocol):
@@ -158,7 +168,8 @@ def evaluate(
     threshold, `predicted_regions`). Pixel metrics are None when the dataset has no masks or no
     defect pixel. groups: {name: (N,) bool}; each names a subset of the defective images,
     measured with every defect-free image into "subsets"[name] ({"metrics", "counts"}); for
-    BSData they default to its two ball-screw types (`bsdata.type_groups`).
+    BSData they default to its two ball-screw types (`bsdata.type_groups`), elsewhere to the
+    defect kinds when the defective images lie in more than one folder (`kind_groups`).
     The interval (DeLong's standard error, 95%) needs at least 2 images of each kind.
     """
     metadata = getattr(detector, "metadata", {})
@@ -178,6 +189,8 @@ def evaluate(
             groups = type_groups(list(dataset.paths), labels, bsdata_root(detector.cfg.data.root))
         except (FileNotFoundError, DatasetLayoutError) as exc:  # no image_data.json: no rows by screw type
             log.warning("no subsets by ball-screw type: %s", exc)
+    if groups is None and detector.cfg.data.format != "bsdata" and len(getattr(dataset, "paths", ())) == len(labels):
+        groups = kind_groups(list(dataset.paths), labels)
     has_masks = getattr(dataset, "has_masks", True)
     masks = np.stack([dataset[i].mask for i in range(len(dataset))]) if has_masks else None
     threshold = float(detector.threshold)

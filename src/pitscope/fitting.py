@@ -22,7 +22,7 @@ from pitscope.inference import Detector
 from pitscope.model_file import read_model_file
 from pitscope.probe_fitting import fit_defect_probe, marked_samples, set_pixel_threshold
 from pitscope.seeding import numpy_rng
-from pitscope.training import train
+from pitscope.training import chance_cross_entropy, classifier_near_chance, train
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,18 @@ def fit(
         "steps": result.steps,
         "minutes": round(result.elapsed_s / 60, 2),
         "stopped_by_budget": result.stopped_by_budget,
+        "losses": [{k: round(float(v), 5) for k, v in epoch.items()} for epoch in result.history],
     }
+    ce = classifier_near_chance(result.history, cfg.model.head, result.n_kinds)
+    if ce is not None:
+        chance = chance_cross_entropy(cfg.model.head, result.n_kinds)
+        log.warning(
+            "the pseudo-defect classifier ended near chance (cross-entropy %.3f in the last epoch, %.3f "
+            "at chance): the image embedding learnt little from it; more epochs (train.epochs) or a "
+            "warm-up (train.warmup_epochs) may help",
+            ce,
+            chance,
+        )
     labelled = list(result.labelled)  # the labelled photos pasted from: never to be scored as test images
     if cfg.score.defect_probe:
         defects = load_labelled_defects(str(cfg.data.labelled_defects), cfg.data.on_bad_file)

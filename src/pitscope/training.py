@@ -115,12 +115,33 @@ def scheduled_lr(train_cfg: TrainConfig, step: int, steps_per_epoch: int, elapse
     """The learning rate of the step after `step` steps and `elapsed_s` seconds of training.
 
     constant: train.lr. cosine: train.lr * (1 + cos(pi * p)) / 2 with p = run_progress(...), so a
-    run stopped by its budget has annealed to (nearly) zero all the same.
+    run stopped by its budget has annealed to (nearly) zero all the same. With train.warmup_epochs
+    w > 0, either is multiplied by min(1, (step + 1) / (w * steps_per_epoch)): the rate rises
+    linearly over the first w epochs.
     """
+    warmup_steps = train_cfg.warmup_epochs * steps_per_epoch
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
     if train_cfg.lr_schedule == "constant":
-        return train_cfg.lr
+        return train_cfg.lr * warm
     progress = run_progress(train_cfg, step, steps_per_epoch, elapsed_s, budget_s)
-    return train_cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return train_cfg.lr * warm * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def chance_cross_entropy(head: str, n_kinds: int) -> float:
+    """The pseudo-defect classifier's cross-entropy when it answers the base rates alone (half the
+    batch normal): ln 2 for the binary head; for the multiclass one, half normal and half spread
+    over n_kinds kinds, ln 2 + ln(n_kinds) / 2."""
+    return math.log(2.0) + (0.5 * math.log(max(1, n_kinds)) if head == "multiclass" else 0.0)
+
+
+def classifier_near_chance(history: list[dict], head: str, n_kinds: int, share: float = 0.95) -> float | None:
+    """The last epoch's classifier cross-entropy when it is at least `share` of chance
+    (`chance_cross_entropy`): the classifier has not learnt to tell the pseudo-defects; else None
+    (also with no epoch or no classifier)."""
+    if not history or "ce" not in history[-1]:
+        return None
+    ce = float(history[-1]["ce"])
+    return ce if ce >= share * chance_cross_entropy(head, n_kinds) else None
 
 
 @dataclass

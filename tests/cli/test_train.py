@@ -7,8 +7,9 @@ import pytest
 import torch
 import yaml
 
-from pitscope.cli import main
-from pitscope.config import load_config
+from pitscope.cli import build_parser, main
+from pitscope.cli.common import config_from_args
+from pitscope.config import load_config, to_dict
 
 TINY = {
     "seed": 0,
@@ -293,3 +294,21 @@ def test_refit_with_reference_photos(tmp_path, tiny_yaml, capsys):
         assert main(["refit", str(run / "model.pt"), "--output", str(bad), "--quiet", "--references", *args]) == 2
         assert message in capsys.readouterr().err, args
         assert not bad.exists()
+
+
+@pytest.mark.parametrize(
+    ("given", "preset"),
+    [
+        ([], "cpu"),
+        (["--set", "data.format=bsdata"], "cpu"),
+        (["--set", "data.format=folder"], "surface"),
+        (["--set", "data.format=mvtec"], "surface"),
+        (["--config", "cpu", "--set", "data.format=folder"], "cpu"),  # --config wins
+    ],
+)
+def test_train_picks_the_surface_preset_for_a_users_own_photos(given, preset, capsys):
+    args = build_parser().parse_args(["train", *given, "--set", "train.epochs=3"])
+    cfg = config_from_args(args)
+    expected = load_config(preset, ["train.epochs=3", *[g for g in given[1::2] if "=" in g]])
+    assert to_dict(cfg) == to_dict(expected)
+    assert ("preset: surface" in capsys.readouterr().err) == (preset == "surface" and "--config" not in given)
