@@ -187,26 +187,26 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     model = Detector.load(args.refit) if args.refit else None
-    rows = []
+    command = "python benchmarks/demo_validation.py " + " ".join(f"'{a}'" if " " in a else a for a in sys.argv[1:])
+    rows: list[dict] = []
     for text in args.variant:
         name, overrides = parse_variant(text)
         overrides = [*args.set, *overrides]
         rows.append(run_variant(args.config, name, overrides, model, args.refit, args.out, args.quantiles))
         print(json.dumps(rows[-1]), flush=True)
-    record = {
-        "benchmark": "demo_validation",
-        "command": "python benchmarks/demo_validation.py "
-        + " ".join(f"'{a}'" if " " in a else a for a in sys.argv[1:]),
-        "commit": commit(),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
-        "config": args.config,
-        "refit": args.refit,
-        "rows": rows,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    (RESULTS / f"{args.name}.md").write_text(markdown(record))
+        record = {
+            "benchmark": "demo_validation",
+            "command": command,
+            "commit": commit(),
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": machine(),
+            "config": args.config,
+            "refit": args.refit,
+            "rows": rows,
+        }
+        RESULTS.mkdir(exist_ok=True)  # written after every variant: a stopped run keeps the rows it finished
+        (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
+        (RESULTS / f"{args.name}.md").write_text(markdown(record))
     print(f"wrote {RESULTS / args.name}.json and .md")
 
 

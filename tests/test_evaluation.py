@@ -274,3 +274,37 @@ def test_evaluate_measures_each_synthetic_defect_kind_apart(detector):
         assert 0.0 <= subset["metrics"]["image_auroc"] <= 1.0
     one_kind = evaluate(detector, load_test_split(), progress=False)
     assert one_kind["subsets"] == {}
+
+
+def test_preset_validation_benchmark_reports_each_kind_and_the_classifier(detector, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from demo_validation import classifier_learning, markdown, run_variant
+
+    three = ["data.synthetic.defects=[pit,scratch,stain]", "data.synthetic.n_test_defect=6"]
+    refitted = copy.deepcopy(detector)
+    refitted.metadata["training"] = {
+        "losses": [{"epoch": 1, "ce": 0.69}, {"epoch": 2, "ce": 0.5}, {"epoch": 3, "ce": 0.4}]
+    }
+    assert classifier_learning(refitted) == {"ce_last": 0.4, "ce_below_0.9_chance_at_epoch": 2}
+    refitted.save(tmp_path / "model.pt")
+    row = run_variant("demo", "three kinds", three, Detector.load(tmp_path / "model.pt"), "m", tmp_path, [])
+    expected = evaluate(
+        Detector.load(tmp_path / "model.pt"),
+        build_dataset(apply_overrides(detector.cfg, three).data, "val", 0),
+        progress=False,
+    )
+    assert set(row["kinds"]) == {"pitting", "scratch", "stain"}
+    for kind, numbers in row["kinds"].items():
+        assert numbers["image_auroc"] == round(100 * expected["subsets"][f"kind {kind}"]["metrics"]["image_auroc"], 2)
+    text = markdown(
+        {
+            "config": "surface",
+            "commit": "c",
+            "date": "d",
+            "machine": {"platform": "p", "torch_threads": 2, "torch": "t"},
+            "command": "x",
+            "refit": "m",
+            "rows": [row],
+        }
+    )
+    assert "# The `surface` preset" in text and "| three kinds | " in text

@@ -312,3 +312,34 @@ def test_train_picks_the_surface_preset_for_a_users_own_photos(given, preset, ca
     expected = load_config(preset, ["train.epochs=3", *[g for g in given[1::2] if "=" in g]])
     assert to_dict(cfg) == to_dict(expected)
     assert ("preset: surface" in capsys.readouterr().err) == (preset == "surface" and "--config" not in given)
+
+
+def test_train_on_a_folder_of_photos_runs_the_surface_preset_end_to_end(tmp_path, capsys):
+    from pitscope.data.synthetic import write_synthetic_tree
+    from pitscope.inference import Detector
+
+    tree = write_synthetic_tree(tmp_path / "photos", 8, 2, 2, seed=0, height=40, width=100)
+    out = tmp_path / "run"
+    flags = as_flags(
+        [
+            "data.format=folder",
+            f"data.root={tree / 'train' / 'good'}",
+            f"data.test_normal_dir={tree / 'test' / 'good'}",
+            f"data.test_defect_dir={tree / 'test' / 'pitting'}",
+            f"data.mask_dir={tree / 'ground_truth' / 'pitting'}",
+            "data.image_size=32",
+            "data.image_width=80",
+            "train.epochs=1",
+            "train.batch_size=4",
+            "train.precision=fp32",
+            "train.num_workers=0",
+            "train.device=cpu",
+        ]
+    )
+    assert main(["train", *flags, "--output-dir", str(out), "--quiet", "--evaluate"]) == 0
+    captured = capsys.readouterr()
+    assert "preset: surface (for data.format folder" in captured.err
+    assert "pixel_auroc" in captured.out
+    cfg = Detector.load(out / "model.pt").cfg
+    assert cfg.model.segment and not cfg.model.classify and cfg.score.pixel_stages == ["conv1"]
+    assert json.loads((out / "eval" / "metrics.json").read_text())["counts"]["defective"] == 2

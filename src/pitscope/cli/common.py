@@ -51,7 +51,8 @@ def config_from_args(args: argparse.Namespace, extra: Sequence[str] = ()) -> Con
     if preset is None:
         preset = getattr(args, "default_preset", None)
         if preset is not None and getattr(args, "preset_by_format", False):
-            data_format = load_config(preset, overrides).data.format
+            given = [o.partition("=")[2].strip() for o in overrides if o.partition("=")[0].strip() == "data.format"]
+            data_format = given[-1] if given else load_config(preset).data.format
             if data_format in FORMAT_PRESETS:
                 preset = FORMAT_PRESETS[data_format]
                 print(f"preset: {preset} (for data.format {data_format}; --config chooses another)", file=sys.stderr)
