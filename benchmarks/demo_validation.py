@@ -1,4 +1,6 @@
-"""A preset's settings compared on the synthetic `val` split (never its `test` split).
+"""A preset's settings compared on the `val` split of its data (never its `test` split): the
+synthetic data's own `val` stream, or, for a BSData model with `data.holdout=positions`, the
+validation positions' photos.
 
     python benchmarks/demo_validation.py --name demo_validation_shape \\
         --variant "128x128=" --variant "80x200=data.image_size=80,data.image_width=200"
@@ -14,7 +16,7 @@ it is), after the --set overrides every variant shares (one KEY=VALUE each, so a
 commas). Without --refit every variant trains a network with `pitscope.fitting.fit(PRESET, ...)`
 (--config, default `demo`; seed 0); with --refit MODEL every variant fits the scorers and
 thresholds of MODEL's network again (`pitscope.fitting.refit`), for scoring-only settings. Each
-is scored on `val`, drawn from its own random stream, as large as `test`: image AUROC, pixel
+is scored on `val`: image AUROC, pixel
 AUROC, AUPRO, pixel AP, and recall and false-positive rate at the stored threshold; with more
 than one defect kind, the image AUROC and AUPRO of each kind; for a network with a pseudo-defect
 classifier, its cross-entropy in the last epoch and the first epoch it fell below 0.9 of chance. Results:
@@ -119,7 +121,7 @@ def run_variant(
 
 def markdown(record: dict) -> str:
     lines = [
-        f"# The `{record.get('config', 'demo')}` preset, compared on the synthetic `val` split",
+        f"# The `{record.get('config', 'demo')}` preset, compared on the `val` split",
         "",
         f"Commit `{record['commit']}`, {record['date']}, {record['machine']['platform']}, "
         f"{record['machine']['torch_threads']} threads, torch {record['machine']['torch']}.",

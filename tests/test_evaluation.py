@@ -307,4 +307,4 @@ def test_preset_validation_benchmark_reports_each_kind_and_the_classifier(detect
             "rows": [row],
         }
     )
-    assert "# The `surface` preset" in text and "| three kinds | " in text
+    assert "# The `surface` preset, compared on the `val` split" in text and "| three kinds | " in text

@@ -7,9 +7,8 @@ import pytest
 import torch
 import yaml
 
-from pitscope.cli import build_parser, main
-from pitscope.cli.common import config_from_args
-from pitscope.config import load_config, to_dict
+from pitscope.cli import main
+from pitscope.config import load_config
 
 TINY = {
     "seed": 0,
@@ -296,25 +295,7 @@ def test_refit_with_reference_photos(tmp_path, tiny_yaml, capsys):
         assert not bad.exists()
 
 
-@pytest.mark.parametrize(
-    ("given", "preset"),
-    [
-        ([], "cpu"),
-        (["--set", "data.format=bsdata"], "cpu"),
-        (["--set", "data.format=folder"], "surface"),
-        (["--set", "data.format=mvtec"], "surface"),
-        (["--config", "cpu", "--set", "data.format=folder"], "cpu"),  # --config wins
-    ],
-)
-def test_train_picks_the_surface_preset_for_a_users_own_photos(given, preset, capsys):
-    args = build_parser().parse_args(["train", *given, "--set", "train.epochs=3"])
-    cfg = config_from_args(args)
-    expected = load_config(preset, ["train.epochs=3", *[g for g in given[1::2] if "=" in g]])
-    assert to_dict(cfg) == to_dict(expected)
-    assert ("preset: surface" in capsys.readouterr().err) == (preset == "surface" and "--config" not in given)
-
-
-def test_train_on_a_folder_of_photos_runs_the_surface_preset_end_to_end(tmp_path, capsys):
+def test_the_surface_preset_trains_on_a_folder_of_photos_end_to_end(tmp_path, capsys):
     from pitscope.data.synthetic import write_synthetic_tree
     from pitscope.inference import Detector
 
@@ -336,10 +317,8 @@ def test_train_on_a_folder_of_photos_runs_the_surface_preset_end_to_end(tmp_path
             "train.device=cpu",
         ]
     )
-    assert main(["train", *flags, "--output-dir", str(out), "--quiet", "--evaluate"]) == 0
-    captured = capsys.readouterr()
-    assert "preset: surface (for data.format folder" in captured.err
-    assert "pixel_auroc" in captured.out
+    assert main(["train", "--config", "surface", *flags, "--output-dir", str(out), "--quiet", "--evaluate"]) == 0
+    assert "pixel_auroc" in capsys.readouterr().out
     cfg = Detector.load(out / "model.pt").cfg
     assert cfg.model.segment and not cfg.model.classify and cfg.score.pixel_stages == ["conv1"]
     assert json.loads((out / "eval" / "metrics.json").read_text())["counts"]["defective"] == 2

@@ -15,48 +15,25 @@ def add_set_arg(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
-# The preset a command given `by_format` uses without --config, by data.format: a user's own photos
-# (folder, mvtec) get the `surface` preset, the rest the command's default preset.
-FORMAT_PRESETS = {"folder": "surface", "mvtec": "surface"}
-
-
-def add_config_args(parser: argparse.ArgumentParser, default_preset: str | None, by_format: bool = False) -> None:
-    """--config PRESET, --set KEY=VALUE (repeatable) and --output-dir. Without --config the command
-    uses `default_preset`, or with `by_format` the preset of FORMAT_PRESETS for the data.format
-    that preset and --set give."""
-    default = ""
-    if default_preset:
-        default = f" (default: {default_preset}"
-        if by_format:
-            default += "; " + ", ".join(sorted(set(FORMAT_PRESETS.values()))) + " for --set data.format="
-            default += " or ".join(FORMAT_PRESETS)
-        default += ")"
+def add_config_args(parser: argparse.ArgumentParser, default_preset: str | None) -> None:
+    """--config PRESET, --set KEY=VALUE (repeatable) and --output-dir."""
     parser.add_argument(
         "--config",
+        default=default_preset,
         metavar="PRESET",
-        help=f"preset name ({', '.join(preset_names())}) or path to a YAML file{default}",
+        help=f"preset name ({', '.join(preset_names())}) or path to a YAML file"
+        + (f" (default: {default_preset})" if default_preset else ""),
     )
-    parser.set_defaults(default_preset=default_preset, preset_by_format=by_format)
     add_set_arg(parser, "override one config value, e.g. --set train.epochs=5 --set data.format=bsdata (repeatable)")
     parser.add_argument("--output-dir", help="where outputs go (overrides output_dir)")
 
 
 def config_from_args(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
-    """The config of --config (see `add_config_args` for the default), with `extra` overrides, then
-    --set, then --output-dir applied."""
+    """The config of --config, with `extra` overrides, then --set, then --output-dir applied."""
     overrides = list(extra) + list(args.overrides)
     if getattr(args, "output_dir", None):
         overrides.append(f"output_dir={args.output_dir}")
-    preset = args.config
-    if preset is None:
-        preset = getattr(args, "default_preset", None)
-        if preset is not None and getattr(args, "preset_by_format", False):
-            given = [o.partition("=")[2].strip() for o in overrides if o.partition("=")[0].strip() == "data.format"]
-            data_format = given[-1] if given else load_config(preset).data.format
-            if data_format in FORMAT_PRESETS:
-                preset = FORMAT_PRESETS[data_format]
-                print(f"preset: {preset} (for data.format {data_format}; --config chooses another)", file=sys.stderr)
-    return load_config(preset, overrides)
+    return load_config(args.config, overrides)
 
 
 def limit(text: str) -> float | None:

@@ -224,7 +224,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint_last.pt")
     p.add_argument("--evaluate", action="store_true", help="evaluate on the test split afterwards")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_config_args(p, "cpu", by_format=True)
+    add_config_args(p, "cpu")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="measure a trained model on its test split", description=cmd_evaluate.__doc__)
