@@ -95,8 +95,8 @@ def fit(
         chance = chance_cross_entropy(cfg.model.head, result.n_kinds)
         log.warning(
             "the pseudo-defect classifier ended near chance (cross-entropy %.3f in the last epoch, %.3f "
-            "at chance): the network learnt little from telling pasted pseudo-defects apart; it needs "
-            "more epochs (train.epochs), and the image score leans on untrained features meanwhile",
+            "at chance): the network learnt little from telling pasted pseudo-defects apart; more "
+            "epochs (train.epochs) give that task its time",
             ce,
             chance,
         )
