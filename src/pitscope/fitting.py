@@ -88,7 +88,9 @@ def fit(
         "steps": result.steps,
         "minutes": round(result.elapsed_s / 60, 2),
         "stopped_by_budget": result.stopped_by_budget,
-        "losses": [{k: round(float(v), 5) for k, v in epoch.items()} for epoch in result.history],
+        "losses": [
+            {k: v if isinstance(v, int) else round(float(v), 5) for k, v in epoch.items()} for epoch in result.history
+        ],
     }
     ce = classifier_near_chance(result.history, cfg.model.head, result.n_kinds)
     if ce is not None:
