@@ -2,6 +2,7 @@
 
     python benchmarks/bsdata_wear.py --folds 2 --budget-minutes 10     # train every fold, measure, record
     python benchmarks/bsdata_wear.py --folds 2 --reuse-models          # measure again with the trained folds
+    python benchmarks/bsdata_wear.py --models runs/x/fold0/model.pt ...  # measure with models trained elsewhere
 
 BSData's 27 `wear_dev` names make 15 distinct sequences (pitscope.wear). They are dealt into k
 folds (`wear.sequence_folds`, seeded); fold i's model trains with the `cpu` preset on the
@@ -10,6 +11,10 @@ defect-free images of the other folds only (`wear.fold_split`, written to RUNS/f
 `pitscope wear` measures every sequence with the model of its fold and checks that no model
 measures an image it trained on. Results go to benchmarks/results/<name>.json and .md with the
 commands, commit, machine and the split.
+
+With --models nothing is trained: the given models (for example the cross-position folds'
+networks, `data.holdout=positions` with `data.position_fold`) measure every sequence that one of
+them never trained on, each sequence by the first such model; the others are listed as unmeasured.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ import numpy as np
 import torch
 from bsdata_cpu import commit, machine, note, provenance  # benchmarks/ is on sys.path when run as a script
 
+from pitscope.benchmark.provenance import TEST_LOOKS, config_hash
 from pitscope.data.bsdata import bsdata_root, read_positions, write_split
 from pitscope.data.sequences import read_sequences
+from pitscope.inference import Detector
 from pitscope.wear import fold_split, sequence_folds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,6 +143,30 @@ def by_role(sequences: list[dict], positions: dict) -> list[dict]:
             }
         )
     return rows
+
+
+def log_test_look(record: dict, models: list[str]) -> None:
+    """Append one line to the test-looks log when the run measured test positions' sequences:
+    the commit, the models and their config hashes, the alert rule and the test row of `by_role`."""
+    test = next(r for r in record["by_role"] if r["role"] == "test")
+    if not test["sequences"]:
+        return
+    hashes = []
+    for model in models:
+        cfg = Detector.load(model).cfg
+        hashes.append(config_hash(cfg))
+    look = {
+        "commit": record["commit"],
+        "date": record["date"][:10],
+        "benchmark": "bsdata_wear",
+        "name": record["name"],
+        "models": [str(Path(m).relative_to(REPO)) if Path(m).is_relative_to(REPO) else m for m in models],
+        "config_hash": hashes,
+        "rule": record["rule"]["text"],
+        "test_sequences": test,
+    }
+    with (RESULTS / TEST_LOOKS).open("a") as fh:
+        fh.write(json.dumps(look) + "\n")
 
 
 def write_markdown(record: dict, path: Path) -> None:
@@ -252,18 +283,34 @@ def main() -> int:
         "(pitscope refit --references) and measure the sequences without them",
     )
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra --set for every training")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        metavar="MODEL",
+        help="measure with these trained models instead of training folds (each sequence by the first model "
+        "that never trained on it)",
+    )
     args = parser.parse_args()
+    if args.models and (args.references or args.reuse_models):
+        parser.error("--models measures the given models as they are: no --references or --reuse-models")
 
     t0 = time.perf_counter()
     root = bsdata_root(args.root)
     runs = (REPO / args.runs_dir).resolve()
     runs.mkdir(parents=True, exist_ok=True)
     sequences = read_sequences(root)
-    folds = [
-        train_fold(f, held_out, sequences, root, runs, args)
-        for f, held_out in enumerate(sequence_folds(sequences, args.folds, args.seed))
-    ]
-    models = [str(runs / f"fold{f['fold']}" / "model.pt") for f in folds]
+    if args.models:
+        missing = [m for m in args.models if not Path(m).is_file()]
+        if missing:
+            parser.error(f"no model file: {', '.join(missing)}")
+        models = [str(Path(m).resolve()) for m in args.models]
+        folds = [{"fold": f, "output_dir": str(Path(m).parent)} for f, m in enumerate(models)]
+    else:
+        folds = [
+            train_fold(f, held_out, sequences, root, runs, args)
+            for f, held_out in enumerate(sequence_folds(sequences, args.folds, args.seed))
+        ]
+        models = [str(runs / f"fold{f['fold']}" / "model.pt") for f in folds]
     for fold, model in zip(folds, models):
         fold["training"] = torch.load(model, map_location="cpu", weights_only=True)["metadata"].get("training")
     if args.references:
@@ -285,8 +332,12 @@ def main() -> int:
     ]
     wear_run = run(wear_cmd, runs / "wear.log")
     wear = json.loads((runs / "wear" / "wear.json").read_text())
+    if args.models:  # each given model's sequences and training images, as pitscope wear assigned them
+        for fold, measured in zip(folds, wear["split"]["models"]):
+            fold.update(sequences=measured["sequences"], training_images=measured["training_images"])
     record = {
         "benchmark": "bsdata_wear",
+        "name": args.name,
         "commit": commit(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine(),
@@ -295,7 +346,11 @@ def main() -> int:
         "wall_minutes": round((time.perf_counter() - t0) / 60, 1),
         "split": {
             "description": (
-                f"{args.folds}-fold over BSData's {len(sequences)} distinct wear sequences (its 27 wear_dev names; "
+                f"{len(models)} given models (no training here); each measured the sequences none of its "
+                "training images belong to, each sequence by the first such model; sequences every model trained "
+                "on are not measured."
+                if args.models
+                else f"{args.folds}-fold over BSData's {len(sequences)} distinct wear sequences (its 27 wear_dev names; "
                 f"names listing the same images merged), dealt with seed {args.seed}; each fold's model trained on "
                 "the defect-free images of the other folds' sequences only, with the cpu preset at "
                 f"{args.image_size} px for at most {args.budget_minutes:g} minutes, and measured only its own "
@@ -324,6 +379,7 @@ def main() -> int:
         "unmeasured": wear["unmeasured"],
     }
     record = json.loads(json.dumps(record).replace(f"{REPO}/", ""))  # paths as from the repository's root
+    log_test_look(record, models)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=1))
     write_markdown(record, RESULTS / f"{args.name}.md")
