@@ -169,6 +169,15 @@ def log_test_look(record: dict, models: list[str]) -> None:
         fh.write(json.dumps(look) + "\n")
 
 
+def left_out_with_pitting(record: dict) -> int:
+    """How many of the photos left out as references or calibration photos carry marked pitting."""
+    references = sum(f.get("references", {}).get("with_pitting", 0) for f in record["folds"])
+    calibrated = sum(
+        c["with_pitting"] for m in record["split"]["measured_by"]["models"] for c in m.get("calibrated", {}).values()
+    )
+    return references + calibrated
+
+
 def write_markdown(record: dict, path: Path) -> None:
     def num(value, scale=1.0, digits=2):
         return "–" if value is None else f"{scale * value:.{digits}f}"
@@ -198,8 +207,8 @@ def write_markdown(record: dict, path: Path) -> None:
         f"Overall ({o['sequences']} sequences, {o['with_pitting']} with pitting, {o['images']} images; "
         f"{o['trained_on_measured_images']} measured images were training images"
         + (
-            f"; {o['reference_images_left_out']} reference photos not measured, "
-            f"{sum(f['references']['with_pitting'] for f in record['folds'])} of them with marked pitting"
+            f"; {o['reference_images_left_out']} reference or calibration photos not measured, "
+            f"{left_out_with_pitting(record)} of them with marked pitting"
             if o.get("reference_images_left_out")
             else ""
         )
@@ -284,6 +293,14 @@ def main() -> int:
     )
     parser.add_argument("--set", dest="extra", action="append", default=[], help="extra --set for every training")
     parser.add_argument(
+        "--calibrate-first",
+        type=int,
+        default=0,
+        metavar="K",
+        help="pitscope wear --calibrate-first: each sequence's thresholds from its first K photos (default: 0)",
+    )
+    parser.add_argument("--calibrate-quantile", help="pitscope wear --calibrate-quantile (default: the model's)")
+    parser.add_argument(
         "--models",
         nargs="+",
         metavar="MODEL",
@@ -329,6 +346,8 @@ def main() -> int:
         "--alert-window-days",
         args.alert_window_days,
         *(["--root", str(root)] if args.root else []),
+        *(["--calibrate-first", str(args.calibrate_first)] if args.calibrate_first else []),
+        *(["--calibrate-quantile", args.calibrate_quantile] if args.calibrate_quantile else []),
     ]
     wear_run = run(wear_cmd, runs / "wear.log")
     wear = json.loads((runs / "wear" / "wear.json").read_text())
@@ -362,8 +381,16 @@ def main() -> int:
                     if args.references
                     else ""
                 )
+            )
+            + (
+                f" Each sequence's thresholds were calibrated on its first {args.calibrate_first} photos "
+                f"(`pitscope wear --calibrate-first`, quantile {args.calibrate_quantile or 'of the model'}); those "
+                "photos are not measured."
+                if args.calibrate_first
+                else ""
             ),
             "references_per_sequence": args.references,
+            "calibrate_first": args.calibrate_first,
             "folds": args.folds,
             "seed": args.seed,
             "image_size": args.image_size,

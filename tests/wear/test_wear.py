@@ -466,7 +466,9 @@ def test_wear_measures_a_sequence_without_its_reference_photos(tree, fold_models
     capsys.readouterr()
     out = tmp_path / "wear_refs"
     assert main(["wear", *map(str, refitted), "--root", str(tree), "--out", str(out), "--quiet"]) == 0
-    assert "6 reference photos (fitted on by the models' scorers) not measured" in capsys.readouterr().out
+    assert "6 reference or calibration photos (the models' scorers or thresholds were fitted on them) not measured" in (
+        capsys.readouterr().out
+    )
     record = json.loads((out / "wear.json").read_text())
     assert record["unmeasured"] == [] and record["overall"]["trained_on_measured_images"] == 0
     assert record["overall"]["reference_images_left_out"] == 6 and record["overall"]["images"] == 12
@@ -494,3 +496,50 @@ def test_wear_measures_a_sequence_without_its_reference_photos(tree, fold_models
     assert f"not measured: {first}: its model was fitted on all its images as references" in capsys.readouterr().err
     record = json.loads((out / "wear.json").read_text())
     assert [u["sequence"] for u in record["unmeasured"]] == [first]
+
+
+def test_wear_calibrates_each_sequence_on_its_first_photos(tree, fold_models, tmp_path, capsys):
+    """--calibrate-first K: each sequence's thresholds are those `pitscope calibrate` gives on its
+    first K photos; those photos are not measured, the model file is unchanged, and the areas are
+    the map pixels above the sequence's own pixel threshold."""
+    from pitscope.calibration import calibrate
+    from pitscope.inference import Detector
+
+    folds, models = fold_models
+    before = [Path(m).read_bytes() for m in models]
+    out = tmp_path / "wear_calibrated"
+    args = ["wear", *map(str, models), "--root", str(tree), "--out", str(out), "--quiet"]
+    assert main([*args, "--calibrate-first", "2", "--calibrate-quantile", "1"]) == 0
+    assert "6 reference or calibration photos" in capsys.readouterr().out
+    assert [Path(m).read_bytes() for m in models] == before
+    record = json.loads((out / "wear.json").read_text())
+    assert record["overall"]["reference_images_left_out"] == 6 and record["overall"]["images"] == 12
+    for f, held_out in enumerate(folds):
+        detector = Detector.load(models[f])
+        calibrated = record["split"]["models"][f]["calibrated"]
+        assert sorted(calibrated) == sorted(held_out)
+        for name in held_out:
+            position = name.split("_", 2)[2].rsplit("_crop", 1)[0]
+            firsts = [tree / "data" / _file(position, i) for i in (0, 1)]
+            expected = calibrate(detector, firsts, quantile=1.0, pixel_quantile=1.0, progress=False)
+            own = calibrated[name]
+            assert own["photos"] == 2 and own["with_pitting"] == 0
+            assert own["threshold"] == pytest.approx(expected["threshold"], rel=1e-6)
+            assert own["pixel_threshold"] == pytest.approx(expected["pixel_threshold"], rel=1e-6)
+            with (out / "sequences" / f"{name}.csv").open() as fh:
+                rows = list(csv.DictReader(fh))
+            assert [r["file"] for r in rows] == [_file(position, i) for i in range(2, 6)]
+            detector.threshold.fill_(own["threshold"])
+            detector.pixel_threshold.fill_(own["pixel_threshold"])
+            for row in rows:  # decisions and areas at the sequence's own thresholds
+                prediction = detector.predict([tree / "data" / row["file"]])[0]
+                assert float(row["threshold"]) == pytest.approx(own["threshold"], rel=1e-6)
+                assert float(row["predicted_fraction"]) == pytest.approx(float(prediction.defect_region.mean()))
+                assert bool(int(row["is_defective"])) == bool(prediction.is_defective)
+            detector = Detector.load(models[f])
+    assert main([*args, "--calibrate-first", "6"]) == 2  # nothing would be left to measure
+    assert "not more than the 6 to calibrate on" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--calibrate-first", "-1"])
+    with pytest.raises(SystemExit):
+        main([*args, "--calibrate-first", "2", "--calibrate-quantile", "1.5"])

@@ -54,6 +54,28 @@ def alert_limit(text: str) -> float | None:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """A count: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def unit_fraction(text: str) -> float:
+    """A quantile: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 def add_history_args(p: argparse.ArgumentParser, source: str) -> None:
     """--db, --store-images, --part-from, --time-from, the alert rule and --webhook (serve, predict)."""
     from pitscope.history.names import BSDATA_PART, BSDATA_TIME

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from pitscope.cli.common import limit
+from pitscope.cli.common import limit, non_negative_int, unit_fraction
 
 
 def cmd_wear(args: argparse.Namespace) -> int:
@@ -22,6 +22,8 @@ def cmd_wear(args: argparse.Namespace) -> int:
     db = args.db or (os.environ.get("PITSCOPE_DB") if not args.models else None)
     if db and args.models:
         raise ValueError("give model files or --db, not both: --db reads the areas the history recorded")
+    if db and args.calibrate_first:
+        raise ValueError("--calibrate-first scores BSData's files with model files; --db reads recorded areas")
     if db:
         record = run_wear_history(db, args.part, args.out, root=args.root, rule=rule)
     elif not args.models:
@@ -35,6 +37,8 @@ def cmd_wear(args: argparse.Namespace) -> int:
             allow_overlap=args.allow_overlap,
             progress=not args.quiet,
             echo=lambda line: print(line, file=sys.stderr),
+            calibrate_first=args.calibrate_first,
+            calibrate_quantile=args.calibrate_quantile,
         )
     print(format_summary(record))
     print(f"wear curves written to {Path(args.out)} (wear.json, summary.csv, sequences/)")
@@ -149,6 +153,20 @@ def add_parsers(sub) -> None:
         action="store_true",
         help="measure a sequence with a model that trained on some of its images (said in the output) "
         "rather than leave it out",
+    )
+    p.add_argument(
+        "--calibrate-first",
+        type=non_negative_int,
+        default=0,
+        metavar="K",
+        help="give each sequence its own thresholds from its first K photos (as pitscope calibrate does), "
+        "which are then not measured (default: 0, the model's thresholds)",
+    )
+    p.add_argument(
+        "--calibrate-quantile",
+        type=unit_fraction,
+        metavar="Q",
+        help="with --calibrate-first: the quantile of the K photos' scores and maps (default: the model's own)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(

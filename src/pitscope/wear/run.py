@@ -27,8 +27,16 @@ def run_wear(
     allow_overlap: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    calibrate_first: int = 0,
+    calibrate_quantile: float | None = None,
 ) -> dict:
     """Measure BSData's wear sequences with the given models and write the outputs (`write_wear`).
+
+    calibrate_first: K > 0 gives each sequence its own thresholds, as `pitscope calibrate` derives
+    them from the sequence's first K photos by capture time (a new part's first photos, taken to
+    be good), at `calibrate_quantile` for both the image score and the map (None: the model's
+    own quantiles); those K photos are not measured. The split records each sequence's
+    thresholds and how many of its K photos carry marked pitting.
 
     root: the BSData folder; None takes the first model's data.root, then `bsdata_root`'s places.
 
@@ -87,15 +95,45 @@ def run_wear(
         if not mine:
             continue
         detector = Detector.load(model)
+        calibrated: dict[str, dict] = {}
         for sequence in mine:
-            curves.append(
-                measure_sequence(detector, sequence, str(model), assigned[sequence.name][1], references[index])
-            )
+            left_out = references[index]
+            if calibrate_first:
+                stored = float(detector.threshold), float(detector.pixel_threshold)
+                calibrated[sequence.name] = own_thresholds(detector, sequence, calibrate_first, calibrate_quantile)
+                left_out = left_out | {r.path.name for r in sequence.records[:calibrate_first]}
+            curves.append(measure_sequence(detector, sequence, str(model), assigned[sequence.name][1], left_out))
+            if calibrate_first:
+                detector.threshold.fill_(stored[0])
+                detector.pixel_threshold.fill_(stored[1])
             bar.update(1)
+        if calibrate_first:
+            split_models[-1]["calibrated"] = calibrated
         del detector  # one model in memory at a time
     bar.close()
     curves.sort(key=lambda c: c.sequence)
     return json.loads(write_wear(out_dir, curves, rule, split, root, unmeasured).read_text())
+
+
+def own_thresholds(detector, sequence, first: int, quantile: float | None) -> dict:
+    """Set the detector's thresholds from the sequence's first `first` photos (`calibrate`);
+    returns them with the count of those photos and of those with marked pitting."""
+    from pitscope.calibration import calibrate
+
+    if first >= len(sequence.records):
+        raise ValueError(
+            f"sequence {sequence.name}: {len(sequence.records)} photos, not more than the {first} to calibrate on"
+        )
+    photos = sequence.records[:first]
+    result = calibrate(detector, [r.path for r in photos], quantile=quantile, pixel_quantile=quantile, progress=False)
+    detector.threshold.fill_(result["threshold"])
+    detector.pixel_threshold.fill_(result["pixel_threshold"])
+    return {
+        "photos": len(photos),
+        "with_pitting": sum(r.label == 1 for r in photos),
+        "threshold": result["threshold"],
+        "pixel_threshold": result["pixel_threshold"],
+    }
 
 
 def curves_from_history(store, parts: Sequence[str], root: str | Path | None = None) -> list[WearCurve]:

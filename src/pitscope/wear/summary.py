@@ -208,6 +208,7 @@ def format_summary(record: dict) -> str:
     ]
     if o.get("reference_images_left_out"):
         lines.append(
-            f"{o['reference_images_left_out']} reference photos (fitted on by the models' scorers) not measured"
+            f"{o['reference_images_left_out']} reference or calibration photos (the models' scorers or thresholds "
+            "were fitted on them) not measured"
         )
     return "\n".join(lines)
