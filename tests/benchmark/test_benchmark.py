@@ -483,20 +483,28 @@ def test_bsdata_wear_rule_replays_a_rule_and_chooses_on_validation(monkeypatch):
     late = replay(curves, ["early"], AlertRule(area_fraction_above=0.07, growth_per_day_above=None))
     assert late["latest_days"] == 1.0  # the first alert on day 4, a day after the first pits
 
-    def row(false_alerts, latest, lead, alerted=1):
+    assert m["leads"] == [2.0] and late["leads"] == [-1.0]
+
+    def row(false_alerts, leads, with_pitting=1):
         v = {
-            "alerted": alerted,
-            "with_pitting": 1,
-            "latest_days": latest,
-            "median_lead_days": lead,
+            "alerted": len(leads),
+            "with_pitting": with_pitting,
+            "latest_days": -min(leads) if leads else None,
+            "median_lead_days": float(np.median(leads)) if leads else None,
+            "leads": leads,
             "false_alerts": false_alerts,
         }
         return {"validation": v}
 
-    rows = [row(5, 0.0, 2.0), row(1, 3.0, -3.0), row(1, 1.0, 0.5), row(1, 1.0, -1.0), row(0, None, None, alerted=0)]
+    rows = [row(5, [2.0]), row(1, [-3.0]), row(1, [0.5]), row(1, [-1.0]), row(0, [])]
     assert choose(rows, 2.0) is rows[2]  # fewest false alerts within 2 days, then the earliest
-    assert choose(rows, 0.0) is rows[0]
-    assert choose(rows[1:2], 2.0) is None
+    assert choose(rows, 0.0) is rows[2]  # alerted before the pits: in time at 0 days too
+    assert choose([rows[0], rows[3]], 2.0) is rows[3]  # a day late is within 2 days
+    assert choose([rows[0], rows[3]], 0.0) is rows[0]  # but not within 0
+    assert choose(rows[1:2], 2.0) is None  # no alert in time on any sequence
+    # no rule alerts in time on both pitting sequences: the most alerted in time, then the fewest false alerts
+    partial = [row(4, [1.0], 2), row(2, [0.5], 2), row(0, [-5.0, -6.0], 2), row(3, [1.0, -4.0], 2)]
+    assert choose(partial, 2.0) is partial[1]
 
 
 def test_bsdata_localisation_merges_seeds_with_mean_sd_and_range(monkeypatch):
