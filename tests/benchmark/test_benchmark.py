@@ -560,3 +560,34 @@ def test_paired_scores_compares_two_evaluations_on_the_photos_both_scored(monkey
         paired(first, bad)
     with pytest.raises(SystemExit, match="no scores.csv"):
         paired(first, tmp_path)
+
+
+def test_bsdata_position_calibration_thresholds_per_photo_and_its_choice(monkeypatch):
+    """Each photo is decided and its region drawn at its own position's thresholds; the choice
+    takes the best regions' pixel F1 within the limits, else the fewest defect-free flagged."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from types import SimpleNamespace
+
+    from bsdata_position_calibration import choose, measure
+
+    maps = np.zeros((4, 8, 8), np.float32)
+    maps[:, 2:4, 2:4] = [[[1.0]], [[3.0]], [[1.0]], [[3.0]]]  # a blob of each photo's own height
+    masks = np.zeros((4, 8, 8), bool)
+    masks[1, 2:4, 2:4] = masks[3, 2:4, 2:4] = True
+    labels = np.array([0, 1, 0, 1])
+    scores = np.array([1.0, 3.0, 1.0, 3.0])
+    cfg = SimpleNamespace(min_region_fraction=0.0, regions_on="all", region_core=0.0)
+    # position A (photos 0, 1) at thresholds 0.5, position B (photos 2, 3) at 2.0
+    got = measure(labels, masks, scores, maps, np.array([0.5, 0.5, 2.0, 2.0]), np.array([0.5, 0.5, 2.0, 2.0]), cfg)
+    assert got["flagged_defect_free"] == 0.5 and got["flagged_pitting"] == 1.0  # photo 0 flagged, photo 2 not
+    assert got["iou_median"] == 1.0 and got["normal_area_p99"] == pytest.approx(
+        4 / 64 * (0.99 * 1 + 0.01 * 0), abs=1e-3
+    )
+    assert got["pixel_f1"] == pytest.approx(2 * 8 / (12 + 8))
+
+    def row(name, flagged, p99, f1):
+        return {"setting": name, "flagged_defect_free": flagged, "normal_area_p99": p99, "pixel_f1": f1}
+
+    rows = [row("a", 0.3, 0.0, 0.9), row("b", 0.1, 0.005, 0.2), row("c", 0.05, 0.01, 0.3), row("d", 0.0, 0.02, 0.5)]
+    assert choose(rows) == "c"  # within 10% flagged and 1% area: the best F1
+    assert choose([rows[0], rows[3]]) == "d"  # none within both limits: the fewest flagged
