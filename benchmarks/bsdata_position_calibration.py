@@ -42,7 +42,7 @@ from pitscope.benchmark import commit, machine
 from pitscope.benchmark.provenance import TEST_LOOKS, config_hash
 from pitscope.calibration import calibrate
 from pitscope.data import build_dataset
-from pitscope.data.bsdata import bsdata_root, position_files, read_split
+from pitscope.data.bsdata import bsdata_root, position_files, read_positions, read_split
 from pitscope.data.dataset import AnomalyDataset
 from pitscope.data.sequences import capture_time
 from pitscope.evaluation import predicted_regions
@@ -112,7 +112,7 @@ def score_model(path: Path, positions: list[str] | None, firsts: list[int], rule
     split_name = "val" if positions is None else "test"
     data = build_dataset(cfg.data, split_name, cfg.seed)
     if positions is None:
-        positions = read_split(Path(cfg.data.split_file))["positions"]["validation"]
+        positions = read_positions(cfg.data.positions_file)["validation"]
     by_name = {key[0]: set(files) for key, files in position_files(bsdata_root(cfg.data.root)).items()}
     k_max = max(firsts)
     refs = {name: first_photos(data.records, by_name[name], k_max) for name in positions}
@@ -315,7 +315,8 @@ def main() -> int:
     for path in args.models:
         positions = None
         if args.test:
-            split = read_split(Path(Detector.load(path).cfg.data.split_file))
+            split_file = Detector.load(path).cfg.data.split_file
+            split = read_split(Path(split_file)) if split_file and Path(split_file).is_file() else {}
             if "measured" not in split.get("positions", {}):
                 parser.error(
                     f"{path}: not a cross-position model (no data.position_fold): its test positions trained it"
