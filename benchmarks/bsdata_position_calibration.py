@@ -102,17 +102,24 @@ def measure(labels, masks, scores, maps, image_thresholds, pixel_thresholds, sco
     }
 
 
-def score_model(path: Path, positions: list[str] | None, firsts: list[int], rules: list[str]) -> dict:
-    """One model: its stored thresholds and each (K, rule) on the judged photos of `positions`
-    (None: the validation positions)."""
+def measured_positions(path: Path, cfg) -> list[str]:
+    """The test positions a cross-position model never saw (its split's `positions.measured`)."""
+    split_file = cfg.data.split_file
+    split = read_split(Path(split_file)) if split_file and Path(split_file).is_file() else {}
+    if "measured" not in split.get("positions", {}):
+        raise SystemExit(f"{path}: not a cross-position model (no data.position_fold): its test positions trained it")
+    return split["positions"]["measured"]
+
+
+def score_model(path: Path, test: bool, firsts: list[int], rules: list[str]) -> dict:
+    """One model: its stored thresholds and each (K, rule) on the judged photos of the validation
+    positions, or (test) of the test positions it never saw."""
     detector = Detector.load(path).eval()
     cfg = detector.cfg
     if cfg.data.holdout != "positions":
         raise SystemExit(f"{path}: trained without data.holdout=positions; its validation photos may have trained it")
-    split_name = "val" if positions is None else "test"
-    data = build_dataset(cfg.data, split_name, cfg.seed)
-    if positions is None:
-        positions = read_positions(cfg.data.positions_file)["validation"]
+    positions = measured_positions(path, cfg) if test else read_positions(cfg.data.positions_file)["validation"]
+    data = build_dataset(cfg.data, "test" if test else "val", cfg.seed)
     by_name = {key[0]: set(files) for key, files in position_files(bsdata_root(cfg.data.root)).items()}
     k_max = max(firsts)
     refs = {name: first_photos(data.records, by_name[name], k_max) for name in positions}
@@ -194,6 +201,7 @@ def score_model(path: Path, positions: list[str] | None, firsts: list[int], rule
             "threshold": float(detector.threshold),
             "pixel_threshold": float(detector.pixel_threshold),
         },
+        "quantiles": {rule: quantiles(detector, rule) for rule in QUANTILE_RULES},
         "maps": {k: pixel[k] for k in ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "pixel_f1_max")},
         "rows": rows,
         "seconds": round(time.perf_counter() - t0, 1),
@@ -313,17 +321,7 @@ def main() -> int:
         parser.error("K: at least 1")
     models = []
     for path in args.models:
-        positions = None
-        if args.test:
-            split_file = Detector.load(path).cfg.data.split_file
-            split = read_split(Path(split_file)) if split_file and Path(split_file).is_file() else {}
-            if "measured" not in split.get("positions", {}):
-                parser.error(
-                    f"{path}: not a cross-position model (no data.position_fold): its test positions trained it"
-                )
-            positions = split["positions"]["measured"]
-        model = score_model(path, positions, firsts, args.quantiles)
-        model["quantiles"] = {rule: quantiles(Detector.load(path), rule) for rule in QUANTILE_RULES}
+        model = score_model(path, args.test, firsts, args.quantiles)
         models.append(model)
         print(f"{path}: {model['seconds']} s", file=sys.stderr)
     record = {
