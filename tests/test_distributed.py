@@ -16,6 +16,7 @@ TINY = [
     "data.format=synthetic",
     "data.image_size=64",
     "data.image_width=null",  # the cpu preset's wide images and crops; the worker's defaults are square and whole
+    "data.keep_aspect=false",
     "train.crop_size=null",
     "data.synthetic.n_train=8",
     "data.synthetic.n_test_normal=2",

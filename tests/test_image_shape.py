@@ -49,7 +49,7 @@ def test_the_config_gives_the_shape_and_rescales_it_in_ratio():
 def test_rescaling_the_images_keeps_the_width_and_the_crops_in_ratio():
     from pitscope.config import rescale_images
 
-    cfg = load_config("cpu", [])  # 256 x 640, crops of 256
+    cfg = load_config(None, ["data.image_width=640", "train.crop_size=256"])
     rescale_images(cfg, 128)
     assert cfg.data.shape == (128, 320) and cfg.train.crop_size == 128
     square = load_config(None, ["data.image_size=128"])
@@ -149,3 +149,104 @@ def test_training_on_square_crops_of_wide_images_feeds_the_network_crops(
     assert images[0].image.shape == (64, 160, 3)
     result = train(cfg, images, progress=False, echo=lambda _message: None)
     assert result.epochs_done == 1 and seen and set(seen) == {(64, 64)}
+
+
+def _photos(folder, n, width, height, seed=0):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "width, height, shape",
+    [
+        (300, 100, (64, 192)),  # wide: 64 high, 64 x 3 wide
+        (100, 200, (128, 64)),  # tall: 64 wide, 64 x 2 high
+        (210, 200, (64, 64)),  # nearly square: the longer side rounds to 64
+        (250, 100, (64, 160)),  # 64 x 2.5 = 160, a multiple of 32
+        (270, 100, (64, 160)),  # 64 x 2.7 = 172.8 -> 160, the nearest multiple of 32
+    ],
+)
+def test_keep_aspect_takes_the_shape_from_the_training_photos(tmp_path, width, height, shape):
+    root = _photos(tmp_path / "good", 3, width, height)
+    cfg = load_config(None, ["data.format=folder", f"data.root={root}", "data.image_size=64", "data.keep_aspect=true"])
+    dataset = build_dataset(cfg.data, "train", 0)
+    assert cfg.data.shape == shape and not cfg.data.keep_aspect  # the config now holds the shape
+    assert dataset[0].image.shape == (*shape, 3)
+
+
+def test_keep_aspect_takes_the_median_photo_and_an_explicit_width_wins(tmp_path):
+    root = tmp_path / "good"
+    _photos(root, 3, 300, 100)  # 00-02: ratio 3
+    for i, (w, h) in enumerate([(100, 100), (400, 100)]):  # one square, one ratio 4
+        _photos(tmp_path / f"odd{i}", 1, w, h).joinpath("00.png").rename(root / f"odd{i}.png")
+    cfg = load_config(None, ["data.format=folder", f"data.root={root}", "data.image_size=32", "data.keep_aspect=true"])
+    build_dataset(cfg.data, "train", 0)
+    assert cfg.data.shape == (32, 96)  # the median ratio, 3
+    given = load_config(
+        None,
+        [
+            "data.format=folder",
+            f"data.root={root}",
+            "data.image_size=32",
+            "data.keep_aspect=true",
+            "data.image_width=64",
+        ],
+    )
+    build_dataset(given.data, "train", 0)
+    assert given.data.shape == (32, 64)
+
+
+def test_keep_aspect_reads_a_turned_photo_as_it_is_shown(tmp_path):
+    from PIL import Image
+
+    from pitscope.data.imageio import photo_size
+
+    path = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 300 x 100, shown turned a quarter: 100 wide, 300 high
+    Image.new("RGB", (300, 100)).save(path, exif=exif)
+    assert photo_size(path) == (100, 300)
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    assert photo_size(tmp_path / "broken.jpg") is None
+
+
+def test_a_model_trained_with_keep_aspect_stores_the_shape(tmp_path, tiny_detector_overrides):
+    from pitscope.fitting import fit
+
+    root = _photos(tmp_path / "good", 8, 240, 80)
+    detector = fit(
+        None,
+        [
+            *tiny_detector_overrides,
+            "data.format=folder",
+            f"data.root={root}",
+            "data.keep_aspect=true",
+            "train.epochs=1",
+            "train.batch_size=4",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+        progress=False,
+    )
+    assert detector is not None and detector.cfg.data.shape == (64, 192)
+    loaded = Detector.load(tmp_path / "run" / "model.pt")
+    assert loaded.cfg.data.shape == (64, 192) and not loaded.cfg.data.keep_aspect
+    assert loaded.predict(np.zeros((80, 240, 3), np.uint8)).anomaly_map.shape == (80, 240)
+
+
+def test_the_cpu_preset_keeps_bsdata_at_256_x_640(real_bsdata, tmp_path):
+    cfg = load_config("cpu", [f"data.root={real_bsdata}", f"data.split_file={tmp_path / 'split.json'}"])
+    build_dataset(cfg.data, "train", cfg.seed)
+    assert cfg.data.shape == (256, 640)
+
+
+def test_keep_aspect_on_the_synthetic_data_follows_its_drawn_size():
+    cfg = load_config(
+        None, ["data.image_size=64", "data.keep_aspect=true", "data.synthetic.height=100", "data.synthetic.width=300"]
+    )
+    build_dataset(cfg.data, "train", 0)
+    assert cfg.data.shape == (64, 192)

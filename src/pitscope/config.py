@@ -49,6 +49,10 @@ class DataConfig:
     # null: square images; set, images are resized to image_size (height) x image_width, which
     # keeps a photo's aspect ratio when width / height is the photos' own
     image_width: int | None = None
+    # with image_width null: the photos keep their own aspect ratio, the shorter side at image_size
+    # and the longer a multiple of 32, from the training photos' median width / height. It is set
+    # when a dataset is first built from the config, which then holds the shape and this false.
+    keep_aspect: bool = False
     n_train_normal: int = 631  # bsdata: defect-free images in the training split
     split_file: str | None = None  # where the split is written (default: beside the outputs)
     split_seed: int = 0  # bsdata: seeds the split, apart from the run seed, so runs share one split

@@ -419,10 +419,16 @@ def test_a_suite_image_size_keeps_the_presets_ratio_and_mvtec_stays_square():
     from pitscope.benchmark.runs import BenchmarkOptions, common_overrides
     from pitscope.config import load_config
 
+    from pitscope.data import build_dataset
+
+    # the width follows the photos when they are read: the synthetic photos' 500 x 200, like BSData's
     bsdata = load_config("cpu", common_overrides(BenchmarkOptions(suite="table3", image_size=128)))
-    assert bsdata.data.shape == (128, 320) and bsdata.train.crop_size == 128
+    assert bsdata.data.keep_aspect and bsdata.data.image_width is None and bsdata.train.crop_size == 128
+    bsdata.data.format = "synthetic"
+    build_dataset(bsdata.data, "train", 0)
+    assert bsdata.data.shape == (128, 320)
     mvtec = load_config("cpu", common_overrides(BenchmarkOptions(suite="mvtec")))
-    assert mvtec.data.shape == (256, 256) and mvtec.train.crop_size is None
+    assert mvtec.data.shape == (256, 256) and mvtec.train.crop_size is None and not mvtec.data.keep_aspect
 
 
 def test_bsdata_image_threshold_rates_at_each_quantile_and_the_lowest_within_the_fpr(monkeypatch):

@@ -60,7 +60,7 @@ def common_overrides(options: BenchmarkOptions) -> list[str]:
     """Overrides every run of a suite shares: data, image size, budget, then the user's."""
     common = []
     if options.suite == "mvtec":  # square images, trained whole
-        common += ["data.format=mvtec", "data.image_width=null", "train.crop_size=null"]
+        common += ["data.format=mvtec", "data.image_width=null", "data.keep_aspect=false", "train.crop_size=null"]
     if options.suite in TASK_ABLATIONS:  # rows without the classifier have no projector to score by
         common.append("score.image_features=layer4")
     if options.data is not None:

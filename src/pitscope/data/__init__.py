@@ -7,6 +7,8 @@ path, with (H, W) = cfg.shape.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,11 +18,13 @@ from pitscope.config import DataConfig
 from pitscope.data.bsdata import load_bsdata
 from pitscope.data.dataset import AnomalyDataset, Record
 from pitscope.data.folder import load_folder
+from pitscope.data.imageio import photo_size
 from pitscope.data.mvtec import load_mvtec
 from pitscope.data.types import BadImageError, DatasetLayoutError, Sample, SampleSet
 from pitscope.files import file_sha256
 
 SPLITS = ("train", "test", "val")
+log = logging.getLogger(__name__)
 
 
 def load_synthetic(cfg: DataConfig, split: str, seed: int) -> SampleSet:
@@ -56,10 +60,38 @@ def build_dataset(cfg: DataConfig, split: str, seed: int) -> SampleSet:
         raise ValueError(f"data.format: {cfg.format!r} is not one of {', '.join(FORMATS)}")
     if split not in SPLITS:
         raise ValueError(f"split: {split!r} is not one of {', '.join(SPLITS)}")
+    if cfg.keep_aspect and cfg.image_width is None:
+        keep_aspect(cfg, seed)
     dataset = FORMATS[cfg.format](cfg, split, seed)
     if split == "train" and cfg.train_images is not None:
         dataset = fewer_training_images(dataset, cfg.train_images, cfg.split_seed)
     return dataset
+
+
+def keep_aspect(cfg: DataConfig, seed: int) -> None:
+    """Set the images' shape from the training photos' median aspect ratio (data.keep_aspect):
+    the shorter side stays at cfg.image_size, the longer is that times the ratio, rounded to a
+    multiple of 32 (the network's stride). Changes cfg in place, leaving keep_aspect false."""
+    if cfg.format == "synthetic":
+        ratios = [cfg.synthetic.width / cfg.synthetic.height]
+    else:
+        square = dataclasses.replace(cfg, keep_aspect=False, image_width=None, cache=False)
+        sizes = [photo_size(path) for path in FORMATS[cfg.format](square, "train", seed).paths]
+        ratios = [w / h for w, h in (s for s in sizes if s is not None)]
+        if not ratios:
+            raise DatasetLayoutError(
+                f"data.keep_aspect: no readable training photo to take the aspect ratio from ({cfg.format})"
+            )
+    ratio = float(np.median(ratios))
+    side = cfg.image_size
+    longer = max(side, 32 * round(side * max(ratio, 1 / ratio) / 32))
+    cfg.image_size, cfg.image_width = (side, longer) if ratio >= 1 else (longer, side)
+    cfg.keep_aspect = False
+    log.info(
+        "images at %d x %d: the training photos' median width / height is %.3g (data.keep_aspect)",
+        *cfg.shape,
+        ratio,
+    )
 
 
 def fewer_training_images(dataset, n: int, seed: int) -> AnomalyDataset:

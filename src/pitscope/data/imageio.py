@@ -18,6 +18,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 # Pillow's modes holding one channel wider than 8 bits; read as if they span 0..65535.
 _WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+_ORIENTATION = 0x0112  # the EXIF tag of how the photo is turned
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -36,6 +37,18 @@ def list_images(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
     return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+
+
+def photo_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) of the image file as it is shown (EXIF orientation applied), read from its
+    header without decoding; None when the file cannot be read."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            turned = image.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    return (height, width) if turned else (width, height)
 
 
 def _decode(path: str | Path) -> Image.Image:
