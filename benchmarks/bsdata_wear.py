@@ -34,7 +34,7 @@ from bsdata_cpu import commit, machine, note, provenance  # benchmarks/ is on sy
 from pitscope.benchmark.provenance import TEST_LOOKS, config_hash
 from pitscope.data.bsdata import bsdata_root, read_positions, write_split
 from pitscope.data.sequences import read_sequences
-from pitscope.inference import Detector
+from pitscope.model_file import stored_config
 from pitscope.wear import fold_split, sequence_folds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,10 +151,7 @@ def log_test_look(record: dict, models: list[str]) -> None:
     test = next(r for r in record["by_role"] if r["role"] == "test")
     if not test["sequences"]:
         return
-    hashes = []
-    for model in models:
-        cfg = Detector.load(model).cfg
-        hashes.append(config_hash(cfg))
+    hashes = [config_hash(stored_config(model)) for model in models]
     look = {
         "commit": record["commit"],
         "date": record["date"][:10],

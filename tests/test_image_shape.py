@@ -117,6 +117,18 @@ def test_a_wide_model_file_keeps_its_shape_and_scores(wide):
     assert torch.equal(loaded(batch)[0], detector(batch)[0])
 
 
+def test_the_stored_config_is_read_without_loading_the_model(wide, tmp_path):
+    from pitscope.model_file import stored_config
+
+    _, path, _ = wide
+    assert stored_config(path) == Detector.load(path).cfg
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a pitscope model file"):
+        stored_config(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match="no model file"):
+        stored_config(tmp_path / "absent.pt")
+
+
 def test_a_wide_detector_exports_to_onnx_with_parity(wide, tmp_path):
     detector, _, test = wide
     path = export_onnx(detector, tmp_path / "wide.onnx")["path"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pitscope import __version__
-from pitscope.config import Config, to_dict
+from pitscope.config import Config, from_dict, to_dict
 from pitscope.files import atomic_save
 from pitscope.models.backbone import STAGES, stage_modules
 from pitscope.scoring import pack_symmetric, unpack_symmetric
@@ -135,3 +135,15 @@ def read_model_file(path: Path, device: str | torch.device = "cpu") -> dict:
     state = upgrade(state, "model", source=str(path))
     state["state_dict"] = loaded_state(state["state_dict"])
     return state
+
+
+def stored_config(path: str | Path) -> Config:
+    """The config a model file was fitted with, brought up to date as `read_model_file` does, read
+    without loading its tensors into memory (the file is mapped, not read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(state, dict) or "config" not in state or "state_dict" not in state:
+        raise ValueError(f"{path} is not a pitscope model file: pass the model.pt that pitscope train wrote")
+    return from_dict(upgrade(state, "model", source=str(path))["config"])

@@ -418,7 +418,6 @@ def test_task_ablations_score_every_row_by_the_pooled_layer4(tmp_path):
 def test_a_suite_image_size_keeps_the_presets_ratio_and_mvtec_stays_square():
     from pitscope.benchmark.runs import BenchmarkOptions, common_overrides
     from pitscope.config import load_config
-
     from pitscope.data import build_dataset
 
     # the width follows the photos when they are read: the synthetic photos' 500 x 200, like BSData's
