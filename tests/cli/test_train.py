@@ -295,7 +295,7 @@ def test_refit_with_reference_photos(tmp_path, tiny_yaml, capsys):
         assert not bad.exists()
 
 
-def test_the_surface_preset_trains_on_a_folder_of_photos_end_to_end(tmp_path, capsys):
+def test_a_folder_of_photos_trains_from_the_surface_preset_end_to_end(tmp_path, capsys):
     from pitscope.data.synthetic import write_synthetic_tree
     from pitscope.inference import Detector
 
@@ -309,16 +309,39 @@ def test_the_surface_preset_trains_on_a_folder_of_photos_end_to_end(tmp_path, ca
             f"data.test_defect_dir={tree / 'test' / 'pitting'}",
             f"data.mask_dir={tree / 'ground_truth' / 'pitting'}",
             "data.image_size=32",
-            "data.image_width=80",
+            "train.crop_size=32",
             "train.epochs=1",
             "train.batch_size=4",
             "train.precision=fp32",
             "train.num_workers=0",
             "train.device=cpu",
+            "score.pixel_channels=16",
         ]
     )
-    assert main(["train", "--config", "surface", *flags, "--output-dir", str(out), "--quiet", "--evaluate"]) == 0
-    assert "pixel_auroc" in capsys.readouterr().out
+    assert main(["train", *flags, "--output-dir", str(out), "--evaluate"]) == 0  # no --config
+    printed = capsys.readouterr().out
+    assert "preset surface" in printed and "pixel_auroc" in printed
     cfg = Detector.load(out / "model.pt").cfg
-    assert cfg.model.segment and not cfg.model.classify and cfg.score.pixel_stages == ["conv1"]
+    assert cfg.augment.kinds == ["noise"] and cfg.augment.alpha_max == 0.5
+    assert cfg.data.shape == (32, 96)  # the photos' 100 x 40: 32 x 2.5 = 80, rounded up to a multiple of 32
     assert json.loads((out / "eval" / "metrics.json").read_text())["counts"]["defective"] == 2
+
+
+def test_train_starts_from_the_preset_of_the_photos_format():
+    from pitscope.cli.train import default_preset
+
+    assert default_preset([]) == "cpu"
+    assert default_preset(["data.format=bsdata", "train.epochs=3"]) == "cpu"
+    assert default_preset(["data.format=synthetic"]) == "cpu"
+    assert default_preset(["data.format=folder"]) == default_preset(["data.format=mvtec"]) == "surface"
+    assert default_preset(["data.format=folder", "data.format=bsdata"]) == "cpu"  # the last word, as --set reads
+
+
+def test_the_surface_preset_is_the_cpu_preset_with_strong_noise_pastes_alone():
+    from pitscope.config import load_config, to_dict
+
+    surface, cpu = to_dict(load_config("surface")), to_dict(load_config("cpu"))
+    assert surface["augment"] == {**cpu["augment"], "kinds": ["noise"], "alpha_min": 0.0, "alpha_max": 0.5}
+    assert surface["data"] == {**cpu["data"], "format": "folder", "n_train_normal": surface["data"]["n_train_normal"]}
+    for section in ("model", "train", "score"):
+        assert surface[section] == cpu[section], section

@@ -15,14 +15,18 @@ def add_set_arg(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
-def add_config_args(parser: argparse.ArgumentParser, default_preset: str | None) -> None:
-    """--config PRESET, --set KEY=VALUE (repeatable) and --output-dir."""
+def add_config_args(
+    parser: argparse.ArgumentParser, default_preset: str | None, default_help: str | None = None
+) -> None:
+    """--config PRESET, --set KEY=VALUE (repeatable) and --output-dir; `default_help` says what a
+    missing --config means where `default_preset` is None."""
+    default_help = default_help or default_preset
     parser.add_argument(
         "--config",
         default=default_preset,
         metavar="PRESET",
         help=f"preset name ({', '.join(preset_names())}) or path to a YAML file"
-        + (f" (default: {default_preset})" if default_preset else ""),
+        + (f" (default: {default_help})" if default_help else ""),
     )
     add_set_arg(parser, "override one config value, e.g. --set train.epochs=5 --set data.format=bsdata (repeatable)")
     parser.add_argument("--output-dir", help="where outputs go (overrides output_dir)")

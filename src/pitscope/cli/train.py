@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pitscope.cli.common import add_config_args, add_set_arg, config_from_args, print_skipped
-from pitscope.config import Config, ConfigError, apply_overrides, save_config, to_dict
+from pitscope.config import Config, ConfigError, apply_overrides, parse_override, save_config, to_dict
 
 if TYPE_CHECKING:
     from pitscope.inference import Detector
@@ -61,8 +61,27 @@ def _evaluate_and_print(
     return result
 
 
+# The preset `train` starts from without --config, by the photos' format (data.format); any other
+# format starts from the `cpu` preset.
+FORMAT_PRESETS = {"folder": "surface", "mvtec": "surface"}
+
+
+def default_preset(overrides: list[str]) -> str:
+    """The preset for `train` without --config: by the data.format the --set overrides give."""
+    fmt = "bsdata"  # the cpu preset's own
+    for text in overrides:
+        key, value = parse_override(text)
+        if key == "data.format":
+            fmt = value
+    return FORMAT_PRESETS.get(fmt, "cpu")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the double self-supervised model on defect-free images, fit its scorers and threshold."""
+    if args.config is None:
+        args.config = default_preset(args.overrides)
+        if not args.quiet:
+            print(f"preset {args.config} (the default for these photos; --config names another)")
     cfg = config_from_args(args)
     detector, _ = _train_and_fit(cfg, resume=args.resume, progress=not args.quiet)
     if args.evaluate and detector is not None:
@@ -224,7 +243,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint_last.pt")
     p.add_argument("--evaluate", action="store_true", help="evaluate on the test split afterwards")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_config_args(p, "cpu")
+    add_config_args(p, None, "cpu; surface with --set data.format=folder or mvtec")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="measure a trained model on its test split", description=cmd_evaluate.__doc__)

@@ -84,7 +84,7 @@ def keep_aspect(cfg: DataConfig, seed: int) -> None:
             )
     ratio = float(np.median(ratios))
     side = cfg.image_size
-    longer = max(side, 32 * round(side * max(ratio, 1 / ratio) / 32))
+    longer = max(side, 32 * int(side * max(ratio, 1 / ratio) / 32 + 0.5))  # halves round up
     cfg.image_size, cfg.image_width = (side, longer) if ratio >= 1 else (longer, side)
     cfg.keep_aspect = False
     log.info(
