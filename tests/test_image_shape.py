@@ -127,6 +127,29 @@ def test_the_stored_config_is_read_without_loading_the_model(wide, tmp_path):
         stored_config(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError, match="no model file"):
         stored_config(tmp_path / "absent.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        stored_config(tmp_path / "empty.pt")
+
+
+def test_a_crop_wider_than_the_kept_aspect_is_refused_before_training(tmp_path):
+    from pitscope.config import ConfigError
+    from pitscope.fitting import fit
+
+    root = _photos(tmp_path / "good", 2, 40, 100)  # tall: 32 wide at image_size 32 -> 96 x 32
+    with pytest.raises(ConfigError, match="train.crop_size: must lie in 32..32"):
+        fit(
+            None,
+            [
+                "data.format=folder",
+                f"data.root={root}",
+                "data.image_size=32",
+                "data.keep_aspect=true",
+                "train.crop_size=48",
+                f"output_dir={tmp_path / 'run'}",
+            ],
+            progress=False,
+        )
 
 
 def test_a_wide_detector_exports_to_onnx_with_parity(wide, tmp_path):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pitscope import distributed
-from pitscope.config import Config, apply_overrides, from_dict, load_config
+from pitscope.config import Config, apply_overrides, from_dict, load_config, validate
 from pitscope.data import build_dataset, prepare_split_file
 from pitscope.data.dataset import AnomalyDataset, JoinedSampleSet, Record
 from pitscope.data.imageio import IMAGE_SUFFIXES, is_image_file, list_images
@@ -68,6 +68,7 @@ def fit(
     progress = progress and main
     prepare_split_file(cfg)
     dataset = build_dataset(cfg.data, "train", cfg.seed)
+    validate(cfg)  # again: data.keep_aspect may have set the shape the crops are checked against
     bad = dataset.check(progress=progress)
     for path, reason in bad if main else ():
         log.warning("skipped bad file: %s: %s", path, reason)

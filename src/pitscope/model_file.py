@@ -143,7 +143,13 @@ def stored_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    refuse_what_is_no_model(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # refused above unless a zip archive; here, one torch cannot read safely
+        raise ValueError(f"{path} is not a pitscope model file: pass the model.pt that pitscope train wrote") from exc
     if not isinstance(state, dict) or "config" not in state or "state_dict" not in state:
         raise ValueError(f"{path} is not a pitscope model file: pass the model.pt that pitscope train wrote")
+    if _newer(state.get("version")):
+        raise ValueError(f"{path} was written by pitscope {state['version']}, newer than this one ({__version__})")
     return from_dict(upgrade(state, "model", source=str(path))["config"])

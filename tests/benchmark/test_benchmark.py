@@ -430,6 +430,28 @@ def test_a_suite_image_size_keeps_the_presets_ratio_and_mvtec_stays_square():
     assert mvtec.data.shape == (256, 256) and mvtec.train.crop_size is None and not mvtec.data.keep_aspect
 
 
+def test_every_run_of_a_suite_gets_the_photos_shape_though_the_data_is_cached():
+    from pitscope.benchmark.runs import BenchmarkOptions, _Datasets, variant_config
+
+    options = BenchmarkOptions(
+        suite="table3",
+        preset="cpu",
+        overrides=[
+            "data.format=synthetic",
+            "data.image_size=64",
+            "train.crop_size=64",
+            "data.synthetic.n_train=2",
+            "data.synthetic.n_test_normal=1",
+            "data.synthetic.n_test_defect=1",
+        ],
+    )
+    datasets = _Datasets(progress=False)
+    configs = [variant_config(options, name, seed=0) for name in ("ours", "hog_only")]  # one data config
+    for cfg in configs:
+        train_set, _ = datasets.get(cfg)
+        assert cfg.data.shape == (64, 160) and train_set[0].image.shape == (64, 160, 3)
+
+
 def test_bsdata_image_threshold_rates_at_each_quantile_and_the_lowest_within_the_fpr(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from bsdata_image_threshold import at_thresholds, chosen

@@ -65,7 +65,10 @@ def config_hash(cfg) -> str:
     """12 hex digits naming a Config's every value."""
     from pitscope.config import to_dict
 
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    values = to_dict(cfg)
+    if not values["data"].get("keep_aspect", False):
+        values["data"].pop("keep_aspect", None)  # the hashes of models from before data.keep_aspect stay
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def append_test_look(log: Path, model: Path | str, cfg, overrides: list[str], result: dict, **extra) -> dict:

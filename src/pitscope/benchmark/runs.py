@@ -88,6 +88,8 @@ def config_key(cfg: Config, variant: Variant, coreset_ratio: float = CORESET_RAT
     values = to_dict(cfg)
     values.pop("output_dir")
     values["data"].pop("split_file")
+    if not values["data"]["keep_aspect"]:
+        values["data"].pop("keep_aspect")  # the keys of runs from before data.keep_aspect stay
     values["peer"] = variant.peer
     if variant.peer == "patchcore":
         values["coreset_ratio"] = coreset_ratio
@@ -122,8 +124,9 @@ class _Datasets:
         self._cache: dict[str, tuple] = {}
 
     def get(self, cfg: Config):
-        from pitscope.data import build_dataset
+        from pitscope.data import build_dataset, resolve_shape
 
+        resolve_shape(cfg.data, cfg.seed)  # every run's config gets its shape, cached data or not
         values = asdict(cfg.data)
         values.pop("split_file")
         key = json.dumps([values, cfg.seed if cfg.data.format == "synthetic" else None], sort_keys=True)

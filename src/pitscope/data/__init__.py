@@ -60,18 +60,23 @@ def build_dataset(cfg: DataConfig, split: str, seed: int) -> SampleSet:
         raise ValueError(f"data.format: {cfg.format!r} is not one of {', '.join(FORMATS)}")
     if split not in SPLITS:
         raise ValueError(f"split: {split!r} is not one of {', '.join(SPLITS)}")
-    if cfg.keep_aspect and cfg.image_width is None:
-        keep_aspect(cfg, seed)
+    resolve_shape(cfg, seed)
     dataset = FORMATS[cfg.format](cfg, split, seed)
     if split == "train" and cfg.train_images is not None:
         dataset = fewer_training_images(dataset, cfg.train_images, cfg.split_seed)
     return dataset
 
 
-def keep_aspect(cfg: DataConfig, seed: int) -> None:
-    """Set the images' shape from the training photos' median aspect ratio (data.keep_aspect):
+def resolve_shape(cfg: DataConfig, seed: int) -> None:
+    """With data.keep_aspect, set the images' shape from the training photos' median aspect ratio:
     the shorter side stays at cfg.image_size, the longer is that times the ratio, rounded to a
-    multiple of 32 (the network's stride). Changes cfg in place, leaving keep_aspect false."""
+    multiple of 32 (the network's stride). An image_width already set is kept. Changes cfg in
+    place, leaving keep_aspect false; `build_dataset` calls it first."""
+    if not cfg.keep_aspect:
+        return
+    if cfg.image_width is not None:
+        cfg.keep_aspect = False
+        return
     if cfg.format == "synthetic":
         ratios = [cfg.synthetic.width / cfg.synthetic.height]
     else:
