@@ -70,7 +70,7 @@ def main(model, do_flip):
     train.check(progress=False)
     val = build_dataset(cfg.data, "val", cfg.seed)
     val.check(progress=False)
-    fit_idx, cal_idx = det.split_calibration(len(train))
+    _, cal_idx = det.split_calibration(len(train))  # the held-back photos the fit calibrated on
     labels = np.asarray(val.labels)
     masks = np.stack([val[i].mask for i in range(len(val))])
     t = time.time()
