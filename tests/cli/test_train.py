@@ -99,6 +99,24 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, tiny_yaml, capsy
     assert "no checkpoint" in err and "checkpoint_last.pt" in err
 
 
+def test_resume_without_config_continues_with_the_runs_own_settings(tmp_path, tiny_yaml, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(tiny_yaml), "--output-dir", str(out), "--quiet"]) == 0
+    # no --config: the run's config.yaml (synthetic, 64 px), not the default preset (BSData), and
+    # --set still applies on top of it
+    assert main(["train", "--output-dir", str(out), "--resume", "--set", "train.epochs=2"]) == 0
+    said = capsys.readouterr().out
+    assert f"resuming with the run's own settings, {out / 'config.yaml'}" in said
+    saved = load_config(str(out / "config.yaml"))
+    assert saved.data.format == "synthetic" and saved.data.image_size == 64 and saved.train.epochs == 2
+    assert torch.load(out / "model.pt", weights_only=True)["metadata"]["training"]["epochs"] == 2
+
+
+def test_resume_without_config_or_run_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--output-dir", str(tmp_path / "none"), "--resume", "--quiet"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
 def test_evaluate_a_file_that_is_no_model_exits_2(tmp_path, capsys):
     path = tmp_path / "notes.pt"
     path.write_text("hello, I am not a model\n")

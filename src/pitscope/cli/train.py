@@ -76,8 +76,29 @@ def default_preset(overrides: list[str]) -> str:
     return FORMAT_PRESETS.get(fmt, "cpu")
 
 
+def _run_config(args: argparse.Namespace) -> Path | None:
+    """For --resume without --config: the config.yaml the run being resumed wrote, if there is one.
+    The run's folder is --output-dir, or the output_dir of the preset `train` would start from."""
+    if args.output_dir:
+        out_dir = Path(args.output_dir)
+    else:
+        from pitscope.config import load_config
+
+        out_dir = Path(load_config(default_preset(args.overrides), args.overrides).output_dir)
+    path = out_dir / "config.yaml"
+    return path if path.is_file() else None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train the double self-supervised model on defect-free images, fit its scorers and threshold."""
+    """Train the double self-supervised model on defect-free images, fit its scorers and threshold.
+    With --resume and no --config, the run continues with the settings it was started with
+    (OUTPUT_DIR/config.yaml), after any --set."""
+    if args.config is None and args.resume:
+        saved = _run_config(args)
+        if saved is not None:
+            args.config = str(saved)
+            if not args.quiet:
+                print(f"resuming with the run's own settings, {saved} (--config names another)")
     if args.config is None:
         args.config = default_preset(args.overrides)
         if not args.quiet:
