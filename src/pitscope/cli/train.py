@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pitscope.cli.common import add_config_args, add_set_arg, config_from_args, print_skipped
-from pitscope.config import Config, ConfigError, apply_overrides, parse_override, save_config, to_dict
+from pitscope.config import Config, ConfigError, apply_overrides, load_config, parse_override, save_config, to_dict
 
 if TYPE_CHECKING:
     from pitscope.inference import Detector
@@ -82,8 +82,6 @@ def _run_config(args: argparse.Namespace) -> Path | None:
     if args.output_dir:
         out_dir = Path(args.output_dir)
     else:
-        from pitscope.config import load_config
-
         out_dir = Path(load_config(default_preset(args.overrides), args.overrides).output_dir)
     path = out_dir / "config.yaml"
     return path if path.is_file() else None
