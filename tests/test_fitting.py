@@ -68,6 +68,27 @@ def test_scorers_fitted_at_a_scoring_size_apart_from_the_training_size(tmp_path,
     assert "image_size: 64" in training_config  # the network trained at the data size
 
 
+def test_refit_fits_the_scorers_at_the_scoring_size(tmp_path, tiny_detector_overrides):
+    """`refit` with score.image_size set: the network as it was, the scorers fitted and the maps drawn
+    at that height, the given config left as it was."""
+    from pitscope.config import apply_overrides
+    from pitscope.data import build_dataset
+    from pitscope.fitting import fit, refit
+
+    base = fit(None, [*tiny_detector_overrides, "train.epochs=1", "train.batch_size=4"], progress=False, save=False)
+    assert base.cfg.data.image_size == 64
+    cfg = apply_overrides(base.cfg, ["score.image_size=96"])
+    taller = refit(base, cfg, "base.pt", progress=False)
+    assert cfg.data.image_size == 64  # left as it was
+    assert taller.cfg.data.shape == (96, 96) and taller.cfg.score.image_size == 96
+    assert taller.net is base.net
+    test = build_dataset(taller.cfg.data, "test", 0)
+    _, maps = taller.score_dataset(test, progress=False)
+    assert maps.shape[-2:] == (96, 96)
+    same = refit(base, base.cfg, "base.pt", progress=False)
+    assert same.cfg.data.shape == (64, 64)
+
+
 def test_a_fixed_step_tiny_training_scores_as_recorded(tmp_path):
     """Training, fitting and scoring give the numbers recorded in tests/fixtures (regenerated only
     when a change of the numbers is intended): a change of the code's shape leaves them as they are."""

@@ -172,8 +172,6 @@ def cmd_refit(args: argparse.Namespace) -> int:
     old = load_model_or_checkpoint(args.model)
     cfg = apply_overrides(old.cfg, args.overrides)
     _refuse_trained_changes(cfg, old.cfg, "refit", "score.* and data.*")
-    if cfg.score.image_size is not None:  # fitted and scored at this size
-        cfg.data.rescale(cfg.score.image_size)
     if to_dict(cfg) == to_dict(old.cfg):
         print("refit: no setting changed; fitting again with the model's own settings", file=sys.stderr)
     progress = not args.quiet
@@ -184,8 +182,8 @@ def cmd_refit(args: argparse.Namespace) -> int:
     _print_calibration(detector, out)
     if args.evaluate:
         eval_dir = out.parent / f"{out.stem}_eval"
-        save_config(cfg, eval_dir / "config.yaml")
-        _evaluate_and_print(detector, cfg, eval_dir, progress=progress)
+        save_config(detector.cfg, eval_dir / "config.yaml")
+        _evaluate_and_print(detector, detector.cfg, eval_dir, progress=progress)
     return 0
 
 
