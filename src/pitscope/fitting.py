@@ -330,9 +330,10 @@ def refit(
     leaves them out of a measurement. Raises ValueError when none of the references is readable.
     With score.image_size apart from data.image_size the scorers are fitted at that height (cfg
     is left as it was; the new Detector's data.image_size is the scoring size)."""
-    if cfg.score.image_size is not None and cfg.score.image_size != cfg.data.image_size:
+    size = cfg.score.image_size
+    if size is not None and size != cfg.data.image_size:
         cfg = copy.deepcopy(cfg)
-        cfg.data.rescale(cfg.score.image_size)
+        cfg.data.rescale(size)
     detector = Detector(cfg, model.n_kinds, net=model.net)
     detector.metadata = {k: v for k, v in model.metadata.items() if k in ("training",)}
     detector.metadata["refit_from"] = str(source)
