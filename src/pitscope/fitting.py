@@ -27,15 +27,23 @@ from pitscope.training import chance_cross_entropy, classifier_near_chance, trai
 log = logging.getLogger(__name__)
 
 
-def scoring_config(cfg: Config, dataset):
-    """(cfg, training dataset) at the scoring size: with score.image_size set apart from
-    data.image_size, a copy of cfg whose data.image_size is the scoring size (what the Detector
-    resizes to and the model file records) and the training images read again at that size."""
+def at_scoring_size(cfg: Config) -> Config:
+    """cfg, or with score.image_size set apart from data.image_size a copy of it whose
+    data.image_size is the scoring size (what the Detector resizes to and the model file records)."""
     size = cfg.score.image_size
     if size is None or size == cfg.data.image_size:
-        return cfg, dataset
+        return cfg
     scored = copy.deepcopy(cfg)
     scored.data.rescale(size)
+    return scored
+
+
+def scoring_config(cfg: Config, dataset):
+    """(cfg, training dataset) at the scoring size (`at_scoring_size`), the training images read
+    again at that size when it differs."""
+    scored = at_scoring_size(cfg)
+    if scored is cfg:
+        return cfg, dataset
     log.info(
         "scorers fitted at %d x %d (the network trained at %d x %d)",
         *scored.data.shape,
@@ -330,10 +338,7 @@ def refit(
     leaves them out of a measurement. Raises ValueError when none of the references is readable.
     With score.image_size apart from data.image_size the scorers are fitted at that height (cfg
     is left as it was; the new Detector's data.image_size is the scoring size)."""
-    size = cfg.score.image_size
-    if size is not None and size != cfg.data.image_size:
-        cfg = copy.deepcopy(cfg)
-        cfg.data.rescale(size)
+    cfg = at_scoring_size(cfg)
     detector = Detector(cfg, model.n_kinds, net=model.net)
     detector.metadata = {k: v for k, v in model.metadata.items() if k in ("training",)}
     detector.metadata["refit_from"] = str(source)
