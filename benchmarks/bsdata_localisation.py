@@ -44,6 +44,7 @@ from pitscope.config import apply_overrides, to_dict
 from pitscope.data import build_dataset
 from pitscope.data.bsdata import bsdata_root
 from pitscope.data.dataset import AnomalyDataset, Record
+from pitscope.defect_regions import REGIONS_ON as REGIONS_SHOWN
 from pitscope.evaluation import evaluate, predicted_regions, write_evaluation
 from pitscope.fitting import refit, with_references
 from pitscope.inference import Detector
@@ -64,7 +65,15 @@ THRESHOLDS = (
     ("image_max", 0.99),
 )  # (score.pixel_threshold_from, its quantile)
 MIN_FRACTIONS = (0.0, 3e-4, 1e-3, 3e-3)
-REGIONS_ON = ("all", "defective")
+REGIONS_ON = ("all", "defective")  # compared by default; --regions-on names others (`score.regions_on`)
+PRESET_KEYS = (
+    "smoothing_sigma",
+    "map_normalisation",
+    "pixel_threshold_from",
+    "pixel_threshold_quantile",
+    "min_region_fraction",
+    "region_core",
+)  # the model's own region settings: the markdown lists its rows, one per compared regions_on
 MAX_NORMAL_AREA = 0.01  # the 99th percentile of the predicted area on defect-free photos, at most
 
 
@@ -98,10 +107,12 @@ def choose(
     progress: bool = True,
     references: Sequence[Path] = (),
     cores: Sequence[float] | None = None,
+    regions_on: Sequence[str] = REGIONS_ON,
 ) -> dict:
     """Every map and region setting scored on the validation photos; with `references` (photos
     the detector was fitted on beside its training photos) those photos are not scored. cores:
-    the score.region_core values compared (default: the detector's)."""
+    the score.region_core values compared (default: the detector's); regions_on: the
+    score.regions_on values compared."""
     cfg = detector.cfg
     train = build_dataset(cfg.data, "train", cfg.seed)
     if references:
@@ -135,7 +146,7 @@ def choose(
             pixel = evaluate_all(labels, val_scores, masks, maps)
             for rule, q in THRESHOLDS:
                 pixel_threshold = pixel_threshold_of(cal, q, rule)
-                for floor, on, core in itertools.product(MIN_FRACTIONS, REGIONS_ON, cores or [cfg.score.region_core]):
+                for floor, on, core in itertools.product(MIN_FRACTIONS, regions_on, cores or [cfg.score.region_core]):
                     regions = predicted_regions(maps, val_scores > threshold, pixel_threshold, floor, on, core)
                     rows.append(
                         {
@@ -249,6 +260,41 @@ def pct(value) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
+REGION_HEADER = (
+    "| sigma | maps | pixel threshold | min fraction | regions on | core | pixel F1 | IoU median (q1-q3) | "
+    "defect-free area median / p99 (%) | area within 2x |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+)
+
+
+def region_line(r: dict) -> str:
+    return (
+        f"| {r['smoothing_sigma']:g} | {r['map_normalisation']} | {r['pixel_quantile']} of "
+        f"{r.get('pixel_rule', 'pixels')} | "
+        f"{r['min_region_fraction']:g} | {r['regions_on']} | {r.get('region_core', 0.0):g} | "
+        f"{pct(r['pixel_f1'])} | "
+        f"{pct(r['iou_median'])} ({pct(r['iou_q1'])}-{pct(r['iou_q3'])}) | "
+        f"{pct(r['normal_area_median'])} / {pct(r['normal_area_p99'])} | {pct(r['area_within_2x'])} |"
+    )
+
+
+def preset_rows(run: dict) -> list[dict]:
+    """The rows of `run` at the model's own region settings (run["preset"]), one per regions_on."""
+    own = run.get("preset")
+    if not own:
+        return []
+    return [
+        r
+        for r in run["rows"]
+        if r["smoothing_sigma"] == own["smoothing_sigma"]
+        and r["map_normalisation"] == own["map_normalisation"]
+        and r["pixel_rule"] == own["pixel_threshold_from"]
+        and r["pixel_quantile"] == own["pixel_threshold_quantile"]
+        and r["min_region_fraction"] == own["min_region_fraction"]
+        and r["region_core"] == own["region_core"]
+    ]
+
+
 def write_markdown(record: dict, path: Path) -> None:
     lines = [
         "# BSData localisation settings, on the validation positions",
@@ -293,9 +339,7 @@ def write_markdown(record: dict, path: Path) -> None:
             "",
             "Regions, the best few by the rule (p99 area on defect-free photos <= 1%, then pixel F1):",
             "",
-            "| sigma | maps | pixel threshold | min fraction | regions on | core | pixel F1 | IoU median (q1-q3) | "
-            "defect-free area median / p99 (%) | area within 2x |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            *REGION_HEADER,
         ]
         ranked = sorted(
             run["rows"],
@@ -304,15 +348,11 @@ def write_markdown(record: dict, path: Path) -> None:
                 -(r["pixel_f1"] or 0.0),
             ),
         )
-        for r in ranked[:12]:
-            lines.append(
-                f"| {r['smoothing_sigma']:g} | {r['map_normalisation']} | {r['pixel_quantile']} of "
-                f"{r.get('pixel_rule', 'pixels')} | "
-                f"{r['min_region_fraction']:g} | {r['regions_on']} | {r.get('region_core', 0.0):g} | "
-                f"{pct(r['pixel_f1'])} | "
-                f"{pct(r['iou_median'])} ({pct(r['iou_q1'])}-{pct(r['iou_q3'])}) | "
-                f"{pct(r['normal_area_median'])} / {pct(r['normal_area_p99'])} | {pct(r['area_within_2x'])} |"
-            )
+        lines += [region_line(r) for r in ranked[:12]]
+        own = preset_rows(run)
+        if own:
+            lines += ["", "At the model's own settings (every regions_on compared):", "", *REGION_HEADER]
+            lines += [region_line(r) for r in own]
         chosen = run["chosen"]
         if not chosen["within_area_limit"]:
             lines += ["", f"No setting kept the defect-free area's 99th percentile within {MAX_NORMAL_AREA:.0%}."]
@@ -481,6 +521,13 @@ def main() -> int:
         help="score.region_core values compared (choosing only; default: the model's)",
     )
     parser.add_argument(
+        "--regions-on",
+        nargs="+",
+        choices=REGIONS_SHOWN,
+        default=list(REGIONS_ON),
+        help="score.regions_on values compared (choosing only)",
+    )
+    parser.add_argument(
         "--neighbourhoods",
         type=int,
         nargs="+",
@@ -523,7 +570,15 @@ def main() -> int:
         for radius in args.neighbourhoods or [detector.cfg.score.neighbourhood]:
             # the Gaussians and the image threshold do not depend on it; `choose` sets the pixel thresholds
             detector.cfg.score.neighbourhood = detector.pixel_scorer.radius = radius
-            run = choose(detector, args.sigmas, args.normalisations, references=references, cores=args.cores)
+            run = choose(
+                detector,
+                args.sigmas,
+                args.normalisations,
+                references=references,
+                cores=args.cores,
+                regions_on=args.regions_on,
+            )
+            run["preset"] = {k: getattr(detector.cfg.score, k) for k in PRESET_KEYS}
             run["references"] = len(references)
             overrides = [*args.overrides, f"score.neighbourhood={radius}"] if args.neighbourhoods else args.overrides
             runs.append({"model": str(model), "overrides": overrides, **run, "chosen": best(run["rows"])})

@@ -108,3 +108,44 @@ def test_prediction_and_evaluation_cut_regions_to_their_core():
     assert p.defect_region.sum() == 5 and [r.area_px for r in p.regions] == [4, 1]
     drawn = predicted_regions(amap[None], np.array([True]), 1.0, 0.0, "all", 0.5)
     np.testing.assert_array_equal(drawn[0], p.defect_region)
+
+
+def test_at_least_one_shows_the_peaks_region_when_nothing_passes():
+    amap = two_blobs()  # peaks 5 (blob A) and 9 (blob B, one pixel over a 4 x 5 plateau at 2)
+    amap[12, 22] = 6.0  # below B's peak, connected to it, at 2/3 of it
+    assert label_regions(amap, 10.0)[1] == 0  # nothing above 10
+    labels, count = label_regions(amap, 10.0, core=0.6, at_least_one=True)
+    assert count == 1 and set(np.unique(labels)) == {0, 1}
+    # B's pixels at or above 0.6 x 9 = 5.4: the peak and the 6 below it; A's 5s are under 5.4
+    assert np.argwhere(labels).tolist() == [[11, 22], [12, 22]]
+    half = region_mask(amap, 10.0, at_least_one=True)  # no core: half the peak, 4.5; A (5) is apart
+    assert np.argwhere(half).tolist() == [[11, 22], [12, 22]]
+    amap[2, 5:22] = 5.0
+    amap[3:11, 21] = 5.0  # a bridge at 5 from A to B's peak (touching it at a corner)
+    joined = region_mask(amap, 10.0, at_least_one=True)
+    components = sk_label(amap >= 4.5, connectivity=2)
+    np.testing.assert_array_equal(joined, components == components[11, 22])
+    assert joined[2:4, 3:5].all() and joined.sum() == 4 + 17 + 8 + 2
+    # when a region passes, at_least_one changes nothing
+    np.testing.assert_array_equal(region_mask(amap, 1.0, 0.0, 0.5, True), region_mask(amap, 1.0, 0.0, 0.5))
+    # the size filter drops every region: the peak's region still shows
+    assert region_mask(two_blobs(), 1.0, min_fraction=0.5, core=0.5, at_least_one=True).sum() == 1
+    # a map with nothing above 0, or nothing finite, has no peak region
+    assert label_regions(np.zeros((4, 4), np.float32), 1.0, at_least_one=True)[1] == 0
+    assert label_regions(np.full((4, 4), np.nan, np.float32), 1.0, at_least_one=True)[1] == 0
+
+
+def test_defective_peak_shows_the_peak_only_on_photos_decided_defective():
+    from pitscope.evaluation import predicted_regions
+
+    amap = two_blobs()
+    passed = Prediction(1.0, amap, False, 2.0, 10.0, 0.0, "defective_peak", 0.7)
+    assert not passed.defect_region.any() and passed.regions == []
+    flagged = passed._replace(is_defective=True)
+    assert [(r.area_px, r.box, r.peak) for r in flagged.regions] == [(1, (22, 11, 23, 12), 9.0)]
+    assert not flagged._replace(regions_on="defective").defect_region.any()  # the threshold alone: nothing
+    drawn = predicted_regions(np.stack([amap, amap]), np.array([False, True]), 10.0, 0.0, "defective_peak", 0.7)
+    assert not drawn[0].any()
+    np.testing.assert_array_equal(drawn[1], flagged.defect_region)
+    with pytest.raises(ValueError, match="regions_on"):
+        passed._replace(regions_on="peak").defect_region

@@ -196,7 +196,8 @@ class ScoreConfig:
     pixel_threshold_from: str = "pixels"  # ... of all their values (pixels) or of each map's maximum (image_max)
     min_region_fraction: float = 0.0  # predicted regions smaller than this share of the image are dropped
     region_core: float = 0.0  # each region keeps its pixels at or above this share of its own peak (0: all)
-    regions_on: str = "all"  # all | defective: regions shown on every image, or on images decided defective
+    regions_on: str = "all"  # all | defective | defective_peak: regions on every image, or on images decided
+    # defective, or on those with at least the region around the map's peak
     calibration_fraction: float = 0.1  # held back from fitting, to calibrate the thresholds on
     # Where the image threshold's defect-free scores come from. out_of_fold: every training image,
     # scored by a Gaussian refitted without it (1 / calibration_fraction folds, so each refit sees
@@ -234,7 +235,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "score.pixel_method": ("padim", "segmentation", "patch"),
     "score.map_normalisation": ("none", "image_mean", "image_mean_score"),
     "data.holdout": ("none", "positions"),
-    "score.regions_on": ("all", "defective"),
+    "score.regions_on": ("all", "defective", "defective_peak"),
     "score.pixel_threshold_from": ("pixels", "image_max"),
     "score.image_method": ("embedding", "map_max"),
     "score.image_features": ("projection", "layer4"),

@@ -17,7 +17,7 @@ from pitscope.config import Config
 from pitscope.data import without_files
 from pitscope.data.bsdata import bsdata_root, type_groups
 from pitscope.data.types import DatasetLayoutError, Sample, SampleSet
-from pitscope.defect_regions import region_mask
+from pitscope.defect_regions import region_mask, regions_shown
 from pitscope.metrics import auroc_interval, evaluate_all, region_metrics
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,9 @@ def predicted_regions(
     """
     regions = np.zeros(np.shape(maps), dtype=bool)
     for i, amap in enumerate(maps):
-        if regions_on == "all" or decisions[i]:
-            regions[i] = region_mask(amap, pixel_threshold, min_fraction, core)
+        shown, at_least_one = regions_shown(regions_on, bool(decisions[i]))
+        if shown:
+            regions[i] = region_mask(amap, pixel_threshold, min_fraction, core, at_least_one)
     return regions
 
 

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pitscope.defect_regions import Region, describe_regions, region_mask
+from pitscope.defect_regions import Region, describe_regions, regions_shown
 
 
 class Prediction(NamedTuple):
@@ -18,7 +18,8 @@ class Prediction(NamedTuple):
     threshold: the image threshold used.
     pixel_threshold: map values above it form candidate defect regions.
     min_region_fraction: candidate regions smaller than this share of the image are dropped.
-    regions_on: "all": every image shows its regions; "defective": only images decided defective.
+    regions_on: "all": every image shows its regions; "defective": only images decided defective;
+        "defective_peak": only those, each with at least the region around its map's peak.
     region_core: each region keeps its pixels at or above this share of its own peak (0: all of it).
     """
 
@@ -32,18 +33,17 @@ class Prediction(NamedTuple):
     region_core: float = 0.0
 
     @property
-    def _shows_regions(self) -> bool:
-        return self.regions_on == "all" or bool(self.is_defective)
+    def _shows_regions(self) -> tuple[bool, bool]:
+        return regions_shown(self.regions_on, bool(self.is_defective))
 
     @property
     def defect_region(self) -> np.ndarray:
         """(H, W) bool: the predicted defect region that overlays, the service and wear curves show
         (the connected components of anomaly_map > pixel_threshold of at least min_region_fraction
         of the image, each cut to its core (region_core); none on an image passed as defect-free
-        when regions_on is "defective")."""
-        if not self._shows_regions:
-            return np.zeros(np.shape(self.anomaly_map), dtype=bool)
-        return region_mask(self.anomaly_map, self.pixel_threshold, self.min_region_fraction, self.region_core)
+        when regions_on is "defective" or "defective_peak", at least the peak's region on an image
+        decided defective with "defective_peak")."""
+        return self.outline()[0]
 
     @property
     def regions(self) -> list[Region]:
@@ -63,6 +63,9 @@ class Prediction(NamedTuple):
 
     def outline(self) -> tuple[np.ndarray, list[Region]]:
         """(defect_region, regions) from one labelling of the map."""
-        if not self._shows_regions:
+        shown, at_least_one = self._shows_regions
+        if not shown:
             return np.zeros(np.shape(self.anomaly_map), dtype=bool), []
-        return describe_regions(self.anomaly_map, self.pixel_threshold, self.min_region_fraction, self.region_core)
+        return describe_regions(
+            self.anomaly_map, self.pixel_threshold, self.min_region_fraction, self.region_core, at_least_one
+        )
