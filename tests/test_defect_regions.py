@@ -148,4 +148,4 @@ def test_defective_peak_shows_the_peak_only_on_photos_decided_defective():
     assert not drawn[0].any()
     np.testing.assert_array_equal(drawn[1], flagged.defect_region)
     with pytest.raises(ValueError, match="regions_on"):
-        passed._replace(regions_on="peak").defect_region
+        passed._replace(regions_on="peak").outline()

@@ -563,6 +563,49 @@ def test_bsdata_localisation_merges_seeds_with_mean_sd_and_range(monkeypatch):
         merged([record("s0", 0.5, 0.1, 0.3)], "merge")
 
 
+def test_bsdata_localisation_lists_the_models_own_settings_for_each_regions_on(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from bsdata_localisation import preset_rows, write_markdown
+
+    def row(on, core, quantile, f1):
+        return {
+            "smoothing_sigma": 2.0,
+            "map_normalisation": "none",
+            "pixel_rule": "image_max",
+            "pixel_quantile": quantile,
+            "min_region_fraction": 0.0003,
+            "regions_on": on,
+            "region_core": core,
+            **dict.fromkeys(("pixel_auroc", "pixel_ap", "aupro", "pixel_f1_max"), 0.5),
+            "pixel_f1": f1,
+            **dict.fromkeys(("iou_median", "iou_q1", "iou_q3", "normal_area_median", "area_within_2x"), 0.1),
+            "normal_area_p99": 0.005,
+        }
+
+    rows = [row("defective", 0.7, 0.99, 0.2), row("defective_peak", 0.7, 0.99, 0.3), row("defective", 0.7, 0.9, 0.9)]
+    own = {
+        "smoothing_sigma": 2.0,
+        "map_normalisation": "none",
+        "pixel_threshold_from": "image_max",
+        "pixel_threshold_quantile": 0.99,
+        "min_region_fraction": 0.0003,
+        "region_core": 0.7,
+    }
+    run = {"model": "m.pt", "rows": rows, "preset": own, "image_auroc": 0.9}
+    run["counts"] = {"normal": 3, "defective": 2, "calibration": 4}
+    assert preset_rows(run) == rows[:2]  # the 0.9 quantile is not the model's
+    assert preset_rows({**run, "preset": {**own, "region_core": 0.5}}) == []
+    assert preset_rows({k: v for k, v in run.items() if k != "preset"}) == []  # files written before it
+    run["chosen"] = {**rows[2], "pixel_threshold_from": "image_max", "within_area_limit": True}
+    path = tmp_path / "out.md"
+    machine = {"platform": "Linux", "cpu_count": 2, "torch": "2"}
+    write_markdown({"command": "c", "commit": "abc", "date": "d", "machine": machine, "runs": [run]}, path)
+    text = path.read_text()
+    section = text.split("At the model's own settings")[1].split("Chosen:")[0]
+    assert "| defective | 0.7 | 20.00 |" in section and "| defective_peak | 0.7 | 30.00 |" in section
+    assert "90.00" not in section
+
+
 def test_paired_scores_compares_two_evaluations_on_the_photos_both_scored(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from paired_scores import paired
