@@ -7,8 +7,8 @@ than a pit does, and counting them inflates the predicted area on defect-free ph
 (never below the threshold): a map's blob is wider than the defect under it, and its core is
 where the defect is. With `at_least_one`, a map that keeps no component shows the region around
 its highest pixel: the pixels connected to it at or above `core` (or, with no core, half) times
-that peak, whatever the threshold. Areas are given in the map's own pixels and as a fraction of the image, so
-they compare across sizes.
+that peak, whatever the threshold. Areas are given in the map's own pixels and as a fraction of
+the image, so they compare across sizes.
 """
 
 from __future__ import annotations
