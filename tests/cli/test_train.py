@@ -361,5 +361,8 @@ def test_the_surface_preset_is_the_cpu_preset_with_strong_noise_pastes_alone():
     surface, cpu = to_dict(load_config("surface")), to_dict(load_config("cpu"))
     assert surface["augment"] == {**cpu["augment"], "kinds": ["noise"], "alpha_min": 0.0, "alpha_max": 0.5}
     assert surface["data"] == {**cpu["data"], "format": "folder", "n_train_normal": surface["data"]["n_train_normal"]}
-    for section in ("model", "train", "score"):
+    for section in ("model", "train"):
         assert surface[section] == cpu[section], section
+    # regions: the peak's region on photos decided defective was chosen on BSData for `cpu` alone
+    assert (surface["score"]["regions_on"], cpu["score"]["regions_on"]) == ("defective", "defective_peak")
+    assert surface["score"] == {**cpu["score"], "regions_on": "defective"}
