@@ -94,16 +94,25 @@ def regions_shown(regions_on: str, is_defective: bool) -> tuple[bool, bool]:
     return shown, shown and regions_on == "defective_peak"
 
 
+def highest_pixel(amap: np.ndarray) -> tuple[int, int, float] | None:
+    """(y, x, value) of the map's highest finite pixel (the first in row order on a tie); None when
+    no value is finite."""
+    finite = np.where(np.isfinite(amap), amap, -np.inf)
+    if not np.isfinite(finite).any():
+        return None
+    y, x = np.unravel_index(int(finite.argmax()), finite.shape)
+    return int(y), int(x), float(finite[y, x])
+
+
 def peak_region(amap: np.ndarray, share: float) -> tuple[np.ndarray, int]:
     """(H, W) int32 labels with the component of `amap >= share * peak` that holds the map's
     highest finite pixel as label 1, and 1; all zeros and 0 when no finite value is above 0."""
-    finite = np.where(np.isfinite(amap), amap, -np.inf)
-    flat = int(finite.argmax())
-    peak = float(finite.flat[flat])
-    if not peak > 0.0:
+    top = highest_pixel(amap)
+    if top is None or not top[2] > 0.0:
         return np.zeros(amap.shape, dtype=np.int32), 0
+    y, x, peak = top
+    finite = np.where(np.isfinite(amap), amap, -np.inf)
     components, _ = ndimage.label(finite >= np.float32(share * peak), structure=EIGHT)
-    y, x = np.unravel_index(flat, amap.shape)
     return (components == components[y, x]).astype(np.int32), 1
 
 

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pitscope.defect_regions import Region, describe_regions, region_mask, regions_shown
+from pitscope.defect_regions import Region, describe_regions, highest_pixel, region_mask, regions_shown
 
 
 class Prediction(NamedTuple):
@@ -59,12 +59,11 @@ class Prediction(NamedTuple):
         """Where the map is highest: {"x", "y", "value"}, x across and y down in the map's pixels
         (the first such pixel in row order); None when the map has no finite value. On a photo
         decided defective with no region it says where to look."""
-        amap = np.asarray(self.anomaly_map, dtype=np.float32)
-        finite = np.isfinite(amap)
-        if not finite.any():
+        top = highest_pixel(np.asarray(self.anomaly_map, dtype=np.float32))
+        if top is None:
             return None
-        y, x = np.unravel_index(int(np.where(finite, amap, -np.inf).argmax()), amap.shape)
-        return {"x": int(x), "y": int(y), "value": float(amap[y, x])}
+        y, x, value = top
+        return {"x": x, "y": y, "value": value}
 
     def outline(self) -> tuple[np.ndarray, list[Region]]:
         """(defect_region, regions) from one labelling of the map."""
