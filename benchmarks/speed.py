@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py                 # writes benchmarks/results/speed.json and .md
     python benchmarks/speed.py --repeats 3 --steps 2 --output /tmp/speed   # quicker
+    python benchmarks/speed.py --name speed_float32   # another machine kind: its own files
 
 Training: images through the network per second. A pitscope step takes B dataset images and
 feeds 2B (each with its pseudo-defective copy), so the bare ResNet-18 step is timed on 2B
@@ -39,7 +40,7 @@ from pitscope.config import load_config, rescale_images
 from pitscope.data import build_dataset
 from pitscope.inference import Detector
 from pitscope.models.network import DoubleSelfSupervisedNet
-from pitscope.runtime import resolve_precision
+from pitscope.runtime import cpu_has_bf16, resolve_precision
 from pitscope.training import PseudoDefectPairs, compute_loss, sgd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,6 +217,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--name", default="speed", help="the results files' name: NAME.json and NAME.md")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -302,6 +304,8 @@ def main() -> int:
             "images_per_step": n,
             "infer_batch": args.infer_batch,
             "precision": precision,
+            "preset_precision": cfg.train.precision,
+            "native_bf16": cpu_has_bf16(),
             "channels_last": cfg.train.channels_last,
             "steps": args.steps,
             "repeats": args.repeats,
@@ -331,10 +335,19 @@ def main() -> int:
     }
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "speed.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "speed.md").write_text(markdown(record))
+    (out / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / f"{args.name}.md").write_text(markdown(record))
     print(markdown(record))
     return 0
+
+
+def _precision_why(s: dict) -> str:
+    """Why the training precision is what it is, where the preset left it to the machine."""
+    if s.get("preset_precision") != "bf16_where_native":
+        return ""
+    return (
+        " (the preset's `bf16_where_native`: this CPU has " + ("" if s["native_bf16"] else "no ") + "native bfloat16)"
+    )
 
 
 def markdown(r: dict) -> str:
@@ -350,7 +363,7 @@ def markdown(r: dict) -> str:
             ),
             "",
             f"Commit `{r['commit']}`, {r['date']}, {r['machine']['cpu']} ({r['machine']['cpu_count']} cores), {s['threads']} threads, "
-            f"torch {r['machine']['torch']}. Training precision `{s['precision']}`, channels-last {s['channels_last']}; "
+            f"torch {r['machine']['torch']}. Training precision `{s['precision']}`{_precision_why(s)}, channels-last {s['channels_last']}; "
             f"median of {s['repeats']} interleaved repeats of {s['steps']} steps.",
             "",
             f"Training ({s['batch']} dataset images a step, {s['images_per_step']} through the network):",

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
+import pitscope.runtime as runtime
 import pitscope.training as training
 from pitscope.augment import PseudoDefects
 from pitscope.config import ConfigError, load_config, to_dict
@@ -447,6 +448,32 @@ def test_precision_choices(monkeypatch):
     assert resolve_precision("auto", torch.device("cuda")) is torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert resolve_precision("auto", torch.device("cuda")) is torch.float16
+    assert resolve_precision("bf16_where_native", torch.device("cuda")) is None
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_where_native_follows_the_cpu(native, monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: native)
+    assert resolve_precision("bf16_where_native", torch.device("cpu")) is (torch.bfloat16 if native else None)
+
+
+def test_bf16_where_native_says_what_it_chose(tmp_path, images, monkeypatch):
+    for native in (False, True):
+        monkeypatch.setattr(runtime, "cpu_has_bf16", lambda native=native: native)
+        monkeypatch.setattr(training, "cpu_has_bf16", lambda native=native: native)
+        messages = []
+        cfg = make_config(tmp_path / str(native), LIGHT, "train.precision=bf16_where_native", "train.device=cpu")
+        result = train(cfg, images[:4], progress=False, echo=messages.append)
+        line = next(m for m in messages if m.startswith("device cpu"))
+        assert ("float32 (cpu without native bfloat16)" in line) == (not native)
+        assert line.startswith("device cpu, bfloat16") == native
+        assert not any("warning" in m for m in messages)
+        assert all(p.dtype == torch.float32 for p in result.model.parameters())
+
+
+def test_the_cpu_presets_ask_for_bf16_where_native():
+    for preset in ("cpu", "surface"):
+        assert load_config(preset).train.precision == "bf16_where_native"
 
 
 def test_bf16_training_keeps_float32_weights_and_targets(tmp_path, images):

@@ -18,15 +18,26 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype train.precision asks for on `device`; None means plain float32.
 
     "auto" is bf16 (fp16 on GPUs without bf16) on CUDA and float32 on the CPU, where bf16 is
-    asked for explicitly (the cpu preset does): only CPUs with native bfloat16 run it faster.
+    asked for explicitly: only CPUs with native bfloat16 run it faster. "bf16_where_native" is
+    bf16 where the device runs it natively (a GPU with bf16, a CPU with AVX-512 BF16 or AMX) and
+    float32 elsewhere, where emulated bf16 would be slower than float32.
     """
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return None
+    if name == "bf16_where_native":
+        return torch.bfloat16 if native_bf16(device) else None
     if name == "fp16" and device.type != "cuda":
         raise ValueError("train.precision=fp16 needs CUDA; use bf16 or fp32 on the CPU")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` runs bfloat16 natively."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and cpu_has_bf16()
 
 
 def cpu_has_bf16() -> bool:

@@ -267,7 +267,8 @@ def _step_model(run: _Run) -> Callable[[torch.Tensor], NetOutput]:
 
 
 def _announce(run: _Run) -> None:
-    """Echo the device and precision, warning when bf16 runs emulated on this CPU."""
+    """Echo the device and precision, warning when bf16 runs emulated on this CPU and saying when
+    bf16_where_native chose float32."""
     cfg, device, amp_dtype = run.cfg, run.device, run.amp_dtype
     precision = "float32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
     if amp_dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_bf16():
@@ -275,6 +276,8 @@ def _announce(run: _Run) -> None:
             "warning: this CPU has no native bfloat16, so train.precision=bf16 runs slower than float32 "
             "here; --set train.precision=fp32 trains more epochs in the same budget"
         )
+    if cfg.train.precision == "bf16_where_native" and amp_dtype is None:
+        precision += f" ({device.type} without native bfloat16)"
     run.echo(
         f"device {device}, {precision}{', channels-last' if cfg.train.channels_last else ''}"
         + (f", {run.ctx.world_size} processes" if run.ctx.enabled else "")
