@@ -22,15 +22,16 @@ from pathlib import Path
 import torch
 from speed import (  # this folder is on sys.path when run as a script
     bare_train_step,
+    command_lines,
     pitscope_train_step,
     synthetic_config,
     time_round_robin,
     training_shape,
 )
 
+from pitscope import runtime
 from pitscope.benchmark import commit, machine
 from pitscope.data import build_dataset
-from pitscope.runtime import cpu_has_bf16, resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,20 +45,21 @@ def main() -> int:
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args()
 
-    native = cpu_has_bf16()
+    cpu = torch.device("cpu")
+    native = runtime.cpu_has_bf16()
+    cfg = synthetic_config(args.size, args.batch, n_train=2 * args.batch)
+    dataset = build_dataset(cfg.data, "train", cfg.seed)
     steps = {}
     for precision in ("fp32", "bf16"):
-        cfg = synthetic_config(args.size, args.batch, n_train=2 * args.batch)
-        cfg.train.precision = precision
-        dataset = build_dataset(cfg.data, "train", cfg.seed)
-        dtype = resolve_precision(precision, torch.device("cpu"))
+        cfg.train.precision = precision  # each step resolves it when built
+        dtype = runtime.resolve_precision(precision, cpu)
         steps[f"bare_resnet18_{precision}"] = bare_train_step(
             2 * args.batch, training_shape(cfg), dtype, cfg.train.channels_last
         )
         steps[f"pitscope_step_{precision}"] = pitscope_train_step(cfg, dataset, end_to_end=False)
     times = time_round_robin(steps, args.steps, args.repeats)
     rates = {k: 2 * args.batch / v for k, v in times.items()}
-    where_native = "bf16" if native else "fp32"
+    picks = runtime.precision_name(runtime.resolve_precision("bf16_where_native", cpu))
     record = {
         "benchmark": "precision",
         "commit": commit(),
@@ -71,10 +73,10 @@ def main() -> int:
             "steps": args.steps,
             "repeats": args.repeats,
             "threads": torch.get_num_threads(),
-            "channels_last": True,
+            "channels_last": cfg.train.channels_last,
         },
         "native_bf16": native,
-        "bf16_where_native_picks": where_native,
+        "bf16_where_native_picks": picks,
         "train_images_per_s": {k: round(v, 2) for k, v in rates.items()},
         "bf16_over_fp32": {
             "bare_resnet18": round(rates["bare_resnet18_bf16"] / rates["bare_resnet18_fp32"], 3),
@@ -99,10 +101,10 @@ def markdown(r: dict) -> str:
             "",
             f"Commit `{r['commit']}`, {r['date']}, {r['machine']['cpu']} ({r['machine']['cpu_count']} cores), "
             f"{s['threads']} threads, torch {r['machine']['torch']}. This CPU {has} native bfloat16, so "
-            f"`train.precision=bf16_where_native` trains in {'bfloat16' if r['native_bf16'] else 'float32'} here.",
+            f"`train.precision=bf16_where_native` trains in {r['bf16_where_native_picks']} here.",
             "",
             f"{s['batch']} dataset images a step ({s['images_per_step']} through the network), "
-            f"{s['size']} x {s['size']} px, channels-last; median of {s['repeats']} interleaved repeats "
+            f"{s['size']} x {s['size']} px, channels-last {s['channels_last']}; median of {s['repeats']} interleaved repeats "
             f"of {s['steps']} step(s).",
             "",
             "| | float32 images/s | bfloat16 images/s | bfloat16 / float32 |",
@@ -112,10 +114,7 @@ def markdown(r: dict) -> str:
             f"| pitscope step (the `cpu` preset's network, fixed batch) | {rate['pitscope_step_fp32']} "
             f"| {rate['pitscope_step_bf16']} | {ratio['pitscope_step']} |",
             "",
-            "Command:",
-            "",
-            f"    {r['invocation']}",
-            "",
+            *command_lines(r["invocation"]),
         ]
     )
 

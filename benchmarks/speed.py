@@ -2,14 +2,16 @@
 
     python benchmarks/speed.py                 # writes benchmarks/results/speed.json and .md
     python benchmarks/speed.py --repeats 3 --steps 2 --output /tmp/speed   # quicker
-    python benchmarks/speed.py --name speed_float32   # another machine kind: its own files
+
+Where the `cpu` preset trains in float32 (a CPU without native bfloat16), the files are
+speed_float32.json and .md instead, so the two machine kinds keep their own records.
 
 Training: images through the network per second. A pitscope step takes B dataset images and
 feeds 2B (each with its pseudo-defective copy), so the bare ResNet-18 step is timed on 2B
 images too, with a BCE loss on one logit, SGD, no data loading. It is timed twice: in plain
-float32 (what a bare script does) and with the precision and memory format pitscope's
-`train.precision=auto` and `train.channels_last` pick on this machine (the fair measure of
-pitscope's own overhead). pitscope is timed twice too: the network step alone on a fixed
+float32 (what a bare script does) and with the precision and memory format the `cpu` preset's
+`train.precision` (bf16_where_native) and `train.channels_last` resolve to on this machine (the
+fair measure of pitscope's own overhead). pitscope is timed twice too: the network step alone on a fixed
 batch, and end to end (pseudo-defects drawn, batches built, step) as `pitscope train` runs.
 Inference: a fitted Detector (image score + anomaly map, float32) against a bare ResNet-18
 forward, batched (images/s) and one image at a time (latency). Variants are interleaved
@@ -40,7 +42,7 @@ from pitscope.config import load_config, rescale_images
 from pitscope.data import build_dataset
 from pitscope.inference import Detector
 from pitscope.models.network import DoubleSelfSupervisedNet
-from pitscope.runtime import cpu_has_bf16, resolve_precision
+from pitscope.runtime import cpu_has_bf16, precision_name, resolve_precision
 from pitscope.training import PseudoDefectPairs, compute_loss, sgd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,7 +219,11 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results"))
-    parser.add_argument("--name", default="speed", help="the results files' name: NAME.json and NAME.md")
+    parser.add_argument(
+        "--name",
+        help="the results files' name: NAME.json and NAME.md (default: speed, or speed_float32 where the preset "
+        "trains in float32)",
+    )
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -227,7 +233,7 @@ def main() -> int:
     cfg = synthetic_config(args.size, args.batch, n_train=2 * args.batch)
     dataset = build_dataset(cfg.data, "train", cfg.seed)
     dtype = resolve_precision(cfg.train.precision, torch.device("cpu"))
-    precision = "float32" if dtype is None else str(dtype).removeprefix("torch.")
+    precision = precision_name(dtype)
     n = 2 * args.batch
     train_times = time_round_robin(
         {
@@ -335,10 +341,16 @@ def main() -> int:
     }
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / f"{args.name}.md").write_text(markdown(record))
+    name = args.name or ("speed" if dtype is not None else "speed_float32")
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown(record))
     print(markdown(record))
     return 0
+
+
+def command_lines(invocation: str) -> list[str]:
+    """A results file's closing lines: the command that wrote it, as an indented block."""
+    return ["Command:", "", f"    {invocation}", ""]
 
 
 def _precision_why(s: dict) -> str:
@@ -397,10 +409,7 @@ def markdown(r: dict) -> str:
             f"{r['photo']['images_per_s']['bare_resnet18_whole_photo']} for one float32 ResNet-18 forward over the whole "
             f"photo: a ratio of {r['photo']['ratio_to_bare_whole_photo']}.",
             "",
-            "Command:",
-            "",
-            f"    {r['invocation']}",
-            "",
+            *command_lines(r["invocation"]),
         ]
     )
 

@@ -23,6 +23,7 @@ def test_fit_trains_saves_and_the_file_predicts_the_same(tmp_path, caplog, tiny_
         detector = fit(None, overrides, progress=False)
     assert isinstance(detector, Detector) and np.isfinite(float(detector.threshold))
     assert detector.metadata["training"]["epochs"] == 1 and detector.metadata["training"]["images"] == 12
+    assert detector.metadata["training"]["precision"] == "float32"  # the test's config trains in float32
     assert "training on 12 defect-free images" in caplog.text
     losses = detector.metadata["training"]["losses"]  # one record per epoch, as the log printed it
     assert [e["epoch"] for e in losses] == [1] and {"loss", "ce", "mse"} <= set(losses[0])

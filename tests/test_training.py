@@ -336,7 +336,7 @@ def test_cosine_schedule_is_logged_applied_and_resumed(tmp_path, images, monkeyp
 
 def test_bf16_on_a_cpu_without_it_warns(tmp_path, images, monkeypatch):
     for native, warned in ((False, True), (True, False)):
-        monkeypatch.setattr(training, "cpu_has_bf16", lambda native=native: native)
+        monkeypatch.setattr(runtime, "cpu_has_bf16", lambda native=native: native)
         messages = []
         cfg = make_config(tmp_path / str(native), LIGHT, "train.precision=bf16")
         train(cfg, images[:4], progress=False, echo=messages.append)
@@ -444,11 +444,14 @@ def test_precision_choices(monkeypatch):
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
         resolve_precision("fp16", cpu)
     assert resolve_precision("auto", cpu) is None  # bf16 on the CPU only when asked for
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert resolve_precision("auto", torch.device("cuda")) is torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    assert resolve_precision("auto", torch.device("cuda")) is torch.float16
-    assert resolve_precision("bf16_where_native", torch.device("cuda")) is None
+    cuda = torch.device("cuda")
+    # native only: a GPU that emulates bfloat16 (before compute capability 8) gets fp16 or float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_precision("auto", cuda) is torch.float16
+    assert resolve_precision("bf16_where_native", cuda) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_precision("auto", cuda) is torch.bfloat16
+    assert resolve_precision("bf16_where_native", cuda) is torch.bfloat16
 
 
 @pytest.mark.parametrize("native", [False, True])
@@ -460,7 +463,6 @@ def test_bf16_where_native_follows_the_cpu(native, monkeypatch):
 def test_bf16_where_native_says_what_it_chose(tmp_path, images, monkeypatch):
     for native in (False, True):
         monkeypatch.setattr(runtime, "cpu_has_bf16", lambda native=native: native)
-        monkeypatch.setattr(training, "cpu_has_bf16", lambda native=native: native)
         messages = []
         cfg = make_config(tmp_path / str(native), LIGHT, "train.precision=bf16_where_native", "train.device=cpu")
         result = train(cfg, images[:4], progress=False, echo=messages.append)
@@ -469,11 +471,15 @@ def test_bf16_where_native_says_what_it_chose(tmp_path, images, monkeypatch):
         assert line.startswith("device cpu, bfloat16") == native
         assert not any("warning" in m for m in messages)
         assert all(p.dtype == torch.float32 for p in result.model.parameters())
+        assert result.precision == ("bfloat16" if native else "float32")
 
 
-def test_the_cpu_presets_ask_for_bf16_where_native():
+@pytest.mark.parametrize("native", [False, True])
+def test_the_cpu_presets_train_in_bf16_only_where_native(native, monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: native)
     for preset in ("cpu", "surface"):
-        assert load_config(preset).train.precision == "bf16_where_native"
+        precision = load_config(preset).train.precision
+        assert resolve_precision(precision, torch.device("cpu")) is (torch.bfloat16 if native else None)
 
 
 def test_bf16_training_keeps_float32_weights_and_targets(tmp_path, images):

@@ -97,6 +97,7 @@ def fit(
         "steps": result.steps,
         "minutes": round(result.elapsed_s / 60, 2),
         "stopped_by_budget": result.stopped_by_budget,
+        "precision": result.precision,
         "losses": [
             {k: v if isinstance(v, int) else round(float(v), 5) for k, v in epoch.items()} for epoch in result.history
         ],

@@ -24,7 +24,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """
     if name == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if native_bf16(device) else torch.float16
         return None
     if name == "bf16_where_native":
         return torch.bfloat16 if native_bf16(device) else None
@@ -33,10 +33,16 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """The autocast dtype resolve_precision returned, as a word: float32, bfloat16 or float16."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
 def native_bf16(device: torch.device) -> bool:
-    """Whether `device` runs bfloat16 natively."""
+    """Whether `device` runs bfloat16 natively (not emulated: a GPU of compute capability 8 or
+    newer, a CPU with AVX-512 BF16 or AMX)."""
     if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
     return device.type == "cpu" and cpu_has_bf16()
 
 

@@ -32,7 +32,7 @@ from pitscope.config import Config, TrainConfig, from_dict, save_config, to_dict
 from pitscope.data.types import Sample
 from pitscope.files import TRAIN_LOG, atomic_save
 from pitscope.models.network import DoubleSelfSupervisedNet, NetOutput
-from pitscope.runtime import cpu_has_bf16, resolve_device, resolve_precision
+from pitscope.runtime import native_bf16, precision_name, resolve_device, resolve_precision
 from pitscope.seeding import seed_everything, worker_init_fn
 from pitscope.training_loss import PseudoDefectPairs, compute_loss
 from pitscope.training_loss import pixel_target as pixel_target  # the loop's names, kept importable here
@@ -58,6 +58,7 @@ class TrainResult:
     stopped_by_budget: bool
     history: list[dict] = field(default_factory=list)
     labelled: list[dict] = field(default_factory=list)  # the marked photos pasted from: name, sha256
+    precision: str = "float32"  # what the steps ran in: float32, bfloat16 or float16
 
 
 class _CsvLog:
@@ -270,11 +271,12 @@ def _announce(run: _Run) -> None:
     """Echo the device and precision, warning when bf16 runs emulated on this CPU and saying when
     bf16_where_native chose float32."""
     cfg, device, amp_dtype = run.cfg, run.device, run.amp_dtype
-    precision = "float32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
-    if amp_dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_bf16():
+    precision = precision_name(amp_dtype)
+    if amp_dtype == torch.bfloat16 and not native_bf16(device):
         run.echo(
-            "warning: this CPU has no native bfloat16, so train.precision=bf16 runs slower than float32 "
-            "here; --set train.precision=fp32 trains more epochs in the same budget"
+            f"warning: this {'CPU' if device.type == 'cpu' else 'GPU'} has no native bfloat16, so "
+            "train.precision=bf16 runs emulated, slower than float32, here; --set "
+            "train.precision=bf16_where_native trains in float32 and fits more epochs in the same budget"
         )
     if cfg.train.precision == "bf16_where_native" and amp_dtype is None:
         precision += f" ({device.type} without native bfloat16)"
@@ -466,7 +468,15 @@ def _finish(run: _Run, epoch: int, stopped_by_budget: bool) -> TrainResult:
     run.model.eval()
     model = run.model.to(memory_format=torch.contiguous_format)
     return TrainResult(
-        model, run.maker.n_kinds, epochs_done, run.step, run.elapsed, stopped_by_budget, run.history, run.labelled
+        model,
+        run.maker.n_kinds,
+        epochs_done,
+        run.step,
+        run.elapsed,
+        stopped_by_budget,
+        run.history,
+        run.labelled,
+        precision_name(run.amp_dtype),
     )
 
 

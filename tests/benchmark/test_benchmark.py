@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import pitscope.benchmark as benchmark
@@ -661,3 +662,61 @@ def test_bsdata_position_calibration_thresholds_per_photo_and_its_choice(monkeyp
     rows = [row("a", 0.3, 0.0, 0.9), row("b", 0.1, 0.005, 0.2), row("c", 0.05, 0.01, 0.3), row("d", 0.0, 0.02, 0.5)]
     assert choose(rows) == "c"  # within 10% flagged and 1% area: the best F1
     assert choose([rows[0], rows[3]]) == "d"  # none within both limits: the fewest flagged
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_precision_benchmark_times_each_step_in_its_precision(tmp_path, monkeypatch, native):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import precision
+
+    import pitscope.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: native)
+    built = []  # (which step, the dtype or precision it was built with)
+    bare, pitscope_step = precision.bare_train_step, precision.pitscope_train_step
+    monkeypatch.setattr(
+        precision,
+        "bare_train_step",
+        lambda n, shape, dtype, cl: built.append(("bare", dtype)) or bare(n, shape, dtype, cl),
+    )
+    monkeypatch.setattr(
+        precision,
+        "pitscope_train_step",
+        lambda cfg, ds, end_to_end: (
+            built.append(("pitscope", cfg.train.precision)) or pitscope_step(cfg, ds, end_to_end)
+        ),
+    )
+    argv = ["precision.py", "--size", "32", "--batch", "2", "--repeats", "1", "--output", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert precision.main() == 0
+
+    assert built == [("bare", None), ("pitscope", "fp32"), ("bare", torch.bfloat16), ("pitscope", "bf16")]
+    name = "precision_native_bf16" if native else "precision_no_native_bf16"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}.json", f"{name}.md"]
+    record = json.loads((tmp_path / f"{name}.json").read_text())
+    assert record["native_bf16"] is native
+    assert record["bf16_where_native_picks"] == ("bfloat16" if native else "float32")
+    rates = record["train_images_per_s"]
+    assert set(rates) == {"bare_resnet18_fp32", "bare_resnet18_bf16", "pitscope_step_fp32", "pitscope_step_bf16"}
+    assert all(v > 0 for v in rates.values())
+    ratio = record["bf16_over_fp32"]["pitscope_step"]
+    assert ratio == pytest.approx(rates["pitscope_step_bf16"] / rates["pitscope_step_fp32"], rel=0.01)
+    md = (tmp_path / f"{name}.md").read_text()
+    assert f"trains in {'bfloat16' if native else 'float32'} here" in md
+    assert "    python benchmarks/precision.py --size 32" in md
+
+
+def test_speed_markdown_says_why_the_training_precision_is_what_it_is(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import speed
+
+    settings = {"preset_precision": "bf16_where_native", "native_bf16": False}
+    assert speed._precision_why(settings) == " (the preset's `bf16_where_native`: this CPU has no native bfloat16)"
+    assert "has native bfloat16" in speed._precision_why({**settings, "native_bf16": True})
+    assert speed._precision_why({**settings, "preset_precision": "bf16"}) == ""
+    assert speed.command_lines("python benchmarks/speed.py --name x") == [
+        "Command:",
+        "",
+        "    python benchmarks/speed.py --name x",
+        "",
+    ]

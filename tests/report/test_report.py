@@ -377,3 +377,5 @@ def test_training_section_names_the_budget_stop():
     text = _training_section(None, None, training, "")
     assert "19 epochs, 380 steps, 45.0 minutes on 568 defect-free images (stopped by its time budget)." in text
     assert "stopped" not in _training_section(None, None, {**training, "stopped_by_budget": False}, "")
+    in_float32 = _training_section(None, None, {**training, "precision": "float32"}, "")
+    assert "568 defect-free images in float32 (stopped by its time budget)." in in_float32

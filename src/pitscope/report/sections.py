@@ -244,7 +244,9 @@ def _training_section(
         budget = " (stopped by its time budget)" if training.get("stopped_by_budget") else ""
         parts.append(
             f'<p class="sub">{training.get("epochs", "?")} epochs, {training.get("steps", "?")} steps, '
-            f"{training.get('minutes', '?')} minutes on {training.get('images', '?')} defect-free images{budget}.</p>"
+            f"{training.get('minutes', '?')} minutes on {training.get('images', '?')} defect-free images"
+            + (f" in {_e(training['precision'])}" if training.get("precision") else "")
+            + f"{budget}.</p>"
         )
     if labelled:
         names = ", ".join(_e(d["name"]) for d in labelled[:10]) + (", ..." if len(labelled) > 10 else "")
