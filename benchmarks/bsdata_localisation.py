@@ -13,7 +13,8 @@ train them. Without --test, every compared setting is scored on those photos onl
   each smoothing sigma;
 - the predicted region at each map: the pixel threshold as a quantile of the held-back training
   images' map values or of their maxima, a minimum region size, regions on every image or
-  only on images decided defective, and (--cores) each region cut to its core.
+  only on images decided defective, (--cores) each region cut to its core, and (--peak-maxes) the
+  largest share of the photo the peak's region of `defective_peak` may cover.
 The maps' pixel metrics (AUROC, AP, AUPRO, F1-max) and the regions' metrics (pixel F1, IoU, the
 area on defect-free photos, the area within 2x) go to benchmarks/results/<name>.json and .md.
 --merge reads --test results (one network a seed) and writes their looks side by side with the
@@ -108,11 +109,13 @@ def choose(
     references: Sequence[Path] = (),
     cores: Sequence[float] | None = None,
     regions_on: Sequence[str] = REGIONS_ON,
+    peak_maxes: Sequence[float] | None = None,
 ) -> dict:
     """Every map and region setting scored on the validation photos; with `references` (photos
     the detector was fitted on beside its training photos) those photos are not scored. cores:
     the score.region_core values compared (default: the detector's); regions_on: the
-    score.regions_on values compared."""
+    score.regions_on values compared; peak_maxes: the score.peak_region_max values compared
+    (default: the detector's; they change regions_on defective_peak only)."""
     cfg = detector.cfg
     train = build_dataset(cfg.data, "train", cfg.seed)
     if references:
@@ -136,6 +139,7 @@ def choose(
     t0 = time.perf_counter()
     val_scores, val_raw = raw_maps(detector, val, range(len(val)))
     cal_scores, cal_raw = raw_maps(detector, train, cal_idx)
+    bounds = list(peak_maxes or [cfg.score.peak_region_max])
     labels = np.asarray(val.labels)
     masks = np.stack([val[i].mask for i in range(len(val))])
     rows = []
@@ -146,8 +150,14 @@ def choose(
             pixel = evaluate_all(labels, val_scores, masks, maps)
             for rule, q in THRESHOLDS:
                 pixel_threshold = pixel_threshold_of(cal, q, rule)
-                for floor, on, core in itertools.product(MIN_FRACTIONS, regions_on, cores or [cfg.score.region_core]):
-                    regions = predicted_regions(maps, val_scores > threshold, pixel_threshold, floor, on, core)
+                for floor, on, core, peak_max in itertools.product(
+                    MIN_FRACTIONS, regions_on, cores or [cfg.score.region_core], bounds
+                ):
+                    if peak_max != bounds[0] and on != "defective_peak":
+                        continue  # the bound changes nothing else: one row
+                    regions = predicted_regions(
+                        maps, val_scores > threshold, pixel_threshold, floor, on, core, peak_max
+                    )
                     rows.append(
                         {
                             "smoothing_sigma": sigma,
@@ -157,6 +167,7 @@ def choose(
                             "min_region_fraction": floor,
                             "regions_on": on,
                             "region_core": core,
+                            "peak_region_max": peak_max,
                             **{k: pixel[k] for k in ("pixel_auroc", "pixel_ap", "aupro", "pixel_f1_max")},
                             **region_metrics(labels, masks, regions),
                         }
@@ -261,9 +272,9 @@ def pct(value) -> str:
 
 
 REGION_HEADER = (
-    "| sigma | maps | pixel threshold | min fraction | regions on | core | pixel F1 | IoU median (q1-q3) | "
-    "defect-free area median / p99 (%) | area within 2x |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "| sigma | maps | pixel threshold | min fraction | regions on | core | peak's region at most | pixel F1 | "
+    "IoU median (q1-q3) | defect-free area median / p99 (%) | area within 2x |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
 )
 
 
@@ -272,14 +283,15 @@ def region_line(r: dict) -> str:
         f"| {r['smoothing_sigma']:g} | {r['map_normalisation']} | {r['pixel_quantile']} of "
         f"{r.get('pixel_rule', 'pixels')} | "
         f"{r['min_region_fraction']:g} | {r['regions_on']} | {r.get('region_core', 0.0):g} | "
-        f"{pct(r['pixel_f1'])} | "
+        f"{r.get('peak_region_max', 0.0):g} | {pct(r['pixel_f1'])} | "
         f"{pct(r['iou_median'])} ({pct(r['iou_q1'])}-{pct(r['iou_q3'])}) | "
         f"{pct(r['normal_area_median'])} / {pct(r['normal_area_p99'])} | {pct(r['area_within_2x'])} |"
     )
 
 
 def preset_rows(run: dict) -> list[dict]:
-    """The rows of `run` at the model's own region settings (run["preset"]), one per regions_on."""
+    """The rows of `run` at the model's own region settings (run["preset"]), one per regions_on
+    and peak bound compared."""
     own = run.get("preset")
     if not own:
         return []
@@ -351,7 +363,7 @@ def write_markdown(record: dict, path: Path) -> None:
         lines += [region_line(r) for r in ranked[:12]]
         own = preset_rows(run)
         if own:
-            lines += ["", "At the model's own settings (every regions_on compared):", "", *REGION_HEADER]
+            lines += ["", "At the model's own settings (every regions_on and peak bound compared):", "", *REGION_HEADER]
             lines += [region_line(r) for r in own]
         chosen = run["chosen"]
         if not chosen["within_area_limit"]:
@@ -367,6 +379,7 @@ def write_markdown(record: dict, path: Path) -> None:
                     "min_region_fraction",
                     "regions_on",
                     "region_core",
+                    "peak_region_max",
                     "pixel_threshold_from",
                 )
             )
@@ -528,6 +541,13 @@ def main() -> int:
         help="score.regions_on values compared (choosing only)",
     )
     parser.add_argument(
+        "--peak-maxes",
+        type=float,
+        nargs="+",
+        help="score.peak_region_max values compared for regions_on defective_peak (choosing only; default: the "
+        "model's)",
+    )
+    parser.add_argument(
         "--neighbourhoods",
         type=int,
         nargs="+",
@@ -577,6 +597,7 @@ def main() -> int:
                 references=references,
                 cores=args.cores,
                 regions_on=args.regions_on,
+                peak_maxes=args.peak_maxes,
             )
             run["preset"] = {k: getattr(detector.cfg.score, k) for k in PRESET_KEYS}
             run["references"] = len(references)

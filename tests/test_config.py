@@ -133,6 +133,7 @@ def test_a_removed_option_is_refused_with_what_to_do_instead(tmp_path, key, inst
         ("score.smoothing_sigma=-1", "score.smoothing_sigma: must be >= 0"),
         ("score.neighbourhood=-1", "score.neighbourhood: must be >= 0"),
         ("score.region_core=1.2", "score.region_core: must be >= 0 and <= 1, got 1.2"),
+        ("score.peak_region_max=-0.1", "score.peak_region_max: must be >= 0 and <= 1, got -0.1"),
         ("data.synthetic.n_train=0", "data.synthetic.n_train: must be >= 1"),
         ("train.budget_minutes=0", "train.budget_minutes: must be > 0"),
     ],

@@ -149,3 +149,61 @@ def test_defective_peak_shows_the_peak_only_on_photos_decided_defective():
     np.testing.assert_array_equal(drawn[1], flagged.defect_region)
     with pytest.raises(ValueError, match="regions_on"):
         passed._replace(regions_on="peak").outline()
+
+
+def brute_force_peak_region(amap: np.ndarray, share: float, limit: int) -> np.ndarray:
+    """The component around the highest pixel of amap >= level, at the lowest level (of share x
+    peak and the values above it) where it has at most `limit` pixels, by trying every level."""
+    y, x = np.unravel_index(int(amap.argmax()), amap.shape)
+    for level in np.unique(amap[amap >= np.float32(share * amap[y, x])]):  # ascending
+        components = sk_label(amap >= level, connectivity=2)
+        region = components == components[y, x]
+        if region.sum() <= limit:
+            return region
+    raise AssertionError("the peak's own level always fits")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_peak_region_bound_matches_trying_every_level(seed):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    amap = ndimage.gaussian_filter(rng.random((40, 60)), 3).astype(np.float32)  # broad, flat hills
+    amap -= amap.min() - 0.01
+    unbounded = region_mask(amap, 10.0, core=0.7, at_least_one=True)
+    assert unbounded.sum() > 40  # the peak's region at 0.7 of the peak is wide on this map
+    for peak_max in (0.02, 0.005, 0.001, 1e-6):
+        limit = max(1, int(peak_max * amap.size))
+        bounded = region_mask(amap, 10.0, core=0.7, at_least_one=True, peak_max=peak_max)
+        np.testing.assert_array_equal(bounded, brute_force_peak_region(amap, 0.7, limit))
+        assert 1 <= bounded.sum() <= limit and not (bounded & ~unbounded).any()
+        assert bounded[np.unravel_index(int(amap.argmax()), amap.shape)]
+    # a bound the region already fits changes nothing; 0 is no bound
+    np.testing.assert_array_equal(region_mask(amap, 10.0, 0.0, 0.7, True, peak_max=1.0), unbounded)
+    np.testing.assert_array_equal(region_mask(amap, 10.0, 0.0, 0.7, True, peak_max=0.0), unbounded)
+
+
+def test_peak_region_bound_leaves_regions_above_the_threshold_alone():
+    amap = two_blobs()  # blob B: a 4 x 5 plateau at 2 around a peak of 9
+    over = region_mask(amap, 1.0, at_least_one=True, peak_max=1e-3)  # regions pass the threshold
+    np.testing.assert_array_equal(over, region_mask(amap, 1.0))
+    flat = np.full((10, 10), 3.0, np.float32)  # every pixel ties with the peak: the peak alone
+    assert np.argwhere(region_mask(flat, 5.0, core=0.5, at_least_one=True, peak_max=0.05)).tolist() == [[0, 0]]
+    with pytest.raises(ValueError, match="peak_max"):
+        region_mask(amap, 1.0, peak_max=1.5)
+
+
+def test_prediction_and_evaluation_bound_the_peaks_region():
+    from pitscope.evaluation import predicted_regions
+
+    amap = two_blobs()
+    amap[10:14, 20:25] = 8.0  # the plateau at 8 of 9: the peak's region at core 0.7 is all 20 pixels
+    amap[11, 22] = 9.0
+    amap[12, 22] = 8.5
+    flagged = Prediction(1.0, amap, True, 2.0, 10.0, 0.0, "defective_peak", 0.7)
+    assert flagged.defect_region.sum() == 20
+    bounded = flagged._replace(peak_region_max=3 / amap.size)  # 3 pixels at most: the 9 and the 8.5
+    assert np.argwhere(bounded.defect_region).tolist() == [[11, 22], [12, 22]]
+    assert [(r.area_px, r.peak) for r in bounded.regions] == [(2, 9.0)]
+    drawn = predicted_regions(amap[None], np.array([True]), 10.0, 0.0, "defective_peak", 0.7, 3 / amap.size)
+    np.testing.assert_array_equal(drawn[0], bounded.defect_region)

@@ -7,7 +7,8 @@ than a pit does, and counting them inflates the predicted area on defect-free ph
 (never below the threshold): a map's blob is wider than the defect under it, and its core is
 where the defect is. With `at_least_one`, a map that keeps no component shows the region around
 its highest pixel: the pixels connected to it at or above `core` (or, with no core, half) times
-that peak, whatever the threshold. Areas are given in the map's own pixels and as a fraction of
+that peak, whatever the threshold; with `peak_max` above 0 that region covers at most that share
+of the image (its level rises towards the peak until it fits). Areas are given in the map's own pixels and as a fraction of
 the image, so they compare across sizes.
 """
 
@@ -48,6 +49,7 @@ def label_regions(
     min_fraction: float = 0.0,
     core: float = 0.0,
     at_least_one: bool = False,
+    peak_max: float = 0.0,
 ) -> tuple[np.ndarray, int]:
     """(H, W) int32 component labels (0 = background, 1..n the kept regions) and n.
 
@@ -56,7 +58,8 @@ def label_regions(
     max(pixel_threshold, core * peak_i) (its peak always stays; a region's core may fall into
     pieces, which keep its label). NaN map values never count. With `at_least_one`, when no
     component is kept, label 1 is the component of `amap >= share * peak` around the map's
-    highest pixel (share: `core`, or `PEAK_SHARE` with no core), none when the peak is not above 0.
+    highest pixel (share: `core`, or `PEAK_SHARE` with no core), none when the peak is not above 0,
+    at most `peak_max` of the image when that is above 0 (`peak_region`).
     """
     amap = np.asarray(anomaly_map, dtype=np.float32)
     if amap.ndim != 2:
@@ -65,6 +68,8 @@ def label_regions(
         raise ValueError(f"min_fraction: expected a value in [0, 1), got {min_fraction}")
     if not 0.0 <= core <= 1.0:
         raise ValueError(f"core: expected a value in [0, 1], got {core}")
+    if not 0.0 <= peak_max <= 1.0:
+        raise ValueError(f"peak_max: expected a value in [0, 1], got {peak_max}")
     labels, count = ndimage.label(amap > pixel_threshold, structure=EIGHT)  # (H, W)
     labels = labels.astype(np.int32)
     if count and min_fraction > 0.0:
@@ -80,7 +85,7 @@ def label_regions(
         cut = np.concatenate([[np.inf], cut]).astype(np.float32)  # label 0, the background, never passes
         labels = np.where(amap >= cut[labels], labels, 0).astype(np.int32)
     if not count and at_least_one:
-        return peak_region(amap, core or PEAK_SHARE)
+        return peak_region(amap, core or PEAK_SHARE, peak_max)
     return labels, int(count)
 
 
@@ -104,16 +109,53 @@ def highest_pixel(amap: np.ndarray) -> tuple[int, int, float] | None:
     return int(y), int(x), float(finite[y, x])
 
 
-def peak_region(amap: np.ndarray, share: float) -> tuple[np.ndarray, int]:
+def peak_region(amap: np.ndarray, share: float, peak_max: float = 0.0) -> tuple[np.ndarray, int]:
     """(H, W) int32 labels with the component of `amap >= share * peak` that holds the map's
-    highest finite pixel as label 1, and 1; all zeros and 0 when no finite value is above 0."""
+    highest finite pixel as label 1, and 1; all zeros and 0 when no finite value is above 0.
+
+    With `peak_max` in (0, 1] the component covers at most max(1, floor(peak_max * H * W)) pixels:
+    when it is larger, its level is the lowest value of its own pixels at which the component
+    around the peak fits (a higher level only takes pixels away, so the search is a bisection)."""
     top = highest_pixel(amap)
     if top is None or not top[2] > 0.0:
         return np.zeros(amap.shape, dtype=np.int32), 0
     y, x, peak = top
     finite = np.where(np.isfinite(amap), amap, -np.inf)
     components, _ = ndimage.label(finite >= np.float32(share * peak), structure=EIGHT)
-    return (components == components[y, x]).astype(np.int32), 1
+    region = components == components[y, x]
+    limit = max(1, int(peak_max * amap.size))
+    if peak_max > 0.0 and int(region.sum()) > limit:
+        region = _fitted_peak_region(finite, region, (y, x), limit)
+    return region.astype(np.int32), 1
+
+
+def _fitted_peak_region(finite: np.ndarray, region: np.ndarray, top: tuple[int, int], limit: int) -> np.ndarray:
+    """The component around `top` of `finite >= level` inside `region`, at the lowest level among
+    the region's own values where it has at most `limit` pixels; the peak's pixel alone when even
+    the pixels at the peak's value are more than `limit`."""
+    box = ndimage.find_objects(region.astype(np.int32), max_label=1)[0]
+    inside = np.where(region[box], finite[box], -np.inf)
+    y, x = top[0] - box[0].start, top[1] - box[1].start
+    levels = np.unique(inside[region[box]])  # ascending; the last is the peak's value
+
+    def around(level: float) -> np.ndarray:
+        components, _ = ndimage.label(inside >= level, structure=EIGHT)
+        return components == components[y, x]
+
+    lo, hi = 0, len(levels) - 1  # around(levels[hi]) fits; find the lowest index that fits
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if int(around(levels[mid]).sum()) <= limit:
+            hi = mid
+        else:
+            lo = mid + 1
+    fitted = np.zeros_like(region)
+    kept = around(levels[lo])
+    if int(kept.sum()) > limit:  # more pixels than the limit tie at the peak's value: the peak alone
+        kept = np.zeros_like(kept)
+        kept[y, x] = True
+    fitted[box] = kept
+    return fitted
 
 
 def region_mask(
@@ -122,9 +164,10 @@ def region_mask(
     min_fraction: float = 0.0,
     core: float = 0.0,
     at_least_one: bool = False,
+    peak_max: float = 0.0,
 ) -> np.ndarray:
     """(H, W) bool: the pixels of the kept regions of `label_regions`."""
-    return label_regions(anomaly_map, pixel_threshold, min_fraction, core, at_least_one)[0] > 0
+    return label_regions(anomaly_map, pixel_threshold, min_fraction, core, at_least_one, peak_max)[0] > 0
 
 
 def find_regions(
@@ -133,9 +176,10 @@ def find_regions(
     min_fraction: float = 0.0,
     core: float = 0.0,
     at_least_one: bool = False,
+    peak_max: float = 0.0,
 ) -> list[Region]:
     """The kept regions of `label_regions`, largest first (ties by position)."""
-    return describe_regions(anomaly_map, pixel_threshold, min_fraction, core, at_least_one)[1]
+    return describe_regions(anomaly_map, pixel_threshold, min_fraction, core, at_least_one, peak_max)[1]
 
 
 def describe_regions(
@@ -144,10 +188,11 @@ def describe_regions(
     min_fraction: float = 0.0,
     core: float = 0.0,
     at_least_one: bool = False,
+    peak_max: float = 0.0,
 ) -> tuple[np.ndarray, list[Region]]:
     """(`region_mask`, `find_regions`) from one labelling of the map."""
     amap = np.asarray(anomaly_map, dtype=np.float32)
-    labels, count = label_regions(amap, pixel_threshold, min_fraction, core, at_least_one)
+    labels, count = label_regions(amap, pixel_threshold, min_fraction, core, at_least_one, peak_max)
     regions = []
     for index, box in enumerate(ndimage.find_objects(labels, max_label=count), start=1):
         inside = labels[box] == index

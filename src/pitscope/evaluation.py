@@ -61,6 +61,7 @@ def predicted_regions(
     min_fraction: float,
     regions_on: str,
     core: float = 0.0,
+    peak_max: float = 0.0,
 ) -> np.ndarray:
     """(N, H, W) bool: the predicted region of each map, as `Prediction.defect_region` draws it.
 
@@ -70,7 +71,7 @@ def predicted_regions(
     for i, amap in enumerate(maps):
         shown, at_least_one = regions_shown(regions_on, bool(decisions[i]))
         if shown:
-            regions[i] = region_mask(amap, pixel_threshold, min_fraction, core, at_least_one)
+            regions[i] = region_mask(amap, pixel_threshold, min_fraction, core, at_least_one, peak_max)
     return regions
 
 
@@ -206,6 +207,7 @@ def evaluate(
             score_cfg.min_region_fraction,
             score_cfg.regions_on,
             score_cfg.region_core,
+            score_cfg.peak_region_max,
         )
     metrics = subset_metrics(labels, scores, masks, maps if has_masks else None, regions)
     subsets = _subsets(groups or {}, labels, scores, masks, maps, regions)

@@ -222,6 +222,7 @@ class Detector(nn.Module):
                         self.cfg.score.min_region_fraction,
                         self.cfg.score.regions_on,
                         self.cfg.score.region_core,
+                        self.cfg.score.peak_region_max,
                     )
                 )
         return predictions[0] if single else predictions

@@ -21,6 +21,7 @@ class Prediction(NamedTuple):
     regions_on: "all": every image shows its regions; "defective": only images decided defective;
         "defective_peak": only those, each with at least the region around its map's peak.
     region_core: each region keeps its pixels at or above this share of its own peak (0: all of it).
+    peak_region_max: the peak's region ("defective_peak") covers at most this share of the image (0: no bound).
     """
 
     score: float
@@ -31,6 +32,7 @@ class Prediction(NamedTuple):
     min_region_fraction: float = 0.0
     regions_on: str = "all"
     region_core: float = 0.0
+    peak_region_max: float = 0.0
 
     @property
     def _shows_regions(self) -> tuple[bool, bool]:
@@ -47,7 +49,12 @@ class Prediction(NamedTuple):
         if not shown:
             return np.zeros(np.shape(self.anomaly_map), dtype=bool)
         return region_mask(
-            self.anomaly_map, self.pixel_threshold, self.min_region_fraction, self.region_core, at_least_one
+            self.anomaly_map,
+            self.pixel_threshold,
+            self.min_region_fraction,
+            self.region_core,
+            at_least_one,
+            self.peak_region_max,
         )
 
     @property
@@ -71,5 +78,10 @@ class Prediction(NamedTuple):
         if not shown:
             return np.zeros(np.shape(self.anomaly_map), dtype=bool), []
         return describe_regions(
-            self.anomaly_map, self.pixel_threshold, self.min_region_fraction, self.region_core, at_least_one
+            self.anomaly_map,
+            self.pixel_threshold,
+            self.min_region_fraction,
+            self.region_core,
+            at_least_one,
+            self.peak_region_max,
         )

@@ -568,7 +568,7 @@ def test_bsdata_localisation_lists_the_models_own_settings_for_each_regions_on(m
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from bsdata_localisation import preset_rows, write_markdown
 
-    def row(on, core, quantile, f1):
+    def row(on, core, quantile, f1, peak_max=0.0):
         return {
             "smoothing_sigma": 2.0,
             "map_normalisation": "none",
@@ -577,13 +577,19 @@ def test_bsdata_localisation_lists_the_models_own_settings_for_each_regions_on(m
             "min_region_fraction": 0.0003,
             "regions_on": on,
             "region_core": core,
+            "peak_region_max": peak_max,
             **dict.fromkeys(("pixel_auroc", "pixel_ap", "aupro", "pixel_f1_max"), 0.5),
             "pixel_f1": f1,
             **dict.fromkeys(("iou_median", "iou_q1", "iou_q3", "normal_area_median", "area_within_2x"), 0.1),
             "normal_area_p99": 0.005,
         }
 
-    rows = [row("defective", 0.7, 0.99, 0.2), row("defective_peak", 0.7, 0.99, 0.3), row("defective", 0.7, 0.9, 0.9)]
+    rows = [
+        row("defective", 0.7, 0.99, 0.2),
+        row("defective_peak", 0.7, 0.99, 0.3),
+        row("defective_peak", 0.7, 0.99, 0.4, 0.005),
+        row("defective", 0.7, 0.9, 0.9),
+    ]
     own = {
         "smoothing_sigma": 2.0,
         "map_normalisation": "none",
@@ -594,17 +600,18 @@ def test_bsdata_localisation_lists_the_models_own_settings_for_each_regions_on(m
     }
     run = {"model": "m.pt", "rows": rows, "preset": own, "image_auroc": 0.9}
     run["counts"] = {"normal": 3, "defective": 2, "calibration": 4}
-    assert preset_rows(run) == rows[:2]  # the 0.9 quantile is not the model's
+    assert preset_rows(run) == rows[:3]  # every peak bound; the 0.9 quantile is not the model's
     assert preset_rows({**run, "preset": {**own, "region_core": 0.5}}) == []
     assert preset_rows({k: v for k, v in run.items() if k != "preset"}) == []  # files written before it
-    run["chosen"] = {**rows[2], "pixel_threshold_from": "image_max", "within_area_limit": True}
+    run["chosen"] = {**rows[3], "pixel_threshold_from": "image_max", "within_area_limit": True}
     path = tmp_path / "out.md"
     machine = {"platform": "Linux", "cpu_count": 2, "torch": "2"}
     write_markdown({"command": "c", "commit": "abc", "date": "d", "machine": machine, "runs": [run]}, path)
     text = path.read_text()
     section = text.split("At the model's own settings")[1].split("Chosen:")[0]
-    assert "| defective | 0.7 | 20.00 |" in section and "| defective_peak | 0.7 | 30.00 |" in section
-    assert "90.00" not in section
+    assert "| defective | 0.7 | 0 | 20.00 |" in section and "| defective_peak | 0.7 | 0 | 30.00 |" in section
+    assert "| defective_peak | 0.7 | 0.005 | 40.00 |" in section and "90.00" not in section
+    assert "score.peak_region_max=0.0" in text.split("Chosen:")[1]
 
 
 def test_paired_scores_compares_two_evaluations_on_the_photos_both_scored(monkeypatch, tmp_path):

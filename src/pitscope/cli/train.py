@@ -129,6 +129,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "min_region_fraction",
         "regions_on",
         "region_core",
+        "peak_region_max",
     }
     _refuse_trained_changes(cfg, detector.cfg, "evaluate", f"data.* and score.{{{', '.join(sorted(post_hoc))}}}")
     changed = [k for k, v in to_dict(cfg)["score"].items() if v != to_dict(detector.cfg)["score"][k]]
@@ -268,7 +269,7 @@ def add_parsers(sub) -> None:
     add_set_arg(
         p,
         "override the model's data config (data.*), or score.map_normalisation / smoothing_sigma / "
-        "image_method / min_region_fraction / regions_on / region_core",
+        "image_method / min_region_fraction / regions_on / region_core / peak_region_max",
     )
     p.add_argument("--output-dir", help="where metrics.json and scores.csv go (default: beside the model, eval/)")
     p.add_argument("--report", action="store_true", help="also write an HTML report to OUTPUT_DIR/report/report.html")

@@ -93,6 +93,7 @@ def _analyse(
         detector.cfg.score.min_region_fraction,
         detector.cfg.score.regions_on,
         detector.cfg.score.region_core,
+        detector.cfg.score.peak_region_max,
     )  # (N, H, W) bool, as the pages draw them
     curves, pixel_at_threshold = _curves(labels, scores, masks, maps, region)
     picks = pick_gallery(labels, scores, threshold, gallery_size)
