@@ -153,8 +153,10 @@ def choose(
                 for floor, on, core, peak_max in itertools.product(
                     MIN_FRACTIONS, regions_on, cores or [cfg.score.region_core], bounds
                 ):
-                    if peak_max != bounds[0] and on != "defective_peak":
-                        continue  # the bound changes nothing else: one row
+                    if on != "defective_peak":
+                        if peak_max != bounds[0]:
+                            continue  # the bound acts on defective_peak only: one row of the others
+                        peak_max = 0.0
                     regions = predicted_regions(
                         maps, val_scores > threshold, pixel_threshold, floor, on, core, peak_max
                     )
@@ -554,6 +556,8 @@ def main() -> int:
         help="score.neighbourhood values compared on the same fitted Gaussians (choosing only; default: the model's)",
     )
     args = parser.parse_args()
+    if any(not 0.0 <= b <= 1.0 for b in args.peak_maxes or []):
+        parser.error("--peak-maxes: each a share of the photo in [0, 1] (0: no bound)")
     if args.neighbourhoods and args.test:
         parser.error("--neighbourhoods compares settings on validation; with --test give --set score.neighbourhood=N")
     command = "python benchmarks/bsdata_localisation.py " + " ".join(sys.argv[1:])

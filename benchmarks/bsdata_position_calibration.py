@@ -45,7 +45,7 @@ from pitscope.data import build_dataset
 from pitscope.data.bsdata import bsdata_root, position_files, read_positions, read_split
 from pitscope.data.dataset import AnomalyDataset
 from pitscope.data.sequences import capture_time
-from pitscope.evaluation import predicted_regions
+from pitscope.evaluation import regions_at_settings
 from pitscope.inference import Detector
 from pitscope.metrics import evaluate_all, region_metrics
 from pitscope.scoring import pixel_threshold_of
@@ -86,14 +86,7 @@ def measure(labels, masks, scores, maps, image_thresholds, pixel_thresholds, sco
     regions = np.zeros(maps.shape, dtype=bool)
     for t in np.unique(pixel_thresholds):
         mine = pixel_thresholds == t
-        regions[mine] = predicted_regions(
-            maps[mine],
-            decisions[mine],
-            float(t),
-            score_cfg.min_region_fraction,
-            score_cfg.regions_on,
-            score_cfg.region_core,
-        )
+        regions[mine] = regions_at_settings(maps[mine], decisions[mine], float(t), score_cfg)
     normal = labels == 0
     return {
         "flagged_defect_free": float(decisions[normal].mean()),

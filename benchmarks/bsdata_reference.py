@@ -36,7 +36,7 @@ from pitscope.data import build_dataset
 from pitscope.data.bsdata import bsdata_root, position_files, read_positions
 from pitscope.data.dataset import AnomalyDataset
 from pitscope.data.sequences import capture_time
-from pitscope.evaluation import predicted_regions
+from pitscope.evaluation import regions_at_settings
 from pitscope.fitting import refit
 from pitscope.inference import Detector
 from pitscope.metrics import evaluate_all, region_metrics
@@ -63,11 +63,8 @@ def measure(detector: Detector, judged: AnomalyDataset) -> dict:
     labels = np.asarray(judged.labels)
     masks = np.stack([judged[i].mask for i in range(len(judged))])
     pixel = evaluate_all(labels, scores, masks, maps)
-    score = detector.cfg.score
     decisions = scores > float(detector.threshold)
-    regions = predicted_regions(
-        maps, decisions, float(detector.pixel_threshold), score.min_region_fraction, score.regions_on, score.region_core
-    )
+    regions = regions_at_settings(maps, decisions, float(detector.pixel_threshold), detector.cfg.score)
     map_max = evaluate_all(labels, maps.reshape(len(maps), -1).max(axis=1))
     normal = labels == 0
     return {

@@ -207,3 +207,28 @@ def test_prediction_and_evaluation_bound_the_peaks_region():
     assert [(r.area_px, r.peak) for r in bounded.regions] == [(2, 9.0)]
     drawn = predicted_regions(amap[None], np.array([True]), 10.0, 0.0, "defective_peak", 0.7, 3 / amap.size)
     np.testing.assert_array_equal(drawn[0], bounded.defect_region)
+
+
+def test_peak_region_bound_edges():
+    # a peak of 9 over a ring: 3 pixels at 8 (the region at 8 has exactly 4 pixels), 6 more at 7
+    amap = np.zeros((12, 12), np.float32)
+    amap[5, 5] = 9.0
+    amap[5, 6] = amap[6, 5] = amap[6, 6] = 8.0
+    amap[4, 4:7] = amap[5, 4] = amap[6, 4] = amap[7, 5] = 7.0
+    size = amap.size  # 144
+    at = {k: region_mask(amap, 20.0, core=0.7, at_least_one=True, peak_max=k / size) for k in (4, 9, 10)}
+    assert at[4].sum() == 4 and at[4][5:7, 5:7].all()  # exactly the limit fits
+    assert at[9].sum() == 4  # the region at 7 holds 10 pixels: one too many
+    assert at[10].sum() == 10
+    # the limit is floor(peak_max * H * W) pixels, never fewer than 1: 3.99 pixels allow 3, so the peak alone
+    assert np.argwhere(region_mask(amap, 20.0, core=0.7, at_least_one=True, peak_max=3.99 / size)).tolist() == [[5, 5]]
+    assert region_mask(amap, 20.0, core=0.7, at_least_one=True, peak_max=1e-9).sum() == 1
+    # NaN and -inf beside the peak never join the region
+    holes = amap.copy()
+    holes[5, 6], holes[4, 5] = np.nan, -np.inf
+    bounded = region_mask(holes, 20.0, core=0.7, at_least_one=True, peak_max=3 / size)
+    assert np.argwhere(bounded).tolist() == [[5, 5], [6, 5], [6, 6]]
+    # a plateau tying at the peak, larger than the limit, away from the corner: its first pixel alone
+    plateau = np.zeros((12, 12), np.float32)
+    plateau[6:9, 3:7] = 5.0
+    assert np.argwhere(region_mask(plateau, 20.0, core=0.5, at_least_one=True, peak_max=4 / size)).tolist() == [[6, 3]]

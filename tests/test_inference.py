@@ -421,6 +421,30 @@ def test_prediction_defect_region_is_the_map_above_the_pixel_threshold():
     np.testing.assert_array_equal(p.defect_region, [[False, True], [False, False]])
 
 
+def test_the_peak_regions_bound_reaches_predict_and_evaluate(fitted):
+    """score.peak_region_max bounds the region around each flagged photo's peak in what `predict`
+    returns and in what `evaluate` measures."""
+    from pitscope.evaluation import evaluate
+
+    _, path, _, test_split = fitted
+    detector = Detector.load(path)
+    score = detector.cfg.score
+    score.regions_on, score.region_core = "defective_peak", 0.1  # a wide peak's region
+    detector.threshold.fill_(-1.0)  # every photo decided defective
+    detector.pixel_threshold.fill_(1e9)  # no region above the pixel threshold: the peak's region only
+    image = test_split[0].image  # 64 x 64
+    wide = detector.predict(image)
+    assert wide.peak_region_max == 0.0 and wide.defect_region.sum() > 40
+    unbounded = evaluate(detector, test_split, progress=False)["metrics"]
+    score.peak_region_max = 10 / 4096  # at most 10 of the 64 x 64 pixels
+    bounded = detector.predict(image)
+    assert bounded.peak_region_max == score.peak_region_max
+    assert 1 <= bounded.defect_region.sum() <= 10 and not (bounded.defect_region & ~wide.defect_region).any()
+    measured = evaluate(detector, test_split, progress=False)["metrics"]
+    assert unbounded["normal_area_p99"] > 40 / 4096
+    assert 0 < measured["normal_area_median"] <= measured["normal_area_p99"] <= 10 / 4096 + 1e-9
+
+
 def test_batchnorm_statistics_are_recomputed_on_the_fitting_images_only():
     """score.recompute_batchnorm: the first BatchNorm's running mean and variance become the average
     over equal batches of the fitting images of their batch mean and unbiased variance; the

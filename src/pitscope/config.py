@@ -199,7 +199,9 @@ class ScoreConfig:
     region_core: float = 0.0  # each region keeps its pixels at or above this share of its own peak (0: all)
     regions_on: str = "all"  # all | defective | defective_peak: regions on every image, or on images decided
     # defective, or on those with at least the region around the map's peak
-    peak_region_max: float = 0.0  # the peak's region (defective_peak) covers at most this share of the image (0: no bound)
+    # the peak's region (defective_peak) covers at most this share of the image, its peak pixel at
+    # least (0: no bound)
+    peak_region_max: float = 0.0
     calibration_fraction: float = 0.1  # held back from fitting, to calibrate the thresholds on
     # Where the image threshold's defect-free scores come from. out_of_fold: every training image,
     # scored by a Gaussian refitted without it (1 / calibration_fraction folds, so each refit sees

@@ -8,7 +8,8 @@ than a pit does, and counting them inflates the predicted area on defect-free ph
 where the defect is. With `at_least_one`, a map that keeps no component shows the region around
 its highest pixel: the pixels connected to it at or above `core` (or, with no core, half) times
 that peak, whatever the threshold; with `peak_max` above 0 that region covers at most that share
-of the image (its level rises towards the peak until it fits). Areas are given in the map's own pixels and as a fraction of
+of the image (its level rises towards the peak until it fits; the peak's pixel always stays, and
+the size floor `min_fraction` does not apply to it). Areas are given in the map's own pixels and as a fraction of
 the image, so they compare across sizes.
 """
 
@@ -142,7 +143,7 @@ def _fitted_peak_region(finite: np.ndarray, region: np.ndarray, top: tuple[int, 
         components, _ = ndimage.label(inside >= level, structure=EIGHT)
         return components == components[y, x]
 
-    lo, hi = 0, len(levels) - 1  # around(levels[hi]) fits; find the lowest index that fits
+    lo, hi = 0, len(levels) - 1  # the lowest index that fits (or the last: pixels tying at the peak, below)
     while lo < hi:
         mid = (lo + hi) // 2
         if int(around(levels[mid]).sum()) <= limit:

@@ -75,6 +75,19 @@ def predicted_regions(
     return regions
 
 
+def regions_at_settings(maps: np.ndarray, decisions: np.ndarray, pixel_threshold: float, score) -> np.ndarray:
+    """`predicted_regions` at a model's region settings (`score`: its config's score section)."""
+    return predicted_regions(
+        maps,
+        decisions,
+        pixel_threshold,
+        score.min_region_fraction,
+        score.regions_on,
+        score.region_core,
+        score.peak_region_max,
+    )
+
+
 def subset_metrics(
     labels: np.ndarray,
     scores: np.ndarray,
@@ -197,18 +210,9 @@ def evaluate(
     masks = np.stack([dataset[i].mask for i in range(len(dataset))]) if has_masks else None
     threshold = float(detector.threshold)
     decisions = scores > threshold
-    score_cfg = detector.cfg.score
     regions = None
     if has_masks:
-        regions = predicted_regions(
-            maps,
-            decisions,
-            float(detector.pixel_threshold),
-            score_cfg.min_region_fraction,
-            score_cfg.regions_on,
-            score_cfg.region_core,
-            score_cfg.peak_region_max,
-        )
+        regions = regions_at_settings(maps, decisions, float(detector.pixel_threshold), detector.cfg.score)
     metrics = subset_metrics(labels, scores, masks, maps if has_masks else None, regions)
     subsets = _subsets(groups or {}, labels, scores, masks, maps, regions)
     return _result(metrics, subsets, labels, scores, decisions, threshold, list(dataset.paths), len(left_out), t0)

@@ -21,7 +21,8 @@ class Prediction(NamedTuple):
     regions_on: "all": every image shows its regions; "defective": only images decided defective;
         "defective_peak": only those, each with at least the region around its map's peak.
     region_core: each region keeps its pixels at or above this share of its own peak (0: all of it).
-    peak_region_max: the peak's region ("defective_peak") covers at most this share of the image (0: no bound).
+    peak_region_max: the peak's region ("defective_peak") covers at most this share of the image, its
+        peak pixel at least (0: no bound).
     """
 
     score: float
@@ -44,7 +45,7 @@ class Prediction(NamedTuple):
         (the connected components of anomaly_map > pixel_threshold of at least min_region_fraction
         of the image, each cut to its core (region_core); none on an image passed as defect-free
         when regions_on is "defective" or "defective_peak", at least the peak's region on an image
-        decided defective with "defective_peak")."""
+        decided defective with "defective_peak", at most peak_region_max of the image when above 0)."""
         shown, at_least_one = self._shows_regions
         if not shown:
             return np.zeros(np.shape(self.anomaly_map), dtype=bool)

@@ -654,7 +654,7 @@ def test_bsdata_position_calibration_thresholds_per_photo_and_its_choice(monkeyp
     masks[1, 2:4, 2:4] = masks[3, 2:4, 2:4] = True
     labels = np.array([0, 1, 0, 1])
     scores = np.array([1.0, 3.0, 1.0, 3.0])
-    cfg = SimpleNamespace(min_region_fraction=0.0, regions_on="all", region_core=0.0)
+    cfg = SimpleNamespace(min_region_fraction=0.0, regions_on="all", region_core=0.0, peak_region_max=0.0)
     # position A (photos 0, 1) at thresholds 0.5, position B (photos 2, 3) at 2.0
     got = measure(labels, masks, scores, maps, np.array([0.5, 0.5, 2.0, 2.0]), np.array([0.5, 0.5, 2.0, 2.0]), cfg)
     assert got["flagged_defect_free"] == 0.5 and got["flagged_pitting"] == 1.0  # photo 0 flagged, photo 2 not
@@ -727,3 +727,27 @@ def test_speed_markdown_says_why_the_training_precision_is_what_it_is(monkeypatc
         "    python benchmarks/speed.py --name x",
         "",
     ]
+
+
+def test_run_keys_and_config_hashes_are_unchanged_by_a_peak_bound_of_zero():
+    """Runs and test looks recorded before score.peak_region_max keep their keys and hashes; a bound
+    set changes both."""
+    import hashlib
+
+    from pitscope.benchmark.provenance import config_hash
+    from pitscope.benchmark.runs import config_key
+    from pitscope.benchmark.suites import Variant
+    from pitscope.config import apply_overrides, to_dict
+
+    cfg = load_config("cpu")
+    values = to_dict(cfg)
+    values["score"].pop("peak_region_max")  # a config as written before the setting
+    assert config_hash(cfg) == hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+    values.pop("output_dir")
+    values["data"].pop("split_file")
+    values["peer"] = None
+    assert config_key(cfg, Variant("p")) == hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
+    bounded = apply_overrides(cfg, ["score.peak_region_max=0.005"])
+    assert config_hash(bounded) != config_hash(cfg) and config_key(bounded, Variant("p")) != config_key(
+        cfg, Variant("p")
+    )

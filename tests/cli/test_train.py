@@ -135,6 +135,8 @@ def test_evaluate_accepts_post_hoc_score_options_only(tmp_path, fit_tiny_detecto
     _, model, _ = fit_tiny_detector(tmp_path)
     assert main(["evaluate", str(model), "--quiet", "--set", "score.map_normalisation=none"]) == 0
     assert load_config(str(tmp_path / "eval" / "config.yaml")).score.map_normalisation == "none"
+    assert main(["evaluate", str(model), "--quiet", "--set", "score.peak_region_max=0.01"]) == 0
+    assert load_config(str(tmp_path / "eval" / "config.yaml")).score.peak_region_max == 0.01
     assert main(["evaluate", str(model), "--quiet", "--set", "score.pixel_stages=[layer1]"]) == 2
     assert "cannot change after fitting" in capsys.readouterr().err
     assert main(["evaluate", str(model), "--quiet", "--set", "model.target=rgb"]) == 2

@@ -68,6 +68,8 @@ def config_hash(cfg) -> str:
     values = to_dict(cfg)
     if not values["data"].get("keep_aspect", False):
         values["data"].pop("keep_aspect", None)  # the hashes of models from before data.keep_aspect stay
+    if not values["score"].get("peak_region_max", 0.0):
+        values["score"].pop("peak_region_max", None)  # ... and from before score.peak_region_max
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -90,6 +90,8 @@ def config_key(cfg: Config, variant: Variant, coreset_ratio: float = CORESET_RAT
     values["data"].pop("split_file")
     if not values["data"]["keep_aspect"]:
         values["data"].pop("keep_aspect")  # the keys of runs from before data.keep_aspect stay
+    if not values["score"]["peak_region_max"]:
+        values["score"].pop("peak_region_max")  # ... and from before score.peak_region_max
     values["peer"] = variant.peer
     if variant.peer == "patchcore":
         values["coreset_ratio"] = coreset_ratio

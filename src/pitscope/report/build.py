@@ -15,7 +15,7 @@ import numpy as np
 
 from pitscope import __version__
 from pitscope.data.types import SampleSet
-from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, evaluate, predicted_regions, write_evaluation
+from pitscope.evaluation import METRIC_NAMES, PAPER_BSDATA, evaluate, regions_at_settings, write_evaluation
 from pitscope.files import TRAIN_LOG, json_safe
 from pitscope.inference import Detector
 from pitscope.report.analysis import (
@@ -86,14 +86,8 @@ def _analyse(
         masks = np.stack([dataset[i].mask for i in range(len(dataset))])  # (N, H, W)
 
     flagged = scores > threshold
-    region = predicted_regions(
-        maps,
-        flagged,
-        pixel_threshold,
-        detector.cfg.score.min_region_fraction,
-        detector.cfg.score.regions_on,
-        detector.cfg.score.region_core,
-        detector.cfg.score.peak_region_max,
+    region = regions_at_settings(
+        maps, flagged, pixel_threshold, detector.cfg.score
     )  # (N, H, W) bool, as the pages draw them
     curves, pixel_at_threshold = _curves(labels, scores, masks, maps, region)
     picks = pick_gallery(labels, scores, threshold, gallery_size)
