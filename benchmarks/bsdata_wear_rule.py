@@ -4,7 +4,8 @@
 
 Reads the per-image curves a `bsdata_wear.py` run stored (predicted and true area fractions over
 days; every image measured by a model that never trained on its sequence) and replays
-`pitscope.growth.AlertRule` over a grid of area and growth limits. Each sequence is one BSData
+`pitscope.growth.AlertRule` over a grid of area and growth limits and of how many images in a row
+a condition must hold (`--alert-confirm`; 1 only with --confirms 1). Each sequence is one BSData
 position; the versioned position split names the validation and test positions. On the validation
 sequences, a rule is acceptable when it alerts on every sequence with pitting no later than
 --max-late-days after its first true pitting; the rule chosen is the acceptable one with the
@@ -34,6 +35,7 @@ from pitscope.wear.summary import evaluate_alerts, spearman
 
 AREAS = (None, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)  # fractions of the surface
 GROWTHS = (None, 0.001, 0.005, 0.01, 0.02, 0.05)  # fractions of the surface a day
+CONFIRMS = (1, 2, 3)  # images in a row a condition holds on before it alerts
 
 
 def replay(curves: dict, names: list[str], rule: AlertRule) -> dict:
@@ -82,10 +84,11 @@ def choose(rows: list[dict], max_late_days: float) -> dict | None:
     return min(ok, key=lambda r: (r["validation"]["false_alerts"], -(r["validation"]["median_lead_days"] or 0.0)))
 
 
-def describe(area: float | None, growth: float | None) -> str:
+def describe(area: float | None, growth: float | None, confirm: int = 1) -> str:
     parts = [f"area > {100 * area:g}%" if area is not None else None]
     parts.append(f"growth > {100 * growth:g} points/day" if growth is not None else None)
-    return " or ".join(p for p in parts if p)
+    text = " or ".join(p for p in parts if p)
+    return text if confirm == 1 else f"{text}, {confirm} images in a row"
 
 
 def markdown(record: dict) -> str:
@@ -147,6 +150,13 @@ def main() -> int:
     parser.add_argument("wear_json", type=Path, help="a bsdata_wear.py result (its curves)")
     parser.add_argument("--max-late-days", type=float, default=2.0, help="latest alert allowed (default 2 days)")
     parser.add_argument("--name", default="bsdata_wear_rule")
+    parser.add_argument(
+        "--confirms",
+        type=int,
+        nargs="+",
+        default=list(CONFIRMS),
+        help="images in a row a condition must hold on, compared (default: 1 2 3)",
+    )
     args = parser.parse_args()
     try:
         source = json.loads(args.wear_json.read_text())
@@ -159,15 +169,18 @@ def main() -> int:
     validation = [n for n in positions["validation"] if n in curves]
     test = [n for n in positions["test"] if n in curves]
     rows = []
-    for area, growth in itertools.product(AREAS, GROWTHS):
+    if any(k < 1 for k in args.confirms):
+        parser.error("--confirms: each a whole number >= 1")
+    for area, growth, confirm in itertools.product(AREAS, GROWTHS, args.confirms):
         if area is None and growth is None:
             continue
-        rule = AlertRule(area_fraction_above=area, growth_per_day_above=growth)
+        rule = AlertRule(area_fraction_above=area, growth_per_day_above=growth, confirm_images=confirm)
         rows.append(
             {
-                "rule": describe(area, growth),
+                "rule": describe(area, growth, confirm),
                 "area": area,
                 "growth": growth,
+                "confirm": confirm,
                 "validation": replay(curves, validation, rule),
             }
         )
@@ -191,7 +204,7 @@ def main() -> int:
         },
     }
     if pick is not None:
-        rule = AlertRule(area_fraction_above=pick["area"], growth_per_day_above=pick["growth"])
+        rule = AlertRule(pick["area"], pick["growth"], confirm_images=pick.get("confirm", 1))
         record["chosen"] = {**pick, "test": replay(curves, test, rule)}
     write_result(args.name, record, markdown(record))
     return 0

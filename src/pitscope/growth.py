@@ -40,7 +40,9 @@ class AlertRule:
     """Alert on an image when its predicted area is above `area_fraction_above` (a fraction of
     the inspected surface), or when the predicted area grew faster than `growth_per_day_above`
     (fraction of the surface per day: the `trailing_growth` slope over the last `window_days`).
-    None switches a part off. The default area, 0.5 % of the surface, is five times the share
+    None switches a part off. With `confirm_images` k > 1 a part alerts only on an image where
+    its condition holds on that image and on the k - 1 images before it, so one stray image does
+    not alert. The default area, 0.5 % of the surface, is five times the share
     of pixels the pixel threshold lets through on defect-free images at its default quantile
     (0.999); the default growth, 0.1 percentage points a day, is a third of how fast BSData's
     true pitting grows in its steepest days."""
@@ -48,6 +50,7 @@ class AlertRule:
     area_fraction_above: float | None = 0.005
     growth_per_day_above: float | None = 0.001
     window_days: float = 1.0
+    confirm_images: int = 1
 
     def __post_init__(self):
         if self.area_fraction_above is None and self.growth_per_day_above is None:
@@ -58,6 +61,8 @@ class AlertRule:
                 raise ValueError(f"alert rule: {name} must be a number >= 0 or off, got {value}")
         if not (math.isfinite(self.window_days) and self.window_days > 0):
             raise ValueError(f"alert rule: window_days must be > 0, got {self.window_days}")
+        if isinstance(self.confirm_images, bool) or not isinstance(self.confirm_images, int) or self.confirm_images < 1:
+            raise ValueError(f"alert rule: confirm_images must be a whole number >= 1, got {self.confirm_images!r}")
 
     def describe(self) -> str:
         parts = []
@@ -68,14 +73,25 @@ class AlertRule:
                 f"growing faster than {100 * self.growth_per_day_above:.3g} percentage points a day "
                 f"over the last {self.window_days:g} day(s)"
             )
-        return " or ".join(parts)
+        text = " or ".join(parts)
+        return text if self.confirm_images == 1 else f"{text}, each on {self.confirm_images} images in a row"
 
     def fires(self, days: ArrayLike, fractions: ArrayLike) -> np.ndarray:
         """(N,) bool: the images the rule alerts on, given days and predicted area fractions."""
         area = np.asarray(fractions, dtype=np.float64)  # (N,)
         hits = np.zeros(area.size, dtype=np.bool_)
         if self.area_fraction_above is not None:
-            hits |= area > self.area_fraction_above
+            hits |= held_in_a_row(area > self.area_fraction_above, self.confirm_images)
         if self.growth_per_day_above is not None:
-            hits |= trailing_growth(days, area, self.window_days) > self.growth_per_day_above  # NaN: no
+            growing = trailing_growth(days, area, self.window_days) > self.growth_per_day_above  # NaN: no
+            hits |= held_in_a_row(growing, self.confirm_images)
         return hits
+
+
+def held_in_a_row(holds: np.ndarray, k: int) -> np.ndarray:
+    """(N,) bool: where `holds` is true on that image and on the k - 1 images before it."""
+    out = np.asarray(holds, dtype=np.bool_).copy()
+    for back in range(1, k):
+        out[back:] &= holds[:-back]
+        out[:back] = False
+    return out

@@ -492,7 +492,7 @@ def test_bsdata_wear_sums_its_measures_by_position_role(monkeypatch):
 
 def test_bsdata_wear_rule_replays_a_rule_and_chooses_on_validation(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    from bsdata_wear_rule import choose, replay
+    from bsdata_wear_rule import choose, describe, replay
 
     from pitscope.growth import AlertRule
 
@@ -512,6 +512,11 @@ def test_bsdata_wear_rule_replays_a_rule_and_chooses_on_validation(monkeypatch):
     assert late["latest_days"] == 1.0  # the first alert on day 4, a day after the first pits
 
     assert m["leads"] == [2.0] and late["leads"] == [-1.0]
+    twice = replay(curves, ["early", "clean"], AlertRule(0.02, None, confirm_images=2))
+    assert (twice["leads"], twice["false_alerts"]) == ([1.0], 1)  # from day 2: the second image above 2%
+    assert (
+        describe(0.02, None, 2) == "area > 2%, 2 images in a row" and describe(None, 0.001) == "growth > 0.1 points/day"
+    )
 
     def row(false_alerts, leads, with_pitting=1):
         v = {

@@ -287,3 +287,24 @@ def test_a_database_that_cannot_be_written_from_the_start_still_serves(fitted, t
     assert "read-only" in answer.json()["not_recorded_because"]
     assert info["history"]["threshold_version"] == 0 and info["history"]["writable"] is False
     assert store.count() == 0
+
+
+def test_serve_passes_the_alert_rule_it_was_given_to_the_history(fitted, history_url, monkeypatch, capsys):
+    """`pitscope serve --alert-confirm K` reaches the recorder's rule, which the trend answers with."""
+    import pitscope.serve as serve_module
+    from pitscope.cli import main
+    from pitscope.serve.service import build_app
+
+    _, model = fitted
+    given = {}
+    monkeypatch.setattr(serve_module, "run_service", lambda settings, **kw: given.update(settings))
+    args = ["serve", str(model), "--db", history_url, "--alert-area", "0", "--alert-growth", "off"]
+    assert main([*args, "--alert-confirm", "2"]) == 0
+    client = TestClient(build_app(given))
+    with client:
+        assert post(client, png(0), part="p1").status_code == 200
+        rule = client.get("/parts/p1/trend").json()["rule"]
+    assert rule["confirm_images"] == 2 and rule["growth_per_day_above"] is None and "2 images in a row" in rule["text"]
+    with pytest.raises(SystemExit):
+        main([*args, "--alert-confirm", "0"])
+    assert "expected an integer >= 1" in capsys.readouterr().err

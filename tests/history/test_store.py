@@ -441,6 +441,7 @@ DAYS = [0.0, 0.25, 0.5, 1.0, 1.5, 1.75, 2.0, 2.5, 3.0, 3.25, 3.5, 4.5, 5.0, 5.1]
 PIXELS = [10, 12, 11, 12, 40, 70, 95, 96, 94, 60, 30, 31, 60, 90]
 GROWTH = AlertRule(area_fraction_above=None, growth_per_day_above=0.001, window_days=1.0)
 BOTH = AlertRule(area_fraction_above=0.008, growth_per_day_above=0.001, window_days=1.0)
+CONFIRMED = AlertRule(area_fraction_above=0.008, growth_per_day_above=0.001, window_days=1.0, confirm_images=2)
 
 
 def _series(store, mid, tv, rule) -> list[list[dict]]:
@@ -457,9 +458,10 @@ def test_the_series_is_far_from_the_limits():
     margin = np.abs(growth[~np.isnan(growth)] - GROWTH.growth_per_day_above)
     assert margin.min() > 1e-5 and np.abs(fractions - BOTH.area_fraction_above).min() > 1e-5
     assert 0 < GROWTH.fires(DAYS, fractions).sum() < len(DAYS)  # a series that tells the rules apart
+    assert 0 < CONFIRMED.fires(DAYS, fractions).sum() < BOTH.fires(DAYS, fractions).sum()
 
 
-@pytest.mark.parametrize("rule", [GROWTH, BOTH], ids=["growth", "area and growth"])
+@pytest.mark.parametrize("rule", [GROWTH, BOTH, CONFIRMED], ids=["growth", "area and growth", "two in a row"])
 def test_the_live_rule_holds_exactly_where_alert_rule_fires_offline(store, model, rule):
     """Acknowledging each alert as it is raised lifts suppression, so an alert is raised at
     every inspection where a condition holds: compare each condition with the offline rule."""
@@ -467,8 +469,9 @@ def test_the_live_rule_holds_exactly_where_alert_rule_fires_offline(store, model
     fractions = np.array(PIXELS) / 10_000
     expected = {}
     if rule.area_fraction_above is not None:
-        expected["area"] = AlertRule(rule.area_fraction_above, None).fires(DAYS, fractions)
-    expected["growth"] = AlertRule(None, rule.growth_per_day_above, rule.window_days).fires(DAYS, fractions)
+        expected["area"] = AlertRule(rule.area_fraction_above, None, 1.0, rule.confirm_images).fires(DAYS, fractions)
+    growth_alone = AlertRule(None, rule.growth_per_day_above, rule.window_days, rule.confirm_images)
+    expected["growth"] = growth_alone.fires(DAYS, fractions)
     live = {name: [] for name in expected}
     growth = trailing_growth(DAYS, fractions, rule.window_days)
     for k, (day, px) in enumerate(zip(DAYS, PIXELS)):

@@ -276,6 +276,26 @@ def test_alert_on_growth_alone():
         AlertRule(window_days=0)
 
 
+def test_alert_confirmed_on_images_in_a_row():
+    days = np.arange(8) * 0.5
+    predicted = np.array([0.001, 0.006, 0.001, 0.006, 0.007, 0.008, 0.001, 0.009])
+    once = AlertRule(area_fraction_above=0.005, growth_per_day_above=None)
+    assert once.fires(days, predicted).tolist() == [False, True, False, True, True, True, False, True]
+    twice = AlertRule(area_fraction_above=0.005, growth_per_day_above=None, confirm_images=2)
+    assert twice.fires(days, predicted).tolist() == [False, False, False, False, True, True, False, False]
+    thrice = AlertRule(0.005, None, confirm_images=3)
+    assert thrice.fires(days, predicted).tolist() == [False] * 5 + [True, False, False]
+    assert "each on 3 images in a row" in thrice.describe() and "in a row" not in once.describe()
+    # each condition is confirmed on its own: the area holds on images 1-2, the growth on image 1 alone
+    mixed = AlertRule(0.005, 0.001, window_days=0.5, confirm_images=2)
+    area = np.array([0.0, 0.006, 0.006, 0.0])
+    assert AlertRule(0.005, 0.001, 0.5).fires(days[:4], area).tolist() == [False, True, True, False]
+    assert mixed.fires(days[:4], area).tolist() == [False, False, True, False]
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="confirm_images"):
+            AlertRule(confirm_images=bad)
+
+
 # -- the split over sequences ----------------------------------------------------------------
 def test_folds_partition_the_sequences_and_never_train_on_a_held_out_sequence(tree):
     sequences = read_sequences(tree)
@@ -325,6 +345,7 @@ def test_wear_help(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "MODEL" in out and "--alert-area" in out and "--alert-growth" in out and "--allow-overlap" in out
+    assert "--alert-confirm" in out
 
 
 def test_wear_cli_measures_each_sequence_with_the_model_of_its_fold(tree, fold_models, wear_run):

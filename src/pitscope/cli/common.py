@@ -74,6 +74,11 @@ def non_negative_int(text: str) -> int:
     return _checked(text, int, lambda v: v >= 0, "an integer >= 0")
 
 
+def positive_int(text: str) -> int:
+    """A count of at least one: an integer >= 1."""
+    return _checked(text, int, lambda v: v >= 1, "an integer >= 1")
+
+
 def unit_fraction(text: str) -> float:
     """A quantile: a number in [0, 1]."""
     return _checked(text, float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
@@ -122,6 +127,13 @@ def add_history_args(p: argparse.ArgumentParser, source: str) -> None:
         help="alert when it grows faster than this fraction per day, or off (default 0.001)",
     )
     g.add_argument("--alert-window-days", type=float, default=1.0, help="growth window in days (default 1)")
+    g.add_argument(
+        "--alert-confirm",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="alert only when a condition held on a part's last K inspections, this one included (default 1)",
+    )
     g.add_argument(
         "--webhook", metavar="URL", help="POST each new alert as JSON to this URL (retried in the background)"
     )

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from pitscope.cli.common import limit, non_negative_int, unit_fraction
+from pitscope.cli.common import limit, non_negative_int, positive_int, unit_fraction
 
 
 def cmd_wear(args: argparse.Namespace) -> int:
@@ -18,7 +18,7 @@ def cmd_wear(args: argparse.Namespace) -> int:
     Each sequence is measured by a model that never trained on its images."""
     from pitscope.wear import AlertRule, format_summary, run_wear, run_wear_history
 
-    rule = AlertRule(args.alert_area, args.alert_growth, args.alert_window_days)
+    rule = AlertRule(args.alert_area, args.alert_growth, args.alert_window_days, args.alert_confirm)
     db = args.db or (os.environ.get("PITSCOPE_DB") if not args.models else None)
     if db and args.models:
         raise ValueError("give model files or --db, not both: --db reads the areas the history recorded")
@@ -147,6 +147,13 @@ def add_parsers(sub) -> None:
         default=1.0,
         metavar="DAYS",
         help="the growth is the slope over the images of the last DAYS days (default: 1)",
+    )
+    p.add_argument(
+        "--alert-confirm",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="alert on an image only when a condition held on it and on the K - 1 images before it (default: 1)",
     )
     p.add_argument(
         "--allow-overlap",

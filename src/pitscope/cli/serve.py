@@ -30,6 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "alert_area": args.alert_area,
         "alert_growth": args.alert_growth,
         "alert_window_days": args.alert_window_days,
+        "alert_confirm": args.alert_confirm,
         "webhook": args.webhook,
     }
     run_service(settings, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)

@@ -330,17 +330,44 @@ def evaluate_alerts(connection: Connection, part: str, inspection: int, rule: Al
     growth: the slope of the part's area fraction per day over the inspections captured within
             rule.window_days before this one (inclusive) > rule.growth_per_day_above, exactly
             as `AlertRule.fires` (`trailing_growth`) computes it offline.
+    With rule.confirm_images k > 1 a condition holds only when it also held at the part's k - 1
+    inspections captured before this one (as `AlertRule.fires` counts images in a row).
     """
-    i, a = schema.inspections, schema.alerts
+    i = schema.inspections
     when = sa.func.coalesce(i.c.captured_at, i.c.recorded_at)
     row = connection.execute(sa.select(when.label("time"), i.c.defect_fraction).where(i.c.id == inspection)).one()
-    time = row.time if isinstance(row.time, dt.datetime) else dt.datetime.fromisoformat(row.time)
-    time = as_utc(time)
+    time = _utc(row.time)
+    checks = _conditions(connection, part, time, row.defect_fraction, rule)
+    if rule.confirm_images > 1:
+        earlier = connection.execute(
+            sa.select(when.label("time"), i.c.defect_fraction)
+            .where(i.c.part == part, i.c.id != inspection, when <= time)
+            .order_by(when.desc(), i.c.id.desc())
+            .limit(rule.confirm_images - 1)
+        ).all()
+        before = [_conditions(connection, part, _utc(t), f, rule) for t, f in earlier]
+        for name, (holds, values) in checks.items():
+            confirmed = len(before) == rule.confirm_images - 1 and all(b[name][0] for b in before)
+            checks[name] = (holds and confirmed, {**values, "confirm_images": rule.confirm_images})
+    return _raise_or_clear(connection, part, inspection, rule, checks)
+
+
+def _utc(value) -> dt.datetime:
+    return as_utc(value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value))
+
+
+def _conditions(
+    connection: Connection, part: str, time: dt.datetime, fraction: float, rule: AlertRule
+) -> dict[str, tuple[bool, dict]]:
+    """Each of the rule's conditions at one inspection of `part` (captured at `time`, predicted
+    area `fraction`): name -> (whether it holds, the values it read)."""
+    i = schema.inspections
+    when = sa.func.coalesce(i.c.captured_at, i.c.recorded_at)
     checks: dict[str, tuple[bool, dict]] = {}
     if rule.area_fraction_above is not None:
         checks["area"] = (
-            row.defect_fraction > rule.area_fraction_above,
-            {"defect_fraction": row.defect_fraction, "limit": rule.area_fraction_above},
+            fraction > rule.area_fraction_above,
+            {"defect_fraction": fraction, "limit": rule.area_fraction_above},
         )
     if rule.growth_per_day_above is not None:
         start = time - dt.timedelta(days=rule.window_days)
@@ -349,7 +376,7 @@ def evaluate_alerts(connection: Connection, part: str, inspection: int, rule: Al
             .where(i.c.part == part, when >= start, when <= time)
             .order_by(when, i.c.id)
         ).all()
-        times = [as_utc(t if isinstance(t, dt.datetime) else dt.datetime.fromisoformat(t)) for t, _ in window]
+        times = [_utc(t) for t, _ in window]
         days = [(t - times[0]).total_seconds() / SECONDS_PER_DAY for t in times]
         # the window is exactly the points trailing_growth would take for this inspection
         slope = slope_per_day(days, [f for _, f in window])
@@ -364,6 +391,15 @@ def evaluate_alerts(connection: Connection, part: str, inspection: int, rule: Al
                 "points": len(window),
             },
         )
+    return checks
+
+
+def _raise_or_clear(
+    connection: Connection, part: str, inspection: int, rule: AlertRule, checks: dict[str, tuple[bool, dict]]
+) -> list[dict]:
+    """Raise an alert for each condition that holds (unless one is open for it), clear the open
+    ones of those that do not; the alerts raised."""
+    a = schema.alerts
     raised = []
     at = now()
     for name, (holds, values) in checks.items():

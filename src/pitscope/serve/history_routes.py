@@ -50,6 +50,7 @@ def _rule_json(recorder: "Recorder") -> dict | None:
         "area_fraction_above": rule.area_fraction_above,
         "growth_per_day_above": rule.growth_per_day_above,
         "window_days": rule.window_days,
+        "confirm_images": rule.confirm_images,
         "text": rule.describe(),
     }
 
