@@ -76,6 +76,8 @@ PRESET_KEYS = (
     "region_core",
 )  # the model's own region settings: the markdown lists its rows, one per compared regions_on
 MAX_NORMAL_AREA = 0.01  # the 99th percentile of the predicted area on defect-free photos, at most
+# score.* settings that only draw regions from the maps: no scorer or threshold depends on them
+REGION_ONLY = ("min_region_fraction", "regions_on", "region_core", "peak_region_max")
 
 
 def raw_maps(detector: Detector, dataset, indices) -> tuple[np.ndarray, np.ndarray]:
@@ -225,7 +227,9 @@ def refitted(
 ) -> Detector:
     """The model's network with its scorers fitted again under `overrides` (score.* only) and
     with `references` beside its training photos (`pitscope refit --references`); saved to
-    out_dir/model.pt when out_dir is given. Without either, the model as saved."""
+    out_dir/model.pt when out_dir is given. Without either, the model as saved; with overrides of
+    REGION_ONLY settings alone and no references, the model as saved with those settings (its
+    scorers and thresholds do not depend on them)."""
     old = Detector.load(model)
     check_model(old, model)
     if not overrides and not references:
@@ -237,8 +241,12 @@ def refitted(
         or to_dict(cfg)["data"] != to_dict(old.cfg)["data"]
     ):
         raise SystemExit("--set may change score.* only: the network and its data stay as trained")
+    changed = {k for k, v in to_dict(cfg)["score"].items() if v != to_dict(old.cfg)["score"][k]}
     if references:
         detector = refit(old, cfg, model, progress=True, references=references)
+    elif changed <= set(REGION_ONLY):
+        detector = old
+        detector.cfg = cfg
     else:
         detector = Detector(cfg, old.n_kinds, net=old.net)
         detector.metadata = {k: v for k, v in old.metadata.items() if k == "training"}

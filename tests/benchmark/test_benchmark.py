@@ -756,3 +756,25 @@ def test_run_keys_and_config_hashes_are_unchanged_by_a_peak_bound_of_zero():
     assert config_hash(bounded) != config_hash(cfg) and config_key(bounded, Variant("p")) != config_key(
         cfg, Variant("p")
     )
+
+
+def test_bsdata_localisation_draws_other_regions_without_fitting_again(monkeypatch, tmp_path, fit_tiny_detector):
+    """Overrides of region settings alone keep the scorers and thresholds as saved; any other
+    score.* override fits the scorers again."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bsdata_localisation
+
+    from pitscope.inference import Detector
+
+    saved, model, _ = fit_tiny_detector(tmp_path)
+    monkeypatch.setattr(bsdata_localisation, "check_model", lambda detector, path: None)  # a synthetic model
+    fits = []
+    fit = Detector.fit
+    monkeypatch.setattr(Detector, "fit", lambda self, *a, **k: fits.append(1) or fit(self, *a, **k))
+    regions = ["score.peak_region_max=0.01", "score.regions_on=defective_peak", "score.region_core=0.5"]
+    got = bsdata_localisation.refitted(model, regions, tmp_path / "out")
+    assert fits == [] and (got.cfg.score.peak_region_max, got.cfg.score.region_core) == (0.01, 0.5)
+    assert float(got.threshold) == float(saved.threshold) and float(got.pixel_threshold) == float(saved.pixel_threshold)
+    assert Detector.load(tmp_path / "out" / "model.pt").cfg.score.regions_on == "defective_peak"
+    bsdata_localisation.refitted(model, ["score.smoothing_sigma=1"])
+    assert fits == [1]
