@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pitscope.defect_regions import Region, describe_regions, highest_pixel, region_mask, regions_shown
+from pitscope.defect_regions import Region, describe_regions, highest_pixel, regions_shown
 
 
 class Prediction(NamedTuple):
@@ -46,17 +46,7 @@ class Prediction(NamedTuple):
         of the image, each cut to its core (region_core); none on an image passed as defect-free
         when regions_on is "defective" or "defective_peak", at least the peak's region on an image
         decided defective with "defective_peak", at most peak_region_max of the image when above 0)."""
-        shown, at_least_one = self._shows_regions
-        if not shown:
-            return np.zeros(np.shape(self.anomaly_map), dtype=bool)
-        return region_mask(
-            self.anomaly_map,
-            self.pixel_threshold,
-            self.min_region_fraction,
-            self.region_core,
-            at_least_one,
-            self.peak_region_max,
-        )
+        return self.outline()[0]
 
     @property
     def regions(self) -> list[Region]:
