@@ -280,6 +280,7 @@ def main() -> int:
     parser.add_argument("--alert-area", default="0.005", help="pitscope wear --alert-area (default: 0.005)")
     parser.add_argument("--alert-growth", default="0.001", help="pitscope wear --alert-growth (default: 0.001)")
     parser.add_argument("--alert-window-days", default="1", help="pitscope wear --alert-window-days (default: 1)")
+    parser.add_argument("--alert-confirm", default="1", help="pitscope wear --alert-confirm (default: 1)")
     parser.add_argument(
         "--references",
         type=int,
@@ -342,6 +343,8 @@ def main() -> int:
         args.alert_growth,
         "--alert-window-days",
         args.alert_window_days,
+        "--alert-confirm",
+        args.alert_confirm,
         *(["--root", str(root)] if args.root else []),
         *(["--calibrate-first", str(args.calibrate_first)] if args.calibrate_first else []),
         *(["--calibrate-quantile", args.calibrate_quantile] if args.calibrate_quantile else []),
