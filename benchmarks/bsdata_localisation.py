@@ -45,6 +45,7 @@ from pitscope.config import apply_overrides, to_dict
 from pitscope.data import build_dataset
 from pitscope.data.bsdata import bsdata_root
 from pitscope.data.dataset import AnomalyDataset, Record
+from pitscope.defect_regions import REGION_SETTINGS
 from pitscope.defect_regions import REGIONS_ON as REGIONS_SHOWN
 from pitscope.evaluation import evaluate, predicted_regions, write_evaluation
 from pitscope.fitting import refit, with_references
@@ -76,8 +77,6 @@ PRESET_KEYS = (
     "region_core",
 )  # the model's own region settings: the markdown lists its rows, one per compared regions_on
 MAX_NORMAL_AREA = 0.01  # the 99th percentile of the predicted area on defect-free photos, at most
-# score.* settings that only draw regions from the maps: no scorer or threshold depends on them
-REGION_ONLY = ("min_region_fraction", "regions_on", "region_core", "peak_region_max")
 
 
 def raw_maps(detector: Detector, dataset, indices) -> tuple[np.ndarray, np.ndarray]:
@@ -228,7 +227,7 @@ def refitted(
     """The model's network with its scorers fitted again under `overrides` (score.* only) and
     with `references` beside its training photos (`pitscope refit --references`); saved to
     out_dir/model.pt when out_dir is given. Without either, the model as saved; with overrides of
-    REGION_ONLY settings alone and no references, the model as saved with those settings (its
+    REGION_SETTINGS settings alone and no references, the model as saved with those settings (its
     scorers and thresholds do not depend on them)."""
     old = Detector.load(model)
     check_model(old, model)
@@ -244,7 +243,7 @@ def refitted(
     changed = {k for k, v in to_dict(cfg)["score"].items() if v != to_dict(old.cfg)["score"][k]}
     if references:
         detector = refit(old, cfg, model, progress=True, references=references)
-    elif changed <= set(REGION_ONLY):
+    elif changed <= set(REGION_SETTINGS):
         detector = old
         detector.cfg = cfg
     else:

@@ -136,6 +136,12 @@ def test_onnx_names_types_shapes_and_metadata(fitted, onnx_file):
     assert float(props["threshold"]) == float(detector.threshold)
     assert float(props["pixel_threshold"]) == float(detector.pixel_threshold)
     assert props["image_size"] == "64"
+    assert json.loads(props["regions"]) == {
+        "min_region_fraction": detector.cfg.score.min_region_fraction,
+        "regions_on": detector.cfg.score.regions_on,
+        "region_core": detector.cfg.score.region_core,
+        "peak_region_max": detector.cfg.score.peak_region_max,
+    }
 
 
 def test_is_defective_is_the_score_against_the_stored_threshold(fitted, onnx_file):

@@ -23,6 +23,8 @@ from scipy import ndimage
 EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity
 REGIONS_ON = ("all", "defective", "defective_peak")  # score.regions_on, see `regions_shown`
 PEAK_SHARE = 0.5  # with at_least_one and no core: the peak's region keeps its pixels at or above half the peak
+# the score.* settings that draw regions from a map and the thresholds (no scorer depends on them)
+REGION_SETTINGS = ("min_region_fraction", "regions_on", "region_core", "peak_region_max")
 
 
 @dataclass(frozen=True)

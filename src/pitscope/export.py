@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from pitscope import __version__
+from pitscope.defect_regions import REGION_SETTINGS
 from pitscope.inference import Detector
 from pitscope.prediction import Prediction
 from pitscope.tensors import IMAGENET_MEAN, IMAGENET_STD, Shape, as_shape, resize_image
@@ -94,6 +95,8 @@ class ExportModule(nn.Module):
             "input": f"{INPUT_NAME}: float32 (B, 3, {self.image_shape[0]}, {self.image_shape[1]}) RGB in [0, 1]",
             "threshold": repr(float(self.threshold)),
             "pixel_threshold": repr(float(self.detector.pixel_threshold)),
+            # how pitscope draws regions from anomaly_map (`pitscope.defect_regions`), as JSON
+            "regions": json.dumps({k: getattr(self.detector.cfg.score, k) for k in REGION_SETTINGS}),
         }
 
 
