@@ -117,20 +117,13 @@ def _refuse_trained_changes(cfg: Config, trained: Config, command: str, allowed:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a model on its dataset's test split: image/pixel AUROC, AUPRO, AP, F1-max."""
+    from pitscope.defect_regions import REGION_SETTINGS
     from pitscope.inference import Detector
 
     detector = Detector.load(args.model)
     cfg = apply_overrides(detector.cfg, args.overrides)
     # the data may change; of the scoring, only what acts after the fitted scorers may
-    post_hoc = {
-        "map_normalisation",
-        "smoothing_sigma",
-        "image_method",
-        "min_region_fraction",
-        "regions_on",
-        "region_core",
-        "peak_region_max",
-    }
+    post_hoc = {"map_normalisation", "smoothing_sigma", "image_method", *REGION_SETTINGS}
     _refuse_trained_changes(cfg, detector.cfg, "evaluate", f"data.* and score.{{{', '.join(sorted(post_hoc))}}}")
     changed = [k for k, v in to_dict(cfg)["score"].items() if v != to_dict(detector.cfg)["score"][k]]
     if set(changed) - post_hoc:
