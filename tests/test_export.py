@@ -7,6 +7,7 @@ photograph is used too when the dataset is present.
 
 import copy
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,11 +17,13 @@ from PIL import Image
 from pitscope.cli import main
 from pitscope.data import build_dataset
 from pitscope.data.imageio import list_images
+from pitscope.evaluation import regions_at_settings
 from pitscope.export import (
     OUTPUT_NAMES,
     ExportModule,
     ParityError,
     compare_outputs,
+    compare_regions,
     export_onnx,
     export_torchscript,
     onnx_session,
@@ -85,6 +88,17 @@ def test_export_check_reports_small_differences_on_given_images(fitted, tmp_path
     assert result["n_images"] == 6 and result["decisions_equal"] is True
     assert 0 <= result["max_abs_diff_score"] <= result["tolerance_score"]
     assert 0 <= result["max_abs_diff_map"] <= result["tolerance_map"]
+    # The regions drawn from onnxruntime's maps, against torch's at the model's own settings.
+    assert 0 <= result["regions_equal_images"] <= 6
+    assert 0.0 <= result["regions_min_iou"] <= 1.0 and 0.0 <= result["regions_max_differing_fraction"] <= 1.0
+    with torch.no_grad():
+        _, ref_map, ref_defective = ExportModule(detector).eval()(images)
+    onnx_out = onnx_session(tmp_path / "m.onnx").run(None, {"image": images.numpy()})
+    drawn = [
+        regions_at_settings(np.asarray(m), np.asarray(d), float(detector.pixel_threshold), detector.cfg.score)
+        for m, d in ((ref_map.detach().numpy(), ref_defective.numpy()), (onnx_out[1], onnx_out[2]))
+    ]
+    assert result["regions_equal_images"] == int((drawn[0] == drawn[1]).all(axis=(1, 2)).sum())
 
 
 def test_onnx_matches_the_detector_on_a_bsdata_photograph(fitted, tmp_path, real_bsdata):
@@ -191,6 +205,33 @@ def test_parity_check_fails_on_a_real_difference():
     assert near["decisions_equal"] is False
 
 
+def test_region_comparison_counts_the_pixels_that_differ():
+    score = SimpleNamespace(min_region_fraction=0.0, regions_on="all", region_core=0.0, peak_region_max=0.0)
+    ref_map = torch.zeros(3, 4, 5)
+    ref_map[0, 1:3, 1:3] = 2.0  # image 0: a 2 x 2 region above the pixel threshold 1
+    ref_map[1, 0, 0] = 2.0  # image 1: one pixel
+    reference = [torch.zeros(3), ref_map, torch.zeros(3, dtype=torch.bool)]  # image 2: no region
+
+    same = compare_regions(reference, [np.zeros(3), ref_map.numpy(), np.zeros(3, bool)], 1.0, score)
+    assert same == {"regions_equal_images": 3, "regions_min_iou": 1.0, "regions_max_differing_fraction": 0.0}
+
+    exported = ref_map.numpy().copy()
+    exported[0, 1, 1] = 0.5  # one pixel of image 0's region falls below the threshold: IoU 3/4
+    exported[2, 3, 4] = 1.5  # a new one-pixel region on image 2: IoU 0
+    differ = compare_regions(reference, [np.zeros(3), exported, np.zeros(3, bool)], 1.0, score)
+    assert differ["regions_equal_images"] == 1
+    assert differ["regions_min_iou"] == 0.0 and differ["regions_max_differing_fraction"] == pytest.approx(1 / 20)
+
+    # With regions on images decided defective only, each runtime's own decisions choose the images.
+    only_defective = SimpleNamespace(**{**vars(score), "regions_on": "defective"})
+    decided = [torch.zeros(3), ref_map, torch.tensor([True, False, False])]
+    flipped = compare_regions(
+        decided, [np.zeros(3), ref_map.numpy(), np.array([False, False, False])], 1.0, only_defective
+    )
+    assert flipped["regions_equal_images"] == 2 and flipped["regions_min_iou"] == 0.0
+    assert flipped["regions_max_differing_fraction"] == pytest.approx(4 / 20)
+
+
 def test_an_unfitted_detector_is_refused(fitted):
     detector, _, _ = fitted
     with pytest.raises(ValueError, match="not fitted"):
@@ -216,6 +257,7 @@ def test_cli_export_writes_both_formats_and_reports_parity(fitted, image_folder,
     assert code == 0
     assert (out / "model.onnx").is_file() and (out / "model.torchscript.pt").is_file()
     assert printed.count("parity on 3 images") == 2 and "max |map diff|" in printed
+    assert printed.count("regions: identical on ") == 2 and "of 3 images, lowest IoU" in printed
     assert onnx_session(out / "model.onnx").get_outputs()[0].name == "score"
 
 

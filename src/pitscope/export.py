@@ -24,7 +24,8 @@ with its `map_size_` buffer (a data-dependent guard), and then tensors made unde
 TorchScript export, is deprecated since torch 2.9 but still shipped.) Like timm's `onnx_export(check_forward=True)`, each export
 is checked: onnxruntime (or the reloaded TorchScript module) runs a batch of images, and the
 largest differences from torch must stay within `RTOL` (1e-3) times the largest torch value
-of that output.
+of that output. The check also draws the defect regions from both (`compare_regions`) and
+reports how far they differ.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from torch import nn
 
 from pitscope import __version__
 from pitscope.defect_regions import REGION_SETTINGS
+from pitscope.evaluation import regions_at_settings
 from pitscope.inference import Detector
 from pitscope.prediction import Prediction
 from pitscope.tensors import IMAGENET_MEAN, IMAGENET_STD, Shape, as_shape, resize_image
@@ -49,6 +51,20 @@ OUTPUT_NAMES: tuple[str, str, str] = Prediction._fields[:3]  # ("score", "anomal
 DEFAULT_OPSET = 17
 RTOL = 1e-3  # parity tolerance, relative to the largest absolute torch value of each output
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}  # format -> file suffix
+
+
+# the check's results before a check (None) or without one
+CHECK_KEYS = (
+    "max_abs_diff_score",
+    "max_abs_diff_map",
+    "decisions_equal",
+    "tolerance_score",
+    "tolerance_map",
+    "regions_equal_images",
+    "regions_min_iou",
+    "regions_max_differing_fraction",
+)
+UNCHECKED: dict = {**dict.fromkeys(CHECK_KEYS), "n_images": 0}
 
 
 class ParityError(RuntimeError):
@@ -179,11 +195,43 @@ def compare_outputs(reference: Sequence[torch.Tensor], outputs: Sequence[np.ndar
     return result
 
 
+def compare_regions(
+    reference: Sequence[torch.Tensor], outputs: Sequence[np.ndarray], pixel_threshold: float, score
+) -> dict:
+    """How far the defect regions drawn from the exported outputs differ from those drawn from torch's.
+
+    Both are drawn as pitscope draws them (`pitscope.evaluation.regions_at_settings` at `score`,
+    the model's score section), each from its own map and decisions. Returns
+    {"regions_equal_images": images whose region masks are identical, "regions_min_iou": the
+    lowest intersection over union of the two masks over images where either has a region (1.0
+    when none has), "regions_max_differing_fraction": the largest share of a photo's pixels in
+    one mask and not the other}. Reported, not enforced: where the maps agree within the map
+    tolerance, a mask can still differ at pixels on a region's level.
+    """
+    ref_maps = reference[1].detach().cpu().float().numpy()
+    ref_decisions = reference[2].detach().cpu().numpy().astype(bool)
+    maps = np.asarray(outputs[1], dtype=np.float32)
+    decisions = np.asarray(outputs[2]).astype(bool)
+    ref_regions = regions_at_settings(ref_maps, ref_decisions, pixel_threshold, score)  # (B, H, W)
+    regions = regions_at_settings(maps, decisions, pixel_threshold, score)
+    axes = (1, 2)
+    union = (ref_regions | regions).sum(axis=axes)
+    differing = (ref_regions ^ regions).sum(axis=axes)
+    drawn = union > 0
+    iou = 1.0 - differing[drawn] / union[drawn]
+    return {
+        "regions_equal_images": int((differing == 0).sum()),
+        "regions_min_iou": float(iou.min()) if drawn.any() else 1.0,
+        "regions_max_differing_fraction": float(differing.max() / ref_regions[0].size),
+    }
+
+
 def _merge(first: dict, second: dict) -> dict:
-    """The worse of two comparisons (batch run, single-image run)."""
+    """The worse of two comparisons (batch run, single-image run); the batch's image counts."""
     merged = dict(first)
-    for key in ("max_abs_diff_score", "max_abs_diff_map"):
+    for key in ("max_abs_diff_score", "max_abs_diff_map", "regions_max_differing_fraction"):
         merged[key] = max(first[key], second[key])
+    merged["regions_min_iou"] = min(first["regions_min_iou"], second["regions_min_iou"])
     merged["decisions_equal"] = first["decisions_equal"] and second["decisions_equal"]
     return merged
 
@@ -198,9 +246,15 @@ def _check(module: ExportModule, run, images) -> dict:
     with torch.no_grad():
         reference = module(x.to(device))
     threshold = float(module.threshold)
-    result = compare_outputs(reference, run(x), threshold)
+    pixel_threshold = float(module.detector.pixel_threshold)
+    score = module.detector.cfg.score
+
+    def compare(ref: Sequence[torch.Tensor], out: Sequence[np.ndarray]) -> dict:
+        return {**compare_outputs(ref, out, threshold), **compare_regions(ref, out, pixel_threshold, score)}
+
+    result = compare(reference, run(x))
     if len(x) > 1:
-        result = _merge(result, compare_outputs([r[:1] for r in reference], run(x[:1]), threshold))
+        result = _merge(result, compare([r[:1] for r in reference], run(x[:1])))
     result["n_images"] = len(x)
     return result
 
@@ -216,8 +270,8 @@ def export_onnx(
     """Write the detector as one ONNX graph (dynamic batch) and check it with onnxruntime.
 
     images: (B, 3, H, W) float in [0, 1] for the check (default: `random_images`).
-    Returns {"path", "opset", "max_abs_diff_score", "max_abs_diff_map", "decisions_equal",
-    "tolerance_score", "tolerance_map", "n_images"} (differences None without a check).
+    Returns {"path", "opset", the `CHECK_KEYS` (`compare_outputs`, `compare_regions`), "n_images"}
+    (the CHECK_KEYS None without a check).
     Raises ParityError when the check fails; the file is written either way.
     Puts the detector in eval mode.
     """
@@ -253,16 +307,7 @@ def export_onnx(
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
 
-    result = {
-        "path": str(path),
-        "opset": opset,
-        "max_abs_diff_score": None,
-        "max_abs_diff_map": None,
-        "decisions_equal": None,
-        "tolerance_score": None,
-        "tolerance_map": None,
-        "n_images": 0,
-    }
+    result = {"path": str(path), "opset": opset, **UNCHECKED}
     if check:
         try:
             session = onnx_session(path)
@@ -303,15 +348,7 @@ def export_torchscript(
         traced = torch.jit.trace(module, (example,), check_trace=False)
         torch.jit.save(traced, str(path), _extra_files={"pitscope.json": json.dumps(module.metadata())})
 
-    result = {
-        "path": str(path),
-        "max_abs_diff_score": None,
-        "max_abs_diff_map": None,
-        "decisions_equal": None,
-        "tolerance_score": None,
-        "tolerance_map": None,
-        "n_images": 0,
-    }
+    result = {"path": str(path), **UNCHECKED}
     if check:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="`torch.jit", category=FutureWarning)

@@ -57,6 +57,11 @@ def cmd_export(args: argparse.Namespace) -> int:
                 f"(tolerance {result['tolerance_map']:.3g}), decisions "
                 + ("equal" if result["decisions_equal"] else "differ only at the threshold")
             )
+            print(
+                f"  regions: identical on {result['regions_equal_images']} of {result['n_images']} images, "
+                f"lowest IoU {result['regions_min_iou']:.4f}, "
+                f"at most {100 * result['regions_max_differing_fraction']:.3g}% of a photo differs"
+            )
     return status
 
 
