@@ -744,7 +744,7 @@ def test_run_keys_and_config_hashes_are_unchanged_by_a_peak_bound_of_zero():
     from pitscope.benchmark.suites import Variant
     from pitscope.config import apply_overrides, to_dict
 
-    cfg = load_config("cpu")
+    cfg = apply_overrides(load_config("cpu"), ["score.peak_region_max=0"])
     values = to_dict(cfg)
     values["score"].pop("peak_region_max")  # a config as written before the setting
     assert config_hash(cfg) == hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
