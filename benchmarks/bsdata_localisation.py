@@ -111,12 +111,14 @@ def choose(
     cores: Sequence[float] | None = None,
     regions_on: Sequence[str] = REGIONS_ON,
     peak_maxes: Sequence[float] | None = None,
+    min_fractions: Sequence[float] = MIN_FRACTIONS,
 ) -> dict:
     """Every map and region setting scored on the validation photos; with `references` (photos
     the detector was fitted on beside its training photos) those photos are not scored. cores:
     the score.region_core values compared (default: the detector's); regions_on: the
     score.regions_on values compared; peak_maxes: the score.peak_region_max values compared
-    (default: the detector's; they change regions_on defective_peak only)."""
+    (default: the detector's; they change regions_on defective_peak only); min_fractions: the
+    score.min_region_fraction values compared."""
     cfg = detector.cfg
     train = build_dataset(cfg.data, "train", cfg.seed)
     if references:
@@ -152,7 +154,7 @@ def choose(
             for rule, q in THRESHOLDS:
                 pixel_threshold = pixel_threshold_of(cal, q, rule)
                 for floor, on, core, peak_max in itertools.product(
-                    MIN_FRACTIONS, regions_on, cores or [cfg.score.region_core], bounds
+                    min_fractions, regions_on, cores or [cfg.score.region_core], bounds
                 ):
                     if on != "defective_peak":
                         if peak_max != bounds[0]:
@@ -557,6 +559,13 @@ def main() -> int:
         "model's)",
     )
     parser.add_argument(
+        "--min-fractions",
+        type=float,
+        nargs="+",
+        default=list(MIN_FRACTIONS),
+        help="score.min_region_fraction values compared (choosing only)",
+    )
+    parser.add_argument(
         "--neighbourhoods",
         type=int,
         nargs="+",
@@ -565,6 +574,8 @@ def main() -> int:
     args = parser.parse_args()
     if any(not 0.0 <= b <= 1.0 for b in args.peak_maxes or []):
         parser.error("--peak-maxes: each a share of the photo in [0, 1] (0: no bound)")
+    if any(not 0.0 <= f < 1.0 for f in args.min_fractions):
+        parser.error("--min-fractions: each a share of the photo in [0, 1)")
     if args.neighbourhoods and args.test:
         parser.error("--neighbourhoods compares settings on validation; with --test give --set score.neighbourhood=N")
     command = "python benchmarks/bsdata_localisation.py " + " ".join(sys.argv[1:])
@@ -609,6 +620,7 @@ def main() -> int:
                 cores=args.cores,
                 regions_on=args.regions_on,
                 peak_maxes=args.peak_maxes,
+                min_fractions=args.min_fractions,
             )
             run["preset"] = {k: getattr(detector.cfg.score, k) for k in PRESET_KEYS}
             run["references"] = len(references)
