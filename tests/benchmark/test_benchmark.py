@@ -778,3 +778,21 @@ def test_bsdata_localisation_draws_other_regions_without_fitting_again(monkeypat
     assert Detector.load(tmp_path / "out" / "model.pt").cfg.score.regions_on == "defective_peak"
     bsdata_localisation.refitted(model, ["score.smoothing_sigma=1"])
     assert fits == [1]
+
+
+def test_bsdata_localisation_compares_the_smallest_regions_it_is_given(monkeypatch, tmp_path, fit_tiny_detector):
+    """`choose` scores one row per smallest-region value asked for; a larger smallest region
+    never shows more of a defect-free photo."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bsdata_localisation
+
+    detector, _, _ = fit_tiny_detector(tmp_path)
+    run = bsdata_localisation.choose(
+        detector, [2.0], ["none"], progress=False, regions_on=["all"], min_fractions=[0.0, 0.05, 0.999]
+    )
+    assert {r["min_region_fraction"] for r in run["rows"]} == {0.0, 0.05, 0.999}
+    assert len(run["rows"]) == len(bsdata_localisation.THRESHOLDS) * 3
+    for rule, q in bsdata_localisation.THRESHOLDS:
+        at = {r["min_region_fraction"]: r for r in run["rows"] if (r["pixel_rule"], r["pixel_quantile"]) == (rule, q)}
+        assert at[0.05]["normal_area_p99"] <= at[0.0]["normal_area_p99"]
+        assert at[0.999]["normal_area_p99"] == 0.0  # no region covers 99.9% of a photo
