@@ -147,6 +147,18 @@ def test_neighbourhood_keeps_the_nearest_gaussian_within_the_square():
     assert bool((got <= own.score_map(test) + 1e-12).all())
 
 
+def test_a_traced_map_is_one_product_and_scores_as_the_blocks_do():
+    """Traced (as an export traces it), the map is computed over every position at once, with
+    one matrix product in the graph, and gives what the blocks of `chunk` positions give."""
+    train, test = _feature_maps(30, 4, 4, 5, seed=23), _feature_maps(3, 4, 4, 5, seed=24)
+    for radius in (0, 1):
+        scorer = PatchGaussianScorer(chunk=7, radius=radius).double().fit(train).eval()
+        traced = torch.jit.trace(scorer, (test,), check_trace=False)
+        products = [node for node in traced.inlined_graph.nodes() if node.kind() == "aten::bmm"]
+        assert len(products) == 1, radius
+        torch.testing.assert_close(traced(test), scorer.score_map(test))
+
+
 def test_neighbourhood_makes_a_shifted_edge_normal_but_not_a_new_spot():
     """Photos whose bright edge falls on column 3 or 4: scored against each position's own
     Gaussian, an edge on column 5 is far off; against the Gaussians one column away it is normal,

@@ -488,6 +488,11 @@ class PatchGaussianScorer(_FittedBuffers):
         x[sources[q, k]] (x: (H*W, N, C'), sources: (H*W, K) positions) against q's own Gaussian,
         in one matrix product per position."""
         k, n, c = sources.shape[1], x.shape[1], x.shape[2]
+        if torch.jit.is_tracing():
+            # an export: one product over every position, so the graph holds one node for it, not
+            # one per block of positions (each with its slice of the Gaussians)
+            diff = (x[sources] - self.location_[:, None, None]).reshape(-1, k * n, c)  # (H*W, K*N, C')
+            return (torch.bmm(diff, self.precision_) * diff).sum(-1).reshape(-1, k, n)
         dist2 = torch.empty(x.shape[0], k, n, dtype=x.dtype, device=x.device)
         step = max(1, self.chunk // k)  # positions at a time: chunk x N x C' values of differences
         for start in range(0, x.shape[0], step):
