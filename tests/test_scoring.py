@@ -147,6 +147,36 @@ def test_neighbourhood_keeps_the_nearest_gaussian_within_the_square():
     assert bool((got <= own.score_map(test) + 1e-12).all())
 
 
+def test_channel_groups_add_their_distances_under_the_nearest_position():
+    train, test = _feature_maps(40, 12, 3, 4, seed=31), _feature_maps(3, 12, 3, 4, seed=32)
+    grouped = PatchGaussianScorer(n_channels=8, seed=3, groups=2, chunk=5, radius=1).double().fit(train)
+    index = grouped.channel_index_.reshape(2, 4)
+    assert len(set(index.flatten().tolist())) == 8 and all(row.tolist() == sorted(row.tolist()) for row in index)
+    assert grouped.precision_.shape == (3 * 4 * 2, 4, 4)
+    got = grouped.score_map(test)
+    references = [[LedoitWolf().fit(train[:, row, a, b].numpy()) for a in range(3) for b in range(4)] for row in index]
+    for i, j in [(0, 0), (1, 2), (2, 3)]:
+        distances = []  # each neighbour's Gaussians, the two groups' squared distances added
+        for a in range(max(0, i - 1), min(3, i + 2)):
+            for b in range(max(0, j - 1), min(4, j + 2)):
+                distances.append(
+                    sum(refs[a * 4 + b].mahalanobis(test[:, row, i, j].numpy()) for refs, row in zip(references, index))
+                )
+        np.testing.assert_allclose(got[:, i, j].numpy(), np.sqrt(np.min(distances, axis=0)), rtol=1e-6)
+    fresh = PatchGaussianScorer(n_channels=8, seed=3, groups=2, radius=1).double()
+    fresh.load_state_dict(grouped.state_dict())
+    torch.testing.assert_close(fresh.score_map(test), got, rtol=0, atol=0)
+    one = PatchGaussianScorer(n_channels=8, seed=3).double().fit(train)
+    assert (
+        one.channel_index_.tolist()
+        == torch.randperm(12, generator=torch.Generator().manual_seed(3))[:8].sort().values.tolist()
+    )
+    with pytest.raises(ValueError, match="divide"):
+        PatchGaussianScorer(n_channels=9, groups=2)
+    with pytest.raises(ValueError, match="divide"):
+        PatchGaussianScorer(groups=5).fit(train)  # all 12 channels into 5 groups
+
+
 def test_a_traced_map_is_one_product_and_scores_as_the_blocks_do():
     """Traced (as an export traces it), the map is computed over every position at once, with
     one matrix product in the graph, and gives what the blocks of `chunk` positions give."""

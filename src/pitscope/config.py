@@ -169,6 +169,9 @@ class ScoreConfig:
     pixel_method: str = "padim"  # padim | segmentation (needs model.segment) | patch (CutPaste)
     pixel_stages: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
     pixel_channels: int | None = 100  # random channel subset of the stacked stages (PaDiM), drawn with seed; null = all
+    # padim: the kept channels dealt at random into this many equal groups, each with its own
+    # Gaussian per position; a cell's squared distance is the sum of its groups'
+    channel_groups: int = 1
     batch_size: int = 16  # images per batch when extracting features and scoring
     # the height images are scored at once the network is trained (null: data.image_size; the
     # width follows data.image_width's ratio to data.image_size); the
@@ -357,6 +360,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "augment.randaugment_ops": (0, None, True),
     "score.ridge": (0, None, True),
     "score.pixel_channels": (1, None, True),
+    "score.channel_groups": (1, None, True),
     "score.batch_size": (1, None, True),
     "score.smoothing_sigma": (0, None, True),
     "score.neighbourhood": (0, None, True),
@@ -410,6 +414,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             "score.image_features=projection needs the image branch (model.classify=true); "
             "use score.image_features=layer4 without it"
+        )
+    channels, groups = cfg.score.pixel_channels, cfg.score.channel_groups
+    if channels is not None and channels % groups:
+        raise ConfigError(
+            f"score.pixel_channels={channels} does not divide into score.channel_groups={groups} equal groups"
         )
     if cfg.score.pixel_method == "segmentation" and not cfg.model.segment:
         raise ConfigError(f"score.pixel_method={cfg.score.pixel_method} needs model.segment=true")

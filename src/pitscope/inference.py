@@ -85,6 +85,7 @@ class Detector(nn.Module):
                 n_channels=cfg.score.pixel_channels,
                 seed=cfg.seed,
                 radius=cfg.score.neighbourhood,
+                groups=cfg.score.channel_groups,
             )
         )
         # score.defect_probe: a classifier fitted on marked defects draws the maps from the

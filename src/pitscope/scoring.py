@@ -305,7 +305,11 @@ class PatchGaussianScorer(_FittedBuffers):
     shrinkage, ridge: as `GaussianScorer`, applied at every position.
     n_channels: keep a random subset of this many channels (PaDiM's random dimensionality
         reduction); None keeps all.
-    seed: seeds the torch Generator that draws the subset.
+    groups: deal the kept channels at random into this many equal groups, each with its own
+        Gaussian per position (a block-diagonal covariance); a position's squared distance is the
+        sum over its groups'. 1: one Gaussian over all kept channels. The kept channels must
+        divide into the groups.
+    seed: seeds the torch Generator that draws the subset and the groups.
     chunk: positions processed at a time, bounding the float64 temporaries to
         chunk x C x C values.
     radius: `score_map` scores each position against the Gaussians within this many positions of
@@ -314,8 +318,10 @@ class PatchGaussianScorer(_FittedBuffers):
         or two between photos) is normal; 0 scores each position against its own Gaussian only.
         Fitting does not depend on it.
 
-    Fitted state (buffers): channel_index_ (C',) the kept channels, sorted; location_ (H*W, C');
-    precision_ (H*W, C', C'); shrinkage_ (H*W,); map_size_ (2,) = (H, W). No covariance is
+    Fitted state (buffers): channel_index_ (C',) the kept channels, group after group, each
+    group's sorted; with c = C' / groups and one row per position and group (position-major),
+    location_ (H*W*groups, c); precision_ (H*W*groups, c, c); shrinkage_ (H*W*groups,);
+    map_size_ (2,) = (H, W). No covariance is
     kept: at 64 x 64 positions and 100 channels it would double 164 MB of float32 state.
     """
 
@@ -334,24 +340,35 @@ class PatchGaussianScorer(_FittedBuffers):
         seed: int = 0,
         chunk: int = 512,
         radius: int = 0,
+        groups: int = 1,
     ):
         super().__init__()
         _check_shrinkage(shrinkage)
         if radius < 0:
             raise ValueError(f"radius must be >= 0, got {radius}")
+        if groups < 1:
+            raise ValueError(f"groups must be >= 1, got {groups}")
+        if n_channels is not None and n_channels % groups:
+            raise ValueError(f"{n_channels} channels do not divide into {groups} equal groups")
         self.shrinkage = shrinkage
         self.ridge = ridge
         self.n_channels = n_channels
         self.seed = seed
         self.chunk = chunk
         self.radius = radius
+        self.groups = groups
         self._register_empty({"channel_index_": torch.long, "map_size_": torch.long})
         self._moments: _Moments | None = None
 
     def _select(self, features: Tensor) -> Tensor:
-        """(N, C, H, W) -> (H*W, N, C') with the kept channels."""
+        """(N, C, H, W) -> (H*W*groups, N, C' / groups): the kept channels, one row per position
+        and group."""
         x = features.index_select(1, self.channel_index_.to(features.device))
-        return x.flatten(2).permute(2, 0, 1)
+        if self.groups == 1:
+            return x.flatten(2).permute(2, 0, 1)
+        n = x.shape[0]
+        x = x.reshape(n, self.groups, -1, x.shape[-2] * x.shape[-1])  # (N, G, c, H*W)
+        return x.permute(3, 1, 0, 2).reshape(-1, n, x.shape[2])
 
     @torch.no_grad()
     def partial_fit(self, features: Tensor) -> PatchGaussianScorer:
@@ -364,10 +381,16 @@ class PatchGaussianScorer(_FittedBuffers):
             raise ValueError(f"expected feature maps of shape (N, C, H, W), got {tuple(features.shape)}")
         if self._moments is None:
             channels = features.shape[1]
-            if self.n_channels is None or self.n_channels >= channels:
+            generator = torch.Generator().manual_seed(self.seed)
+            if self.groups > 1:
+                kept = channels if self.n_channels is None else min(self.n_channels, channels)
+                if kept % self.groups:
+                    raise ValueError(f"{kept} kept channels do not divide into {self.groups} equal groups")
+                drawn = torch.randperm(channels, generator=generator)[:kept]
+                index = drawn.reshape(self.groups, -1).sort(-1).values.flatten()
+            elif self.n_channels is None or self.n_channels >= channels:
                 index = torch.arange(channels)
             else:
-                generator = torch.Generator().manual_seed(self.seed)
                 index = torch.randperm(channels, generator=generator)[: self.n_channels].sort().values
             self._set("channel_index_", index)
             self._set("map_size_", torch.tensor(features.shape[-2:]))
@@ -421,7 +444,9 @@ class PatchGaussianScorer(_FittedBuffers):
         self._check_fitted()
         if moments.n < 2:
             raise ValueError(f"a refit needs at least 2 samples, got {moments.n}")
-        other = PatchGaussianScorer(self.shrinkage, self.ridge, self.n_channels, self.seed, self.chunk, self.radius)
+        other = PatchGaussianScorer(
+            self.shrinkage, self.ridge, self.n_channels, self.seed, self.chunk, self.radius, self.groups
+        )
         other = other.to(dtype=self.location_.dtype, device=self.location_.device)
         other._set("channel_index_", self.channel_index_)
         other._set("map_size_", self.map_size_)
@@ -467,9 +492,13 @@ class PatchGaussianScorer(_FittedBuffers):
         ]
         # moved[q, k]: the feature at q - offsets[k] against the Gaussian at q (the features moved
         # by each offset, all scored at once against each position's own Gaussian)
-        moved = self._own_distances(
-            x, torch.stack([_shifted_positions(h, w, -dy, -dx, x.device) for dy, dx in offsets], 1)
-        )
+        sources = torch.stack([_shifted_positions(h, w, -dy, -dx, x.device) for dy, dx in offsets], 1)
+        if self.groups > 1:  # rows position * groups + group; a position's groups add up
+            group = torch.arange(self.groups, device=x.device)
+            sources = (sources[:, None] * self.groups + group[None, :, None]).flatten(0, 1)  # (H*W*G, K)
+        moved = self._own_distances(x, sources)
+        if self.groups > 1:
+            moved = moved.reshape(h * w, self.groups, *moved.shape[1:]).sum(1)  # (H*W, K, N)
         dist2 = moved[:, offsets.index((0, 0))]
         for k, (dy, dx) in enumerate(offsets):
             if dy == dx == 0:
