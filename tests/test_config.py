@@ -95,6 +95,15 @@ def test_saved_config_round_trips(tmp_path):
     assert load_config(str(path)) == cfg
 
 
+def test_map_channels_must_divide_into_their_groups():
+    with pytest.raises(ConfigError, match="score.pixel_channels=100 does not divide into score.channel_groups=3"):
+        load_config(None, ["score.channel_groups=3"])
+    with pytest.raises(ConfigError, match="score.channel_groups: must be >= 1"):
+        load_config(None, ["score.channel_groups=0"])
+    assert load_config(None, ["score.pixel_channels=200", "score.channel_groups=4"]).score.channel_groups == 4
+    assert load_config(None, ["score.pixel_channels=null", "score.channel_groups=3"]).score.channel_groups == 3
+
+
 def test_projection_image_features_need_the_image_branch():
     with pytest.raises(ConfigError, match="score.image_features=layer4"):
         load_config(None, ["model.classify=false"])

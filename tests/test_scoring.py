@@ -181,11 +181,11 @@ def test_a_traced_map_is_one_product_and_scores_as_the_blocks_do():
     """Traced (as an export traces it), the map is computed over every position at once, with
     one matrix product in the graph, and gives what the blocks of `chunk` positions give."""
     train, test = _feature_maps(30, 4, 4, 5, seed=23), _feature_maps(3, 4, 4, 5, seed=24)
-    for radius in (0, 1):
-        scorer = PatchGaussianScorer(chunk=7, radius=radius).double().fit(train).eval()
+    for radius, groups in [(0, 1), (1, 1), (1, 2)]:
+        scorer = PatchGaussianScorer(chunk=7, radius=radius, groups=groups).double().fit(train).eval()
         traced = torch.jit.trace(scorer, (test,), check_trace=False)
         products = [node for node in traced.inlined_graph.nodes() if node.kind() == "aten::bmm"]
-        assert len(products) == 1, radius
+        assert len(products) == 1, (radius, groups)
         torch.testing.assert_close(traced(test), scorer.score_map(test))
 
 
