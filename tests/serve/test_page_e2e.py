@@ -87,10 +87,14 @@ def test_verdicts_slider_and_plain_error(files, browser):
         assert browser.find_element(By.ID, "summary").text == "2 images: 1 DEFECT, 1 OK."
         region_text = card(browser, "pitted_part.png").find_element(By.CSS_SELECTOR, ".region").text
         assert re.fullmatch(
-            r"(No defect region predicted|\d+ predicted defect regions?, \d+ px in all \(.*\)).*"
-            r"× \d+ px photo.*",
+            r"No defect region predicted on the \d+ × \d+ px photo.*|\d+ predicted defect regions?, \d+ px in all "
+            r"\((< 0\.01|\d+(\.\d{1,2})?) % of the \d+ × \d+ px photo\): \d+ px at x .*",
             region_text,
         ), region_text
+        shares = browser.execute_script(
+            "return [0.003519, 0.12345, 0.00001, 0, 1].map((f) => formatPercentValue(f) + ' %')"
+        )
+        assert shares == ["0.35 %", "12.3 %", "< 0.01 %", "0 %", "100 %"]
         good = card(browser, "good_part.png")
         good_text = good.find_element(By.CSS_SELECTOR, ".region").text
         assert re.fullmatch(

@@ -36,6 +36,14 @@ function formatNumber(x) {
   return String(Number(x.toPrecision(4)));
 }
 
+// a share of the photo in %: two decimals below 10 %, one above, "< 0.01" for a tiny non-zero share
+function formatPercentValue(fraction) {
+  if (typeof fraction !== "number" || !Number.isFinite(fraction)) return String(fraction);
+  const value = 100 * fraction;
+  if (value > 0 && value < 0.005) return "< 0.01";
+  return String(Number(value.toFixed(Math.abs(value) >= 10 ? 1 : 2)));
+}
+
 function formatBytes(n) {
   return n >= 1048576 ? `${formatNumber(n / 1048576)} MB` : `${formatNumber(n / 1024)} KB`;
 }
@@ -403,7 +411,7 @@ function describeRegions(b) {
   const more = b.region_count > 3 ? `; ${b.region_count - 3} more` : "";
   const noun = b.region_count === 1 ? "region" : "regions";
   return `${b.region_count} predicted defect ${noun}, ${b.defect_px} px in all ` +
-    `(${formatNumber(100 * b.defect_fraction)} % of the ${size}): ${shown}${more}`;
+    `(${formatPercentValue(b.defect_fraction)} % of the ${size}): ${shown}${more}`;
 }
 
 function addFiles(files) {
@@ -422,7 +430,7 @@ function formatTime(iso) {
 }
 
 function percent(fraction) {
-  return typeof fraction === "number" ? `${formatNumber(100 * fraction)} %` : "—";
+  return typeof fraction === "number" ? `${formatPercentValue(fraction)} %` : "—";
 }
 
 function cell(row, text, cls) {
@@ -509,7 +517,7 @@ function renderInspections(page) {
     cell(tr, formatNumber(item.score), "num");
     cell(tr, formatNumber(item.image_threshold), "num");
     cell(tr, item.is_defective ? "DEFECT" : "OK", item.is_defective ? "defect" : "ok");
-    cell(tr, formatNumber(100 * item.defect_fraction), "num");
+    cell(tr, formatPercentValue(item.defect_fraction), "num");
     body.append(tr);
   }
   const { offset, total } = page;
