@@ -501,3 +501,13 @@ def test_batchnorm_statistics_are_recomputed_on_the_fitting_images_only():
     kept.fit(split, progress=False)
     for k, v in kept.net.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_scorers_follow_the_network_handed_over(fitted):
+    """A network straight from training on a GPU brings its detector's scorers and thresholds to
+    the same device (the meta device stands in for the GPU here)."""
+    detector = fitted[0]
+    net = Detector(detector.cfg, detector.n_kinds).net.to("meta")
+    built = Detector(detector.cfg, detector.n_kinds, net=net)
+    devices = {tensor.device.type for tensor in built.buffers()} | {p.device.type for p in built.parameters()}
+    assert devices == {"meta"}

@@ -94,6 +94,10 @@ class Detector(nn.Module):
         self.register_buffer("threshold", torch.tensor(float("nan")))
         self.register_buffer("pixel_threshold", torch.tensor(float("nan")))
         self.metadata: dict = {}
+        # a network handed over on a GPU (straight from training) keeps its scorers beside it
+        parameter = next(self.net.parameters(), None)
+        if parameter is not None:
+            self.to(parameter.device)
 
     # -- features ---------------------------------------------------------------------------
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
