@@ -523,7 +523,9 @@ class PatchGaussianScorer(_FittedBuffers):
             diff = (x[sources] - self.location_[:, None, None]).reshape(-1, k * n, c)  # (H*W, K*N, C')
             return (torch.bmm(diff, self.precision_) * diff).sum(-1).reshape(-1, k, n)
         dist2 = torch.empty(x.shape[0], k, n, dtype=x.dtype, device=x.device)
-        step = max(1, self.chunk // k)  # positions at a time: chunk x N x C' values of differences
+        # rows (one per position and group) at a time: a block holds chunk x N x (all kept channels)
+        # values of differences, whatever the number of groups
+        step = max(1, self.chunk * self.groups // k)
         for start in range(0, x.shape[0], step):
             sl = slice(start, start + step)
             diff = (x[sources[sl]] - self.location_[sl, None, None]).reshape(-1, k * n, c)  # (p, K*N, C')
