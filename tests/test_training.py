@@ -556,3 +556,45 @@ def test_training_sgd_is_fused_on_cpu_and_steps_as_the_per_parameter_loop():
     for p, q, p0 in zip(a.parameters(), b.parameters(), start, strict=True):
         torch.testing.assert_close(p, q)
         assert not torch.allclose(p, p0)  # the steps moved the weights
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_one_loader_serves_every_epoch_in_the_order_a_fresh_shuffling_loader_gives_each(drop_last):
+    n, batch, seed = 11, 4, 3
+    batches = training.EpochBatches(n, batch, drop_last, seed, 2, 5, training.distributed.DistContext())
+    got = list(batches)
+    assert len(got) == len(batches) == sum(batches.steps(e) for e in range(2, 5))
+    expected = []
+    for epoch in range(2, 5):
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        fresh = torch.utils.data.DataLoader(
+            range(n), batch_size=batch, shuffle=True, generator=generator, drop_last=drop_last
+        )
+        expected += [[(epoch, int(i)) for i in b] for b in fresh]
+    assert got == expected
+    assert len({tuple(i for _, i in b) for b in got}) == len(got)  # the epochs' orders differ
+
+
+def test_each_process_takes_its_shard_of_every_epoch():
+    n, batch, seed = 12, 3, 0
+    shards = [
+        list(training.EpochBatches(n, batch, True, seed, 0, 2, training.distributed.DistContext(rank=r, world_size=2)))
+        for r in range(2)
+    ]
+    for epoch in range(2):
+        items = [i for shard in shards for b in shard for e, i in b if e == epoch]
+        assert sorted(items) == list(range(n))
+    assert all(len(shard) == 2 * 2 for shard in shards)  # 6 images a process, 2 batches of 3, 2 epochs
+
+
+def test_checkpoint_every_writes_at_its_epochs_and_after_the_last(tmp_path, images, monkeypatch):
+    written = []
+    save = training.atomic_save
+    monkeypatch.setattr(
+        training, "atomic_save", lambda state, path: (written.append(state["epoch"]), save(state, path))
+    )
+    run(tmp_path, images, LIGHT, "train.epochs=5", "train.checkpoint_every=2")
+    assert written == [2, 4, 5]
+    assert torch.load(tmp_path / LAST_CHECKPOINT, weights_only=True)["epoch"] == 5
+    with pytest.raises(ConfigError, match="checkpoint_every"):
+        make_config(tmp_path, "train.checkpoint_every=0")

@@ -137,6 +137,10 @@ class TrainConfig:
     # write OUTPUT_DIR/checkpoint_last.pt (network, optimiser, progress) after every epoch, so
     # --resume can continue a stopped run; false: no checkpoint is written (the run cannot resume)
     checkpoint: bool = True
+    # with checkpoint on: write it after every this many epochs, after the last epoch and when the
+    # budget stops the run (a crash loses at most this many epochs; each write holds the network
+    # and the optimiser's momentum)
+    checkpoint_every: int = 1
     # train on random crop_size x crop_size crops of the images at data.image_size (null: whole
     # images); scoring still sees whole images at data.image_size. With data.image_size above the
     # crop, small defects cover more pixels at the cost of one step per crop, not per whole image.
@@ -355,6 +359,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "train.weight_decay": (0, None, True),
     "train.budget_minutes": (0, None, False),
     "train.num_workers": (0, None, True),
+    "train.checkpoint_every": (1, None, True),
     "train.log_every": (1, None, True),
     "augment.perlin_threshold": (0, 1, False),
     "augment.randaugment_ops": (0, None, True),

@@ -14,16 +14,17 @@ uninterrupted one.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from pitscope import __version__, distributed
@@ -287,7 +288,8 @@ def _announce(run: _Run) -> None:
 
 
 def _save_last(run: _Run, epoch: int) -> None:
-    """checkpoint_last.pt after `epoch` finished epochs (rank 0, when train.checkpoint is on)."""
+    """checkpoint_last.pt after `epoch` finished epochs (rank 0, when train.checkpoint is on);
+    the loop calls it every train.checkpoint_every epochs, after the last and at a budget stop."""
     if not run.main or not run.cfg.train.checkpoint:
         return
     atomic_save(
@@ -338,39 +340,91 @@ def sgd(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.opti
     )
 
 
-def _epoch_loader(run: _Run, pairs: PseudoDefectPairs, epoch: int, batch_size: int, drop_last: bool) -> DataLoader:
-    """The epoch's batches, in an order seeded with (seed, epoch); also seeds torch's RNG, from
-    which the feature masks draw, so a resumed run draws what an uninterrupted one would."""
-    cfg, ctx = run.cfg, run.ctx
-    pairs.set_epoch(epoch)
-    torch.manual_seed(cfg.seed * 100_003 + epoch)
-    if ctx.enabled:
-        sampler: DistributedSampler[int] = DistributedSampler(
-            pairs, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=drop_last
-        )
-        sampler.set_epoch(epoch)
-        order: dict[str, Any] = {"sampler": sampler}
-    else:
-        order = {"shuffle": True, "generator": torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)}
+def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    """The order of the n training images in `epoch` on one process: a permutation from a torch
+    Generator seeded with (seed, epoch), after one int64 drawn from it (the order a shuffling
+    DataLoader gives with that generator)."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+class EpochBatches(Sampler[list[tuple[int, int]]]):
+    """The batches of epochs start..stop-1 in turn, each item as (epoch, index), so that one
+    DataLoader and its workers serve every epoch and draw the next epoch's pseudo-defects while
+    the last steps of this one run. Under torchrun each process takes its DistributedSampler
+    shard of every epoch."""
+
+    def __init__(
+        self, n: int, batch_size: int, drop_last: bool, seed: int, start: int, stop: int, ctx: distributed.DistContext
+    ):
+        self.n, self.batch_size, self.drop_last, self.seed = n, batch_size, drop_last, seed
+        self.start, self.stop, self.ctx = start, stop, ctx
+        self._shard: DistributedSampler[int] | None = None
+        if ctx.enabled:
+            self._shard = DistributedSampler(
+                cast("Dataset[int]", range(n)),
+                num_replicas=ctx.world_size,
+                rank=ctx.rank,
+                shuffle=True,
+                seed=seed,
+                drop_last=drop_last,
+            )
+
+    def order(self, epoch: int) -> list[int]:
+        """This process's image indices in `epoch`, in order."""
+        if self._shard is None:
+            return epoch_order(self.seed, epoch, self.n)
+        self._shard.set_epoch(epoch)
+        return list(self._shard)
+
+    def steps(self, epoch: int) -> int:
+        """The number of batches of `epoch` on this process."""
+        k = len(self.order(epoch)) if self._shard is not None else self.n
+        return k // self.batch_size if self.drop_last else math.ceil(k / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for epoch in range(self.start, self.stop):
+            order = self.order(epoch)
+            for b in range(self.steps(epoch)):
+                yield [(epoch, i) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
+
+    def __len__(self) -> int:
+        return sum(self.steps(epoch) for epoch in range(self.start, self.stop))
+
+
+def _loader(run: _Run, pairs: PseudoDefectPairs, batches: EpochBatches) -> DataLoader:
+    """One loader over every remaining epoch's batches; workers (train.num_workers) start once."""
     return DataLoader(
         pairs,
-        batch_size=batch_size,
-        drop_last=drop_last,
-        num_workers=cfg.train.num_workers,
+        batch_sampler=batches,
+        num_workers=run.cfg.train.num_workers,
         worker_init_fn=worker_init_fn,
         pin_memory=run.device.type == "cuda",
-        **order,
     )
 
 
 def _train_epoch(
-    run: _Run, step_model: Callable[[torch.Tensor], NetOutput], loader: DataLoader, epoch: int, budget_s: float
+    run: _Run,
+    step_model: Callable[[torch.Tensor], NetOutput],
+    batches: Iterator[Any],
+    steps_per_epoch: int,
+    epoch: int,
+    budget_s: float,
 ) -> bool:
-    """One epoch of optimiser steps; logs every train.log_every steps and appends the epoch's mean
-    losses to run.history when it finishes. Returns whether the budget stopped it."""
+    """One epoch of optimiser steps over the next steps_per_epoch of `batches`; seeds torch's RNG
+    with (seed, epoch) first, from which the feature masks draw, so a resumed run draws what an
+    uninterrupted one would. Logs every train.log_every steps and appends the epoch's mean losses
+    to run.history when it finishes. Returns whether the budget stopped it."""
     cfg, device, amp_dtype = run.cfg, run.device, run.amp_dtype
-    steps_per_epoch = len(loader)
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not run.progress, leave=False)
+    torch.manual_seed(cfg.seed * 100_003 + epoch)
+    bar = tqdm(
+        itertools.islice(batches, steps_per_epoch),
+        total=steps_per_epoch,
+        desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+        disable=not run.progress,
+        leave=False,
+    )
     sums: dict[str, float] = {}
     n = 0
     stopped_by_budget = False
@@ -489,7 +543,7 @@ def train(
 ) -> TrainResult:
     """Train the network on the defect-free `dataset` (images already at cfg.data.image_size).
 
-    Writes OUTPUT_DIR/checkpoint_last.pt atomically after every epoch (and when the budget stops
+    Writes OUTPUT_DIR/checkpoint_last.pt atomically after every train.checkpoint_every epochs (and when the budget stops
     the run), OUTPUT_DIR/train_log.csv, and the resolved config. With train.checkpoint false no
     checkpoint is written, and a fresh run removes the one an earlier run left in OUTPUT_DIR (it
     would hold another network than this run's). With resume=True it continues
@@ -525,12 +579,15 @@ def train(
     stopped_by_budget = False
     epoch = run.start_epoch
     run.model.train()
+    order = EpochBatches(len(pairs), batch_size, drop_last, cfg.seed, run.start_epoch, cfg.train.epochs, run.ctx)
+    batches = iter(_loader(run, pairs, order))
     for epoch in range(run.start_epoch, cfg.train.epochs):
-        loader = _epoch_loader(run, pairs, epoch, batch_size, drop_last)
-        stopped_by_budget = _train_epoch(run, step_model, loader, epoch, budget_s)
+        stopped_by_budget = _train_epoch(run, step_model, batches, order.steps(epoch), epoch, budget_s)
         if stopped_by_budget:
             _save_last(run, epoch)  # a partial epoch is redone on resume
             break
-        _save_last(run, epoch + 1)
+        if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
+            _save_last(run, epoch + 1)
         _save_snapshot(run, epoch + 1)
+    del batches  # its workers stop here, not at the end of fitting
     return _finish(run, epoch, stopped_by_budget)

@@ -28,7 +28,7 @@ from pitscope.tensors import denormalise, image_to_tensor
 class PseudoDefectPairs(Dataset):
     """Item i of epoch e: (normal (3,H,W), pseudo-defective (3,H,W), mask (H,W), kind).
 
-    With `crop`, the normal image is first a random crop x crop square of the sample (drawn from
+    Indexed by (e, i), or by i alone for the epoch last given to set_epoch. With `crop`, the normal image is first a random crop x crop square of the sample (drawn from
     the item's own seeded generator), so H = W = crop."""
 
     def __init__(self, dataset: Sequence[Sample], maker: PseudoDefects, seed: int, crop: int | None = None):
@@ -44,9 +44,10 @@ class PseudoDefectPairs(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         normal = self.dataset[index].image
-        rng = numpy_rng(self.seed, self.epoch, index)
+        rng = numpy_rng(self.seed, epoch, index)
         if self.crop is not None:
             h, w = normal.shape[:2]
             if self.crop > min(h, w):
