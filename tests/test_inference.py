@@ -185,6 +185,26 @@ def test_map_max_threshold_comes_from_pixel_gaussians_refitted_without_each_fold
     torch.testing.assert_close(maps, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_map_max_over_small_channel_groups_calibrates_a_finite_threshold():
+    # the demo preset's first-convolution maps in groups of 4 channels: some cells of a fold's
+    # refit hold the same features on every image (a zero covariance)
+    cfg = load_config(
+        "demo",
+        [
+            "data.synthetic.n_train=8",
+            "data.image_size=64",
+            "data.image_width=64",
+            "score.pixel_channels=16",
+            "score.channel_groups=4",
+            "score.batch_size=8",
+            "train.device=cpu",
+        ],
+    )
+    torch.manual_seed(0)
+    detector = Detector(cfg, n_kinds=3).fit(build_dataset(cfg.data, "train", cfg.seed), progress=False)
+    assert np.isfinite(float(detector.threshold)) and np.isfinite(float(detector.pixel_threshold))
+
+
 def test_no_folds_without_held_back_images_or_enough_to_fit(fitted):
     detector, _, train_split, _ = fitted
     assert detector.calibration_folds(3) == []  # split_calibration(3) holds none back

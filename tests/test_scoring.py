@@ -6,7 +6,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from sklearn.covariance import LedoitWolf
 
-from pitscope.scoring import GaussianScorer, PatchGaussianScorer, gaussian_smooth, out_of_fold_scores
+from pitscope.scoring import GaussianScorer, PatchGaussianScorer, _Moments, gaussian_smooth, out_of_fold_scores
 
 
 def _correlated(n: int, d: int, seed: int, offset: float = 0.0) -> torch.Tensor:
@@ -337,3 +337,16 @@ def test_symmetric_packing_round_trips_exactly_and_halves_the_values():
     assert pack_symmetric(torch.tensor([[1.0, 2.0], [2.0, 3.0]])).tolist() == [1.0, 2.0, 3.0]
     with pytest.raises(ValueError, match="do not fill"):
         unpack_symmetric(packed, 6)
+
+
+def test_sums_of_a_zero_covariance_with_a_rounding_error_below_zero_shrink_by_nothing():
+    # a position whose remaining samples all equal the shift: S2 = 0, while the fourth-moment
+    # sum, taken apart from others, is off 0 by rounding
+    moments = _Moments(chunk=4, shift=torch.zeros(2, 3, dtype=torch.float64))
+    moments.n = 7
+    moments.s2[1] = torch.eye(3, dtype=torch.float64) * 7  # position 1: unit covariance
+    moments.saa[:] = torch.tensor([-1e-12, 7 * 15.0], dtype=torch.float64)
+    mean, cov, coef = moments.gaussian(slice(0, 2), "ledoit_wolf", 0.0)
+    assert coef.tolist() == [0.0, 0.0] and torch.isfinite(cov).all()
+    torch.testing.assert_close(cov[0], torch.zeros(3, 3, dtype=torch.float64))
+    torch.testing.assert_close(cov[1], torch.eye(3, dtype=torch.float64))

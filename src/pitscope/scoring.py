@@ -126,8 +126,10 @@ class _Moments:
         frob = (cov**2).sum((-2, -1))
         beta = (fourth / n - frob) / (d * n)
         delta = (frob - 2 * mu * trace + d * mu**2) / d
-        beta = torch.minimum(beta, delta)
-        coef = torch.where(beta == 0, torch.zeros_like(beta), beta / delta)
+        # 0 <= beta <= delta in exact arithmetic; sums taken apart (`combined` with sign -1) can
+        # leave either a rounding error below 0 where the covariance is 0 or mu I already
+        beta = torch.minimum(beta.clamp(min=0), delta)
+        coef = torch.where(beta <= 0, torch.zeros_like(beta), beta / delta)
         if d == 1:
             coef = torch.zeros_like(coef)
         cov = (1 - coef)[:, None, None] * cov + (coef * mu)[:, None, None] * eye
