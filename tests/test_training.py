@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
+from tqdm.auto import tqdm
 
 import pitscope.runtime as runtime
 import pitscope.training as training
@@ -559,7 +560,7 @@ def test_training_sgd_is_fused_on_cpu_and_steps_as_the_per_parameter_loop():
 
 
 @pytest.mark.parametrize("drop_last", [True, False])
-def test_one_loader_serves_every_epoch_in_the_order_a_fresh_shuffling_loader_gives_each(drop_last):
+def test_one_loader_serves_every_epoch_in_the_order_a_fresh_loader_in_a_bar_gives_each(drop_last):
     n, batch, seed = 11, 4, 3
     batches = training.EpochBatches(n, batch, drop_last, seed, 2, 5, training.distributed.DistContext())
     got = list(batches)
@@ -570,7 +571,7 @@ def test_one_loader_serves_every_epoch_in_the_order_a_fresh_shuffling_loader_giv
         fresh = torch.utils.data.DataLoader(
             range(n), batch_size=batch, shuffle=True, generator=generator, drop_last=drop_last
         )
-        expected += [[(epoch, int(i)) for i in b] for b in fresh]
+        expected += [[(epoch, int(i)) for i in b] for b in tqdm(fresh, disable=True)]
     assert got == expected
     assert len({tuple(i for _, i in b) for b in got}) == len(got)  # the epochs' orders differ
 

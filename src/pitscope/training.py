@@ -342,10 +342,11 @@ def sgd(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.opti
 
 def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     """The order of the n training images in `epoch` on one process: a permutation from a torch
-    Generator seeded with (seed, epoch), after one int64 drawn from it (the order a shuffling
-    DataLoader gives with that generator)."""
+    Generator seeded with (seed, epoch), after two int64 drawn from it: the order a shuffling
+    DataLoader with that generator gives inside a tqdm.auto bar, which starts its iterator twice."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    torch.empty((), dtype=torch.int64).random_(generator=generator)
+    for _ in range(2):
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
     return torch.randperm(n, generator=generator).tolist()
 
 
