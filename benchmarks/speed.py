@@ -40,10 +40,11 @@ from pitscope.augment import PseudoDefects
 from pitscope.benchmark import commit, machine
 from pitscope.config import load_config, rescale_images
 from pitscope.data import build_dataset
+from pitscope.distributed import DistContext
 from pitscope.inference import Detector
 from pitscope.models.network import DoubleSelfSupervisedNet
 from pitscope.runtime import cpu_has_bf16, precision_name, resolve_precision
-from pitscope.training import PseudoDefectPairs, compute_loss, sgd
+from pitscope.training import EpochBatches, PseudoDefectPairs, compute_loss, sgd
 
 REPO = Path(__file__).resolve().parents[1]
 PITSCOPE_TRAIN = ("pitscope_step", "pitscope_end_to_end", "pitscope_end_to_end_1_worker")
@@ -106,28 +107,13 @@ def pitscope_train_step(cfg, dataset, end_to_end: bool, num_workers: int = 0):
     optimizer = sgd(model, cfg, torch.device("cpu"))
     dtype = resolve_precision(cfg.train.precision, torch.device("cpu"))
     pairs = PseudoDefectPairs(dataset, maker, cfg.seed, cfg.train.crop_size)
-    loader = DataLoader(
-        pairs,
-        batch_size=cfg.train.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(0),
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-    )
-    fixed = next(iter(loader)) if not end_to_end else None
-    batches = iter(())
+    # the training loop's loader: one over every epoch, its workers started once
+    order = EpochBatches(len(pairs), cfg.train.batch_size, True, cfg.seed, 0, 10**6, DistContext())
+    batches = iter(DataLoader(pairs, batch_sampler=order, num_workers=num_workers))
+    fixed = next(batches) if not end_to_end else None
 
     def next_batch():
-        nonlocal batches
-        if not end_to_end:
-            return fixed
-        batch = next(batches, None)
-        if batch is None:
-            pairs.set_epoch(pairs.epoch + 1)
-            batches = iter(loader)
-            batch = next(batches)
-        return batch
+        return next(batches) if end_to_end else fixed
 
     def step():
         batch = [t.contiguous(memory_format=fmt) if t.ndim == 4 else t for t in next_batch()]
