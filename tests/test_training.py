@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import default_collate
+from torch.utils.data import DistributedSampler, default_collate
 from tqdm.auto import tqdm
 
 import pitscope.runtime as runtime
@@ -384,7 +384,7 @@ def test_nan_loss_raises_training_diverged_naming_where(tmp_path, images, monkey
     assert "epoch 1" in message and "step 2" in message
     assert "train.lr" in message and "0.02" in message
     assert len(calls) == 2
-    assert "no epoch finished" in message
+    assert "no checkpoint of this run was written" in message
     assert not (tmp_path / LAST_CHECKPOINT).exists()  # nothing half-diverged is kept
 
 
@@ -397,6 +397,31 @@ def test_divergence_keeps_a_finite_checkpoint(tmp_path, images):
     poisoned = [k for k, v in state["model"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
     assert not poisoned
     assert state["epoch"] == before["epoch"] == 1
+
+
+def test_divergence_names_the_epoch_the_checkpoint_holds_not_a_stale_file(tmp_path, images, monkeypatch):
+    run(tmp_path, images, LIGHT, "train.epochs=1")  # an earlier run's checkpoint_last.pt
+    real, calls = training.compute_loss, []
+
+    def nan_in_epoch_4(model, cfg, batch):
+        loss, parts = real(model, cfg, batch)
+        calls.append(1)
+        if len(calls) == 3 * STEPS_PER_EPOCH + 1:
+            return loss * float("nan"), {**parts, "loss": float("nan")}
+        return loss, parts
+
+    monkeypatch.setattr(training, "compute_loss", nan_in_epoch_4)
+    with pytest.raises(TrainingDiverged, match=r"after epoch 2\)"):
+        run(tmp_path, images, LIGHT, "train.epochs=5", "train.checkpoint_every=2")
+    assert torch.load(tmp_path / LAST_CHECKPOINT, weights_only=True)["epoch"] == 2
+
+    def nan_at_once(model, cfg, batch):
+        loss, parts = real(model, cfg, batch)
+        return loss * float("nan"), {**parts, "loss": float("nan")}
+
+    monkeypatch.setattr(training, "compute_loss", nan_at_once)
+    with pytest.raises(TrainingDiverged, match="no checkpoint of this run was written"):
+        run(tmp_path, images, LIGHT, "train.epochs=5")  # the file there is the run before's
 
 
 def test_dataloader_workers_see_the_same_pseudo_defects(tmp_path, images):
@@ -576,16 +601,23 @@ def test_one_loader_serves_every_epoch_in_the_order_a_fresh_loader_in_a_bar_give
     assert len({tuple(i for _, i in b) for b in got}) == len(got)  # the epochs' orders differ
 
 
-def test_each_process_takes_its_shard_of_every_epoch():
-    n, batch, seed = 12, 3, 0
-    shards = [
-        list(training.EpochBatches(n, batch, True, seed, 0, 2, training.distributed.DistContext(rank=r, world_size=2)))
-        for r in range(2)
-    ]
-    for epoch in range(2):
-        items = [i for shard in shards for b in shard for e, i in b if e == epoch]
-        assert sorted(items) == list(range(n))
-    assert all(len(shard) == 2 * 2 for shard in shards)  # 6 images a process, 2 batches of 3, 2 epochs
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_each_process_takes_its_distributed_shard_of_every_epoch(drop_last):
+    n, batch, seed, world = 10, 2, 5, 3
+    for rank in range(world):
+        ctx = training.distributed.DistContext(rank=rank, world_size=world)
+        got = list(training.EpochBatches(n, batch, drop_last, seed, 1, 3, ctx))
+        expected = []
+        for epoch in (1, 2):
+            shard = DistributedSampler(
+                range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
+            )
+            shard.set_epoch(epoch)
+            order = list(shard)
+            steps = len(order) // batch if drop_last else -(-len(order) // batch)
+            expected += [[(epoch, i) for i in order[b * batch : (b + 1) * batch]] for b in range(steps)]
+        assert got == expected
+        assert len(got) == (2 * 1 if drop_last else 2 * 2)  # 3 or 4 images a process, every rank alike
 
 
 def test_checkpoint_every_writes_at_its_epochs_and_after_the_last(tmp_path, images, monkeypatch):

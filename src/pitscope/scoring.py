@@ -126,8 +126,9 @@ class _Moments:
         frob = (cov**2).sum((-2, -1))
         beta = (fourth / n - frob) / (d * n)
         delta = (frob - 2 * mu * trace + d * mu**2) / d
-        # 0 <= beta <= delta in exact arithmetic; sums taken apart (`combined` with sign -1) can
-        # leave either a rounding error below 0 where the covariance is 0 or mu I already
+        # beta >= 0 in exact arithmetic (sum ||x_i||^4 / n - ||S||_F^2 = sum ||x_i x_i^T - S||_F^2 / n),
+        # but sums taken apart (`combined` with sign -1) can leave a rounding error below 0 where
+        # the covariance is 0; the cap at delta is Ledoit-Wolf's own
         beta = torch.minimum(beta.clamp(min=0), delta)
         coef = torch.where(beta <= 0, torch.zeros_like(beta), beta / delta)
         if d == 1:

@@ -167,6 +167,7 @@ class _Run:
     step: int = 0
     elapsed: float = 0.0
     step_time: float = 0.0  # the last step's seconds: the budget check looks one step ahead
+    saved_epoch: int | None = None  # the finished epochs in the checkpoint this run wrote or resumed from
     history: list[dict] = field(default_factory=list)
     log: _CsvLog | None = None
     writer: Any = None
@@ -253,6 +254,7 @@ def _resume(run: _Run) -> None:
     if "scaler" in state:
         run.scaler.load_state_dict(state["scaler"])
     run.start_epoch, run.step, run.elapsed = state["epoch"], state["step"], state["elapsed_s"]
+    run.saved_epoch = run.start_epoch
     run.history = list(state["history"])
     run.echo(f"resuming after epoch {run.start_epoch} (step {run.step}, {run.elapsed / 60:.1f} min trained)")
 
@@ -307,6 +309,7 @@ def _save_last(run: _Run, epoch: int) -> None:
         },
         run.last_path,
     )
+    run.saved_epoch = epoch
 
 
 def _save_snapshot(run: _Run, epoch: int) -> None:
@@ -342,8 +345,9 @@ def sgd(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.opti
 
 def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     """The order of the n training images in `epoch` on one process: a permutation from a torch
-    Generator seeded with (seed, epoch), after two int64 drawn from it: the order a shuffling
-    DataLoader with that generator gives inside a tqdm.auto bar, which starts its iterator twice."""
+    Generator seeded with (seed, epoch), after two int64 drawn from it (the order a shuffling
+    DataLoader with that generator and no workers gives inside a tqdm.auto bar, which starts its
+    iterator twice)."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     for _ in range(2):
         torch.empty((), dtype=torch.int64).random_(generator=generator)
@@ -488,9 +492,9 @@ def _log_step(run: _Run, epoch: int, lr: float, parts: dict[str, float]) -> None
 
 def _diverged(run: _Run, epoch: int, parts: dict[str, float]) -> TrainingDiverged:
     where = (
-        f"the last good state (after epoch {epoch}) is in {run.last_path}; resume from it with "
-        if run.last_path.exists()
-        else "no epoch finished, so start again with "
+        f"the last good state (after epoch {run.saved_epoch}) is in {run.last_path}; resume from it with "
+        if run.saved_epoch is not None and run.last_path.exists()
+        else "no checkpoint of this run was written, so start again with "
     )
     return TrainingDiverged(
         f"loss is {parts['loss']} at epoch {epoch + 1}, step {run.step + 1} ({parts}); "
@@ -581,14 +585,16 @@ def train(
     epoch = run.start_epoch
     run.model.train()
     order = EpochBatches(len(pairs), batch_size, drop_last, cfg.seed, run.start_epoch, cfg.train.epochs, run.ctx)
-    batches = iter(_loader(run, pairs, order))
-    for epoch in range(run.start_epoch, cfg.train.epochs):
-        stopped_by_budget = _train_epoch(run, step_model, batches, order.steps(epoch), epoch, budget_s)
-        if stopped_by_budget:
-            _save_last(run, epoch)  # a partial epoch is redone on resume
-            break
-        if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
-            _save_last(run, epoch + 1)
-        _save_snapshot(run, epoch + 1)
-    del batches  # its workers stop here, not at the end of fitting
+    batches = iter(_loader(run, pairs, order)) if len(order) else iter(())
+    try:
+        for epoch in range(run.start_epoch, cfg.train.epochs):
+            stopped_by_budget = _train_epoch(run, step_model, batches, order.steps(epoch), epoch, budget_s)
+            if stopped_by_budget:
+                _save_last(run, epoch)  # a partial epoch is redone on resume
+                break
+            if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
+                _save_last(run, epoch + 1)
+            _save_snapshot(run, epoch + 1)
+    finally:
+        del batches  # its workers stop here, not at the end of fitting (or with the error)
     return _finish(run, epoch, stopped_by_budget)
