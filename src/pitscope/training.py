@@ -364,7 +364,7 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
         self, n: int, batch_size: int, drop_last: bool, seed: int, start: int, stop: int, ctx: distributed.DistContext
     ):
         self.n, self.batch_size, self.drop_last, self.seed = n, batch_size, drop_last, seed
-        self.start, self.stop, self.ctx = start, stop, ctx
+        self.start, self.stop = start, stop
         self._shard: DistributedSampler[int] | None = None
         if ctx.enabled:
             self._shard = DistributedSampler(
@@ -385,13 +385,15 @@ class EpochBatches(Sampler[list[tuple[int, int]]]):
 
     def steps(self, epoch: int) -> int:
         """The number of batches of `epoch` on this process."""
-        k = len(self.order(epoch)) if self._shard is not None else self.n
+        return self._batches(len(self.order(epoch)) if self._shard is not None else self.n)
+
+    def _batches(self, k: int) -> int:
         return k // self.batch_size if self.drop_last else math.ceil(k / self.batch_size)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for epoch in range(self.start, self.stop):
             order = self.order(epoch)
-            for b in range(self.steps(epoch)):
+            for b in range(self._batches(len(order))):
                 yield [(epoch, i) for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
 
     def __len__(self) -> int:
@@ -548,8 +550,9 @@ def train(
 ) -> TrainResult:
     """Train the network on the defect-free `dataset` (images already at cfg.data.image_size).
 
-    Writes OUTPUT_DIR/checkpoint_last.pt atomically after every train.checkpoint_every epochs (and when the budget stops
-    the run), OUTPUT_DIR/train_log.csv, and the resolved config. With train.checkpoint false no
+    Writes OUTPUT_DIR/checkpoint_last.pt atomically after every train.checkpoint_every epochs
+    (and the last, and when the budget stops the run), OUTPUT_DIR/train_log.csv, and the
+    resolved config. With train.checkpoint false no
     checkpoint is written, and a fresh run removes the one an earlier run left in OUTPUT_DIR (it
     would hold another network than this run's). With resume=True it continues
     from checkpoint_last.pt after the last finished epoch. The budget counts wall-clock time of
