@@ -137,9 +137,9 @@ class TrainConfig:
     # write OUTPUT_DIR/checkpoint_last.pt (network, optimiser, progress) after every epoch, so
     # --resume can continue a stopped run; false: no checkpoint is written (the run cannot resume)
     checkpoint: bool = True
-    # with checkpoint on: write it after every this many epochs, after the last epoch and when the
-    # budget stops the run (a crash loses at most this many epochs; each write holds the network
-    # and the optimiser's momentum)
+    # with checkpoint on: write it after the run's first epoch, every this many epochs, after the
+    # last epoch and when the budget stops the run (a crash loses at most this many epochs; each
+    # write holds the network and the optimiser's momentum)
     checkpoint_every: int = 1
     # train on random crop_size x crop_size crops of the images at data.image_size (null: whole
     # images); scoring still sees whole images at data.image_size. With data.image_size above the

@@ -291,7 +291,8 @@ def _announce(run: _Run) -> None:
 
 def _save_last(run: _Run, epoch: int) -> None:
     """checkpoint_last.pt after `epoch` finished epochs (rank 0, when train.checkpoint is on);
-    the loop calls it every train.checkpoint_every epochs, after the last and at a budget stop."""
+    the loop calls it after the run's first epoch (so the file in OUTPUT_DIR is soon this run's),
+    every train.checkpoint_every epochs, after the last and at a budget stop."""
     if not run.main or not run.cfg.train.checkpoint:
         return
     atomic_save(
@@ -550,8 +551,8 @@ def train(
 ) -> TrainResult:
     """Train the network on the defect-free `dataset` (images already at cfg.data.image_size).
 
-    Writes OUTPUT_DIR/checkpoint_last.pt atomically after every train.checkpoint_every epochs
-    (and the last, and when the budget stops the run), OUTPUT_DIR/train_log.csv, and the
+    Writes OUTPUT_DIR/checkpoint_last.pt atomically after the first epoch, every
+    train.checkpoint_every epochs, the last, and when the budget stops the run, OUTPUT_DIR/train_log.csv, and the
     resolved config. With train.checkpoint false no
     checkpoint is written, and a fresh run removes the one an earlier run left in OUTPUT_DIR (it
     would hold another network than this run's). With resume=True it continues
@@ -595,7 +596,11 @@ def train(
             if stopped_by_budget:
                 _save_last(run, epoch)  # a partial epoch is redone on resume
                 break
-            if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
+            if (
+                epoch == run.start_epoch
+                or (epoch + 1) % cfg.train.checkpoint_every == 0
+                or epoch + 1 == cfg.train.epochs
+            ):
                 _save_last(run, epoch + 1)
             _save_snapshot(run, epoch + 1)
     finally:
