@@ -134,7 +134,7 @@ class TrainConfig:
     # keep the network's weights after every this many epochs in OUTPUT_DIR/snapshots/ (0: off),
     # e.g. to see how the scores develop with training (`pitscope refit` scores a snapshot)
     snapshot_every: int = 0
-    # write OUTPUT_DIR/checkpoint_last.pt (network, optimiser, progress) after every epoch, so
+    # write OUTPUT_DIR/checkpoint_last.pt (network, optimiser, progress) as training goes, so
     # --resume can continue a stopped run; false: no checkpoint is written (the run cannot resume)
     checkpoint: bool = True
     # with checkpoint on: write it after the run's first epoch, every this many epochs, after the

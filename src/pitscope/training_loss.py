@@ -28,8 +28,9 @@ from pitscope.tensors import denormalise, image_to_tensor
 class PseudoDefectPairs(Dataset):
     """Item i of epoch e: (normal (3,H,W), pseudo-defective (3,H,W), mask (H,W), kind).
 
-    Indexed by (e, i), or by i alone for the epoch last given to set_epoch. With `crop`, the normal image is first a random crop x crop square of the sample (drawn from
-    the item's own seeded generator), so H = W = crop."""
+    Indexed by (e, i), or by i alone for the epoch last given to set_epoch. With `crop`, the
+    normal image is first a random crop x crop square of the sample (drawn from the item's own
+    seeded generator), so H = W = crop."""
 
     def __init__(self, dataset: Sequence[Sample], maker: PseudoDefects, seed: int, crop: int | None = None):
         self.dataset = dataset
