@@ -9,8 +9,9 @@
 The models are trained with `data.holdout=positions`: the validation positions' photos never
 train them. Without --test, every compared setting is scored on those photos only:
 - the map: raw Mahalanobis distances ("none"), each map divided by its own mean ("image_mean"),
-  and that map multiplied by the image score over the image threshold ("image_mean_score"), at
-  each smoothing sigma;
+  and that map multiplied by the image score over the image threshold ("image_mean_score"), the
+  raw map multiplied by it ("image_score") or by it up to 1 ("image_score_capped"), at each
+  smoothing sigma;
 - the predicted region at each map: the pixel threshold as a quantile of the held-back training
   images' map values or of their maxima, a minimum region size, regions on every image or
   only on images decided defective, (--cores) each region cut to its core, and (--peak-maxes) the
@@ -51,11 +52,11 @@ from pitscope.evaluation import evaluate, predicted_regions, write_evaluation
 from pitscope.fitting import refit, with_references
 from pitscope.inference import Detector
 from pitscope.metrics import evaluate_all, region_metrics
-from pitscope.scoring import gaussian_smooth, pixel_threshold_of
+from pitscope.scoring import gaussian_smooth, pixel_threshold_of, score_factor
 
 RESULTS = Path(__file__).parent / "results"
 LOOKS = RESULTS / TEST_LOOKS
-NORMALISATIONS = ("none", "image_mean", "image_mean_score")
+NORMALISATIONS = ("none", "image_mean", "image_mean_score", "image_score", "image_score_capped")
 SIGMAS = (2.0, 4.0, 8.0)
 THRESHOLDS = (
     ("pixels", 0.99),
@@ -97,9 +98,8 @@ def transform(maps: np.ndarray, scores: np.ndarray, threshold: float, sigma: flo
     out = gaussian_smooth(torch.from_numpy(maps), sigma).numpy()
     if normalisation in ("image_mean", "image_mean_score"):
         out = out / np.maximum(out.mean(axis=(1, 2), keepdims=True), 1e-12)
-    if normalisation == "image_mean_score":
-        out = out * (scores / threshold)[:, None, None]
-    return out
+    factor = score_factor(normalisation, torch.from_numpy(np.asarray(scores, dtype=np.float64)), threshold)
+    return out * factor.numpy().astype(out.dtype)[:, None, None]
 
 
 def choose(

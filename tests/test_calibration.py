@@ -77,12 +77,13 @@ def test_thresholds_are_quantiles_of_the_good_images(fitted):
     assert median["pixel_threshold"] == pytest.approx(np.quantile(maps, 0.9), rel=1e-5)
 
 
-def test_image_mean_score_maps_follow_the_new_threshold(fitted):
+@pytest.mark.parametrize("normalisation", ["image_mean_score", "image_score", "image_score_capped"])
+def test_maps_with_an_image_score_factor_follow_the_new_threshold(fitted, normalisation):
     import copy
 
     detector, _, good, _, _ = fitted
     scaled = copy.deepcopy(detector)
-    scaled.cfg.score.map_normalisation = "image_mean_score"
+    scaled.cfg.score.map_normalisation = normalisation
     calibrate(scaled, paths_in(good), quantile=0.5, apply=True, progress=False)
     _, maps = predicted(scaled, paths_in(good))  # the maps as the new threshold scales them
     assert float(scaled.pixel_threshold) == pytest.approx(np.quantile(maps, 0.999), rel=1e-4)

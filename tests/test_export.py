@@ -80,6 +80,25 @@ def test_onnx_carries_the_neighbourhood_scoring(fitted, tmp_path):
     assert (ref_map < own_map - 1e-3).any()  # the neighbourhood lowered the maps that were exported
 
 
+def test_onnx_carries_the_capped_image_score_factor(fitted, tmp_path):
+    detector, _, test_split = fitted
+    images = [sample.image for sample in test_split]
+    raw = copy.deepcopy(detector)
+    raw.cfg.score.map_normalisation = "none"
+    raw_score, raw_map = torch_reference(raw, images)
+    capped = copy.deepcopy(detector)
+    capped.cfg.score.map_normalisation = "image_score_capped"
+    capped.threshold.fill_(float(np.median(raw_score)))  # some photos above the threshold, some below
+    path = export_onnx(capped, tmp_path / "capped.onnx")["path"]
+    score, amap, _ = onnx_session(path).run(None, {"image": to_export_input(images, 64).numpy()})
+    ref_score, ref_map = torch_reference(capped, images)
+    assert np.abs(score - ref_score).max() <= 1e-4 * np.abs(ref_score).max()
+    assert np.abs(amap - ref_map).max() <= 1e-4 * np.abs(ref_map).max()
+    factor = np.minimum(raw_score / float(capped.threshold), 1.0)
+    assert (factor < 0.999).any() and (factor == 1.0).any()
+    np.testing.assert_allclose(amap, raw_map * factor[:, None, None], rtol=1e-3, atol=1e-4 * np.abs(raw_map).max())
+
+
 def test_export_check_reports_small_differences_on_given_images(fitted, tmp_path):
     detector, _, test_split = fitted
     images = to_export_input([sample.image for sample in test_split], 64)

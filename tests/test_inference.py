@@ -372,6 +372,35 @@ def test_image_mean_score_maps_are_scaled_by_the_image_score(fitted):
         apply_overrides(detector.cfg, ["score.map_normalisation=image_mean_score", "score.image_method=map_max"])
 
 
+@pytest.mark.parametrize("normalisation", ["image_score", "image_score_capped"])
+def test_raw_maps_times_the_image_score_factor(fitted, normalisation):
+    detector, _, train_split, test_split = fitted
+    fits = {}
+    for name in ("none", normalisation):
+        cfg = apply_overrides(detector.cfg, [f"score.map_normalisation={name}"])
+        torch.manual_seed(cfg.seed)
+        fits[name] = Detector(cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
+    raw, scaled = fits["none"], fits[normalisation]
+    threshold = float(scaled.threshold)
+    assert threshold == float(raw.threshold)  # the image side is unchanged
+    scores, maps = scaled.score_dataset(test_split, progress=False)
+    raw_scores, raw_maps = raw.score_dataset(test_split, progress=False)
+    np.testing.assert_allclose(scores, raw_scores, rtol=1e-6)
+    ratio = raw_scores / threshold
+    if normalisation == "image_score_capped":
+        ratio = np.minimum(ratio, 1.0)
+    np.testing.assert_allclose(maps, raw_maps * ratio[:, None, None], rtol=1e-4, atol=1e-6)
+    _, cal = raw.split_calibration(len(train_split))  # the pixel threshold: the held-back maps, scaled
+    held_scores, held = raw.score_dataset([train_split[i] for i in cal], progress=False)
+    held_ratio = held_scores / threshold
+    if normalisation == "image_score_capped":
+        held_ratio = np.minimum(held_ratio, 1.0)
+    expected = np.quantile(held * held_ratio[:, None, None], scaled.cfg.score.pixel_threshold_quantile)
+    assert float(scaled.pixel_threshold) == pytest.approx(float(expected), rel=1e-4)
+    with pytest.raises(ValueError, match="image_method=embedding"):
+        apply_overrides(detector.cfg, [f"score.map_normalisation={normalisation}", "score.image_method=map_max"])
+
+
 def test_pixel_threshold_from_each_held_back_maps_maximum(fitted):
     detector, _, train_split, _ = fitted
     cfg = apply_overrides(detector.cfg, ["score.pixel_threshold_from=image_max", "score.pixel_threshold_quantile=0.5"])

@@ -6,7 +6,14 @@ import torch
 from scipy.ndimage import gaussian_filter
 from sklearn.covariance import LedoitWolf
 
-from pitscope.scoring import GaussianScorer, PatchGaussianScorer, _Moments, gaussian_smooth, out_of_fold_scores
+from pitscope.scoring import (
+    GaussianScorer,
+    PatchGaussianScorer,
+    _Moments,
+    gaussian_smooth,
+    out_of_fold_scores,
+    score_factor,
+)
 
 
 def _correlated(n: int, d: int, seed: int, offset: float = 0.0) -> torch.Tensor:
@@ -350,3 +357,18 @@ def test_sums_of_a_zero_covariance_with_a_rounding_error_below_zero_shrink_by_no
     assert coef.tolist() == [0.0, 0.0] and torch.isfinite(cov).all()
     torch.testing.assert_close(cov[0], torch.zeros(3, 3, dtype=torch.float64))
     torch.testing.assert_close(cov[1], torch.eye(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("normalisation", "expected"),
+    [
+        ("none", [1.0, 1.0, 1.0, 1.0]),
+        ("image_mean", [1.0, 1.0, 1.0, 1.0]),
+        ("image_mean_score", [0.0, 0.5, 1.0, 3.0]),
+        ("image_score", [0.0, 0.5, 1.0, 3.0]),
+        ("image_score_capped", [0.0, 0.5, 1.0, 1.0]),
+    ],
+)
+def test_score_factor_of_each_map_normalisation(normalisation, expected):
+    scores = torch.tensor([0.0, 2.0, 4.0, 12.0], dtype=torch.float64)
+    np.testing.assert_allclose(score_factor(normalisation, scores, 4.0).numpy(), expected)

@@ -7,17 +7,19 @@ the inspection history).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.metrics import precision_recall_fscore_support
 
+from pitscope.config import SCORE_FACTORS
 from pitscope.data.dataset import AnomalyDataset, Record, pair_masks
 from pitscope.data.imageio import list_images
 from pitscope.metrics import f1_max
-from pitscope.scoring import pixel_threshold_of
+from pitscope.scoring import pixel_threshold_of, score_factor
 from pitscope.thresholds import CalibrationRecord, set_thresholds
 
 # Masks of `pitscope calibrate --masks`: `<stem>.<ext>` or `<stem>_mask.<ext>` (as data.folder).
@@ -40,6 +42,25 @@ def decision_rates(labels: np.ndarray, scores: np.ndarray, threshold: float) -> 
         labels, (scores > threshold).astype(np.int64), average="binary", zero_division=0
     )
     return {"threshold": float(threshold), "precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+
+def _rescaling(detector, threshold: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """(maps (N, H, W), their image scores (N,)) -> the maps as the image threshold `threshold`
+    would give them: maps with an image-score factor (`score.map_normalisation`) carry the
+    model's image threshold, the others are returned as they are."""
+    normalisation = detector.cfg.score.map_normalisation
+    stored = float(detector.threshold)
+
+    def rescale(maps: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if normalisation not in SCORE_FACTORS:
+            return maps
+        s = torch.from_numpy(np.asarray(scores, dtype=np.float64))
+        old = score_factor(normalisation, s, stored).numpy()
+        new = score_factor(normalisation, s, threshold).numpy()
+        ratio = np.divide(new, old, out=np.zeros_like(new), where=old > 0)  # a factor of 0 left a map of 0
+        return (maps * ratio[:, None, None]).astype(maps.dtype, copy=False)
+
+    return rescale
 
 
 def _unique(paths: Iterable[str | Path]) -> list[Path]:
@@ -89,11 +110,8 @@ def calibrate(
     if good_scores.size == 0:
         raise ValueError(f"no readable defect-free image among the {len(good)} given: cannot calibrate")
     threshold = float(np.quantile(good_scores.astype(np.float64), quantile))
-    # image_mean_score maps carry the model's image threshold: rescale them to the new one
-    rescale = (
-        float(detector.threshold) / threshold if detector.cfg.score.map_normalisation == "image_mean_score" else 1.0
-    )
-    good_maps = good_maps * rescale
+    rescale = _rescaling(detector, threshold)
+    good_maps = rescale(good_maps, good_scores)
     pixel_threshold = pixel_threshold_of(good_maps, pixel_quantile, cfg.pixel_threshold_from)
     result: dict[str, Any] = {
         "images": int(good_scores.size),
@@ -122,7 +140,7 @@ def _against_defects(
     masks: dict[Path, Path] | None,
     good_scores: np.ndarray,
     good_maps: np.ndarray,
-    rescale: float,
+    rescale: Callable[[np.ndarray, np.ndarray], np.ndarray],
     progress: bool,
 ) -> list:
     """Fill result["defects"] (the F1-optimal image threshold, and precision / recall / F1 at both
@@ -130,7 +148,7 @@ def _against_defects(
     (N, H, W) and the defects' maps). Returns the skipped defective files, as (path, reason)."""
     records = [Record(p, 1, mask_path=masks[p] if masks else None) for p in defects]
     defect_set, defect_scores, defect_maps, skipped = _scored(detector, records, progress)
-    defect_maps = defect_maps * rescale
+    defect_maps = rescale(defect_maps, defect_scores)
     if defect_scores.size == 0:
         raise ValueError(f"no readable defective image among the {len(defects)} given")
     labels = np.r_[np.zeros(good_scores.size, np.int64), np.ones(defect_scores.size, np.int64)]

@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 PRESET_DIR = Path(__file__).parent / "configs"
+# score.map_normalisation values whose maps carry a factor of the photo's own image score
+SCORE_FACTORS = ("image_mean_score", "image_score", "image_score_capped")
 
 
 class ConfigError(ValueError):
@@ -193,7 +195,9 @@ class ScoreConfig:
     # over the stage features and the Gaussians' distances (`pitscope finetune`)
     defect_probe: bool = False
     # none | image_mean: each map divided by its own mean | image_mean_score: that, times the
-    # image score over the image threshold (needs image_method embedding)
+    # image score over the image threshold | image_score: the map times the image score over the
+    # image threshold | image_score_capped: times that ratio up to 1, so only photos below the
+    # image threshold are scaled down (the last three need image_method embedding)
     map_normalisation: str = "image_mean"
     image_method: str = "embedding"  # embedding: Mahalanobis of the image embedding | map_max
     # The image embedding: the image branch's projector output (needs model.classify) or the pooled
@@ -244,7 +248,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.lr_schedule": ("constant", "cosine"),
     "score.shrinkage": ("ledoit_wolf", "ridge"),
     "score.pixel_method": ("padim", "segmentation", "patch"),
-    "score.map_normalisation": ("none", "image_mean", "image_mean_score"),
+    "score.map_normalisation": ("none", "image_mean", "image_mean_score", "image_score", "image_score_capped"),
     "data.holdout": ("none", "positions"),
     "score.regions_on": ("all", "defective", "defective_peak"),
     "score.pixel_threshold_from": ("pixels", "image_max"),
@@ -473,9 +477,9 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.data.positions_file is not None and cfg.data.holdout != "positions":
         raise ConfigError("data.positions_file is read only with data.holdout=positions")
-    if cfg.score.map_normalisation == "image_mean_score" and cfg.score.image_method != "embedding":
+    if cfg.score.map_normalisation in SCORE_FACTORS and cfg.score.image_method != "embedding":
         raise ConfigError(
-            "score.map_normalisation=image_mean_score needs score.image_method=embedding "
+            f"score.map_normalisation={cfg.score.map_normalisation} needs score.image_method=embedding "
             "(with map_max the image score is read from the map itself)"
         )
     if cfg.score.defect_probe and (cfg.score.pixel_method != "padim" or not cfg.data.labelled_defects):

@@ -17,7 +17,8 @@ mean: the map says where, within the image, the surface departs most from the de
 Gaussians, while the image score carries how anomalous the image is as a whole; a photo of a
 part no training image shows has a raw map high everywhere, which would rank its clean pixels
 above the pits of other photos. `image_mean_score` multiplies that by the image score over the
-image threshold. The predicted regions are the connected parts of the map above the pixel
+image threshold; `image_score` multiplies the raw map by it, and `image_score_capped` by it up to
+1, so that only photos the image decision passes are scaled down. The predicted regions are the connected parts of the map above the pixel
 threshold (`pitscope.defect_regions`, `Prediction.regions`).
 Threshold: the `score.threshold_quantile` quantile of image scores of defect-free training images
 that the scoring Gaussians did not see; the pixel threshold, a quantile of the held-back maps. With
@@ -40,7 +41,7 @@ from PIL import Image
 from torch import nn
 
 from pitscope import scorer_fitting
-from pitscope.config import Config, from_dict
+from pitscope.config import SCORE_FACTORS, Config, from_dict
 from pitscope.data.imageio import input_to_rgb
 from pitscope.data.types import Sample
 from pitscope.defect_probe import DefectProbe
@@ -54,6 +55,7 @@ from pitscope.scoring import (
     GaussianScorer,
     PatchGaussianScorer,
     gaussian_smooth,
+    score_factor,
 )
 from pitscope.tensors import images_to_batch, iterate_batches, resize_image
 from pitscope.upgrade import upgrade
@@ -119,7 +121,7 @@ class Detector(nn.Module):
         by_score: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`forward` from the images x and their `_features`; `pixel_scorer` replaces the fitted one;
-        by_score=False leaves out the image-score factor of map_normalisation image_mean_score
+        by_score=False leaves out the image-score factor of map_normalisation (`SCORE_FACTORS`)
         (the fit applies it once the threshold is known)."""
         scores = None
         if self.cfg.score.image_method != "map_max":
@@ -141,14 +143,16 @@ class Detector(nn.Module):
             maps = maps / maps.mean(dim=(1, 2), keepdim=True).clamp_min(1e-12)  # where, within the image
         if scores is None:  # map_max
             scores = maps.amax(dim=(1, 2))  # (B,) the strongest local anomaly
-        elif by_score and self.cfg.score.map_normalisation == "image_mean_score":
+        elif by_score and self.cfg.score.map_normalisation in SCORE_FACTORS:
             maps = self._times_score(maps, scores)
         return scores, maps
 
     def _times_score(self, maps: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """maps (B, H, W) x image score / image threshold (B,): how anomalous the image is as a whole
+        """maps (B, H, W) x the factor of `score.map_normalisation` (B,), from the image score over
+        the image threshold (`pitscope.scoring.score_factor`): how anomalous the image is as a whole
         scales where within it, so a defect-free image's map stays low against a pitted one's."""
-        return maps * (scores / float(self.threshold)).to(maps.dtype)[:, None, None]
+        factor = score_factor(self.cfg.score.map_normalisation, scores, float(self.threshold))
+        return maps * factor.to(maps.dtype)[:, None, None]
 
     # -- fitting ----------------------------------------------------------------------------
     def split_calibration(self, n: int) -> tuple[list[int], list[int]]:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pitscope.config import Config
+from pitscope.config import SCORE_FACTORS, Config
 from pitscope.data.types import Sample
 from pitscope.scoring import GaussianScorer, PatchGaussianScorer, out_of_fold_scores, pixel_threshold_of
 from pitscope.seeding import numpy_rng
@@ -75,7 +75,7 @@ class Detector(Protocol):
 HIGHEST = 5  # training images with the highest out-of-fold scores, named in the calibration record
 # Quantiles of the scores the image threshold is taken of, kept in the calibration record: the
 # image threshold another score.threshold_quantile would give, read without fitting again (the
-# pixel threshold, which image_mean_score maps scale by the image threshold, is not).
+# pixel threshold, which maps with an image-score factor scale by the image threshold, is not).
 QUANTILE_GRID = (0.5, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 0.999)
 
 
@@ -255,10 +255,10 @@ def fit_scorers(detector: Detector, dataset: Sequence[Sample], progress: bool = 
         "pixel_threshold": None,
         "score_quantiles": {f"{p:g}": float(torch.quantile(scores, p)) for p in QUANTILE_GRID},
     }
-    # the image threshold first: image_mean_score maps are scaled by it before the pixel quantile
+    # the image threshold first: maps with an image-score factor are scaled by it before the pixel quantile
     set_thresholds(detector, record, image=float(torch.quantile(scores, q)))
     held_maps = torch.cat(maps)  # (n, H, W) of the calibration images
-    if score.map_normalisation == "image_mean_score" and score.image_method != "map_max":
+    if score.map_normalisation in SCORE_FACTORS and score.image_method != "map_max":
         held_maps = detector._times_score(held_maps, torch.cat(held_scores))
     pixel = pixel_threshold_of(held_maps.numpy(), score.pixel_threshold_quantile, score.pixel_threshold_from)
     set_thresholds(detector, record, pixel=pixel)

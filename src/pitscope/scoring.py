@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pitscope.config import SCORE_FACTORS
+
 SHRINKAGES = ("ledoit_wolf", "ridge")
 
 
@@ -563,6 +565,17 @@ def pixel_threshold_of(maps, quantile: float, rule: str = "pixels") -> float:
     if rule == "image_max":
         return float(np.quantile(values.reshape(len(values), -1).max(axis=1), quantile))
     raise ValueError(f"rule: {rule!r} is not one of {', '.join(PIXEL_THRESHOLD_RULES)}")
+
+
+def score_factor(normalisation: str, scores: Tensor, threshold: float) -> Tensor:
+    """The factor (N,) that `score.map_normalisation` gives each of N maps, from their image
+    scores (N,) and the image threshold: score / threshold for image_mean_score and image_score,
+    min(1, score / threshold) for image_score_capped (a photo the image decision flags keeps its
+    map), 1 for the others."""
+    if normalisation not in SCORE_FACTORS:
+        return torch.ones_like(scores)
+    ratio = scores / threshold
+    return ratio.clamp(max=1.0) if normalisation == "image_score_capped" else ratio
 
 
 def gaussian_smooth(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:

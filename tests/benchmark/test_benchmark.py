@@ -796,3 +796,23 @@ def test_bsdata_localisation_compares_the_smallest_regions_it_is_given(monkeypat
         at = {r["min_region_fraction"]: r for r in run["rows"] if (r["pixel_rule"], r["pixel_quantile"]) == (rule, q)}
         assert at[0.05]["normal_area_p99"] <= at[0.0]["normal_area_p99"]
         assert at[0.999]["normal_area_p99"] == 0.0  # no region covers 99.9% of a photo
+
+
+def test_bsdata_localisation_maps_are_the_detectors_for_every_normalisation(monkeypatch, tmp_path, fit_tiny_detector):
+    """The study's maps, from raw maps by `transform`, are the ones the detector gives with each
+    score.map_normalisation (and the model's sigma and threshold)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from bsdata_localisation import NORMALISATIONS, raw_maps, transform
+
+    from pitscope.data import build_dataset
+
+    detector, _, cfg = fit_tiny_detector(tmp_path)
+    test = build_dataset(cfg.data, "test", cfg.seed)
+    scores, raw = raw_maps(detector, test, range(len(test)))
+    threshold = float(np.median(scores))  # photos on both sides of it
+    detector.threshold.fill_(threshold)
+    for normalisation in NORMALISATIONS:
+        detector.cfg.score.map_normalisation = normalisation
+        _, maps = detector.score_dataset(test, progress=False)
+        expected = transform(raw, scores, threshold, detector.cfg.score.smoothing_sigma, normalisation)
+        np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max(), err_msg=normalisation)
