@@ -57,8 +57,8 @@ def _rescaling(detector, threshold: float) -> Callable[[np.ndarray, np.ndarray],
         s = torch.from_numpy(np.asarray(scores, dtype=np.float64))
         old = score_factor(normalisation, s, stored).numpy()
         new = score_factor(normalisation, s, threshold).numpy()
-        ratio = np.divide(new, old, out=np.zeros_like(new), where=old > 0)  # a factor of 0 left a map of 0
-        return (maps * ratio[:, None, None]).astype(maps.dtype, copy=False)
+        ratio = np.divide(new, old, out=np.zeros_like(new), where=old != 0)  # a factor of 0 left a map of 0
+        return maps * ratio.astype(maps.dtype)[:, None, None]
 
     return rescale
 

@@ -121,6 +121,17 @@ def test_a_second_worker_uses_the_threshold_the_first_stored(fitted, tmp_path):
     assert answer["threshold"] == 77.0 and answer["threshold_version"] == 2
 
 
+def test_a_second_worker_uses_the_pixel_threshold_another_writer_stored(fitted, tmp_path):
+    url = tmp_path / "h.sqlite"
+    first, recorder = service(fitted, url)
+    second, _ = service(fitted, url)
+    with first, second:
+        stored = recorder.set_threshold(77.0, 0.5, by="test", how="pitscope calibrate")
+        answer = post(second, png(0)).json()
+    assert (answer["threshold"], answer["pixel_threshold"]) == (77.0, 0.5)
+    assert answer["threshold_version"] == stored.version
+
+
 def test_readers_page_filter_and_trend(fitted, history_url):
     client, recorder = service(fitted, history_url, rule=None)
     with client:

@@ -123,8 +123,11 @@ def score_upload(
         if threshold is None:
             threshold = version.image_threshold
     with served.lock:
-        if version is not None and float(detector.threshold) != version.image_threshold:
-            detector.threshold.fill_(version.image_threshold)  # another worker stored a new one
+        if version is not None:  # another worker (or pitscope calibrate --db) may have stored new ones
+            if float(detector.threshold) != version.image_threshold:
+                detector.threshold.fill_(version.image_threshold)
+            if float(detector.pixel_threshold) != version.pixel_threshold:
+                detector.pixel_threshold.fill_(version.pixel_threshold)
         prediction = detector.predict(image, threshold=threshold)
     region, regions = prediction.outline()  # (H, W) bool, largest first
     result = {
