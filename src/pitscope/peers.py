@@ -4,8 +4,10 @@ What practitioners run today, for the benchmark tables: anomalib's own torch mod
 same normalised images as pitscope's detector, with the backbone's weights taken from
 `pitscope.models.build_resnet18(cfg.model.weights)` — so "none" gives the very random ResNet-18
 that an untrained pitscope network of the same seed starts from, and "imagenet" (or a local file)
-the same ImageNet weights — rather than from timm's download. The anomaly maps go through the
-same `score.map_normalisation` as pitscope's; the image scores are anomalib's.
+the same ImageNet weights — rather than from timm's download. The anomaly maps are divided by
+their own mean when `score.map_normalisation` is image_mean, and are taken raw otherwise (the
+normalisations with an image-score factor need pitscope's image threshold); the image scores
+are anomalib's.
 
 anomalib is an optional extra (`pip install 'pitscope[bench]'`), imported only when a peer is
 built; nothing else in pitscope or its tests needs it.
