@@ -125,7 +125,13 @@ def test_saving_a_threshold_needs_the_key_and_writes_the_model_file(fitted, tmp_
         new = score - 0.5  # this image becomes a defect
         response = c.put("/threshold", json={"threshold": new}, headers=KEY)
         assert response.status_code == 200, response.text
-        assert response.json() == {"threshold": new, "previous": before, "saved_to": str(path)}
+        pixel = float(detector.pixel_threshold)  # image_mean maps do not depend on the image threshold
+        assert response.json() == {
+            "threshold": new,
+            "pixel_threshold": pixel,
+            "previous": before,
+            "saved_to": str(path),
+        }
         info = c.get("/model", headers=KEY).json()
         assert info["threshold"] == new and info["threshold_saving"] == {"allowed": True, "to_file": True}
         assert info["calibration"]["source"].startswith("set by hand")
@@ -140,6 +146,32 @@ def test_saving_a_threshold_needs_the_key_and_writes_the_model_file(fitted, tmp_
     reloaded = Detector.load(path)
     assert float(reloaded.threshold) == pytest.approx(new + 1)
     assert reloaded.metadata["calibration"]["threshold"] == pytest.approx(new + 1)
+
+
+def test_a_new_threshold_moves_the_pixel_threshold_of_maps_scaled_by_the_score(fitted):
+    _, path = fitted
+    detector = Detector.load(path)
+    detector.cfg.score.map_normalisation = "image_score"
+    before, pixel_before = float(detector.threshold), float(detector.pixel_threshold)
+    image = png(surface(2))
+    with TestClient(create_app(detector, api_key="s3cret")) as c:
+        first = c.post("/predict", files={"file": ("a.png", image)}, headers=KEY).json()
+        for bad in (0.0, -1.0):
+            response = c.put("/threshold", json={"threshold": bad}, headers=KEY)
+            assert response.status_code == 422 and "above 0" in response.json()["detail"]
+        assert float(detector.threshold) == before
+        answer = c.put("/threshold", json={"threshold": 2 * before}, headers=KEY).json()
+        assert answer["pixel_threshold"] == pytest.approx(pixel_before / 2, rel=1e-6)
+        assert c.get("/model", headers=KEY).json()["calibration"]["previous"] == {
+            "threshold": before,
+            "pixel_threshold": pixel_before,
+        }
+        second = c.post("/predict", files={"file": ("a.png", image)}, headers=KEY).json()
+    # the map halves with the doubled threshold, and so does the pixel threshold: the same regions
+    assert second["pixel_threshold"] == pytest.approx(first["pixel_threshold"] / 2, rel=1e-6)
+    assert len(second["regions"]) == len(first["regions"]) > 0
+    for a, b in zip(first["regions"], second["regions"], strict=True):
+        assert {**a, "peak": None} == {**b, "peak": None} and b["peak"] == pytest.approx(a["peak"] / 2, rel=1e-5)
 
 
 def test_threshold_without_a_model_path_lives_in_memory(fitted):

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pitscope.config import SCORE_FACTORS
 from pitscope.serve.access import key_header
 from pitscope.thresholds import CalibrationRecord, set_thresholds
 
@@ -35,9 +36,26 @@ def store_threshold(
     """Set `detector`'s image threshold, record it in the history and write the model file; the
     caller holds the detector's lock. The history records who by `given_key`'s fingerprint. The previous calibration record is kept under
     metadata["calibration"]["replaces"]. A failed write leaves everything as it was (HTTPException
-    503 when the history cannot record it, 500 when the file cannot be written)."""
+    503 when the history cannot record it, 500 when the file cannot be written).
+
+    Maps with an image-score factor (`score.map_normalisation` in `SCORE_FACTORS`) are scaled by
+    score / threshold, so the pixel threshold moves with the image threshold (times previous /
+    new): regions stay as they were on every photo whose factor is score / threshold under both,
+    which for image_score_capped are the photos below both thresholds (`pitscope calibrate`
+    derives both from photos instead). Such maps need a positive threshold (422)."""
     from fastapi import HTTPException
 
+    previous = float(detector.threshold)
+    pixel_previous = float(detector.pixel_threshold)
+    pixel = None
+    if detector.cfg.score.map_normalisation in SCORE_FACTORS:
+        if threshold <= 0:
+            raise HTTPException(
+                422,
+                f"threshold: must be above 0 for maps scaled by score / threshold "
+                f"(score.map_normalisation {detector.cfg.score.map_normalisation}), got {threshold}",
+            )
+        pixel = pixel_previous * previous / threshold
     version = None
     if recorder is not None:
         from pitscope.history.recorder import key_fingerprint
@@ -45,13 +63,15 @@ def store_threshold(
 
         try:
             version = recorder.set_threshold(
-                threshold, float(detector.pixel_threshold), by=key_fingerprint(given_key), how="PUT /threshold"
+                threshold,
+                pixel_previous if pixel is None else pixel,
+                by=key_fingerprint(given_key),
+                how="PUT /threshold",
             )
         except HistoryUnavailable as exc:
             raise HTTPException(
                 503, f"the threshold was not changed: the history cannot record the change ({exc})"
             ) from None
-    previous = float(detector.threshold)
     calibration = detector.metadata.get("calibration")
     if isinstance(calibration, dict):
         calibration = {k: v for k, v in calibration.items() if k != "replaces"}
@@ -60,20 +80,23 @@ def store_threshold(
         "threshold": threshold,
         "pixel_threshold": None,
         "set_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "previous": {"threshold": previous},
+        "previous": {"threshold": previous}
+        if pixel is None
+        else {"threshold": previous, "pixel_threshold": pixel_previous},
         "replaces": calibration,
     }
-    replaced = set_thresholds(detector, record, image=threshold)
+    replaced = set_thresholds(detector, record, image=threshold, pixel=pixel)
     if model_path is not None:
         try:
             detector.save(model_path)
         except OSError as exc:
             detector.threshold.fill_(previous)
+            detector.pixel_threshold.fill_(pixel_previous)
             detector.metadata["calibration"] = replaced
             if recorder is not None and version is not None:  # the history: the previous one in force again
                 recorder.set_threshold(
                     previous,
-                    float(detector.pixel_threshold),
+                    pixel_previous,
                     by="pitscope",
                     how="restored: the model file could not be written",
                 )
@@ -82,7 +105,12 @@ def store_threshold(
             raise HTTPException(
                 500, f"the threshold was not changed: could not write the model file ({reason})"
             ) from None
-    answer = {"threshold": threshold, "previous": previous, "saved_to": None if model_path is None else str(model_path)}
+    answer = {
+        "threshold": threshold,
+        "pixel_threshold": float(detector.pixel_threshold),
+        "previous": previous,
+        "saved_to": None if model_path is None else str(model_path),
+    }
     if version is not None:
         answer["threshold_version"] = version.version
     return answer
