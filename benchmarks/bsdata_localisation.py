@@ -52,7 +52,7 @@ from pitscope.evaluation import evaluate, predicted_regions, write_evaluation
 from pitscope.fitting import refit, with_references
 from pitscope.inference import Detector
 from pitscope.metrics import evaluate_all, region_metrics
-from pitscope.scoring import gaussian_smooth, pixel_threshold_of, score_factor
+from pitscope.scoring import gaussian_smooth, pixel_threshold_of, score_factor, sharpen_to_local_peak
 
 RESULTS = Path(__file__).parent / "results"
 LOOKS = RESULTS / TEST_LOOKS
@@ -72,6 +72,8 @@ REGIONS_ON = ("all", "defective")  # compared by default; --regions-on names oth
 PRESET_KEYS = (
     "smoothing_sigma",
     "map_normalisation",
+    "map_sharpen_window",
+    "map_sharpen_power",
     "pixel_threshold_from",
     "pixel_threshold_quantile",
     "min_region_fraction",
@@ -93,9 +95,17 @@ def raw_maps(detector: Detector, dataset, indices) -> tuple[np.ndarray, np.ndarr
     return scores, maps
 
 
-def transform(maps: np.ndarray, scores: np.ndarray, threshold: float, sigma: float, normalisation: str) -> np.ndarray:
-    """The maps as the detector would give them with these settings (smoothing, then normalisation)."""
-    out = gaussian_smooth(torch.from_numpy(maps), sigma).numpy()
+def transform(
+    maps: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    sigma: float,
+    normalisation: str,
+    sharpen: tuple[int, float] = (0, 1.0),
+) -> np.ndarray:
+    """The maps as the detector would give them with these settings (smoothing, the blobs narrowed
+    by sharpen = (score.map_sharpen_window, score.map_sharpen_power), then normalisation)."""
+    out = sharpen_to_local_peak(gaussian_smooth(torch.from_numpy(maps), sigma), *sharpen).numpy()
     if normalisation in ("image_mean", "image_mean_score"):
         out = out / np.maximum(out.mean(axis=(1, 2), keepdims=True), 1e-12)
     factor = score_factor(normalisation, torch.from_numpy(np.asarray(scores, dtype=np.float64)), threshold)
@@ -112,13 +122,15 @@ def choose(
     regions_on: Sequence[str] = REGIONS_ON,
     peak_maxes: Sequence[float] | None = None,
     min_fractions: Sequence[float] = MIN_FRACTIONS,
+    sharpens: Sequence[tuple[int, float]] | None = None,
 ) -> dict:
     """Every map and region setting scored on the validation photos; with `references` (photos
     the detector was fitted on beside its training photos) those photos are not scored. cores:
     the score.region_core values compared (default: the detector's); regions_on: the
     score.regions_on values compared; peak_maxes: the score.peak_region_max values compared
     (default: the detector's; they change regions_on defective_peak only); min_fractions: the
-    score.min_region_fraction values compared."""
+    score.min_region_fraction values compared; sharpens: the (score.map_sharpen_window,
+    score.map_sharpen_power) pairs compared (default: the detector's)."""
     cfg = detector.cfg
     train = build_dataset(cfg.data, "train", cfg.seed)
     if references:
@@ -146,10 +158,11 @@ def choose(
     labels = np.asarray(val.labels)
     masks = np.stack([val[i].mask for i in range(len(val))])
     rows = []
-    for sigma in sigmas:
+    own_sharpen = (cfg.score.map_sharpen_window, cfg.score.map_sharpen_power)
+    for sigma, sharpen in itertools.product(sigmas, sharpens or [own_sharpen]):
         for norm in normalisations:
-            maps = transform(val_raw, val_scores, threshold, sigma, norm)
-            cal = transform(cal_raw, cal_scores, threshold, sigma, norm)
+            maps = transform(val_raw, val_scores, threshold, sigma, norm, sharpen)
+            cal = transform(cal_raw, cal_scores, threshold, sigma, norm, sharpen)
             pixel = evaluate_all(labels, val_scores, masks, maps)
             for rule, q in THRESHOLDS:
                 pixel_threshold = pixel_threshold_of(cal, q, rule)
@@ -167,6 +180,8 @@ def choose(
                         {
                             "smoothing_sigma": sigma,
                             "map_normalisation": norm,
+                            "map_sharpen_window": sharpen[0],
+                            "map_sharpen_power": sharpen[1],
                             "pixel_rule": rule,
                             "pixel_quantile": q,
                             "min_region_fraction": floor,
@@ -177,7 +192,10 @@ def choose(
                             **region_metrics(labels, masks, regions),
                         }
                     )
-            print(f"sigma {sigma} {norm}: pixel AP {pixel['pixel_ap']:.4f} AUPRO {pixel['aupro']:.4f}", file=sys.stderr)
+            print(
+                f"sigma {sigma} {norm} sharpen {sharpen}: pixel AP {pixel['pixel_ap']:.4f} AUPRO {pixel['aupro']:.4f}",
+                file=sys.stderr,
+            )
     image = evaluate_all(labels, val_scores)
     return {
         "rows": rows,
@@ -203,6 +221,18 @@ def earliest_references(model: Path, per_position: int, split: str = "val") -> l
         positions = json.loads(split_file.read_text())["positions"]["measured"]
     names = reference_names(photos, bsdata_root(cfg.data.root), per_position, positions)
     return [r.path for r in photos.records if r.path.name in names]
+
+
+def sharpen_pair(text: str) -> tuple[int, float]:
+    """ "WINDOW:POWER" -> (window, power), as score.map_sharpen_window and score.map_sharpen_power."""
+    try:
+        window, power = text.split(":")
+        pair = int(window), float(power)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WINDOW:POWER such as 31:1, got {text!r}") from None
+    if pair[0] < 0 or (pair[0] and pair[0] % 2 == 0) or pair[1] <= 0:
+        raise argparse.ArgumentTypeError(f"the window must be 0 or odd and the power above 0, got {text!r}")
+    return pair
 
 
 def best(rows: list[dict]) -> dict:
@@ -289,9 +319,15 @@ REGION_HEADER = (
 )
 
 
+def maps_label(r: dict) -> str:
+    """The map setting of a row: its normalisation, and its blobs' narrowing when there is one."""
+    window = r.get("map_sharpen_window", 0)
+    return r["map_normalisation"] + (f", sharpened {window} px ^{r['map_sharpen_power']:g}" if window else "")
+
+
 def region_line(r: dict) -> str:
     return (
-        f"| {r['smoothing_sigma']:g} | {r['map_normalisation']} | {r['pixel_quantile']} of "
+        f"| {r['smoothing_sigma']:g} | {maps_label(r)} | {r['pixel_quantile']} of "
         f"{r.get('pixel_rule', 'pixels')} | "
         f"{r['min_region_fraction']:g} | {r['regions_on']} | {r.get('region_core', 0.0):g} | "
         f"{r.get('peak_region_max', 0.0):g} | {pct(r['pixel_f1'])} | "
@@ -311,6 +347,8 @@ def preset_rows(run: dict) -> list[dict]:
         for r in run["rows"]
         if r["smoothing_sigma"] == own["smoothing_sigma"]
         and r["map_normalisation"] == own["map_normalisation"]
+        and r.get("map_sharpen_window", 0) == own.get("map_sharpen_window", 0)
+        and r.get("map_sharpen_power", 1.0) == own.get("map_sharpen_power", 1.0)
         and r["pixel_rule"] == own["pixel_threshold_from"]
         and r["pixel_quantile"] == own["pixel_threshold_quantile"]
         and r["min_region_fraction"] == own["min_region_fraction"]
@@ -350,12 +388,12 @@ def write_markdown(record: dict, path: Path) -> None:
         ]
         seen = set()
         for r in run["rows"]:
-            key = (r["smoothing_sigma"], r["map_normalisation"])
+            key = (r["smoothing_sigma"], maps_label(r))
             if key in seen:
                 continue
             seen.add(key)
             lines.append(
-                f"| {r['smoothing_sigma']:g} | {r['map_normalisation']} | {pct(r['pixel_auroc'])} | "
+                f"| {r['smoothing_sigma']:g} | {maps_label(r)} | {pct(r['pixel_auroc'])} | "
                 f"{pct(r['pixel_ap'])} | {pct(r['aupro'])} | {pct(r['pixel_f1_max'])} |"
             )
         lines += [
@@ -387,6 +425,8 @@ def write_markdown(record: dict, path: Path) -> None:
                 for k in (
                     "smoothing_sigma",
                     "map_normalisation",
+                    "map_sharpen_window",
+                    "map_sharpen_power",
                     "min_region_fraction",
                     "regions_on",
                     "region_core",
@@ -566,6 +606,13 @@ def main() -> int:
         help="score.min_region_fraction values compared (choosing only)",
     )
     parser.add_argument(
+        "--sharpen",
+        type=sharpen_pair,
+        nargs="+",
+        help="WINDOW:POWER pairs of score.map_sharpen_window and score.map_sharpen_power compared (choosing only; "
+        "default: the model's; 0:1 leaves the maps as they are)",
+    )
+    parser.add_argument(
         "--neighbourhoods",
         type=int,
         nargs="+",
@@ -621,6 +668,7 @@ def main() -> int:
                 regions_on=args.regions_on,
                 peak_maxes=args.peak_maxes,
                 min_fractions=args.min_fractions,
+                sharpens=args.sharpen,
             )
             run["preset"] = {k: getattr(detector.cfg.score, k) for k in PRESET_KEYS}
             run["references"] = len(references)

@@ -80,7 +80,7 @@ def test_onnx_carries_the_neighbourhood_scoring(fitted, tmp_path):
     assert (ref_map < own_map - 1e-3).any()  # the neighbourhood lowered the maps that were exported
 
 
-def test_onnx_carries_the_capped_image_score_factor(fitted, tmp_path):
+def test_onnx_carries_the_capped_image_score_factor_and_the_narrowed_blobs(fitted, tmp_path):
     detector, _, test_split = fitted
     images = [sample.image for sample in test_split]
     raw = copy.deepcopy(detector)
@@ -95,6 +95,13 @@ def test_onnx_carries_the_capped_image_score_factor(fitted, tmp_path):
     assert np.abs(score - ref_score).max() <= 1e-4 * np.abs(ref_score).max()
     assert np.abs(amap - ref_map).max() <= 1e-4 * np.abs(ref_map).max()
     factor = np.minimum(raw_score / float(capped.threshold), 1.0)
+    sharp = copy.deepcopy(capped)
+    sharp.cfg.score.map_sharpen_window, sharp.cfg.score.map_sharpen_power = 9, 2.0
+    sharp_path = export_onnx(sharp, tmp_path / "sharp.onnx")["path"]
+    _, sharp_map, _ = onnx_session(sharp_path).run(None, {"image": to_export_input(images, 64).numpy()})
+    _, sharp_ref = torch_reference(sharp, images)
+    assert np.abs(sharp_map - sharp_ref).max() <= 1e-4 * np.abs(sharp_ref).max()
+    assert np.abs(sharp_ref - ref_map).max() > 1e-2 * np.abs(ref_map).max()  # the narrowing was exported
     assert (factor < 0.999).any() and (factor == 1.0).any()
     np.testing.assert_allclose(amap, raw_map * factor[:, None, None], rtol=1e-3, atol=1e-4 * np.abs(raw_map).max())
 

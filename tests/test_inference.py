@@ -4,6 +4,7 @@ The network is left untrained (seeded random weights): what is tested here is th
 persistence around it, which does not care how good the features are.
 """
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from pitscope.config import apply_overrides, from_dict, load_config, to_dict
 from pitscope.data import build_dataset
 from pitscope.inference import Detector
 from pitscope.scorer_fitting import QUANTILE_GRID
-from pitscope.scoring import PatchGaussianScorer
+from pitscope.scoring import PatchGaussianScorer, sharpen_to_local_peak
 from pitscope.tensors import images_to_batch
 from pitscope.training import LAST_CHECKPOINT, train
 
@@ -399,6 +400,26 @@ def test_raw_maps_times_the_image_score_factor(fitted, normalisation):
     assert float(scaled.pixel_threshold) == pytest.approx(float(expected), rel=1e-4)
     with pytest.raises(ValueError, match="image_method=embedding"):
         apply_overrides(detector.cfg, [f"score.map_normalisation={normalisation}", "score.image_method=map_max"])
+
+
+def test_sharpened_maps_are_the_smoothed_maps_narrowed_to_their_peaks(fitted):
+    detector, _, train_split, test_split = fitted
+    cfg = apply_overrides(detector.cfg, ["score.map_sharpen_window=9", "score.map_sharpen_power=2"])
+    torch.manual_seed(cfg.seed)
+    sharp = Detector(cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
+    assert float(sharp.threshold) == float(detector.threshold)
+    raw = copy.deepcopy(sharp)
+    raw.cfg.score.map_normalisation = "none"
+    raw.cfg.score.map_sharpen_window = 0
+    _, plain = raw.score_dataset(test_split, progress=False)
+    narrowed = sharpen_to_local_peak(torch.from_numpy(plain), 9, 2.0)
+    expected = narrowed / narrowed.mean(dim=(1, 2), keepdim=True)  # then the preset's image_mean
+    _, maps = sharp.score_dataset(test_split, progress=False)
+    np.testing.assert_allclose(maps, expected.numpy(), rtol=1e-4, atol=1e-6)
+    assert (maps.reshape(len(maps), -1).max(1) > 0).all()
+    for bad in ("score.map_sharpen_window=4", "score.map_sharpen_window=-1", "score.map_sharpen_power=0"):
+        with pytest.raises(ValueError, match="map_sharpen"):
+            apply_overrides(detector.cfg, [bad])
 
 
 def test_pixel_threshold_from_each_held_back_maps_maximum(fitted):

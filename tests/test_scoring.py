@@ -13,6 +13,7 @@ from pitscope.scoring import (
     gaussian_smooth,
     out_of_fold_scores,
     score_factor,
+    sharpen_to_local_peak,
 )
 
 
@@ -372,3 +373,19 @@ def test_sums_of_a_zero_covariance_with_a_rounding_error_below_zero_shrink_by_no
 def test_score_factor_of_each_map_normalisation(normalisation, expected):
     scores = torch.tensor([0.0, 2.0, 4.0, 12.0], dtype=torch.float64)
     np.testing.assert_allclose(score_factor(normalisation, scores, 4.0).numpy(), expected)
+
+
+def test_sharpening_keeps_each_peak_and_lowers_its_flanks_by_their_share_of_it():
+    maps = torch.zeros(1, 1, 12)
+    maps[0, 0, 2:5] = torch.tensor([2.0, 4.0, 2.0])  # a blob: flanks at half its peak
+    maps[0, 0, 9] = 2.0  # a lone peak of its own, 5 px from the blob's
+    for power, flank in ((1.0, 1.0), (2.0, 0.5)):
+        out = sharpen_to_local_peak(maps, 5, power)
+        assert out[0, 0, 3] == 4.0 and out[0, 0, 9] == 2.0  # every peak stays
+        assert out[0, 0, 2] == out[0, 0, 4] == pytest.approx(flank)  # 2 x (2 / 4) ** power
+        assert out[0, 0, 7] == 0.0
+    assert torch.equal(sharpen_to_local_peak(maps, 0, 2.0), maps)
+    wide = sharpen_to_local_peak(maps, 15, 1.0)  # the lone peak now sees the blob's: it falls too
+    assert wide[0, 0, 9] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="odd"):
+        sharpen_to_local_peak(maps, 4)

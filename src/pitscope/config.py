@@ -186,6 +186,11 @@ class ScoreConfig:
     patch_size: int = 64  # patch: side of the square crops, in pixels at data.image_size
     patch_stride: int = 16  # patch: step between crops, in pixels
     smoothing_sigma: float = 4.0
+    # each smoothed map pixel times (its value over the largest value within a square of this many
+    # pixels around it) ** map_sharpen_power: a blob keeps its peak and its flanks fall (0: off;
+    # an odd number of pixels at the scoring size)
+    map_sharpen_window: int = 0
+    map_sharpen_power: float = 1.0
     # padim: each map position is scored against the Gaussians of the positions within this many
     # map cells of it and keeps the smallest distance (0: its own Gaussian only), so what shifts by
     # a cell or two from photo to photo (an edge, a silhouette) is normal; the other pixel methods
@@ -372,6 +377,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "score.channel_groups": (1, None, True),
     "score.batch_size": (1, None, True),
     "score.smoothing_sigma": (0, None, True),
+    "score.map_sharpen_window": (0, None, True),
+    "score.map_sharpen_power": (0, None, False),
     "score.neighbourhood": (0, None, True),
     "score.region_core": (0, 1, True),
     "score.peak_region_max": (0, 1, True),
@@ -491,6 +498,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             "score.defect_probe=true needs score.image_method=embedding (the image threshold is not set on the "
             "probe's maps) and score.calibration_fraction > 0 (held-back photos fit and calibrate it)"
+        )
+    if cfg.score.map_sharpen_window and cfg.score.map_sharpen_window % 2 == 0:
+        raise ConfigError(
+            f"score.map_sharpen_window: must be 0 (off) or an odd number of pixels, got {cfg.score.map_sharpen_window}"
         )
     if not 0.0 <= cfg.score.min_region_fraction < 1.0:
         raise ConfigError(f"score.min_region_fraction: must lie in [0, 1), got {cfg.score.min_region_fraction}")

@@ -11,7 +11,8 @@ random subset of `score.pixel_channels` channels; "segmentation" — the probabi
 head trained to segment pseudo-defects (SPEC 5b, needs `model.segment`); "patch" — CutPaste's
 patch-level scores: crops embedded by the network, one Gaussian over all crops, each pixel the
 mean score of the crops covering it (`pitscope.patches`). Any map is upsampled
-to the model's input size and smoothed with `score.smoothing_sigma` (in pixels at that size).
+to the model's input size and smoothed with `score.smoothing_sigma` (in pixels at that size), and
+with `score.map_sharpen_window` each blob narrowed towards its peak (`sharpen_to_local_peak`).
 With `score.map_normalisation: image_mean` (the default) each map is then divided by its own
 mean: the map says where, within the image, the surface departs most from the defect-free
 Gaussians, while the image score carries how anomalous the image is as a whole; a photo of a
@@ -56,6 +57,7 @@ from pitscope.scoring import (
     PatchGaussianScorer,
     gaussian_smooth,
     score_factor,
+    sharpen_to_local_peak,
 )
 from pitscope.tensors import images_to_batch, iterate_batches, resize_image
 from pitscope.upgrade import upgrade
@@ -139,6 +141,7 @@ class Detector(nn.Module):
             maps = torch.sigmoid(seg_logits)  # (B, h, w) pseudo-defect probabilities
         maps = F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         maps = gaussian_smooth(maps, self.cfg.score.smoothing_sigma)  # (B, H, W)
+        maps = sharpen_to_local_peak(maps, self.cfg.score.map_sharpen_window, self.cfg.score.map_sharpen_power)
         if self.cfg.score.map_normalisation in ("image_mean", "image_mean_score"):
             maps = maps / maps.mean(dim=(1, 2), keepdim=True).clamp_min(1e-12)  # where, within the image
         if scores is None:  # map_max

@@ -567,6 +567,20 @@ def pixel_threshold_of(maps, quantile: float, rule: str = "pixels") -> float:
     raise ValueError(f"rule: {rule!r} is not one of {', '.join(PIXEL_THRESHOLD_RULES)}")
 
 
+def sharpen_to_local_peak(maps: Tensor, window: int, power: float = 1.0) -> Tensor:
+    """maps (N, H, W), non-negative, each pixel times (its value over the largest value within the
+    window x window square around it) ** power -> (N, H, W). A blob keeps its peak and its flanks
+    fall, so the peaks of different maps rank as before while a blob wider than what raised it
+    narrows. window 0 returns the maps as they are; otherwise it must be odd."""
+    if window == 0:
+        return maps
+    if window < 0 or window % 2 == 0:
+        raise ValueError(f"window: expected 0 or an odd number of pixels, got {window}")
+    peak = F.max_pool2d(maps[:, None], window, stride=1, padding=window // 2)[:, 0]  # (N, H, W)
+    ratio = (maps / peak.clamp_min(1e-12)).clamp(0.0, 1.0)
+    return maps * ratio**power
+
+
 def score_factor(normalisation: str, scores: Tensor, threshold: float) -> Tensor:
     """The factor (N,) that `score.map_normalisation` gives each of N maps, from their image
     scores (N,) and the image threshold: score / threshold for image_mean_score and image_score,

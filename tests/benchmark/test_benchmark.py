@@ -811,8 +811,9 @@ def test_bsdata_localisation_maps_are_the_detectors_for_every_normalisation(monk
     scores, raw = raw_maps(detector, test, range(len(test)))
     threshold = float(np.median(scores))  # photos on both sides of it
     detector.threshold.fill_(threshold)
-    for normalisation in NORMALISATIONS:
+    for normalisation, sharpen in [*((n, (0, 1.0)) for n in NORMALISATIONS), ("image_score_capped", (9, 2.0))]:
         detector.cfg.score.map_normalisation = normalisation
+        detector.cfg.score.map_sharpen_window, detector.cfg.score.map_sharpen_power = sharpen
         _, maps = detector.score_dataset(test, progress=False)
-        expected = transform(raw, scores, threshold, detector.cfg.score.smoothing_sigma, normalisation)
+        expected = transform(raw, scores, threshold, detector.cfg.score.smoothing_sigma, normalisation, sharpen)
         np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max(), err_msg=normalisation)

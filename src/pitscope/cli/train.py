@@ -123,7 +123,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     detector = Detector.load(args.model)
     cfg = apply_overrides(detector.cfg, args.overrides)
     # the data may change; of the scoring, only what acts after the fitted scorers may
-    post_hoc = {"map_normalisation", "smoothing_sigma", "image_method", *REGION_SETTINGS}
+    map_settings = {"map_normalisation", "smoothing_sigma", "map_sharpen_window", "map_sharpen_power"}
+    post_hoc = {*map_settings, "image_method", *REGION_SETTINGS}
     _refuse_trained_changes(cfg, detector.cfg, "evaluate", f"data.* and score.{{{', '.join(sorted(post_hoc))}}}")
     changed = [k for k, v in to_dict(cfg)["score"].items() if v != to_dict(detector.cfg)["score"][k]]
     if set(changed) - post_hoc:
@@ -137,7 +138,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "embedding scorer; score.image_method=embedding needs pitscope refit on its training "
             "checkpoint"
         )
-    if set(changed) & {"map_normalisation", "smoothing_sigma"}:
+    if set(changed) & map_settings:
         print(
             "evaluate: the stored pixel threshold was calibrated on the model's own maps; the region numbers "
             "at it do not describe these maps (pitscope refit calibrates it for them)",
@@ -262,7 +263,8 @@ def add_parsers(sub) -> None:
     add_set_arg(
         p,
         "override the model's data config (data.*), or score.map_normalisation / smoothing_sigma / "
-        "image_method / min_region_fraction / regions_on / region_core / peak_region_max",
+        "map_sharpen_window / map_sharpen_power / image_method / min_region_fraction / regions_on / "
+        "region_core / peak_region_max",
     )
     p.add_argument("--output-dir", help="where metrics.json and scores.csv go (default: beside the model, eval/)")
     p.add_argument("--report", action="store_true", help="also write an HTML report to OUTPUT_DIR/report/report.html")
