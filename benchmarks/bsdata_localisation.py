@@ -433,6 +433,7 @@ def write_markdown(record: dict, path: Path) -> None:
                     "peak_region_max",
                     "pixel_threshold_from",
                 )
+                if k in chosen  # rows written before a setting existed lack it
             )
             + f", score.pixel_threshold_quantile={chosen['pixel_quantile']}.",
             "",
