@@ -254,14 +254,19 @@ def check_model(detector: Detector, path: Path) -> None:
 
 
 def refitted(
-    model: Path, overrides: list[str], out_dir: Path | None = None, references: Sequence[Path] = ()
+    model: Path,
+    overrides: list[str],
+    out_dir: Path | None = None,
+    references: Sequence[Path] = (),
+    device: str = "cpu",
 ) -> Detector:
     """The model's network with its scorers fitted again under `overrides` (score.* only) and
     with `references` beside its training photos (`pitscope refit --references`); saved to
     out_dir/model.pt when out_dir is given. Without either, the model as saved; with overrides of
     REGION_SETTINGS settings alone and no references, the model as saved with those settings (its
-    scorers and thresholds do not depend on them)."""
-    old = Detector.load(model)
+    scorers and thresholds do not depend on them). The network runs and the scorers are fitted on
+    `device`."""
+    old = Detector.load(model, device)
     check_model(old, model)
     if not overrides and not references:
         return old
@@ -287,12 +292,12 @@ def refitted(
     return detector
 
 
-def measure_test(model: Path, overrides: list[str], out_dir: Path, per_position: int = 0) -> dict:
+def measure_test(model: Path, overrides: list[str], out_dir: Path, per_position: int = 0, device: str = "cpu") -> dict:
     """Refit the model with `overrides` (and, for a cross-position model, the `per_position`
     earliest defect-free photos of each measured position as references, which `evaluate` then
     leaves out), score the test split once, append the look to LOOKS."""
     references = earliest_references(model, per_position, "test") if per_position else []
-    detector = refitted(model, overrides, out_dir, references=references)
+    detector = refitted(model, overrides, out_dir, references=references, device=device)
     cfg = detector.cfg
     if not overrides and not references:
         detector.save(out_dir / "model.pt")
@@ -619,6 +624,9 @@ def main() -> int:
         nargs="+",
         help="score.neighbourhood values compared on the same fitted Gaussians (choosing only; default: the model's)",
     )
+    parser.add_argument(
+        "--device", default="cpu", help="where the network runs and the scorers are fitted (cpu, cuda, cuda:N)"
+    )
     args = parser.parse_args()
     if any(not 0.0 <= b <= 1.0 for b in args.peak_maxes or []):
         parser.error("--peak-maxes: each a share of the photo in [0, 1] (0: no bound)")
@@ -640,7 +648,9 @@ def main() -> int:
     if args.test:
         looks = []
         for model in args.models:
-            looks.append(measure_test(model, args.overrides, args.out / model.parent.name, args.references))
+            looks.append(
+                measure_test(model, args.overrides, args.out / model.parent.name, args.references, args.device)
+            )
             print(json.dumps(looks[-1], indent=1))
         if args.test_name:
             record = {
@@ -656,7 +666,7 @@ def main() -> int:
     runs = []
     for model in args.models:
         references = earliest_references(model, args.references) if args.references else []
-        detector = refitted(model, args.overrides, references=references)
+        detector = refitted(model, args.overrides, references=references, device=args.device)
         for radius in args.neighbourhoods or [detector.cfg.score.neighbourhood]:
             # the Gaussians and the image threshold do not depend on it; `choose` sets the pixel thresholds
             detector.cfg.score.neighbourhood = detector.pixel_scorer.radius = radius

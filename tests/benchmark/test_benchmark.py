@@ -361,8 +361,23 @@ def test_commit_marks_changed_code_and_benchmark_scripts_dirty(tmp_path):
     assert benchmark.commit(package) == head + "+dirty"
 
 
-def test_commit_outside_a_checkout_is_unknown(tmp_path):
+def test_commit_outside_a_checkout_is_unknown(tmp_path, monkeypatch):
+    monkeypatch.delenv("PITSCOPE_COMMIT", raising=False)
     assert benchmark.commit(tmp_path) == "unknown"
+
+
+def test_commit_of_a_copied_tree_comes_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("PITSCOPE_COMMIT", "abc1234")
+    assert benchmark.commit(tmp_path) == "abc1234 (copied tree)"
+    package = tmp_path / "repo" / "src"
+    package.mkdir(parents=True)
+    (package / "a.py").write_text("a = 1\n")
+    _git(tmp_path / "repo", "init", "-q")
+    _git(tmp_path / "repo", "add", "-A")
+    _git(tmp_path / "repo", "commit", "-qm", "first")
+    assert benchmark.commit(package) == _git(
+        tmp_path / "repo", "rev-parse", "--short", "HEAD"
+    )  # a checkout names its own
 
 
 def test_models_main_passes_score_settings_and_refuses_others(tmp_path, monkeypatch, capsys):

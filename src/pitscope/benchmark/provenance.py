@@ -38,11 +38,18 @@ def machine() -> dict:
 CODE_PATHS = (":(top)src", ":(top)benchmarks", ":(top,exclude)benchmarks/results", ":(top)pyproject.toml")
 
 
+# Outside a git checkout (a copy of the working tree on another machine), the commit it was taken from
+COMMIT_ENV = "PITSCOPE_COMMIT"
+
+
 def commit(here: Path | None = None) -> str:
     """The short commit of the checkout holding `here` (default: the pitscope package), with "+dirty"
     if the package, the benchmark scripts or pyproject.toml have uncommitted changes or files git
-    does not track yet (ignored files aside); "unknown" outside a git checkout."""
+    does not track yet (ignored files aside). Outside a git checkout: $PITSCOPE_COMMIT with
+    " (copied tree)" when set (the commit a copied working tree was taken from), else "unknown"."""
     here = Path(__file__).resolve().parent if here is None else here
+    copied = os.environ.get(COMMIT_ENV, "").strip()
+    outside = f"{copied} (copied tree)" if copied else "unknown"
     try:
         head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
         dirty = subprocess.run(
@@ -51,9 +58,9 @@ def commit(here: Path | None = None) -> str:
             text=True,
         )
     except OSError:
-        return "unknown"
+        return outside
     if head.returncode != 0:
-        return "unknown"
+        return outside
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
