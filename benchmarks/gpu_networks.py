@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
-    root = Path(args.root).resolve()
+    root = Path(os.path.relpath(Path(args.root).resolve(), REPO))  # results name no path of the machine
     jobs = [(seed, size) for seed in args.seeds for size in args.sizes]
     trained: queue.Queue = queue.Queue()
     times = {"train": [], "score": []}
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             if clock.left() < guess_train + guess_score:
                 print(f"[{clock.elapsed():.0f} s] not started: size {size}, seed {seed} (too little time left)")
                 continue
-            run_dir = REPO / "runs" / "gpu_networks" / f"size{size}_seed{seed}"
+            run_dir = Path("runs") / "gpu_networks" / f"size{size}_seed{seed}"  # from REPO, the commands' folder
             command = [
                 sys.executable, "-m", "pitscope.cli", "train", "--config", "cpu", "--quiet",
                 "--set", "data.holdout=positions", "--set", f"data.root={root}",
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             for attempt in [device] + (["cpu"] if device != "cpu" else []):
                 command = [
                     sys.executable, "benchmarks/bsdata_localisation.py", str(model), *STUDY,
-                    "--device", attempt, "--name", name, "--out", str(REPO / "runs" / "gpu_networks" / "study"),
+                    "--device", attempt, "--name", name, "--out", "runs/gpu_networks/study",
                 ]  # fmt: skip
                 rc, seconds = _run(command, logs / f"score_size{size}_seed{seed}_{attempt}.log", clock, env)
                 print(

@@ -38,18 +38,20 @@ def machine() -> dict:
 CODE_PATHS = (":(top)src", ":(top)benchmarks", ":(top,exclude)benchmarks/results", ":(top)pyproject.toml")
 
 
-# Outside a git checkout (a copy of the working tree on another machine), the commit it was taken from
+# The commit a copy of the working tree on another machine was taken from
 COMMIT_ENV = "PITSCOPE_COMMIT"
 
 
 def commit(here: Path | None = None) -> str:
     """The short commit of the checkout holding `here` (default: the pitscope package), with "+dirty"
     if the package, the benchmark scripts or pyproject.toml have uncommitted changes or files git
-    does not track yet (ignored files aside). Outside a git checkout: $PITSCOPE_COMMIT with
-    " (copied tree)" when set (the commit a copied working tree was taken from), else "unknown"."""
+    does not track yet (ignored files aside); "unknown" outside a git checkout. $PITSCOPE_COMMIT,
+    when set, wins, with " (copied tree)": the commit a copy of the working tree on another
+    machine was taken from (such a copy may carry a .git of another state)."""
     here = Path(__file__).resolve().parent if here is None else here
     copied = os.environ.get(COMMIT_ENV, "").strip()
-    outside = f"{copied} (copied tree)" if copied else "unknown"
+    if copied:
+        return f"{copied} (copied tree)"
     try:
         head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
         dirty = subprocess.run(
@@ -58,9 +60,9 @@ def commit(here: Path | None = None) -> str:
             text=True,
         )
     except OSError:
-        return outside
+        return "unknown"
     if head.returncode != 0:
-        return outside
+        return "unknown"
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
