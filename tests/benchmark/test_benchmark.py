@@ -832,3 +832,31 @@ def test_bsdata_localisation_maps_are_the_detectors_for_every_normalisation(monk
         _, maps = detector.score_dataset(test, progress=False)
         expected = transform(raw, scores, threshold, detector.cfg.score.smoothing_sigma, normalisation, sharpen)
         np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max(), err_msg=normalisation)
+
+
+def test_gpu_networks_pack_holds_what_a_validation_run_reads(tmp_path, monkeypatch, real_bsdata):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import gpu_networks
+
+    from pitscope.data.bsdata import bsdata_split, hold_out_positions, position_files, read_positions, read_split
+
+    out = tmp_path / "bsdata"
+    counts = gpu_networks.pack(out, real_bsdata)
+    split = hold_out_positions(bsdata_split(real_bsdata), real_bsdata, read_positions())
+    stored = read_split(out / "split.json")
+    for key in ("train", "val_normal", "val_defect", "test_normal", "test_defect"):
+        assert stored[key] == split[key]
+    read = set(split["train"]) | set(split["val_normal"]) | set(split["val_defect"])
+    assert counts["photos"] == len(read)
+    for name in read:
+        assert (out / "data" / name).read_bytes() == (real_bsdata / "data" / name).read_bytes()
+    assert position_files(out) == position_files(real_bsdata)  # positions read whole
+    unread = {name for files in position_files(real_bsdata).values() for name in files} - read
+    assert unread and all((out / "data" / name).stat().st_size == 0 for name in unread)
+    assert counts["placeholders"] == len(unread)
+    assert len(list((out / "data").iterdir())) == len(read) + len(unread)  # nothing else (no KGT* photo)
+    assert sorted(p.stem for p in (out / "label").iterdir()) == sorted(Path(n).stem for n in split["val_defect"])
+    label = json.loads((out / "label" / f"{Path(split['val_defect'][0]).stem}.json").read_text())
+    assert "imageData" not in label and label["shapes"]
+    with pytest.raises(SystemExit, match="exists"):
+        gpu_networks.pack(out, real_bsdata)
