@@ -402,6 +402,30 @@ def test_raw_maps_times_the_image_score_factor(fitted, normalisation):
         apply_overrides(detector.cfg, [f"score.map_normalisation={normalisation}", "score.image_method=map_max"])
 
 
+@pytest.mark.parametrize("normalisation", ["image_score", "image_score_capped"])
+def test_a_given_threshold_sets_the_maps_factor_and_moves_the_pixel_threshold(fitted, normalisation):
+    detector, _, train_split, test_split = fitted
+    cfg = apply_overrides(detector.cfg, [f"score.map_normalisation={normalisation}"])
+    torch.manual_seed(cfg.seed)
+    scaled = Detector(cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
+    raw_cfg = apply_overrides(detector.cfg, ["score.map_normalisation=none"])
+    torch.manual_seed(cfg.seed)
+    raw = Detector(raw_cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
+    images = [sample.image for sample in test_split]
+    stored, pixel = float(scaled.threshold), float(scaled.pixel_threshold)
+    given = stored * 1.7
+    for plain, moved, base in zip(scaled.predict(images), scaled.predict(images, threshold=given), raw.predict(images)):
+        assert moved.threshold == given and plain.threshold == stored
+        assert moved.pixel_threshold == pytest.approx(pixel * stored / given, rel=1e-6)
+        assert plain.pixel_threshold == pytest.approx(pixel, rel=1e-6)
+        factor = moved.score / given
+        if normalisation == "image_score_capped":
+            factor = min(factor, 1.0)
+        np.testing.assert_allclose(moved.anomaly_map, base.anomaly_map * factor, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="above 0"):
+        scaled.predict(images[0], threshold=0.0)
+
+
 def test_sharpened_maps_are_the_smoothed_maps_narrowed_to_their_peaks(fitted):
     detector, _, train_split, test_split = fitted
     cfg = apply_overrides(detector.cfg, ["score.map_sharpen_window=9", "score.map_sharpen_power=2"])

@@ -205,13 +205,25 @@ class Detector(nn.Module):
             a list of them, or an array batch (B, H, W, C). One image gives one Prediction, a
             list or batch gives a list (type checkers take any array for one image: pass
             list(batch) to have a batch typed as a list).
-        threshold: overrides the calibrated threshold for this call.
+        threshold: overrides the calibrated threshold for this call. Maps with an image-score
+            factor (`score.map_normalisation` in `SCORE_FACTORS`) take their factor from it, and
+            the pixel threshold moves with it (times calibrated / given), as PUT /threshold moves
+            the stored one.
         """
         single = not isinstance(inputs, (list, tuple)) and not (isinstance(inputs, np.ndarray) and inputs.ndim == 4)
         items = [inputs] if single else list(inputs)
         t = float(self.threshold) if threshold is None else float(threshold)
         if np.isnan(t):
             raise ValueError("the threshold is NaN (an uncalibrated model?): pass threshold= or run pitscope calibrate")
+        pixel_t = float(self.pixel_threshold)
+        factored = self.cfg.score.map_normalisation in SCORE_FACTORS
+        if factored and t != float(self.threshold):
+            if t <= 0:
+                raise ValueError(
+                    f"threshold: must be above 0 for maps scaled by score / threshold "
+                    f"(score.map_normalisation {self.cfg.score.map_normalisation}), got {t}"
+                )
+            pixel_t *= float(self.threshold) / t
         self.eval()
         size = self.cfg.data.shape
         device = next(self.net.parameters()).device
@@ -220,7 +232,9 @@ class Detector(nn.Module):
             # decode one batch at a time: a long list of paths never sits in memory at full size
             chunk = [input_to_rgb(item) for item in items[start : start + self.cfg.score.batch_size]]
             x = images_to_batch([resize_image(im, size) for im in chunk]).to(device)
-            scores, maps = self(x)
+            scores, maps = self._score(x, *self._features(x), by_score=not factored)
+            if factored:
+                maps = maps * score_factor(self.cfg.score.map_normalisation, scores, t).to(maps.dtype)[:, None, None]
             for image, score, amap in zip(chunk, scores.tolist(), maps):
                 h, w = image.shape[:2]
                 full = F.interpolate(amap[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
@@ -230,7 +244,7 @@ class Detector(nn.Module):
                         full.float().cpu().numpy(),
                         score > t,
                         t,
-                        float(self.pixel_threshold),
+                        pixel_t,
                         self.cfg.score.min_region_fraction,
                         self.cfg.score.regions_on,
                         self.cfg.score.region_core,
