@@ -158,6 +158,9 @@ def run(args: argparse.Namespace) -> int:
         while (item := trained.get()) is not None:
             seed, size, model = item
             name = f"bsdata_localisation_validation_{args.name}_size{size}_seed{seed}"
+            if clock.left() <= 0:
+                print(f"[{clock.elapsed():.0f} s] not scored: size {size}, seed {seed} (the deadline has passed)")
+                continue
             for attempt in [device] + (["cpu"] if device != "cpu" else []):
                 command = [
                     sys.executable, "benchmarks/bsdata_localisation.py", str(model), *STUDY,

@@ -860,3 +860,60 @@ def test_gpu_networks_pack_holds_what_a_validation_run_reads(tmp_path, monkeypat
     assert "imageData" not in label and label["shapes"]
     with pytest.raises(SystemExit, match="exists"):
         gpu_networks.pack(out, real_bsdata)
+
+
+def test_gpu_networks_run_trains_then_scores_each_network_and_packs_the_results(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import tarfile
+
+    import gpu_networks
+
+    monkeypatch.setattr(gpu_networks, "RESULTS", tmp_path / "results")
+    (tmp_path / "results").mkdir()
+    seen = []
+
+    def fake_run(command, log, clock, env):
+        seen.append(command)
+        log.write_text("$ " + " ".join(command) + "\n")
+        if "train" in command:
+            return 0, 0.01
+        if command[command.index("--device") + 1] == "cuda":
+            return 1, 0.01  # scoring fails on the GPU: the same network again on the CPU, the next ones there
+        name = command[command.index("--name") + 1]
+        for ext in (".json", ".md"):
+            (tmp_path / "results" / f"{name}{ext}").write_text("{}\n")
+        return 0, 0.01
+
+    monkeypatch.setattr(gpu_networks, "_run", fake_run)
+    parser_args = [
+        "run", "--root", str(tmp_path / "data"), "--sizes", "256", "384", "--seeds", "0", "--name", "t",
+        "--out", str(tmp_path / "out"), "--out-logs", str(tmp_path / "logs"), "--deadline-s", "60",
+        "--guess-s", "1", "--train-set", "train.epochs=1",
+    ]  # fmt: skip
+    monkeypatch.setattr("sys.argv", ["gpu_networks.py", *parser_args])
+    assert gpu_networks.main() == 0
+    trains = [c for c in seen if "train" in c]
+    scores = [c for c in seen if "train" not in c]
+    assert [c[c.index("--output-dir") + 1] for c in trains] == [
+        "runs/gpu_networks/size256_seed0",
+        "runs/gpu_networks/size384_seed0",
+    ]
+    for command, size in zip(trains, (256, 384)):
+        assert f"data.image_size={size}" in command and "train.epochs=1" in command
+    assert [(c[2], c[c.index("--device") + 1]) for c in scores] == [
+        ("runs/gpu_networks/size256_seed0/model.pt", "cuda"),
+        ("runs/gpu_networks/size256_seed0/model.pt", "cpu"),
+        ("runs/gpu_networks/size384_seed0/model.pt", "cpu"),
+    ]
+    roots = [item for c in trains for item in c if item.startswith(("data.root=", "data.split_file="))]
+    assert len(roots) == 4 and not any(item.split("=", 1)[1].startswith("/") for item in roots)  # no machine's path
+    with tarfile.open(tmp_path / "out" / "results.tar") as tar:
+        names = set(tar.getnames())
+    assert {f"results/bsdata_localisation_validation_t_size{s}_seed0.json" for s in (256, 384)} <= names
+    assert "logs/train_size384_seed0.log" in names
+
+    seen.clear()
+    parser_args[parser_args.index("--deadline-s") + 1] = "0.5"
+    parser_args[parser_args.index("--guess-s") + 1] = "10"
+    monkeypatch.setattr("sys.argv", ["gpu_networks.py", *parser_args])
+    assert gpu_networks.main() == 1 and seen == []  # too little time for a network: none starts
