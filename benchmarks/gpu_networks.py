@@ -119,21 +119,38 @@ def run(args: argparse.Namespace) -> int:
     trained: queue.Queue = queue.Queue()
     times = {"train": [], "score": []}
     done: list[str] = []
+    written: list[Path] = []  # this run's logs (the folder may hold an earlier run's)
+    pending = [0]  # networks trained and not scored yet
     lock = threading.Lock()
 
     def packed() -> None:
-        with lock, tarfile.open(out / "results.tar", "w") as tar:
-            for name in done:
-                for ext in (".json", ".md"):
-                    tar.add(RESULTS / f"{name}{ext}", arcname=f"results/{name}{ext}")
-            for log in sorted(logs.glob("*.log")):
-                tar.add(log, arcname=f"logs/{log.name}")
+        """Results and logs so far into OUT/results.tar, replaced whole (never left half written)."""
+        with lock:
+            partial = out / "results.tar.part"
+            with tarfile.open(partial, "w") as tar:
+                for name in list(done):
+                    for ext in (".json", ".md"):
+                        tar.add(RESULTS / f"{name}{ext}", arcname=f"results/{name}{ext}")
+                for log in list(written):
+                    tar.add(log, arcname=f"logs/{log.name}")
+            os.replace(partial, out / "results.tar")
+
+    def logged(name: str) -> Path:
+        path = logs / name
+        written.append(path)
+        return path
 
     def trainer() -> None:
+        try:
+            train_all()
+        finally:
+            trained.put(None)  # the scorer stops whatever happened here
+
+    def train_all() -> None:
         for seed, size in jobs:
             guess_train = max(times["train"], default=args.guess_s)
             guess_score = max(times["score"], default=args.guess_s)
-            if clock.left() < guess_train + guess_score:
+            if clock.left() < guess_train + (pending[0] + 1) * guess_score:  # the queue's scorings too
                 print(f"[{clock.elapsed():.0f} s] not started: size {size}, seed {seed} (too little time left)")
                 continue
             run_dir = Path("runs") / "gpu_networks" / f"size{size}_seed{seed}"  # from REPO, the commands' folder
@@ -145,39 +162,44 @@ def run(args: argparse.Namespace) -> int:
                 "--set", "train.checkpoint_every=10", "--output-dir", str(run_dir),
             ]  # fmt: skip
             command += [item for setting in args.train_set for item in ("--set", setting)]
-            rc, seconds = _run(command, logs / f"train_size{size}_seed{seed}.log", clock, env)
+            rc, seconds = _run(command, logged(f"train_size{size}_seed{seed}.log"), clock, env)
             print(f"[{clock.elapsed():.0f} s] trained size {size}, seed {seed}: rc {rc}, {seconds:.0f} s")
             if rc == 0:
                 times["train"].append(seconds)
+                with lock:
+                    pending[0] += 1
                 trained.put((seed, size, run_dir / "model.pt"))
             packed()
-        trained.put(None)
 
     def scorer() -> None:
-        device = args.device
+        device = [args.device]
         while (item := trained.get()) is not None:
-            seed, size, model = item
-            name = f"bsdata_localisation_validation_{args.name}_size{size}_seed{seed}"
-            if clock.left() <= 0:
-                print(f"[{clock.elapsed():.0f} s] not scored: size {size}, seed {seed} (the deadline has passed)")
-                continue
-            for attempt in [device] + (["cpu"] if device != "cpu" else []):
-                command = [
-                    sys.executable, "benchmarks/bsdata_localisation.py", str(model), *STUDY,
-                    "--device", attempt, "--name", name, "--out", "runs/gpu_networks/study",
-                ]  # fmt: skip
-                rc, seconds = _run(command, logs / f"score_size{size}_seed{seed}_{attempt}.log", clock, env)
-                print(
-                    f"[{clock.elapsed():.0f} s] scored size {size}, seed {seed} on {attempt}: rc {rc}, {seconds:.0f} s"
-                )
-                if rc == 0:
-                    times["score"].append(seconds)
-                    done.append(name)
-                    break
-                if rc == -9:
-                    break
-                device = "cpu"  # the next networks go straight to where scoring worked
+            try:
+                score(*item, device)
+            finally:
+                with lock:
+                    pending[0] -= 1  # counted until its scoring ends
             packed()
+
+    def score(seed: int, size: int, model: Path, device: list[str]) -> None:
+        name = f"bsdata_localisation_validation_{args.name}_size{size}_seed{seed}"
+        if clock.left() <= 0:
+            print(f"[{clock.elapsed():.0f} s] not scored: size {size}, seed {seed} (the deadline has passed)")
+            return
+        for attempt in [device[0]] + (["cpu"] if device[0] != "cpu" else []):
+            command = [
+                sys.executable, "benchmarks/bsdata_localisation.py", str(model), *STUDY,
+                "--device", attempt, "--name", name, "--out", "runs/gpu_networks/study",
+            ]  # fmt: skip
+            rc, seconds = _run(command, logged(f"score_size{size}_seed{seed}_{attempt}.log"), clock, env)
+            print(f"[{clock.elapsed():.0f} s] scored size {size}, seed {seed} on {attempt}: rc {rc}, {seconds:.0f} s")
+            if rc == 0:
+                times["score"].append(seconds)
+                done.append(name)
+                return
+            if rc == -9:
+                return
+            device[0] = "cpu"  # the next networks go straight to the CPU
 
     threads = [threading.Thread(target=trainer), threading.Thread(target=scorer)]
     for thread in threads:

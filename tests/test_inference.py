@@ -402,13 +402,16 @@ def test_raw_maps_times_the_image_score_factor(fitted, normalisation):
         apply_overrides(detector.cfg, [f"score.map_normalisation={normalisation}", "score.image_method=map_max"])
 
 
-@pytest.mark.parametrize("normalisation", ["image_score", "image_score_capped"])
-def test_a_given_threshold_sets_the_maps_factor_and_moves_the_pixel_threshold(fitted, normalisation):
+@pytest.mark.parametrize(
+    ("normalisation", "unscaled"),
+    [("image_score", "none"), ("image_score_capped", "none"), ("image_mean_score", "image_mean")],
+)
+def test_a_given_threshold_sets_the_maps_factor_and_moves_the_pixel_threshold(fitted, normalisation, unscaled):
     detector, _, train_split, test_split = fitted
     cfg = apply_overrides(detector.cfg, [f"score.map_normalisation={normalisation}"])
     torch.manual_seed(cfg.seed)
     scaled = Detector(cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
-    raw_cfg = apply_overrides(detector.cfg, ["score.map_normalisation=none"])
+    raw_cfg = apply_overrides(detector.cfg, [f"score.map_normalisation={unscaled}"])
     torch.manual_seed(cfg.seed)
     raw = Detector(raw_cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
     images = [sample.image for sample in test_split]
@@ -418,10 +421,11 @@ def test_a_given_threshold_sets_the_maps_factor_and_moves_the_pixel_threshold(fi
         assert moved.threshold == given and plain.threshold == stored
         assert moved.pixel_threshold == pytest.approx(pixel * stored / given, rel=1e-6)
         assert plain.pixel_threshold == pytest.approx(pixel, rel=1e-6)
-        factor = moved.score / given
-        if normalisation == "image_score_capped":
-            factor = min(factor, 1.0)
-        np.testing.assert_allclose(moved.anomaly_map, base.anomaly_map * factor, rtol=1e-4, atol=1e-6)
+        for prediction, threshold in ((moved, given), (plain, stored)):
+            factor = prediction.score / threshold
+            if normalisation == "image_score_capped":
+                factor = min(factor, 1.0)
+            np.testing.assert_allclose(prediction.anomaly_map, base.anomaly_map * factor, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="above 0"):
         scaled.predict(images[0], threshold=0.0)
 

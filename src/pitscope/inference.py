@@ -124,7 +124,7 @@ class Detector(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`forward` from the images x and their `_features`; `pixel_scorer` replaces the fitted one;
         by_score=False leaves out the image-score factor of map_normalisation (`SCORE_FACTORS`)
-        (the fit applies it once the threshold is known)."""
+        (the fit applies it once the threshold is known, `predict` with the threshold it is given)."""
         scores = None
         if self.cfg.score.image_method != "map_max":
             assert embedding is not None, "_features gives an image embedding unless image_method is map_max"

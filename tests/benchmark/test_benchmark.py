@@ -332,7 +332,8 @@ def _git(repo: Path, *args: str) -> str:
     ).stdout.strip()
 
 
-def test_commit_marks_changed_code_and_benchmark_scripts_dirty(tmp_path):
+def test_commit_marks_changed_code_and_benchmark_scripts_dirty(tmp_path, monkeypatch):
+    monkeypatch.delenv("PITSCOPE_COMMIT", raising=False)
     package, scripts = tmp_path / "src" / "pitscope", tmp_path / "benchmarks"
     package.mkdir(parents=True)
     scripts.mkdir()
@@ -885,6 +886,8 @@ def test_gpu_networks_run_trains_then_scores_each_network_and_packs_the_results(
         return 0, 0.01
 
     monkeypatch.setattr(gpu_networks, "_run", fake_run)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "train_size999_seed9.log").write_text("an earlier run's\n")
     parser_args = [
         "run", "--root", str(tmp_path / "data"), "--sizes", "256", "384", "--seeds", "0", "--name", "t",
         "--out", str(tmp_path / "out"), "--out-logs", str(tmp_path / "logs"), "--deadline-s", "60",
@@ -910,7 +913,7 @@ def test_gpu_networks_run_trains_then_scores_each_network_and_packs_the_results(
     with tarfile.open(tmp_path / "out" / "results.tar") as tar:
         names = set(tar.getnames())
     assert {f"results/bsdata_localisation_validation_t_size{s}_seed0.json" for s in (256, 384)} <= names
-    assert "logs/train_size384_seed0.log" in names
+    assert "logs/train_size384_seed0.log" in names and "logs/train_size999_seed9.log" not in names
 
     seen.clear()
     parser_args[parser_args.index("--deadline-s") + 1] = "0.5"
