@@ -132,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
                     for ext in (".json", ".md"):
                         tar.add(RESULTS / f"{name}{ext}", arcname=f"results/{name}{ext}")
                 for log in list(written):
-                    tar.add(log, arcname=f"logs/{log.name}")
+                    if log.exists():  # named just before its command opens it
+                        tar.add(log, arcname=f"logs/{log.name}")
             os.replace(partial, out / "results.tar")
 
     def logged(name: str) -> Path:
