@@ -56,6 +56,7 @@ from pitscope.scoring import (
     GaussianScorer,
     PatchGaussianScorer,
     gaussian_smooth,
+    moved_pixel_threshold,
     score_factor,
     sharpen_to_local_peak,
 )
@@ -215,15 +216,9 @@ class Detector(nn.Module):
         t = float(self.threshold) if threshold is None else float(threshold)
         if np.isnan(t):
             raise ValueError("the threshold is NaN (an uncalibrated model?): pass threshold= or run pitscope calibrate")
-        pixel_t = float(self.pixel_threshold)
-        factored = self.cfg.score.map_normalisation in SCORE_FACTORS
-        if factored and t != float(self.threshold):
-            if t <= 0:
-                raise ValueError(
-                    f"threshold: must be above 0 for maps scaled by score / threshold "
-                    f"(score.map_normalisation {self.cfg.score.map_normalisation}), got {t}"
-                )
-            pixel_t *= float(self.threshold) / t
+        normalisation = self.cfg.score.map_normalisation
+        pixel_t = moved_pixel_threshold(normalisation, float(self.threshold), float(self.pixel_threshold), t)
+        factored = normalisation in SCORE_FACTORS
         self.eval()
         size = self.cfg.data.shape
         device = next(self.net.parameters()).device

@@ -592,6 +592,21 @@ def score_factor(normalisation: str, scores: Tensor, threshold: float) -> Tensor
     return ratio.clamp(max=1.0) if normalisation == "image_score_capped" else ratio
 
 
+def moved_pixel_threshold(normalisation: str, threshold: float, pixel_threshold: float, new: float) -> float:
+    """The pixel threshold that goes with image threshold `new` in place of `threshold`: maps with an
+    image-score factor (`SCORE_FACTORS`) scale by score / threshold, so it moves by threshold / new
+    (regions stay where they were wherever the factor is score / threshold under both); other maps
+    keep it. Raises ValueError for a `new` of 0 or below on such maps."""
+    if normalisation not in SCORE_FACTORS or new == threshold:
+        return pixel_threshold
+    if new <= 0:
+        raise ValueError(
+            f"threshold: must be above 0 for maps scaled by score / threshold "
+            f"(score.map_normalisation {normalisation}), got {new}"
+        )
+    return pixel_threshold * threshold / new
+
+
 def gaussian_smooth(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
     """Gaussian blur of maps (N, H, W) -> (N, H, W), as `scipy.ndimage.gaussian_filter`.
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pitscope.config import SCORE_FACTORS
+from pitscope.scoring import moved_pixel_threshold
 from pitscope.serve.access import key_header
 from pitscope.thresholds import CalibrationRecord, set_thresholds
 
@@ -49,13 +50,10 @@ def store_threshold(
     pixel_previous = float(detector.pixel_threshold)
     pixel = None
     if detector.cfg.score.map_normalisation in SCORE_FACTORS:
-        if threshold <= 0:
-            raise HTTPException(
-                422,
-                f"threshold: must be above 0 for maps scaled by score / threshold "
-                f"(score.map_normalisation {detector.cfg.score.map_normalisation}), got {threshold}",
-            )
-        pixel = pixel_previous * previous / threshold
+        try:
+            pixel = moved_pixel_threshold(detector.cfg.score.map_normalisation, previous, pixel_previous, threshold)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
     version = None
     if recorder is not None:
         from pitscope.history.recorder import key_fingerprint
