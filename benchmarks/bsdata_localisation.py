@@ -15,7 +15,9 @@ train them. Without --test, every compared setting is scored on those photos onl
 - the predicted region at each map: the pixel threshold as a quantile of the held-back training
   images' map values or of their maxima, a minimum region size, regions on every image or
   only on images decided defective, (--cores) each region cut to its core, and (--peak-maxes) the
-  largest share of the photo the peak's region of `defective_peak` may cover.
+  largest share of the photo the peak's region of `defective_peak` may cover;
+- (--sharpen) the map shown narrowed towards each blob's peak, which the pixel metrics rank; the
+  regions are cut from the map before it, as the detector cuts them.
 The maps' pixel metrics (AUROC, AP, AUPRO, F1-max) and the regions' metrics (pixel F1, IoU, the
 area on defect-free photos, the area within 2x) go to benchmarks/results/<name>.json and .md.
 --merge reads --test results (one network a seed) and writes their looks side by side with the
@@ -79,6 +81,8 @@ PRESET_KEYS = (
     "min_region_fraction",
     "region_core",
 )  # the model's own region settings: the markdown lists its rows, one per compared regions_on
+# what acts after the scorers and thresholds: set on a saved model without fitting it again
+SHOWN_SETTINGS = (*REGION_SETTINGS, "map_sharpen_window", "map_sharpen_power")
 MAX_NORMAL_AREA = 0.01  # the 99th percentile of the predicted area on defect-free photos, at most
 
 
@@ -95,17 +99,10 @@ def raw_maps(detector: Detector, dataset, indices) -> tuple[np.ndarray, np.ndarr
     return scores, maps
 
 
-def transform(
-    maps: np.ndarray,
-    scores: np.ndarray,
-    threshold: float,
-    sigma: float,
-    normalisation: str,
-    sharpen: tuple[int, float] = (0, 1.0),
-) -> np.ndarray:
-    """The maps as the detector would give them with these settings (smoothing, the blobs narrowed
-    by sharpen = (score.map_sharpen_window, score.map_sharpen_power), then normalisation)."""
-    out = sharpen_to_local_peak(gaussian_smooth(torch.from_numpy(maps), sigma), *sharpen).numpy()
+def transform(maps: np.ndarray, scores: np.ndarray, threshold: float, sigma: float, normalisation: str) -> np.ndarray:
+    """The maps as the detector would give them with these settings (smoothing, then normalisation):
+    the maps the regions are cut from (`Detector.score_dataset`)."""
+    out = gaussian_smooth(torch.from_numpy(maps), sigma).numpy()
     if normalisation in ("image_mean", "image_mean_score"):
         out = out / np.maximum(out.mean(axis=(1, 2), keepdims=True), 1e-12)
     factor = score_factor(normalisation, torch.from_numpy(np.asarray(scores, dtype=np.float64)), threshold)
@@ -161,9 +158,10 @@ def choose(
     own_sharpen = (cfg.score.map_sharpen_window, cfg.score.map_sharpen_power)
     for sigma, sharpen in itertools.product(sigmas, sharpens or [own_sharpen]):
         for norm in normalisations:
-            maps = transform(val_raw, val_scores, threshold, sigma, norm, sharpen)
-            cal = transform(cal_raw, cal_scores, threshold, sigma, norm, sharpen)
-            pixel = evaluate_all(labels, val_scores, masks, maps)
+            maps = transform(val_raw, val_scores, threshold, sigma, norm)  # the regions are cut from these
+            cal = transform(cal_raw, cal_scores, threshold, sigma, norm)
+            shown = sharpen_to_local_peak(torch.from_numpy(maps), *sharpen).numpy()  # the pixel metrics rank these
+            pixel = evaluate_all(labels, val_scores, masks, shown)
             for rule, q in THRESHOLDS:
                 pixel_threshold = pixel_threshold_of(cal, q, rule)
                 for floor, on, core, peak_max in itertools.product(
@@ -263,8 +261,8 @@ def refitted(
     """The model's network with its scorers fitted again under `overrides` (score.* only) and
     with `references` beside its training photos (`pitscope refit --references`); saved to
     out_dir/model.pt when out_dir is given. Without either, the model as saved; with overrides of
-    REGION_SETTINGS settings alone and no references, the model as saved with those settings (its
-    scorers and thresholds do not depend on them). The network runs and the scorers are fitted on
+    SHOWN_SETTINGS alone and no references, the model as saved with those settings (its scorers
+    and thresholds do not depend on them). The network runs and the scorers are fitted on
     `device`."""
     old = Detector.load(model, device)
     check_model(old, model)
@@ -280,7 +278,7 @@ def refitted(
     changed = {k for k, v in to_dict(cfg)["score"].items() if v != to_dict(old.cfg)["score"][k]}
     if references:
         detector = refit(old, cfg, model, progress=True, references=references)
-    elif changed <= set(REGION_SETTINGS):
+    elif changed <= set(SHOWN_SETTINGS):
         detector = old
         detector.cfg = cfg
     else:

@@ -31,6 +31,7 @@ from pitscope.export import (
     to_export_input,
 )
 from pitscope.inference import Detector
+from pitscope.scoring import sharpen_to_local_peak
 from pitscope.tensors import images_to_batch
 
 
@@ -57,8 +58,11 @@ def torch_reference(detector, images):
 def test_onnx_matches_the_detector_on_synthetic_images(fitted, onnx_file):
     detector, _, test_split = fitted
     images = [sample.image for sample in test_split]  # 3 normal, 3 with pitting
-    score, amap, defective = onnx_session(onnx_file).run(None, {"image": to_export_input(images, 64).numpy()})
+    score, amap, defective, region_map = onnx_session(onnx_file).run(
+        None, {"image": to_export_input(images, 64).numpy()}
+    )
     ref_score, ref_map = torch_reference(detector, images)
+    np.testing.assert_array_equal(region_map, amap)  # no narrowing: the regions' map is the map shown
 
     assert score.shape == (6,) and amap.shape == (6, 64, 64) and defective.dtype == np.bool_
     assert np.abs(score - ref_score).max() <= 1e-4 * np.abs(ref_score).max()
@@ -72,7 +76,7 @@ def test_onnx_carries_the_neighbourhood_scoring(fitted, tmp_path):
     near.cfg.score.neighbourhood = near.pixel_scorer.radius = 1
     images = [sample.image for sample in test_split]
     path = export_onnx(near, tmp_path / "near.onnx")["path"]
-    score, amap, _ = onnx_session(path).run(None, {"image": to_export_input(images, 64).numpy()})
+    score, amap, *_ = onnx_session(path).run(None, {"image": to_export_input(images, 64).numpy()})
     ref_score, ref_map = torch_reference(near, images)
     _, own_map = torch_reference(detector, images)
     assert np.abs(score - ref_score).max() <= 1e-4 * np.abs(ref_score).max()
@@ -90,7 +94,7 @@ def test_onnx_carries_the_capped_image_score_factor_and_the_narrowed_blobs(fitte
     capped.cfg.score.map_normalisation = "image_score_capped"
     capped.threshold.fill_(float(np.median(raw_score)))  # some photos above the threshold, some below
     path = export_onnx(capped, tmp_path / "capped.onnx")["path"]
-    score, amap, _ = onnx_session(path).run(None, {"image": to_export_input(images, 64).numpy()})
+    score, amap, *_ = onnx_session(path).run(None, {"image": to_export_input(images, 64).numpy()})
     ref_score, ref_map = torch_reference(capped, images)
     assert np.abs(score - ref_score).max() <= 1e-4 * np.abs(ref_score).max()
     assert np.abs(amap - ref_map).max() <= 1e-4 * np.abs(ref_map).max()
@@ -98,10 +102,12 @@ def test_onnx_carries_the_capped_image_score_factor_and_the_narrowed_blobs(fitte
     sharp = copy.deepcopy(capped)
     sharp.cfg.score.map_sharpen_window, sharp.cfg.score.map_sharpen_power = 9, 2.0
     sharp_path = export_onnx(sharp, tmp_path / "sharp.onnx")["path"]
-    _, sharp_map, _ = onnx_session(sharp_path).run(None, {"image": to_export_input(images, 64).numpy()})
-    _, sharp_ref = torch_reference(sharp, images)
-    assert np.abs(sharp_map - sharp_ref).max() <= 1e-4 * np.abs(sharp_ref).max()
-    assert np.abs(sharp_ref - ref_map).max() > 1e-2 * np.abs(ref_map).max()  # the narrowing was exported
+    _, sharp_map, _, sharp_regions = onnx_session(sharp_path).run(None, {"image": to_export_input(images, 64).numpy()})
+    _, sharp_ref = torch_reference(sharp, images)  # the map the regions are cut from
+    shown_ref = sharpen_to_local_peak(torch.from_numpy(sharp_ref), 9, 2.0).numpy()
+    assert np.abs(sharp_regions - sharp_ref).max() <= 1e-4 * np.abs(sharp_ref).max()
+    assert np.abs(sharp_map - shown_ref).max() <= 1e-4 * np.abs(shown_ref).max()
+    assert np.abs(shown_ref - ref_map).max() > 1e-2 * np.abs(ref_map).max()  # the narrowing was exported
     assert (factor < 0.999).any() and (factor == 1.0).any()
     np.testing.assert_allclose(amap, raw_map * factor[:, None, None], rtol=1e-3, atol=1e-4 * np.abs(raw_map).max())
 
@@ -118,11 +124,11 @@ def test_export_check_reports_small_differences_on_given_images(fitted, tmp_path
     assert 0 <= result["regions_equal_images"] <= 6
     assert 0.0 <= result["regions_min_iou"] <= 1.0 and 0.0 <= result["regions_max_differing_fraction"] <= 1.0
     with torch.no_grad():
-        _, ref_map, ref_defective = ExportModule(detector).eval()(images)
+        _, _, ref_defective, ref_map = ExportModule(detector).eval()(images)
     onnx_out = onnx_session(tmp_path / "m.onnx").run(None, {"image": images.numpy()})
     drawn = [
         regions_at_settings(np.asarray(m), np.asarray(d), float(detector.pixel_threshold), detector.cfg.score)
-        for m, d in ((ref_map.detach().numpy(), ref_defective.numpy()), (onnx_out[1], onnx_out[2]))
+        for m, d in ((ref_map.detach().numpy(), ref_defective.numpy()), (onnx_out[3], onnx_out[2]))
     ]
     assert result["regions_equal_images"] == int((drawn[0] == drawn[1]).all(axis=(1, 2)).sum())
 
@@ -138,7 +144,7 @@ def test_onnx_matches_the_detector_on_a_bsdata_photograph(fitted, tmp_path, real
     assert result["max_abs_diff_map"] <= result["tolerance_map"]
 
     # The graph input contract matches Detector.predict on the file itself.
-    score, _, defective = onnx_session(tmp_path / "m.onnx").run(
+    score, _, defective, _ = onnx_session(tmp_path / "m.onnx").run(
         None, {"image": to_export_input([read_image(path)], 64).numpy()}
     )
     prediction = detector.predict(path)
@@ -166,11 +172,12 @@ def test_onnx_names_types_shapes_and_metadata(fitted, onnx_file):
     (image,) = session.get_inputs()
     assert (image.name, image.type, image.shape) == ("image", "tensor(float)", ["batch", 3, 64, 64])
     outputs = [(o.name, o.type, o.shape) for o in session.get_outputs()]
-    assert OUTPUT_NAMES == ("score", "anomaly_map", "is_defective")
+    assert OUTPUT_NAMES == ("score", "anomaly_map", "is_defective", "region_map")
     assert outputs == [
         ("score", "tensor(float)", ["batch"]),
         ("anomaly_map", "tensor(float)", ["batch", 64, 64]),
         ("is_defective", "tensor(bool)", ["batch"]),
+        ("region_map", "tensor(float)", ["batch", 64, 64]),
     ]
     props = {p.key: p.value for p in onnx.load(onnx_file).metadata_props}
     assert float(props["threshold"]) == float(detector.threshold)
@@ -188,7 +195,7 @@ def test_is_defective_is_the_score_against_the_stored_threshold(fitted, onnx_fil
     detector, _, test_split = fitted
     images = [sample.image for sample in test_split]
     x = torch.cat([to_export_input(images, 64), random_images(64, n=2)])  # noise scores far above
-    score, _, defective = onnx_session(onnx_file).run(None, {"image": x.numpy()})
+    score, _, defective, _ = onnx_session(onnx_file).run(None, {"image": x.numpy()})
     threshold = float(detector.threshold)
     assert np.array_equal(defective, score > threshold)
     ref_score, _ = torch_reference(detector, images)
@@ -207,27 +214,40 @@ def test_torchscript_round_trip_equals_torch(fitted, tmp_path):
     loaded = torch.jit.load(str(tmp_path / "m.torchscript.pt"), _extra_files=extra)
     assert json.loads(extra["pitscope.json"])["threshold"] == repr(float(detector.threshold))
     with torch.no_grad():
-        score, amap, defective = loaded(to_export_input(images, 64))
+        score, amap, defective, region_map = loaded(to_export_input(images, 64))
         alone = loaded(to_export_input(images[:1], 64))
     ref_score, ref_map = torch_reference(detector, images)
     np.testing.assert_allclose(score.numpy(), ref_score, rtol=1e-5)
     np.testing.assert_allclose(amap.numpy(), ref_map, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(region_map.numpy(), amap.numpy())  # no narrowing
     assert np.array_equal(defective.numpy(), ref_score > float(detector.threshold))
     np.testing.assert_allclose(alone[0].numpy(), ref_score[:1], rtol=1e-5)
 
 
 def test_parity_check_fails_on_a_real_difference():
-    ref = [torch.tensor([1.0, 5.0]), torch.ones(2, 4, 4), torch.tensor([False, True])]
-    ok = compare_outputs(ref, [np.array([1.0, 5.0]), np.ones((2, 4, 4)), np.array([False, True])], 3.0)
+    ref = [torch.tensor([1.0, 5.0]), torch.ones(2, 4, 4), torch.tensor([False, True]), 2 * torch.ones(2, 4, 4)]
+
+    def outputs(score=(1.0, 5.0), amap=1.0, decision=(False, True), region=2.0):
+        return [np.array(score), np.full((2, 4, 4), amap), np.array(decision), np.full((2, 4, 4), region)]
+
+    ok = compare_outputs(ref, outputs(), 3.0)
     assert ok["max_abs_diff_score"] == 0 and ok["tolerance_score"] == pytest.approx(5e-3)
     with pytest.raises(ParityError, match="anomaly_map differs"):
-        compare_outputs(ref, [np.array([1.0, 5.0]), np.full((2, 4, 4), 1.01), np.array([False, True])], 3.0)
+        compare_outputs(ref, outputs(amap=1.01), 3.0)
+    with pytest.raises(ParityError, match="region_map differs"):
+        compare_outputs(ref, outputs(region=2.01), 3.0)
+    with pytest.raises(ParityError, match="region_map differs"):
+        compare_outputs(ref, outputs(region=np.nan), 3.0)
+    near = compare_outputs(ref, outputs(amap=1.0005, region=2.0002), 3.0)  # both within: the worse reported
+    assert near["max_abs_diff_map"] == pytest.approx(5e-4) and near["tolerance_map"] == pytest.approx(1e-3)
     with pytest.raises(ParityError, match="score differs"):
-        compare_outputs(ref, [np.array([1.0, 5.1]), np.ones((2, 4, 4)), np.array([False, True])], 3.0)
+        compare_outputs(ref, outputs(score=(1.0, 5.1)), 3.0)
     with pytest.raises(ParityError, match="is_defective differs"):
-        compare_outputs(ref, [np.array([1.0, 5.0]), np.ones((2, 4, 4)), np.array([True, True])], 3.0)
+        compare_outputs(ref, outputs(decision=(True, True)), 3.0)
+    with pytest.raises(ParityError, match="output shapes"):
+        compare_outputs(ref, outputs()[:3], 3.0)
     # A decision flip for a score within the tolerance of the threshold is rounding, not a bug.
-    near = compare_outputs(ref, [np.array([1.0, 5.0]), np.ones((2, 4, 4)), np.array([False, False])], 4.999)
+    near = compare_outputs(ref, outputs(decision=(False, False)), 4.999)
     assert near["decisions_equal"] is False
 
 
@@ -236,23 +256,24 @@ def test_region_comparison_counts_the_pixels_that_differ():
     ref_map = torch.zeros(3, 4, 5)
     ref_map[0, 1:3, 1:3] = 2.0  # image 0: a 2 x 2 region above the pixel threshold 1
     ref_map[1, 0, 0] = 2.0  # image 1: one pixel
-    reference = [torch.zeros(3), ref_map, torch.zeros(3, dtype=torch.bool)]  # image 2: no region
+    shown = np.zeros((3, 4, 5))  # the map shown: the regions are cut from region_map, the last output
+    reference = [torch.zeros(3), torch.zeros(3, 4, 5), torch.zeros(3, dtype=torch.bool), ref_map]  # image 2: none
 
-    same = compare_regions(reference, [np.zeros(3), ref_map.numpy(), np.zeros(3, bool)], 1.0, score)
+    same = compare_regions(reference, [np.zeros(3), shown, np.zeros(3, bool), ref_map.numpy()], 1.0, score)
     assert same == {"regions_equal_images": 3, "regions_min_iou": 1.0, "regions_max_differing_fraction": 0.0}
 
     exported = ref_map.numpy().copy()
     exported[0, 1, 1] = 0.5  # one pixel of image 0's region falls below the threshold: IoU 3/4
     exported[2, 3, 4] = 1.5  # a new one-pixel region on image 2: IoU 0
-    differ = compare_regions(reference, [np.zeros(3), exported, np.zeros(3, bool)], 1.0, score)
+    differ = compare_regions(reference, [np.zeros(3), shown, np.zeros(3, bool), exported], 1.0, score)
     assert differ["regions_equal_images"] == 1
     assert differ["regions_min_iou"] == 0.0 and differ["regions_max_differing_fraction"] == pytest.approx(1 / 20)
 
     # With regions on images decided defective only, each runtime's own decisions choose the images.
     only_defective = SimpleNamespace(**{**vars(score), "regions_on": "defective"})
-    decided = [torch.zeros(3), ref_map, torch.tensor([True, False, False])]
+    decided = [torch.zeros(3), torch.zeros(3, 4, 5), torch.tensor([True, False, False]), ref_map]
     flipped = compare_regions(
-        decided, [np.zeros(3), ref_map.numpy(), np.array([False, False, False])], 1.0, only_defective
+        decided, [np.zeros(3), shown, np.array([False, False, False]), ref_map.numpy()], 1.0, only_defective
     )
     assert flipped["regions_equal_images"] == 2 and flipped["regions_min_iou"] == 0.0
     assert flipped["regions_max_differing_fraction"] == pytest.approx(4 / 20)

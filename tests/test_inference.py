@@ -15,9 +15,11 @@ from sklearn.covariance import LedoitWolf
 
 from pitscope.config import apply_overrides, from_dict, load_config, to_dict
 from pitscope.data import build_dataset
+from pitscope.evaluation import REGION_NAMES, evaluate
 from pitscope.inference import Detector
+from pitscope.metrics import evaluate_all
 from pitscope.scorer_fitting import QUANTILE_GRID
-from pitscope.scoring import PatchGaussianScorer, sharpen_to_local_peak
+from pitscope.scoring import PatchGaussianScorer, sharpen_to_local_peak, shown_maps
 from pitscope.tensors import images_to_batch
 from pitscope.training import LAST_CHECKPOINT, train
 
@@ -430,21 +432,51 @@ def test_a_given_threshold_sets_the_maps_factor_and_moves_the_pixel_threshold(fi
         scaled.predict(images[0], threshold=0.0)
 
 
-def test_sharpened_maps_are_the_smoothed_maps_narrowed_to_their_peaks(fitted):
+def test_the_narrowing_changes_the_map_shown_and_not_the_regions(fitted):
     detector, _, train_split, test_split = fitted
     cfg = apply_overrides(detector.cfg, ["score.map_sharpen_window=9", "score.map_sharpen_power=2"])
     torch.manual_seed(cfg.seed)
     sharp = Detector(cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
+    # both thresholds come from the maps before the narrowing, so they are the plain detector's
     assert float(sharp.threshold) == float(detector.threshold)
-    raw = copy.deepcopy(sharp)
-    raw.cfg.score.map_normalisation = "none"
-    raw.cfg.score.map_sharpen_window = 0
-    _, plain = raw.score_dataset(test_split, progress=False)
-    narrowed = sharpen_to_local_peak(torch.from_numpy(plain), 9, 2.0)
-    expected = narrowed / narrowed.mean(dim=(1, 2), keepdim=True)  # then the preset's image_mean
+    assert float(sharp.pixel_threshold) == pytest.approx(float(detector.pixel_threshold), rel=1e-6)
     _, maps = sharp.score_dataset(test_split, progress=False)
-    np.testing.assert_allclose(maps, expected.numpy(), rtol=1e-4, atol=1e-6)
-    assert (maps.reshape(len(maps), -1).max(1) > 0).all()
+    _, plain = detector.score_dataset(test_split, progress=False)
+    np.testing.assert_allclose(maps, plain, rtol=1e-5, atol=1e-7)  # the regions' map: not narrowed
+
+    # the map shown: the raw smoothed map narrowed, then divided by its mean (the preset's
+    # image_mean), which is the normalised map narrowed as the narrowing ignores a factor per map
+    raw = copy.deepcopy(detector)
+    raw.cfg.score.map_normalisation = "none"
+    _, unscaled = raw.score_dataset(test_split, progress=False)
+    unscaled_t = torch.from_numpy(unscaled)
+    expected = sharpen_to_local_peak(unscaled_t, 9, 2.0) / unscaled_t.mean(dim=(1, 2), keepdim=True)
+    shown = shown_maps(maps, sharp.cfg.score)
+    np.testing.assert_allclose(shown, expected.numpy(), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(shown, maps)
+    np.testing.assert_array_equal(shown_maps(maps, detector.cfg.score), maps)  # window 0: as they are
+
+    images = [test_split[i].image for i in range(len(test_split))]
+    for narrowed, as_is in zip(sharp.predict(images), detector.predict(images)):
+        assert narrowed.region_map is not None and as_is.region_map is None
+        np.testing.assert_allclose(narrowed.region_map, as_is.anomaly_map, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(narrowed.defect_region, as_is.defect_region)
+        assert narrowed.regions == as_is.regions
+        assert narrowed.anomaly_map.max() == pytest.approx(as_is.anomaly_map.max(), rel=1e-4)  # the peak stays
+        assert narrowed.anomaly_map.mean() < as_is.anomaly_map.mean()  # the flanks fall
+    # evaluate ranks the pixels of the map shown and cuts the regions as before
+    sharp_result, plain_result = (
+        evaluate(sharp, test_split, progress=False),
+        evaluate(detector, test_split, progress=False),
+    )
+    masks = np.stack([test_split[i].mask for i in range(len(test_split))])
+    labels = np.asarray(test_split.labels)
+    assert sharp_result["metrics"]["pixel_ap"] == pytest.approx(
+        evaluate_all(labels, np.zeros(len(labels)), masks, shown)["pixel_ap"]
+    )
+    assert sharp_result["metrics"]["pixel_ap"] != pytest.approx(plain_result["metrics"]["pixel_ap"])
+    for name in REGION_NAMES:
+        assert sharp_result["metrics"][name] == pytest.approx(plain_result["metrics"][name], nan_ok=True)
     for bad in ("score.map_sharpen_window=4", "score.map_sharpen_window=-1", "score.map_sharpen_power=0"):
         with pytest.raises(ValueError, match="map_sharpen"):
             apply_overrides(detector.cfg, [bad])

@@ -186,9 +186,10 @@ class ScoreConfig:
     patch_size: int = 64  # patch: side of the square crops, in pixels at data.image_size
     patch_stride: int = 16  # patch: step between crops, in pixels
     smoothing_sigma: float = 4.0
-    # each smoothed map pixel times (its value over the largest value within a square of this many
-    # pixels around it) ** map_sharpen_power: a blob keeps its peak and its flanks fall (0: off;
-    # an odd number of pixels at the scoring size)
+    # the map shown and ranked (heatmaps, pixel metrics): each pixel times (its value over the
+    # largest value within a square of this many pixels around it) ** map_sharpen_power, so a blob
+    # keeps its peak and its flanks fall (0: off; an odd number of pixels at the scoring size); the
+    # regions and the pixel threshold are cut from the map before this
     map_sharpen_window: int = 0
     map_sharpen_power: float = 1.0
     # padim: each map position is scored against the Gaussians of the positions within this many

@@ -54,7 +54,7 @@ def overlay_pictures(
 
     Each PNG is (zH, 2zW + GAP, 3): the image, enlarged z times (bicubic; z the smallest whole
     factor that makes it at least MIN_SIDE pixels high), and beside it the same image with the
-    predicted region (`Prediction.defect_region` of the enlarged anomaly map, bilinear) filled
+    predicted region (`Prediction.defect_region` of the enlarged maps, bilinear) filled
     red and the ground-truth mask (nearest) outlined in green. Returns the pictures in that order.
     """
     out = Path(out_dir)
@@ -68,11 +68,12 @@ def overlay_pictures(
         zoom = max(1, -(-MIN_SIDE // h))
         size = (w * zoom, h * zoom)
         image = np.asarray(Image.fromarray(sample.image).resize(size, Image.Resampling.BICUBIC))  # (zH, zW, 3)
-        amap = np.asarray(
-            Image.fromarray(prediction.anomaly_map.astype(np.float32)).resize(size, Image.Resampling.BILINEAR)
+        amap, cut = (
+            np.asarray(Image.fromarray(m.astype(np.float32)).resize(size, Image.Resampling.BILINEAR))
+            for m in (prediction.anomaly_map, prediction.cut_map)
         )
         mask = np.asarray(Image.fromarray(sample.mask).resize(size, Image.Resampling.NEAREST))
-        region = prediction._replace(anomaly_map=amap).defect_region  # (zH, zW) bool
+        region = prediction._replace(anomaly_map=amap, region_map=cut).defect_region  # (zH, zW) bool
         drawn = overlay(image, amap, prediction.pixel_threshold, mask if mask.any() else None, region=region)
         gap = np.full((size[1], GAP, 3), 255, dtype=np.uint8)
         path = out / picture_name(sample.path)

@@ -19,6 +19,7 @@ from pitscope.data.bsdata import bsdata_root, type_groups
 from pitscope.data.types import DatasetLayoutError, Sample, SampleSet
 from pitscope.defect_regions import region_mask, regions_shown
 from pitscope.metrics import auroc_interval, evaluate_all, region_metrics
+from pitscope.scoring import shown_maps
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,8 @@ def evaluate(
     "counts": {...}, "threshold": t, "at_threshold": {...}, "seconds": s, "per_image": {"paths",
     "labels", "scores", "is_defective"}}. "metrics" holds
     METRIC_NAMES and, with masks, REGION_NAMES (the predicted regions at the stored pixel
-    threshold, `predicted_regions`). Pixel metrics are None when the dataset has no masks or no
+    threshold, `predicted_regions`). The pixel metrics rank the map shown
+    (`pitscope.scoring.shown_maps`), the regions are cut from the map before it. Pixel metrics are None when the dataset has no masks or no
     defect pixel. groups: {name: (N,) bool}; each names a subset of the defective images,
     measured with every defect-free image into "subsets"[name] ({"metrics", "counts"}); for
     BSData they default to its two ball-screw types (`bsdata.type_groups`), elsewhere to the
@@ -213,8 +215,9 @@ def evaluate(
     regions = None
     if has_masks:
         regions = regions_at_settings(maps, decisions, float(detector.pixel_threshold), detector.cfg.score)
-    metrics = subset_metrics(labels, scores, masks, maps if has_masks else None, regions)
-    subsets = _subsets(groups or {}, labels, scores, masks, maps, regions)
+    shown = shown_maps(maps, detector.cfg.score)  # the pixel metrics rank the map shown
+    metrics = subset_metrics(labels, scores, masks, shown if has_masks else None, regions)
+    subsets = _subsets(groups or {}, labels, scores, masks, shown, regions)
     return _result(metrics, subsets, labels, scores, decisions, threshold, list(dataset.paths), len(left_out), t0)
 
 

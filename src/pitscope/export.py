@@ -8,10 +8,13 @@ it and the calibrated threshold after it, so another runtime needs nothing else:
                            image resized to H x W (bilinear, as `pitscope.tensors.resize_image`)
                            and divided by 255. The ImageNet normalisation is inside the graph.
     output "score":        float32 (B,) image scores (Mahalanobis distance).
-    output "anomaly_map":  float32 (B, H, W) smoothed per-pixel scores.
+    output "anomaly_map":  float32 (B, H, W) smoothed per-pixel scores, as shown (each blob
+                           narrowed with `score.map_sharpen_window`).
     output "is_defective": bool (B,) score > the detector's threshold, baked in as a constant.
+    output "region_map":   float32 (B, H, W) the map the defect regions are cut from (the map
+                           before the narrowing; anomaly_map itself without one).
 
-The output names are the first fields of `pitscope.inference.Prediction`. B is dynamic.
+The names are those of `pitscope.inference.Prediction`'s fields. B is dynamic.
 The ONNX file's metadata (and the TorchScript file's extra file "pitscope.json") also carry
 the threshold, the pixel threshold that outlines defect regions, and the image size (height,
 and "image_shape": "H W").
@@ -44,10 +47,12 @@ from pitscope.defect_regions import REGION_SETTINGS
 from pitscope.evaluation import regions_at_settings
 from pitscope.inference import Detector
 from pitscope.prediction import Prediction
+from pitscope.scoring import sharpen_to_local_peak
 from pitscope.tensors import IMAGENET_MEAN, IMAGENET_STD, Shape, as_shape, resize_image
 
 INPUT_NAME = "image"
-OUTPUT_NAMES: tuple[str, str, str] = Prediction._fields[:3]  # ("score", "anomaly_map", "is_defective")
+OUTPUT_NAMES: tuple[str, str, str, str] = (*Prediction._fields[:3], "region_map")
+assert OUTPUT_NAMES[3] in Prediction._fields
 DEFAULT_OPSET = 17
 RTOL = 1e-3  # parity tolerance, relative to the largest absolute torch value of each output
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}  # format -> file suffix
@@ -72,12 +77,15 @@ class ParityError(RuntimeError):
 
 
 class ExportModule(nn.Module):
-    """A fitted Detector as one graph: image in [0, 1] -> (score, anomaly_map, is_defective).
+    """A fitted Detector as one graph: image in [0, 1] -> (score, anomaly_map, is_defective, region_map).
 
     image (B, 3, H, W) float32 RGB in [0, 1], (H, W) = cfg.data.shape ->
-        score (B,) float32, anomaly_map (B, H, W) float32, is_defective (B,) bool.
+        score (B,) float32, anomaly_map (B, H, W) float32, is_defective (B,) bool,
+        region_map (B, H, W) float32.
     The ImageNet normalisation of `images_to_batch`, then `Detector.forward` itself (whatever
-    its pixel method), then the comparison with the threshold, copied at construction.
+    its pixel method) for the score and the region map, the narrowing of the map shown
+    (`pitscope.scoring.sharpen_to_local_peak`), and the comparison with the threshold, copied
+    at construction.
     """
 
     mean: torch.Tensor  # (1, 3, 1, 1) buffer: ImageNet's channel means
@@ -95,12 +103,14 @@ class ExportModule(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.register_buffer("threshold", detector.threshold.detach().clone())
+        self.narrowing = (detector.cfg.score.map_sharpen_window, detector.cfg.score.map_sharpen_power)
         self.to(detector.threshold.device)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         x = (image - self.mean) / self.std  # (B, 3, H, W), as images_to_batch
-        score, maps = self.detector(x)  # (B,), (B, H, W)
-        return score, maps, score > self.threshold
+        score, maps = self.detector(x)  # (B,), (B, H, W): the map the regions are cut from
+        shown = sharpen_to_local_peak(maps, *self.narrowing)  # (B, H, W)
+        return score, shown, score > self.threshold, maps
 
     def metadata(self) -> dict[str, str]:
         """What a runtime needs beside the graph, as strings (ONNX metadata_props)."""
@@ -111,7 +121,7 @@ class ExportModule(nn.Module):
             "input": f"{INPUT_NAME}: float32 (B, 3, {self.image_shape[0]}, {self.image_shape[1]}) RGB in [0, 1]",
             "threshold": repr(float(self.threshold)),
             "pixel_threshold": repr(float(self.detector.pixel_threshold)),
-            # how pitscope draws regions from anomaly_map (`pitscope.defect_regions`), as JSON
+            # how pitscope draws regions from region_map (`pitscope.defect_regions`), as JSON
             "regions": json.dumps({k: getattr(self.detector.cfg.score, k) for k in REGION_SETTINGS}),
         }
 
@@ -158,23 +168,27 @@ def _check_input(module: ExportModule, images: torch.Tensor | np.ndarray | None)
 
 # -- parity ---------------------------------------------------------------------------------------
 def compare_outputs(reference: Sequence[torch.Tensor], outputs: Sequence[np.ndarray], threshold: float) -> dict:
-    """Largest differences of (score, anomaly_map, is_defective) outputs from torch's.
+    """Largest differences of (score, anomaly_map, is_defective, region_map) outputs from torch's
+    (max_abs_diff_map and tolerance_map: the larger of the two maps').
 
     Raises ParityError when a difference exceeds RTOL times the largest absolute torch value of
     its output, or when a decision differs for an image whose torch score is farther from the
     threshold than the score tolerance (closer than that, a flip is rounding, not a bug).
     """
-    ref_score, ref_map, ref_decision = (r.detach().cpu().double().numpy() for r in reference)
-    score, amap, decision = (np.asarray(o, dtype=np.float64) for o in outputs)
-    if score.shape != ref_score.shape or amap.shape != ref_map.shape or decision.shape != ref_decision.shape:
-        raise ParityError(
-            f"output shapes {score.shape}, {amap.shape}, {decision.shape} differ from torch's "
-            f"{ref_score.shape}, {ref_map.shape}, {ref_decision.shape}"
-        )
+    refs = [r.detach().cpu().double().numpy() for r in reference]
+    outs = [np.asarray(o, dtype=np.float64) for o in outputs]
+    if len(outs) != len(OUTPUT_NAMES) or any(o.shape != r.shape for o, r in zip(outs, refs)):
+        raise ParityError(f"output shapes {[o.shape for o in outs]} differ from torch's {[r.shape for r in refs]}")
+    ref_score, ref_decision = refs[0], refs[2]
+    score, decision = outs[0], outs[2]
     tol_score = RTOL * max(float(np.abs(ref_score).max()), 1e-12)
-    tol_map = RTOL * max(float(np.abs(ref_map).max()), 1e-12)
     diff_score = float(np.abs(score - ref_score).max())
-    diff_map = float(np.abs(amap - ref_map).max())
+    # anomaly_map and region_map, each against its own largest value; the worse one is reported
+    pairs = [
+        (float(np.abs(outs[i] - refs[i]).max()), RTOL * max(float(np.abs(refs[i]).max()), 1e-12), OUTPUT_NAMES[i])
+        for i in (1, 3)
+    ]
+    diff_map, tol_map, map_name = max(pairs, key=lambda p: np.inf if np.isnan(p[0]) else p[0] / p[1])
     flipped = decision != ref_decision
     result = {
         "max_abs_diff_score": diff_score,
@@ -187,7 +201,7 @@ def compare_outputs(reference: Sequence[torch.Tensor], outputs: Sequence[np.ndar
     if not diff_score <= tol_score:  # also catches NaN
         problems.append(f"score differs by {diff_score:.3g} > {tol_score:.3g}")
     if not diff_map <= tol_map:
-        problems.append(f"anomaly_map differs by {diff_map:.3g} > {tol_map:.3g}")
+        problems.append(f"{map_name} differs by {diff_map:.3g} > {tol_map:.3g}")
     if (flipped & (np.abs(ref_score - threshold) > tol_score)).any():
         problems.append(f"is_defective differs for images {np.flatnonzero(flipped).tolist()}")
     if problems:
@@ -201,16 +215,16 @@ def compare_regions(
     """How far the defect regions drawn from the exported outputs differ from those drawn from torch's.
 
     Both are drawn as pitscope draws them (`pitscope.evaluation.regions_at_settings` at `score`,
-    the model's score section), each from its own map and decisions. Returns
+    the model's score section), each from its own region_map and decisions. Returns
     {"regions_equal_images": images whose region masks are identical, "regions_min_iou": the
     lowest intersection over union of the two masks over images where either has a region (1.0
     when none has), "regions_max_differing_fraction": the largest share of a photo's pixels in
     one mask and not the other}. Reported, not enforced: where the maps agree within the map
     tolerance, a mask can still differ at pixels on a region's level.
     """
-    ref_maps = reference[1].detach().cpu().float().numpy()
+    ref_maps = reference[3].detach().cpu().float().numpy()
     ref_decisions = reference[2].detach().cpu().numpy().astype(bool)
-    maps = np.asarray(outputs[1], dtype=np.float32)
+    maps = np.asarray(outputs[3], dtype=np.float32)
     decisions = np.asarray(outputs[2]).astype(bool)
     ref_regions = regions_at_settings(ref_maps, ref_decisions, pixel_threshold, score)  # (B, H, W)
     regions = regions_at_settings(maps, decisions, pixel_threshold, score)
@@ -237,7 +251,7 @@ def _merge(first: dict, second: dict) -> dict:
 
 
 def _check(module: ExportModule, run, images) -> dict:
-    """Run the export (`run`: (B, 3, H, W) tensor -> 3 arrays) and torch on the same images.
+    """Run the export (`run`: (B, 3, H, W) tensor -> 4 arrays) and torch on the same images.
 
     The whole batch is compared, and its first image alone too (the dynamic batch axis).
     """
@@ -298,8 +312,8 @@ def export_onnx(
             dynamo=False,
         )
     model = onnx.load(str(path))
-    for output in model.graph.output:  # the exporter leaves the map's H x W symbolic
-        if output.name == "anomaly_map":
+    for output in model.graph.output:  # the exporter leaves the maps' H x W symbolic
+        if output.name in ("anomaly_map", "region_map"):
             for dim, side in zip(output.type.tensor_type.shape.dim[1:], module.image_shape):
                 dim.ClearField("dim_param")
                 dim.dim_value = side

@@ -11,8 +11,7 @@ random subset of `score.pixel_channels` channels; "segmentation" — the probabi
 head trained to segment pseudo-defects (SPEC 5b, needs `model.segment`); "patch" — CutPaste's
 patch-level scores: crops embedded by the network, one Gaussian over all crops, each pixel the
 mean score of the crops covering it (`pitscope.patches`). Any map is upsampled
-to the model's input size and smoothed with `score.smoothing_sigma` (in pixels at that size), and
-with `score.map_sharpen_window` each blob narrowed towards its peak (`sharpen_to_local_peak`).
+to the model's input size and smoothed with `score.smoothing_sigma` (in pixels at that size).
 With `score.map_normalisation: image_mean` (the default) each map is then divided by its own
 mean: the map says where, within the image, the surface departs most from the defect-free
 Gaussians, while the image score carries how anomalous the image is as a whole; a photo of a
@@ -20,7 +19,10 @@ part no training image shows has a raw map high everywhere, which would rank its
 above the pits of other photos. `image_mean_score` multiplies that by the image score over the
 image threshold; `image_score` multiplies the raw map by it, and `image_score_capped` by it up to
 1, so that only photos the image decision passes are scaled down. The predicted regions are the connected parts of the map above the pixel
-threshold (`pitscope.defect_regions`, `Prediction.regions`).
+threshold (`pitscope.defect_regions`, `Prediction.regions`). The map shown and ranked pixel by pixel
+(`Prediction.anomaly_map`, the pixel metrics of `pitscope.evaluation`) is that map with each blob
+narrowed towards its peak when `score.map_sharpen_window` is set (`pitscope.scoring.shown_maps`);
+`forward` and `score_dataset` give the map the regions are cut from.
 Threshold: the `score.threshold_quantile` quantile of image scores of defect-free training images
 that the scoring Gaussians did not see; the pixel threshold, a quantile of the held-back maps. With
 `score.defect_probe` a classifier fitted on photos with marked defects turns each position's
@@ -142,7 +144,6 @@ class Detector(nn.Module):
             maps = torch.sigmoid(seg_logits)  # (B, h, w) pseudo-defect probabilities
         maps = F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         maps = gaussian_smooth(maps, self.cfg.score.smoothing_sigma)  # (B, H, W)
-        maps = sharpen_to_local_peak(maps, self.cfg.score.map_sharpen_window, self.cfg.score.map_sharpen_power)
         if self.cfg.score.map_normalisation in ("image_mean", "image_mean_score"):
             maps = maps / maps.mean(dim=(1, 2), keepdim=True).clamp_min(1e-12)  # where, within the image
         if scores is None:  # map_max
@@ -230,13 +231,15 @@ class Detector(nn.Module):
             scores, maps = self._score(x, *self._features(x), by_score=not factored)
             if factored:
                 maps = maps * score_factor(self.cfg.score.map_normalisation, scores, t).to(maps.dtype)[:, None, None]
-            for image, score, amap in zip(chunk, scores.tolist(), maps):
+            window, power = self.cfg.score.map_sharpen_window, self.cfg.score.map_sharpen_power
+            shown = sharpen_to_local_peak(maps, window, power)  # (B, H, W); the maps themselves when window is 0
+            for image, score, amap, seen in zip(chunk, scores.tolist(), maps, shown):
                 h, w = image.shape[:2]
-                full = F.interpolate(amap[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+                full = _to_size(amap, (h, w))
                 predictions.append(
                     Prediction(
                         score,
-                        full.float().cpu().numpy(),
+                        _to_size(seen, (h, w)) if window else full,
                         score > t,
                         t,
                         pixel_t,
@@ -244,6 +247,7 @@ class Detector(nn.Module):
                         self.cfg.score.regions_on,
                         self.cfg.score.region_core,
                         self.cfg.score.peak_region_max,
+                        full if window else None,
                     )
                 )
         return predictions[0] if single else predictions
@@ -306,3 +310,8 @@ def _check_scoring_network(net: ScoringNetwork, cfg: Config) -> None:
             "cannot be fitted with image_method embedding, another pixel method or deeper pixel stages; "
             "refit the training checkpoint (checkpoint_last.pt) instead, or train again"
         )
+
+
+def _to_size(amap: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """One map (H, W) -> float32 (h, w) numpy, bilinear."""
+    return F.interpolate(amap[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].float().cpu().numpy()

@@ -13,7 +13,8 @@ class Prediction(NamedTuple):
     """What the detector says about one image (`Detector.predict` returns a list for a batch).
 
     score: the image's anomaly score (Mahalanobis distance; higher = more anomalous).
-    anomaly_map: (H, W) float32 per-pixel anomaly scores.
+    anomaly_map: (H, W) float32 per-pixel anomaly scores, as shown and ranked (with
+        `score.map_sharpen_window`, each blob narrowed towards its peak).
     is_defective: score > threshold.
     threshold: the image threshold used.
     pixel_threshold: map values above it form candidate defect regions.
@@ -23,6 +24,8 @@ class Prediction(NamedTuple):
     region_core: each region keeps its pixels at or above this share of its own peak (0: all of it).
     peak_region_max: the peak's region ("defective_peak") covers at most this share of the image, its
         peak pixel at least (0: no bound).
+    region_map: (H, W) float32, the map the regions are cut from when it is not anomaly_map (the map
+        before the narrowing); None: anomaly_map.
     """
 
     score: float
@@ -34,6 +37,7 @@ class Prediction(NamedTuple):
     regions_on: str = "all"
     region_core: float = 0.0
     peak_region_max: float = 0.0
+    region_map: np.ndarray | None = None
 
     @property
     def _shows_regions(self) -> tuple[bool, bool]:
@@ -42,7 +46,7 @@ class Prediction(NamedTuple):
     @property
     def defect_region(self) -> np.ndarray:
         """(H, W) bool: the predicted defect region that overlays, the service and wear curves show
-        (the connected components of anomaly_map > pixel_threshold of at least min_region_fraction
+        (the connected components of `cut_map` > pixel_threshold of at least min_region_fraction
         of the image, each cut to its core (region_core); none on an image passed as defect-free
         when regions_on is "defective" or "defective_peak", at least the peak's region on an image
         decided defective with "defective_peak", at most peak_region_max of the image when above 0)."""
@@ -63,13 +67,18 @@ class Prediction(NamedTuple):
         y, x, value = top
         return {"x": x, "y": y, "value": value}
 
+    @property
+    def cut_map(self) -> np.ndarray:
+        """(H, W): the map the regions are cut from (region_map, or anomaly_map when that is None)."""
+        return self.anomaly_map if self.region_map is None else self.region_map
+
     def outline(self) -> tuple[np.ndarray, list[Region]]:
-        """(defect_region, regions) from one labelling of the map."""
+        """(defect_region, regions) from one labelling of `cut_map`."""
         shown, at_least_one = self._shows_regions
         if not shown:
             return np.zeros(np.shape(self.anomaly_map), dtype=bool), []
         return describe_regions(
-            self.anomaly_map,
+            self.cut_map,
             self.pixel_threshold,
             self.min_region_fraction,
             self.region_core,

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pitscope.config import SCORE_FACTORS
+from pitscope.config import SCORE_FACTORS, ScoreConfig
 
 SHRINKAGES = ("ledoit_wolf", "ridge")
 
@@ -579,6 +579,17 @@ def sharpen_to_local_peak(maps: Tensor, window: int, power: float = 1.0) -> Tens
     peak = F.max_pool2d(maps[:, None], window, stride=1, padding=window // 2)[:, 0]  # (N, H, W)
     ratio = (maps / peak.clamp_min(1e-12)).clamp(0.0, 1.0)
     return maps * ratio**power
+
+
+def shown_maps(maps: np.ndarray, score: ScoreConfig) -> np.ndarray:
+    """Maps (N, H, W) as the detector gives them (the regions are cut from these) -> the maps shown
+    and ranked pixel by pixel: each blob narrowed by `score.map_sharpen_window` and
+    `score.map_sharpen_power` (`sharpen_to_local_peak`), or the maps themselves when the window is 0.
+    The narrowing commutes with a positive factor per map, so it may follow any normalisation."""
+    if not score.map_sharpen_window:
+        return maps
+    tensor = torch.from_numpy(np.ascontiguousarray(maps))
+    return sharpen_to_local_peak(tensor, score.map_sharpen_window, score.map_sharpen_power).numpy()
 
 
 def score_factor(normalisation: str, scores: Tensor, threshold: float) -> Tensor:

@@ -792,8 +792,38 @@ def test_bsdata_localisation_draws_other_regions_without_fitting_again(monkeypat
     assert fits == [] and (got.cfg.score.peak_region_max, got.cfg.score.region_core) == (0.01, 0.5)
     assert float(got.threshold) == float(saved.threshold) and float(got.pixel_threshold) == float(saved.pixel_threshold)
     assert Detector.load(tmp_path / "out" / "model.pt").cfg.score.regions_on == "defective_peak"
+    narrowed = bsdata_localisation.refitted(model, ["score.map_sharpen_window=9"])  # the map shown only
+    assert fits == [] and float(narrowed.pixel_threshold) == float(saved.pixel_threshold)
     bsdata_localisation.refitted(model, ["score.smoothing_sigma=1"])
     assert fits == [1]
+
+
+def test_bsdata_localisation_narrowing_moves_the_pixel_metrics_and_not_the_regions(
+    monkeypatch, tmp_path, fit_tiny_detector
+):
+    """With --sharpen the pixel metrics rank the narrowed map, and the regions, cut from the map
+    before the narrowing as the detector cuts them, are those of the map as it is."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bsdata_localisation
+
+    detector, _, _ = fit_tiny_detector(tmp_path)
+    run = bsdata_localisation.choose(
+        detector,
+        [2.0],
+        ["none"],
+        progress=False,
+        regions_on=["all"],
+        min_fractions=[0.0],
+        sharpens=[(0, 1.0), (9, 2.0)],
+    )
+    plain = [r for r in run["rows"] if r["map_sharpen_window"] == 0]
+    sharp = [r for r in run["rows"] if r["map_sharpen_window"] == 9]
+    assert len(plain) == len(sharp) == len(bsdata_localisation.THRESHOLDS)
+    assert plain[0]["pixel_ap"] != pytest.approx(sharp[0]["pixel_ap"])
+    for a, b in zip(plain, sharp):
+        assert a["pixel_ap"] == plain[0]["pixel_ap"] and b["pixel_ap"] == sharp[0]["pixel_ap"]
+        for key in ("pixel_f1", "iou_median", "normal_area_p99", "area_within_2x"):
+            assert a[key] == pytest.approx(b[key], nan_ok=True), key
 
 
 def test_bsdata_localisation_compares_the_smallest_regions_it_is_given(monkeypatch, tmp_path, fit_tiny_detector):
@@ -830,8 +860,8 @@ def test_bsdata_localisation_maps_are_the_detectors_for_every_normalisation(monk
     for normalisation, sharpen in [*((n, (0, 1.0)) for n in NORMALISATIONS), ("image_score_capped", (9, 2.0))]:
         detector.cfg.score.map_normalisation = normalisation
         detector.cfg.score.map_sharpen_window, detector.cfg.score.map_sharpen_power = sharpen
-        _, maps = detector.score_dataset(test, progress=False)
-        expected = transform(raw, scores, threshold, detector.cfg.score.smoothing_sigma, normalisation, sharpen)
+        _, maps = detector.score_dataset(test, progress=False)  # the maps the regions are cut from
+        expected = transform(raw, scores, threshold, detector.cfg.score.smoothing_sigma, normalisation)
         np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max(), err_msg=normalisation)
 
 

@@ -45,6 +45,7 @@ from pitscope.report.sections import (
     _training_section,
 )
 from pitscope.report.wear_section import _wear_section, read_wear
+from pitscope.scoring import shown_maps
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def _analyse(
     region = regions_at_settings(
         maps, flagged, pixel_threshold, detector.cfg.score
     )  # (N, H, W) bool, as the pages draw them
+    maps = shown_maps(maps, detector.cfg.score)  # the curves and heatmaps: the map shown, as the metrics
     curves, pixel_at_threshold = _curves(labels, scores, masks, maps, region)
     picks = pick_gallery(labels, scores, threshold, gallery_size)
     paths = list(dataset.paths)
