@@ -462,6 +462,7 @@ def test_the_narrowing_changes_the_map_shown_and_not_the_regions(fitted):
         np.testing.assert_allclose(narrowed.region_map, as_is.anomaly_map, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(narrowed.defect_region, as_is.defect_region)
         assert narrowed.regions == as_is.regions
+        assert narrowed.peak() == pytest.approx(as_is.peak(), rel=1e-5)  # where to look, on the regions' map
         assert narrowed.anomaly_map.max() == pytest.approx(as_is.anomaly_map.max(), rel=1e-4)  # the peak stays
         assert narrowed.anomaly_map.mean() < as_is.anomaly_map.mean()  # the flanks fall
     # evaluate ranks the pixels of the map shown and cuts the regions as before

@@ -58,10 +58,11 @@ class Prediction(NamedTuple):
         return self.outline()[1]
 
     def peak(self) -> dict | None:
-        """Where the map is highest: {"x", "y", "value"}, x across and y down in the map's pixels
+        """Where `cut_map` is highest (the map the pixel threshold applies to; the narrowed map shown
+        peaks at or beside it): {"x", "y", "value"}, x across and y down in the map's pixels
         (the first such pixel in row order); None when the map has no finite value. On a photo
         decided defective with no region it says where to look."""
-        top = highest_pixel(np.asarray(self.anomaly_map, dtype=np.float32))
+        top = highest_pixel(np.asarray(self.cut_map, dtype=np.float32))
         if top is None:
             return None
         y, x, value = top
