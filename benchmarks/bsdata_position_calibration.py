@@ -48,7 +48,7 @@ from pitscope.data.sequences import capture_time
 from pitscope.evaluation import regions_at_settings
 from pitscope.inference import Detector
 from pitscope.metrics import evaluate_all, region_metrics
-from pitscope.scoring import pixel_threshold_of
+from pitscope.scoring import pixel_threshold_of, shown_maps
 
 RESULTS = Path(__file__).parent / "results"
 QUANTILE_RULES = ("model", "max")
@@ -134,7 +134,7 @@ def score_model(path: Path, test: bool, firsts: list[int], rules: list[str]) -> 
     rank = {Path(r.path).name: i for n in positions for i, r in enumerate(refs[n])}
     ref_position = np.array([next(n for n in positions if Path(r.path).name in by_name[n]) for r in ref_set.records])
     ref_rank = np.array([rank[Path(r.path).name] for r in ref_set.records])
-    pixel = evaluate_all(labels, scores, masks, maps)
+    pixel = evaluate_all(labels, scores, masks, shown_maps(maps, detector.cfg.score))  # the map shown
     rows = [
         {
             "setting": "stored",

@@ -40,6 +40,7 @@ from pitscope.evaluation import regions_at_settings
 from pitscope.fitting import refit
 from pitscope.inference import Detector
 from pitscope.metrics import evaluate_all, region_metrics
+from pitscope.scoring import shown_maps
 
 
 def reference_names(val: AnomalyDataset, root: Path, per_position: int, positions: list[str] | None = None) -> set[str]:
@@ -62,7 +63,7 @@ def measure(detector: Detector, judged: AnomalyDataset) -> dict:
     scores, maps = detector.score_dataset(judged, progress=True)
     labels = np.asarray(judged.labels)
     masks = np.stack([judged[i].mask for i in range(len(judged))])
-    pixel = evaluate_all(labels, scores, masks, maps)
+    pixel = evaluate_all(labels, scores, masks, shown_maps(maps, detector.cfg.score))  # the map shown
     decisions = scores > float(detector.threshold)
     regions = regions_at_settings(maps, decisions, float(detector.pixel_threshold), detector.cfg.score)
     map_max = evaluate_all(labels, maps.reshape(len(maps), -1).max(axis=1))

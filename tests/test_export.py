@@ -320,3 +320,24 @@ def test_cli_export_errors_and_parity_failures(fitted, tmp_path, monkeypatch, ca
     monkeypatch.setattr("pitscope.cli.export.export_onnx", disagree)
     assert main(["export", str(model), "--out", str(tmp_path / "m.onnx")]) == 1
     assert "parity check FAILED" in capsys.readouterr().err
+
+
+def test_merged_checks_keep_each_maps_difference_with_its_own_tolerance():
+    from pitscope.export import _merge
+
+    def check(diff_map, tol_map, diff_score=0.0):
+        return {
+            "max_abs_diff_score": diff_score,
+            "max_abs_diff_map": diff_map,
+            "tolerance_map": tol_map,
+            "regions_max_differing_fraction": 0.0,
+            "regions_min_iou": 1.0,
+            "decisions_equal": True,
+        }
+
+    # the batch run's worst map is at a tenth of its tolerance; the single image's, at a twentieth of a looser one
+    merged = _merge(check(1e-4, 1e-3), check(5e-4, 1e-2, diff_score=0.5))
+    assert (merged["max_abs_diff_map"], merged["tolerance_map"]) == (1e-4, 1e-3)
+    assert merged["max_abs_diff_score"] == 0.5
+    merged = _merge(check(1e-4, 1e-2), check(5e-4, 1e-3))
+    assert (merged["max_abs_diff_map"], merged["tolerance_map"]) == (5e-4, 1e-3)

@@ -113,7 +113,8 @@ class Detector(nn.Module):
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, 3, H, W) normalised -> (image scores (B,), anomaly maps (B, H, W))."""
+        """x (B, 3, H, W) normalised -> (image scores (B,), anomaly maps (B, H, W)): the maps the
+        regions are cut from, before the narrowing of the map shown (`pitscope.scoring.shown_maps`)."""
         return self._score(x, *self._features(x))
 
     def _score(
@@ -182,7 +183,8 @@ class Detector(nn.Module):
 
     @torch.inference_mode()
     def score_dataset(self, dataset: Sequence[Sample], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Scores (N,) and maps (N, H, W) float32 of every image of `dataset`."""
+        """Scores (N,) and maps (N, H, W) float32 of every image of `dataset` (the maps the regions are
+        cut from, as `forward`)."""
         self.net.eval()
         device = next(self.net.parameters()).device
         scores, maps = [], []

@@ -17,7 +17,7 @@ class Prediction(NamedTuple):
         `score.map_sharpen_window`, each blob narrowed towards its peak).
     is_defective: score > threshold.
     threshold: the image threshold used.
-    pixel_threshold: map values above it form candidate defect regions.
+    pixel_threshold: values of `cut_map` above it form candidate defect regions.
     min_region_fraction: candidate regions smaller than this share of the image are dropped.
     regions_on: "all": every image shows its regions; "defective": only images decided defective;
         "defective_peak": only those, each with at least the region around its map's peak.

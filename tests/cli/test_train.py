@@ -135,6 +135,9 @@ def test_evaluate_accepts_post_hoc_score_options_only(tmp_path, fit_tiny_detecto
     _, model, _ = fit_tiny_detector(tmp_path)
     assert main(["evaluate", str(model), "--quiet", "--set", "score.map_normalisation=none"]) == 0
     assert load_config(str(tmp_path / "eval" / "config.yaml")).score.map_normalisation == "none"
+    assert "pixel threshold was calibrated" in capsys.readouterr().err  # other maps: its regions may mislead
+    assert main(["evaluate", str(model), "--quiet", "--set", "score.map_sharpen_window=9"]) == 0
+    assert "pixel threshold" not in capsys.readouterr().err  # the map shown only: the regions are as calibrated
     assert main(["evaluate", str(model), "--quiet", "--set", "score.peak_region_max=0.01"]) == 0
     assert load_config(str(tmp_path / "eval" / "config.yaml")).score.peak_region_max == 0.01
     assert main(["evaluate", str(model), "--quiet", "--set", "score.pixel_stages=[layer1]"]) == 2

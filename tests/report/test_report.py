@@ -379,3 +379,18 @@ def test_training_section_names_the_budget_stop():
     assert "stopped" not in _training_section(None, None, {**training, "stopped_by_budget": False}, "")
     in_float32 = _training_section(None, None, {**training, "precision": "float32"}, "")
     assert "568 defect-free images in float32 (stopped by its time budget)." in in_float32
+
+
+def test_gallery_tile_draws_the_predicted_region_it_is_given():
+    from pitscope.report.figures import gallery_tile
+
+    image = np.full((16, 20, 3), 100, dtype=np.uint8)
+    mask = np.zeros((16, 20), dtype=np.uint8)
+    mask[2:6, 2:6] = 1  # the marked defect, top left
+    region = np.zeros((16, 20), dtype=bool)
+    region[10:14, 14:18] = True  # the predicted region, elsewhere
+    tile = gallery_tile(image, mask, np.zeros((16, 20)), 1.0, 0.0, 2.0, region=region)
+    width, gap = 20, 4
+    predicted = tile[:, 2 * (width + gap) : 2 * (width + gap) + width]  # the third panel
+    red = (predicted[..., 0].astype(int) - predicted[..., 1]) > 20  # red fill over the grey input
+    np.testing.assert_array_equal(red, region)

@@ -123,8 +123,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     detector = Detector.load(args.model)
     cfg = apply_overrides(detector.cfg, args.overrides)
     # the data may change; of the scoring, only what acts after the fitted scorers may
-    map_settings = {"map_normalisation", "smoothing_sigma", "map_sharpen_window", "map_sharpen_power"}
-    post_hoc = {*map_settings, "image_method", *REGION_SETTINGS}
+    map_settings = {"map_normalisation", "smoothing_sigma"}  # the maps the pixel threshold was calibrated on
+    shown = {"map_sharpen_window", "map_sharpen_power"}  # the map shown only
+    post_hoc = {*map_settings, *shown, "image_method", *REGION_SETTINGS}
     _refuse_trained_changes(cfg, detector.cfg, "evaluate", f"data.* and score.{{{', '.join(sorted(post_hoc))}}}")
     changed = [k for k, v in to_dict(cfg)["score"].items() if v != to_dict(detector.cfg)["score"][k]]
     if set(changed) - post_hoc:

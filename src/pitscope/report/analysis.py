@@ -26,7 +26,8 @@ MVTEC_TEXTURES = ("carpet", "grid", "leather", "tile", "wood")  # every other ca
 
 class _ScoresKept:
     """The detector as `evaluate` sees it (score_dataset, cfg and the thresholds), keeping the
-    scores and maps it returns so the report draws from the very arrays the metrics came from."""
+    scores and maps it returns so the report draws from the very arrays the metrics came from (the
+    regions cut from them, the pixel metrics ranking `pitscope.scoring.shown_maps` of them)."""
 
     def __init__(self, detector: Detector):
         self.detector = detector

@@ -170,11 +170,11 @@ def gallery_tile(
     """One gallery row as (H, 4W + 3*gap, 3) uint8: the input, the ground truth (green fill and
     outline), the predicted region (red, with the ground truth's green outline for comparison)
     and the heatmap on the report's shared scale [vmin, vmax]."""
-    region = np.asarray(mask) != 0
+    marked = np.asarray(mask) != 0
     truth = image.copy()
-    if region.any():
-        truth[region] = np.round(0.65 * image[region] + 0.35 * np.array(GREEN, np.float32)).astype(np.uint8)
-        truth[boundary(region)] = GREEN
+    if marked.any():
+        truth[marked] = np.round(0.65 * image[marked] + 0.35 * np.array(GREEN, np.float32)).astype(np.uint8)
+        truth[boundary(marked)] = GREEN
     panels = [
         image,
         truth,
