@@ -389,3 +389,15 @@ def test_sharpening_keeps_each_peak_and_lowers_its_flanks_by_their_share_of_it()
     assert wide[0, 0, 9] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="odd"):
         sharpen_to_local_peak(maps, 4)
+
+
+@pytest.mark.parametrize("window", [1, 3, 9, 61])
+def test_sharpening_peaks_are_the_maxima_of_each_square_window(window):
+    """The two 1-D passes give the maximum of each window x window square, as scipy's maximum_filter
+    (the border: only the pixels inside the map count)."""
+    from scipy.ndimage import maximum_filter
+
+    maps = torch.rand(2, 37, 70, generator=torch.Generator().manual_seed(window)) + 0.1
+    peak = np.stack([maximum_filter(m, size=window, mode="constant", cval=-np.inf) for m in maps.numpy()])
+    expected = maps.numpy() * (maps.numpy() / peak)
+    np.testing.assert_allclose(sharpen_to_local_peak(maps, window, 1.0).numpy(), expected, rtol=1e-6)

@@ -576,7 +576,11 @@ def sharpen_to_local_peak(maps: Tensor, window: int, power: float = 1.0) -> Tens
         return maps
     if window < 0 or window % 2 == 0:
         raise ValueError(f"window: expected 0 or an odd number of pixels, got {window}")
-    peak = F.max_pool2d(maps[:, None], window, stride=1, padding=window // 2)[:, 0]  # (N, H, W)
+    # the largest value of the window x window square: a square's maximum is the maximum over its
+    # rows of each row's maximum, so two 1-D passes (2 x window values a pixel, not window squared)
+    half = window // 2
+    rows = F.max_pool2d(maps[:, None], (window, 1), stride=1, padding=(half, 0))
+    peak = F.max_pool2d(rows, (1, window), stride=1, padding=(0, half))[:, 0]  # (N, H, W)
     ratio = (maps / peak.clamp_min(1e-12)).clamp(0.0, 1.0)
     return maps * ratio**power
 
