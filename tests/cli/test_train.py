@@ -370,8 +370,8 @@ def test_the_surface_preset_is_the_cpu_preset_with_strong_noise_pastes_alone():
         assert surface[section] == cpu[section], section
     # regions: the peak's region on photos decided defective was chosen on BSData for `cpu` alone
     assert (surface["score"]["regions_on"], cpu["score"]["regions_on"]) == ("defective", "defective_peak")
-    # ... and with it the bound on the peak's region, which acts on `defective_peak` alone, and
-    # the map's channel groups
+    # ... and with it the bound on the peak's region, which acts on `defective_peak` alone, the
+    # map's channel groups and the narrowing of the map shown
     assert surface["score"] == {
         **cpu["score"],
         "regions_on": "defective",
@@ -379,4 +379,5 @@ def test_the_surface_preset_is_the_cpu_preset_with_strong_noise_pastes_alone():
         "min_region_fraction": 0.0003,
         "pixel_channels": 100,
         "channel_groups": 1,
+        "map_sharpen_window": 0,
     }
