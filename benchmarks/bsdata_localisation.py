@@ -156,10 +156,22 @@ def choose(
     masks = np.stack([val[i].mask for i in range(len(val))])
     rows = []
     own_sharpen = (cfg.score.map_sharpen_window, cfg.score.map_sharpen_power)
+    # the narrowing changes the pixel metrics alone: each sigma's maps and regions are measured once
+    cut: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # normalisation -> (maps, held-back maps) at one sigma
+    measured: dict[tuple, dict] = {}  # (normalisation, region settings) -> region_metrics at one sigma
+    at_sigma = None
     for sigma, sharpen in itertools.product(sigmas, sharpens or [own_sharpen]):
+        if sigma != at_sigma:
+            cut.clear()
+            measured.clear()
+            at_sigma = sigma
         for norm in normalisations:
-            maps = transform(val_raw, val_scores, threshold, sigma, norm)  # the regions are cut from these
-            cal = transform(cal_raw, cal_scores, threshold, sigma, norm)
+            if norm not in cut:  # the regions are cut from these
+                cut[norm] = (
+                    transform(val_raw, val_scores, threshold, sigma, norm),
+                    transform(cal_raw, cal_scores, threshold, sigma, norm),
+                )
+            maps, cal = cut[norm]
             shown = sharpen_to_local_peak(torch.from_numpy(maps), *sharpen).numpy()  # the pixel metrics rank these
             pixel = evaluate_all(labels, val_scores, masks, shown)
             for rule, q in THRESHOLDS:
@@ -171,9 +183,12 @@ def choose(
                         if peak_max != bounds[0]:
                             continue  # the bound acts on defective_peak only: one row of the others
                         peak_max = 0.0
-                    regions = predicted_regions(
-                        maps, val_scores > threshold, pixel_threshold, floor, on, core, peak_max
-                    )
+                    key = (norm, rule, q, floor, on, core, peak_max)
+                    if key not in measured:
+                        regions = predicted_regions(
+                            maps, val_scores > threshold, pixel_threshold, floor, on, core, peak_max
+                        )
+                        measured[key] = region_metrics(labels, masks, regions)
                     rows.append(
                         {
                             "smoothing_sigma": sigma,
@@ -187,7 +202,7 @@ def choose(
                             "region_core": core,
                             "peak_region_max": peak_max,
                             **{k: pixel[k] for k in ("pixel_auroc", "pixel_ap", "aupro", "pixel_f1_max")},
-                            **region_metrics(labels, masks, regions),
+                            **measured[key],
                         }
                     )
             print(
