@@ -16,8 +16,8 @@ train them. Without --test, every compared setting is scored on those photos onl
   images' map values or of their maxima, a minimum region size, regions on every image or
   only on images decided defective, (--cores) each region cut to its core, and (--peak-maxes) the
   largest share of the photo the peak's region of `defective_peak` may cover;
-- (--sharpen) the map shown narrowed towards each blob's peak, which the pixel metrics rank; the
-  regions are cut from the map before it, as the detector cuts them.
+- (--sharpen) the map shown, which the pixel metrics rank: its broad background removed and each
+  blob narrowed towards its peak; the regions are cut from the map before it, as the detector cuts them.
 The maps' pixel metrics (AUROC, AP, AUPRO, F1-max) and the regions' metrics (pixel F1, IoU, the
 area on defect-free photos, the area within 2x) go to benchmarks/results/<name>.json and .md.
 --merge reads --test results (one network a seed) and writes their looks side by side with the
@@ -54,7 +54,7 @@ from pitscope.evaluation import evaluate, predicted_regions, write_evaluation
 from pitscope.fitting import refit, with_references
 from pitscope.inference import Detector
 from pitscope.metrics import evaluate_all, region_metrics
-from pitscope.scoring import gaussian_smooth, pixel_threshold_of, score_factor, sharpen_to_local_peak
+from pitscope.scoring import gaussian_smooth, pixel_threshold_of, score_factor, shown_map
 
 RESULTS = Path(__file__).parent / "results"
 LOOKS = RESULTS / TEST_LOOKS
@@ -74,6 +74,7 @@ REGIONS_ON = ("all", "defective")  # compared by default; --regions-on names oth
 PRESET_KEYS = (
     "smoothing_sigma",
     "map_normalisation",
+    "map_background_window",
     "map_sharpen_window",
     "map_sharpen_power",
     "pixel_threshold_from",
@@ -82,7 +83,7 @@ PRESET_KEYS = (
     "region_core",
 )  # the model's own region settings: the markdown lists its rows, one per compared regions_on
 # what acts after the scorers and thresholds: set on a saved model without fitting it again
-SHOWN_SETTINGS = (*REGION_SETTINGS, "map_sharpen_window", "map_sharpen_power")
+SHOWN_SETTINGS = (*REGION_SETTINGS, "map_background_window", "map_sharpen_window", "map_sharpen_power")
 MAX_NORMAL_AREA = 0.01  # the 99th percentile of the predicted area on defect-free photos, at most
 
 
@@ -119,7 +120,7 @@ def choose(
     regions_on: Sequence[str] = REGIONS_ON,
     peak_maxes: Sequence[float] | None = None,
     min_fractions: Sequence[float] = MIN_FRACTIONS,
-    sharpens: Sequence[tuple[int, float]] | None = None,
+    sharpens: Sequence[tuple[int, float, int]] | None = None,
 ) -> dict:
     """Every map and region setting scored on the validation photos; with `references` (photos
     the detector was fitted on beside its training photos) those photos are not scored. cores:
@@ -127,7 +128,7 @@ def choose(
     score.regions_on values compared; peak_maxes: the score.peak_region_max values compared
     (default: the detector's; they change regions_on defective_peak only); min_fractions: the
     score.min_region_fraction values compared; sharpens: the (score.map_sharpen_window,
-    score.map_sharpen_power) pairs compared (default: the detector's)."""
+    score.map_sharpen_power, score.map_background_window) triples compared (default: the detector's)."""
     cfg = detector.cfg
     train = build_dataset(cfg.data, "train", cfg.seed)
     if references:
@@ -155,7 +156,7 @@ def choose(
     labels = np.asarray(val.labels)
     masks = np.stack([val[i].mask for i in range(len(val))])
     rows = []
-    own_sharpen = (cfg.score.map_sharpen_window, cfg.score.map_sharpen_power)
+    own_sharpen = (cfg.score.map_sharpen_window, cfg.score.map_sharpen_power, cfg.score.map_background_window)
     # the narrowing changes the pixel metrics alone: each sigma's maps and regions are measured once
     cut: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # normalisation -> (maps, held-back maps) at one sigma
     measured: dict[tuple, dict] = {}  # (normalisation, region settings) -> region_metrics at one sigma
@@ -172,7 +173,8 @@ def choose(
                     transform(cal_raw, cal_scores, threshold, sigma, norm),
                 )
             maps, cal = cut[norm]
-            shown = sharpen_to_local_peak(torch.from_numpy(maps), *sharpen).numpy()  # the pixel metrics rank these
+            window, power, background = sharpen
+            shown = shown_map(torch.from_numpy(maps), background, window, power).numpy()  # the pixel metrics rank these
             pixel = evaluate_all(labels, val_scores, masks, shown)
             for rule, q in THRESHOLDS:
                 pixel_threshold = pixel_threshold_of(cal, q, rule)
@@ -193,6 +195,7 @@ def choose(
                         {
                             "smoothing_sigma": sigma,
                             "map_normalisation": norm,
+                            "map_background_window": sharpen[2],
                             "map_sharpen_window": sharpen[0],
                             "map_sharpen_power": sharpen[1],
                             "pixel_rule": rule,
@@ -236,16 +239,22 @@ def earliest_references(model: Path, per_position: int, split: str = "val") -> l
     return [r.path for r in photos.records if r.path.name in names]
 
 
-def sharpen_pair(text: str) -> tuple[int, float]:
-    """ "WINDOW:POWER" -> (window, power), as score.map_sharpen_window and score.map_sharpen_power."""
+def sharpen_pair(text: str) -> tuple[int, float, int]:
+    """ "WINDOW:POWER" or "WINDOW:POWER:BACKGROUND" -> (window, power, background), as
+    score.map_sharpen_window, score.map_sharpen_power and score.map_background_window (0 without it)."""
     try:
-        window, power = text.split(":")
-        pair = int(window), float(power)
+        parts = text.split(":")
+        if len(parts) not in (2, 3):
+            raise ValueError
+        triple = int(parts[0]), float(parts[1]), int(parts[2]) if len(parts) == 3 else 0
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WINDOW:POWER such as 31:1, got {text!r}") from None
-    if pair[0] < 0 or (pair[0] and pair[0] % 2 == 0) or pair[1] <= 0:
-        raise argparse.ArgumentTypeError(f"the window must be 0 or odd and the power above 0, got {text!r}")
-    return pair
+        raise argparse.ArgumentTypeError(
+            f"expected WINDOW:POWER[:BACKGROUND] such as 61:1 or 61:1:91, got {text!r}"
+        ) from None
+    odd = all(w == 0 or (w > 0 and w % 2) for w in (triple[0], triple[2]))
+    if not odd or triple[1] <= 0:
+        raise argparse.ArgumentTypeError(f"the windows must be 0 or odd and the power above 0, got {text!r}")
+    return triple
 
 
 def best(rows: list[dict]) -> dict:
@@ -338,9 +347,14 @@ REGION_HEADER = (
 
 
 def maps_label(r: dict) -> str:
-    """The map setting of a row: its normalisation, and its blobs' narrowing when there is one."""
-    window = r.get("map_sharpen_window", 0)
-    return r["map_normalisation"] + (f", sharpened {window} px ^{r['map_sharpen_power']:g}" if window else "")
+    """The map setting of a row: its normalisation, its background removal and its blobs' narrowing
+    when there are any."""
+    window, background = r.get("map_sharpen_window", 0), r.get("map_background_window", 0)
+    return (
+        r["map_normalisation"]
+        + (f", background {background} px removed" if background else "")
+        + (f", sharpened {window} px ^{r['map_sharpen_power']:g}" if window else "")
+    )
 
 
 def region_line(r: dict) -> str:
@@ -367,6 +381,7 @@ def preset_rows(run: dict) -> list[dict]:
         and r["map_normalisation"] == own["map_normalisation"]
         and r.get("map_sharpen_window", 0) == own.get("map_sharpen_window", 0)
         and r.get("map_sharpen_power", 1.0) == own.get("map_sharpen_power", 1.0)
+        and r.get("map_background_window", 0) == own.get("map_background_window", 0)
         and r["pixel_rule"] == own["pixel_threshold_from"]
         and r["pixel_quantile"] == own["pixel_threshold_quantile"]
         and r["min_region_fraction"] == own["min_region_fraction"]
@@ -443,6 +458,7 @@ def write_markdown(record: dict, path: Path) -> None:
                 for k in (
                     "smoothing_sigma",
                     "map_normalisation",
+                    "map_background_window",
                     "map_sharpen_window",
                     "map_sharpen_power",
                     "min_region_fraction",
@@ -628,8 +644,9 @@ def main() -> int:
         "--sharpen",
         type=sharpen_pair,
         nargs="+",
-        help="WINDOW:POWER pairs of score.map_sharpen_window and score.map_sharpen_power compared (choosing only; "
-        "default: the model's; 0:1 leaves the maps as they are)",
+        help="WINDOW:POWER[:BACKGROUND] of score.map_sharpen_window, score.map_sharpen_power and "
+        "score.map_background_window (0 when left out) compared (choosing only; default: the model's; 0:1 leaves "
+        "the maps as they are)",
     )
     parser.add_argument(
         "--neighbourhoods",

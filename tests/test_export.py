@@ -31,7 +31,7 @@ from pitscope.export import (
     to_export_input,
 )
 from pitscope.inference import Detector
-from pitscope.scoring import sharpen_to_local_peak
+from pitscope.scoring import remove_background, sharpen_to_local_peak, shown_map
 from pitscope.tensors import images_to_batch
 
 
@@ -84,7 +84,7 @@ def test_onnx_carries_the_neighbourhood_scoring(fitted, tmp_path):
     assert (ref_map < own_map - 1e-3).any()  # the neighbourhood lowered the maps that were exported
 
 
-def test_onnx_carries_the_capped_image_score_factor_and_the_narrowed_blobs(fitted, tmp_path):
+def test_onnx_carries_the_capped_image_score_factor_and_the_map_shown(fitted, tmp_path):
     detector, _, test_split = fitted
     images = [sample.image for sample in test_split]
     raw = copy.deepcopy(detector)
@@ -101,13 +101,17 @@ def test_onnx_carries_the_capped_image_score_factor_and_the_narrowed_blobs(fitte
     factor = np.minimum(raw_score / float(capped.threshold), 1.0)
     sharp = copy.deepcopy(capped)
     sharp.cfg.score.map_sharpen_window, sharp.cfg.score.map_sharpen_power = 9, 2.0
+    sharp.cfg.score.map_background_window = 15
     sharp_path = export_onnx(sharp, tmp_path / "sharp.onnx")["path"]
     _, sharp_map, _, sharp_regions = onnx_session(sharp_path).run(None, {"image": to_export_input(images, 64).numpy()})
     _, sharp_ref = torch_reference(sharp, images)  # the map the regions are cut from
-    shown_ref = sharpen_to_local_peak(torch.from_numpy(sharp_ref), 9, 2.0).numpy()
+    shown_ref = shown_map(torch.from_numpy(sharp_ref), 15, 9, 2.0).numpy()
     assert np.abs(sharp_regions - sharp_ref).max() <= 1e-4 * np.abs(sharp_ref).max()
     assert np.abs(sharp_map - shown_ref).max() <= 1e-4 * np.abs(shown_ref).max()
     assert np.abs(shown_ref - ref_map).max() > 1e-2 * np.abs(ref_map).max()  # the narrowing was exported
+    narrowed_only = sharpen_to_local_peak(torch.from_numpy(sharp_ref), 9, 2.0).numpy()
+    assert np.abs(shown_ref - narrowed_only).max() > 1e-2 * np.abs(narrowed_only).max()  # and the background step
+    assert (remove_background(torch.from_numpy(sharp_ref), 15).numpy() < sharp_ref - 1e-6).any()
     assert (factor < 0.999).any() and (factor == 1.0).any()
     np.testing.assert_allclose(amap, raw_map * factor[:, None, None], rtol=1e-3, atol=1e-4 * np.abs(raw_map).max())
 

@@ -19,7 +19,7 @@ from pitscope.evaluation import REGION_NAMES, evaluate
 from pitscope.inference import Detector
 from pitscope.metrics import evaluate_all
 from pitscope.scorer_fitting import QUANTILE_GRID
-from pitscope.scoring import PatchGaussianScorer, sharpen_to_local_peak, shown_maps
+from pitscope.scoring import PatchGaussianScorer, remove_background, sharpen_to_local_peak, shown_maps
 from pitscope.tensors import images_to_batch
 from pitscope.training import LAST_CHECKPOINT, train
 
@@ -481,6 +481,25 @@ def test_the_narrowing_changes_the_map_shown_and_not_the_regions(fitted):
     for bad in ("score.map_sharpen_window=4", "score.map_sharpen_window=-1", "score.map_sharpen_power=0"):
         with pytest.raises(ValueError, match="map_sharpen"):
             apply_overrides(detector.cfg, [bad])
+    for bad in ("score.map_background_window=8", "score.map_background_window=-3"):
+        with pytest.raises(ValueError, match="map_background_window"):
+            apply_overrides(detector.cfg, [bad])
+
+
+def test_the_background_step_changes_the_map_shown_and_not_the_regions(fitted):
+    detector, _, _, test_split = fitted
+    opened = copy.deepcopy(detector)  # a step after the scorers: the fitted detector with the setting
+    opened.cfg = apply_overrides(detector.cfg, ["score.map_background_window=15"])
+    images = [test_split[i].image for i in range(len(test_split))]
+    _, plain = detector.score_dataset(test_split, progress=False)
+    expected = remove_background(torch.from_numpy(plain), 15).numpy()
+    np.testing.assert_allclose(shown_maps(plain, opened.cfg.score), expected, rtol=1e-6)
+    assert not np.allclose(expected, plain)
+    for with_step, as_is in zip(opened.predict(images), detector.predict(images)):
+        assert with_step.region_map is not None  # the map shown is not the regions' map
+        np.testing.assert_allclose(with_step.region_map, as_is.anomaly_map, rtol=1e-5, atol=1e-6)
+        assert with_step.regions == as_is.regions
+        assert (with_step.anomaly_map <= as_is.anomaly_map + 1e-6).all()
 
 
 def test_pixel_threshold_from_each_held_back_maps_maximum(fitted):

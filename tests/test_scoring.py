@@ -12,8 +12,10 @@ from pitscope.scoring import (
     _Moments,
     gaussian_smooth,
     out_of_fold_scores,
+    remove_background,
     score_factor,
     sharpen_to_local_peak,
+    shown_map,
 )
 
 
@@ -401,3 +403,29 @@ def test_sharpening_peaks_are_the_maxima_of_each_square_window(window):
     peak = np.stack([maximum_filter(m, size=window, mode="constant", cval=-np.inf) for m in maps.numpy()])
     expected = maps.numpy() * (maps.numpy() / peak)
     np.testing.assert_allclose(sharpen_to_local_peak(maps, window, 1.0).numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("window", [1, 3, 9, 61])
+def test_background_removal_is_the_white_top_hat(window):
+    """The map less its grey opening over a window x window square, as scipy's white_tophat (the
+    border: only the pixels inside the map count, which edge replication leaves unchanged)."""
+    from scipy.ndimage import white_tophat
+
+    maps = torch.rand(2, 37, 70, generator=torch.Generator().manual_seed(window), dtype=torch.float64)
+    expected = np.stack([white_tophat(m, size=window, mode="nearest") for m in maps.numpy()])
+    np.testing.assert_allclose(remove_background(maps, window).numpy(), expected, atol=1e-12)
+
+
+def test_background_removal_drops_broad_stretches_and_keeps_narrow_blobs():
+    maps = torch.full((1, 21, 40), 1.0)
+    maps[0, :, 20:] = 3.0  # a raised stretch 20 px wide, all rows
+    maps[0, 10, 5] = 5.0  # a blob of one pixel on the level part
+    out = remove_background(maps, 7)
+    assert out[0, 10, 5] == pytest.approx(4.0)  # its height above its surroundings
+    assert out[0, :, 20:].abs().max() == 0.0 and out[0, 0, :5].abs().max() == 0.0
+    assert torch.equal(remove_background(maps, 0), maps)
+    with pytest.raises(ValueError, match="odd"):
+        remove_background(maps, 6)
+    # the map shown: background first, then the narrowing; either step off with 0
+    assert torch.equal(shown_map(maps, 0, 0, 2.0), maps)
+    torch.testing.assert_close(shown_map(maps, 7, 5, 1.0), sharpen_to_local_peak(out, 5, 1.0))

@@ -186,10 +186,14 @@ class ScoreConfig:
     patch_size: int = 64  # patch: side of the square crops, in pixels at data.image_size
     patch_stride: int = 16  # patch: step between crops, in pixels
     smoothing_sigma: float = 4.0
-    # the map shown and ranked (heatmaps, pixel metrics): each pixel times (its value over the
-    # largest value within a square of this many pixels around it) ** map_sharpen_power, so a blob
-    # keeps its peak and its flanks fall (0: off; an odd number of pixels at the scoring size); the
-    # regions and the pixel threshold are cut from the map before this
+    # the map shown and ranked (heatmaps, pixel metrics), in two steps (each 0: off; else an odd
+    # number of pixels at the scoring size): the map less its grey opening over a square of
+    # map_background_window pixels, which drops raised stretches wider than the square and keeps a
+    # narrower blob's height above its surroundings; then each pixel times (its value over the
+    # largest value within a square of map_sharpen_window pixels around it) ** map_sharpen_power,
+    # so a blob keeps its peak and its flanks fall. The regions and the pixel threshold are cut
+    # from the map before both
+    map_background_window: int = 0
     map_sharpen_window: int = 0
     map_sharpen_power: float = 1.0
     # padim: each map position is scored against the Gaussians of the positions within this many
@@ -378,6 +382,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "score.channel_groups": (1, None, True),
     "score.batch_size": (1, None, True),
     "score.smoothing_sigma": (0, None, True),
+    "score.map_background_window": (0, None, True),
     "score.map_sharpen_window": (0, None, True),
     "score.map_sharpen_power": (0, None, False),
     "score.neighbourhood": (0, None, True),
@@ -500,10 +505,9 @@ def validate(cfg: Config) -> Config:
             "score.defect_probe=true needs score.image_method=embedding (the image threshold is not set on the "
             "probe's maps) and score.calibration_fraction > 0 (held-back photos fit and calibrate it)"
         )
-    if cfg.score.map_sharpen_window and cfg.score.map_sharpen_window % 2 == 0:
-        raise ConfigError(
-            f"score.map_sharpen_window: must be 0 (off) or an odd number of pixels, got {cfg.score.map_sharpen_window}"
-        )
+    for key in ("map_background_window", "map_sharpen_window"):
+        if getattr(cfg.score, key) % 2 == 0 and getattr(cfg.score, key):
+            raise ConfigError(f"score.{key}: must be 0 (off) or an odd number of pixels, got {getattr(cfg.score, key)}")
     if not 0.0 <= cfg.score.min_region_fraction < 1.0:
         raise ConfigError(f"score.min_region_fraction: must lie in [0, 1), got {cfg.score.min_region_fraction}")
     for key in ("threshold_quantile", "pixel_threshold_quantile"):

@@ -8,11 +8,12 @@ it and the calibrated threshold after it, so another runtime needs nothing else:
                            image resized to H x W (bilinear, as `pitscope.tensors.resize_image`)
                            and divided by 255. The ImageNet normalisation is inside the graph.
     output "score":        float32 (B,) image scores (Mahalanobis distance).
-    output "anomaly_map":  float32 (B, H, W) smoothed per-pixel scores, as shown (each blob
-                           narrowed with `score.map_sharpen_window`).
+    output "anomaly_map":  float32 (B, H, W) smoothed per-pixel scores, as shown (with
+                           `score.map_background_window` / `score.map_sharpen_window`
+                           their broad background removed, each blob narrowed).
     output "is_defective": bool (B,) score > the detector's threshold, baked in as a constant.
     output "region_map":   float32 (B, H, W) the map the defect regions are cut from (the map
-                           before the narrowing; anomaly_map itself without one).
+                           before those steps; anomaly_map itself without them).
 
 The names are those of `pitscope.inference.Prediction`'s fields. B is dynamic.
 The ONNX file's metadata (and the TorchScript file's extra file "pitscope.json") also carry
@@ -47,7 +48,7 @@ from pitscope.defect_regions import REGION_SETTINGS
 from pitscope.evaluation import regions_at_settings
 from pitscope.inference import Detector
 from pitscope.prediction import Prediction
-from pitscope.scoring import sharpen_to_local_peak
+from pitscope.scoring import shown_map
 from pitscope.tensors import IMAGENET_MEAN, IMAGENET_STD, Shape, as_shape, resize_image
 
 INPUT_NAME = "image"
@@ -83,8 +84,8 @@ class ExportModule(nn.Module):
         score (B,) float32, anomaly_map (B, H, W) float32, is_defective (B,) bool,
         region_map (B, H, W) float32.
     The ImageNet normalisation of `images_to_batch`, then `Detector.forward` itself (whatever
-    its pixel method) for the score and the region map, the narrowing of the map shown
-    (`pitscope.scoring.sharpen_to_local_peak`), and the comparison with the threshold, copied
+    its pixel method) for the score and the region map, the steps from it to the map shown
+    (`pitscope.scoring.shown_map`), and the comparison with the threshold, copied
     at construction.
     """
 
@@ -103,13 +104,14 @@ class ExportModule(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.register_buffer("threshold", detector.threshold.detach().clone())
-        self.narrowing = (detector.cfg.score.map_sharpen_window, detector.cfg.score.map_sharpen_power)
+        sc = detector.cfg.score
+        self.shown = (sc.map_background_window, sc.map_sharpen_window, sc.map_sharpen_power)
         self.to(detector.threshold.device)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         x = (image - self.mean) / self.std  # (B, 3, H, W), as images_to_batch
         score, maps = self.detector(x)  # (B,), (B, H, W): the map the regions are cut from
-        shown = sharpen_to_local_peak(maps, *self.narrowing)  # (B, H, W)
+        shown = shown_map(maps, *self.shown)  # (B, H, W)
         return score, shown, score > self.threshold, maps
 
     def metadata(self) -> dict[str, str]:

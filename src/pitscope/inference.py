@@ -20,8 +20,9 @@ above the pits of other photos. `image_mean_score` multiplies that by the image 
 image threshold; `image_score` multiplies the raw map by it, and `image_score_capped` by it up to
 1, so that only photos the image decision passes are scaled down. The predicted regions are the connected parts of the map above the pixel
 threshold (`pitscope.defect_regions`, `Prediction.regions`). The map shown and ranked pixel by pixel
-(`Prediction.anomaly_map`, the pixel metrics of `pitscope.evaluation`) is that map with each blob
-narrowed towards its peak when `score.map_sharpen_window` is set (`pitscope.scoring.shown_maps`);
+(`Prediction.anomaly_map`, the pixel metrics of `pitscope.evaluation`) is that map with its broad
+background removed (`score.map_background_window`) and each blob narrowed towards its peak
+(`score.map_sharpen_window`) when these are set (`pitscope.scoring.shown_maps`);
 `forward` and `score_dataset` give the map the regions are cut from.
 Threshold: the `score.threshold_quantile` quantile of image scores of defect-free training images
 that the scoring Gaussians did not see; the pixel threshold, a quantile of the held-back maps. With
@@ -60,7 +61,7 @@ from pitscope.scoring import (
     gaussian_smooth,
     moved_pixel_threshold,
     score_factor,
-    sharpen_to_local_peak,
+    shown_map,
 )
 from pitscope.tensors import images_to_batch, iterate_batches, resize_image
 from pitscope.upgrade import upgrade
@@ -233,15 +234,16 @@ class Detector(nn.Module):
             scores, maps = self._score(x, *self._features(x), by_score=not factored)
             if factored:
                 maps = maps * score_factor(self.cfg.score.map_normalisation, scores, t).to(maps.dtype)[:, None, None]
-            window, power = self.cfg.score.map_sharpen_window, self.cfg.score.map_sharpen_power
-            shown = sharpen_to_local_peak(maps, window, power)  # (B, H, W); the maps themselves when window is 0
+            sc = self.cfg.score
+            changed = bool(sc.map_background_window or sc.map_sharpen_window)  # the map shown is not the maps
+            shown = shown_map(maps, sc.map_background_window, sc.map_sharpen_window, sc.map_sharpen_power)  # (B, H, W)
             for image, score, amap, seen in zip(chunk, scores.tolist(), maps, shown):
                 h, w = image.shape[:2]
                 full = _to_size(amap, (h, w))
                 predictions.append(
                     Prediction(
                         score,
-                        _to_size(seen, (h, w)) if window else full,
+                        _to_size(seen, (h, w)) if changed else full,
                         score > t,
                         t,
                         pixel_t,
@@ -249,7 +251,7 @@ class Detector(nn.Module):
                         self.cfg.score.regions_on,
                         self.cfg.score.region_core,
                         self.cfg.score.peak_region_max,
-                        full if window else None,
+                        full if changed else None,
                     )
                 )
         return predictions[0] if single else predictions

@@ -14,7 +14,8 @@ class Prediction(NamedTuple):
 
     score: the image's anomaly score (Mahalanobis distance; higher = more anomalous).
     anomaly_map: (H, W) float32 per-pixel anomaly scores, as shown and ranked (with
-        `score.map_sharpen_window`, each blob narrowed towards its peak).
+        `score.map_background_window` its broad background removed, with `score.map_sharpen_window`
+        each blob narrowed towards its peak).
     is_defective: score > threshold.
     threshold: the image threshold used.
     pixel_threshold: values of `cut_map` above it form candidate defect regions.
@@ -25,7 +26,7 @@ class Prediction(NamedTuple):
     peak_region_max: the peak's region ("defective_peak") covers at most this share of the image, its
         peak pixel at least (0: no bound).
     region_map: (H, W) float32, the map the regions are cut from when it is not anomaly_map (the map
-        before the narrowing); None: anomaly_map.
+        before those steps); None: anomaly_map.
     """
 
     score: float
@@ -58,8 +59,8 @@ class Prediction(NamedTuple):
         return self.outline()[1]
 
     def peak(self) -> dict | None:
-        """Where `cut_map` is highest (the map the pixel threshold applies to; the narrowed map shown
-        peaks at or beside it): {"x", "y", "value"}, x across and y down in the map's pixels
+        """Where `cut_map` is highest (the map the pixel threshold applies to; the map shown, narrowed,
+        peaks at or beside it unless its background step lowered that blob): {"x", "y", "value"}, x across and y down in the map's pixels
         (the first such pixel in row order); None when the map has no finite value. On a photo
         decided defective with no region it says where to look."""
         top = highest_pixel(np.asarray(self.cut_map, dtype=np.float32))

@@ -567,6 +567,31 @@ def pixel_threshold_of(maps, quantile: float, rule: str = "pixels") -> float:
     raise ValueError(f"rule: {rule!r} is not one of {', '.join(PIXEL_THRESHOLD_RULES)}")
 
 
+def _square_pool(maps: Tensor, window: int, largest: bool) -> Tensor:
+    """The largest (or smallest) value of the window x window square around each pixel of maps
+    (N, H, W) -> (N, H, W); window odd. A square's extreme is the extreme over its rows of each
+    row's, so two 1-D passes (2 x window values a pixel, not window squared)."""
+    half = window // 2
+    x = maps[:, None] if largest else -maps[:, None]
+    rows = F.max_pool2d(x, (window, 1), stride=1, padding=(half, 0))
+    out = F.max_pool2d(rows, (1, window), stride=1, padding=(0, half))[:, 0]
+    return out if largest else -out
+
+
+def remove_background(maps: Tensor, window: int) -> Tensor:
+    """maps (N, H, W) minus their grey opening over a window x window square (a white top-hat)
+    -> (N, H, W), non-negative. The opening (the smallest value of each square, then the largest of
+    those) is the part of the map no narrower than the window: a raised stretch wider than the
+    window drops to 0, while a blob narrower than it keeps its height above its surroundings.
+    window 0 returns the maps as they are; otherwise it must be odd."""
+    if window == 0:
+        return maps
+    if window < 0 or window % 2 == 0:
+        raise ValueError(f"window: expected 0 or an odd number of pixels, got {window}")
+    opening = _square_pool(_square_pool(maps, window, largest=False), window, largest=True)
+    return (maps - opening).clamp_min(0.0)
+
+
 def sharpen_to_local_peak(maps: Tensor, window: int, power: float = 1.0) -> Tensor:
     """maps (N, H, W), non-negative, each pixel times (its value over the largest value within the
     window x window square around it) ** power -> (N, H, W). A blob keeps its peak and its flanks
@@ -576,24 +601,28 @@ def sharpen_to_local_peak(maps: Tensor, window: int, power: float = 1.0) -> Tens
         return maps
     if window < 0 or window % 2 == 0:
         raise ValueError(f"window: expected 0 or an odd number of pixels, got {window}")
-    # the largest value of the window x window square: a square's maximum is the maximum over its
-    # rows of each row's maximum, so two 1-D passes (2 x window values a pixel, not window squared)
-    half = window // 2
-    rows = F.max_pool2d(maps[:, None], (window, 1), stride=1, padding=(half, 0))
-    peak = F.max_pool2d(rows, (1, window), stride=1, padding=(0, half))[:, 0]  # (N, H, W)
+    peak = _square_pool(maps, window, largest=True)  # (N, H, W)
     ratio = (maps / peak.clamp_min(1e-12)).clamp(0.0, 1.0)
     return maps * ratio**power
 
 
+def shown_map(maps: Tensor, background: int, window: int, power: float) -> Tensor:
+    """The map shown from the map the regions are cut from, (N, H, W) -> (N, H, W): its background
+    wider than `background` px removed (`remove_background`), then each blob narrowed within
+    `window` px (`sharpen_to_local_peak`); a 0 skips either step."""
+    return sharpen_to_local_peak(remove_background(maps, background), window, power)
+
+
 def shown_maps(maps: np.ndarray, score: ScoreConfig) -> np.ndarray:
     """Maps (N, H, W) as the detector gives them (the regions are cut from these) -> the maps shown
-    and ranked pixel by pixel: each blob narrowed by `score.map_sharpen_window` and
-    `score.map_sharpen_power` (`sharpen_to_local_peak`), or the maps themselves when the window is 0.
-    The narrowing commutes with a positive factor per map, so it may follow any normalisation."""
-    if not score.map_sharpen_window:
+    and ranked pixel by pixel (`shown_map` with `score.map_background_window`,
+    `score.map_sharpen_window` and `score.map_sharpen_power`), or the maps themselves when both
+    windows are 0. Both steps commute with a positive factor per map, so they may follow any
+    normalisation."""
+    if not score.map_sharpen_window and not score.map_background_window:
         return maps
     tensor = torch.from_numpy(np.ascontiguousarray(maps))
-    return sharpen_to_local_peak(tensor, score.map_sharpen_window, score.map_sharpen_power).numpy()
+    return shown_map(tensor, score.map_background_window, score.map_sharpen_window, score.map_sharpen_power).numpy()
 
 
 def score_factor(normalisation: str, scores: Tensor, threshold: float) -> Tensor:

@@ -814,16 +814,18 @@ def test_bsdata_localisation_narrowing_moves_the_pixel_metrics_and_not_the_regio
         progress=False,
         regions_on=["all"],
         min_fractions=[0.0],
-        sharpens=[(0, 1.0), (9, 2.0)],
+        sharpens=[(0, 1.0, 0), (9, 2.0, 0), (9, 2.0, 15)],
     )
     plain = [r for r in run["rows"] if r["map_sharpen_window"] == 0]
-    sharp = [r for r in run["rows"] if r["map_sharpen_window"] == 9]
-    assert len(plain) == len(sharp) == len(bsdata_localisation.THRESHOLDS)
+    sharp = [r for r in run["rows"] if r["map_sharpen_window"] == 9 and r["map_background_window"] == 0]
+    opened = [r for r in run["rows"] if r["map_background_window"] == 15]
+    assert len(plain) == len(sharp) == len(opened) == len(bsdata_localisation.THRESHOLDS)
     assert plain[0]["pixel_ap"] != pytest.approx(sharp[0]["pixel_ap"])
-    for a, b in zip(plain, sharp):
+    assert opened[0]["pixel_ap"] != pytest.approx(sharp[0]["pixel_ap"])
+    for a, b, c in zip(plain, sharp, opened):
         assert a["pixel_ap"] == plain[0]["pixel_ap"] and b["pixel_ap"] == sharp[0]["pixel_ap"]
         for key in ("pixel_f1", "iou_median", "normal_area_p99", "area_within_2x"):
-            assert a[key] == pytest.approx(b[key], nan_ok=True), key
+            assert a[key] == pytest.approx(b[key], nan_ok=True) == c[key], key
 
 
 def test_bsdata_localisation_compares_the_smallest_regions_it_is_given(monkeypatch, tmp_path, fit_tiny_detector):

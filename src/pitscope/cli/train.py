@@ -124,7 +124,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = apply_overrides(detector.cfg, args.overrides)
     # the data may change; of the scoring, only what acts after the fitted scorers may
     map_settings = {"map_normalisation", "smoothing_sigma"}  # the maps the pixel threshold was calibrated on
-    shown = {"map_sharpen_window", "map_sharpen_power"}  # the map shown only
+    shown = {"map_background_window", "map_sharpen_window", "map_sharpen_power"}  # the map shown only
     post_hoc = {*map_settings, *shown, "image_method", *REGION_SETTINGS}
     _refuse_trained_changes(cfg, detector.cfg, "evaluate", f"data.* and score.{{{', '.join(sorted(post_hoc))}}}")
     changed = [k for k, v in to_dict(cfg)["score"].items() if v != to_dict(detector.cfg)["score"][k]]
@@ -264,7 +264,7 @@ def add_parsers(sub) -> None:
     add_set_arg(
         p,
         "override the model's data config (data.*), or score.map_normalisation / smoothing_sigma / "
-        "map_sharpen_window / map_sharpen_power / image_method / min_region_fraction / regions_on / "
+        "map_background_window / map_sharpen_window / map_sharpen_power / image_method / min_region_fraction / regions_on / "
         "region_core / peak_region_max",
     )
     p.add_argument("--output-dir", help="where metrics.json and scores.csv go (default: beside the model, eval/)")
