@@ -500,6 +500,7 @@ def test_the_background_step_changes_the_map_shown_and_not_the_regions(fitted):
         np.testing.assert_allclose(with_step.region_map, as_is.anomaly_map, rtol=1e-5, atol=1e-6)
         assert with_step.regions == as_is.regions
         assert (with_step.anomaly_map <= as_is.anomaly_map + 1e-6).all()
+        assert not np.allclose(with_step.anomaly_map, as_is.anomaly_map)  # the step reached predict
 
 
 def test_pixel_threshold_from_each_held_back_maps_maximum(fitted):

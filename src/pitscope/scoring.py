@@ -567,14 +567,28 @@ def pixel_threshold_of(maps, quantile: float, rule: str = "pixels") -> float:
     raise ValueError(f"rule: {rule!r} is not one of {', '.join(PIXEL_THRESHOLD_RULES)}")
 
 
+def _window_max(x: Tensor, window: int) -> Tensor:
+    """The largest value within window // 2 places either side of each element of x (..., L) along
+    its last dimension -> (..., L); window odd, only the elements inside x count. By doubling: the
+    maxima of runs of 1, 2, 4, ..., k elements (k the largest power of two up to the window), each
+    from two of the one before, then two overlapping runs of k cover each window: about log2(window)
+    element-wise maxima, whatever the window (a plain sliding maximum reads window values an element)."""
+    half = window // 2
+    n = x.shape[-1]
+    runs, k = F.pad(x, (half, half), value=float("-inf")), 1  # runs[j]: the maximum of padded j .. j + k - 1
+    while 2 * k <= window:
+        runs = torch.maximum(runs[..., :-k], runs[..., k:])
+        k *= 2
+    return torch.maximum(runs[..., :n], runs[..., window - k : window - k + n])
+
+
 def _square_pool(maps: Tensor, window: int, largest: bool) -> Tensor:
     """The largest (or smallest) value of the window x window square around each pixel of maps
     (N, H, W) -> (N, H, W); window odd. A square's extreme is the extreme over its rows of each
-    row's, so two 1-D passes (2 x window values a pixel, not window squared)."""
-    half = window // 2
-    x = maps[:, None] if largest else -maps[:, None]
-    rows = F.max_pool2d(x, (window, 1), stride=1, padding=(half, 0))
-    out = F.max_pool2d(rows, (1, window), stride=1, padding=(0, half))[:, 0]
+    row's, so two 1-D passes (`_window_max`)."""
+    x = maps if largest else -maps
+    rows = _window_max(x.transpose(-1, -2), window).transpose(-1, -2)  # each column's runs, down
+    out = _window_max(rows, window)  # ... then across
     return out if largest else -out
 
 
