@@ -157,7 +157,7 @@ def choose(
     masks = np.stack([val[i].mask for i in range(len(val))])
     rows = []
     own_sharpen = (cfg.score.map_sharpen_window, cfg.score.map_sharpen_power, cfg.score.map_background_window)
-    # the narrowing changes the pixel metrics alone: each sigma's maps and regions are measured once
+    # the steps to the map shown change the pixel metrics alone: each sigma's maps and regions are measured once
     cut: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # normalisation -> (maps, held-back maps) at one sigma
     measured: dict[tuple, dict] = {}  # (normalisation, region settings) -> region_metrics at one sigma
     at_sigma = None

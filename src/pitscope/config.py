@@ -188,7 +188,7 @@ class ScoreConfig:
     smoothing_sigma: float = 4.0
     # the map shown and ranked (heatmaps, pixel metrics), in two steps (each 0: off; else an odd
     # number of pixels at the scoring size): the map less its grey opening over a square of
-    # map_background_window pixels, which drops raised stretches wider than the square and keeps a
+    # map_background_window pixels, which drops raised stretches that hold such a square and keeps a
     # narrower blob's height above its surroundings; then each pixel times (its value over the
     # largest value within a square of map_sharpen_window pixels around it) ** map_sharpen_power,
     # so a blob keeps its peak and its flanks fall. The regions and the pixel threshold are cut

@@ -115,7 +115,7 @@ class Detector(nn.Module):
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, 3, H, W) normalised -> (image scores (B,), anomaly maps (B, H, W)): the maps the
-        regions are cut from, before the narrowing of the map shown (`pitscope.scoring.shown_maps`)."""
+        regions are cut from, before the steps to the map shown (`pitscope.scoring.shown_maps`)."""
         return self._score(x, *self._features(x))
 
     def _score(

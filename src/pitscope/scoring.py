@@ -595,8 +595,8 @@ def _square_pool(maps: Tensor, window: int, largest: bool) -> Tensor:
 def remove_background(maps: Tensor, window: int) -> Tensor:
     """maps (N, H, W) minus their grey opening over a window x window square (a white top-hat)
     -> (N, H, W), non-negative. The opening (the smallest value of each square, then the largest of
-    those) is the part of the map no narrower than the window: a raised stretch wider than the
-    window drops to 0, while a blob narrower than it keeps its height above its surroundings.
+    those) is the part of the map no narrower than the window: a raised stretch that holds a
+    window x window square drops to 0, while a blob narrower than it keeps its height above its surroundings.
     window 0 returns the maps as they are; otherwise it must be odd."""
     if window == 0:
         return maps

@@ -801,8 +801,9 @@ def test_bsdata_localisation_draws_other_regions_without_fitting_again(monkeypat
 def test_bsdata_localisation_narrowing_moves_the_pixel_metrics_and_not_the_regions(
     monkeypatch, tmp_path, fit_tiny_detector
 ):
-    """With --sharpen the pixel metrics rank the narrowed map, and the regions, cut from the map
-    before the narrowing as the detector cuts them, are those of the map as it is."""
+    """With --sharpen the pixel metrics rank the map shown (narrowed, and with a background window
+    less its background), and the regions, cut from the map before those steps as the detector
+    cuts them, are those of the map as it is."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import bsdata_localisation
 

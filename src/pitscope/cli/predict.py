@@ -19,7 +19,8 @@ exit status:
 
 outputs in --out: predictions.csv and predictions.jsonl (path, status, score, threshold,
 is_defective, reason, map, overlay), and with --save-maps maps/<name>.npy (float32 anomaly
-map at the image's size) and maps/<name>_overlay.png (predicted region in red)."""
+map shown, at the image's size; the regions and the pixel threshold belong to the map before the
+preset's background step and narrowing) and maps/<name>_overlay.png (predicted region in red)."""
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -401,7 +401,7 @@ function describeRegions(b) {
   const size = `${b.width} × ${b.height} px photo`;
   if (!b.region_count) {
     const where = b.peak
-      ? `; the map is highest at x ${b.peak.x}, y ${b.peak.y} (${formatNumber(b.peak.value)}, ` +
+      ? `; the map the regions are cut from is highest at x ${b.peak.x}, y ${b.peak.y} (${formatNumber(b.peak.value)}, ` +
         `regions start above ${formatNumber(b.pixel_threshold)})`
       : "";
     return `No defect region predicted on the ${size}${where}`;
