@@ -98,7 +98,7 @@ def test_verdicts_slider_and_plain_error(files, browser):
         good = card(browser, "good_part.png")
         good_text = good.find_element(By.CSS_SELECTOR, ".region").text
         assert re.fullmatch(
-            r"No defect region predicted on the \d+ × \d+ px photo; the map is highest at x \d+, y \d+ "
+            r"No defect region predicted on the \d+ × \d+ px photo; the map the regions are cut from is highest at x \d+, y \d+ "
             r"\(.+, regions start above .+\)",
             good_text,
         ), good_text

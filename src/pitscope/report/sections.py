@@ -198,7 +198,8 @@ def _gallery_section(tiles: dict[str, list[str]], scale: tuple[float, float], ke
     parts = [
         f'<section id="gallery{key}"><h2>Gallery</h2><p class="note">Each row: input | ground truth (green) | '
         "predicted region, map above the pixel threshold (red; green outline: ground truth) | anomaly map "
-        f"(jet colours, one scale for every image: blue ≤ {scale[0]:.4g}, yellow-orange at the pixel threshold, "
+        f"(jet colours, one scale for every image: blue ≤ {scale[0]:.4g}, yellow-orange at the pixel threshold "
+        "of the map the regions are cut from, which the map shown lies at or below, "
         f"red ≥ {scale[1]:.4g}).</p>"
     ]
     for group, title in GALLERY_GROUPS.items():
