@@ -165,8 +165,9 @@ def run_predict(
     highest, in the file's pixels: JSON x, y, value; CSV "x y value"), reason (why an "error" file
     could not be read; its score and is_defective stay empty / null), and map / overlay (file names relative to out_dir, with
     save_maps). With save_maps, out_dir/maps/<name>.npy holds the float32 (H, W) anomaly map at
-    the file's own size (the map shown: with `score.map_background_window` / `score.map_sharpen_window`
-    its broad background removed / narrowed, while the regions are cut from the map before that) and out_dir/maps/<name>_overlay.png the image with the predicted region
+    the file's own size (the map shown: with `score.map_background_window` /
+    `score.map_sharpen_window` its broad background removed / narrowed, while the regions are cut
+    from the map before that) and out_dir/maps/<name>_overlay.png the image with the predicted region
     (`visualize.overlay` at the detector's pixel threshold); <name> is `safe_output_name`.
     threshold overrides the detector's image threshold; batch_size defaults to
     cfg.score.batch_size. stop_at_first_defect ends the run after the first defective image.

@@ -60,8 +60,8 @@ class Prediction(NamedTuple):
 
     def peak(self) -> dict | None:
         """Where `cut_map` is highest (the map the pixel threshold applies to; the map shown, narrowed,
-        peaks at or beside it unless its background step lowered that blob): {"x", "y", "value"}, x across and y down in the map's pixels
-        (the first such pixel in row order); None when the map has no finite value. On a photo
+        peaks at or beside it unless its background step lowered that blob): {"x", "y", "value"},
+        x across and y down in the map's pixels (the first such pixel in row order); None when the map has no finite value. On a photo
         decided defective with no region it says where to look."""
         top = highest_pixel(np.asarray(self.cut_map, dtype=np.float32))
         if top is None:

@@ -264,8 +264,8 @@ def add_parsers(sub) -> None:
     add_set_arg(
         p,
         "override the model's data config (data.*), or score.map_normalisation / smoothing_sigma / "
-        "map_background_window / map_sharpen_window / map_sharpen_power / image_method / min_region_fraction / regions_on / "
-        "region_core / peak_region_max",
+        "map_background_window / map_sharpen_window / map_sharpen_power / image_method / min_region_fraction / "
+        "regions_on / region_core / peak_region_max",
     )
     p.add_argument("--output-dir", help="where metrics.json and scores.csv go (default: beside the model, eval/)")
     p.add_argument("--report", action="store_true", help="also write an HTML report to OUTPUT_DIR/report/report.html")
