@@ -62,6 +62,7 @@ from pitscope.scoring import (
     moved_pixel_threshold,
     score_factor,
     shown_map,
+    shows_another_map,
 )
 from pitscope.tensors import images_to_batch, iterate_batches, resize_image
 from pitscope.upgrade import upgrade
@@ -235,7 +236,7 @@ class Detector(nn.Module):
             if factored:
                 maps = maps * score_factor(self.cfg.score.map_normalisation, scores, t).to(maps.dtype)[:, None, None]
             sc = self.cfg.score
-            changed = bool(sc.map_background_window or sc.map_sharpen_window)  # the map shown is not the maps
+            changed = shows_another_map(sc)
             shown = shown_map(maps, sc.map_background_window, sc.map_sharpen_window, sc.map_sharpen_power)  # (B, H, W)
             for image, score, amap, seen in zip(chunk, scores.tolist(), maps, shown):
                 h, w = image.shape[:2]

@@ -627,13 +627,18 @@ def shown_map(maps: Tensor, background: int, window: int, power: float) -> Tenso
     return sharpen_to_local_peak(remove_background(maps, background), window, power)
 
 
+def shows_another_map(score: ScoreConfig) -> bool:
+    """Whether the map shown differs from the map the regions are cut from (a step of `shown_map` is on)."""
+    return bool(score.map_background_window or score.map_sharpen_window)
+
+
 def shown_maps(maps: np.ndarray, score: ScoreConfig) -> np.ndarray:
     """Maps (N, H, W) as the detector gives them (the regions are cut from these) -> the maps shown
     and ranked pixel by pixel (`shown_map` with `score.map_background_window`,
     `score.map_sharpen_window` and `score.map_sharpen_power`), or the maps themselves when both
     windows are 0. Both steps commute with a positive factor per map, so they may follow any
     normalisation."""
-    if not score.map_sharpen_window and not score.map_background_window:
+    if not shows_another_map(score):
         return maps
     tensor = torch.from_numpy(np.ascontiguousarray(maps))
     return shown_map(tensor, score.map_background_window, score.map_sharpen_window, score.map_sharpen_power).numpy()
