@@ -17,7 +17,9 @@ train them. Without --test, every compared setting is scored on those photos onl
   only on images decided defective, (--cores) each region cut to its core, and (--peak-maxes) the
   largest share of the photo the peak's region of `defective_peak` may cover;
 - (--sharpen) the map shown, which the pixel metrics rank: its broad background removed and each
-  blob narrowed towards its peak; the regions are cut from the map before it, as the detector cuts them.
+  blob narrowed towards its peak; the regions are cut from the map before it, as the detector cuts them,
+  or (--regions-from background) from the map after the background step and before the narrowing,
+  their pixel threshold then taken of the held-back maps after the same step.
 The maps' pixel metrics (AUROC, AP, AUPRO, F1-max) and the regions' metrics (pixel F1, IoU, the
 area on defect-free photos, the area within 2x) go to benchmarks/results/<name>.json and .md.
 --merge reads --test results (one network a seed) and writes their looks side by side with the
@@ -54,7 +56,7 @@ from pitscope.evaluation import evaluate, predicted_regions, write_evaluation
 from pitscope.fitting import refit, with_references
 from pitscope.inference import Detector
 from pitscope.metrics import evaluate_all, region_metrics
-from pitscope.scoring import gaussian_smooth, pixel_threshold_of, score_factor, shown_map
+from pitscope.scoring import gaussian_smooth, pixel_threshold_of, remove_background, score_factor, shown_map
 
 RESULTS = Path(__file__).parent / "results"
 LOOKS = RESULTS / TEST_LOOKS
@@ -70,6 +72,7 @@ THRESHOLDS = (
     ("image_max", 0.99),
 )  # (score.pixel_threshold_from, its quantile)
 MIN_FRACTIONS = (0.0, 3e-4, 1e-3, 3e-3)
+REGIONS_FROM = ("map", "background")  # the map before the steps to the map shown, or after its background step
 REGIONS_ON = ("all", "defective")  # compared by default; --regions-on names others (`score.regions_on`)
 PRESET_KEYS = (
     "smoothing_sigma",
@@ -121,6 +124,7 @@ def choose(
     peak_maxes: Sequence[float] | None = None,
     min_fractions: Sequence[float] = MIN_FRACTIONS,
     sharpens: Sequence[tuple[int, float, int]] | None = None,
+    regions_from: Sequence[str] = ("map",),
 ) -> dict:
     """Every map and region setting scored on the validation photos; with `references` (photos
     the detector was fitted on beside its training photos) those photos are not scored. cores:
@@ -128,7 +132,10 @@ def choose(
     score.regions_on values compared; peak_maxes: the score.peak_region_max values compared
     (default: the detector's; they change regions_on defective_peak only); min_fractions: the
     score.min_region_fraction values compared; sharpens: the (score.map_sharpen_window,
-    score.map_sharpen_power, score.map_background_window) triples compared (default: the detector's)."""
+    score.map_sharpen_power, score.map_background_window) triples compared (default: the detector's);
+    regions_from: which maps the regions and their pixel thresholds are cut from, each of REGIONS_FROM
+    ("background": after the triple's background step, before the narrowing; skipped for a triple
+    without a background step)."""
     cfg = detector.cfg
     train = build_dataset(cfg.data, "train", cfg.seed)
     if references:
@@ -159,12 +166,14 @@ def choose(
     own_sharpen = (cfg.score.map_sharpen_window, cfg.score.map_sharpen_power, cfg.score.map_background_window)
     # the steps to the map shown change the pixel metrics alone: each sigma's maps and regions are measured once
     cut: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # normalisation -> (maps, held-back maps) at one sigma
-    measured: dict[tuple, dict] = {}  # (normalisation, region settings) -> region_metrics at one sigma
+    measured: dict[tuple, dict] = {}  # (normalisation, regions' map, region settings) -> region_metrics at one sigma
+    stepped: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # (normalisation, background) -> maps after that step
     at_sigma = None
     for sigma, sharpen in itertools.product(sigmas, sharpens or [own_sharpen]):
         if sigma != at_sigma:
             cut.clear()
             measured.clear()
+            stepped.clear()
             at_sigma = sigma
         for norm in normalisations:
             if norm not in cut:  # the regions are cut from these
@@ -176,8 +185,21 @@ def choose(
             window, power, background = sharpen
             shown = shown_map(torch.from_numpy(maps), background, window, power).numpy()  # the pixel metrics rank these
             pixel = evaluate_all(labels, val_scores, masks, shown)
-            for rule, q in THRESHOLDS:
-                pixel_threshold = pixel_threshold_of(cal, q, rule)
+            for source, (rule, q) in itertools.product(regions_from, THRESHOLDS):
+                if source == "background" and not background:
+                    continue
+                step = background if source == "background" else 0
+                if (norm, step) not in stepped:
+                    stepped[norm, step] = (
+                        (
+                            remove_background(torch.from_numpy(maps), step).numpy(),
+                            remove_background(torch.from_numpy(cal), step).numpy(),
+                        )
+                        if step
+                        else (maps, cal)
+                    )
+                region_maps, region_cal = stepped[norm, step]
+                pixel_threshold = pixel_threshold_of(region_cal, q, rule)
                 for floor, on, core, peak_max in itertools.product(
                     min_fractions, regions_on, cores or [cfg.score.region_core], bounds
                 ):
@@ -185,10 +207,10 @@ def choose(
                         if peak_max != bounds[0]:
                             continue  # the bound acts on defective_peak only: one row of the others
                         peak_max = 0.0
-                    key = (norm, rule, q, floor, on, core, peak_max)
+                    key = (norm, step, rule, q, floor, on, core, peak_max)
                     if key not in measured:
                         regions = predicted_regions(
-                            maps, val_scores > threshold, pixel_threshold, floor, on, core, peak_max
+                            region_maps, val_scores > threshold, pixel_threshold, floor, on, core, peak_max
                         )
                         measured[key] = region_metrics(labels, masks, regions)
                     rows.append(
@@ -198,6 +220,7 @@ def choose(
                             "map_background_window": sharpen[2],
                             "map_sharpen_window": sharpen[0],
                             "map_sharpen_power": sharpen[1],
+                            "regions_from": source,
                             "pixel_rule": rule,
                             "pixel_quantile": q,
                             "min_region_fraction": floor,
@@ -358,8 +381,9 @@ def maps_label(r: dict) -> str:
 
 
 def region_line(r: dict) -> str:
+    source = ", regions after the background step" if r.get("regions_from", "map") == "background" else ""
     return (
-        f"| {r['smoothing_sigma']:g} | {maps_label(r)} | {r['pixel_quantile']} of "
+        f"| {r['smoothing_sigma']:g} | {maps_label(r)}{source} | {r['pixel_quantile']} of "
         f"{r.get('pixel_rule', 'pixels')} | "
         f"{r['min_region_fraction']:g} | {r['regions_on']} | {r.get('region_core', 0.0):g} | "
         f"{r.get('peak_region_max', 0.0):g} | {pct(r['pixel_f1'])} | "
@@ -386,6 +410,7 @@ def preset_rows(run: dict) -> list[dict]:
         and r["pixel_quantile"] == own["pixel_threshold_quantile"]
         and r["min_region_fraction"] == own["min_region_fraction"]
         and r["region_core"] == own["region_core"]
+        and r.get("regions_from", "map") == "map"
     ]
 
 
@@ -461,6 +486,7 @@ def write_markdown(record: dict, path: Path) -> None:
                     "map_background_window",
                     "map_sharpen_window",
                     "map_sharpen_power",
+                    "regions_from",
                     "min_region_fraction",
                     "regions_on",
                     "region_core",
@@ -649,6 +675,15 @@ def main() -> int:
         "the maps as they are)",
     )
     parser.add_argument(
+        "--regions-from",
+        nargs="+",
+        choices=REGIONS_FROM,
+        default=["map"],
+        help="the maps the regions and their pixel thresholds are cut from, compared (choosing only): the map "
+        "before the steps to the map shown (map, as the detector cuts them) or after its background step "
+        "(background, for each --sharpen with one)",
+    )
+    parser.add_argument(
         "--neighbourhoods",
         type=int,
         nargs="+",
@@ -710,6 +745,7 @@ def main() -> int:
                 peak_maxes=args.peak_maxes,
                 min_fractions=args.min_fractions,
                 sharpens=args.sharpen,
+                regions_from=args.regions_from,
             )
             run["preset"] = {k: getattr(detector.cfg.score, k) for k in PRESET_KEYS}
             run["references"] = len(references)
