@@ -633,6 +633,12 @@ def test_bsdata_localisation_lists_the_models_own_settings_for_each_regions_on(m
     assert "| defective | 0.7 | 0 | 20.00 |" in section and "| defective_peak | 0.7 | 0 | 30.00 |" in section
     assert "| defective_peak | 0.7 | 0.005 | 40.00 |" in section and "90.00" not in section
     assert "score.peak_region_max=0.0" in text.split("Chosen:")[1]
+    cut_after = {**rows[1], "regions_from": "background", "map_background_window": 91, "pixel_f1": 0.8}
+    assert preset_rows({**run, "rows": [*rows, cut_after]}) == rows[:3]  # the model cuts them from the map
+    write_markdown(
+        {"command": "c", "commit": "abc", "date": "d", "machine": machine, "runs": [{**run, "rows": [cut_after]}]}, path
+    )
+    assert "none, background 91 px removed, regions after the background step |" in path.read_text()
 
 
 def test_paired_scores_compares_two_evaluations_on_the_photos_both_scored(monkeypatch, tmp_path):
@@ -827,6 +833,36 @@ def test_bsdata_localisation_narrowing_moves_the_pixel_metrics_and_not_the_regio
         assert a["pixel_ap"] == plain[0]["pixel_ap"] and b["pixel_ap"] == sharp[0]["pixel_ap"]
         for key in ("pixel_f1", "iou_median", "normal_area_p99", "area_within_2x"):
             assert a[key] == pytest.approx(b[key], nan_ok=True) == c[key], key
+
+
+def test_bsdata_localisation_cuts_regions_after_the_background_step_when_asked(
+    monkeypatch, tmp_path, fit_tiny_detector
+):
+    """regions_from "background" cuts the regions, and takes their pixel threshold, from the maps
+    after the background step: the rows of the map's pixel metrics stay, the regions' move; a
+    triple without a background step gives no such rows."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bsdata_localisation
+
+    detector, _, _ = fit_tiny_detector(tmp_path)
+    run = bsdata_localisation.choose(
+        detector,
+        [2.0],
+        ["none"],
+        progress=False,
+        regions_on=["all"],
+        min_fractions=[0.0],
+        sharpens=[(0, 1.0, 0), (0, 1.0, 15)],
+        regions_from=["map", "background"],
+    )
+    n = len(bsdata_localisation.THRESHOLDS)
+    before = [r for r in run["rows"] if r["regions_from"] == "map" and r["map_background_window"] == 15]
+    after = [r for r in run["rows"] if r["regions_from"] == "background"]
+    assert len(run["rows"]) == 3 * n and len(before) == len(after) == n
+    assert {r["map_background_window"] for r in after} == {15}
+    assert all(a["pixel_ap"] == b["pixel_ap"] for a, b in zip(before, after))  # the map shown is the same
+    keys = ("pixel_f1", "iou_median", "normal_area_median", "normal_area_p99", "area_within_2x")
+    assert any(a[k] != b[k] for a, b in zip(before, after) for k in keys)  # the regions' own numbers move
 
 
 def test_bsdata_localisation_compares_the_smallest_regions_it_is_given(monkeypatch, tmp_path, fit_tiny_detector):
