@@ -112,6 +112,14 @@ def test_onnx_carries_the_capped_image_score_factor_and_the_map_shown(fitted, tm
     narrowed_only = sharpen_to_local_peak(torch.from_numpy(sharp_ref), 9, 2.0).numpy()
     assert np.abs(shown_ref - narrowed_only).max() > 1e-2 * np.abs(narrowed_only).max()  # and the background step
     assert (remove_background(torch.from_numpy(sharp_ref), 15).numpy() < sharp_ref - 1e-6).any()
+    after = copy.deepcopy(sharp)  # the background step moved to the regions' map
+    after.cfg.score.regions_after_background = True
+    after_path = export_onnx(after, tmp_path / "after.onnx")["path"]
+    _, after_map, _, after_regions = onnx_session(after_path).run(None, {"image": to_export_input(images, 64).numpy()})
+    _, after_ref = torch_reference(after, images)
+    np.testing.assert_allclose(after_ref, remove_background(torch.from_numpy(sharp_ref), 15).numpy(), atol=1e-5)
+    assert np.abs(after_regions - after_ref).max() <= 1e-4 * np.abs(after_ref).max()
+    assert np.abs(after_map - shown_ref).max() <= 1e-4 * np.abs(shown_ref).max()  # the same map shown
     assert (factor < 0.999).any() and (factor == 1.0).any()
     np.testing.assert_allclose(amap, raw_map * factor[:, None, None], rtol=1e-3, atol=1e-4 * np.abs(raw_map).max())
 

@@ -19,7 +19,13 @@ from pitscope.evaluation import REGION_NAMES, evaluate
 from pitscope.inference import Detector
 from pitscope.metrics import evaluate_all
 from pitscope.scorer_fitting import QUANTILE_GRID
-from pitscope.scoring import PatchGaussianScorer, remove_background, sharpen_to_local_peak, shown_maps
+from pitscope.scoring import (
+    PatchGaussianScorer,
+    pixel_threshold_of,
+    remove_background,
+    sharpen_to_local_peak,
+    shown_maps,
+)
 from pitscope.tensors import images_to_batch
 from pitscope.training import LAST_CHECKPOINT, train
 
@@ -501,6 +507,40 @@ def test_the_background_step_changes_the_map_shown_and_not_the_regions(fitted):
         assert with_step.regions == as_is.regions
         assert (with_step.anomaly_map <= as_is.anomaly_map + 1e-6).all()
         assert not np.allclose(with_step.anomaly_map, as_is.anomaly_map)  # the step reached predict
+
+
+def test_regions_after_the_background_step_come_from_the_stepped_map_and_its_threshold(fitted):
+    """With score.regions_after_background the detector's map is less its background, the pixel
+    threshold is a quantile of held-back maps after that step, the regions are cut from it and the
+    map shown is that map narrowed only."""
+    detector, _, train_split, test_split = fitted
+    cfg = apply_overrides(
+        detector.cfg,
+        ["score.map_background_window=15", "score.map_sharpen_window=9", "score.regions_after_background=true"],
+    )
+    torch.manual_seed(cfg.seed)
+    after = Detector(cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
+    _, plain = detector.score_dataset(test_split, progress=False)
+    _, stepped = after.score_dataset(test_split, progress=False)
+    np.testing.assert_allclose(stepped, remove_background(torch.from_numpy(plain), 15).numpy(), rtol=1e-5, atol=1e-6)
+    _, cal = detector.split_calibration(len(train_split))
+    _, held = detector.score_dataset([train_split[i] for i in cal], progress=False)
+    held_after = remove_background(torch.from_numpy(held), 15).numpy()
+    expected = pixel_threshold_of(held_after, cfg.score.pixel_threshold_quantile, cfg.score.pixel_threshold_from)
+    assert float(after.pixel_threshold) == pytest.approx(expected, rel=1e-5)
+    assert float(after.pixel_threshold) < float(detector.pixel_threshold)
+    np.testing.assert_allclose(
+        shown_maps(stepped, cfg.score), sharpen_to_local_peak(torch.from_numpy(stepped), 9).numpy(), rtol=1e-6
+    )
+    images = [test_split[i].image for i in range(len(test_split))]
+    for got, amap in zip(after.predict(images), stepped):  # photos at the scoring size: maps as scored
+        assert got.region_map is not None and got.pixel_threshold == float(after.pixel_threshold)
+        np.testing.assert_allclose(got.region_map, amap, rtol=1e-4, atol=1e-6)  # the regions' map
+        np.testing.assert_allclose(
+            got.anomaly_map, sharpen_to_local_peak(torch.from_numpy(amap[None]), 9)[0].numpy(), rtol=1e-4, atol=1e-6
+        )
+    with pytest.raises(ValueError, match="regions_after_background"):
+        apply_overrides(detector.cfg, ["score.regions_after_background=true"])  # no background window
 
 
 def test_pixel_threshold_from_each_held_back_maps_maximum(fitted):

@@ -192,8 +192,11 @@ class ScoreConfig:
     # narrower blob's height above its surroundings; then each pixel times (its value over the
     # largest value within a square of map_sharpen_window pixels around it) ** map_sharpen_power,
     # so a blob keeps its peak and its flanks fall. The regions and the pixel threshold are cut
-    # from the map before both
+    # from the map before both, or with regions_after_background from the map after the first
+    # (the background step is then part of the map the detector gives, the threshold is a quantile
+    # of held-back maps after it, and the map shown is that map narrowed)
     map_background_window: int = 0
+    regions_after_background: bool = False
     map_sharpen_window: int = 0
     map_sharpen_power: float = 1.0
     # padim: each map position is scored against the Gaussians of the positions within this many
@@ -505,6 +508,8 @@ def validate(cfg: Config) -> Config:
             "score.defect_probe=true needs score.image_method=embedding (the image threshold is not set on the "
             "probe's maps) and score.calibration_fraction > 0 (held-back photos fit and calibrate it)"
         )
+    if cfg.score.regions_after_background and not cfg.score.map_background_window:
+        raise ConfigError("score.regions_after_background=true needs score.map_background_window above 0")
     for key in ("map_background_window", "map_sharpen_window"):
         if getattr(cfg.score, key) % 2 == 0 and getattr(cfg.score, key):
             raise ConfigError(f"score.{key}: must be 0 (off) or an odd number of pixels, got {getattr(cfg.score, key)}")

@@ -48,7 +48,7 @@ from pitscope.defect_regions import REGION_SETTINGS
 from pitscope.evaluation import regions_at_settings
 from pitscope.inference import Detector
 from pitscope.prediction import Prediction
-from pitscope.scoring import shown_map
+from pitscope.scoring import shown_map, shown_steps
 from pitscope.tensors import IMAGENET_MEAN, IMAGENET_STD, Shape, as_shape, resize_image
 
 INPUT_NAME = "image"
@@ -105,7 +105,7 @@ class ExportModule(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.register_buffer("threshold", detector.threshold.detach().clone())
         sc = detector.cfg.score
-        self.shown = (sc.map_background_window, sc.map_sharpen_window, sc.map_sharpen_power)
+        self.shown = shown_steps(sc)
         self.to(detector.threshold.device)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -23,7 +23,8 @@ threshold (`pitscope.defect_regions`, `Prediction.regions`). The map shown and r
 (`Prediction.anomaly_map`, the pixel metrics of `pitscope.evaluation`) is that map with its broad
 background removed (`score.map_background_window`) and each blob narrowed towards its peak
 (`score.map_sharpen_window`) when these are set (`pitscope.scoring.shown_maps`);
-`forward` and `score_dataset` give the map the regions are cut from.
+`forward` and `score_dataset` give the map the regions are cut from, which with
+`score.regions_after_background` has the background step and leaves the map shown the narrowing.
 Threshold: the `score.threshold_quantile` quantile of image scores of defect-free training images
 that the scoring Gaussians did not see; the pixel threshold, a quantile of the held-back maps. With
 `score.defect_probe` a classifier fitted on photos with marked defects turns each position's
@@ -60,8 +61,11 @@ from pitscope.scoring import (
     PatchGaussianScorer,
     gaussian_smooth,
     moved_pixel_threshold,
+    region_background,
+    remove_background,
     score_factor,
     shown_map,
+    shown_steps,
     shows_another_map,
 )
 from pitscope.tensors import images_to_batch, iterate_batches, resize_image
@@ -116,7 +120,7 @@ class Detector(nn.Module):
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, 3, H, W) normalised -> (image scores (B,), anomaly maps (B, H, W)): the maps the
-        regions are cut from, before the steps to the map shown (`pitscope.scoring.shown_maps`)."""
+        regions are cut from, which `pitscope.scoring.shown_maps` takes to the maps shown."""
         return self._score(x, *self._features(x))
 
     def _score(
@@ -153,7 +157,9 @@ class Detector(nn.Module):
             scores = maps.amax(dim=(1, 2))  # (B,) the strongest local anomaly
         elif by_score and self.cfg.score.map_normalisation in SCORE_FACTORS:
             maps = self._times_score(maps, scores)
-        return scores, maps
+        # with score.regions_after_background the regions' map is less its background (a positive
+        # factor per map commutes with it, so the factor may come before or after)
+        return scores, remove_background(maps, region_background(self.cfg.score))
 
     def _times_score(self, maps: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """maps (B, H, W) x the factor of `score.map_normalisation` (B,), from the image score over
@@ -235,9 +241,8 @@ class Detector(nn.Module):
             scores, maps = self._score(x, *self._features(x), by_score=not factored)
             if factored:
                 maps = maps * score_factor(self.cfg.score.map_normalisation, scores, t).to(maps.dtype)[:, None, None]
-            sc = self.cfg.score
-            changed = shows_another_map(sc)
-            shown = shown_map(maps, sc.map_background_window, sc.map_sharpen_window, sc.map_sharpen_power)  # (B, H, W)
+            changed = shows_another_map(self.cfg.score)
+            shown = shown_map(maps, *shown_steps(self.cfg.score))  # (B, H, W)
             for image, score, amap, seen in zip(chunk, scores.tolist(), maps, shown):
                 h, w = image.shape[:2]
                 full = _to_size(amap, (h, w))

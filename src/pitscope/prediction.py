@@ -26,7 +26,7 @@ class Prediction(NamedTuple):
     peak_region_max: the peak's region ("defective_peak") covers at most this share of the image, its
         peak pixel at least (0: no bound).
     region_map: (H, W) float32, the map the regions are cut from when it is not anomaly_map (the map
-        before those steps); None: anomaly_map.
+        before those steps, or with `score.regions_after_background` after the first); None: anomaly_map.
     """
 
     score: float

@@ -627,21 +627,34 @@ def shown_map(maps: Tensor, background: int, window: int, power: float) -> Tenso
     return sharpen_to_local_peak(remove_background(maps, background), window, power)
 
 
+def region_background(score: ScoreConfig) -> int:
+    """The background window of the map the regions are cut from: `score.map_background_window`
+    with `score.regions_after_background`, else 0 (the step is then the map shown's alone)."""
+    return score.map_background_window if score.regions_after_background else 0
+
+
+def shown_steps(score: ScoreConfig) -> tuple[int, int, float]:
+    """The (background, window, power) of `shown_map` from the map the detector gives: its
+    background step unless that map already had it (`region_background`), then the narrowing."""
+    background = 0 if score.regions_after_background else score.map_background_window
+    return background, score.map_sharpen_window, score.map_sharpen_power
+
+
 def shows_another_map(score: ScoreConfig) -> bool:
     """Whether the map shown differs from the map the regions are cut from (a step of `shown_map` is on)."""
-    return bool(score.map_background_window or score.map_sharpen_window)
+    background, window, _ = shown_steps(score)
+    return bool(background or window)
 
 
 def shown_maps(maps: np.ndarray, score: ScoreConfig) -> np.ndarray:
     """Maps (N, H, W) as the detector gives them (the regions are cut from these) -> the maps shown
-    and ranked pixel by pixel (`shown_map` with `score.map_background_window`,
-    `score.map_sharpen_window` and `score.map_sharpen_power`), or the maps themselves when both
-    windows are 0. Both steps commute with a positive factor per map, so they may follow any
+    and ranked pixel by pixel (`shown_map` with `shown_steps`), or the maps themselves when no
+    step is on. Both steps commute with a positive factor per map, so they may follow any
     normalisation."""
     if not shows_another_map(score):
         return maps
     tensor = torch.from_numpy(np.ascontiguousarray(maps))
-    return shown_map(tensor, score.map_background_window, score.map_sharpen_window, score.map_sharpen_power).numpy()
+    return shown_map(tensor, *shown_steps(score)).numpy()
 
 
 def score_factor(normalisation: str, scores: Tensor, threshold: float) -> Tensor:

@@ -371,7 +371,8 @@ def test_the_surface_preset_is_the_cpu_preset_with_strong_noise_pastes_alone():
     # regions: the peak's region on photos decided defective was chosen on BSData for `cpu` alone
     assert (surface["score"]["regions_on"], cpu["score"]["regions_on"]) == ("defective", "defective_peak")
     # ... and with it the bound on the peak's region, which acts on `defective_peak` alone, the
-    # map's channel groups and the two steps from the map to the map shown
+    # map's channel groups, the two steps from the map to the map shown, the regions cut after the
+    # first and their core
     assert surface["score"] == {
         **cpu["score"],
         "regions_on": "defective",
@@ -381,4 +382,6 @@ def test_the_surface_preset_is_the_cpu_preset_with_strong_noise_pastes_alone():
         "channel_groups": 1,
         "map_sharpen_window": 0,
         "map_background_window": 0,
+        "regions_after_background": False,
+        "region_core": 0.7,
     }

@@ -123,8 +123,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     detector = Detector.load(args.model)
     cfg = apply_overrides(detector.cfg, args.overrides)
     # the data may change; of the scoring, only what acts after the fitted scorers may
-    map_settings = {"map_normalisation", "smoothing_sigma"}  # the maps the pixel threshold was calibrated on
-    shown = {"map_background_window", "map_sharpen_window", "map_sharpen_power"}  # the map shown only
+    # the maps the pixel threshold was calibrated on, and the steps to the map shown alone
+    map_settings = {"map_normalisation", "smoothing_sigma", "regions_after_background"}
+    shown = {"map_background_window", "map_sharpen_window", "map_sharpen_power"}
+    if detector.cfg.score.regions_after_background or cfg.score.regions_after_background:
+        shown.discard("map_background_window")  # a step of the regions' map
+        map_settings.add("map_background_window")
     post_hoc = {*map_settings, *shown, "image_method", *REGION_SETTINGS}
     _refuse_trained_changes(cfg, detector.cfg, "evaluate", f"data.* and score.{{{', '.join(sorted(post_hoc))}}}")
     changed = [k for k, v in to_dict(cfg)["score"].items() if v != to_dict(detector.cfg)["score"][k]]

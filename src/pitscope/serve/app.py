@@ -57,7 +57,7 @@ def heatmap_image(anomaly_map: np.ndarray, pixel_threshold: float) -> np.ndarray
     """(H, W) anomaly map -> (H, W, 3) uint8 jet colours on a fixed scale, 0 to 2 x pixel_threshold.
 
     The same scale on every image, so colours compare across uploads: the pixel threshold (the
-    edge of the predicted region on the map before the steps to the map shown) is mid-scale
+    edge of the predicted region on the map the regions are cut from) is mid-scale
     (green), values at twice it or more are dark red. The map shown lies at or below the map the
     regions are cut from at every pixel (the background step lowers each blob to its height above
     its surroundings), so a region's peak may show below mid-scale.
