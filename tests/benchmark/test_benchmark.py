@@ -804,16 +804,12 @@ def test_bsdata_localisation_draws_other_regions_without_fitting_again(monkeypat
     assert fits == [1]
 
 
-def test_bsdata_localisation_narrowing_moves_the_pixel_metrics_and_not_the_regions(
-    monkeypatch, tmp_path, fit_tiny_detector
-):
-    """With --sharpen the pixel metrics rank the map shown (narrowed, and with a background window
-    less its background), and the regions, cut from the map before those steps as the detector
-    cuts them, are those of the map as it is."""
+def _steps_compared(monkeypatch, detector, sharpens, regions_from=("map",)):
+    """(the benchmark module, `choose` on a tiny detector at sigma 2, raw maps, regions on every
+    photo with no smallest size, for these --sharpen triples and regions' maps)."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import bsdata_localisation
 
-    detector, _, _ = fit_tiny_detector(tmp_path)
     run = bsdata_localisation.choose(
         detector,
         [2.0],
@@ -821,7 +817,20 @@ def test_bsdata_localisation_narrowing_moves_the_pixel_metrics_and_not_the_regio
         progress=False,
         regions_on=["all"],
         min_fractions=[0.0],
-        sharpens=[(0, 1.0, 0), (9, 2.0, 0), (9, 2.0, 15)],
+        sharpens=sharpens,
+        regions_from=regions_from,
+    )
+    return bsdata_localisation, run
+
+
+def test_bsdata_localisation_narrowing_moves_the_pixel_metrics_and_not_the_regions(
+    monkeypatch, tmp_path, fit_tiny_detector
+):
+    """With --sharpen the pixel metrics rank the map shown (narrowed, and with a background window
+    less its background), and the regions, cut from the map before those steps as the detector
+    cuts them, are those of the map as it is."""
+    bsdata_localisation, run = _steps_compared(
+        monkeypatch, fit_tiny_detector(tmp_path)[0], [(0, 1.0, 0), (9, 2.0, 0), (9, 2.0, 15)]
     )
     plain = [r for r in run["rows"] if r["map_sharpen_window"] == 0]
     sharp = [r for r in run["rows"] if r["map_sharpen_window"] == 9 and r["map_background_window"] == 0]
@@ -841,19 +850,8 @@ def test_bsdata_localisation_cuts_regions_after_the_background_step_when_asked(
     """regions_from "background" cuts the regions, and takes their pixel threshold, from the maps
     after the background step: the rows of the map's pixel metrics stay, the regions' move; a
     triple without a background step gives no such rows."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    import bsdata_localisation
-
-    detector, _, _ = fit_tiny_detector(tmp_path)
-    run = bsdata_localisation.choose(
-        detector,
-        [2.0],
-        ["none"],
-        progress=False,
-        regions_on=["all"],
-        min_fractions=[0.0],
-        sharpens=[(0, 1.0, 0), (0, 1.0, 15)],
-        regions_from=["map", "background"],
+    bsdata_localisation, run = _steps_compared(
+        monkeypatch, fit_tiny_detector(tmp_path)[0], [(0, 1.0, 0), (0, 1.0, 15)], ["map", "background"]
     )
     n = len(bsdata_localisation.THRESHOLDS)
     before = [r for r in run["rows"] if r["regions_from"] == "map" and r["map_background_window"] == 15]
