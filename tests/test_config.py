@@ -6,11 +6,13 @@ import yaml
 from pitscope.config import (
     Config,
     ConfigError,
+    apply_overrides,
     from_dict,
     load_config,
     parse_override,
     preset_names,
     save_config,
+    to_dict,
 )
 
 
@@ -165,3 +167,12 @@ def test_the_scoring_size_is_checked():
     assert load_config(None, ["score.image_size=512"]).score.image_size == 512
     with pytest.raises(ConfigError, match="score.image_size"):
         load_config(None, ["score.image_size=16"])
+
+
+def test_configs_written_before_regions_after_background_cut_regions_from_the_map_before_the_steps():
+    saved = to_dict(load_config("cpu"))
+    assert saved["score"]["regions_after_background"] is True  # the preset cuts them after the background step
+    del saved["score"]["regions_after_background"]
+    assert from_dict(saved).score.regions_after_background is False
+    with pytest.raises(ConfigError, match="map_background_window"):
+        apply_overrides(load_config("cpu"), ["score.map_background_window=0"])
