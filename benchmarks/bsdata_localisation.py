@@ -78,6 +78,7 @@ PRESET_KEYS = (
     "smoothing_sigma",
     "map_normalisation",
     "map_background_window",
+    "regions_after_background",
     "map_sharpen_window",
     "map_sharpen_power",
     "pixel_threshold_from",
@@ -91,15 +92,16 @@ MAX_NORMAL_AREA = 0.01  # the 99th percentile of the predicted area on defect-fr
 
 
 def raw_maps(detector: Detector, dataset, indices) -> tuple[np.ndarray, np.ndarray]:
-    """Image scores (N,) and unsmoothed, unnormalised maps (N, H, W) of dataset[indices]."""
+    """Image scores (N,) and unsmoothed, unnormalised maps (N, H, W) of dataset[indices], before
+    any background step."""
     cfg = detector.cfg
-    saved = cfg.score.smoothing_sigma, cfg.score.map_normalisation
-    cfg.score.smoothing_sigma, cfg.score.map_normalisation = 0.0, "none"
+    saved = cfg.score.smoothing_sigma, cfg.score.map_normalisation, cfg.score.regions_after_background
+    cfg.score.smoothing_sigma, cfg.score.map_normalisation, cfg.score.regions_after_background = 0.0, "none", False
     try:
         subset = [dataset[i] for i in indices]
         scores, maps = detector.score_dataset(subset, progress=True)
     finally:
-        cfg.score.smoothing_sigma, cfg.score.map_normalisation = saved
+        cfg.score.smoothing_sigma, cfg.score.map_normalisation, cfg.score.regions_after_background = saved
     return scores, maps
 
 
@@ -124,7 +126,7 @@ def choose(
     peak_maxes: Sequence[float] | None = None,
     min_fractions: Sequence[float] = MIN_FRACTIONS,
     sharpens: Sequence[tuple[int, float, int]] | None = None,
-    regions_from: Sequence[str] = ("map",),
+    regions_from: Sequence[str] | None = None,
 ) -> dict:
     """Every map and region setting scored on the validation photos; with `references` (photos
     the detector was fitted on beside its training photos) those photos are not scored. cores:
@@ -135,7 +137,7 @@ def choose(
     score.map_sharpen_power, score.map_background_window) triples compared (default: the detector's);
     regions_from: which maps the regions and their pixel thresholds are cut from, each of REGIONS_FROM
     ("background": after the triple's background step, before the narrowing; skipped for a triple
-    without a background step)."""
+    without a background step; default: the detector's, `score.regions_after_background`)."""
     cfg = detector.cfg
     train = build_dataset(cfg.data, "train", cfg.seed)
     if references:
@@ -164,6 +166,7 @@ def choose(
     masks = np.stack([val[i].mask for i in range(len(val))])
     rows = []
     own_sharpen = (cfg.score.map_sharpen_window, cfg.score.map_sharpen_power, cfg.score.map_background_window)
+    regions_from = regions_from or [own_regions_from(cfg.score.regions_after_background)]
     # the steps to the map shown change the pixel metrics alone: each sigma's maps and regions are measured once
     cut: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # normalisation -> (maps, held-back maps) at one sigma
     measured: dict[tuple, dict] = {}  # (normalisation, regions' map, region settings) -> region_metrics at one sigma
@@ -380,6 +383,11 @@ def maps_label(r: dict) -> str:
     )
 
 
+def own_regions_from(after_background: bool) -> str:
+    """The REGIONS_FROM value of a model with this `score.regions_after_background`."""
+    return "background" if after_background else "map"
+
+
 def region_line(r: dict) -> str:
     source = ", regions after the background step" if r.get("regions_from", "map") == "background" else ""
     return (
@@ -410,7 +418,7 @@ def preset_rows(run: dict) -> list[dict]:
         and r["pixel_quantile"] == own["pixel_threshold_quantile"]
         and r["min_region_fraction"] == own["min_region_fraction"]
         and r["region_core"] == own["region_core"]
-        and r.get("regions_from", "map") == "map"
+        and r.get("regions_from", "map") == own_regions_from(own.get("regions_after_background", False))
     ]
 
 
@@ -678,10 +686,9 @@ def main() -> int:
         "--regions-from",
         nargs="+",
         choices=REGIONS_FROM,
-        default=["map"],
         help="the maps the regions and their pixel thresholds are cut from, compared (choosing only): the map "
-        "before the steps to the map shown (map, as the detector cuts them) or after its background step "
-        "(background, for each --sharpen with one)",
+        "before the steps to the map shown (map) or after its background step (background, for each --sharpen "
+        "with one); default: the model's (score.regions_after_background)",
     )
     parser.add_argument(
         "--neighbourhoods",

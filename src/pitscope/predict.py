@@ -167,8 +167,9 @@ def run_predict(
     save_maps). With save_maps, out_dir/maps/<name>.npy holds the float32 (H, W) anomaly map at
     the file's own size (the map shown: with `score.map_background_window` /
     `score.map_sharpen_window` its broad background removed / narrowed, while the regions are cut
-    from the map before that, or after the background step with `score.regions_after_background`) and out_dir/maps/<name>_overlay.png the image with the predicted region
-    (`visualize.overlay` at the detector's pixel threshold); <name> is `safe_output_name`.
+    from the map before that, or after the background step with `score.regions_after_background`)
+    and out_dir/maps/<name>_overlay.png the image with the predicted region (`visualize.overlay`
+    at the detector's pixel threshold); <name> is `safe_output_name`.
     threshold overrides the detector's image threshold; batch_size defaults to
     cfg.score.batch_size. stop_at_first_defect ends the run after the first defective image.
     A NaN threshold (given, or the model's own) is a ValueError: it would pass every image.

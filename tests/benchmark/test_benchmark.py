@@ -4,6 +4,7 @@ End-to-end runs use tiny generated data (8 training images of 64 px, one epoch):
 is the bookkeeping, not the numbers.
 """
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -861,6 +862,29 @@ def test_bsdata_localisation_cuts_regions_after_the_background_step_when_asked(
     assert all(a["pixel_ap"] == b["pixel_ap"] for a, b in zip(before, after))  # the map shown is the same
     keys = ("pixel_f1", "iou_median", "normal_area_median", "normal_area_p99", "area_within_2x")
     assert any(a[k] != b[k] for a, b in zip(before, after) for k in keys)  # the regions' own numbers move
+
+
+def test_bsdata_localisation_reads_maps_before_the_background_step_of_a_model_that_cuts_after_it(
+    monkeypatch, tmp_path, fit_tiny_detector
+):
+    """A model with score.regions_after_background gives the study its maps before the step (the
+    study takes every step itself), and its own rows are those cut after the step."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bsdata_localisation
+
+    from pitscope.config import apply_overrides
+    from pitscope.data import build_dataset
+
+    detector, _, cfg = fit_tiny_detector(tmp_path)
+    test = build_dataset(cfg.data, "test", cfg.seed)
+    after = copy.deepcopy(detector)
+    after.cfg = apply_overrides(detector.cfg, ["score.map_background_window=15", "score.regions_after_background=true"])
+    _, plain = bsdata_localisation.raw_maps(detector, test, range(len(test)))
+    _, read = bsdata_localisation.raw_maps(after, test, range(len(test)))
+    np.testing.assert_array_equal(read, plain)
+    assert after.cfg.score.regions_after_background  # set back
+    run = bsdata_localisation.choose(after, [2.0], ["none"], progress=False, regions_on=["all"], min_fractions=[0.0])
+    assert {r["regions_from"] for r in run["rows"]} == {"background"}
 
 
 def test_bsdata_localisation_compares_the_smallest_regions_it_is_given(monkeypatch, tmp_path, fit_tiny_detector):
