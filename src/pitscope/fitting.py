@@ -22,7 +22,7 @@ from pitscope.inference import Detector
 from pitscope.model_file import read_model_file
 from pitscope.probe_fitting import fit_defect_probe, marked_samples, set_pixel_threshold
 from pitscope.seeding import numpy_rng
-from pitscope.training import chance_cross_entropy, classifier_near_chance, train
+from pitscope.training import chance_record, train
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +102,16 @@ def fit(
             {k: v if isinstance(v, int) else round(float(v), 5) for k, v in epoch.items()} for epoch in result.history
         ],
     }
-    ce = classifier_near_chance(result.history, cfg.model.head, result.n_kinds)
-    if ce is not None:
-        chance = chance_cross_entropy(cfg.model.head, result.n_kinds)
+    near_chance = chance_record(result.history, cfg.model.head, result.n_kinds)
+    if near_chance is not None:
+        # kept with the model: the inspection page and the report repeat the warning
+        detector.metadata["training"]["classifier_near_chance"] = near_chance
         log.warning(
             "the pseudo-defect classifier ended near chance (cross-entropy %.3f in the last epoch, %.3f "
-            "at chance): the network learnt little from telling pasted pseudo-defects apart; more "
-            "epochs (train.epochs) give that task its time",
-            ce,
-            chance,
+            "at chance): the network learnt little from telling pasted pseudo-defects apart and its maps "
+            "may miss the defects; train again with another seed, or more epochs (train.epochs)",
+            near_chance["cross_entropy"],
+            near_chance["chance"],
         )
     labelled = list(result.labelled)  # the labelled photos pasted from: never to be scored as test images
     if cfg.score.defect_probe:

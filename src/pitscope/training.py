@@ -146,6 +146,15 @@ def classifier_near_chance(history: list[dict], head: str, n_kinds: int, share: 
     return ce if ce >= share * chance_cross_entropy(head, n_kinds) else None
 
 
+def chance_record(history: list[dict], head: str, n_kinds: int) -> dict | None:
+    """What a model's training metadata keeps when its classifier ended near chance
+    (`classifier_near_chance`): the last epoch's cross-entropy and chance's; else None."""
+    ce = classifier_near_chance(history, head, n_kinds)
+    if ce is None:
+        return None
+    return {"cross_entropy": round(ce, 4), "chance": round(chance_cross_entropy(head, n_kinds), 4)}
+
+
 @dataclass
 class _Run:
     """The state one training run carries from its setup through its epochs to its result."""

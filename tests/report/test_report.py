@@ -381,6 +381,16 @@ def test_training_section_names_the_budget_stop():
     assert "568 defect-free images in float32 (stopped by its time budget)." in in_float32
 
 
+def test_training_section_warns_when_the_classifier_ended_near_chance():
+    from pitscope.report.sections import _training_section
+
+    training = {"epochs": 30, "steps": 420, "minutes": 16.2, "images": 476}
+    assert "near chance" not in _training_section(None, None, training, "")
+    near = {**training, "classifier_near_chance": {"cross_entropy": 0.6903, "chance": 0.6931}}
+    text = _training_section(None, None, near, "")
+    assert '<p class="warning">' in text and "(cross-entropy 0.690 in the last epoch, 0.693 at chance)" in text
+
+
 def test_gallery_tile_draws_the_predicted_region_it_is_given():
     from pitscope.report.figures import gallery_tile
 

@@ -76,6 +76,7 @@ def test_verdicts_slider_and_plain_error(files, browser):
         )
         model_panel = browser.find_element(By.ID, "model-info").text
         assert "pitscope-synthetic" in model_panel and "64 × 64" in model_panel
+        assert "near chance" not in model_panel  # its training metadata carries no such warning
         assert "Saving is switched off" in browser.find_element(By.ID, "save-status").text
         assert not browser.find_element(By.ID, "threshold-save").is_enabled()
 
@@ -196,5 +197,22 @@ def test_the_model_panel_says_a_defect_probe_fitted_on_marked_photos_draws_the_m
             browser, lambda d: d.find_element(By.ID, "service-status").text.startswith("Connected"), "the model to load"
         )
         assert "no marked defect" in browser.find_element(By.ID, "model-info").text
+    finally:
+        stop()
+
+
+def test_model_panel_warns_when_the_classifier_ended_near_chance(files, browser):
+    detector = Detector.load(files["model"])
+    detector.metadata.setdefault("training", {})["classifier_near_chance"] = {"cross_entropy": 0.6903, "chance": 0.6931}
+    url, stop = serve(create_app(detector))
+    try:
+        browser.get(url + "/")
+        wait_for(
+            browser, lambda d: d.find_element(By.ID, "service-status").text.startswith("Connected"), "the model to load"
+        )
+        warning = browser.find_element(By.CSS_SELECTOR, "#model-info dd.warning").text
+        assert "ended near chance in training (cross-entropy 0.6903, 0.6931 at chance)" in warning
+        assert "Train again" in warning
+        assert not page_errors(browser)
     finally:
         stop()

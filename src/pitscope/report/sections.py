@@ -57,7 +57,7 @@ main{max-width:1240px;margin:0 auto;padding:18px 24px 40px}
 h1{font-size:1.55rem;margin:0 0 4px} h2{font-size:1.2rem;margin:0 0 10px} h3{font-size:1rem;margin:16px 0 8px}
 section{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:14px 18px;margin:14px 0}
 nav{font-size:.9rem;margin:6px 0 0} nav a{margin-right:14px;color:#0b5cad;text-decoration:none}
-.sub{color:#5a6570;font-size:.9rem} .note{color:#5a6570;font-size:.85rem;margin:6px 0 0}
+.sub{color:#5a6570;font-size:.9rem} .note{color:#5a6570;font-size:.85rem;margin:6px 0 0} .warning{color:#b3141b;font-weight:600}
 table{border-collapse:collapse;font-size:.92rem} th,td{padding:4px 12px;border-bottom:1px solid #e4e7eb;text-align:right}
 th:first-child,td:first-child{text-align:left;white-space:nowrap} thead th{background:#eef1f4}
 tr.mean td{font-weight:600;background:#f7f8fa}
@@ -249,6 +249,13 @@ def _training_section(
             + (f" in {_e(training['precision'])}" if training.get("precision") else "")
             + f"{budget}.</p>"
         )
+        if chance := training.get("classifier_near_chance"):
+            parts.append(
+                '<p class="warning">The pseudo-defect classifier ended near chance '
+                f"(cross-entropy {chance['cross_entropy']:.3f} in the last epoch, {chance['chance']:.3f} at chance): "
+                "the network learnt little from the pseudo-defects, and its maps and regions may miss the "
+                "defects. Train again with another seed or more epochs.</p>"
+            )
     if labelled:
         names = ", ".join(_e(d["name"]) for d in labelled[:10]) + (", ..." if len(labelled) > 10 else "")
         how = (

@@ -151,6 +151,16 @@ function renderModel() {
   };
   add("Name", `${m.name} (version ${m.version})`);
   add("Training data", describeTraining(m));
+  const chance = m.training && m.training.classifier_near_chance;
+  if (chance) {
+    add(
+      "Warning",
+      `The pseudo-defect classifier ended near chance in training (cross-entropy ${formatNumber(chance.cross_entropy)}, ` +
+        `${formatNumber(chance.chance)} at chance): its maps and regions may miss the defects. ` +
+        "Train again with another seed or more epochs.",
+      "warning",
+    );
+  }
   const [height, width] = m.image_shape || [m.image_size, m.image_size];
   add("Image size", `${height} × ${width} px network input, height × width (any photo size is accepted)`);
   add("Threshold", formatNumber(m.threshold));
