@@ -7,6 +7,7 @@ where it can).
 """
 
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,20 @@ def files(tmp_path_factory, fit_tiny_detector):
 def serve(app):
     """Run `app` under uvicorn on 127.0.0.1 in a thread; returns (base URL, stop())."""
     return serve_in_thread(app)
+
+
+@contextmanager
+def page_of(browser, app):
+    """`app` served, its page open in `browser` with the model loaded; stopped on leaving."""
+    url, stop = serve(app)
+    try:
+        browser.get(url + "/")
+        wait_for(
+            browser, lambda d: d.find_element(By.ID, "service-status").text.startswith("Connected"), "the model to load"
+        )
+        yield
+    finally:
+        stop()
 
 
 def card(driver, name: str):
@@ -179,40 +194,19 @@ def test_the_model_panel_says_a_defect_probe_fitted_on_marked_photos_draws_the_m
     from pitscope.fitting import finetune_probe
 
     probed = finetune_probe(files["model"], labelled_folder(tmp_path / "marked", n=3), tmp_path, progress=False)
-    url, stop = serve(create_app(probed))
-    try:
-        browser.get(url + "/")
-        wait_for(
-            browser, lambda d: d.find_element(By.ID, "service-status").text.startswith("Connected"), "the model to load"
-        )
+    with page_of(browser, create_app(probed)):
         model_panel = browser.find_element(By.ID, "model-info").text
         assert "maps from a defect probe fitted on 3 photos with marked defects" in model_panel
         assert page_errors(browser) == []
-    finally:
-        stop()
-    url, stop = serve(create_app(Detector.load(files["model"])))
-    try:
-        browser.get(url + "/")
-        wait_for(
-            browser, lambda d: d.find_element(By.ID, "service-status").text.startswith("Connected"), "the model to load"
-        )
+    with page_of(browser, create_app(Detector.load(files["model"]))):
         assert "no marked defect" in browser.find_element(By.ID, "model-info").text
-    finally:
-        stop()
 
 
 def test_model_panel_warns_when_the_classifier_ended_near_chance(files, browser):
     detector = Detector.load(files["model"])
     detector.metadata.setdefault("training", {})["classifier_near_chance"] = {"cross_entropy": 0.6903, "chance": 0.6931}
-    url, stop = serve(create_app(detector))
-    try:
-        browser.get(url + "/")
-        wait_for(
-            browser, lambda d: d.find_element(By.ID, "service-status").text.startswith("Connected"), "the model to load"
-        )
+    with page_of(browser, create_app(detector)):
         warning = browser.find_element(By.CSS_SELECTOR, "#model-info dd.warning").text
         assert "ended near chance in training (cross-entropy 0.6903, 0.6931 at chance)" in warning
         assert "Train again" in warning
         assert not page_errors(browser)
-    finally:
-        stop()
