@@ -56,7 +56,8 @@ def test_batch_equals_per_image_and_keeps_dtype():
     batch = hog_features(images)
     assert batch.shape == (4, HOG_DIM) and batch.dtype == torch.float32
     for i in range(4):
-        torch.testing.assert_close(batch[i], hog_features(images[i : i + 1])[0], rtol=0, atol=0)
+        # equal to float32 rounding: on some CPUs oneDNN's kernels sum in another order per batch size
+        torch.testing.assert_close(batch[i], hog_features(images[i : i + 1])[0], rtol=1e-5, atol=1e-7)
     assert not torch.equal(batch[0], batch[1])
 
 
