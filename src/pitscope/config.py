@@ -143,6 +143,12 @@ class TrainConfig:
     # last epoch and when the budget stops the run (a crash loses at most this many epochs; each
     # write holds the network and the optimiser's momentum)
     checkpoint_every: int = 1
+    # when the pseudo-defect classifier has learnt (an epoch's mean cross-entropy at most 0.97 of
+    # chance) and then sits back at chance (at least 0.99 of it) two epochs in a row, go back to the
+    # weights and momentum of the epoch with the lowest cross-entropy and go on at half the learning
+    # rate; at most this many times (0: off). The best epoch's weights are held in memory, not in
+    # the checkpoint: after --resume the guard watches again from the resumed epoch
+    collapse_rollbacks: int = 0
     # train on random crop_size x crop_size crops of the images at data.image_size (null: whole
     # images); scoring still sees whole images at data.image_size. With data.image_size above the
     # crop, small defects cover more pixels at the cost of one step per crop, not per whole image.
@@ -377,6 +383,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "train.budget_minutes": (0, None, False),
     "train.num_workers": (0, None, True),
     "train.checkpoint_every": (1, None, True),
+    "train.collapse_rollbacks": (0, None, True),
     "train.log_every": (1, None, True),
     "augment.perlin_threshold": (0, 1, False),
     "augment.randaugment_ops": (0, None, True),

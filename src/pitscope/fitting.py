@@ -102,6 +102,8 @@ def fit(
             {k: v if isinstance(v, int) else round(float(v), 5) for k, v in epoch.items()} for epoch in result.history
         ],
     }
+    if result.rollbacks:
+        detector.metadata["training"]["rollbacks"] = result.rollbacks
     near_chance = chance_record(result.history, cfg.model.head, result.n_kinds)
     if near_chance is not None:
         # kept with the model: the inspection page and the report repeat the warning

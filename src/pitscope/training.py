@@ -37,6 +37,7 @@ from pitscope.runtime import native_bf16, precision_name, resolve_device, resolv
 from pitscope.seeding import seed_everything, worker_init_fn
 from pitscope.training_loss import PseudoDefectPairs, compute_loss
 from pitscope.training_loss import pixel_target as pixel_target  # the loop's names, kept importable here
+from pitscope.training_rollback import CollapseGuard, restore, snapshot
 from pitscope.upgrade import upgrade
 from pitscope.warm_start import labelled_cutouts, start_from
 
@@ -60,6 +61,9 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     labelled: list[dict] = field(default_factory=list)  # the marked photos pasted from: name, sha256
     precision: str = "float32"  # what the steps ran in: float32, bfloat16 or float16
+    # each time training went back to an earlier epoch's weights (train.collapse_rollbacks):
+    # {"after_epoch", "to_epoch", "lr_scale"}
+    rollbacks: list[dict] = field(default_factory=list)
 
 
 class _CsvLog:
@@ -178,6 +182,9 @@ class _Run:
     step_time: float = 0.0  # the last step's seconds: the budget check looks one step ahead
     saved_epoch: int | None = None  # the finished epochs in the checkpoint this run wrote or resumed from
     history: list[dict] = field(default_factory=list)
+    guard: CollapseGuard | None = None  # train.collapse_rollbacks above 0 and a classifier to watch
+    best_state: dict | None = None  # the guard's best epoch: weights and momentum, on the CPU
+    rollbacks: list[dict] = field(default_factory=list)
     log: _CsvLog | None = None
     writer: Any = None
 
@@ -265,6 +272,11 @@ def _resume(run: _Run) -> None:
     run.start_epoch, run.step, run.elapsed = state["epoch"], state["step"], state["elapsed_s"]
     run.saved_epoch = run.start_epoch
     run.history = list(state["history"])
+    run.rollbacks = list(state.get("rollbacks", []))
+    if run.guard is not None:
+        # the best epoch's weights are not in the checkpoint: the guard watches again from here,
+        # at the learning rate the rollbacks so far left
+        run.guard.rollbacks = len(run.rollbacks)
     run.echo(f"resuming after epoch {run.start_epoch} (step {run.step}, {run.elapsed / 60:.1f} min trained)")
 
 
@@ -314,6 +326,7 @@ def _save_last(run: _Run, epoch: int) -> None:
             "step": run.step,
             "elapsed_s": run.elapsed,
             "history": run.history,
+            "rollbacks": run.rollbacks,
             "n_kinds": run.maker.n_kinds,
             "version": __version__,
         },
@@ -466,6 +479,8 @@ def _train_epoch(
             stopped_by_budget = True
             break
         lr = scheduled_lr(cfg.train, run.step, steps_per_epoch, clock, budget_s)
+        if run.guard is not None:
+            lr *= run.guard.lr_scale
         _optimiser_step(run, loss, lr)
         now = time.perf_counter()
         run.step_time, tick = now - tick, now  # data preparation of this step included
@@ -525,6 +540,29 @@ def _end_epoch(run: _Run, epoch: int, n: int, sums: dict[str, float]) -> None:
     )
 
 
+def _watch_classifier(run: _Run, epoch: int) -> None:
+    """The collapse guard's turn after finished `epoch` (0-based): keep the weights of a new best
+    epoch, or go back to them when the classifier has fallen back to chance (train.collapse_rollbacks)."""
+    if run.guard is None or not run.history or "ce" not in run.history[-1]:
+        return
+    # rank 0's cross-entropy decides on every process, so all keep and restore the same epoch
+    ce = distributed.max_over_ranks([run.history[-1]["ce"] if run.main else -math.inf], run.device)[0]
+    verdict = run.guard.observe(epoch + 1, ce)
+    if verdict == "best":
+        run.best_state = snapshot(run.model, run.optimizer)
+    elif verdict == "rollback":
+        assert run.best_state is not None  # a rollback needs a best epoch, which was kept
+        restore(run.model, run.optimizer, run.best_state)
+        record = {"after_epoch": epoch + 1, "to_epoch": run.guard.best_epoch, "lr_scale": run.guard.lr_scale}
+        run.rollbacks.append(record)
+        run.history[-1]["rolled_back_to"] = run.guard.best_epoch
+        run.echo(
+            f"the pseudo-defect classifier fell back to chance (cross-entropy {ce:.4f}, chance "
+            f"{run.guard.chance:.4f}): back to the weights of epoch {run.guard.best_epoch} "
+            f"(cross-entropy {run.guard.best_ce:.4f}), learning rate x{run.guard.lr_scale:g} from here"
+        )
+
+
 def _finish(run: _Run, epoch: int, stopped_by_budget: bool) -> TrainResult:
     """Close the logs, share rank 0's BatchNorm statistics and hand back the eval-mode network."""
     if run.main and run.writer is not None:
@@ -548,6 +586,7 @@ def _finish(run: _Run, epoch: int, stopped_by_budget: bool) -> TrainResult:
         run.history,
         run.labelled,
         precision_name(run.amp_dtype),
+        run.rollbacks,
     )
 
 
@@ -576,6 +615,8 @@ def train(
     if len(dataset) == 0:
         raise ValueError("the training split holds no images")
     run = _build(cfg, resume, progress, echo)
+    if cfg.train.collapse_rollbacks:
+        run.guard = CollapseGuard(chance_cross_entropy(cfg.model.head, run.maker.n_kinds), cfg.train.collapse_rollbacks)
     if resume:
         _resume(run)
     elif run.main and not cfg.train.checkpoint and run.last_path.exists():
@@ -605,6 +646,7 @@ def train(
             if stopped_by_budget:
                 _save_last(run, epoch)  # a partial epoch is redone on resume
                 break
+            _watch_classifier(run, epoch)
             if (
                 epoch == run.start_epoch
                 or (epoch + 1) % cfg.train.checkpoint_every == 0
