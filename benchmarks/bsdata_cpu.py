@@ -166,11 +166,12 @@ def save(record: dict, name: str, write_markdown) -> None:
     print((RESULTS / f"{name}.md").read_text())
 
 
-def models_main(doc: str, benchmark: str, score, write_markdown) -> int:
+def models_main(doc: str, benchmark: str, score, write_markdown, splits: bool = False) -> int:
     """The command line of a benchmark over trained models: MODEL... [--name NAME] [--set score.KEY=VALUE];
     `score(path, overrides)` gives each model's record, with the score.* settings to refit with; the
     records go to benchmarks/results/NAME.json and .md (by `write_markdown`) with the commit they
-    started from, the date, the machine and the command."""
+    started from, the date, the machine and the command. With `splits`, --split test|val is offered
+    and passed on: `score(path, overrides, split)`."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", type=Path, help="model.pt files of BSData runs")
     parser.add_argument("--name", default=benchmark, help="result file name under benchmarks/results/")
@@ -182,6 +183,10 @@ def models_main(doc: str, benchmark: str, score, write_markdown) -> int:
         metavar="score.KEY=VALUE",
         help="a scoring setting for every model's refit (repeatable)",
     )
+    if splits:
+        parser.add_argument(
+            "--split", choices=("test", "val"), default="test", help="the photos scored (val: for choosing)"
+        )
     args = parser.parse_args()
     missing = [str(m) for m in args.models if not m.is_file()]
     if missing:
@@ -189,7 +194,13 @@ def models_main(doc: str, benchmark: str, score, write_markdown) -> int:
     if any(not o.startswith("score.") for o in args.overrides):
         parser.error("--set takes scoring settings only (score.KEY=VALUE): the networks are trained")
     save_models(
-        benchmark, args.name, write_markdown, [(path, lambda p=path: score(p, args.overrides)) for path in args.models]
+        benchmark,
+        args.name,
+        write_markdown,
+        [
+            (path, lambda p=path: score(p, args.overrides, args.split) if splits else score(p, args.overrides))
+            for path in args.models
+        ],
     )
     return 0
 

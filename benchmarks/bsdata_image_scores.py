@@ -15,13 +15,20 @@ images, the image AUROC on the test split of:
   (a few-pixel pit moves one or two positions of the map, which the mean dilutes);
 - layer4, GeM pooling: the generalised mean (p = 3; Radenovic et al. 2018), between the two;
 - map maximum: the largest value of the anomaly map before it is divided by its mean;
-- default + map maximum: both standardised by the mean and spread of the held-back images, added.
+- default + map maximum: both standardised by the mean and spread of the held-back images, added;
+- the same two with the map after its background step (`score.map_background_window`, when the
+  model has one): the map less its grey opening, the map the regions are cut from;
 - classifier logit: the trained pseudo-defect classifier's logit (CutPaste's classifier score);
 - default + classifier logit: both standardised as above, added.
 Every rule uses only defect-free training images. With DeLong's standard error of each AUROC,
 and the defective images scored lowest by the default with the share of the image their marked
 defect covers. Results go to benchmarks/results/<name>.json and .md with the command, commit and
 machine.
+
+    python benchmarks/bsdata_image_scores.py MODELS --split val --name NAME
+
+scores the validation positions' photos instead (models trained with `data.holdout=positions`),
+for choosing.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from pitscope.config import apply_overrides
 from pitscope.data import build_dataset
 from pitscope.inference import Detector, iterate_batches
 from pitscope.metrics import auroc_interval
-from pitscope.scoring import GaussianScorer
+from pitscope.scoring import GaussianScorer, remove_background
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 LOWEST = 8  # defective images listed, lowest default score first
@@ -55,7 +62,8 @@ def gem(f: torch.Tensor, p: float = GEM_P) -> torch.Tensor:
 @torch.inference_mode()
 def features(detector: Detector, dataset, indices: list[int]) -> dict[str, torch.Tensor]:
     """Pooled features of every stage, layer4's of the mirror images, the raw map maximum, the classifier logit."""
-    names = (*STAGES, "projection", "layer4_mirror", "layer4_max", "layer3_max", "layer4_gem", "map_max", "logit")
+    names = (*STAGES, "projection", "layer4_mirror", "layer4_max", "layer3_max", "layer4_gem", "map_max", "map_bg_max")
+    names += ("logit",)
     out: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     net = detector.net
     if net.classifier is None or net.projector is None:
@@ -74,18 +82,22 @@ def features(detector: Detector, dataset, indices: list[int]) -> dict[str, torch
         # Binary head: the pseudo-defect logit; multiclass: log P(any pseudo-defect) - log P(normal).
         out["logit"].append(logits if logits.ndim == 1 else logits[:, 1:].logsumexp(dim=1) - logits[:, 0])
         out["layer4_mirror"].append(net.backbone(x.flip(-1))["layer4"].float().mean(dim=(2, 3)).double())
-        out["map_max"].append(detector(x)[1].amax(dim=(1, 2)).double())
+        maps = detector(x)[1]  # (B, H, W)
+        out["map_max"].append(maps.amax(dim=(1, 2)).double())
+        window = detector.cfg.score.map_background_window
+        out["map_bg_max"].append((remove_background(maps, window) if window else maps).amax(dim=(1, 2)).double())
     return {name: torch.cat(parts) for name, parts in out.items()}
 
 
-def score_model(path: Path, overrides: Sequence[str] = ()) -> dict:
-    """The rows for one model; `overrides`: score.image_features, the default to compare with."""
+def score_model(path: Path, overrides: Sequence[str] = (), split: str = "test") -> dict:
+    """The rows for one model on its `split` (test or val); `overrides`: score.image_features, the
+    default to compare with."""
     if any(not o.startswith("score.image_features=") for o in overrides):
         raise SystemExit("bsdata_image_scores: --set takes score.image_features only (the rows fit their own scorers)")
     detector = Detector.load(path).eval()
     cfg = detector.cfg = apply_overrides(detector.cfg, list(overrides))
     cfg.score.map_normalisation = "none"  # the raw map, for its maximum
-    train, test = build_dataset(cfg.data, "train", cfg.seed), build_dataset(cfg.data, "test", cfg.seed)
+    train, test = build_dataset(cfg.data, "train", cfg.seed), build_dataset(cfg.data, split, cfg.seed)
     fit_idx, cal_idx = detector.split_calibration(len(train))
     cal_idx = cal_idx if len(cal_idx) >= 2 else fit_idx  # as Detector.fit calibrates without held-back images
     fit, cal, tst = (
@@ -116,6 +128,9 @@ def score_model(path: Path, overrides: Sequence[str] = ()) -> dict:
         "map maximum": tst["map_max"].numpy(),
         f"{default_name} + map maximum": standardised(default, default_cal)
         + standardised(tst["map_max"].numpy(), cal["map_max"].numpy()),
+        "map maximum after the background step": tst["map_bg_max"].numpy(),
+        f"{default_name} + map maximum after the background step": standardised(default, default_cal)
+        + standardised(tst["map_bg_max"].numpy(), cal["map_bg_max"].numpy()),
         "classifier logit": tst["logit"].numpy(),
         f"{default_name} + classifier logit": standardised(default, default_cal)
         + standardised(tst["logit"].numpy(), cal["logit"].numpy()),
@@ -144,6 +159,7 @@ def score_model(path: Path, overrides: Sequence[str] = ()) -> dict:
         "default": default_name,
         "rows": rows,
         "hardest": hardest,
+        "split": split,
         "counts": {"defective": int(labels.sum()), "normal": int((labels == 0).sum())},
     }
 
@@ -159,7 +175,11 @@ def write_markdown(record: dict, path: Path) -> None:
         "Image AUROC (DeLong standard error) of each rule on the same trained networks; "
         f"{models[0].get('default', 'layer4')} is the default.",
         "",
-        "| image score | " + " | ".join(f"seed {m['seed']}" for m in models) + " |",
+        f"Photos scored: the {models[0].get('split', 'test')} split ("
+        + ", ".join(f"{m['counts']['normal']} defect-free, {m['counts']['defective']} defective" for m in models[:1])
+        + " for the first network).",
+        "",
+        "| image score | " + " | ".join(f"`{Path(m['model']).parent.name}` (seed {m['seed']})" for m in models) + " |",
         "|---|" + "---|" * len(models),
     ]
     for i, row in enumerate(models[0]["rows"]):
@@ -168,8 +188,8 @@ def write_markdown(record: dict, path: Path) -> None:
     for m in models:
         lines += [
             "",
-            f"Seed {m['seed']} (`{m['model']}`): the {LOWEST} defective images the default scores lowest, "
-            "with the share of defect-free test images scored above each and the share of the image its marked "
+            f"`{m['model']}` (seed {m['seed']}): the {LOWEST} defective images the default scores lowest, "
+            "with the share of the defect-free photos scored above each and the share of the image its marked "
             "defect covers:",
             "",
             "| image | score | defect-free above | defect area |",
@@ -181,7 +201,7 @@ def write_markdown(record: dict, path: Path) -> None:
 
 
 def main() -> int:
-    return models_main(__doc__, "bsdata_image_scores", score_model, write_markdown)
+    return models_main(__doc__, "bsdata_image_scores", score_model, write_markdown, splits=True)
 
 
 if __name__ == "__main__":
