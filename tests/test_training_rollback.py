@@ -10,7 +10,7 @@ import pitscope.training as training
 from pitscope import fit
 from pitscope.config import ConfigError, load_config
 from pitscope.data import build_dataset
-from pitscope.training import LAST_CHECKPOINT, train
+from pitscope.training import BEST_CHECKPOINT, LAST_CHECKPOINT, classifier_near_chance, train
 from pitscope.training_rollback import CollapseGuard, replay, restore, snapshot
 
 CHANCE = math.log(2.0)
@@ -51,7 +51,8 @@ def test_a_non_finite_epoch_is_no_verdict():
 def test_restore_brings_back_weights_and_momentum_and_leaves_the_snapshot_intact():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, fused=True)  # as training's
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
 
     def step():
         opt.zero_grad()
@@ -59,14 +60,14 @@ def test_restore_brings_back_weights_and_momentum_and_leaves_the_snapshot_intact
         opt.step()
 
     step()
-    kept = snapshot(net, opt)
+    kept = snapshot(net, opt, scaler)
     weights = {k: v.clone() for k, v in net.state_dict().items()}
     momentum = [opt.state[p]["momentum_buffer"].clone() for p in net.parameters()]
     for _ in range(2):  # twice: the first restore must not have tied the snapshot to the optimiser
         step()
         step()
         assert not torch.equal(net[0].weight, weights["0.weight"])
-        restore(net, opt, kept)
+        restore(net, opt, scaler, kept)
         for k, v in net.state_dict().items():
             assert torch.equal(v, weights[k]), k  # BatchNorm's running statistics included
         for p, m in zip(net.parameters(), momentum):
@@ -110,9 +111,9 @@ class FiresAfterEpoch2(CollapseGuard):
 
 
 def test_a_guard_that_never_fires_changes_nothing(tmp_path, images):
-    off = run(tmp_path / "off", images, "train.epochs=2")
-    on = run(tmp_path / "on", images, "train.epochs=2", "train.collapse_rollbacks=2")
-    assert on.rollbacks == []
+    off = run(tmp_path / "off", images, "train.epochs=3")
+    on = run(tmp_path / "on", images, "train.epochs=3", "train.collapse_rollbacks=2")
+    assert on.rollbacks == [] and (tmp_path / "on" / BEST_CHECKPOINT).exists()
     a, b = off.model.state_dict(), on.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -129,11 +130,64 @@ def test_a_rollback_restores_the_best_epoch_and_halves_the_rate(tmp_path, images
     saved = torch.load(tmp_path / "rolled" / LAST_CHECKPOINT, weights_only=True)
     assert saved["rollbacks"] == rolled.rollbacks  # the checkpoint holds the restored epoch's weights
     assert all(torch.equal(saved["model"][k], a[k]) for k in a)
+    momentum = torch.load(tmp_path / "one" / LAST_CHECKPOINT, weights_only=True)["optimizer"]["state"]
+    assert all(
+        torch.equal(saved["optimizer"]["state"][k]["momentum_buffer"], m["momentum_buffer"])
+        for k, m in momentum.items()
+    )
 
     three = run(tmp_path / "three", images, "train.epochs=3", "train.collapse_rollbacks=1")
     lrs = {int(r["epoch"]): float(r["lr"]) for r in _log(tmp_path / "three")}
     assert lrs[3] == pytest.approx(0.5 * lrs[2])  # constant schedule: halved after the rollback
     assert three.rollbacks[0]["lr_scale"] == 0.5
+
+
+class AtChanceAfterEpoch2(CollapseGuard):
+    """A guard that keeps epoch 1 and sees epoch 2 at chance once (too few to fire)."""
+
+    def observe(self, epoch, ce):
+        if epoch == 1:
+            self.best_ce, self.best_epoch = ce, 1
+            return "best"
+        self.at_chance = 1
+        return ""
+
+
+def test_a_run_that_ends_at_chance_hands_back_its_best_epoch(tmp_path, images, monkeypatch):
+    one = run(tmp_path / "one", images, "train.epochs=1")
+    monkeypatch.setattr(training, "CollapseGuard", AtChanceAfterEpoch2)
+    ended = run(tmp_path / "ended", images, "train.epochs=2", "train.collapse_rollbacks=1")
+    a, b = one.model.state_dict(), ended.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert ended.rollbacks == [{"after_epoch": 2, "to_epoch": 1, "lr_scale": 1.0, "at_end": True}]
+    saved = torch.load(tmp_path / "ended" / LAST_CHECKPOINT, weights_only=True)
+    assert all(torch.equal(saved["model"][k], a[k]) for k in a) and saved["epoch"] == 2
+
+
+def test_a_resumed_run_goes_on_as_the_uninterrupted_one(tmp_path, images, monkeypatch):
+    monkeypatch.setattr(training, "CollapseGuard", FiresAfterEpoch2)
+    whole = run(tmp_path / "whole", images, "train.epochs=3", "train.collapse_rollbacks=1")
+    run(tmp_path / "split", images, "train.epochs=2", "train.collapse_rollbacks=1")
+    cfg = load_config(None, [*TINY, f"output_dir={tmp_path / 'split'}", "train.epochs=3", "train.collapse_rollbacks=1"])
+    resumed = train(cfg, images, resume=True, progress=False, echo=lambda _m: None)
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.rollbacks == whole.rollbacks
+
+
+def test_a_resume_without_the_best_epochs_file_watches_afresh(tmp_path, images, monkeypatch):
+    messages = []
+    run(tmp_path / "r", images, "train.epochs=1", "train.collapse_rollbacks=1")
+    (tmp_path / "r" / BEST_CHECKPOINT).unlink()
+    cfg = load_config(None, [*TINY, f"output_dir={tmp_path / 'r'}", "train.epochs=2", "train.collapse_rollbacks=1"])
+    train(cfg, images, resume=True, progress=False, echo=messages.append)
+    assert any("watches afresh" in m for m in messages)
+
+
+def test_the_chance_check_reads_the_epoch_a_last_rollback_went_back_to():
+    history = [{"epoch": 1, "ce": 0.5}, {"epoch": 2, "ce": 0.69, "rolled_back_to": 1}]
+    assert classifier_near_chance(history, "binary", 1) is None
+    assert classifier_near_chance(history[:1] + [{"epoch": 2, "ce": 0.69}], "binary", 1) == pytest.approx(0.69)
 
 
 def test_a_resumed_run_keeps_the_rate_its_rollbacks_left(tmp_path, images, monkeypatch):

@@ -145,9 +145,10 @@ class TrainConfig:
     checkpoint_every: int = 1
     # when the pseudo-defect classifier has learnt (an epoch's mean cross-entropy at most 0.97 of
     # chance) and then sits back at chance (at least 0.99 of it) two epochs in a row, go back to the
-    # weights and momentum of the epoch with the lowest cross-entropy and go on at half the learning
-    # rate; at most this many times (0: off). The best epoch's weights are held in memory, not in
-    # the checkpoint: after --resume the guard watches again from the resumed epoch
+    # weights, BatchNorm statistics and momentum of the epoch with the lowest cross-entropy and go on
+    # at half the learning rate; at most this many times (0: off). A run that ends one epoch at
+    # chance hands back that best epoch. The best epoch is kept in memory and, with checkpoints on,
+    # in OUTPUT_DIR/checkpoint_best.pt, so --resume goes on as the uninterrupted run would
     collapse_rollbacks: int = 0
     # train on random crop_size x crop_size crops of the images at data.image_size (null: whole
     # images); scoring still sees whole images at data.image_size. With data.image_size above the

@@ -37,11 +37,12 @@ from pitscope.runtime import native_bf16, precision_name, resolve_device, resolv
 from pitscope.seeding import seed_everything, worker_init_fn
 from pitscope.training_loss import PseudoDefectPairs, compute_loss
 from pitscope.training_loss import pixel_target as pixel_target  # the loop's names, kept importable here
-from pitscope.training_rollback import CollapseGuard, restore, snapshot
+from pitscope.training_rollback import CollapseGuard, guard_state, load_guard_state, restore, snapshot
 from pitscope.upgrade import upgrade
 from pitscope.warm_start import labelled_cutouts, start_from
 
 LAST_CHECKPOINT = "checkpoint_last.pt"
+BEST_CHECKPOINT = "checkpoint_best.pt"  # train.collapse_rollbacks: the best epoch's state, for --resume
 LOG_FILE = TRAIN_LOG
 SNAPSHOT_DIR = "snapshots"
 
@@ -141,12 +142,15 @@ def chance_cross_entropy(head: str, n_kinds: int) -> float:
 
 
 def classifier_near_chance(history: list[dict], head: str, n_kinds: int, share: float = 0.95) -> float | None:
-    """The last epoch's classifier cross-entropy when it is at least `share` of chance
+    """The cross-entropy of the epoch whose weights the run ended with (the last, or the one a
+    rollback after the last went back to) when it is at least `share` of chance
     (`chance_cross_entropy`): the classifier has not learnt to tell the pseudo-defects; else None
     (also with no epoch or no classifier)."""
     if not history or "ce" not in history[-1]:
         return None
-    ce = float(history[-1]["ce"])
+    back = history[-1].get("rolled_back_to")
+    ended = next((e for e in history if e.get("epoch") == back), history[-1]) if back else history[-1]
+    ce = float(ended["ce"])
     return ce if ce >= share * chance_cross_entropy(head, n_kinds) else None
 
 
@@ -183,8 +187,9 @@ class _Run:
     saved_epoch: int | None = None  # the finished epochs in the checkpoint this run wrote or resumed from
     history: list[dict] = field(default_factory=list)
     guard: CollapseGuard | None = None  # train.collapse_rollbacks above 0 and a classifier to watch
-    best_state: dict | None = None  # the guard's best epoch: weights and momentum, on the CPU
+    best_state: dict | None = None  # the guard's best epoch: weights, momentum, scaler, on the CPU
     rollbacks: list[dict] = field(default_factory=list)
+    lr_scale: float = 1.0  # the factor the rollbacks so far put on the scheduled learning rate
     log: _CsvLog | None = None
     writer: Any = None
 
@@ -272,12 +277,25 @@ def _resume(run: _Run) -> None:
     run.start_epoch, run.step, run.elapsed = state["epoch"], state["step"], state["elapsed_s"]
     run.saved_epoch = run.start_epoch
     run.history = list(state["history"])
-    run.rollbacks = list(state.get("rollbacks", []))
-    if run.guard is not None:
-        # the best epoch's weights are not in the checkpoint: the guard watches again from here,
-        # at the learning rate the rollbacks so far left
-        run.guard.rollbacks = len(run.rollbacks)
+    run.rollbacks, run.lr_scale = list(state.get("rollbacks", [])), float(state.get("lr_scale", 1.0))
+    if run.guard is not None and state.get("guard"):
+        _resume_guard(run, state["guard"])
     run.echo(f"resuming after epoch {run.start_epoch} (step {run.step}, {run.elapsed / 60:.1f} min trained)")
+
+
+def _resume_guard(run: _Run, saved: dict) -> None:
+    """The collapse guard as the checkpoint left it, with its best epoch's state from
+    checkpoint_best.pt; without that file (or with one of another epoch) it watches afresh."""
+    guard = run.guard
+    assert guard is not None
+    load_guard_state(guard, saved)
+    path = run.out_dir / BEST_CHECKPOINT
+    best = torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+    if guard.best_epoch is not None and best is not None and best["epoch"] == guard.best_epoch:
+        run.best_state = best["state"]
+    elif guard.best_epoch is not None:
+        guard.best_ce, guard.best_epoch, guard.at_chance = math.inf, None, 0
+        run.echo(f"no state of the guard's best epoch in {path}: the collapse guard watches afresh")
 
 
 def _step_model(run: _Run) -> Callable[[torch.Tensor], NetOutput]:
@@ -327,6 +345,8 @@ def _save_last(run: _Run, epoch: int) -> None:
             "elapsed_s": run.elapsed,
             "history": run.history,
             "rollbacks": run.rollbacks,
+            "lr_scale": run.lr_scale,
+            "guard": guard_state(run.guard) if run.guard is not None else None,
             "n_kinds": run.maker.n_kinds,
             "version": __version__,
         },
@@ -349,6 +369,8 @@ def _save_snapshot(run: _Run, epoch: int) -> None:
             "step": run.step,
             "elapsed_s": run.elapsed,
             "version": __version__,
+            # after a rollback the weights are those of this earlier epoch
+            "rolled_back_to": run.history[-1].get("rolled_back_to") if run.history else None,
         },
         run.out_dir / SNAPSHOT_DIR / f"epoch_{epoch:04d}.pt",
     )
@@ -479,8 +501,7 @@ def _train_epoch(
             stopped_by_budget = True
             break
         lr = scheduled_lr(cfg.train, run.step, steps_per_epoch, clock, budget_s)
-        if run.guard is not None:
-            lr *= run.guard.lr_scale
+        lr *= run.lr_scale
         _optimiser_step(run, loss, lr)
         now = time.perf_counter()
         run.step_time, tick = now - tick, now  # data preparation of this step included
@@ -541,26 +562,51 @@ def _end_epoch(run: _Run, epoch: int, n: int, sums: dict[str, float]) -> None:
 
 
 def _watch_classifier(run: _Run, epoch: int) -> None:
-    """The collapse guard's turn after finished `epoch` (0-based): keep the weights of a new best
-    epoch, or go back to them when the classifier has fallen back to chance (train.collapse_rollbacks)."""
+    """The collapse guard's turn after finished `epoch` (0-based): keep the state of a new best
+    epoch (in memory, and in checkpoint_best.pt when checkpoints are on), or go back to it when the
+    classifier has fallen back to chance (train.collapse_rollbacks)."""
     if run.guard is None or not run.history or "ce" not in run.history[-1]:
         return
     # rank 0's cross-entropy decides on every process, so all keep and restore the same epoch
     ce = distributed.max_over_ranks([run.history[-1]["ce"] if run.main else -math.inf], run.device)[0]
     verdict = run.guard.observe(epoch + 1, ce)
     if verdict == "best":
-        run.best_state = snapshot(run.model, run.optimizer)
+        run.best_state = snapshot(run.model, run.optimizer, run.scaler)
+        if run.main and run.cfg.train.checkpoint:
+            atomic_save({"epoch": epoch + 1, "state": run.best_state}, run.out_dir / BEST_CHECKPOINT)
     elif verdict == "rollback":
-        assert run.best_state is not None  # a rollback needs a best epoch, which was kept
-        restore(run.model, run.optimizer, run.best_state)
-        record = {"after_epoch": epoch + 1, "to_epoch": run.guard.best_epoch, "lr_scale": run.guard.lr_scale}
-        run.rollbacks.append(record)
-        run.history[-1]["rolled_back_to"] = run.guard.best_epoch
-        run.echo(
-            f"the pseudo-defect classifier fell back to chance (cross-entropy {ce:.4f}, chance "
-            f"{run.guard.chance:.4f}): back to the weights of epoch {run.guard.best_epoch} "
-            f"(cross-entropy {run.guard.best_ce:.4f}), learning rate x{run.guard.lr_scale:g} from here"
-        )
+        run.lr_scale = run.guard.lr_scale
+        _go_back(run, epoch, ce, f"learning rate x{run.lr_scale:g} from here")
+
+
+def _go_back(run: _Run, epoch: int, ce: float, then: str, at_end: bool = False) -> None:
+    """Restore the guard's best epoch after finished `epoch` (0-based) and record it."""
+    guard = run.guard
+    assert guard is not None and run.best_state is not None  # a rollback needs a best epoch, which was kept
+    restore(run.model, run.optimizer, run.scaler, run.best_state)
+    record: dict = {"after_epoch": epoch + 1, "to_epoch": guard.best_epoch, "lr_scale": run.lr_scale}
+    if at_end:
+        record["at_end"] = True
+    run.rollbacks.append(record)
+    run.history[-1]["rolled_back_to"] = guard.best_epoch
+    run.echo(
+        f"the pseudo-defect classifier fell back to chance (cross-entropy {ce:.4f}, chance "
+        f"{guard.chance:.4f}): back to the weights of epoch {guard.best_epoch} "
+        f"(cross-entropy {guard.best_ce:.4f}), {then}"
+    )
+
+
+def _settle_guard(run: _Run) -> None:
+    """At the end of a run whose last finished epoch sat at chance after the classifier had
+    learnt (one epoch, too few to fire the guard, or after its last rollback), hand back the best
+    epoch's state instead, and write it to the checkpoint."""
+    guard = run.guard
+    if guard is None or guard.at_chance < 1 or run.best_state is None or not run.history:
+        return
+    last = int(run.history[-1]["epoch"]) - 1
+    _go_back(run, last, float(run.history[-1]["ce"]), "as the run's result", at_end=True)
+    if run.saved_epoch is not None:
+        _save_last(run, run.saved_epoch)
 
 
 def _finish(run: _Run, epoch: int, stopped_by_budget: bool) -> TrainResult:
@@ -622,6 +668,8 @@ def train(
     elif run.main and not cfg.train.checkpoint and run.last_path.exists():
         run.last_path.unlink()
         run.echo(f"removed {run.last_path} of an earlier run (train.checkpoint is false)")
+    if not resume and run.main:
+        (run.out_dir / BEST_CHECKPOINT).unlink(missing_ok=True)  # an earlier run's best epoch
     if run.main:
         save_config(cfg, run.out_dir / "config.yaml")
         run.log = _CsvLog(run.out_dir / LOG_FILE, truncate=not resume, resume_step=run.step if resume else None)
@@ -654,6 +702,7 @@ def train(
             ):
                 _save_last(run, epoch + 1)
             _save_snapshot(run, epoch + 1)
+        _settle_guard(run)
     finally:
         del batches  # its workers stop here, not at the end of fitting (or with the error)
     return _finish(run, epoch, stopped_by_budget)

@@ -87,13 +87,37 @@ def _copy_to_cpu(obj):
     return obj
 
 
-def snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """A copy, on the CPU, of the network's weights and buffers and the optimiser's state."""
-    return {"model": _copy_to_cpu(model.state_dict()), "optimizer": _copy_to_cpu(optimizer.state_dict())}
+def snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> dict:
+    """A copy, on the CPU, of the network's weights and buffers (BatchNorm statistics), the
+    optimiser's state (momentum) and the float16 loss scaler's state."""
+    return {
+        "model": _copy_to_cpu(model.state_dict()),
+        "optimizer": _copy_to_cpu(optimizer.state_dict()),
+        "scaler": _copy_to_cpu(scaler.state_dict()),
+    }
 
 
-def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Load a `snapshot` back into the network and the optimiser; the snapshot stays as it was
-    (the optimiser gets its own copy, so a later rollback to the same snapshot finds it intact)."""
+def restore(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, state: dict
+) -> None:
+    """Load a `snapshot` back into the network, the optimiser and the scaler; the snapshot stays as
+    it was (the optimiser gets its own copy, so a later rollback to the same snapshot finds it intact)."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(_copy_to_cpu(state["optimizer"]))
+    scaler.load_state_dict(state["scaler"])
+
+
+def guard_state(guard: CollapseGuard) -> dict:
+    """What a checkpoint keeps of the guard: its best epoch, epochs at chance and rollbacks."""
+    return {
+        "best_ce": guard.best_ce,
+        "best_epoch": guard.best_epoch,
+        "at_chance": guard.at_chance,
+        "rollbacks": guard.rollbacks,
+    }
+
+
+def load_guard_state(guard: CollapseGuard, state: dict) -> None:
+    """Put a checkpoint's `guard_state` back into `guard` (its chance and limit stay the config's)."""
+    guard.best_ce, guard.best_epoch = float(state["best_ce"]), state["best_epoch"]
+    guard.at_chance, guard.rollbacks = int(state["at_chance"]), int(state["rollbacks"])
