@@ -96,7 +96,8 @@ def score_model(path: Path, overrides: Sequence[str] = (), split: str = "test") 
         raise SystemExit("bsdata_image_scores: --set takes score.image_features only (the rows fit their own scorers)")
     detector = Detector.load(path).eval()
     cfg = detector.cfg = apply_overrides(detector.cfg, list(overrides))
-    cfg.score.map_normalisation = "none"  # the raw map, for its maximum
+    cfg.score.map_normalisation = "none"  # the raw map, for its maximum ...
+    cfg.score.regions_after_background = False  # ... before the background step, which `features` takes itself
     train, test = build_dataset(cfg.data, "train", cfg.seed), build_dataset(cfg.data, split, cfg.seed)
     fit_idx, cal_idx = detector.split_calibration(len(train))
     cal_idx = cal_idx if len(cal_idx) >= 2 else fit_idx  # as Detector.fit calibrates without held-back images
