@@ -389,6 +389,18 @@ def test_training_section_warns_when_the_classifier_ended_near_chance():
     near = {**training, "classifier_near_chance": {"cross_entropy": 0.6903, "chance": 0.6931}}
     text = _training_section(None, None, near, "")
     assert '<p class="warning">' in text and "(cross-entropy 0.690 in the last epoch, 0.693 at chance)" in text
+    assert "fallen back" not in text
+    rolled = {
+        **training,
+        "rollbacks": [
+            {"after_epoch": 14, "to_epoch": 12, "lr_scale": 0.5},
+            {"after_epoch": 30, "to_epoch": 20, "lr_scale": 0.5, "at_end": True},
+        ],
+    }
+    text = _training_section(None, None, rolled, "")
+    assert "After epoch 14 the pseudo-defect classifier had fallen back to chance" in text
+    assert "went back to epoch 12's weights and went on at 0.5 times the learning rate" in text
+    assert "went back to epoch 20's weights and handed that epoch back as its result" in text
 
 
 def test_gallery_tile_draws_the_predicted_region_it_is_given():

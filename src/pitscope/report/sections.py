@@ -256,6 +256,16 @@ def _training_section(
                 "the network learnt little from the pseudo-defects, and its maps and regions may miss the "
                 "defects. Train again with another seed or more epochs.</p>"
             )
+        for back in training.get("rollbacks", []):
+            then = (
+                "and handed that epoch back as its result"
+                if back.get("at_end")
+                else f"and went on at {back['lr_scale']:g} times the learning rate"
+            )
+            parts.append(
+                f'<p class="sub">After epoch {back["after_epoch"]} the pseudo-defect classifier had fallen back to '
+                f"chance: training went back to epoch {back['to_epoch']}'s weights {then}.</p>"
+            )
     if labelled:
         names = ", ".join(_e(d["name"]) for d in labelled[:10]) + (", ..." if len(labelled) > 10 else "")
         how = (
