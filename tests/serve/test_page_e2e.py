@@ -210,3 +210,19 @@ def test_model_panel_warns_when_the_classifier_ended_near_chance(files, browser)
         assert "ended near chance in training (cross-entropy 0.6903, 0.6931 at chance)" in warning
         assert "Train again" in warning
         assert not page_errors(browser)
+
+
+def test_model_panel_lists_the_training_rollbacks(files, browser):
+    detector = Detector.load(files["model"])
+    detector.metadata.setdefault("training", {})["rollbacks"] = [
+        {"after_epoch": 14, "to_epoch": 12, "lr_scale": 0.5},
+        {"after_epoch": 30, "to_epoch": 20, "lr_scale": 0.5, "at_end": True},
+    ]
+    with page_of(browser, create_app(detector)):
+        panel = browser.find_element(By.ID, "model-info").text
+        assert "After epoch 14 the pseudo-defect classifier had fallen back to chance" in panel
+        assert "went back to epoch 12's weights and went on at 0.5 times the learning rate." in panel
+        assert "went back to epoch 20's weights and handed that epoch back as its result." in panel
+        assert not page_errors(browser)
+    with page_of(browser, create_app(Detector.load(files["model"]))):
+        assert "Rollbacks" not in browser.find_element(By.ID, "model-info").text

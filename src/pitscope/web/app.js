@@ -161,6 +161,21 @@ function renderModel() {
       "warning",
     );
   }
+  const rollbacks = (m.training && m.training.rollbacks) || [];
+  if (rollbacks.length) {
+    add(
+      "Rollbacks",
+      rollbacks
+        .map(
+          (r) =>
+            `After epoch ${r.after_epoch} the pseudo-defect classifier had fallen back to chance: training went back ` +
+            `to epoch ${r.to_epoch}'s weights` +
+            (r.at_end ? " and handed that epoch back as its result." : ` and went on at ${r.lr_scale} times the learning rate.`),
+        )
+        .join("\n"),
+      "pre",
+    );
+  }
   const [height, width] = m.image_shape || [m.image_size, m.image_size];
   add("Image size", `${height} × ${width} px network input, height × width (any photo size is accepted)`);
   add("Threshold", formatNumber(m.threshold));
