@@ -92,6 +92,10 @@ def images():
     return build_dataset(cfg.data, "train", cfg.seed)
 
 
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def run(out, images, *overrides):
     cfg = load_config(None, [*TINY, f"output_dir={out}", *overrides])
     return train(cfg, images, progress=False, echo=lambda _m: None)
@@ -114,8 +118,7 @@ def test_a_guard_that_never_fires_changes_nothing(tmp_path, images):
     off = run(tmp_path / "off", images, "train.epochs=3")
     on = run(tmp_path / "on", images, "train.epochs=3", "train.collapse_rollbacks=2")
     assert on.rollbacks == [] and (tmp_path / "on" / BEST_CHECKPOINT).exists()
-    a, b = off.model.state_dict(), on.model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(off.model.state_dict(), on.model.state_dict())
 
 
 def test_a_rollback_restores_the_best_epoch_and_halves_the_rate(tmp_path, images, monkeypatch):
@@ -123,8 +126,8 @@ def test_a_rollback_restores_the_best_epoch_and_halves_the_rate(tmp_path, images
     monkeypatch.setattr(training, "CollapseGuard", FiresAfterEpoch2)
     rolled = run(tmp_path / "rolled", images, "train.epochs=2", "train.collapse_rollbacks=1")
     # after epoch 2 the run went back to epoch 1's weights, and no epoch followed
-    a, b = one.model.state_dict(), rolled.model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(one.model.state_dict(), rolled.model.state_dict())
+    a = one.model.state_dict()
     assert rolled.rollbacks == [{"after_epoch": 2, "to_epoch": 1, "lr_scale": 0.5}]
     assert rolled.history[-1]["rolled_back_to"] == 1
     saved = torch.load(tmp_path / "rolled" / LAST_CHECKPOINT, weights_only=True)
@@ -157,8 +160,8 @@ def test_a_run_that_ends_at_chance_hands_back_its_best_epoch(tmp_path, images, m
     one = run(tmp_path / "one", images, "train.epochs=1")
     monkeypatch.setattr(training, "CollapseGuard", AtChanceAfterEpoch2)
     ended = run(tmp_path / "ended", images, "train.epochs=2", "train.collapse_rollbacks=1")
-    a, b = one.model.state_dict(), ended.model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(one.model.state_dict(), ended.model.state_dict())
+    a = one.model.state_dict()
     assert ended.rollbacks == [{"after_epoch": 2, "to_epoch": 1, "lr_scale": 1.0, "at_end": True}]
     saved = torch.load(tmp_path / "ended" / LAST_CHECKPOINT, weights_only=True)
     assert all(torch.equal(saved["model"][k], a[k]) for k in a) and saved["epoch"] == 2
@@ -170,8 +173,7 @@ def test_a_resumed_run_goes_on_as_the_uninterrupted_one(tmp_path, images, monkey
     run(tmp_path / "split", images, "train.epochs=2", "train.collapse_rollbacks=1")
     cfg = load_config(None, [*TINY, f"output_dir={tmp_path / 'split'}", "train.epochs=3", "train.collapse_rollbacks=1"])
     resumed = train(cfg, images, resume=True, progress=False, echo=lambda _m: None)
-    a, b = whole.model.state_dict(), resumed.model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(whole.model.state_dict(), resumed.model.state_dict())
     assert resumed.rollbacks == whole.rollbacks
 
 
