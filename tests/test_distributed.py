@@ -84,3 +84,14 @@ def test_two_processes_agree_and_pitscope_train_detects_torchrun(tmp_path):
     got = detector.net.state_dict()
     assert all(torch.equal(got[k], a[k]) for k in a)
     assert detector.metadata["training"]["steps"] == 4
+
+
+def test_two_processes_roll_back_alike(tmp_path):
+    out = tmp_path / "rolled"
+    torchrun(str(WORKER), str(out), *TINY, "train.epochs=3", "train.collapse_rollbacks=1", "--guard-fires-after-2")
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    a, b = ranks[0]["state"], ranks[1]["state"]
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []  # BatchNorm statistics included
+    assert ranks[0]["rollbacks"] == ranks[1]["rollbacks"] == [{"after_epoch": 2, "to_epoch": 1, "lr_scale": 0.5}]
+    best = torch.load(out / "checkpoint_best.pt", weights_only=True)
+    assert best["epoch"] == 1  # rank 0 wrote the kept epoch
