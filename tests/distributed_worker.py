@@ -8,27 +8,13 @@ import sys
 from pathlib import Path
 
 import torch
+from rollback_guards import FiresAfterEpoch2  # this folder is on sys.path when run as a script
 
 import pitscope.training as training
 from pitscope import distributed
 from pitscope.config import load_config
 from pitscope.data import build_dataset
 from pitscope.training import train
-from pitscope.training_rollback import CollapseGuard
-
-
-class FiresAfterEpoch2(CollapseGuard):
-    """Keeps epoch 1 and fires after epoch 2 whatever the losses (--guard-fires-after-2)."""
-
-    def observe(self, epoch, ce):
-        if epoch == 1:
-            self.best_ce, self.best_epoch = ce, 1
-            return "best"
-        if epoch == 2 and self.rollbacks < self.max_rollbacks:
-            self.rollbacks += 1
-            return "rollback"
-        return ""
-
 
 if __name__ == "__main__":
     if "--guard-fires-after-2" in sys.argv:

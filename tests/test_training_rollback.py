@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from rollback_guards import AtChanceAfterEpoch2, FiresAfterEpoch2
 
 import pitscope.training as training
 from pitscope import fit
@@ -101,19 +102,6 @@ def run(out, images, *overrides):
     return train(cfg, images, progress=False, echo=lambda _m: None)
 
 
-class FiresAfterEpoch2(CollapseGuard):
-    """A guard that keeps epoch 1 and fires after epoch 2, whatever the losses."""
-
-    def observe(self, epoch, ce):
-        if epoch == 1:
-            self.best_ce, self.best_epoch = ce, 1
-            return "best"
-        if epoch == 2 and self.rollbacks < self.max_rollbacks:
-            self.rollbacks += 1
-            return "rollback"
-        return ""
-
-
 def test_a_guard_that_never_fires_changes_nothing(tmp_path, images):
     off = run(tmp_path / "off", images, "train.epochs=3")
     on = run(tmp_path / "on", images, "train.epochs=3", "train.collapse_rollbacks=2")
@@ -143,17 +131,6 @@ def test_a_rollback_restores_the_best_epoch_and_halves_the_rate(tmp_path, images
     lrs = {int(r["epoch"]): float(r["lr"]) for r in _log(tmp_path / "three")}
     assert lrs[3] == pytest.approx(0.5 * lrs[2])  # constant schedule: halved after the rollback
     assert three.rollbacks[0]["lr_scale"] == 0.5
-
-
-class AtChanceAfterEpoch2(CollapseGuard):
-    """A guard that keeps epoch 1 and sees epoch 2 at chance once (too few to fire)."""
-
-    def observe(self, epoch, ce):
-        if epoch == 1:
-            self.best_ce, self.best_epoch = ce, 1
-            return "best"
-        self.at_chance = 1
-        return ""
 
 
 def test_a_run_that_ends_at_chance_hands_back_its_best_epoch(tmp_path, images, monkeypatch):
