@@ -27,6 +27,7 @@ from pitscope.training import (
     TrainingDiverged,
     compute_loss,
     pixel_target,
+    planned_epochs,
     resolve_precision,
     scheduled_lr,
     sgd,
@@ -276,28 +277,37 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path, images):
 # -- the learning-rate schedule ---------------------------------------------------------------
 def test_scheduled_lr_closed_form():
     cfg = load_config(None, ["train.lr=0.02", "train.epochs=4"]).train
-    assert scheduled_lr(cfg, 37, 10, 1e9, 60.0) == 0.02  # constant: whatever the step and clock
+    assert scheduled_lr(cfg, 37, 10) == 0.02  # constant: whatever the step
+    assert scheduled_lr(cfg, 37, 10, 2) == 0.02  # and whatever the plan
     cfg.lr_schedule = "cosine"
-    # by steps (no budget): 40 steps in all
-    assert scheduled_lr(cfg, 0, 10, 0.0, math.inf) == pytest.approx(0.02)
-    assert scheduled_lr(cfg, 10, 10, 0.0, math.inf) == pytest.approx(0.01 * (1 + math.cos(math.pi / 4)))
-    assert scheduled_lr(cfg, 20, 10, 0.0, math.inf) == pytest.approx(0.01)
-    assert scheduled_lr(cfg, 40, 10, 0.0, math.inf) == pytest.approx(0.0, abs=1e-12)
-    # by the clock when the budget is further along than the steps, never below zero past it
-    assert scheduled_lr(cfg, 0, 10, 30.0, 60.0) == pytest.approx(0.01)
-    assert scheduled_lr(cfg, 30, 10, 30.0, 60.0) == pytest.approx(0.01 * (1 + math.cos(3 * math.pi / 4)))
-    assert scheduled_lr(cfg, 0, 10, 90.0, 60.0) == pytest.approx(0.0, abs=1e-12)
+    # over train.epochs: 40 steps in all
+    assert scheduled_lr(cfg, 0, 10) == pytest.approx(0.02)
+    assert scheduled_lr(cfg, 10, 10) == pytest.approx(0.01 * (1 + math.cos(math.pi / 4)))
+    assert scheduled_lr(cfg, 20, 10) == pytest.approx(0.01)
+    assert scheduled_lr(cfg, 40, 10) == pytest.approx(0.0, abs=1e-12)
+    # over a plan shortened to 2 epochs: 20 steps, never below zero past them
+    assert scheduled_lr(cfg, 10, 10, 2) == pytest.approx(0.01)
+    assert scheduled_lr(cfg, 15, 10, 2) == pytest.approx(0.01 * (1 + math.cos(3 * math.pi / 4)))
+    assert scheduled_lr(cfg, 30, 10, 2) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_planned_epochs_closed_form():
+    assert planned_epochs(30, 1, 60.0, 60.0, math.inf) == 30  # no budget
+    assert planned_epochs(30, 1, 60.0, 60.0, 1800.0) == 30  # 60 + 29 x 60 = 1800 s: the rest fits
+    assert planned_epochs(30, 1, 60.0, 60.0, 1799.0) == 29  # one second short: the 28 more that fit
+    assert planned_epochs(30, 10, 900.0, 90.0, 1800.0) == 20  # a slower pace later: 10 more of 90 s
+    assert planned_epochs(30, 5, 1790.0, 60.0, 1800.0) == 5  # not one more fits: the run ends
+    assert planned_epochs(20, 5, 100.0, 1.0, 1e6) == 20  # a faster pace never lengthens the plan
+    assert planned_epochs(20, 20, 1e6, 60.0, 1800.0) == 20  # nothing left to plan
 
 
 def test_warm_up_closed_form():
     cfg = load_config(None, ["train.lr=0.02", "train.epochs=4", "train.warmup_epochs=0.5"]).train
     # 5 warm-up steps of 10 a epoch: step k runs at (k + 1) / 5 of the rate, then the schedule's
-    assert [scheduled_lr(cfg, k, 10, 0.0, math.inf) for k in range(6)] == pytest.approx(
-        [0.004, 0.008, 0.012, 0.016, 0.02, 0.02]
-    )
+    assert [scheduled_lr(cfg, k, 10) for k in range(6)] == pytest.approx([0.004, 0.008, 0.012, 0.016, 0.02, 0.02])
     cfg.lr_schedule = "cosine"
-    assert scheduled_lr(cfg, 1, 10, 0.0, math.inf) == pytest.approx(0.4 * 0.01 * (1 + math.cos(math.pi / 40)))
-    assert scheduled_lr(cfg, 20, 10, 0.0, math.inf) == pytest.approx(0.01)  # past the warm-up: the cosine alone
+    assert scheduled_lr(cfg, 1, 10) == pytest.approx(0.4 * 0.01 * (1 + math.cos(math.pi / 40)))
+    assert scheduled_lr(cfg, 20, 10) == pytest.approx(0.01)  # past the warm-up: the cosine alone
     with pytest.raises(ConfigError, match="train.warmup_epochs"):
         load_config(None, ["train.warmup_epochs=-1"])
 
@@ -357,6 +367,81 @@ def test_budget_stops_early_and_still_saves(tmp_path, images):
     state = torch.load(tmp_path / LAST_CHECKPOINT, weights_only=True)
     assert state["epoch"] == 0  # the unfinished epoch is redone on resume
     assert state["step"] == result.steps
+
+
+class FakeClock:
+    """A stand-in for time.perf_counter: each call returns the time and then moves it on by the
+    next of `advances` seconds (the last one repeated), so step k of a run takes advances[k - 1] s
+    (training reads the clock once at an epoch's start and once after each step)."""
+
+    def __init__(self, advances):
+        self.advances, self.calls, self.now = list(advances), 0, 0.0
+
+    def perf_counter(self):
+        now = self.now
+        self.now += self.advances[min(self.calls, len(self.advances) - 1)]
+        self.calls += 1
+        return now
+
+
+def test_a_busy_machine_within_the_budget_trains_what_an_idle_one_does(tmp_path, images, monkeypatch):
+    cosine = (LIGHT, "train.lr_schedule=cosine", "train.lr=0.04", "train.epochs=2")
+    idle = run(tmp_path / "idle", images, *cosine)
+    # the first step takes 30 s of a 100 s budget (30% of the time for 25% of the steps); at the
+    # first epoch's pace (31 s) both epochs end within the budget, so the plan and the rates stay
+    monkeypatch.setattr(training, "time", FakeClock([30.0, 1.0]))
+    busy = run(tmp_path / "busy", images, *cosine, f"train.budget_minutes={100 / 60}")
+    assert not busy.stopped_by_budget and busy.epochs_done == 2
+    assert busy.elapsed_s == pytest.approx(30.0 + 3 * 1.0)
+    assert [float(r["lr"]) for r in read_log(tmp_path / "busy")[1]] == [
+        float(r["lr"]) for r in read_log(tmp_path / "idle")[1]
+    ]
+    assert_same_weights(busy.model.state_dict(), idle.model.state_dict())
+
+
+def test_a_run_too_slow_for_its_budget_anneals_over_the_epochs_that_fit(tmp_path, images, monkeypatch):
+    monkeypatch.setattr(training, "time", FakeClock([10.0]))  # every step 10 s: an epoch 20 s
+    messages = []
+    cfg = make_config(
+        tmp_path, LIGHT, "train.lr_schedule=cosine", "train.lr=0.04", "train.epochs=4", "train.budget_minutes=1"
+    )
+    result = train(cfg, images, progress=False, echo=messages.append)
+    # after epoch 1 (20 s), 4 epochs would take 80 s: the plan becomes the 3 that fit in 60 s
+    assert result.epochs_done == 3 and result.stopped_by_budget
+    assert any("anneals over 3 epochs" in m for m in messages)
+    assert any("ended after 3 of 4 epochs" in m for m in messages)
+    lrs = [float(r["lr"]) for r in read_log(tmp_path)[1]]
+    expected = [0.02 * (1 + math.cos(math.pi * s / 8)) for s in range(2)]  # epoch 1 planned 4 epochs
+    expected += [0.02 * (1 + math.cos(math.pi * s / 6)) for s in range(2, 6)]  # then 3
+    assert lrs == pytest.approx(expected)
+    state = torch.load(tmp_path / LAST_CHECKPOINT, weights_only=True)
+    assert state["epoch"] == 3 and state["planned_epochs"] == 3
+
+
+def test_a_resumed_run_keeps_its_shortened_plan(tmp_path, images, monkeypatch):
+    slow = (LIGHT, "train.lr_schedule=cosine", "train.lr=0.04", "train.epochs=4", "train.budget_minutes=1")
+    monkeypatch.setattr(training, "time", FakeClock([10.0]))
+    whole = run(tmp_path / "whole", images, *slow)
+    real_save = training.atomic_save
+
+    def killed_after_epoch_2(state, path):
+        real_save(state, path)
+        if state.get("epoch") == 2 and "planned_epochs" in state:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "time", FakeClock([10.0]))
+    monkeypatch.setattr(training, "atomic_save", killed_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "split", images, *slow, "train.checkpoint_every=1")
+    monkeypatch.setattr(training, "atomic_save", real_save)
+    # resumed on an idle machine (1 s a step): the plan made before the stop holds
+    monkeypatch.setattr(training, "time", FakeClock([1.0]))
+    resumed = run(tmp_path / "split", images, *slow, "train.checkpoint_every=1", resume=True)
+    assert resumed.epochs_done == whole.epochs_done == 3
+    assert_same_weights(resumed.model.state_dict(), whole.model.state_dict())
+    # resumed with another budget, the plan starts again from train.epochs: the fourth epoch trains
+    more = run(tmp_path / "whole", images, *slow[:-1], "train.budget_minutes=null", resume=True)
+    assert more.epochs_done == 4 and not more.stopped_by_budget
 
 
 def test_budget_stop_does_not_count_the_unfinished_epoch(tmp_path, images):

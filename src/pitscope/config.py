@@ -129,8 +129,9 @@ class TrainConfig:
     weight_decay: float = 3e-5
     budget_minutes: float | None = None  # wall-clock budget; training stops there and says so
     # constant: lr throughout (the paper). cosine: lr * (1 + cos(pi * progress)) / 2, where
-    # progress is the larger of the fraction of epochs done and the fraction of the budget spent,
-    # so a budgeted run ends at a learning rate near zero wherever the budget stops it
+    # progress is the fraction of the planned epochs' steps done: train.epochs, or fewer when at
+    # the pace of the last epoch the rest would end past the budget (decided after each epoch, so a
+    # budgeted run still ends near zero; the clock itself never enters the rate)
     lr_schedule: str = "constant"  # constant | cosine
     warmup_epochs: float = 0.0  # the rate rises linearly from near zero over this many epochs (0: from the start)
     # keep the network's weights after every this many epochs in OUTPUT_DIR/snapshots/ (0: off),

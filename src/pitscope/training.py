@@ -9,6 +9,12 @@ are in training_loss.py.
 The pseudo-defect of image i in epoch e is drawn from numpy_rng(seed, e, i), and the epoch's
 order from a torch Generator seeded with (seed, e): a resumed run sees the same data as an
 uninterrupted one.
+
+The time budget (train.budget_minutes) never enters the learning rate directly: the schedule
+anneals over the planned epochs, train.epochs until, after some epoch, the rest at that epoch's
+pace would end past the budget; the plan then shrinks to the epochs that fit (`planned_epochs`).
+A run whose plan never shrinks takes the steps an unhurried run takes, however busy the machine.
+The budget still stops a step that would end past it.
 """
 
 from __future__ import annotations
@@ -109,29 +115,40 @@ def _tensorboard(out_dir: Path):
     return SummaryWriter(str(out_dir / "tensorboard"))
 
 
-def run_progress(train_cfg: TrainConfig, step: int, steps_per_epoch: int, elapsed_s: float, budget_s: float) -> float:
-    """How much of the run is done, in [0, 1]: the larger of the share of all epochs' steps done
-    and the share of the budget spent."""
-    progress = step / max(1, train_cfg.epochs * steps_per_epoch)
-    if math.isfinite(budget_s) and budget_s > 0:
-        progress = max(progress, elapsed_s / budget_s)
-    return min(1.0, progress)
+def run_progress(train_cfg: TrainConfig, step: int, steps_per_epoch: int, planned_epochs: int | None = None) -> float:
+    """How much of the run is done, in [0, 1]: the share of the planned epochs' steps done
+    (planned_epochs, by default train.epochs; `planned_epochs` shortens it to fit a budget)."""
+    epochs = train_cfg.epochs if planned_epochs is None else planned_epochs
+    return min(1.0, step / max(1, epochs * steps_per_epoch))
 
 
-def scheduled_lr(train_cfg: TrainConfig, step: int, steps_per_epoch: int, elapsed_s: float, budget_s: float) -> float:
-    """The learning rate of the step after `step` steps and `elapsed_s` seconds of training.
+def scheduled_lr(train_cfg: TrainConfig, step: int, steps_per_epoch: int, planned_epochs: int | None = None) -> float:
+    """The learning rate of the step after `step` steps.
 
     constant: train.lr. cosine: train.lr * (1 + cos(pi * p)) / 2 with p = run_progress(...), so a
-    run stopped by its budget has annealed to (nearly) zero all the same. With train.warmup_epochs
+    run that ends after its planned epochs has annealed to (nearly) zero. With train.warmup_epochs
     w > 0, either is multiplied by min(1, (step + 1) / (w * steps_per_epoch)): the rate rises
-    linearly over the first w epochs.
+    linearly over the first w epochs. The clock never enters it: a run whose plan stays the same
+    takes the same steps however busy the machine is.
     """
     warmup_steps = train_cfg.warmup_epochs * steps_per_epoch
     warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
     if train_cfg.lr_schedule == "constant":
         return train_cfg.lr * warm
-    progress = run_progress(train_cfg, step, steps_per_epoch, elapsed_s, budget_s)
+    progress = run_progress(train_cfg, step, steps_per_epoch, planned_epochs)
     return train_cfg.lr * warm * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def planned_epochs(planned: int, done: int, elapsed_s: float, epoch_s: float, budget_s: float) -> int:
+    """The epochs the run plans after `done` finished epochs, `elapsed_s` seconds in all and the
+    last epoch's `epoch_s`: `planned` while the rest of them, each at the last one's pace, would end
+    within budget_s; else `done` plus the whole epochs that would (so `done` when none would fit:
+    the run ends there). Never more than `planned`."""
+    if not math.isfinite(budget_s) or done >= planned or epoch_s <= 0:
+        return planned
+    if elapsed_s + (planned - done) * epoch_s <= budget_s:
+        return planned
+    return done + max(0, int((budget_s - elapsed_s) // epoch_s))
 
 
 def chance_cross_entropy(head: str, n_kinds: int) -> float:
@@ -190,6 +207,7 @@ class _Run:
     best_state: dict | None = None  # the guard's best epoch: weights, momentum, scaler, on the CPU
     rollbacks: list[dict] = field(default_factory=list)
     lr_scale: float = 1.0  # the factor the rollbacks so far put on the scheduled learning rate
+    planned: int = 0  # the epochs the learning rate anneals over (`planned_epochs`; train.epochs at first)
     log: _CsvLog | None = None
     writer: Any = None
 
@@ -237,6 +255,7 @@ def _build(cfg: Config, resume: bool, progress: bool, echo: Callable[[str], None
         optimizer,
         scaler,
         amp_dtype,
+        planned=cfg.train.epochs,
     )
 
 
@@ -278,6 +297,8 @@ def _resume(run: _Run) -> None:
     run.saved_epoch = run.start_epoch
     run.history = list(state["history"])
     run.rollbacks, run.lr_scale = list(state.get("rollbacks", [])), float(state.get("lr_scale", 1.0))
+    if (saved.train.epochs, saved.train.budget_minutes) == (cfg.train.epochs, cfg.train.budget_minutes):
+        run.planned = int(state.get("planned_epochs", cfg.train.epochs))  # the plan the budget made holds
     if run.guard is not None and state.get("guard"):
         _resume_guard(run, state["guard"])
     run.echo(f"resuming after epoch {run.start_epoch} (step {run.step}, {run.elapsed / 60:.1f} min trained)")
@@ -346,6 +367,7 @@ def _save_last(run: _Run, epoch: int) -> None:
             "history": run.history,
             "rollbacks": run.rollbacks,
             "lr_scale": run.lr_scale,
+            "planned_epochs": run.planned,
             "guard": guard_state(run.guard) if run.guard is not None else None,
             "n_kinds": run.maker.n_kinds,
             "version": __version__,
@@ -473,7 +495,7 @@ def _train_epoch(
     bar = tqdm(
         itertools.islice(batches, steps_per_epoch),
         total=steps_per_epoch,
-        desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+        desc=f"epoch {epoch + 1}/{run.planned}",
         disable=not run.progress,
         leave=False,
     )
@@ -490,17 +512,16 @@ def _train_epoch(
         ]
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss, parts = compute_loss(step_model, cfg, batch)
-        # one all-reduce: the budget and a NaN stop every process at the same step, and the
-        # learning rate follows the slowest process's clock so all of them apply the same one
-        over_budget, diverged, clock = distributed.max_over_ranks(
-            [run.elapsed + run.step_time > budget_s, not bool(torch.isfinite(loss)), run.elapsed], device
+        # one all-reduce: the budget and a NaN stop every process at the same step
+        over_budget, diverged = distributed.max_over_ranks(
+            [run.elapsed + run.step_time > budget_s, not bool(torch.isfinite(loss))], device
         )
         if diverged:
             raise _diverged(run, epoch, parts)
         if over_budget:
             stopped_by_budget = True
             break
-        lr = scheduled_lr(cfg.train, run.step, steps_per_epoch, clock, budget_s)
+        lr = scheduled_lr(cfg.train, run.step, steps_per_epoch, run.planned)
         lr *= run.lr_scale
         _optimiser_step(run, loss, lr)
         now = time.perf_counter()
@@ -555,7 +576,7 @@ def _end_epoch(run: _Run, epoch: int, n: int, sums: dict[str, float]) -> None:
     summary = {"epoch": epoch + 1, "steps": n, **{k: v / n for k, v in sums.items()}, "elapsed_s": run.elapsed}
     run.history.append(summary)
     run.echo(
-        f"epoch {epoch + 1}/{run.cfg.train.epochs}: "
+        f"epoch {epoch + 1}/{run.planned}: "
         + ", ".join(f"{k} {summary[k]:.4f}" for k in ("loss", "ce", "mse", "seg", "sspcab") if k in summary)
         + f" ({run.elapsed / 60:.1f} min)"
     )
@@ -609,6 +630,28 @@ def _settle_guard(run: _Run) -> None:
         _save_last(run, run.saved_epoch)
 
 
+def _replan(run: _Run, epoch: int, epoch_s: float, budget_s: float) -> None:
+    """After finished `epoch` (0-based) that took epoch_s seconds: shorten the plan (`planned_epochs`)
+    when at that pace its rest would end past the budget, and say so. Every process decides on the
+    slowest one's clock, so all keep the same plan."""
+    if not math.isfinite(budget_s):
+        return
+    clock, pace = distributed.max_over_ranks([run.elapsed, epoch_s], run.device)
+    planned = planned_epochs(run.planned, epoch + 1, clock, pace, budget_s)
+    if planned == run.planned:
+        return
+    run.echo(
+        f"at {pace / 60:.1f} min an epoch, {run.planned} epochs would end past the budget of "
+        f"{run.cfg.train.budget_minutes:g} min: "
+        + (
+            f"the learning rate now anneals over {planned} epochs"
+            if planned > epoch + 1
+            else f"the run ends after epoch {epoch + 1}"
+        )
+    )
+    run.planned = planned
+
+
 def _finish(run: _Run, epoch: int, stopped_by_budget: bool) -> TrainResult:
     """Close the logs, share rank 0's BatchNorm statistics and hand back the eval-mode network."""
     if run.main and run.writer is not None:
@@ -618,7 +661,13 @@ def _finish(run: _Run, epoch: int, stopped_by_budget: bool) -> TrainResult:
     if stopped_by_budget:
         run.echo(
             f"stopped at the budget of {run.cfg.train.budget_minutes} min after {run.step} steps "
-            f"(epoch {epoch + 1} of {run.cfg.train.epochs})"
+            f"(epoch {epoch + 1} of {run.planned} planned, {run.cfg.train.epochs} set)"
+        )
+    elif run.planned < run.cfg.train.epochs:
+        stopped_by_budget = True  # it ended short of train.epochs because of the budget
+        run.echo(
+            f"ended after {epochs_done} of {run.cfg.train.epochs} epochs, the number that fit the budget of "
+            f"{run.cfg.train.budget_minutes:g} min"
         )
     run.model.eval()
     model = run.model.to(memory_format=torch.contiguous_format)
@@ -651,7 +700,8 @@ def train(
     checkpoint is written, and a fresh run removes the one an earlier run left in OUTPUT_DIR (it
     would hold another network than this run's). With resume=True it continues
     from checkpoint_last.pt after the last finished epoch. The budget counts wall-clock time of
-    the training loop, data preparation included.
+    the training loop, data preparation included; the plan it may shorten is kept in the
+    checkpoint and holds on resume with the same train.epochs and budget.
 
     Launched by torchrun with WORLD_SIZE > 1, every process trains a DistributedDataParallel
     replica on its shard of each epoch (cfg.train.batch_size is the global batch, split evenly),
@@ -690,16 +740,16 @@ def train(
     batches = iter(_loader(run, pairs, order)) if len(order) else iter(())
     try:
         for epoch in range(run.start_epoch, cfg.train.epochs):
+            if epoch >= run.planned:
+                break
+            started = run.elapsed
             stopped_by_budget = _train_epoch(run, step_model, batches, order.steps(epoch), epoch, budget_s)
             if stopped_by_budget:
                 _save_last(run, epoch)  # a partial epoch is redone on resume
                 break
             _watch_classifier(run, epoch)
-            if (
-                epoch == run.start_epoch
-                or (epoch + 1) % cfg.train.checkpoint_every == 0
-                or epoch + 1 == cfg.train.epochs
-            ):
+            _replan(run, epoch, run.elapsed - started, budget_s)
+            if epoch == run.start_epoch or (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == run.planned:
                 _save_last(run, epoch + 1)
             _save_snapshot(run, epoch + 1)
         _settle_guard(run)
