@@ -19,6 +19,7 @@ from pitscope.config import ConfigError, load_config, to_dict
 from pitscope.data import build_dataset
 from pitscope.models.hog import hog_features
 from pitscope.models.network import DoubleSelfSupervisedNet
+from pitscope.seeding import numpy_rng
 from pitscope.tensors import denormalise, image_to_tensor
 from pitscope.training import (
     LAST_CHECKPOINT,
@@ -33,6 +34,7 @@ from pitscope.training import (
     sgd,
     train,
 )
+from pitscope.training_loss import opening_maker
 
 TINY = [
     "data.format=synthetic",
@@ -629,6 +631,33 @@ def test_crops_are_seeded_windows_of_the_image_and_the_defect_stays_in_its_mask(
     )  # a new epoch, new windows
     with pytest.raises(ValueError, match="larger than a training image"):
         PseudoDefectPairs(images, PseudoDefects(cfg.augment), cfg.seed, crop=65)[0]
+
+
+# -- the opening epochs ------------------------------------------------------------------------
+def test_opening_epochs_paste_strong_noise_alone_then_the_kinds_as_set(images):
+    cfg = make_config("unused", "augment.kinds=[scar, noise, pit]", "augment.opening_epochs=2")
+    maker = PseudoDefects(cfg.augment)
+    pairs = PseudoDefectPairs(images, maker, cfg.seed)
+    plain = PseudoDefectPairs(images, maker, cfg.seed)
+    plain.opening = None  # the same pairs without an opening
+    strong = opening_maker(maker)
+    assert strong.kinds == ["noise"] and (strong.cfg.alpha_min, strong.cfg.alpha_max) == (0.0, 0.5)
+    for epoch in range(3):
+        kinds = [pairs[epoch, i][3] for i in range(len(images))]
+        if epoch < 2:  # noise alone, labelled as the maker's noise (kind 2 of scar, noise, pit)
+            assert kinds == [2] * len(images)
+            for i in range(len(images)):
+                normal, defective, mask, _ = pairs[epoch, i]
+                expected, expected_mask, _ = strong(images[i].image, numpy_rng(cfg.seed, epoch, i))
+                assert torch.equal(defective, image_to_tensor(expected))
+                assert torch.equal(mask, torch.from_numpy(expected_mask.astype("float32")))
+        else:  # after the opening: the kinds as set, as a run without an opening draws them
+            assert len(set(kinds)) > 1
+            assert all(torch.equal(pairs[epoch, i][1], plain[epoch, i][1]) for i in range(len(images)))
+    with pytest.raises(ConfigError, match="opening_epochs"):
+        make_config("unused", "augment.kinds=[scar, pit]", "augment.opening_epochs=1")
+    with pytest.raises(ConfigError, match="opening_epochs"):
+        make_config("unused", "augment.opening_epochs=-1")
 
 
 def test_crop_size_must_fit_the_image_size(tmp_path):

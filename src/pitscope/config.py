@@ -94,6 +94,10 @@ class AugmentConfig:
     alpha_min: float = 0.5
     alpha_max: float = 1.0
     randaugment_ops: int = 3
+    # the first this many epochs paste strong Perlin noise alone (texture weight 0.5-1, as if
+    # kinds=[noise], alpha_min=0, alpha_max=0.5), which a classifier tells apart from the first
+    # epoch; the later epochs paste `kinds` as set (0: every epoch does)
+    opening_epochs: int = 0
 
 
 @dataclass
@@ -389,6 +393,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "train.log_every": (1, None, True),
     "augment.perlin_threshold": (0, 1, False),
     "augment.randaugment_ops": (0, None, True),
+    "augment.opening_epochs": (0, None, True),
     "score.ridge": (0, None, True),
     "score.pixel_channels": (1, None, True),
     "score.channel_groups": (1, None, True),
@@ -440,6 +445,11 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"{key}: {value!r} is not one of {', '.join(valid)}")
     if not 0.0 <= cfg.augment.alpha_min <= cfg.augment.alpha_max <= 1.0:
         raise ConfigError("augment.alpha_min/alpha_max: need 0 <= alpha_min <= alpha_max <= 1")
+    if cfg.augment.opening_epochs and "noise" not in cfg.augment.kinds:
+        raise ConfigError(
+            "augment.opening_epochs pastes noise alone first; it needs noise among augment.kinds "
+            f"(now {cfg.augment.kinds}) so the classes of a multiclass head stay the same"
+        )
     if not cfg.model.classify and cfg.model.target == "none" and not cfg.model.segment:
         raise ConfigError(
             "model.classify=false, model.target=none and model.segment=false leave nothing to train; enable one task"

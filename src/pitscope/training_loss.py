@@ -8,6 +8,7 @@ The pseudo-defect of image i in epoch e is drawn from numpy_rng(seed, e, i).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -30,7 +31,8 @@ class PseudoDefectPairs(Dataset):
 
     Indexed by (e, i), or by i alone for the epoch last given to set_epoch. With `crop`, the
     normal image is first a random crop x crop square of the sample (drawn from the item's own
-    seeded generator), so H = W = crop."""
+    seeded generator), so H = W = crop. In the maker's first augment.opening_epochs epochs the
+    pseudo-defect is strong Perlin noise alone (`opening_maker`), labelled as the maker's noise."""
 
     def __init__(self, dataset: Sequence[Sample], maker: PseudoDefects, seed: int, crop: int | None = None):
         self.dataset = dataset
@@ -38,6 +40,8 @@ class PseudoDefectPairs(Dataset):
         self.seed = seed
         self.crop = crop
         self.epoch = 0
+        self.opening_epochs = maker.cfg.opening_epochs
+        self.opening = opening_maker(maker) if self.opening_epochs else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -55,13 +59,23 @@ class PseudoDefectPairs(Dataset):
                 raise ValueError(f"train.crop_size {self.crop} is larger than a training image ({h} x {w})")
             top, left = int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
             normal = normal[top : top + self.crop, left : left + self.crop]
-        image, mask, kind = self.maker(normal, rng)
+        if self.opening is not None and epoch < self.opening_epochs:
+            image, mask, _ = self.opening(normal, rng)
+            kind = 1 + self.maker.kinds.index("noise")
+        else:
+            image, mask, kind = self.maker(normal, rng)
         return (
             image_to_tensor(normal),
             image_to_tensor(image),
             torch.from_numpy(mask.astype(np.float32)),
             kind,
         )
+
+
+def opening_maker(maker: PseudoDefects) -> PseudoDefects:
+    """The pseudo-defects of the opening epochs (augment.opening_epochs): Perlin noise alone,
+    its texture weighing 0.5-1 over the photo."""
+    return PseudoDefects(replace(maker.cfg, kinds=["noise"], alpha_min=0.0, alpha_max=0.5))
 
 
 def pixel_target(cfg: Config, x: torch.Tensor) -> torch.Tensor | None:
