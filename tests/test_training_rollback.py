@@ -109,6 +109,17 @@ def test_a_guard_that_never_fires_changes_nothing(tmp_path, images):
     assert same_weights(off.model.state_dict(), on.model.state_dict())
 
 
+def test_the_guard_starts_watching_after_the_opening_epochs(tmp_path, images):
+    # epochs 1-2 paste strong noise alone: the guard keeps no epoch of them as its best
+    opened = run(
+        tmp_path / "opened", images, "train.epochs=3", "train.collapse_rollbacks=2", "augment.opening_epochs=2"
+    )
+    best = torch.load(tmp_path / "opened" / BEST_CHECKPOINT, weights_only=True)
+    assert best["epoch"] == 3 and opened.rollbacks == []
+    saved = torch.load(tmp_path / "opened" / LAST_CHECKPOINT, weights_only=True)
+    assert saved["guard"]["best_epoch"] == 3
+
+
 def test_a_rollback_restores_the_best_epoch_and_halves_the_rate(tmp_path, images, monkeypatch):
     one = run(tmp_path / "one", images, "train.epochs=1")
     monkeypatch.setattr(training, "CollapseGuard", FiresAfterEpoch2)

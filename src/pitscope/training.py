@@ -585,8 +585,11 @@ def _end_epoch(run: _Run, epoch: int, n: int, sums: dict[str, float]) -> None:
 def _watch_classifier(run: _Run, epoch: int) -> None:
     """The collapse guard's turn after finished `epoch` (0-based): keep the state of a new best
     epoch (in memory, and in checkpoint_best.pt when checkpoints are on), or go back to it when the
-    classifier has fallen back to chance (train.collapse_rollbacks)."""
+    classifier has fallen back to chance (train.collapse_rollbacks). The opening epochs
+    (augment.opening_epochs) pose another, easier task, so the guard starts after them."""
     if run.guard is None or not run.history or "ce" not in run.history[-1]:
+        return
+    if epoch < run.cfg.augment.opening_epochs:
         return
     # rank 0's cross-entropy decides on every process, so all keep and restore the same epoch
     ce = distributed.max_over_ranks([run.history[-1]["ce"] if run.main else -math.inf], run.device)[0]
