@@ -418,6 +418,11 @@ def test_a_run_too_slow_for_its_budget_anneals_over_the_epochs_that_fit(tmp_path
     assert lrs == pytest.approx(expected)
     state = torch.load(tmp_path / LAST_CHECKPOINT, weights_only=True)
     assert state["epoch"] == 3 and state["planned_epochs"] == 3
+    # a constant rate plans nothing: the budget stops the same run within its fourth epoch
+    monkeypatch.setattr(training, "time", FakeClock([10.0]))
+    flat = run(tmp_path / "flat", images, LIGHT, "train.epochs=4", "train.budget_minutes=1")
+    assert flat.stopped_by_budget and flat.epochs_done == 3 and flat.steps == 6
+    assert torch.load(tmp_path / "flat" / LAST_CHECKPOINT, weights_only=True)["planned_epochs"] == 4
 
 
 def test_a_resumed_run_keeps_its_shortened_plan(tmp_path, images, monkeypatch):

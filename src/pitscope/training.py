@@ -10,8 +10,8 @@ The pseudo-defect of image i in epoch e is drawn from numpy_rng(seed, e, i), and
 order from a torch Generator seeded with (seed, e): a resumed run sees the same data as an
 uninterrupted one.
 
-The time budget (train.budget_minutes) never enters the learning rate directly: the schedule
-anneals over the planned epochs, train.epochs until, after some epoch, the rest at that epoch's
+The time budget (train.budget_minutes) never enters the learning rate directly: the cosine
+schedule anneals over the planned epochs, train.epochs until, after some epoch, the rest at that epoch's
 pace would end past the budget; the plan then shrinks to the epochs that fit (`planned_epochs`).
 A run whose plan never shrinks takes the steps an unhurried run takes, however busy the machine.
 The budget still stops a step that would end past it.
@@ -636,8 +636,9 @@ def _settle_guard(run: _Run) -> None:
 def _replan(run: _Run, epoch: int, epoch_s: float, budget_s: float) -> None:
     """After finished `epoch` (0-based) that took epoch_s seconds: shorten the plan (`planned_epochs`)
     when at that pace its rest would end past the budget, and say so. Every process decides on the
-    slowest one's clock, so all keep the same plan."""
-    if not math.isfinite(budget_s):
+    slowest one's clock, so all keep the same plan. A constant rate needs no plan: the budget
+    alone stops such a run."""
+    if not math.isfinite(budget_s) or run.cfg.train.lr_schedule != "cosine":
         return
     clock, pace = distributed.max_over_ranks([run.elapsed, epoch_s], run.device)
     planned = planned_epochs(run.planned, epoch + 1, clock, pace, budget_s)
