@@ -194,6 +194,48 @@ def test_map_max_threshold_comes_from_pixel_gaussians_refitted_without_each_fold
     torch.testing.assert_close(maps, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_trimmed_fit_leaves_out_each_cells_furthest_photo_there(fitted):
+    detector, _, train_split, _ = fitted
+    cfg = apply_overrides(detector.cfg, ["score.fit_trim=0.17"])  # 1 of the 6 fitting images
+    trimmed = Detector(cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
+    assert trimmed.pixel_scorer._moments is None  # the sums are not kept past the fit
+    fit_idx, _ = trimmed.split_calibration(12)
+    with torch.no_grad():
+        _, patches, _ = trimmed._features(batch_of(train_split, fit_idx))
+    first = PatchGaussianScorer(n_channels=16, seed=cfg.seed).fit(patches)
+    far = first.row_distances(patches).argmax(1)  # (rows,) the furthest image at each row
+    assert len(set(far.tolist())) > 1  # not one image left out everywhere
+    rows = first.location_.shape[0]
+    selected = first._select(patches).double()  # (rows, 6, 16)
+    kept = torch.ones(rows, 6, dtype=torch.bool)
+    kept[torch.arange(rows), far] = False
+    expected = (selected * kept[..., None]).sum(1) / 5
+    torch.testing.assert_close(trimmed.pixel_scorer.location_.double(), expected, rtol=1e-4, atol=1e-5)
+    for row in (0, rows // 2, rows - 1):
+        reference = LedoitWolf().fit(selected[row][kept[row]].numpy())
+        assert trimmed.pixel_scorer.shrinkage_[row].item() == pytest.approx(reference.shrinkage_, rel=1e-3)
+    # not the untrimmed fit: the thresholds come from the trimmed Gaussians
+    assert not torch.allclose(trimmed.pixel_scorer.location_, detector.pixel_scorer.location_)
+    assert float(trimmed.pixel_threshold) != float(detector.pixel_threshold)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["score.fit_trim=0.5"], "must lie in"),
+        (["score.fit_trim=-0.1"], "must lie in"),
+        (["score.fit_trim=0.1", "score.pixel_method=patch"], "trims the padim Gaussians"),
+        (["score.fit_trim=0.1", "score.image_method=map_max"], "threshold_from held_back"),
+    ],
+)
+def test_fit_trim_refuses_what_it_cannot_do(overrides, message):
+    from pitscope.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [*TINY, *overrides])
+    load_config(None, [*TINY, "score.fit_trim=0.1", "score.image_method=map_max", "score.threshold_from=held_back"])
+
+
 def test_map_max_over_small_channel_groups_calibrates_a_finite_threshold():
     # the demo preset's first-convolution maps in groups of 4 channels: some cells of a fold's
     # refit hold the same features on every image (a zero covariance)

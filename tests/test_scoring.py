@@ -305,6 +305,46 @@ def test_patch_scorer_refitted_without_a_part_matches_sklearn_fitted_without_it(
     assert scorer._moments is None
 
 
+def test_patch_scorer_refitted_less_masked_samples_matches_sklearn_on_each_positions_own_samples():
+    # each position (and group) leaves out its own samples: the refit there is sklearn's fit on the rest
+    maps = _feature_maps(16, 6, 2, 2, seed=31)
+    scorer = PatchGaussianScorer(seed=4, chunk=3, groups=2).double()
+    scorer.partial_fit(maps[:7]).partial_fit(maps[7:]).finalize(keep_moments=True)
+    rows = 2 * 2 * 2  # positions x groups
+    generator = torch.Generator().manual_seed(5)
+    mask = torch.rand(rows, 16, generator=generator) < 0.3  # the samples left out, row by row
+    mask[0] = False  # a row that leaves out nothing
+    part = scorer.moments(maps[:9], None, mask[:, :9])
+    part = scorer.moments(maps[9:], part, mask[:, 9:])
+    assert part.counts is not None and part.counts.tolist() == mask.sum(1).double().tolist()
+    refit = scorer.refitted(scorer._moments.combined(part, -1))
+    scorer.release_moments()
+    channels = scorer.channel_index_.reshape(2, -1)  # group after group
+    for row in range(rows):
+        position, group = divmod(row, 2)
+        i, j = divmod(position, 2)
+        kept = maps[~mask[row]][:, channels[group], i, j].numpy()
+        reference = LedoitWolf().fit(kept)
+        np.testing.assert_allclose(refit.location_[row].numpy(), reference.location_, rtol=1e-9)
+        np.testing.assert_allclose(refit.precision_[row].numpy(), reference.precision_, rtol=1e-6)
+        assert refit.shrinkage_[row].item() == pytest.approx(reference.shrinkage_, rel=1e-6)
+    with pytest.raises(ValueError, match="mask"):
+        scorer_moments = PatchGaussianScorer().double().fit(maps)
+        scorer_moments.moments(maps, None, mask[:, :3])
+
+
+def test_row_distances_are_each_rows_own_squared_distance():
+    maps = _feature_maps(12, 4, 2, 3, seed=32)
+    scorer = PatchGaussianScorer(chunk=2, groups=2, radius=1).double().fit(maps)
+    test = _feature_maps(3, 4, 2, 3, seed=33)
+    rows = scorer.row_distances(test)  # (positions x groups, 3)
+    assert rows.shape == (2 * 3 * 2, 3)
+    # a position's groups add up to the map's squared distance without the neighbourhood
+    own = PatchGaussianScorer(chunk=2, groups=2, radius=0).double().fit(maps)
+    summed = rows.reshape(6, 2, 3).sum(1).T.reshape(3, 2, 3)
+    torch.testing.assert_close(summed, own.score_map(test, squared=True), rtol=1e-9, atol=1e-12)
+
+
 def test_moments_combine_only_about_one_shift_and_never_below_zero():
     maps = _feature_maps(6, 3, 2, 2, seed=24)
     scorer = PatchGaussianScorer().double()
@@ -353,7 +393,8 @@ def test_sums_of_a_zero_covariance_with_a_rounding_error_below_zero_shrink_by_no
     # a position whose remaining samples all equal the shift: S2 = 0, while the fourth-moment
     # sum, taken apart from others, is off 0 by rounding
     moments = _Moments(chunk=4, shift=torch.zeros(2, 3, dtype=torch.float64))
-    moments.n = 7
+    assert moments.counts is not None
+    moments.counts.fill_(7)
     moments.s2[1] = torch.eye(3, dtype=torch.float64) * 7  # position 1: unit covariance
     moments.saa[:] = torch.tensor([-1e-12, 7 * 15.0], dtype=torch.float64)
     mean, cov, coef = moments.gaussian(slice(0, 2), "ledoit_wolf", 0.0)

@@ -184,6 +184,10 @@ class ScoreConfig:
     # the scorers are fitted on (training leaves running averages of its last batches, half of them
     # pseudo-defects)
     recompute_batchnorm: bool = False
+    # padim: after a first fit, each map cell's Gaussians are fitted again without this share of
+    # the fitting photos, at that cell, whose features lie furthest from the first fit (0: one fit
+    # over every photo). Leaves out marks the defect-free photos carry at a few cells.
+    fit_trim: float = 0.0
     pixel_method: str = "padim"  # padim | segmentation (needs model.segment) | patch (CutPaste)
     pixel_stages: list[str] = field(default_factory=lambda: ["layer1", "layer2", "layer3"])
     pixel_channels: int | None = 100  # random channel subset of the stacked stages (PaDiM), drawn with seed; null = all
@@ -497,6 +501,15 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"train.crop_size: must lie in 32..{min(cfg.data.shape)} (the images' shorter side) or be null "
             f"(whole images), got {cfg.train.crop_size}"
+        )
+    if not 0.0 <= cfg.score.fit_trim < 0.5:
+        raise ConfigError(f"score.fit_trim: must lie in [0, 0.5), got {cfg.score.fit_trim}")
+    if cfg.score.fit_trim and cfg.score.pixel_method != "padim":
+        raise ConfigError(f"score.fit_trim trims the padim Gaussians; pixel_method is {cfg.score.pixel_method}")
+    if cfg.score.fit_trim and cfg.score.image_method == "map_max" and cfg.score.threshold_from == "out_of_fold":
+        raise ConfigError(
+            "score.fit_trim does not combine with image_method map_max and threshold_from out_of_fold "
+            "(the out-of-fold refits take whole photos out of untrimmed sums); use threshold_from held_back"
         )
     if not 0.0 <= cfg.score.calibration_fraction < 1.0:
         raise ConfigError(f"score.calibration_fraction: must lie in [0, 1), got {cfg.score.calibration_fraction}")

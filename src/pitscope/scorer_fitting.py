@@ -201,7 +201,10 @@ def fit_scorers(detector: Detector, dataset: Sequence[Sample], progress: bool = 
     device = next(detector.net.parameters()).device
     pixel_scorer = detector.pixel_scorer
     bs = score.batch_size
-    embeddings = _fit_on(detector, dataset, fit_idx, oof_maps, device, progress)
+    trim = score.fit_trim > 0 and score.pixel_method == "padim"
+    embeddings = _fit_on(detector, dataset, fit_idx, oof_maps or trim, device, progress)
+    if trim:
+        trim_pixel_gaussians(detector, dataset, fit_idx, progress)
     calibration = cal_idx if cal_idx else fit_idx
     held_scores, maps, held_embeddings, held_moments = [], [], [], None
     for _, x in iterate_batches(dataset, calibration, bs, "calibrating", progress):
@@ -263,6 +266,42 @@ def fit_scorers(detector: Detector, dataset: Sequence[Sample], progress: bool = 
     pixel = pixel_threshold_of(held_maps.numpy(), score.pixel_threshold_quantile, score.pixel_threshold_from)
     set_thresholds(detector, record, pixel=pixel)
     return detector
+
+
+@torch.inference_mode()
+def trim_pixel_gaussians(detector: Detector, dataset: Sequence[Sample], fit_idx: list[int], progress: bool) -> None:
+    """Fit the pixel Gaussians again without, at each row (map cell and channel group), the
+    score.fit_trim share of dataset[fit_idx] furthest from the first fit there, by squared
+    Mahalanobis distance. Needs the pixel scorer finalized with its sums kept; releases them.
+
+    Two passes over the photos: the distances (rows x photos, float32), then the sums of the
+    samples left out, taken from the kept sums."""
+    pixel_scorer = detector.pixel_scorer
+    kept = pixel_scorer._moments
+    assert kept is not None, "the first fit kept its sums"
+    device = next(detector.net.parameters()).device
+    bs = detector.cfg.score.batch_size
+    distances = []
+    for _, x in iterate_batches(dataset, fit_idx, bs, "trimming: distances", progress):
+        features = detector._features(x.to(device))
+        distances.append(pixel_scorer.row_distances(_padim_features(features)).float().cpu())
+    every = torch.cat(distances, 1)  # (rows, photos)
+    del distances
+    n = every.shape[1]
+    left_out = int(round(detector.cfg.score.fit_trim * n))
+    if left_out == 0 or n - left_out < 2:
+        pixel_scorer.release_moments()
+        return
+    # a row keeps its n - left_out nearest samples; ties at the cut are kept
+    cut = every.kthvalue(n - left_out, dim=1).values  # (rows,)
+    out, start = kept.empty(), 0
+    for chunk, x in iterate_batches(dataset, fit_idx, bs, "trimming: refit", progress):
+        features = detector._features(x.to(device))
+        far = every[:, start : start + len(chunk)] > cut[:, None]
+        out = pixel_scorer.moments(_padim_features(features), out, far.to(device))
+        start += len(chunk)
+    pixel_scorer.release_moments()
+    pixel_scorer._from_moments(kept.combined(out, -1))
 
 
 @torch.inference_mode()

@@ -32,22 +32,30 @@ SHRINKAGES = ("ledoit_wolf", "ridge")
 class _Moments:
     """Float64 running sums over samples, for P independent positions of D features each.
 
-    With z = x - s (s: the shift, the first batch's mean per position) it keeps
-    n, S1 = sum z (P, D), S2 = sum z z^T (P, D, D), Sa = sum ||z||^2 z (P, D) and
+    With z = x - s (s: the shift, the first batch's mean per position) it keeps the counts
+    (P,), S1 = sum z (P, D), S2 = sum z z^T (P, D, D), Sa = sum ||z||^2 z (P, D) and
     Saa = sum ||z||^4 (P,). Shifting keeps the sums near-centred, so subtracting the mean at
-    the end loses no precision when features have a large mean.
+    the end loses no precision when features have a large mean. A position's count is the
+    number of samples summed there: the same at every position unless an update left some
+    samples out of some positions (`update`'s mask).
     """
 
     def __init__(self, chunk: int, shift: Tensor | None = None):
         self.chunk = chunk
-        self.n = 0
         self.shift: Tensor | None = None
+        self.counts: Tensor | None = None
         if shift is not None:  # sums about a given shift, so they add to others about it
             self._start(shift.to(torch.float64))
+
+    @property
+    def n(self) -> int:
+        """The fewest samples summed at any position (0 before the first)."""
+        return 0 if self.counts is None else int(self.counts.min())
 
     def _start(self, shift: Tensor) -> None:
         p, d = shift.shape
         self.shift = shift
+        self.counts = shift.new_zeros(p)
         self.s1 = shift.new_zeros(p, d)
         self.s2 = shift.new_zeros(p, d, d)
         self.sa = shift.new_zeros(p, d)
@@ -64,34 +72,40 @@ class _Moments:
             raise ValueError("moments combine only when taken about the same shift")
         out = _Moments(self.chunk)
         out.shift = self.shift
-        out.n = self.n + sign * other.n
-        if out.n < 0:
-            raise ValueError(f"cannot take {other.n} samples from {self.n}")
-        for name in ("s1", "s2", "sa", "saa"):
+        for name in ("counts", "s1", "s2", "sa", "saa"):
             setattr(out, name, torch.add(getattr(self, name), getattr(other, name), alpha=sign))
+        assert out.counts is not None and self.counts is not None and other.counts is not None
+        if (out.counts < 0).any():
+            raise ValueError(f"cannot take {int(other.counts.max())} samples from {self.n}")
         return out
 
-    def update(self, x: Tensor) -> None:
-        """Add samples x: (P, B, D)."""
+    def update(self, x: Tensor, mask: Tensor | None = None) -> None:
+        """Add samples x: (P, B, D); with mask (P, B) of booleans, only sample b at position p
+        where mask[p, b] is true."""
         # contiguous: feature maps arrive as a (P, B, D) view of (B, D, P), and the strided
         # products are several times slower
         x = x.to(torch.float64).contiguous()
         p, _, d = x.shape
+        if mask is not None and tuple(mask.shape) != tuple(x.shape[:2]):
+            raise ValueError(f"expected a mask of {tuple(x.shape[:2])} positions x samples, got {tuple(mask.shape)}")
         shift = self.shift
         if shift is None:
             shift = x.mean(1)  # (P, D)
             self._start(shift)
         elif (p, d) != tuple(shift.shape):
             raise ValueError(f"expected {tuple(shift.shape)} positions x features, got {(p, d)}")
+        assert self.counts is not None, "_start sets the counts with the shift"
         for start in range(0, p, self.chunk):
             sl = slice(start, start + self.chunk)
             z = x[sl] - shift[sl, None]  # (p, B, D)
+            if mask is not None:  # a left-out sample adds zeros to every sum
+                z = z * mask[sl, :, None].to(z)
             a = (z**2).sum(-1)  # (p, B)
             self.s1[sl] += z.sum(1)
             self.s2[sl].baddbmm_(z.transpose(1, 2), z)
             self.sa[sl] += torch.einsum("pb,pbd->pd", a, z)
             self.saa[sl] += (a**2).sum(1)
-        self.n += x.shape[1]
+        self.counts += x.shape[1] if mask is None else mask.to(self.counts).sum(1)
 
     def gaussian(self, sl: slice, shrinkage: str, ridge: float) -> tuple[Tensor, Tensor, Tensor]:
         """Mean (p, D), shrunk covariance (p, D, D) and shrinkage (p,) of positions `sl`, float64.
@@ -105,11 +119,11 @@ class _Moments:
             sum_i ||x_i||^4 = Saa - 4 m.Sa + 4 m^T S2 m + 2 c tr(S2) - 3 n c^2.
         ridge: S + ridge I, and shrinkage = ridge.
         """
-        assert self.shift is not None, "the sums (s1, ...) exist only once a shift is set"
-        shift, n, d = self.shift, self.n, self.s1.shape[-1]
-        m = self.s1[sl] / n  # (p, D)
+        assert self.shift is not None and self.counts is not None, "the sums (s1, ...) exist only once a shift is set"
+        shift, n, d = self.shift, self.counts[sl], self.s1.shape[-1]
+        m = self.s1[sl] / n[:, None]  # (p, D)
         s2 = self.s2[sl]
-        cov = s2 / n - m[:, :, None] * m[:, None, :]  # (p, D, D)
+        cov = s2 / n[:, None, None] - m[:, :, None] * m[:, None, :]  # (p, D, D)
         eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
         if shrinkage == "ridge":
             coef = torch.full((cov.shape[0],), float(ridge), dtype=cov.dtype, device=cov.device)
@@ -426,10 +440,13 @@ class PatchGaussianScorer(_FittedBuffers):
         self._moments = None
 
     @torch.no_grad()
-    def moments(self, features: Tensor, into: _Moments | None = None) -> _Moments:
+    def moments(self, features: Tensor, into: _Moments | None = None, mask: Tensor | None = None) -> _Moments:
         """The sums over feature maps (N, C, H, W), added to `into` if given, with the fitted
         channels and about the same shift as the sums kept by `finalize(keep_moments=True)` (the
-        fitted means if none are kept), so that they add to and subtract from those."""
+        fitted means if none are kept), so that they add to and subtract from those.
+
+        mask: (rows, N) booleans, one row per position and group as `row_distances`'s; only the
+        samples marked true are summed at each row."""
         self._check_fitted()
         if into is None:
             kept = self._moments.shift if self._moments is not None else None
@@ -439,8 +456,21 @@ class PatchGaussianScorer(_FittedBuffers):
             raise ValueError(
                 f"feature maps are {tuple(features.shape[-2:])}, expected {tuple(self.map_size_.tolist())}"
             )
-        into.update(self._select(features))
+        into.update(self._select(features), mask)
         return into
+
+    @torch.no_grad()
+    def row_distances(self, features: Tensor) -> Tensor:
+        """Squared Mahalanobis distances (rows, N) of feature maps (N, C, H, W) to each row's own
+        Gaussian (one row per position and group, position-major; no neighbourhood)."""
+        self._check_fitted()
+        if tuple(features.shape[-2:]) != tuple(self.map_size_.tolist()):
+            raise ValueError(
+                f"feature maps are {tuple(features.shape[-2:])}, expected {tuple(self.map_size_.tolist())}"
+            )
+        x = self._select(features.to(self.location_.dtype))
+        own = torch.arange(x.shape[0], device=x.device)[:, None]
+        return self._own_distances(x, own)[:, 0]
 
     @torch.no_grad()
     def refitted(self, moments: _Moments) -> PatchGaussianScorer:
