@@ -372,9 +372,10 @@ def test_the_surface_preset_is_the_cpu_preset_with_strong_noise_pastes_alone():
     assert (surface["score"]["regions_on"], cpu["score"]["regions_on"]) == ("defective", "defective_peak")
     # ... and with it the bound on the peak's region, which acts on `defective_peak` alone, the
     # map's channel groups, the two steps from the map to the map shown, the regions cut after the
-    # first and their core
+    # first and their core, and the trimmed map Gaussians
     assert surface["score"] == {
         **cpu["score"],
+        "fit_trim": 0.0,
         "regions_on": "defective",
         "peak_region_max": 0.0,
         "min_region_fraction": 0.0003,

@@ -130,8 +130,9 @@ class Variant:
 
 
 # CutPaste (Li et al. 2021): the image classifier alone, no pixel branch; images scored by a
-# Gaussian on the image embedding (score.image_features), pixels by patch-level scores (pitscope.patches).
-_CUTPASTE = ("model.target=none", "score.pixel_method=patch")
+# Gaussian on the image embedding (score.image_features), pixels by patch-level scores (pitscope.patches),
+# which have no map Gaussians to trim.
+_CUTPASTE = ("model.target=none", "score.pixel_method=patch", "score.fit_trim=0")
 _THREE_WAY = ("model.head=multiclass", "augment.kinds=[normal, scar]")
 
 VARIANTS: dict[str, Variant] = {
