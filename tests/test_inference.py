@@ -219,6 +219,16 @@ def test_trimmed_fit_leaves_out_each_cells_furthest_photo_there(fitted):
     assert float(trimmed.pixel_threshold) != float(detector.pixel_threshold)
 
 
+def test_trim_share_rounding_to_no_photo_keeps_the_first_fit(fitted):
+    detector, _, train_split, _ = fitted
+    cfg = apply_overrides(detector.cfg, ["score.fit_trim=0.05"])  # 0.3 of the 6 fitting images
+    trimmed = Detector(cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
+    assert trimmed.pixel_scorer._moments is None
+    torch.testing.assert_close(trimmed.pixel_scorer.location_, detector.pixel_scorer.location_)
+    torch.testing.assert_close(trimmed.pixel_scorer.shrinkage_, detector.pixel_scorer.shrinkage_)
+    assert float(trimmed.pixel_threshold) == pytest.approx(float(detector.pixel_threshold))
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

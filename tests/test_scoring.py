@@ -142,6 +142,19 @@ def test_patch_channel_subset_is_seeded_and_round_trips():
         fresh.score_map(train[:, :, :1])
 
 
+def test_patch_scorer_refuses_maps_of_another_size_everywhere():
+    maps = _feature_maps(6, 3, 2, 2, seed=5)
+    scorer = PatchGaussianScorer().double()
+    scorer.partial_fit(maps[:3])
+    other = maps[:, :, :1]
+    with pytest.raises(ValueError, match=r"feature maps are \(1, 2\), expected \(2, 2\)"):
+        scorer.partial_fit(other)
+    scorer.finalize()
+    for call in (scorer.score_map, scorer.row_distances, scorer.moments):
+        with pytest.raises(ValueError, match=r"feature maps are \(1, 2\), expected \(2, 2\)"):
+            call(other)
+
+
 def test_neighbourhood_keeps_the_nearest_gaussian_within_the_square():
     train, test = _feature_maps(30, 4, 4, 5, seed=21), _feature_maps(3, 4, 4, 5, seed=22)
     own = PatchGaussianScorer(chunk=7).double().fit(train)  # chunk does not divide 20 positions

@@ -279,6 +279,11 @@ def trim_pixel_gaussians(detector: Detector, dataset: Sequence[Sample], fit_idx:
     pixel_scorer = detector.pixel_scorer
     kept = pixel_scorer._moments
     assert kept is not None, "the first fit kept its sums"
+    n = len(fit_idx)
+    left_out = int(round(detector.cfg.score.fit_trim * n))
+    if left_out == 0 or n - left_out < 2:
+        pixel_scorer.release_moments()
+        return
     device = next(detector.net.parameters()).device
     bs = detector.cfg.score.batch_size
     distances = []
@@ -287,11 +292,6 @@ def trim_pixel_gaussians(detector: Detector, dataset: Sequence[Sample], fit_idx:
         distances.append(pixel_scorer.row_distances(_padim_features(features)).float().cpu())
     every = torch.cat(distances, 1)  # (rows, photos)
     del distances
-    n = every.shape[1]
-    left_out = int(round(detector.cfg.score.fit_trim * n))
-    if left_out == 0 or n - left_out < 2:
-        pixel_scorer.release_moments()
-        return
     # a row keeps its n - left_out nearest samples; ties at the cut are kept
     cut = every.kthvalue(n - left_out, dim=1).values  # (rows,)
     out, start = kept.empty(), 0

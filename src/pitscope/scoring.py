@@ -414,10 +414,8 @@ class PatchGaussianScorer(_FittedBuffers):
             self._set("channel_index_", index)
             self._set("map_size_", torch.tensor(features.shape[-2:]))
             self._moments = _Moments(self.chunk)
-        elif tuple(features.shape[-2:]) != tuple(self.map_size_.tolist()):
-            raise ValueError(
-                f"feature maps are {tuple(features.shape[-2:])}, expected {tuple(self.map_size_.tolist())}"
-            )
+        else:
+            self._check_map_size(features)
         self._moments.update(self._select(features))
         return self
 
@@ -434,6 +432,13 @@ class PatchGaussianScorer(_FittedBuffers):
         self._from_moments(moments)
         self._moments = moments if keep_moments else None
         return self
+
+    def _check_map_size(self, features: Tensor) -> None:
+        """Refuse feature maps of another size than the fitted ones."""
+        if tuple(features.shape[-2:]) != tuple(self.map_size_.tolist()):
+            raise ValueError(
+                f"feature maps are {tuple(features.shape[-2:])}, expected {tuple(self.map_size_.tolist())}"
+            )
 
     def release_moments(self) -> None:
         """Forget the sums kept by `finalize(keep_moments=True)`."""
@@ -452,10 +457,7 @@ class PatchGaussianScorer(_FittedBuffers):
             kept = self._moments.shift if self._moments is not None else None
             shift = kept if kept is not None else self.location_
             into = _Moments(self.chunk, shift.to(features.device))
-        if tuple(features.shape[-2:]) != tuple(self.map_size_.tolist()):
-            raise ValueError(
-                f"feature maps are {tuple(features.shape[-2:])}, expected {tuple(self.map_size_.tolist())}"
-            )
+        self._check_map_size(features)
         into.update(self._select(features), mask)
         return into
 
@@ -464,10 +466,7 @@ class PatchGaussianScorer(_FittedBuffers):
         """Squared Mahalanobis distances (rows, N) of feature maps (N, C, H, W) to each row's own
         Gaussian (one row per position and group, position-major; no neighbourhood)."""
         self._check_fitted()
-        if tuple(features.shape[-2:]) != tuple(self.map_size_.tolist()):
-            raise ValueError(
-                f"feature maps are {tuple(features.shape[-2:])}, expected {tuple(self.map_size_.tolist())}"
-            )
+        self._check_map_size(features)
         x = self._select(features.to(self.location_.dtype))
         own = torch.arange(x.shape[0], device=x.device)[:, None]
         return self._own_distances(x, own)[:, 0]
@@ -518,9 +517,8 @@ class PatchGaussianScorer(_FittedBuffers):
         dtype, `chunk` positions at a time.
         """
         self._check_fitted()
+        self._check_map_size(features)
         n, _, h, w = features.shape
-        if (h, w) != tuple(self.map_size_.tolist()):
-            raise ValueError(f"feature maps are {(h, w)}, expected {tuple(self.map_size_.tolist())}")
         x = self._select(features.to(self.location_.dtype))  # (H*W, N, C')
         offsets = [
             (dy, dx) for dy in range(-self.radius, self.radius + 1) for dx in range(-self.radius, self.radius + 1)
