@@ -11,6 +11,8 @@ images, the image AUROC on the test split of:
 - layer1, layer2, layer3: the same over another stage's pooled features;
 - sum of layer1-4: the distances of the four stages added (Rippel et al. 2021 add them over levels);
 - layer4, flips in the fit: the Gaussian fitted on the images and their horizontal mirror images;
+- layer4, fit without its furthest 2% / 5%: the Gaussian fitted again without that share of the
+  fitting images furthest from the first fit (squared Mahalanobis distance);
 - layer4 / layer3, max pooling: the Gaussian over the largest value of each channel instead of its mean
   (a few-pixel pit moves one or two positions of the map, which the mean dilutes);
 - layer4, GeM pooling: the generalised mean (p = 3; Radenovic et al. 2018), between the two;
@@ -52,6 +54,7 @@ LOWEST = 8  # defective images listed, lowest default score first
 
 
 GEM_P = 3.0
+TRIM_SHARES = (0.02, 0.05)
 
 
 def gem(f: torch.Tensor, p: float = GEM_P) -> torch.Tensor:
@@ -112,6 +115,12 @@ def score_model(path: Path, overrides: Sequence[str] = (), split: str = "test") 
         )
         return scorer.score(tst[stage]).numpy(), scorer.score(cal[stage]).numpy()
 
+    def trimmed(stage: str, share: float) -> np.ndarray:
+        first = GaussianScorer(cfg.score.shrinkage, cfg.score.ridge).fit(fit[stage])
+        n = len(fit[stage])
+        keep = first.score(fit[stage]).argsort()[: n - int(round(share * n))]
+        return distances(stage, fit[stage][keep])[0]
+
     per_stage = {stage: distances(stage) for stage in (*STAGES, "projection")}
     default_name = cfg.score.image_features  # the default image score: layer4 or projection
     default, default_cal = per_stage[default_name]
@@ -123,6 +132,7 @@ def score_model(path: Path, overrides: Sequence[str] = (), split: str = "test") 
         **{stage: per_stage[stage][0] for stage in (*STAGES, "projection")},
         "sum of layer1-4": sum(per_stage[stage][0] for stage in STAGES),
         "layer4, flips in the fit": distances("layer4", torch.cat([fit["layer4"], fit["layer4_mirror"]]))[0],
+        **{f"layer4, fit without its furthest {share:.0%}": trimmed("layer4", share) for share in TRIM_SHARES},
         "layer4, max pooling": distances("layer4_max")[0],
         "layer3, max pooling": distances("layer3_max")[0],
         f"layer4, GeM pooling (p = {GEM_P:g})": distances("layer4_gem")[0],
