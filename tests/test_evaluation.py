@@ -186,6 +186,12 @@ def test_image_scores_benchmark_agrees_with_evaluate(detector, tmp_path, monkeyp
     rows = {row["score"]: row for row in record["rows"]}
     assert record["default"] == detector.cfg.score.image_features == "projection"
     assert set(STAGES) | {"projection", "sum of layer1-4", "map maximum", "projection + map maximum"} <= set(rows)
+    # 7 fitting images: both shares round to no image, so the trimmed rows are the layer4 row
+    for share in ("2%", "5%"):
+        assert rows[f"layer4, fit without its furthest {share}"] == {
+            **rows["layer4"],
+            "score": f"layer4, fit without its furthest {share}",
+        }
     split = load_test_split()
     default = evaluate(detector, split, progress=False)
     assert rows["projection"]["image_auroc"] == round(100 * default["metrics"]["image_auroc"], 2)
