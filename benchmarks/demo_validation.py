@@ -11,9 +11,9 @@ validation positions' photos.
         --set data.format=synthetic --set "data.synthetic.defects=[pit,scratch,stain]" \\
         --variant "as written=" --variant "warm-up=train.warmup_epochs=2"
 
-Each --variant is NAME=OVERRIDES (comma-separated `section.key=value`, empty for the preset as
-it is), after the --set overrides every variant shares (one KEY=VALUE each, so a list may hold
-commas). Without --refit every variant trains a network with `pitscope.fitting.fit(PRESET, ...)`
+Each --variant is NAME=OVERRIDES (comma-separated `section.key=value`, a list value in brackets
+with its own commas, empty for the preset as it is), after the --set overrides every variant
+shares (one KEY=VALUE each). Without --refit every variant trains a network with `pitscope.fitting.fit(PRESET, ...)`
 (--config, default `demo`; seed 0); with --refit MODEL every variant fits the scorers and
 thresholds of MODEL's network again (`pitscope.fitting.refit`), for scoring-only settings. Each
 is scored on `val`: image AUROC, pixel
@@ -50,7 +50,16 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     name, sep, overrides = text.partition("=")
     if not sep or not name:
         raise SystemExit(f"--variant {text!r}: give NAME=OVERRIDES (OVERRIDES may be empty)")
-    return name, [o for o in overrides.split(",") if o]
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(overrides):  # commas inside [...] belong to a list value
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(overrides[start:i])
+            start = i + 1
+    if depth:
+        raise SystemExit(f"--variant {text!r}: unbalanced brackets")
+    parts.append(overrides[start:])
+    return name, [o for o in parts if o]
 
 
 def at_quantiles(detector: Detector, result: dict, quantiles: list[float]) -> dict[str, dict]:

@@ -282,6 +282,19 @@ def test_evaluate_measures_each_synthetic_defect_kind_apart(detector):
     assert one_kind["subsets"] == {}
 
 
+def test_preset_validation_variant_keeps_a_list_value_whole(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from demo_validation import parse_variant
+
+    assert parse_variant("four stages=score.pixel_stages=[layer1,layer2,layer4],score.fit_trim=0.02") == (
+        "four stages",
+        ["score.pixel_stages=[layer1,layer2,layer4]", "score.fit_trim=0.02"],
+    )
+    assert parse_variant("as trained=") == ("as trained", [])
+    with pytest.raises(SystemExit, match="unbalanced"):
+        parse_variant("broken=score.pixel_stages=[layer1,layer2")
+
+
 def test_preset_validation_benchmark_reports_each_kind_and_the_classifier(detector, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from demo_validation import classifier_learning, markdown, run_variant
