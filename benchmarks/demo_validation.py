@@ -53,6 +53,8 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     parts, depth, start = [], 0, 0
     for i, ch in enumerate(overrides):  # commas inside [...] belong to a list value
         depth += {"[": 1, "]": -1}.get(ch, 0)
+        if depth < 0:
+            break
         if ch == "," and depth == 0:
             parts.append(overrides[start:i])
             start = i + 1

@@ -293,6 +293,8 @@ def test_preset_validation_variant_keeps_a_list_value_whole(monkeypatch):
     assert parse_variant("as trained=") == ("as trained", [])
     with pytest.raises(SystemExit, match="unbalanced"):
         parse_variant("broken=score.pixel_stages=[layer1,layer2")
+    with pytest.raises(SystemExit, match="unbalanced"):
+        parse_variant("broken=score.fit_trim=0.02],score.pixel_stages=[layer1")
 
 
 def test_preset_validation_benchmark_reports_each_kind_and_the_classifier(detector, tmp_path, monkeypatch):
