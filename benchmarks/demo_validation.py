@@ -116,6 +116,7 @@ def run_variant(
     return {
         "variant": name,
         "overrides": overrides,
+        "seed": detector.cfg.seed,
         **{k: round(100 * result["metrics"][k], 2) for k in COLUMNS},
         "recall": at.get("true_positive_rate"),
         "false_positive_rate": at.get("false_positive_rate"),
@@ -130,6 +131,20 @@ def run_variant(
     }
 
 
+def networks(record: dict) -> str:
+    """What the rows' networks are: one refitted network, or one trained per row and its seed."""
+    if record["refit"]:
+        return f"`{record['refit']}`, scorers fitted again per row."
+    seeds = [row.get("seed", 0) for row in record["rows"]]
+    if len(set(seeds)) == 1:
+        return f"one per row, seed {seeds[0]}."
+    return (
+        "one per row, each with its seed: "
+        + "; ".join(f"{row['variant']}: seed {seed}" for row, seed in zip(record["rows"], seeds))
+        + "."
+    )
+
+
 def markdown(record: dict) -> str:
     lines = [
         f"# The `{record.get('config', 'demo')}` preset, compared on the `val` split",
@@ -139,8 +154,7 @@ def markdown(record: dict) -> str:
         "",
         f"Command: `{record['command']}`",
         "",
-        "Networks: "
-        + (f"`{record['refit']}`, scorers fitted again per row." if record["refit"] else "one per row, seed 0."),
+        "Networks: " + networks(record),
         "",
         "| variant | overrides | image AUROC | pixel AUROC | AUPRO | pixel AP | recall | false-positive rate | minutes |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -329,3 +329,10 @@ def test_preset_validation_benchmark_reports_each_kind_and_the_classifier(detect
         }
     )
     assert "# The `surface` preset, compared on the `val` split" in text and "| three kinds | " in text
+    assert "Networks: `m`, scorers fitted again per row." in text and row["seed"] == detector.cfg.seed
+    trained = {**row, "variant": "seed one", "seed": 1}
+    record = {"config": "surface", "commit": "c", "date": "d", "refit": None, "command": "x"}
+    record["machine"] = {"platform": "p", "torch_threads": 2, "torch": "t"}
+    assert "Networks: one per row, seed 1." in markdown({**record, "rows": [trained]})
+    both = markdown({**record, "rows": [{**row, "seed": 0}, trained]})
+    assert "Networks: one per row, each with its seed: three kinds: seed 0; seed one: seed 1." in both
