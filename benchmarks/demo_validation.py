@@ -14,7 +14,7 @@ validation positions' photos.
 Each --variant is NAME=OVERRIDES (comma-separated `section.key=value`, a list value in brackets
 with its own commas, empty for the preset as it is), after the --set overrides every variant
 shares (one KEY=VALUE each). Without --refit every variant trains a network with `pitscope.fitting.fit(PRESET, ...)`
-(--config, default `demo`; seed 0); with --refit MODEL every variant fits the scorers and
+(--config, default `demo`; seed 0 unless an override sets `seed`); with --refit MODEL every variant fits the scorers and
 thresholds of MODEL's network again (`pitscope.fitting.refit`), for scoring-only settings. Each
 is scored on `val`: image AUROC, pixel
 AUROC, AUPRO, pixel AP, and recall and false-positive rate at the stored threshold; with more
