@@ -281,6 +281,7 @@ def main() -> int:
     parser.add_argument("--alert-growth", default="0.001", help="pitscope wear --alert-growth (default: 0.001)")
     parser.add_argument("--alert-window-days", default="1", help="pitscope wear --alert-window-days (default: 1)")
     parser.add_argument("--alert-confirm", default="1", help="pitscope wear --alert-confirm (default: 1)")
+    parser.add_argument("--alert-smooth", default="1", help="pitscope wear --alert-smooth (default: 1)")
     parser.add_argument(
         "--references",
         type=int,
@@ -345,6 +346,8 @@ def main() -> int:
         args.alert_window_days,
         "--alert-confirm",
         args.alert_confirm,
+        "--alert-smooth",
+        args.alert_smooth,
         *(["--root", str(root)] if args.root else []),
         *(["--calibrate-first", str(args.calibrate_first)] if args.calibrate_first else []),
         *(["--calibrate-quantile", args.calibrate_quantile] if args.calibrate_quantile else []),

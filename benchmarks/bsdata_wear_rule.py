@@ -5,7 +5,10 @@
 Reads the per-image curves a `bsdata_wear.py` run stored (predicted and true area fractions over
 days; every image measured by a model that never trained on its sequence) and replays
 `pitscope.growth.AlertRule` over a grid of area and growth limits and of how many images in a row
-a condition must hold (`--alert-confirm`; 1 only with --confirms 1). Each sequence is one BSData
+a condition must hold (`--alert-confirm`; 1 only with --confirms 1), on the area the rule watches:
+with --smooths, the median of each image's predicted area and the K - 1 before it
+(`--alert-smooth`), K chosen first as the one whose watched area has the highest mean Spearman
+with the true area over the validation sequences (the smaller K on a tie). Each sequence is one BSData
 position; the versioned position split names the validation and test positions. On the validation
 sequences, a rule is acceptable when it alerts on every sequence with pitting no later than
 --max-late-days after its first true pitting; the rule chosen is the acceptable one with the
@@ -30,7 +33,7 @@ from bsdata_cpu import provenance, write_result  # this folder is on sys.path wh
 
 from pitscope.benchmark import commit, machine
 from pitscope.data.bsdata import read_positions
-from pitscope.growth import AlertRule
+from pitscope.growth import AlertRule, trailing_median
 from pitscope.wear.summary import evaluate_alerts, spearman
 
 AREAS = (None, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)  # fractions of the surface
@@ -41,15 +44,19 @@ CONFIRMS = (1, 2, 3)  # images in a row a condition holds on before it alerts
 def replay(curves: dict, names: list[str], rule: AlertRule) -> dict:
     """The rule over the named sequences' curves: sequences with pitting, those alerted and how
     late at most, false alerts among clean images, the median lead (days before the first true
-    pitting), and the mean Spearman of predicted and true area."""
-    outcomes, rhos = [], []
+    pitting), and the mean Spearman of the watched (the rule's) and of the predicted area with
+    the true area."""
+    outcomes, rhos, raw = [], [], []
     for name in names:
         c = curves[name]
         days, predicted, truth = (np.asarray(c[k], np.float64) for k in ("days", "predicted_fraction", "true_fraction"))
         outcomes.append(evaluate_alerts(days, truth, rule.fires(days, predicted)))
-        rho = spearman(predicted, truth)
+        rho = spearman(rule.watched(predicted), truth)
         if rho is not None:
             rhos.append(rho)
+        rho = spearman(predicted, truth)
+        if rho is not None:
+            raw.append(rho)
     pitting = [o for o in outcomes if o.first_true_days is not None]
     leads = [o.lead_days for o in pitting if o.lead_days is not None]
     false_alerts, clean = sum(o.false_alerts for o in outcomes), sum(o.clean_images for o in outcomes)
@@ -64,7 +71,28 @@ def replay(curves: dict, names: list[str], rule: AlertRule) -> dict:
         "clean_images": clean,
         "false_alert_rate": false_alerts / clean if clean else None,
         "spearman_mean": float(np.mean(rhos)) if rhos else None,
+        "spearman_predicted_mean": float(np.mean(raw)) if raw else None,
     }
+
+
+def choose_smoothing(curves: dict, names: list[str], smooths: list[int]) -> tuple[int, list[dict]]:
+    """The K of `smooths` whose watched area (median of the last K images) has the highest mean
+    Spearman with the true area over the named sequences, the smaller K on a tie; with each K's
+    mean."""
+    rows = []
+    for k in sorted(set(smooths)):
+        rhos = []
+        for name in names:
+            c = curves[name]
+            predicted, truth = (np.asarray(c[f], np.float64) for f in ("predicted_fraction", "true_fraction"))
+            rho = spearman(trailing_median(predicted, k), truth)
+            if rho is not None:
+                rhos.append(rho)
+        rows.append({"smooth": k, "spearman_mean": float(np.mean(rhos)) if rhos else None, "n": len(rhos)})
+    scored = [r for r in rows if r["spearman_mean"] is not None]
+    if not scored:
+        return min(smooths), rows
+    return max(scored, key=lambda r: (r["spearman_mean"], -r["smooth"]))["smooth"], rows
 
 
 def in_time(metrics: dict, max_late_days: float) -> int:
@@ -84,10 +112,12 @@ def choose(rows: list[dict], max_late_days: float) -> dict | None:
     return min(ok, key=lambda r: (r["validation"]["false_alerts"], -(r["validation"]["median_lead_days"] or 0.0)))
 
 
-def describe(area: float | None, growth: float | None, confirm: int = 1) -> str:
+def describe(area: float | None, growth: float | None, confirm: int = 1, smooth: int = 1) -> str:
     parts = [f"area > {100 * area:g}%" if area is not None else None]
     parts.append(f"growth > {100 * growth:g} points/day" if growth is not None else None)
     text = " or ".join(p for p in parts if p)
+    if smooth > 1:
+        text = f"{text} of the median of the last {smooth} images"
     return text if confirm == 1 else f"{text}, {confirm} images in a row"
 
 
@@ -112,6 +142,20 @@ def markdown(record: dict) -> str:
         "",
         f"Command: `{record['command']}`",
         "",
+    ]
+    if len(record["smoothing"]) > 1:
+        lines += [
+            "The area watched, chosen first: the median of each image's predicted area and the K - 1 before it, "
+            "with the highest mean Spearman with the true area over the validation sequences.",
+            "",
+            "| K | validation mean Spearman (sequences) |",
+            "|---|---|",
+            *(f"| {r['smooth']} | {num(r['spearman_mean'])} ({r['n']}) |" for r in record["smoothing"]),
+            "",
+            f"Chosen: K = {record['smooth']}.",
+            "",
+        ]
+    lines += [
         f"Curves: `{record['source']}` (run at commit `{record['source_commit']}`). Validation sequences: "
         f"{len(record['validation'])}; test sequences: {len(record['test'])}. Acceptable: every validation "
         f"sequence with pitting alerted, none more than {record['max_late_days']:g} days after its first true "
@@ -139,8 +183,9 @@ def markdown(record: dict) -> str:
             f"| {pick['rule']} (chosen) | {cells(pick['test'])} |",
             f"| {default['rule']} (`pitscope wear`'s default) | {cells(default['test'])} |",
             "",
-            f"Mean Spearman of predicted and true area over the test sequences: "
-            f"{num(pick['test']['spearman_mean'])} (the rule does not change it).",
+            f"Mean Spearman with the true area over the test sequences: {num(pick['test']['spearman_mean'])} "
+            f"for the area the rule watches, {num(pick['test']['spearman_predicted_mean'])} for the predicted "
+            "area (the limits do not change either).",
         ]
     return "\n".join(lines) + "\n"
 
@@ -150,6 +195,13 @@ def main() -> int:
     parser.add_argument("wear_json", type=Path, help="a bsdata_wear.py result (its curves)")
     parser.add_argument("--max-late-days", type=float, default=2.0, help="latest alert allowed (default 2 days)")
     parser.add_argument("--name", default="bsdata_wear_rule")
+    parser.add_argument(
+        "--smooths",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="images the watched area is the median of, compared before the rule (default: 1, no median)",
+    )
     parser.add_argument(
         "--confirms",
         type=int,
@@ -171,16 +223,20 @@ def main() -> int:
     rows = []
     if any(k < 1 for k in args.confirms):
         parser.error("--confirms: each a whole number >= 1")
+    if any(k < 1 for k in args.smooths):
+        parser.error("--smooths: each a whole number >= 1")
+    smooth, smoothing = choose_smoothing(curves, validation, args.smooths)
     for area, growth, confirm in itertools.product(AREAS, GROWTHS, args.confirms):
         if area is None and growth is None:
             continue
-        rule = AlertRule(area_fraction_above=area, growth_per_day_above=growth, confirm_images=confirm)
+        rule = AlertRule(area, growth, confirm_images=confirm, smooth_images=smooth)
         rows.append(
             {
-                "rule": describe(area, growth, confirm),
+                "rule": describe(area, growth, confirm, smooth),
                 "area": area,
                 "growth": growth,
                 "confirm": confirm,
+                "smooth": smooth,
                 "validation": replay(curves, validation, rule),
             }
         )
@@ -196,6 +252,8 @@ def main() -> int:
         "validation": validation,
         "test": test,
         "max_late_days": args.max_late_days,
+        "smoothing": smoothing,
+        "smooth": smooth,
         "rows": rows,
         "chosen": None,
         "default": {
@@ -204,7 +262,7 @@ def main() -> int:
         },
     }
     if pick is not None:
-        rule = AlertRule(pick["area"], pick["growth"], confirm_images=pick.get("confirm", 1))
+        rule = AlertRule(pick["area"], pick["growth"], confirm_images=pick["confirm"], smooth_images=smooth)
         record["chosen"] = {**pick, "test": replay(curves, test, rule)}
     write_result(args.name, record, markdown(record))
     return 0

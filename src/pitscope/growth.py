@@ -35,6 +35,14 @@ def trailing_growth(days: ArrayLike, values: ArrayLike, window_days: float) -> n
     return growth
 
 
+def trailing_median(values: ArrayLike, k: int) -> np.ndarray:
+    """(N,) the median of each value and the k - 1 before it (fewer at the start of the series)."""
+    y = np.asarray(values, dtype=np.float64)  # (N,)
+    if k <= 1 or y.size == 0:
+        return y.copy()
+    return np.array([np.median(y[max(0, i - k + 1) : i + 1]) for i in range(y.size)])
+
+
 @dataclass(frozen=True)
 class AlertRule:
     """Alert on an image when its predicted area is above `area_fraction_above` (a fraction of
@@ -51,6 +59,7 @@ class AlertRule:
     growth_per_day_above: float | None = 0.001
     window_days: float = 1.0
     confirm_images: int = 1
+    smooth_images: int = 1
 
     def __post_init__(self):
         if self.area_fraction_above is None and self.growth_per_day_above is None:
@@ -61,8 +70,10 @@ class AlertRule:
                 raise ValueError(f"alert rule: {name} must be a number >= 0 or off, got {value}")
         if not (math.isfinite(self.window_days) and self.window_days > 0):
             raise ValueError(f"alert rule: window_days must be > 0, got {self.window_days}")
-        if isinstance(self.confirm_images, bool) or not isinstance(self.confirm_images, int) or self.confirm_images < 1:
-            raise ValueError(f"alert rule: confirm_images must be a whole number >= 1, got {self.confirm_images!r}")
+        for name in ("confirm_images", "smooth_images"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"alert rule: {name} must be a whole number >= 1, got {value!r}")
 
     def describe(self) -> str:
         parts = []
@@ -74,11 +85,19 @@ class AlertRule:
                 f"over the last {self.window_days:g} day(s)"
             )
         text = " or ".join(parts)
+        if self.smooth_images > 1:
+            text = f"{text}, the area being the median of the last {self.smooth_images} images"
         return text if self.confirm_images == 1 else f"{text}, each on {self.confirm_images} images in a row"
 
+    def watched(self, fractions: ArrayLike) -> np.ndarray:
+        """(N,) the area the rule watches at each image: the predicted area fractions, each the
+        median of its image and the `smooth_images` - 1 before it."""
+        return trailing_median(fractions, self.smooth_images)
+
     def fires(self, days: ArrayLike, fractions: ArrayLike) -> np.ndarray:
-        """(N,) bool: the images the rule alerts on, given days and predicted area fractions."""
-        area = np.asarray(fractions, dtype=np.float64)  # (N,)
+        """(N,) bool: the images the rule alerts on, given days and predicted area fractions (in
+        the images' order)."""
+        area = self.watched(fractions)  # (N,)
         hits = np.zeros(area.size, dtype=np.bool_)
         if self.area_fraction_above is not None:
             hits |= held_in_a_row(area > self.area_fraction_above, self.confirm_images)

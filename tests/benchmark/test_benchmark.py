@@ -557,6 +557,42 @@ def test_bsdata_wear_rule_replays_a_rule_and_chooses_on_validation(monkeypatch):
     assert choose(partial, 2.0) is partial[1]
 
 
+def test_bsdata_wear_rule_chooses_the_median_window_on_validation_spearman(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from bsdata_wear_rule import choose_smoothing, describe, replay
+
+    from pitscope.growth import AlertRule
+    from pitscope.wear import spearman, trailing_median
+
+    days = list(range(9))
+    truth = [0, 0, 0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06]
+    noisy = [0.0, 0.05, 0.0, 0.01, 0.0, 0.03, 0.04, 0.0, 0.06]  # stray highs and lows
+    curves = {
+        "a": {"days": days, "predicted_fraction": noisy, "true_fraction": truth},
+        "flat": {"days": days, "predicted_fraction": [0.0] * 9, "true_fraction": [0.0] * 9},  # no Spearman
+    }
+    means = {k: spearman(trailing_median(noisy, k), truth) for k in (1, 3, 5)}
+    assert means[3] > means[1]  # the median helps this curve
+    best = max(means, key=lambda k: (means[k], -k))
+    k, rows = choose_smoothing(curves, ["a", "flat"], [5, 1, 3])
+    assert k == best and [r["smooth"] for r in rows] == [1, 3, 5] and all(r["n"] == 1 for r in rows)
+    assert [r["spearman_mean"] for r in rows] == pytest.approx([means[1], means[3], means[5]])
+    assert choose_smoothing({"flat": curves["flat"]}, ["flat"], [3, 1]) == (
+        1,
+        [
+            {"smooth": 1, "spearman_mean": None, "n": 0},
+            {"smooth": 3, "spearman_mean": None, "n": 0},
+        ],
+    )
+    # a tie keeps the smaller window: the median of a rising curve rises with it, same ranks
+    rising = {"days": days, "predicted_fraction": [0.01 * (d + 1) for d in days], "true_fraction": days}
+    k, rows = choose_smoothing({"r": rising}, ["r"], [3, 1])
+    assert k == 1 and [r["spearman_mean"] for r in rows] == pytest.approx([1.0, 1.0])
+    m = replay(curves, ["a"], AlertRule(0.02, None, smooth_images=3))
+    assert m["spearman_mean"] == pytest.approx(means[3]) and m["spearman_predicted_mean"] == pytest.approx(means[1])
+    assert describe(0.02, None, 1, 3) == "area > 2% of the median of the last 3 images"
+
+
 def test_bsdata_localisation_merges_seeds_with_mean_sd_and_range(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from bsdata_localisation import merged

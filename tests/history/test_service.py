@@ -301,7 +301,8 @@ def test_a_database_that_cannot_be_written_from_the_start_still_serves(fitted, t
 
 
 def test_serve_passes_the_alert_rule_it_was_given_to_the_history(fitted, history_url, monkeypatch, capsys):
-    """`pitscope serve --alert-confirm K` reaches the recorder's rule, which the trend answers with."""
+    """`pitscope serve --alert-confirm K --alert-smooth M` reach the recorder's rule, which the trend
+    answers with."""
     import pitscope.serve as serve_module
     from pitscope.cli import main
     from pitscope.serve.service import build_app
@@ -310,12 +311,16 @@ def test_serve_passes_the_alert_rule_it_was_given_to_the_history(fitted, history
     given = {}
     monkeypatch.setattr(serve_module, "run_service", lambda settings, **kw: given.update(settings))
     args = ["serve", str(model), "--db", history_url, "--alert-area", "0", "--alert-growth", "off"]
-    assert main([*args, "--alert-confirm", "2"]) == 0
+    assert main([*args, "--alert-confirm", "2", "--alert-smooth", "3"]) == 0
     client = TestClient(build_app(given))
     with client:
         assert post(client, png(0), part="p1").status_code == 200
         rule = client.get("/parts/p1/trend").json()["rule"]
     assert rule["confirm_images"] == 2 and rule["growth_per_day_above"] is None and "2 images in a row" in rule["text"]
+    assert rule["smooth_images"] == 3 and "median of the last 3 images" in rule["text"]
     with pytest.raises(SystemExit):
         main([*args, "--alert-confirm", "0"])
+    assert "expected an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--alert-smooth", "0"])
     assert "expected an integer >= 1" in capsys.readouterr().err

@@ -442,6 +442,8 @@ PIXELS = [10, 12, 11, 12, 40, 70, 95, 96, 94, 60, 30, 31, 60, 90]
 GROWTH = AlertRule(area_fraction_above=None, growth_per_day_above=0.001, window_days=1.0)
 BOTH = AlertRule(area_fraction_above=0.008, growth_per_day_above=0.001, window_days=1.0)
 CONFIRMED = AlertRule(area_fraction_above=0.008, growth_per_day_above=0.001, window_days=1.0, confirm_images=2)
+SMOOTHED = AlertRule(area_fraction_above=0.008, growth_per_day_above=0.001, window_days=1.0, smooth_images=3)
+SMOOTHED_CONFIRMED = AlertRule(0.008, 0.001, window_days=1.0, confirm_images=2, smooth_images=3)
 
 
 def _series(store, mid, tv, rule) -> list[list[dict]]:
@@ -459,9 +461,20 @@ def test_the_series_is_far_from_the_limits():
     assert margin.min() > 1e-5 and np.abs(fractions - BOTH.area_fraction_above).min() > 1e-5
     assert 0 < GROWTH.fires(DAYS, fractions).sum() < len(DAYS)  # a series that tells the rules apart
     assert 0 < CONFIRMED.fires(DAYS, fractions).sum() < BOTH.fires(DAYS, fractions).sum()
+    watched = SMOOTHED.watched(fractions)
+    growth = trailing_growth(DAYS, watched, 1.0)
+    margin = np.abs(growth[~np.isnan(growth)] - SMOOTHED.growth_per_day_above)
+    assert margin.min() > 1e-5 and np.abs(watched - SMOOTHED.area_fraction_above).min() > 1e-5
+    # the median changes where the rule fires, and confirmation changes it again
+    assert SMOOTHED.fires(DAYS, fractions).tolist() != BOTH.fires(DAYS, fractions).tolist()
+    assert 0 < SMOOTHED_CONFIRMED.fires(DAYS, fractions).sum() < SMOOTHED.fires(DAYS, fractions).sum()
 
 
-@pytest.mark.parametrize("rule", [GROWTH, BOTH, CONFIRMED], ids=["growth", "area and growth", "two in a row"])
+@pytest.mark.parametrize(
+    "rule",
+    [GROWTH, BOTH, CONFIRMED, SMOOTHED, SMOOTHED_CONFIRMED],
+    ids=["growth", "area and growth", "two in a row", "median of three", "median of three, two in a row"],
+)
 def test_the_live_rule_holds_exactly_where_alert_rule_fires_offline(store, model, rule):
     """Acknowledging each alert as it is raised lifts suppression, so an alert is raised at
     every inspection where a condition holds: compare each condition with the offline rule."""
@@ -469,11 +482,12 @@ def test_the_live_rule_holds_exactly_where_alert_rule_fires_offline(store, model
     fractions = np.array(PIXELS) / 10_000
     expected = {}
     if rule.area_fraction_above is not None:
-        expected["area"] = AlertRule(rule.area_fraction_above, None, 1.0, rule.confirm_images).fires(DAYS, fractions)
-    growth_alone = AlertRule(None, rule.growth_per_day_above, rule.window_days, rule.confirm_images)
+        area_alone = AlertRule(rule.area_fraction_above, None, 1.0, rule.confirm_images, rule.smooth_images)
+        expected["area"] = area_alone.fires(DAYS, fractions)
+    growth_alone = AlertRule(None, rule.growth_per_day_above, rule.window_days, rule.confirm_images, rule.smooth_images)
     expected["growth"] = growth_alone.fires(DAYS, fractions)
     live = {name: [] for name in expected}
-    growth = trailing_growth(DAYS, fractions, rule.window_days)
+    growth = trailing_growth(DAYS, rule.watched(fractions), rule.window_days)
     for k, (day, px) in enumerate(zip(DAYS, PIXELS)):
         _, raised = _record(store, mid, tv, part="p", defect_px=px, captured_at=T0 + dt.timedelta(days=day), rule=rule)
         names = [alert["rule"] for alert in raised]
@@ -482,6 +496,8 @@ def test_the_live_rule_holds_exactly_where_alert_rule_fires_offline(store, model
         for alert in raised:
             if alert["rule"] == "growth":
                 assert alert["values"]["growth_per_day"] == pytest.approx(growth[k], rel=1e-9, abs=1e-12)
+            if alert["rule"] == "area" and rule.smooth_images > 1:
+                assert alert["values"]["watched_fraction"] == pytest.approx(rule.watched(fractions)[k])
             store.acknowledge(alert["id"], by="test")
     for name, fires in expected.items():
         assert live[name] == fires.tolist(), name

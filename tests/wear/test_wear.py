@@ -27,12 +27,15 @@ from pitscope.wear import (
     assign_models,
     evaluate_alerts,
     fold_split,
+    format_summary,
     sequence_folds,
     slope_per_day,
     spearman,
     summarise,
     trailing_growth,
+    trailing_median,
     training_images,
+    write_wear,
 )
 
 # Three positions, six photographs each, 12 hours apart; the last photograph of each position is
@@ -246,6 +249,31 @@ def test_summary_growth_agreement_and_first_flag():
     assert summary.alert.first_alert_days == 3 and summary.alert.lead_days == -1
 
 
+def test_summary_and_files_carry_the_watched_area(tmp_path):
+    """With a median over the last images, the summary, the CSV and wear.json carry the watched
+    area beside the predicted one, and its rank agreement with the truth."""
+    days = [0, 1, 2, 3, 4, 5, 6]
+    truth = [0, 0, 0.001, 0.002, 0.003, 0.004, 0.005]
+    predicted = [0.0, 0.009, 0.001, 0.002, 0.0, 0.004, 0.005]  # two stray images
+    curve = _curve(days, predicted, truth)
+    rule = AlertRule(0.005, None, smooth_images=3)
+    summary = summarise(curve, rule)
+    watched = trailing_median(curve.predicted, 3)
+    assert summary.spearman == pytest.approx(spearman(curve.predicted, truth))
+    assert summary.spearman_watched == pytest.approx(spearman(watched, truth))
+    assert summary.spearman_watched > summary.spearman
+    assert summarise(curve, AlertRule(0.005, None)).spearman_watched == pytest.approx(summary.spearman)
+    path = write_wear(tmp_path, [curve], rule, {"models": []}, tmp_path)
+    record = json.loads(path.read_text())
+    assert np.allclose(record["curves"]["seq"]["watched_fraction"], watched)
+    assert record["overall"]["spearman_watched"]["mean"] == pytest.approx(summary.spearman_watched)
+    assert record["rule"]["smooth_images"] == 3
+    with (tmp_path / "sequences" / "seq.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert np.allclose([float(r["watched_fraction"]) for r in rows], watched)
+    assert "median of the last 3 images" in format_summary(record)
+
+
 # -- the alert rule --------------------------------------------------------------------------
 def test_alert_lead_days_and_false_alerts():
     days = [0, 0.5, 1, 1.5, 2, 2.5]
@@ -294,6 +322,36 @@ def test_alert_confirmed_on_images_in_a_row():
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="confirm_images"):
             AlertRule(confirm_images=bad)
+
+
+def test_trailing_median_is_numpy_median_over_each_image_and_those_before():
+    rng = np.random.default_rng(0)
+    values = rng.random(11)
+    for k in (1, 2, 3, 5, 20):
+        expected = [np.median(values[max(0, i - k + 1) : i + 1]) for i in range(values.size)]
+        assert np.allclose(trailing_median(values, k), expected), k
+    assert trailing_median([0.0, 0.0, 1.0, 0.0, 0.0], 3).tolist() == [0.0] * 5  # one stray image vanishes
+    assert trailing_median([0.0, 1.0, 2.0, 3.0], 3).tolist() == [0.0, 0.5, 1.0, 2.0]  # a rise lags by one
+    assert trailing_median([], 3).size == 0
+
+
+def test_alert_on_the_median_of_the_last_images():
+    days = np.arange(8) * 0.5
+    predicted = np.array([0.001, 0.009, 0.001, 0.001, 0.006, 0.007, 0.008, 0.009])
+    once = AlertRule(area_fraction_above=0.005, growth_per_day_above=None)
+    assert once.fires(days, predicted).tolist() == [False, True, False, False, True, True, True, True]
+    median3 = AlertRule(area_fraction_above=0.005, growth_per_day_above=None, smooth_images=3)
+    assert np.allclose(median3.watched(predicted), [0.001, 0.005, 0.001, 0.001, 0.001, 0.006, 0.007, 0.008])
+    assert median3.fires(days, predicted).tolist() == [False] * 5 + [True] * 3  # the stray image does not alert
+    assert "median of the last 3 images" in median3.describe() and "median" not in once.describe()
+    # the growth reads the watched area too: a lone spike has no slope under the median
+    growth = AlertRule(None, 0.001, window_days=0.5, smooth_images=3)
+    spike = np.array([0.0, 0.0, 0.02, 0.0, 0.0, 0.0, 0.0, 0.0])
+    assert AlertRule(None, 0.001, window_days=0.5).fires(days, spike).any()
+    assert not growth.fires(days, spike).any()
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="smooth_images"):
+            AlertRule(smooth_images=bad)
 
 
 # -- the split over sequences ----------------------------------------------------------------
@@ -345,7 +403,7 @@ def test_wear_help(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "MODEL" in out and "--alert-area" in out and "--alert-growth" in out and "--allow-overlap" in out
-    assert "--alert-confirm" in out
+    assert "--alert-confirm" in out and "--alert-smooth" in out
 
 
 def test_wear_cli_measures_each_sequence_with_the_model_of_its_fold(tree, fold_models, wear_run):

@@ -135,6 +135,14 @@ def add_history_args(p: argparse.ArgumentParser, source: str) -> None:
         help="alert only when a condition held on a part's last K inspections, this one included (default 1)",
     )
     g.add_argument(
+        "--alert-smooth",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="the area the rule watches is the median of a part's last K inspections' areas, this one "
+        "included (default 1: each inspection's own)",
+    )
+    g.add_argument(
         "--webhook", metavar="URL", help="POST each new alert as JSON to this URL (retried in the background)"
     )
 

@@ -18,7 +18,7 @@ def cmd_wear(args: argparse.Namespace) -> int:
     Each sequence is measured by a model that never trained on its images."""
     from pitscope.wear import AlertRule, format_summary, run_wear, run_wear_history
 
-    rule = AlertRule(args.alert_area, args.alert_growth, args.alert_window_days, args.alert_confirm)
+    rule = AlertRule(args.alert_area, args.alert_growth, args.alert_window_days, args.alert_confirm, args.alert_smooth)
     db = args.db or (os.environ.get("PITSCOPE_DB") if not args.models else None)
     if db and args.models:
         raise ValueError("give model files or --db, not both: --db reads the areas the history recorded")
@@ -154,6 +154,14 @@ def add_parsers(sub) -> None:
         default=1,
         metavar="K",
         help="alert on an image only when a condition held on it and on the K - 1 images before it (default: 1)",
+    )
+    p.add_argument(
+        "--alert-smooth",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="the area the rule watches, and the curve reports beside the predicted one, is the median of "
+        "each image's predicted area and the K - 1 before it (default: 1, the predicted area itself)",
     )
     p.add_argument(
         "--allow-overlap",

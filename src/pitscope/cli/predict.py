@@ -75,7 +75,9 @@ def _recorder(args: argparse.Namespace, detector, by: str):
     store = HistoryStore(db, image_store=getattr(args, "store_images", "none"))
     area, growth = getattr(args, "alert_area", None), getattr(args, "alert_growth", None)
     rule = (
-        None if area is None and growth is None else AlertRule(area, growth, args.alert_window_days, args.alert_confirm)
+        None
+        if area is None and growth is None
+        else AlertRule(area, growth, args.alert_window_days, args.alert_confirm, args.alert_smooth)
     )
     recorder = Recorder(
         store,

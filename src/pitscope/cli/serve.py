@@ -31,6 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "alert_growth": args.alert_growth,
         "alert_window_days": args.alert_window_days,
         "alert_confirm": args.alert_confirm,
+        "alert_smooth": args.alert_smooth,
         "webhook": args.webhook,
     }
     run_service(settings, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)

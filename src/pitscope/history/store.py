@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection
 
 from pitscope import __version__
 from pitscope.files import json_safe
-from pitscope.growth import AlertRule, slope_per_day
+from pitscope.growth import AlertRule, slope_per_day, trailing_median
 from pitscope.history import HistoryError, HistoryUnavailable, schema
 from pitscope.history.database import _alembic_config as _alembic_config  # kept importable from here
 from pitscope.history.database import _head_revision as _head_revision
@@ -331,21 +331,23 @@ def evaluate_alerts(connection: Connection, part: str, inspection: int, rule: Al
             rule.window_days before this one (inclusive) > rule.growth_per_day_above, exactly
             as `AlertRule.fires` (`trailing_growth`) computes it offline.
     With rule.confirm_images k > 1 a condition holds only when it also held at the part's k - 1
-    inspections captured before this one (as `AlertRule.fires` counts images in a row).
+    inspections captured before this one (as `AlertRule.fires` counts images in a row). With
+    rule.smooth_images k > 1 both conditions read, at each inspection, the median of its area
+    and the part's k - 1 inspections before it (as `AlertRule.watched`).
     """
     i = schema.inspections
     when = sa.func.coalesce(i.c.captured_at, i.c.recorded_at)
     row = connection.execute(sa.select(when.label("time"), i.c.defect_fraction).where(i.c.id == inspection)).one()
     time = _utc(row.time)
-    checks = _conditions(connection, part, time, row.defect_fraction, rule)
+    checks = _conditions(connection, part, time, inspection, row.defect_fraction, rule)
     if rule.confirm_images > 1:
         earlier = connection.execute(
-            sa.select(when.label("time"), i.c.defect_fraction)
+            sa.select(when.label("time"), i.c.id, i.c.defect_fraction)
             .where(i.c.part == part, i.c.id != inspection, when <= time)
             .order_by(when.desc(), i.c.id.desc())
             .limit(rule.confirm_images - 1)
         ).all()
-        before = [_conditions(connection, part, _utc(t), f, rule) for t, f in earlier]
+        before = [_conditions(connection, part, _utc(t), ident, f, rule) for t, ident, f in earlier]
         for name, (holds, values) in checks.items():
             confirmed = len(before) == rule.confirm_images - 1 and all(b[name][0] for b in before)
             checks[name] = (holds and confirmed, {**values, "confirm_images": rule.confirm_images})
@@ -356,30 +358,53 @@ def _utc(value) -> dt.datetime:
     return as_utc(value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value))
 
 
-def _conditions(
-    connection: Connection, part: str, time: dt.datetime, fraction: float, rule: AlertRule
-) -> dict[str, tuple[bool, dict]]:
-    """Each of the rule's conditions at one inspection of `part` (captured at `time`, predicted
-    area `fraction`): name -> (whether it holds, the values it read)."""
+def _fractions_before(connection: Connection, part: str, time: dt.datetime, ident: int, n: int) -> list[float]:
+    """The predicted area fractions of `part`'s n inspections just before the inspection `ident`
+    captured at `time` (in capture order, then id), oldest first; fewer at the part's start."""
     i = schema.inspections
     when = sa.func.coalesce(i.c.captured_at, i.c.recorded_at)
+    rows = connection.execute(
+        sa.select(i.c.defect_fraction)
+        .where(i.c.part == part, (when < time) | ((when == time) & (i.c.id < ident)))
+        .order_by(when.desc(), i.c.id.desc())
+        .limit(n)
+    ).all()
+    return [f for (f,) in reversed(rows)]
+
+
+def _conditions(
+    connection: Connection, part: str, time: dt.datetime, ident: int, fraction: float, rule: AlertRule
+) -> dict[str, tuple[bool, dict]]:
+    """Each of the rule's conditions at one inspection of `part` (id `ident`, captured at `time`,
+    predicted area `fraction`): name -> (whether it holds, the values it read)."""
+    i = schema.inspections
+    when = sa.func.coalesce(i.c.captured_at, i.c.recorded_at)
+    k = rule.smooth_images
     checks: dict[str, tuple[bool, dict]] = {}
     if rule.area_fraction_above is not None:
-        checks["area"] = (
-            fraction > rule.area_fraction_above,
-            {"defect_fraction": fraction, "limit": rule.area_fraction_above},
-        )
+        values = {"defect_fraction": fraction, "limit": rule.area_fraction_above}
+        watched = fraction
+        if k > 1:
+            watched = float(
+                trailing_median([*_fractions_before(connection, part, time, ident, k - 1), fraction], k)[-1]
+            )
+            values = {**values, "watched_fraction": watched, "smooth_images": k}
+        checks["area"] = (watched > rule.area_fraction_above, values)
     if rule.growth_per_day_above is not None:
         start = time - dt.timedelta(days=rule.window_days)
         window = connection.execute(
-            sa.select(when.label("time"), i.c.defect_fraction)
+            sa.select(when.label("time"), i.c.id, i.c.defect_fraction)
             .where(i.c.part == part, when >= start, when <= time)
             .order_by(when, i.c.id)
         ).all()
-        times = [_utc(t) for t, _ in window]
+        times = [_utc(t) for t, _, _ in window]
         days = [(t - times[0]).total_seconds() / SECONDS_PER_DAY for t in times]
+        areas = [f for _, _, f in window]
+        if k > 1:  # each point's median over it and the k - 1 before it, reaching back past the window
+            pad = _fractions_before(connection, part, times[0], window[0][1], k - 1)
+            areas = trailing_median([*pad, *areas], k)[len(pad) :].tolist()
         # the window is exactly the points trailing_growth would take for this inspection
-        slope = slope_per_day(days, [f for _, f in window])
+        slope = slope_per_day(days, areas)
         growth = float("nan") if slope is None else slope
         holds = growth == growth and growth > rule.growth_per_day_above  # NaN: fewer than 2 distinct days
         checks["growth"] = (

@@ -51,6 +51,7 @@ def _rule_json(recorder: "Recorder") -> dict | None:
         "growth_per_day_above": rule.growth_per_day_above,
         "window_days": rule.window_days,
         "confirm_images": rule.confirm_images,
+        "smooth_images": rule.smooth_images,
         "text": rule.describe(),
     }
 

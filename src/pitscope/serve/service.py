@@ -50,7 +50,7 @@ def serve_in_thread(app, host: str = "127.0.0.1", timeout_s: float = 20.0):
 def build_app(settings: dict) -> "FastAPI":
     """The app of `pitscope serve` from its settings (a JSON-able dict: model, device, api_key,
     max_upload_bytes, max_pixels, db, image_store, part_from, time_from, alert_area,
-    alert_growth, alert_window_days, alert_confirm, webhook): loads the model, opens the history when `db` is set."""
+    alert_growth, alert_window_days, alert_confirm, alert_smooth, webhook): loads the model, opens the history when `db` is set."""
     from pitscope.inference import Detector
 
     detector = Detector.load(settings["model"], device=settings.get("device", "cpu"))
@@ -65,7 +65,8 @@ def build_app(settings: dict) -> "FastAPI":
         store = HistoryStore(settings["db"], image_store=settings.get("image_store", "none"))
         area, growth = settings.get("alert_area", 0.005), settings.get("alert_growth", 0.001)
         window, confirm = settings.get("alert_window_days", 1.0), settings.get("alert_confirm", 1)
-        rule = None if area is None and growth is None else AlertRule(area, growth, window, confirm)
+        smooth = settings.get("alert_smooth", 1)
+        rule = None if area is None and growth is None else AlertRule(area, growth, window, confirm, smooth)
         recorder = Recorder(
             store, detector, _model_name(detector), rule=rule, webhook=settings.get("webhook"), by="pitscope serve"
         )

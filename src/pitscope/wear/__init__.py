@@ -27,7 +27,7 @@ The modules: `split` (which model may measure which sequence), `curves` (areas a
 `run` (a whole run, from models or from the inspection history).
 """
 
-from pitscope.growth import AlertRule, slope_per_day, trailing_growth
+from pitscope.growth import AlertRule, slope_per_day, trailing_growth, trailing_median
 from pitscope.wear.curves import AreaPoint, WearCurve, area_point, measure_sequence
 from pitscope.wear.outputs import CURVE_FIELDS, SUMMARY_FIELDS, plot_curve, write_curve_csv, write_wear
 from pitscope.wear.run import curves_from_history, run_wear, run_wear_history
@@ -66,6 +66,7 @@ __all__ = [
     "spearman",
     "summarise",
     "trailing_growth",
+    "trailing_median",
     "training_images",
     "write_curve_csv",
     "write_wear",

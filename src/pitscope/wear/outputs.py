@@ -26,6 +26,7 @@ CURVE_FIELDS = (
     "height",
     "predicted_px",
     "predicted_fraction",
+    "watched_fraction",
     "true_px",
     "true_fraction",
     "score",
@@ -46,6 +47,7 @@ SUMMARY_FIELDS = (
     "growth_predicted_per_day",
     "growth_true_per_day",
     "spearman",
+    "spearman_watched",
     "mae",
     "first_alert_days",
     "alert_lead_days",
@@ -66,6 +68,9 @@ def plot_curve(curve: WearCurve, rule: AlertRule) -> Figure:
     ax_area, ax_score = fig.subplots(2, 1, sharex=True, height_ratios=(2, 1))
     ax_area.plot(days, truth, "-o", c="#2ca02c", ms=3, lw=1.5, label="true (polygons)")
     ax_area.plot(days, predicted, "-o", c="#d62728", ms=3, lw=1.5, label="predicted (map > pixel threshold)")
+    if rule.smooth_images > 1:
+        watched = 100 * rule.watched(curve.predicted)
+        ax_area.plot(days, watched, "-", c="#7f0000", lw=2, label=f"median of the last {rule.smooth_images} images")
     if rule.area_fraction_above is not None:
         ax_area.axhline(100 * rule.area_fraction_above, c="#d62728", ls="--", lw=1, label="alert area")
     first_true, first_alert = first_day(days, truth > 0), first_day(days, alerts)
@@ -97,14 +102,16 @@ def _number(value):
 
 
 def write_curve_csv(curve: WearCurve, rule: AlertRule, path: Path) -> Path:
-    """One row per image, CURVE_FIELDS, in capture order; growth_per_day is the rule's
-    trailing growth of the predicted fraction (empty where undefined)."""
-    growth = trailing_growth(curve.days, curve.predicted, rule.window_days)
+    """One row per image, CURVE_FIELDS, in capture order; watched_fraction is the area the rule
+    watches (`AlertRule.watched`), growth_per_day the rule's trailing growth of it (empty where
+    undefined)."""
+    watched = rule.watched(curve.predicted)
+    growth = trailing_growth(curve.days, watched, rule.window_days)
     alerts = rule.fires(curve.days, curve.predicted)
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(CURVE_FIELDS)
-        for p, g, alert in zip(curve.points, growth, alerts):
+        for p, w, g, alert in zip(curve.points, watched, growth, alerts):
             writer.writerow(
                 [
                     Path(p.path).name,
@@ -114,6 +121,7 @@ def write_curve_csv(curve: WearCurve, rule: AlertRule, path: Path) -> Path:
                     p.height,
                     p.predicted_px,
                     p.predicted_fraction,
+                    float(w),
                     p.true_px,
                     p.true_fraction,
                     p.score,
@@ -139,7 +147,7 @@ def write_wear(
     sequences/<name>.csv and .png per sequence (`write_curve_csv`, `plot_curve`), summary.csv
     (SUMMARY_FIELDS, one row per sequence) and wear.json: {"version", "root", "area_unit", "rule",
     "split", "overall", "sequences": [SequenceSummary as a dict], "curves": {name: {"days",
-    "predicted_fraction", "true_fraction", "score", "alert"}}, "unmeasured"}.
+    "predicted_fraction", "watched_fraction", "true_fraction", "score", "alert"}}, "unmeasured"}.
     """
     out = Path(out_dir)
     (out / "sequences").mkdir(parents=True, exist_ok=True)
@@ -172,6 +180,7 @@ def write_wear(
             c.sequence: {
                 "days": c.days.tolist(),
                 "predicted_fraction": c.predicted.tolist(),
+                "watched_fraction": rule.watched(c.predicted).tolist(),
                 "true_fraction": c.truth.tolist(),
                 "score": [p.score for p in c.points],
                 "alert": rule.fires(c.days, c.predicted).tolist(),

@@ -75,7 +75,9 @@ class SequenceSummary:
     growth_*_per_day: least-squares slope of the area fraction from the first image with true
     pitting on (`growth_from_days`), over the whole sequence when it never shows pitting.
     spearman: rank correlation of predicted and true area over the sequence (None if either is
-    constant); mae: mean absolute error of the area fractions.
+    constant); spearman_watched: the same for the area the alert rule watches (the predicted
+    area, or its trailing median with `smooth_images` > 1); mae: mean absolute error of the
+    predicted area fractions.
     """
 
     sequence: str
@@ -93,6 +95,7 @@ class SequenceSummary:
     growth_predicted_per_day: float | None
     growth_true_per_day: float | None
     spearman: float | None
+    spearman_watched: float | None
     mae: float
     max_predicted_fraction: float
     max_true_fraction: float
@@ -121,6 +124,7 @@ def summarise(curve: WearCurve, rule: AlertRule) -> SequenceSummary:
         growth_predicted_per_day=slope_per_day(days[start:], predicted[start:]),
         growth_true_per_day=slope_per_day(days[start:], truth[start:]),
         spearman=spearman(predicted, truth),
+        spearman_watched=spearman(rule.watched(predicted), truth),
         mae=float(mean_absolute_error(truth, predicted)),
         max_predicted_fraction=float(predicted.max()),
         max_true_fraction=float(truth.max()),
@@ -141,7 +145,7 @@ def overall(curves: Sequence[WearCurve], summaries: Sequence[SequenceSummary]) -
     """The figures across all sequences.
 
     spearman: mean and median of the per-sequence correlations (where defined) and the pooled
-    correlation over every image; mae: over every image (each image weighs the same);
+    correlation over every image; spearman_watched: mean and median of the watched area's; mae: over every image (each image weighs the same);
     flag_lead_days / alert lead_days: over the sequences with pitting where they are defined;
     alert: sequences with pitting the rule alerted on at all, false alerts over clean images,
     and the sequences without pitting it alerted on.
@@ -161,6 +165,7 @@ def overall(curves: Sequence[WearCurve], summaries: Sequence[SequenceSummary]) -
         "trained_on_measured_images": sum(s.overlap for s in summaries),
         "reference_images_left_out": sum(s.references for s in summaries),
         "spearman": {**_stats(s.spearman for s in summaries), "pooled": spearman(predicted, truth)},
+        "spearman_watched": _stats(s.spearman_watched for s in summaries),
         "mae": float(mean_absolute_error(truth, predicted)) if truth.size else None,
         "flag_lead_days": _stats(s.flag_lead_days for s in pitted),
         "alert": {
@@ -201,6 +206,13 @@ def format_summary(record: dict) -> str:
         f"{o['sequences']} sequences ({o['with_pitting']} with pitting), {o['images']} images; "
         f"Spearman mean {num(o['spearman']['mean'])} (median {num(o['spearman']['median'])}, "
         f"pooled {num(o['spearman']['pooled'])}); MAE {num(o['mae'], 100, 3)} % of the surface",
+    ]
+    if record["rule"].get("smooth_images", 1) > 1:
+        lines.append(
+            f"the area the rule watches (median of the last {record['rule']['smooth_images']} images): Spearman mean "
+            f"{num(o['spearman_watched']['mean'])} (median {num(o['spearman_watched']['median'])})"
+        )
+    lines += [
         f"alert ({record['rule']['text']}): {a['alerted']}/{o['with_pitting']} sequences with pitting alerted, "
         f"median lead {num(a['lead_days']['median'], digits=1)} days ({a['early']} early, {a['late']} late, "
         f"{a['missed']} missed); {a['false_alerts']} false alerts on {a['clean_images']} clean images; "
