@@ -19,6 +19,7 @@ from pitscope.data.sequences import capture_time, read_sequences
 from pitscope.data.types import DatasetLayoutError
 from pitscope.inference import Prediction
 from pitscope.report import build_report, read_wear
+from pitscope.report.wear_section import _wear_section
 from pitscope.wear import (
     AlertRule,
     AreaPoint,
@@ -272,6 +273,12 @@ def test_summary_and_files_carry_the_watched_area(tmp_path):
         rows = list(csv.DictReader(fh))
     assert np.allclose([float(r["watched_fraction"]) for r in rows], watched)
     assert "median of the last 3 images" in format_summary(record)
+    html = _wear_section(record, tmp_path)
+    assert f"median of the last 3 images), mean (median)</td><td>{summary.spearman_watched:.3f}" in html
+    plain = json.loads(
+        write_wear(tmp_path / "plain", [curve], AlertRule(0.005, None), {"models": []}, tmp_path).read_text()
+    )
+    assert "the rule watches" not in _wear_section(plain, tmp_path / "plain")
 
 
 # -- the alert rule --------------------------------------------------------------------------

@@ -40,6 +40,7 @@ def _wear_section(wear: dict, wear_dir: Path) -> str:
         if o["trained_on_measured_images"]
         else " No model measured an image it trained on."
     )
+    smooth = wear["rule"].get("smooth_images", 1)
     overall_rows = [
         ("sequences (with pitting)", f"{o['sequences']} ({o['with_pitting']})"),
         ("images", str(o["images"])),
@@ -51,6 +52,21 @@ def _wear_section(wear: dict, wear_dir: Path) -> str:
                     for k in ("mean", "median", "pooled")
                 )
             ),
+        ),
+        *(
+            [
+                (
+                    f"Spearman of the area the rule watches (median of the last {smooth} images), mean (median)",
+                    "{} ({})".format(
+                        *(
+                            "n/a" if o["spearman_watched"][k] is None else f"{o['spearman_watched'][k]:.3f}"
+                            for k in ("mean", "median")
+                        )
+                    ),
+                )
+            ]
+            if smooth > 1
+            else []
         ),
         ("mean absolute error (% of the surface)", "n/a" if o["mae"] is None else f"{100 * o['mae']:.3f}"),
         (
