@@ -224,3 +224,44 @@ def test_a_service_without_history_says_so_and_shows_nothing_else(model, browser
         assert page_errors(browser) == []
     finally:
         stop()
+
+
+def test_the_trend_draws_the_median_the_rule_watches(model, browser, tmp_path):
+    """A rule watching the median of the last 2 inspections: the chart draws that line beside the
+    predicted area, one vertex per inspection at the store's value, and the alert says what it read."""
+    detector = Detector.load(model)
+    store = HistoryStore(tmp_path / "history.sqlite")
+    recorder = Recorder(store, detector, "tiny", rule=AlertRule(0.0, None, smooth_images=2))
+    url, stop = serve_in_thread(create_app(detector, api_key=KEY, recorder=recorder))
+    try:
+        seed(url)
+        trend = store.trend("roll-A", smooth=2)
+        assert any(p["watched_fraction"] != p["defect_fraction"] for p in trend)  # the median moves the line
+        browser.get(url + "/")
+        key_input = wait_for(
+            browser,
+            lambda d: d.find_element(By.ID, "api-key").is_displayed() and d.find_element(By.ID, "api-key"),
+            "the API key prompt",
+        )
+        key_input.send_keys(KEY + Keys.ENTER)
+        wait_for(browser, lambda d: d.find_element(By.ID, "service-status").text.startswith("Connected"), "the model")
+        browser.find_element(By.ID, "history-toggle").click()
+        wait_for(browser, lambda d: read(d, "#parts-table tbody tr", "data-part") == ["roll-A", "roll-B"], "the parts")
+        click(browser, '#parts-table tr[data-part="roll-A"] button')
+        line = wait_for(browser, lambda d: read(d, "#trend-chart polyline.series.watched", "points"), "the median line")
+        area = read(browser, "#trend-chart polyline.series.area", "points")
+        vertices = [tuple(map(float, v.split(","))) for v in line[0].split()]
+        assert len(vertices) == len(trend) == 4
+        assert line != area
+        # the y of each vertex follows the watched area: equal areas at equal heights, larger ones higher
+        for (_, y_a), (_, y_b), a, b in zip(vertices, vertices[1:], trend, trend[1:]):
+            if a["watched_fraction"] == b["watched_fraction"]:
+                assert y_a == pytest.approx(y_b)
+            else:
+                assert (y_b < y_a) == (b["watched_fraction"] > a["watched_fraction"])
+        assert "median of the last 2 inspections" in " ".join(read(browser, "#trend-chart text"))
+        alert_texts = " ".join(read(browser, "#trend-alerts li"))
+        assert store.alerts(part="roll-A") and "the median of the last 2 predicted areas" in alert_texts
+        assert page_errors(browser) == []
+    finally:
+        stop()

@@ -504,6 +504,21 @@ def test_the_live_rule_holds_exactly_where_alert_rule_fires_offline(store, model
     assert np.logical_or.reduce([live[n] for n in live]).tolist() == rule.fires(DAYS, fractions).tolist()
 
 
+def test_the_trend_carries_the_watched_area_from_the_whole_history(store, model):
+    """With smooth k > 1 each trend point carries the median the rule watches, reaching back
+    before `since` for the first points' k - 1 predecessors."""
+    mid, tv = model
+    _series(store, mid, tv, SMOOTHED)
+    watched = SMOOTHED.watched(np.array(PIXELS) / 10_000)
+    whole = store.trend("p", smooth=3)
+    assert [p["watched_fraction"] for p in whole] == pytest.approx(watched.tolist())
+    since = T0 + dt.timedelta(days=DAYS[5])
+    later = store.trend("p", since=since, smooth=3)
+    assert [p["id"] for p in later] == [p["id"] for p in whole[5:]]
+    assert [p["watched_fraction"] for p in later] == pytest.approx(watched[5:].tolist())
+    assert "watched_fraction" not in store.trend("p")[0]  # the predicted area alone without a median
+
+
 def test_unacknowledged_growth_alerts_are_raised_where_the_condition_starts(store, model):
     mid, tv = model
     holds = GROWTH.fires(DAYS, np.array(PIXELS) / 10_000)

@@ -13,11 +13,26 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from pitscope.growth import trailing_median
 from pitscope.history import schema
 from pitscope.history.database import HistoryDatabase
 from pitscope.history.names import as_utc
 
 DECISIONS = ("defective", "good")
+
+
+def fractions_before(connection: Connection, part: str, time: dt.datetime, ident: int, n: int) -> list[float]:
+    """The predicted area fractions of `part`'s n inspections just before the inspection `ident`
+    captured at `time` (in capture order, then id), oldest first; fewer at the part's start."""
+    i = schema.inspections
+    when = sa.func.coalesce(i.c.captured_at, i.c.recorded_at)
+    rows = connection.execute(
+        sa.select(i.c.defect_fraction)
+        .where(i.c.part == part, (when < time) | ((when == time) & (i.c.id < ident)))
+        .order_by(when.desc(), i.c.id.desc())
+        .limit(n)
+    ).all()
+    return [f for (f,) in reversed(rows)]
 
 
 @dataclass(frozen=True)
@@ -91,10 +106,14 @@ class HistoryQueries(HistoryDatabase):
         with self.engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
 
-    def trend(self, part: str, since: dt.datetime | None = None, until: dt.datetime | None = None) -> list[dict]:
+    def trend(
+        self, part: str, since: dt.datetime | None = None, until: dt.datetime | None = None, smooth: int = 1
+    ) -> list[dict]:
         """A part's inspections in capture order (capture time, else recorded time; then id):
         dicts of id, time, captured_at, name, width, height, score, image_threshold, is_defective,
-        defect_px, defect_fraction, pixel_threshold, model_id."""
+        defect_px, defect_fraction, pixel_threshold, model_id; with smooth k > 1 also
+        watched_fraction, the median of each inspection's defect_fraction and the part's k - 1
+        inspections before it (those before `since` included), as `AlertRule.watched` reads it."""
         i = schema.inspections
         when = sa.func.coalesce(i.c.captured_at, i.c.recorded_at).label("time")
         query = (
@@ -118,9 +137,14 @@ class HistoryQueries(HistoryDatabase):
         )
         with self.engine.connect() as connection:
             rows = [_row(r._mapping) for r in connection.execute(query)]
-        for row in rows:  # SQLite returns coalesce() as text
-            if isinstance(row["time"], str):
-                row["time"] = as_utc(dt.datetime.fromisoformat(row["time"]))
+            for row in rows:  # SQLite returns coalesce() as text
+                if isinstance(row["time"], str):
+                    row["time"] = as_utc(dt.datetime.fromisoformat(row["time"]))
+            if smooth > 1 and rows:
+                pad = fractions_before(connection, part, rows[0]["time"], rows[0]["id"], smooth - 1)
+                areas = [*pad, *(r["defect_fraction"] for r in rows)]
+                for row, watched in zip(rows, trailing_median(areas, smooth)[len(pad) :]):
+                    row["watched_fraction"] = float(watched)
         return rows
 
     def parts(self) -> list[dict]:

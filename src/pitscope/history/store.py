@@ -42,7 +42,7 @@ from pitscope.history.database import _alembic_config as _alembic_config  # kept
 from pitscope.history.database import _head_revision as _head_revision
 from pitscope.history.database import database_url as database_url
 from pitscope.history.names import as_utc
-from pitscope.history.queries import HistoryQueries, ThresholdVersion, _row
+from pitscope.history.queries import HistoryQueries, ThresholdVersion, _row, fractions_before
 
 SECONDS_PER_DAY = 86_400.0
 SOURCES = ("cli", "http", "page")
@@ -358,20 +358,6 @@ def _utc(value) -> dt.datetime:
     return as_utc(value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value))
 
 
-def _fractions_before(connection: Connection, part: str, time: dt.datetime, ident: int, n: int) -> list[float]:
-    """The predicted area fractions of `part`'s n inspections just before the inspection `ident`
-    captured at `time` (in capture order, then id), oldest first; fewer at the part's start."""
-    i = schema.inspections
-    when = sa.func.coalesce(i.c.captured_at, i.c.recorded_at)
-    rows = connection.execute(
-        sa.select(i.c.defect_fraction)
-        .where(i.c.part == part, (when < time) | ((when == time) & (i.c.id < ident)))
-        .order_by(when.desc(), i.c.id.desc())
-        .limit(n)
-    ).all()
-    return [f for (f,) in reversed(rows)]
-
-
 def _conditions(
     connection: Connection, part: str, time: dt.datetime, ident: int, fraction: float, rule: AlertRule
 ) -> dict[str, tuple[bool, dict]]:
@@ -385,9 +371,7 @@ def _conditions(
         values = {"defect_fraction": fraction, "limit": rule.area_fraction_above}
         watched = fraction
         if k > 1:
-            watched = float(
-                trailing_median([*_fractions_before(connection, part, time, ident, k - 1), fraction], k)[-1]
-            )
+            watched = float(trailing_median([*fractions_before(connection, part, time, ident, k - 1), fraction], k)[-1])
             values = {**values, "watched_fraction": watched, "smooth_images": k}
         checks["area"] = (watched > rule.area_fraction_above, values)
     if rule.growth_per_day_above is not None:
@@ -401,7 +385,7 @@ def _conditions(
         days = [(t - times[0]).total_seconds() / SECONDS_PER_DAY for t in times]
         areas = [f for _, _, f in window]
         if k > 1:  # each point's median over it and the k - 1 before it, reaching back past the window
-            pad = _fractions_before(connection, part, times[0], window[0][1], k - 1)
+            pad = fractions_before(connection, part, times[0], window[0][1], k - 1)
             areas = trailing_median([*pad, *areas], k)[len(pad) :].tolist()
         # the window is exactly the points trailing_growth would take for this inspection
         slope = slope_per_day(days, areas)

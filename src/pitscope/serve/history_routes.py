@@ -107,8 +107,10 @@ def _add_inspection_routes(app, recorder: "Recorder", guarded: list) -> None:
     def trend(part: str, since: str | None = None, until: str | None = None) -> dict:
         """A part's inspections in capture order, the thresholds in force and its alerts:
         {"part", "points": [{id, time, score, image_threshold, is_defective, defect_px,
-        defect_fraction, ...}], "alerts": [...], "rule"}; 404 for a part never inspected."""
-        points = store.trend(part, _time_or_422("since", since), _time_or_422("until", until))
+        defect_fraction, ...}], "alerts": [...], "rule"}, each point with watched_fraction when the
+        rule watches a median of the last images; 404 for a part never inspected."""
+        smooth = recorder.rule.smooth_images if recorder.rule is not None else 1
+        points = store.trend(part, _time_or_422("since", since), _time_or_422("until", until), smooth=smooth)
         if not points and store.count(part=part) == 0:
             raise HTTPException(404, f"no inspection of part {part!r} is recorded")
         return {

@@ -681,7 +681,13 @@ function drawTrend(trend) {
   const W = 760, H = 430, L = 70, R = 24; // the viewBox of #trend-svg and its left and right margins
   const areaBox = { left: L, right: W - R, top: 24, bottom: 184 };
   const scoreBox = { left: L, right: W - R, top: 226, bottom: 386 };
-  const points = trend.points.map((p) => ({ ...p, t: new Date(p.time).getTime(), area: 100 * p.defect_fraction }));
+  const points = trend.points.map((p) => ({
+    ...p,
+    t: new Date(p.time).getTime(),
+    area: 100 * p.defect_fraction,
+    watched: typeof p.watched_fraction === "number" ? 100 * p.watched_fraction : null,
+  }));
+  const smooth = trend.rule && trend.rule.smooth_images > 1 && points.every((p) => p.watched !== null) ? trend.rule.smooth_images : 0;
   const root = $("trend-svg");
   root.replaceChildren();
   const title = svg("title", { id: "trend-svg-title" }, root);
@@ -698,7 +704,7 @@ function drawTrend(trend) {
 
   // top panel: predicted area % and the rule's area limit
   const limit = trend.rule && typeof trend.rule.area_fraction_above === "number" ? 100 * trend.rule.area_fraction_above : null;
-  const areaTop = Math.max(...points.map((p) => p.area), limit === null ? 0 : limit);
+  const areaTop = Math.max(...points.map((p) => Math.max(p.area, p.watched || 0)), limit === null ? 0 : limit);
   const yArea = chartPanel(root, areaBox, niceTicks(0, areaTop > 0 ? areaTop : 1), "Predicted area, % of the photo", " %");
   // bottom panel: score and the image threshold in force at each inspection
   const values = points.flatMap((p) => [p.score, p.image_threshold]);
@@ -714,6 +720,11 @@ function drawTrend(trend) {
   svgText(root, W - R - 4, yScore(points[points.length - 1].image_threshold) - 4, "image threshold", "line-label", "end");
 
   svg("polyline", { points: points.map((p) => `${x(p.t)},${yArea(p.area)}`).join(" "), class: "series area" }, root);
+  if (smooth) {
+    // the area the alert rule watches: the median of each inspection's area and the smooth - 1 before it
+    svg("polyline", { points: points.map((p) => `${x(p.t)},${yArea(p.watched)}`).join(" "), class: "series watched" }, root);
+    svgText(root, L + 6, areaBox.top + 14, `thick line: median of the last ${smooth} inspections (what the rule watches)`, "line-label");
+  }
   svg("polyline", { points: points.map((p) => `${x(p.t)},${yScore(p.score)}`).join(" "), class: "series score" }, root);
 
   // x ticks: up to 5 times, shared by both panels
@@ -756,6 +767,9 @@ function drawTrend(trend) {
 
 function describeAlertValues(a) {
   const v = a.values || {};
+  if (a.rule === "area" && typeof v.watched_fraction === "number") {
+    return `the median of the last ${v.smooth_images} predicted areas, ${percent(v.watched_fraction)}, is above the limit of ${percent(v.limit)}`;
+  }
   if (a.rule === "area") return `predicted area ${percent(v.defect_fraction)} is above the limit of ${percent(v.limit)}`;
   if (a.rule === "growth") {
     const growth = typeof v.growth_per_day === "number" ? `${formatNumber(100 * v.growth_per_day)} percentage points a day` : "—";
