@@ -108,6 +108,18 @@ def click(driver, selector: str) -> None:
     wait_for(driver, clicked, f"a click on {selector}")
 
 
+def sign_in(driver, url: str) -> None:
+    """Open the page, give the API key at its prompt and wait until it shows the model."""
+    driver.get(url + "/")
+    key_input = wait_for(
+        driver,
+        lambda d: d.find_element(By.ID, "api-key").is_displayed() and d.find_element(By.ID, "api-key"),
+        "the API key prompt",
+    )
+    key_input.send_keys(KEY + Keys.ENTER)
+    wait_for(driver, lambda d: d.find_element(By.ID, "service-status").text.startswith("Connected"), "the model")
+
+
 def open_alert_text(n: int) -> str:
     return f"{n} open alert{'' if n == 1 else 's'}"
 
@@ -118,14 +130,7 @@ def test_history_table_trend_acknowledge_and_upload_with_a_part(history_service,
     raised = [alert for a in answers[:4] for alert in a["alerts"]]
     assert answers[3]["defect_px"] > 0 and raised, "the black square should raise an area alert on roll-A"
 
-    browser.get(url + "/")
-    key_input = wait_for(
-        browser,
-        lambda d: d.find_element(By.ID, "api-key").is_displayed() and d.find_element(By.ID, "api-key"),
-        "the API key prompt",
-    )
-    key_input.send_keys(KEY + Keys.ENTER)
-    wait_for(browser, lambda d: d.find_element(By.ID, "service-status").text.startswith("Connected"), "the model")
+    sign_in(browser, url)
     badge = browser.find_element(By.ID, "alert-badge")
     open_alerts = len(store.alerts(unacknowledged=True))
     wait_for(browser, lambda d: badge.text == open_alert_text(open_alerts), "the open-alert badge")
@@ -237,14 +242,7 @@ def test_the_trend_draws_the_median_the_rule_watches(model, browser, tmp_path):
         seed(url)
         trend = store.trend("roll-A", smooth=2)
         assert any(p["watched_fraction"] != p["defect_fraction"] for p in trend)  # the median moves the line
-        browser.get(url + "/")
-        key_input = wait_for(
-            browser,
-            lambda d: d.find_element(By.ID, "api-key").is_displayed() and d.find_element(By.ID, "api-key"),
-            "the API key prompt",
-        )
-        key_input.send_keys(KEY + Keys.ENTER)
-        wait_for(browser, lambda d: d.find_element(By.ID, "service-status").text.startswith("Connected"), "the model")
+        sign_in(browser, url)
         browser.find_element(By.ID, "history-toggle").click()
         wait_for(browser, lambda d: read(d, "#parts-table tbody tr", "data-part") == ["roll-A", "roll-B"], "the parts")
         click(browser, '#parts-table tr[data-part="roll-A"] button')
