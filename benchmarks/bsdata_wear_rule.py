@@ -78,17 +78,19 @@ def replay(curves: dict, names: list[str], rule: AlertRule) -> dict:
 def choose_smoothing(curves: dict, names: list[str], smooths: list[int]) -> tuple[int, list[dict]]:
     """The K of `smooths` whose watched area (median of the last K images) has the highest mean
     Spearman with the true area over the named sequences, the smaller K on a tie; with each K's
-    mean."""
-    rows = []
-    for k in sorted(set(smooths)):
-        rhos = []
-        for name in names:
-            c = curves[name]
-            predicted, truth = (np.asarray(c[f], np.float64) for f in ("predicted_fraction", "true_fraction"))
-            rho = spearman(trailing_median(predicted, k), truth)
-            if rho is not None:
-                rhos.append(rho)
-        rows.append({"smooth": k, "spearman_mean": float(np.mean(rhos)) if rhos else None, "n": len(rhos)})
+    mean. Every K is averaged over the same sequences: those where each K's Spearman is defined
+    (a median that flattens a curve to a constant drops no sequence from its own mean)."""
+    ks = sorted(set(smooths))
+    per = {}  # name -> [Spearman for each K]
+    for name in names:
+        c = curves[name]
+        predicted, truth = (np.asarray(c[f], np.float64) for f in ("predicted_fraction", "true_fraction"))
+        per[name] = [spearman(trailing_median(predicted, k), truth) for k in ks]
+    kept = [rhos for rhos in per.values() if all(r is not None for r in rhos)]
+    rows = [
+        {"smooth": k, "spearman_mean": float(np.mean([r[j] for r in kept])) if kept else None, "n": len(kept)}
+        for j, k in enumerate(ks)
+    ]
     scored = [r for r in rows if r["spearman_mean"] is not None]
     if not scored:
         return min(smooths), rows

@@ -588,6 +588,14 @@ def test_bsdata_wear_rule_chooses_the_median_window_on_validation_spearman(monke
     rising = {"days": days, "predicted_fraction": [0.01 * (d + 1) for d in days], "true_fraction": days}
     k, rows = choose_smoothing({"r": rising}, ["r"], [3, 1])
     assert k == 1 and [r["spearman_mean"] for r in rows] == pytest.approx([1.0, 1.0])
+    # a K whose median flattens a poorly ranked curve to a constant is not excused from it: every K
+    # is averaged over the sequences where each K has a Spearman
+    spike = {"days": days, "predicted_fraction": [0.0, 0.0, 0.0, 0.0, 0.05, 0.0, 0.0, 0.0, 0.0], "true_fraction": truth}
+    assert spearman(trailing_median(spike["predicted_fraction"], 3), truth) is None
+    k, rows = choose_smoothing({"a": curves["a"], "spike": spike}, ["a", "spike"], [1, 3])
+    assert [r["n"] for r in rows] == [1, 1] and [r["spearman_mean"] for r in rows] == pytest.approx(
+        [means[1], means[3]]
+    )
     m = replay(curves, ["a"], AlertRule(0.02, None, smooth_images=3))
     assert m["spearman_mean"] == pytest.approx(means[3]) and m["spearman_predicted_mean"] == pytest.approx(means[1])
     assert describe(0.02, None, 1, 3) == "area > 2% of the median of the last 3 images"

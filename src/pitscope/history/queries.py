@@ -26,6 +26,7 @@ def fractions_before(connection: Connection, part: str, time: dt.datetime, ident
     captured at `time` (in capture order, then id), oldest first; fewer at the part's start."""
     i = schema.inspections
     when = sa.func.coalesce(i.c.captured_at, i.c.recorded_at)
+    time = as_utc(time)
     rows = connection.execute(
         sa.select(i.c.defect_fraction)
         .where(i.c.part == part, (when < time) | ((when == time) & (i.c.id < ident)))

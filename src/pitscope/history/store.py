@@ -398,6 +398,7 @@ def _conditions(
                 "limit": rule.growth_per_day_above,
                 "window_days": rule.window_days,
                 "points": len(window),
+                **({"smooth_images": k} if k > 1 else {}),
             },
         )
     return checks

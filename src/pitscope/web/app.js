@@ -773,7 +773,8 @@ function describeAlertValues(a) {
   if (a.rule === "area") return `predicted area ${percent(v.defect_fraction)} is above the limit of ${percent(v.limit)}`;
   if (a.rule === "growth") {
     const growth = typeof v.growth_per_day === "number" ? `${formatNumber(100 * v.growth_per_day)} percentage points a day` : "—";
-    return `area grew ${growth} over ${formatNumber(v.window_days)} day(s) (${v.points} inspections), ` +
+    const what = v.smooth_images > 1 ? `the median of the last ${v.smooth_images} areas` : "area";
+    return `${what} grew ${growth} over ${formatNumber(v.window_days)} day(s) (${v.points} inspections), ` +
       `above the limit of ${formatNumber(100 * v.limit)}`;
   }
   return `${a.rule}: ${JSON.stringify(v)}`;
