@@ -162,3 +162,25 @@ def test_bad_databases_are_one_clear_line(model, photos, tmp_path, capsys):
         == 2
     )
     assert "--part-from" in capsys.readouterr().err
+
+
+def test_predict_alerts_on_the_median_of_a_parts_last_inspections(model, tmp_path):
+    """`predict --db --alert-smooth 2`: the area alert reads the median of the part's last two
+    predicted areas, as the recorded areas give it."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, (hour, square) in enumerate(((11, 0), (15, 16), (19, 16))):
+        image = render_surface(np.random.default_rng(i), 64, 64).copy()
+        image[20 : 20 + square, 20 : 20 + square] = 0  # the tiny detector outlines a black square
+        Image.fromarray(image).save(folder / f"01_200828{hour:02d}0014_277500_315_crop_2.png")
+    db = tmp_path / "h.sqlite"
+    args = ["predict", str(model), str(folder), "--out", str(tmp_path / "out"), "--quiet", "--db", str(db)]
+    args += ["--part-from", BSDATA_PART, "--time-from", BSDATA_TIME, "--alert-area", "0", "--alert-growth", "off"]
+    assert main([*args, "--alert-smooth", "2"]) in (0, 1)
+    store = HistoryStore(db)
+    areas = [r["defect_fraction"] for r in store.inspections(newest_first=False)]
+    assert areas[0] == 0 and areas[1] > 0, "the square should give the second photo a predicted area"
+    (alert,) = store.alerts()  # raised once, on the second photo, and left open
+    assert alert["values"]["smooth_images"] == 2
+    assert alert["values"]["watched_fraction"] == pytest.approx(np.median(areas[:2]))
+    assert "median of the last 2 images" in alert["values"]["rule"]
