@@ -131,6 +131,7 @@ def score_model(path: Path, overrides: Sequence[str] = (), split: str = "test") 
     variants = {
         **{stage: per_stage[stage][0] for stage in (*STAGES, "projection")},
         "sum of layer1-4": sum(per_stage[stage][0] for stage in STAGES),
+        "layer1 + layer4, standardised": standardised(*per_stage["layer1"]) + standardised(*per_stage["layer4"]),
         "layer4, flips in the fit": distances("layer4", torch.cat([fit["layer4"], fit["layer4_mirror"]]))[0],
         **{f"layer4, fit without its furthest {share:.0%}": trimmed("layer4", share) for share in TRIM_SHARES},
         "layer4, max pooling": distances("layer4_max")[0],

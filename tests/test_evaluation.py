@@ -186,6 +186,7 @@ def test_image_scores_benchmark_agrees_with_evaluate(detector, tmp_path, monkeyp
     rows = {row["score"]: row for row in record["rows"]}
     assert record["default"] == detector.cfg.score.image_features == "projection"
     assert set(STAGES) | {"projection", "sum of layer1-4", "map maximum", "projection + map maximum"} <= set(rows)
+    assert 0 <= rows["layer1 + layer4, standardised"]["image_auroc"] <= 100
     # 7 fitting images: both shares round to no image, so the trimmed rows are the layer4 row
     for share in ("2%", "5%"):
         assert rows[f"layer4, fit without its furthest {share}"] == {
