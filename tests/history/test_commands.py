@@ -164,9 +164,9 @@ def test_bad_databases_are_one_clear_line(model, photos, tmp_path, capsys):
     assert "--part-from" in capsys.readouterr().err
 
 
-def test_predict_alerts_on_the_median_of_a_parts_last_inspections(model, tmp_path):
+def test_predict_alerts_on_the_median_of_a_parts_last_inspections(model, tmp_path, capsys):
     """`predict --db --alert-smooth 2`: the area alert reads the median of the part's last two
-    predicted areas, as the recorded areas give it."""
+    predicted areas, as the recorded areas give it; `history --watch 2` shows that median."""
     folder = tmp_path / "photos"
     folder.mkdir()
     for i, (hour, square) in enumerate(((11, 0), (15, 16), (19, 16))):
@@ -184,3 +184,19 @@ def test_predict_alerts_on_the_median_of_a_parts_last_inspections(model, tmp_pat
     assert alert["values"]["smooth_images"] == 2
     assert alert["values"]["watched_fraction"] == pytest.approx(np.median(areas[:2]))
     assert "median of the last 2 images" in alert["values"]["rule"]
+    capsys.readouterr()
+    # the table and the CSV show the median the rule read, the window reaching back before --since
+    since = store.inspections(newest_first=False)[1]["captured_at"].isoformat()
+    assert main(["history", "--db", str(db), "--part", "277500_315", "--watch", "2", "--since", since]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "watch %" in lines[0]
+    watched = {line.split()[-1]: float(line.split()[-2]) for line in lines[1:-1]}
+    expected = [np.median(areas[:2]), np.median(areas[1:])]
+    assert list(watched.values()) == pytest.approx([100 * e for e in expected[::-1]], abs=1e-3)
+    out = tmp_path / "watched.csv"
+    assert main(["history", "--db", str(db), "--part", "277500_315", "--watch", "2", "--csv", str(out)]) == 0
+    with out.open() as fh:
+        exported = list(csv.DictReader(fh))
+    assert [float(r["watched_fraction"]) for r in exported] == pytest.approx([areas[0], *expected])
+    assert main(["history", "--db", str(db), "--watch", "2"]) == 2
+    assert "--watch K needs --part" in capsys.readouterr().err

@@ -52,9 +52,10 @@ def cmd_history(args: argparse.Namespace) -> int:
 
     examples:
       pitscope history --db inspections.sqlite --part 277500_315 --limit 10
+      pitscope history --db inspections.sqlite --part 277500_315 --watch 7
       pitscope history --db inspections.sqlite --decision defective --since 2020-08-28 --csv defective.csv
       pitscope history --db postgresql+psycopg://pitscope@db-host/pitscope --prune-older-than 365"""
-    from pitscope.history.csv_export import write_csv
+    from pitscope.history.csv_export import COLUMNS, write_csv
     from pitscope.history.names import parse_time
     from pitscope.history.store import HistoryStore
 
@@ -91,23 +92,45 @@ def cmd_history(args: argparse.Namespace) -> int:
         model=args.model,
         source=args.source,
     )
+    if args.watch is not None and (args.watch < 1 or not args.part):
+        raise ValueError("--watch K needs --part and K >= 1: the median of one part's last K predicted areas")
     if args.csv:
-        n = write_csv(store.inspections(limit=None, newest_first=False, **filters), args.csv)
+        rows = store.inspections(limit=None, newest_first=False, **filters)
+        columns: tuple[str, ...] = COLUMNS
+        if args.watch is not None:
+            _add_watched(store, rows, args.part, filters, args.watch)
+            columns = (*COLUMNS, "watched_fraction")
+        n = write_csv(rows, args.csv, columns)
         print(f"{n} inspections written to {args.csv}")
         return 0
     rows = store.inspections(limit=args.limit or None, **filters)
+    watched = "" if args.watch is None else f" {'watch %':>7}"
+    if args.watch is not None:
+        _add_watched(store, rows, args.part, filters, args.watch)
     print(
-        f"{'id':>8}  {'captured (UTC)':<19}  {'part':<16} {'score':>9} {'thresh':>8} {'decision':<9} {'area %':>7}  name"
+        f"{'id':>8}  {'captured (UTC)':<19}  {'part':<16} {'score':>9} {'thresh':>8} {'decision':<9} "
+        f"{'area %':>7}{watched}  name"
     )
     for row in rows:
         when = (row["captured_at"] or row["recorded_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        watched = "" if args.watch is None else f" {100 * row['watched_fraction']:>7.3f}"
         print(
             f"{row['id']:>8}  {when:<19}  {(row['part'] or '-')[:16]:<16} {row['score']:>9.4g} "
             f"{row['image_threshold']:>8.4g} {'defective' if row['is_defective'] else 'good':<9} "
-            f"{100 * row['defect_fraction']:>7.3f}  {row['name'] or ''}"
+            f"{100 * row['defect_fraction']:>7.3f}{watched}  {row['name'] or ''}"
         )
     print(f"{len(rows)} of {store.count(**filters)} matching inspections in {store.display_url}")
     return 0
+
+
+def _add_watched(store, rows: list[dict], part: str, filters: dict, k: int) -> None:
+    """Give each of a part's inspection rows `watched_fraction`: the median of its predicted area
+    and the part's k - 1 inspections before it, whatever the other filters keep (the area
+    `--alert-smooth k` watches)."""
+    trend = store.trend(part, filters["since"], filters["until"], smooth=k)
+    by_id = {p["id"]: p.get("watched_fraction", p["defect_fraction"]) for p in trend}
+    for row in rows:
+        row["watched_fraction"] = by_id[row["id"]]
 
 
 def add_parsers(sub) -> None:
@@ -207,6 +230,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--source", choices=["cli", "http", "page"])
     p.add_argument("--limit", type=int, default=50, help="rows to show, newest first (default: 50; 0: all)")
     p.add_argument("--csv", metavar="FILE", help="write every matching inspection to FILE as CSV (oldest first)")
+    p.add_argument(
+        "--watch",
+        type=int,
+        metavar="K",
+        help="with --part: add the watched area, the median of each inspection's predicted area and the "
+        "part's K - 1 inspections before it (what --alert-smooth K alerts on); in the table and --csv",
+    )
     p.add_argument("--parts", action="store_true", help="list the parts instead: inspections, last time, open alerts")
     p.add_argument("--alerts", action="store_true", help="list the alerts instead")
     p.add_argument("--events", action="store_true", help="list threshold changes and model loads instead")

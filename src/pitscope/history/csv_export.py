@@ -32,18 +32,18 @@ COLUMNS = (
 )
 
 
-def write_csv(rows: Iterable[dict], path: str | Path) -> int:
-    """Write inspection rows to `path` under a header of COLUMNS: times in ISO 8601, None as an
-    empty cell. Returns the number of rows written."""
+def write_csv(rows: Iterable[dict], path: str | Path, columns: tuple[str, ...] = COLUMNS) -> int:
+    """Write inspection rows to `path` under a header of `columns` (default COLUMNS): times in
+    ISO 8601, None as an empty cell. Returns the number of rows written."""
     n = 0
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(COLUMNS)
+        writer.writerow(columns)
         for row in rows:
             writer.writerow(
                 [
                     "" if row.get(k) is None else row[k].isoformat() if hasattr(row[k], "isoformat") else row[k]
-                    for k in COLUMNS
+                    for k in columns
                 ]
             )
             n += 1
