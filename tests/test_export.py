@@ -84,6 +84,21 @@ def test_onnx_carries_the_neighbourhood_scoring(fitted, tmp_path):
     assert (ref_map < own_map - 1e-3).any()  # the neighbourhood lowered the maps that were exported
 
 
+def test_onnx_carries_the_layer1_and_layer4_image_score(fitted, tmp_path):
+    detector, _, test_split = fitted
+    cfg = copy.deepcopy(detector.cfg)
+    cfg.score.image_features = "layer1+layer4"
+    train_split = build_dataset(cfg.data, "train", cfg.seed)
+    both = Detector(cfg, detector.n_kinds, net=copy.deepcopy(detector.net)).fit(train_split, progress=False)
+    images = [sample.image for sample in test_split]
+    path = export_onnx(both, tmp_path / "both.onnx")["path"]
+    score, _, defective, _ = onnx_session(path).run(None, {"image": to_export_input(images, 64).numpy()})
+    ref_score, _ = torch_reference(both, images)
+    assert np.abs(score - ref_score).max() <= 1e-4 * np.abs(ref_score).max()
+    assert np.array_equal(defective, ref_score > float(both.threshold))
+    assert not np.allclose(ref_score, torch_reference(detector, images)[0])  # another score than the default's
+
+
 def test_onnx_carries_the_capped_image_score_factor_and_the_map_shown(fitted, tmp_path):
     detector, _, test_split = fitted
     images = [sample.image for sample in test_split]

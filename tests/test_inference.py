@@ -21,6 +21,7 @@ from pitscope.metrics import evaluate_all
 from pitscope.scorer_fitting import QUANTILE_GRID
 from pitscope.scoring import (
     PatchGaussianScorer,
+    out_of_fold_block_distances,
     pixel_threshold_of,
     remove_background,
     sharpen_to_local_peak,
@@ -631,6 +632,40 @@ def test_image_embedding_is_the_projection_or_the_pooled_layer4(fitted):
     torch.testing.assert_close(pooled._features(x)[0], out.embedding)
     torch.testing.assert_close(out.embedding, out.features["layer4"].mean(dim=(2, 3)))
     assert pooled.fit(train_split, progress=False).image_scorer.location_.shape == (512,)
+
+
+def test_layer1_and_layer4_image_score_is_standardised_out_of_fold(fitted, tmp_path):
+    """score.image_features=layer1+layer4: a Gaussian on each pooled stage; each block's centre and
+    spread are its out-of-fold distances' mean and deviation over every training image, so the
+    out-of-fold scores the threshold is a quantile of sum to zero; the file scores as fitted."""
+    detector, _, train_split, test_split = fitted
+    cfg = apply_overrides(detector.cfg, ["score.image_features=layer1+layer4"])
+    both = Detector(cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
+    x = batch_of(train_split, range(4))
+    with torch.no_grad():
+        out = detector.net(x)
+    embedding = both._features(x)[0]
+    torch.testing.assert_close(embedding[:, :64], out.features["layer1"].mean(dim=(2, 3)))
+    torch.testing.assert_close(embedding[:, 64:], out.embedding)
+    scorer = both.image_scorer
+    every = torch.cat([both._features(batch_of(train_split, [i]))[0] for i in range(len(train_split))]).double()
+    folds = both.calibration_folds(len(train_split))
+    blocks = out_of_fold_block_distances(scorer, every, folds)
+    torch.testing.assert_close(scorer.centre_.double(), blocks.mean(0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(scorer.spread_.double(), blocks.std(0), rtol=1e-4, atol=1e-4)
+    oof = scorer.combine(blocks.float())
+    assert abs(float(oof.mean())) < 1e-4
+    assert float(both.threshold) == pytest.approx(
+        float(torch.quantile(oof.double(), cfg.score.threshold_quantile)), rel=1e-4
+    )
+    assert both.metadata["calibration"]["method"] == "out_of_fold"
+    loaded = Detector.load(both.save(tmp_path / "layer14.pt"))
+    assert loaded.cfg.score.image_features == "layer1+layer4"
+    np.testing.assert_allclose(
+        loaded.score_dataset(test_split, progress=False)[0],
+        both.score_dataset(test_split, progress=False)[0],
+        rtol=1e-5,
+    )
 
 
 def test_files_from_before_image_features_keep_scoring_by_layer4(fitted, tmp_path):

@@ -9,8 +9,10 @@ from sklearn.covariance import LedoitWolf
 from pitscope.scoring import (
     GaussianScorer,
     PatchGaussianScorer,
+    StandardisedSumScorer,
     _Moments,
     gaussian_smooth,
+    out_of_fold_block_distances,
     out_of_fold_scores,
     remove_background,
     score_factor,
@@ -288,6 +290,41 @@ def test_out_of_fold_scores_reject_bad_folds():
         out_of_fold_scores(features, [[0, 1, 2], [2, 3, 4, 5]])
     with pytest.raises(ValueError, match="fewer than 2"):
         out_of_fold_scores(features, [[0, 1, 2, 3, 4], [5]])
+
+
+def test_standardised_sum_is_each_blocks_own_gaussian_centred_and_scaled():
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.normal(size=(40, 3)) @ rng.normal(size=(3, 3)), rng.normal(size=(40, 4)) * 3], axis=1)
+    fit, held, new = torch.from_numpy(x[:25]), torch.from_numpy(x[25:35]), torch.from_numpy(x[35:])
+    scorer = StandardisedSumScorer([3, 4]).double().fit(fit)
+    own = [np.sqrt(LedoitWolf().fit(x[:25, cols]).mahalanobis(x[:, cols])) for cols in (slice(0, 3), slice(3, 7))]
+    np.testing.assert_allclose(scorer.block_distances(torch.from_numpy(x)).numpy(), np.stack(own, 1), rtol=1e-6)
+    scorer.set_standardisation(scorer.block_distances(held))
+    centre = [d[25:35].mean() for d in own]
+    spread = [d[25:35].std(ddof=1) for d in own]
+    expected = sum((d[35:] - c) / s for d, c, s in zip(own, centre, spread))
+    np.testing.assert_allclose(scorer.score(new).numpy(), expected, rtol=1e-6)
+    # a fitted scorer restores from its state dict
+    copy = StandardisedSumScorer([3, 4]).double()
+    copy.load_state_dict(scorer.state_dict())
+    torch.testing.assert_close(copy.score(new), scorer.score(new))
+
+
+def test_standardised_sum_out_of_fold_is_each_blocks_out_of_fold_distance():
+    x = torch.from_numpy(np.random.default_rng(6).normal(size=(12, 5)))
+    folds = [list(range(k, 12, 3)) for k in range(3)]
+    scorer = StandardisedSumScorer([2, 3])
+    blocks = out_of_fold_block_distances(scorer, x, folds)
+    torch.testing.assert_close(blocks[:, 0], out_of_fold_scores(x[:, :2], folds))
+    torch.testing.assert_close(blocks[:, 1], out_of_fold_scores(x[:, 2:], folds))
+
+
+def test_standardised_sum_refuses_features_of_another_width():
+    scorer = StandardisedSumScorer([2, 3])
+    with pytest.raises(ValueError, match=r"\(N, 5\)"):
+        scorer.fit(torch.randn(6, 4))
+    with pytest.raises(ValueError, match="positive widths"):
+        StandardisedSumScorer([2, 0])
 
 
 def test_patch_scorer_refitted_without_a_part_matches_sklearn_fitted_without_it():

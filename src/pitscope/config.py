@@ -229,8 +229,10 @@ class ScoreConfig:
     # image threshold are scaled down (the last three need image_method embedding)
     map_normalisation: str = "image_mean"
     image_method: str = "embedding"  # embedding: Mahalanobis of the image embedding | map_max
-    # The image embedding: the image branch's projector output (needs model.classify) or the pooled
-    # layer4 it reads
+    # The image embedding: the image branch's projector output (needs model.classify), the pooled
+    # layer4 it reads, or the pooled layer1 and layer4 side by side (layer1+layer4: a Gaussian for
+    # each, the image score the sum of the two distances, each standardised by its mean and spread
+    # on training images its Gaussian did not see)
     image_features: str = "projection"
     threshold_quantile: float = 0.99  # image threshold: this quantile of defect-free scores
     pixel_threshold_quantile: float = 0.999  # predicted region: this quantile of held-back maps ...
@@ -282,7 +284,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "score.regions_on": ("all", "defective", "defective_peak"),
     "score.pixel_threshold_from": ("pixels", "image_max"),
     "score.image_method": ("embedding", "map_max"),
-    "score.image_features": ("projection", "layer4"),
+    "score.image_features": ("projection", "layer4", "layer1+layer4"),
     "score.threshold_from": ("out_of_fold", "held_back"),
 }
 # Options that were removed: key -> what to do instead. Given by a user, each is an error that says

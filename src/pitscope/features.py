@@ -21,13 +21,16 @@ def scoring_features(
     """x (B, 3, H, W) normalised -> (image embedding (B, 512 or projector_hidden) or None for
     image_method map_max, stacked patch features (B, C, h, w) for PaDiM or crop embeddings
     (B, 512, gh, gw) for "patch" or None, segmentation logits (B, h', w') or None). The image
-    embedding is the pooled layer4 or its projection (`score.image_features`)."""
+    embedding is the pooled layer4, its projection, or the pooled layer1 and layer4 side by side
+    (`score.image_features`)."""
     score = cfg.score
     project = score.image_features == "projection"
     if score.pixel_method == "segmentation":
         out = net(x)
         features, seg_logits = out.features, out.seg_logits
         embedding = out.projection if project else out.embedding
+        if score.image_features == "layer1+layer4":
+            embedding = torch.cat([out.features["layer1"].mean(dim=(2, 3)), out.embedding], dim=1)  # (B, 64 + 512)
     else:  # the other training heads are not needed: the backbone gives all else that scoring uses
         if cfg.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -35,7 +38,9 @@ def scoring_features(
         embedding, seg_logits = None, None  # map_max: no image embedding
         if score.image_method != "map_max":
             embedding = features["layer4"].mean(dim=(2, 3))  # (B, 512) as the net's
-            if project:
+            if score.image_features == "layer1+layer4":
+                embedding = torch.cat([features["layer1"].mean(dim=(2, 3)), embedding], dim=1)  # (B, 64 + 512)
+            elif project:
                 projector = net.projector
                 assert projector is not None, "the config refuses image_features=projection without model.classify"
                 embedding = projector(embedding)  # (B, projector_hidden), as the net's projection

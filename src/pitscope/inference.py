@@ -59,6 +59,7 @@ from pitscope.prediction import Prediction
 from pitscope.scoring import (
     GaussianScorer,
     PatchGaussianScorer,
+    StandardisedSumScorer,
     gaussian_smooth,
     moved_pixel_threshold,
     region_background,
@@ -88,7 +89,13 @@ class Detector(nn.Module):
             _check_scoring_network(self.net, cfg)
         if cfg.train.channels_last:  # NHWC: faster convolutions on CPU and GPU; values unchanged
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.image_scorer = GaussianScorer(cfg.score.shrinkage, cfg.score.ridge)
+        self.image_scorer: GaussianScorer | StandardisedSumScorer = (
+            StandardisedSumScorer(
+                [self.net.backbone.channels[s] for s in ("layer1", "layer4")], cfg.score.shrinkage, cfg.score.ridge
+            )
+            if cfg.score.image_features == "layer1+layer4"
+            else GaussianScorer(cfg.score.shrinkage, cfg.score.ridge)
+        )
         self.pixel_scorer = (
             SharedGaussianScorer(cfg.score.shrinkage, cfg.score.ridge)
             if cfg.score.pixel_method == "patch"

@@ -31,7 +31,14 @@ from tqdm.auto import tqdm
 
 from pitscope.config import SCORE_FACTORS, Config
 from pitscope.data.types import Sample
-from pitscope.scoring import GaussianScorer, PatchGaussianScorer, out_of_fold_scores, pixel_threshold_of
+from pitscope.scoring import (
+    GaussianScorer,
+    PatchGaussianScorer,
+    StandardisedSumScorer,
+    out_of_fold_block_distances,
+    out_of_fold_scores,
+    pixel_threshold_of,
+)
 from pitscope.seeding import numpy_rng
 from pitscope.tensors import images_to_batch, iterate_batches
 from pitscope.thresholds import CalibrationRecord, set_thresholds
@@ -45,7 +52,7 @@ class Detector(Protocol):
     @property
     def net(self) -> Any: ...
     @property
-    def image_scorer(self) -> GaussianScorer: ...
+    def image_scorer(self) -> GaussianScorer | StandardisedSumScorer: ...
     @property
     def pixel_scorer(self) -> Any: ...
     @property
@@ -217,6 +224,26 @@ def fit_scorers(detector: Detector, dataset: Sequence[Sample], progress: bool = 
             held_embeddings.append(features[0].double().cpu())
         if oof_maps:
             held_moments = pixel_scorer.moments(_padim_features(features), held_moments)
+    oof = None
+    every = None  # every training image's embedding, in dataset order, for the out-of-fold scores
+    if folds and score.image_method == "embedding":
+        every = torch.empty(len(dataset), embeddings[0].shape[1], dtype=torch.float64)
+        every[fit_idx] = torch.cat(embeddings)
+        every[cal_idx] = torch.cat(held_embeddings)
+    image_scorer = detector.image_scorer
+    if isinstance(image_scorer, StandardisedSumScorer) and held_embeddings:
+        # each block's centre and spread: its distances on images its Gaussian did not see (out of
+        # fold when the threshold is, else the held-back images); then the held-back scores again
+        held = torch.cat(held_embeddings).to(image_scorer.centre_.device)
+        if every is not None:
+            blocks = out_of_fold_block_distances(image_scorer, every, folds, score.shrinkage, score.ridge)
+            image_scorer.set_standardisation(blocks)
+            oof = image_scorer.combine(blocks)
+        else:
+            image_scorer.set_standardisation(image_scorer.block_distances(held))
+        held_scores = [image_scorer.score(held).cpu()]
+    elif every is not None:
+        oof = out_of_fold_scores(every, folds, score.shrinkage, score.ridge)
     q = score.threshold_quantile
     record: CalibrationRecord = {
         "method": "held_back",
@@ -225,13 +252,7 @@ def fit_scorers(detector: Detector, dataset: Sequence[Sample], progress: bool = 
         "quantile": q,
     }
     scores = torch.cat(held_scores).double()
-    oof = None
-    if folds and score.image_method == "embedding":
-        every = torch.empty(len(dataset), embeddings[0].shape[1], dtype=torch.float64)
-        every[fit_idx] = torch.cat(embeddings)
-        every[cal_idx] = torch.cat(held_embeddings)
-        oof = out_of_fold_scores(every, folds, score.shrinkage, score.ridge)
-    elif oof_maps:
+    if oof_maps:
         kept = pixel_scorer._moments
         assert kept is not None and held_moments is not None, "finalize kept the sums; calibration added to them"
         total = kept.combined(held_moments)

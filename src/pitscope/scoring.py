@@ -291,6 +291,90 @@ class GaussianScorer(_FittedBuffers):
         return self.score(features)
 
 
+class StandardisedSumScorer(nn.Module):
+    """A Gaussian over each block of columns of the feature vectors; an image's score is the sum
+    over blocks of its Mahalanobis distance there, less that block's centre, over its spread.
+
+    blocks: the widths of the column blocks, in order (they add up to D).
+    The centres and spreads (`set_standardisation`) are the mean and standard deviation of each
+    block's distances on defect-free images no block Gaussian was fitted on, so each block weighs
+    alike whatever its width. `fit` leaves them at 0 and 1 until they are set.
+    """
+
+    centre_: Tensor  # (n_blocks,) buffer
+    spread_: Tensor  # (n_blocks,) buffer
+
+    def __init__(self, blocks: Sequence[int], shrinkage: str = "ledoit_wolf", ridge: float = 0.01):
+        super().__init__()
+        if not blocks or min(blocks) < 1:
+            raise ValueError(f"blocks must be positive widths, got {list(blocks)}")
+        self.blocks = tuple(int(b) for b in blocks)
+        self.scorers = nn.ModuleList(GaussianScorer(shrinkage, ridge) for _ in self.blocks)
+        self.register_buffer("centre_", torch.zeros(len(self.blocks)))
+        self.register_buffer("spread_", torch.ones(len(self.blocks)))
+
+    @property
+    def gaussians(self) -> list[GaussianScorer]:
+        """The blocks' Gaussians, in order."""
+        return [s for s in self.scorers if isinstance(s, GaussianScorer)]
+
+    @property
+    def is_fitted(self) -> bool:
+        return all(s.is_fitted for s in self.gaussians)
+
+    def split(self, features: Tensor) -> list[Tensor]:
+        """features (N, D) -> its column blocks [(N, width), ...]."""
+        if features.ndim != 2 or features.shape[1] != sum(self.blocks):
+            raise ValueError(f"expected features of shape (N, {sum(self.blocks)}), got {tuple(features.shape)}")
+        return list(torch.split(features, list(self.blocks), dim=1))
+
+    @torch.no_grad()
+    def fit(self, features: Tensor) -> StandardisedSumScorer:
+        """Fit each block's Gaussian on defect-free features (N, D), N >= 2. Returns self."""
+        for scorer, block in zip(self.gaussians, self.split(features)):
+            scorer.fit(block)
+        return self
+
+    @torch.no_grad()
+    def block_distances(self, features: Tensor) -> Tensor:
+        """(N, n_blocks): each row's Mahalanobis distance to each block's Gaussian."""
+        return torch.stack([s.score(b) for s, b in zip(self.gaussians, self.split(features))], dim=1)
+
+    def set_standardisation(self, distances: Tensor) -> None:
+        """Centre and spread each block by its distances (N, n_blocks), N >= 2, of defect-free
+        images the Gaussians did not see (a spread of 0 is taken as 1)."""
+        if distances.ndim != 2 or distances.shape[1] != len(self.blocks) or distances.shape[0] < 2:
+            raise ValueError(f"expected distances of shape (N >= 2, {len(self.blocks)}), got {tuple(distances.shape)}")
+        d = distances.double()
+        spread = d.std(dim=0)
+        spread = torch.where(spread > 0, spread, torch.ones_like(spread))
+        self.centre_ = d.mean(dim=0).to(self.centre_)
+        self.spread_ = spread.to(self.spread_)
+
+    def combine(self, distances: Tensor) -> Tensor:
+        """(N, n_blocks) distances -> (N,) the sum of the standardised distances."""
+        return ((distances - self.centre_.to(distances)) / self.spread_.to(distances)).sum(dim=1)
+
+    @torch.no_grad()
+    def score(self, features: Tensor) -> Tensor:
+        """(N, D) -> (N,) the image scores."""
+        return self.combine(self.block_distances(features))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.score(features)
+
+
+def out_of_fold_block_distances(
+    scorer: StandardisedSumScorer,
+    features: Tensor,
+    folds: Sequence[Sequence[int]],
+    shrinkage: str = "ledoit_wolf",
+    ridge: float = 0.01,
+) -> Tensor:
+    """`out_of_fold_scores` of each of `scorer`'s column blocks of features (N, D): (N, n_blocks)."""
+    return torch.stack([out_of_fold_scores(b, folds, shrinkage, ridge) for b in scorer.split(features)], dim=1)
+
+
 def out_of_fold_scores(
     features: Tensor, folds: Sequence[Sequence[int]], shrinkage: str = "ledoit_wolf", ridge: float = 0.01
 ) -> Tensor:
