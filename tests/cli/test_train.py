@@ -372,10 +372,11 @@ def test_the_surface_preset_is_the_cpu_preset_with_strong_noise_pastes_alone():
     assert (surface["score"]["regions_on"], cpu["score"]["regions_on"]) == ("defective", "defective_peak")
     # ... and with it the bound on the peak's region, which acts on `defective_peak` alone, the
     # map's channel groups, the two steps from the map to the map shown, the regions cut after the
-    # first and their core, and the trimmed map Gaussians
+    # first and their core, the trimmed map Gaussians and the image score of layer1 and layer4
     assert surface["score"] == {
         **cpu["score"],
         "fit_trim": 0.0,
+        "image_features": "layer4",
         "regions_on": "defective",
         "peak_region_max": 0.0,
         "min_region_fraction": 0.0003,
