@@ -114,6 +114,9 @@ def test_projection_image_features_need_the_image_branch():
     assert load_config(None, []).score.image_features == "projection"
     with pytest.raises(ConfigError, match="image_features"):
         load_config(None, ["score.image_features=layer3"])
+    assert load_config("cpu").score.image_features == "layer1+layer4"
+    with pytest.raises(ConfigError, match="can be 0 or below"):
+        load_config("cpu", ["score.map_normalisation=image_score"])
 
 
 @pytest.mark.parametrize(

@@ -532,6 +532,11 @@ def validate(cfg: Config) -> Config:
             f"score.map_normalisation={cfg.score.map_normalisation} needs score.image_method=embedding "
             "(with map_max the image score is read from the map itself)"
         )
+    if cfg.score.map_normalisation in SCORE_FACTORS and cfg.score.image_features == "layer1+layer4":
+        raise ConfigError(
+            f"score.map_normalisation={cfg.score.map_normalisation} scales maps by the image score over the "
+            "threshold; score.image_features=layer1+layer4 gives a standardised score that can be 0 or below"
+        )
     if cfg.score.defect_probe and (cfg.score.pixel_method != "padim" or not cfg.data.labelled_defects):
         raise ConfigError(
             "score.defect_probe=true needs score.pixel_method=padim (it reads the Gaussians' distances) and "
