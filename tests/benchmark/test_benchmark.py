@@ -421,14 +421,17 @@ def test_models_main_passes_score_settings_and_refuses_others(tmp_path, monkeypa
     assert len(seen) == 1
 
 
-def test_task_ablations_score_every_row_by_the_pooled_layer4(tmp_path):
-    # rows without the classifier have no projector: in tables 6 and 7 every row scores alike
+def test_task_ablations_score_every_row_by_the_pooled_backbone_stages(tmp_path):
+    # rows without the classifier have no projector: in tables 6 and 7 every row scores alike, by
+    # the preset's pooled stages, or by layer4 when the preset reads the projection
     for suite in ("table6", "table7"):
         for name in SUITES[suite]:
             cfg = variant_config(BenchmarkOptions(suite=suite, runs_dir=str(tmp_path)), name, seed=0)
-            assert cfg.score.image_features == "layer4", (suite, name)
+            assert cfg.score.image_features == "layer1+layer4", (suite, name)
+            options = BenchmarkOptions(suite=suite, runs_dir=str(tmp_path), preset=None)
+            assert variant_config(options, name, seed=0).score.image_features == "layer4", (suite, name)
     ours = variant_config(BenchmarkOptions(suite="table3", runs_dir=str(tmp_path)), "ours", seed=0)
-    assert ours.score.image_features == "layer4"  # the cpu preset's own setting
+    assert ours.score.image_features == "layer1+layer4"  # the cpu preset's own setting
     user = BenchmarkOptions(suite="table7", runs_dir=str(tmp_path), overrides=("score.image_features=projection",))
     assert variant_config(user, "ours", seed=0).score.image_features == "projection"  # the user's word last
 

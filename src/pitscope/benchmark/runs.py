@@ -61,7 +61,9 @@ def common_overrides(options: BenchmarkOptions) -> list[str]:
     common = []
     if options.suite == "mvtec":  # square images, trained whole
         common += ["data.format=mvtec", "data.image_width=null", "data.keep_aspect=false", "train.crop_size=null"]
-    if options.suite in TASK_ABLATIONS:  # rows without the classifier have no projector to score by
+    # rows without the classifier have no projector to score by: every row scores by the pooled
+    # backbone stages, as the preset does unless it reads the projection
+    if options.suite in TASK_ABLATIONS and load_config(options.preset).score.image_features == "projection":
         common.append("score.image_features=layer4")
     if options.data is not None:
         common.append(f"data.root={options.data}")
@@ -104,7 +106,12 @@ def variant_config(options: BenchmarkOptions, name: str, seed: int, category: st
         raise ValueError(f"unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
     variant = VARIANTS[name]
     extra = [f"data.category={category}"] if category is not None else []
-    cfg = load_config(options.preset, [*common_overrides(options), *extra, *variant.overrides, f"seed={seed}"])
+    overrides = [*common_overrides(options), *extra, *variant.overrides]
+    # a variant without the classifier has no projector: it scores by the pooled layer4 where the
+    # preset would read the projection
+    if "model.classify=false" in variant.overrides and load_config(options.preset).score.image_features == "projection":
+        overrides.append("score.image_features=layer4")
+    cfg = load_config(options.preset, [*overrides, f"seed={seed}"])
     runs = Path(options.runs_dir)
     if cfg.data.format == "bsdata":  # one split file for every run: the split is drawn from data.split_seed
         cfg.data.split_file = str(runs / f"bsdata_split{cfg.data.split_seed}_{cfg.data.n_train_normal}.json")

@@ -143,10 +143,8 @@ VARIANTS: dict[str, Variant] = {
     "sspcab": Variant("CutPaste 3-way + SSPCAB", (*_CUTPASTE, *_THREE_WAY, "model.sspcab=true")),
     "padim": Variant("PaDiM (anomalib), ResNet-18", peer="padim"),
     "patchcore": Variant("PatchCore (anomalib), ResNet-18", peer="patchcore"),
-    "hog_only": Variant("HOG target only, no classifier", ("model.classify=false", "score.image_features=layer4")),
-    "rgb_only": Variant(
-        "RGB target only, no classifier", ("model.classify=false", "model.target=rgb", "score.image_features=layer4")
-    ),
+    "hog_only": Variant("HOG target only, no classifier", ("model.classify=false",)),
+    "rgb_only": Variant("RGB target only, no classifier", ("model.classify=false", "model.target=rgb")),
     "classify_only": Variant("pseudo-defect classifier only, no HOG", ("model.target=none",)),
     "scar": Variant("scar patch", ("augment.kinds=[scar]",)),
     "normal": Variant("normal patch", ("augment.kinds=[normal]",)),
