@@ -18,7 +18,7 @@ from pitscope.data import build_dataset
 from pitscope.evaluation import REGION_NAMES, evaluate
 from pitscope.inference import Detector
 from pitscope.metrics import evaluate_all
-from pitscope.scorer_fitting import QUANTILE_GRID
+from pitscope.scorer_fitting import QUANTILE_GRID, standardisation_folds
 from pitscope.scoring import (
     PatchGaussianScorer,
     out_of_fold_block_distances,
@@ -666,6 +666,24 @@ def test_layer1_and_layer4_image_score_is_standardised_out_of_fold(fitted, tmp_p
         both.score_dataset(test_split, progress=False)[0],
         rtol=1e-5,
     )
+
+
+@pytest.mark.parametrize("overrides", [["score.threshold_from=held_back"], ["score.calibration_fraction=0"]])
+def test_layer1_and_layer4_is_standardised_out_of_fold_when_the_threshold_is_not(fitted, overrides):
+    """Held-back or in-sample thresholds: the blocks are still standardised by out-of-fold
+    distances over every training image (folds of their own), and the threshold is a quantile of
+    the scores it is taken from."""
+    detector, _, train_split, _ = fitted
+    cfg = apply_overrides(detector.cfg, ["score.image_features=layer1+layer4", *overrides])
+    both = Detector(cfg, detector.n_kinds, net=detector.net).fit(train_split, progress=False)
+    assert both.image_scorer.is_fitted and both.metadata["calibration"]["method"] == "held_back"
+    every = torch.cat([both._features(batch_of(train_split, [i]))[0] for i in range(len(train_split))]).double()
+    blocks = out_of_fold_block_distances(both.image_scorer, every, standardisation_folds(both, len(train_split)))
+    torch.testing.assert_close(both.image_scorer.centre_.double(), blocks.mean(0), rtol=1e-4, atol=1e-4)
+    _, cal = both.split_calibration(len(train_split))
+    scores, _ = both.score_dataset([train_split[i] for i in (cal or range(len(train_split)))], progress=False)
+    q = cfg.score.threshold_quantile
+    assert float(both.threshold) == pytest.approx(float(np.quantile(scores, q)), rel=1e-4, abs=1e-4)
 
 
 def test_files_from_before_image_features_keep_scoring_by_layer4(fitted, tmp_path):

@@ -297,6 +297,7 @@ def test_standardised_sum_is_each_blocks_own_gaussian_centred_and_scaled():
     x = np.concatenate([rng.normal(size=(40, 3)) @ rng.normal(size=(3, 3)), rng.normal(size=(40, 4)) * 3], axis=1)
     fit, held, new = torch.from_numpy(x[:25]), torch.from_numpy(x[25:35]), torch.from_numpy(x[35:])
     scorer = StandardisedSumScorer([3, 4]).double().fit(fit)
+    assert not scorer.is_fitted  # not until its centres and spreads are set
     own = [np.sqrt(LedoitWolf().fit(x[:25, cols]).mahalanobis(x[:, cols])) for cols in (slice(0, 3), slice(3, 7))]
     np.testing.assert_allclose(scorer.block_distances(torch.from_numpy(x)).numpy(), np.stack(own, 1), rtol=1e-6)
     scorer.set_standardisation(scorer.block_distances(held))
@@ -304,10 +305,13 @@ def test_standardised_sum_is_each_blocks_own_gaussian_centred_and_scaled():
     spread = [d[25:35].std(ddof=1) for d in own]
     expected = sum((d[35:] - c) / s for d, c, s in zip(own, centre, spread))
     np.testing.assert_allclose(scorer.score(new).numpy(), expected, rtol=1e-6)
+    assert scorer.is_fitted
     # a fitted scorer restores from its state dict
     copy = StandardisedSumScorer([3, 4]).double()
     copy.load_state_dict(scorer.state_dict())
     torch.testing.assert_close(copy.score(new), scorer.score(new))
+    assert copy.is_fitted
+    assert not scorer.fit(fit).is_fitted and float(scorer.spread_.sum()) == 2  # a new fit starts over
 
 
 def test_standardised_sum_out_of_fold_is_each_blocks_out_of_fold_distance():

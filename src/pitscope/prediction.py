@@ -12,7 +12,8 @@ from pitscope.defect_regions import Region, describe_regions, highest_pixel, reg
 class Prediction(NamedTuple):
     """What the detector says about one image (`Detector.predict` returns a list for a batch).
 
-    score: the image's anomaly score (Mahalanobis distance; higher = more anomalous).
+    score: the image's anomaly score (a Mahalanobis distance, or with score.image_features
+        layer1+layer4 a sum of standardised ones; higher = more anomalous).
     anomaly_map: (H, W) float32 per-pixel anomaly scores, as shown and ranked (with
         `score.map_background_window` its broad background removed, with `score.map_sharpen_window`
         each blob narrowed towards its peak).

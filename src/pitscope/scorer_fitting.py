@@ -43,6 +43,8 @@ from pitscope.seeding import numpy_rng
 from pitscope.tensors import images_to_batch, iterate_batches
 from pitscope.thresholds import CalibrationRecord, set_thresholds
 
+STANDARDISATION_FOLDS = 10  # folds of a standardised image score whose threshold has no folds
+
 
 class Detector(Protocol):
     """What fitting uses of a `pitscope.inference.Detector` (named so, without importing it)."""
@@ -121,6 +123,16 @@ def calibration_folds(detector: Detector, n: int) -> list[list[int]]:
     if n - -(-n // k) < 2:
         return []
     order = numpy_rng(cfg.seed, 11).permutation(n).tolist()
+    return [sorted(order[i::k]) for i in range(k)]
+
+
+def standardisation_folds(detector: Detector, n: int) -> list[list[int]]:
+    """Seeded folds of n training images for a standardised image score when the threshold has
+    none: 10 (fewer for fewer than 10 images, one image each), each leaving at least 2 to fit on."""
+    if n < 3:
+        raise ValueError(f"score.image_features=layer1+layer4 needs at least 3 training images, got {n}")
+    k = min(n, STANDARDISATION_FOLDS)
+    order = numpy_rng(detector.cfg.seed, 13).permutation(n).tolist()
     return [sorted(order[i::k]) for i in range(k)]
 
 
@@ -225,24 +237,27 @@ def fit_scorers(detector: Detector, dataset: Sequence[Sample], progress: bool = 
         if oof_maps:
             held_moments = pixel_scorer.moments(_padim_features(features), held_moments)
     oof = None
+    image_scorer = detector.image_scorer
+    staged = isinstance(image_scorer, StandardisedSumScorer) and score.image_method == "embedding"
     every = None  # every training image's embedding, in dataset order, for the out-of-fold scores
-    if folds and score.image_method == "embedding":
+    if (folds or staged) and score.image_method == "embedding":
         every = torch.empty(len(dataset), embeddings[0].shape[1], dtype=torch.float64)
         every[fit_idx] = torch.cat(embeddings)
-        every[cal_idx] = torch.cat(held_embeddings)
-    image_scorer = detector.image_scorer
-    if isinstance(image_scorer, StandardisedSumScorer) and held_embeddings:
-        # each block's centre and spread: its distances on images its Gaussian did not see (out of
-        # fold when the threshold is, else the held-back images); then the held-back scores again
-        held = torch.cat(held_embeddings).to(image_scorer.centre_.device)
-        if every is not None:
-            blocks = out_of_fold_block_distances(image_scorer, every, folds, score.shrinkage, score.ridge)
-            image_scorer.set_standardisation(blocks)
+        if cal_idx:
+            every[cal_idx] = torch.cat(held_embeddings)
+    if staged:
+        assert isinstance(image_scorer, StandardisedSumScorer) and every is not None
+        # each block's centre and spread: its out-of-fold distances over every training image (the
+        # threshold's folds, else seeded folds of their own); then the held-back scores again
+        blocks = out_of_fold_block_distances(
+            image_scorer, every, folds or standardisation_folds(detector, len(dataset)), score.shrinkage, score.ridge
+        )
+        image_scorer.set_standardisation(blocks)
+        if folds:
             oof = image_scorer.combine(blocks)
-        else:
-            image_scorer.set_standardisation(image_scorer.block_distances(held))
+        held = torch.cat(held_embeddings).to(image_scorer.centre_.device)
         held_scores = [image_scorer.score(held).cpu()]
-    elif every is not None:
+    elif folds and every is not None:
         oof = out_of_fold_scores(every, folds, score.shrinkage, score.ridge)
     q = score.threshold_quantile
     record: CalibrationRecord = {

@@ -298,11 +298,13 @@ class StandardisedSumScorer(nn.Module):
     blocks: the widths of the column blocks, in order (they add up to D).
     The centres and spreads (`set_standardisation`) are the mean and standard deviation of each
     block's distances on defect-free images no block Gaussian was fitted on, so each block weighs
-    alike whatever its width. `fit` leaves them at 0 and 1 until they are set.
+    alike whatever its width. `fit` sets them to 0 and 1, and the scorer counts as fitted once
+    they are set.
     """
 
     centre_: Tensor  # (n_blocks,) buffer
     spread_: Tensor  # (n_blocks,) buffer
+    standardised_: Tensor  # () bool buffer: the centres and spreads are set
 
     def __init__(self, blocks: Sequence[int], shrinkage: str = "ledoit_wolf", ridge: float = 0.01):
         super().__init__()
@@ -312,6 +314,7 @@ class StandardisedSumScorer(nn.Module):
         self.scorers = nn.ModuleList(GaussianScorer(shrinkage, ridge) for _ in self.blocks)
         self.register_buffer("centre_", torch.zeros(len(self.blocks)))
         self.register_buffer("spread_", torch.ones(len(self.blocks)))
+        self.register_buffer("standardised_", torch.tensor(False))
 
     @property
     def gaussians(self) -> list[GaussianScorer]:
@@ -320,7 +323,7 @@ class StandardisedSumScorer(nn.Module):
 
     @property
     def is_fitted(self) -> bool:
-        return all(s.is_fitted for s in self.gaussians)
+        return all(s.is_fitted for s in self.gaussians) and bool(self.standardised_)
 
     def split(self, features: Tensor) -> list[Tensor]:
         """features (N, D) -> its column blocks [(N, width), ...]."""
@@ -333,6 +336,9 @@ class StandardisedSumScorer(nn.Module):
         """Fit each block's Gaussian on defect-free features (N, D), N >= 2. Returns self."""
         for scorer, block in zip(self.gaussians, self.split(features)):
             scorer.fit(block)
+        self.centre_ = torch.zeros_like(self.centre_)
+        self.spread_ = torch.ones_like(self.spread_)
+        self.standardised_ = torch.tensor(False, device=self.standardised_.device)
         return self
 
     @torch.no_grad()
@@ -350,6 +356,7 @@ class StandardisedSumScorer(nn.Module):
         spread = torch.where(spread > 0, spread, torch.ones_like(spread))
         self.centre_ = d.mean(dim=0).to(self.centre_)
         self.spread_ = spread.to(self.spread_)
+        self.standardised_ = torch.tensor(True, device=self.standardised_.device)
 
     def combine(self, distances: Tensor) -> Tensor:
         """(N, n_blocks) distances -> (N,) the sum of the standardised distances."""

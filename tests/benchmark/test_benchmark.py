@@ -432,6 +432,11 @@ def test_task_ablations_score_every_row_by_the_pooled_backbone_stages(tmp_path):
             assert variant_config(options, name, seed=0).score.image_features == "layer4", (suite, name)
     ours = variant_config(BenchmarkOptions(suite="table3", runs_dir=str(tmp_path)), "ours", seed=0)
     assert ours.score.image_features == "layer1+layer4"  # the cpu preset's own setting
+    # the user's image score holds for the rows without the classifier too, where it needs no projector
+    mine = BenchmarkOptions(
+        suite="table3", runs_dir=str(tmp_path), preset=None, overrides=("score.image_features=layer1+layer4",)
+    )
+    assert variant_config(mine, "hog_only", seed=0).score.image_features == "layer1+layer4"
     user = BenchmarkOptions(suite="table7", runs_dir=str(tmp_path), overrides=("score.image_features=projection",))
     assert variant_config(user, "ours", seed=0).score.image_features == "projection"  # the user's word last
 

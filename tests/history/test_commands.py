@@ -200,3 +200,5 @@ def test_predict_alerts_on_the_median_of_a_parts_last_inspections(model, tmp_pat
     assert [float(r["watched_fraction"]) for r in exported] == pytest.approx([areas[0], *expected])
     assert main(["history", "--db", str(db), "--watch", "2"]) == 2
     assert "--watch K needs --part" in capsys.readouterr().err
+    assert main(["history", "--db", str(db), "--part", "277500_315", "--watch", "2", "--parts"]) == 2
+    assert "not with --parts" in capsys.readouterr().err

@@ -106,11 +106,13 @@ def variant_config(options: BenchmarkOptions, name: str, seed: int, category: st
         raise ValueError(f"unknown variant {name!r}; valid: {', '.join(VARIANTS)}")
     variant = VARIANTS[name]
     extra = [f"data.category={category}"] if category is not None else []
-    overrides = [*common_overrides(options), *extra, *variant.overrides]
+    overrides = [*common_overrides(options), *extra]
     # a variant without the classifier has no projector: it scores by the pooled layer4 where the
-    # preset would read the projection
-    if "model.classify=false" in variant.overrides and load_config(options.preset).score.image_features == "projection":
+    # run would otherwise read the projection
+    without = "model.classify=false" in variant.overrides
+    if without and load_config(options.preset, overrides).score.image_features == "projection":
         overrides.append("score.image_features=layer4")
+    overrides += variant.overrides
     cfg = load_config(options.preset, [*overrides, f"seed={seed}"])
     runs = Path(options.runs_dir)
     if cfg.data.format == "bsdata":  # one split file for every run: the split is drawn from data.split_seed

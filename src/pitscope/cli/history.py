@@ -64,6 +64,12 @@ def cmd_history(args: argparse.Namespace) -> int:
         raise ValueError("give --db (an SQLite file or a PostgreSQL URL) or set PITSCOPE_DB")
     if not ("://" in db or Path(db).exists()):
         raise ValueError(f"{db}: no such database file")
+    if args.watch is not None and (args.watch < 1 or not args.part):
+        raise ValueError("--watch K needs --part and K >= 1: the median of one part's last K predicted areas")
+    if args.watch is not None and (args.parts or args.alerts or args.events or args.prune_older_than is not None):
+        raise ValueError(
+            "--watch adds a column to the inspections' table or CSV; not with --parts, --alerts, --events or --prune-older-than"
+        )
     store = HistoryStore(db)
     if args.prune_older_than is not None:
         result = store.prune(args.prune_older_than)
@@ -92,8 +98,6 @@ def cmd_history(args: argparse.Namespace) -> int:
         model=args.model,
         source=args.source,
     )
-    if args.watch is not None and (args.watch < 1 or not args.part):
-        raise ValueError("--watch K needs --part and K >= 1: the median of one part's last K predicted areas")
     if args.csv:
         rows = store.inspections(limit=None, newest_first=False, **filters)
         columns: tuple[str, ...] = COLUMNS
@@ -130,7 +134,7 @@ def _add_watched(store, rows: list[dict], part: str, filters: dict, k: int) -> N
     trend = store.trend(part, filters["since"], filters["until"], smooth=k)
     by_id = {p["id"]: p.get("watched_fraction", p["defect_fraction"]) for p in trend}
     for row in rows:
-        row["watched_fraction"] = by_id[row["id"]]
+        row["watched_fraction"] = by_id.get(row["id"], row["defect_fraction"])  # deleted in between: its own
 
 
 def add_parsers(sub) -> None:

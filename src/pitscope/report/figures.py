@@ -114,7 +114,7 @@ def _plot_histogram(histogram: dict, threshold: float) -> str:
     ax.stairs(histogram["defective"], edges, fill=True, alpha=0.55, color=DEFECT_COLOUR, label="defective")
     if math.isfinite(threshold):
         ax.axvline(threshold, c="black", ls="--", lw=1.5, label=f"threshold {threshold:.4g}")
-    ax.set(xlabel="image score (Mahalanobis distance)", ylabel="images")
+    ax.set(xlabel="image score", ylabel="images")
     ax.legend(fontsize=9)
     ax.grid(alpha=0.3)
     return _png_uri(fig)

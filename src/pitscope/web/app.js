@@ -233,9 +233,12 @@ function sliderMax() {
 function updateSliderRange() {
   const slider = $("threshold-slider");
   const max = Math.max(sliderMax(), state.threshold);
-  slider.min = "0";
+  // a standardised image score (score.image_features layer1+layer4) is about 0 on a typical good photo
+  const scores = state.results.filter((r) => r.score !== null).map((r) => r.score);
+  const min = Math.min(0, state.threshold, state.model.threshold, ...scores);
+  slider.min = String(min);
   slider.max = String(max);
-  slider.step = String(max / 1000);
+  slider.step = String((max - min) / 1000);
   slider.value = String(state.threshold);
 }
 
