@@ -311,6 +311,10 @@ def test_standardised_sum_is_each_blocks_own_gaussian_centred_and_scaled():
     copy.load_state_dict(scorer.state_dict())
     torch.testing.assert_close(copy.score(new), scorer.score(new))
     assert copy.is_fitted
+    older = {k: v for k, v in scorer.state_dict().items() if k != "standardised_"}  # saved before the flag
+    copy = StandardisedSumScorer([3, 4]).double()
+    copy.load_state_dict(older)
+    assert copy.is_fitted
     assert not scorer.fit(fit).is_fitted and float(scorer.spread_.sum()) == 2  # a new fit starts over
 
 

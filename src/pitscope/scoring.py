@@ -316,6 +316,12 @@ class StandardisedSumScorer(nn.Module):
         self.register_buffer("spread_", torch.ones(len(self.blocks)))
         self.register_buffer("standardised_", torch.tensor(False))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a scorer saved before the flag existed was saved standardised (fitting sets both at once)
+        if prefix + "centre_" in state_dict and prefix + "standardised_" not in state_dict:
+            state_dict[prefix + "standardised_"] = torch.tensor(True)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def gaussians(self) -> list[GaussianScorer]:
         """The blocks' Gaussians, in order."""
