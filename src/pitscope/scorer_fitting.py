@@ -122,8 +122,7 @@ def calibration_folds(detector: Detector, n: int) -> list[list[int]]:
     k = min(n, max(2, int(round(1.0 / cfg.score.calibration_fraction))))
     if n - -(-n // k) < 2:
         return []
-    order = numpy_rng(cfg.seed, 11).permutation(n).tolist()
-    return [sorted(order[i::k]) for i in range(k)]
+    return _dealt(cfg.seed, 11, n, k)
 
 
 def standardisation_folds(detector: Detector, n: int) -> list[list[int]]:
@@ -131,8 +130,12 @@ def standardisation_folds(detector: Detector, n: int) -> list[list[int]]:
     none: 10 (fewer for fewer than 10 images, one image each), each leaving at least 2 to fit on."""
     if n < 3:
         raise ValueError(f"score.image_features=layer1+layer4 needs at least 3 training images, got {n}")
-    k = min(n, STANDARDISATION_FOLDS)
-    order = numpy_rng(detector.cfg.seed, 13).permutation(n).tolist()
+    return _dealt(detector.cfg.seed, 13, n, min(n, STANDARDISATION_FOLDS))
+
+
+def _dealt(seed: int, stream: int, n: int, k: int) -> list[list[int]]:
+    """range(n) in a seeded order (`numpy_rng(seed, stream)`), dealt round-robin into k folds."""
+    order = numpy_rng(seed, stream).permutation(n).tolist()
     return [sorted(order[i::k]) for i in range(k)]
 
 
