@@ -653,13 +653,16 @@ class PatchGaussianScorer(_FittedBuffers):
             diff = (x[sources] - self.location_[:, None, None]).reshape(-1, k * n, c)  # (H*W, K*N, C')
             return (torch.bmm(diff, self.precision_) * diff).sum(-1).reshape(-1, k, n)
         dist2 = torch.empty(x.shape[0], k, n, dtype=x.dtype, device=x.device)
+        rows = x.reshape(x.shape[0], n * c)  # a row's N feature vectors side by side
         # rows (one per position and group) at a time: a block holds chunk x N x (all kept channels)
-        # values of differences, whatever the number of groups
+        # values of differences, whatever the number of groups; index_select and in-place steps, as
+        # the block's K x N copies of the features are most of the time
         step = max(1, self.chunk * self.groups // k)
         for start in range(0, x.shape[0], step):
             sl = slice(start, start + step)
-            diff = (x[sources[sl]] - self.location_[sl, None, None]).reshape(-1, k * n, c)  # (p, K*N, C')
-            dist2[sl] = (torch.bmm(diff, self.precision_[sl]) * diff).sum(-1).reshape(-1, k, n)
+            diff = rows.index_select(0, sources[sl].flatten()).view(-1, k * n, c)  # (p, K*N, C')
+            diff -= self.location_[sl, None]
+            dist2[sl] = torch.bmm(diff, self.precision_[sl]).mul_(diff).sum(-1).view(-1, k, n)
         return dist2
 
     def forward(self, features: Tensor) -> Tensor:
