@@ -25,7 +25,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32, ImageNet-normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()  # (3, H, W), a copy
+    x = torch.from_numpy(np.asarray(image).transpose(2, 0, 1).astype(np.float32, order="C"))  # (3, H, W), a copy
     return x.div_(255.0).sub_(_MEAN).div_(_STD)  # in place: the same values as (x / 255 - mean) / std
 
 
