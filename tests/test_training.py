@@ -17,10 +17,10 @@ import pitscope.training as training
 from pitscope.augment import PseudoDefects
 from pitscope.config import ConfigError, load_config, to_dict
 from pitscope.data import build_dataset
-from pitscope.models.hog import hog_target
+from pitscope.models.hog import hog_features
 from pitscope.models.network import DoubleSelfSupervisedNet
 from pitscope.seeding import numpy_rng
-from pitscope.tensors import IMAGENET_MEAN, IMAGENET_STD, image_to_tensor
+from pitscope.tensors import denormalise, image_to_tensor
 from pitscope.training import (
     LAST_CHECKPOINT,
     LOG_FILE,
@@ -157,8 +157,8 @@ def test_compute_loss_parts_match_their_definitions(tmp_path, images, overrides,
             ce = F.cross_entropy(out.logits, torch.cat([torch.zeros(4, dtype=torch.long), kind.long()]))
         assert got["ce"] == pytest.approx(float(ce), rel=1e-5)
     if "mse" in parts:
-        if cfg.model.target == "hog":  # the pictures' HOG (tests/models/test_hog.py: as that of denormalise(x))
-            target = hog_target(x, IMAGENET_MEAN, IMAGENET_STD, clamp=True)
+        if cfg.model.target == "hog":
+            target = hog_features(denormalise(x))
         else:
             target = training.pixel_target(cfg, x)
             assert target.shape == (8, 3780)

@@ -18,12 +18,12 @@ from torch.utils.data import Dataset
 from pitscope.augment import PseudoDefects
 from pitscope.config import Config
 from pitscope.data.types import Sample
-from pitscope.models.hog import hog_target, rgb_target
+from pitscope.models.hog import hog_features, rgb_target
 from pitscope.models.network import NetOutput
 from pitscope.models.segmentation import focal_loss
 from pitscope.models.sspcab import reconstruction_loss
 from pitscope.seeding import numpy_rng
-from pitscope.tensors import IMAGENET_MEAN, IMAGENET_STD, denormalise, image_to_tensor
+from pitscope.tensors import denormalise, image_to_tensor
 
 
 class PseudoDefectPairs(Dataset):
@@ -83,9 +83,10 @@ def pixel_target(cfg: Config, x: torch.Tensor) -> torch.Tensor | None:
     if cfg.model.target == "none":
         return None
     with torch.autocast(x.device.type, enabled=False):  # targets in float32 under mixed precision
-        if cfg.model.target == "hog":  # the HOG of the pictures, in [0, 1]
-            return hog_target(x.float(), IMAGENET_MEAN, IMAGENET_STD, clamp=True)
-        return rgb_target(denormalise(x.float()))  # (B, 3, H, W) in [0, 1]
+        images = denormalise(x.float())  # (B, 3, H, W) in [0, 1]
+        if cfg.model.target == "hog":
+            return hog_features(images)
+        return rgb_target(images)
 
 
 def compute_loss(

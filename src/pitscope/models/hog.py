@@ -114,30 +114,20 @@ def hog_features(images: Tensor, compute_dtype: torch.dtype = torch.float64) -> 
     return _normalised_blocks(_cell_histograms(grey)).to(images.dtype)
 
 
-@torch.no_grad()
-def hog_target(
-    images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor, clamp: bool = False
-) -> Tensor:
+def unnormalise(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
+    """Undo per-channel normalisation: (B, C, H, W) * std + mean, with mean and std of length C."""
+    mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return images * std + mean
+
+
+def hog_target(images: Tensor, mean: Sequence[float] | Tensor, std: Sequence[float] | Tensor) -> Tensor:
     """`hog_features` of normalised network input: (B, 3, H, W) -> (B, 3780).
 
-    The target is the HOG of the picture itself (eq. 5), independent of the input normalisation:
-    the grey window of the images brought back with the normalisation's mean and std. Grey
-    conversion and resize are linear, so the window is computed from the normalised images with
-    the luma weights times std plus a constant, in one pass over the full-size images instead of
-    three (to rounding the same as `hog_features(images * std + mean)`). clamp: clip
-    the window to [0, 1], for input normalised from [0, 1] pictures, where it only removes
-    rounding.
+    The images are first brought back to [0, 1] with the normalisation's mean and std, so the
+    target is the HOG of the picture itself (eq. 5), independent of the input normalisation.
     """
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-    std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device)
-    mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device)
-    luma = torch.tensor(_LUMA, dtype=images.dtype, device=images.device)
-    grey = torch.einsum("bchw,c->bhw", images, luma * std_t).unsqueeze(1)  # (B, 1, H, W), less the offset
-    window = hog_window(grey) + (luma * mean_t).sum()  # (B, 128, 64)
-    if clamp:
-        window = window.clamp(0.0, 1.0)
-    return hog_features(window[:, None])
+    return hog_features(unnormalise(images, mean, std))
 
 
 @torch.no_grad()
