@@ -21,16 +21,14 @@ class HasImage(Protocol):
 # ImageNet statistics (SPEC section 2), used whatever the backbone's initialisation.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float32, ImageNet-normalised."""
     x = torch.from_numpy(np.asarray(image).transpose(2, 0, 1).astype(np.float32, order="C"))  # (3, H, W), a copy
     return x.div_(255.0).sub_(_MEAN).div_(_STD)  # in place: the same values as (x / 255 - mean) / std
-
-
-_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 
 def images_to_batch(images: list[np.ndarray]) -> torch.Tensor:
